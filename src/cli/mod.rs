@@ -1,0 +1,152 @@
+//! The command-line front end: clap definitions and dispatch only.
+//!
+//! Each subcommand lives in its own file and calls into the library; nothing
+//! here decides anything about infrastructure. Outcomes map to exit codes:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success (or in sync) |
+//! | 1 | an error: the message says what failed and what to do next |
+//! | 2 | drift: `status` found the world differs from the manifest |
+//! | 64 | usage error (bad flags or arguments) |
+//! | 130 | interrupted (SIGINT) |
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub mod config;
+pub mod crds;
+pub mod manifest;
+pub mod output;
+pub mod sim;
+
+/// homestak: converge Proxmox VE to what your site-config declares.
+#[derive(Debug, Parser)]
+#[command(name = "homestak", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand accepts.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Site-config directory. Otherwise: $HOMESTAK_SITE_CONFIG, ../site-config,
+    /// ./site-config, /usr/local/etc/homestak, /opt/homestak/site-config.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub site_config: Option<PathBuf>,
+    /// Print machine-readable JSON instead of human output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Resolve and list site-config (envs, postures, templates, presets).
+    Config(config::Args),
+    /// List, validate and show manifests.
+    Manifest(manifest::Args),
+    /// Generate or check the JSON Schemas in crds/.
+    Crds(crds::Args),
+    /// Run the built-in Proxmox VE 8.4 API simulator.
+    Sim(sim::Args),
+}
+
+/// How a command ended, beyond plain errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything asked for was done (or already in place).
+    Success,
+    /// The world differs from what the manifest declares.
+    Drift,
+    /// The command ran but failed; it already printed why.
+    Failed,
+}
+
+impl Outcome {
+    fn exit_code(self) -> ExitCode {
+        match self {
+            Outcome::Success => ExitCode::SUCCESS,
+            Outcome::Failed => ExitCode::from(1),
+            Outcome::Drift => ExitCode::from(2),
+        }
+    }
+}
+
+/// Exit code for usage errors (sysexits EX_USAGE), kept apart from drift.
+const EXIT_USAGE: u8 = 64;
+
+/// Entry point of the `homestak` binary.
+pub fn main() -> ExitCode {
+    crate::tls::install_crypto_provider();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = if err.use_stderr() { EXIT_USAGE } else { 0 };
+            // Printing help to a closed pipe is not worth a panic.
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(cli.global.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(outcome) => outcome.exit_code(),
+        Err(err) => {
+            output::print_error(&err);
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    let global = cli.global;
+    match cli.command {
+        Command::Config(args) => config::run(args, &global).await,
+        Command::Manifest(args) => manifest::run(args, &global).await,
+        Command::Crds(args) => crds::run(args, &global).await,
+        Command::Sim(args) => sim::run(args, &global).await,
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HOMESTAK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

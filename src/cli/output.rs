@@ -1,0 +1,20 @@
+//! Printing helpers shared by the subcommands.
+
+use std::io::Write;
+
+/// Prints a value as pretty JSON on stdout, followed by a newline.
+pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Prints an error and its whole cause chain on stderr, one cause per line.
+pub fn print_error(err: &anyhow::Error) {
+    let mut text = format!("error: {err}");
+    for cause in err.chain().skip(1) {
+        text.push_str(&format!("\n  caused by: {cause}"));
+    }
+    eprintln!("{text}");
+}

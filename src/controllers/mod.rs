@@ -1,0 +1,1 @@
+//! Controllers, one per node kind. Filled in by the converge work.

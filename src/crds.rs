@@ -1,0 +1,1 @@
+//! JSON Schemas ("CRDs") generated from our own types.

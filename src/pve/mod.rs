@@ -1,0 +1,1 @@
+//! Typed PVE REST client.

@@ -1,0 +1,1 @@
+//! The PVE 8.4 simulator.

@@ -1,0 +1,1 @@
+//! Site-config discovery, loading and the ConfigResolver.

@@ -1,0 +1,139 @@
+//! YAML loading for every file homestak reads.
+//!
+//! serde_yaml is deprecated upstream, so we use serde-saphyr: maintained,
+//! pure Rust, and bounded against alias bombs. Two settings differ from its
+//! defaults on purpose:
+//! - strict booleans (YAML 1.2: only `true`/`false`), so `no` stays a string
+//!   (the "Norway problem");
+//! - a replay limit on aliases well below the crate default, because
+//!   site-config files are small and a billion-laughs document must fail fast.
+//!
+//! Errors carry the file and, when the parser knows it, `line:column`.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+/// A YAML file could not be read or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read at all.
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not valid YAML, or does not have the expected shape.
+    #[error("invalid YAML in {}{}", path.display(), Position(*position))]
+    Parse {
+        path: PathBuf,
+        /// 1-based line and column, when the parser reported one.
+        position: Option<(u64, u64)>,
+        #[source]
+        source: Box<serde_saphyr::Error>,
+    },
+}
+
+impl Error {
+    /// The file this error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            Error::Read { path, .. } | Error::Parse { path, .. } => path,
+        }
+    }
+
+    /// `(line, column)` of a parse error, 1-based.
+    pub fn position(&self) -> Option<(u64, u64)> {
+        match self {
+            Error::Read { .. } => None,
+            Error::Parse { position, .. } => *position,
+        }
+    }
+}
+
+/// Renders `:line:column` when known.
+struct Position(Option<(u64, u64)>);
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some((line, column)) => write!(f, ":{line}:{column}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The parser options every homestak YAML read uses.
+pub fn options() -> serde_saphyr::Options {
+    // `Options` is non-exhaustive, so set fields on the default.
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    options.with_snippet = false;
+    options.alias_limits.max_total_replayed_events = 100_000;
+    options
+}
+
+/// Parses `text`, naming `origin` in errors.
+pub fn from_str<T: DeserializeOwned>(text: &str, origin: &Path) -> Result<T, Error> {
+    serde_saphyr::from_str_with_options(text, options()).map_err(|source| {
+        let position = source
+            .location()
+            .filter(|l| l.line() > 0)
+            .map(|l| (l.line(), l.column()));
+        Error::Parse {
+            path: origin.to_path_buf(),
+            position,
+            source: Box::new(source),
+        }
+    })
+}
+
+/// Reads and parses a file.
+pub fn read_file<T: DeserializeOwned>(path: &Path) -> Result<T, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    from_str(&text, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_line_and_column() {
+        let err = from_str::<serde_json::Value>("a: 1\nb: [1, 2\n", Path::new("m.yaml"))
+            .expect_err("unterminated flow sequence must fail");
+        let (line, _column) = err.position().expect("parser reports a position");
+        assert!(line >= 2, "error should point at or after line 2, got {line}");
+        let text = err.to_string();
+        assert!(text.starts_with("invalid YAML in m.yaml:"), "{text}");
+    }
+
+    #[test]
+    fn booleans_are_strict() {
+        let v: serde_json::Value = from_str("a: no\nb: true\n", Path::new("x")).unwrap();
+        assert_eq!(v["a"], serde_json::json!("no"));
+        assert_eq!(v["b"], serde_json::json!(true));
+    }
+
+    #[test]
+    fn alias_bomb_is_refused() {
+        let mut doc = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let p = i - 1;
+            doc.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        assert!(from_str::<serde_json::Value>(&doc, Path::new("bomb.yaml")).is_err());
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = read_file::<serde_json::Value>(Path::new("/nonexistent/x.yaml")).unwrap_err();
+        assert_eq!(err.to_string(), "cannot read /nonexistent/x.yaml");
+    }
+}
