@@ -116,12 +116,11 @@ impl fmt::Debug for SelfSigned {
 
 /// Generates a self-signed certificate valid for `names` (DNS names or IPs).
 pub fn self_signed(names: &[String]) -> Result<SelfSigned, CertError> {
-    let certified = rcgen::generate_simple_self_signed(names.to_vec()).map_err(|source| {
-        CertError {
+    let certified =
+        rcgen::generate_simple_self_signed(names.to_vec()).map_err(|source| CertError {
             names: names.to_vec(),
             source,
-        }
-    })?;
+        })?;
     let cert_der = certified.cert.der().to_vec();
     Ok(SelfSigned {
         cert_pem: certified.cert.pem(),
@@ -226,7 +225,12 @@ mod tests {
 
     #[test]
     fn bad_fingerprints_are_refused() {
-        for bad in ["", "AA:BB", &"ZZ:".repeat(32)[..95], "é".repeat(64).as_str()] {
+        for bad in [
+            "",
+            "AA:BB",
+            &"ZZ:".repeat(32)[..95],
+            "é".repeat(64).as_str(),
+        ] {
             assert!(bad.parse::<Fingerprint>().is_err(), "{bad:?} accepted");
         }
     }

@@ -107,7 +107,10 @@ mod tests {
         let err = from_str::<serde_json::Value>("a: 1\nb: [1, 2\n", Path::new("m.yaml"))
             .expect_err("unterminated flow sequence must fail");
         let (line, _column) = err.position().expect("parser reports a position");
-        assert!(line >= 2, "error should point at or after line 2, got {line}");
+        assert!(
+            line >= 2,
+            "error should point at or after line 2, got {line}"
+        );
         let text = err.to_string();
         assert!(text.starts_with("invalid YAML in m.yaml:"), "{text}");
     }

@@ -1,1 +1,3 @@
 //! Site-config discovery, loading and the ConfigResolver.
+
+pub mod discover;

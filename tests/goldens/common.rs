@@ -165,7 +165,13 @@ mod tests {
 
     #[test]
     fn compare_ignores_key_order_but_not_list_order() {
-        assert!(compare(&json!({"a": 1, "b": [1, 2]}), &json!({"b": [1, 2], "a": 1.0})).is_ok());
+        assert!(
+            compare(
+                &json!({"a": 1, "b": [1, 2]}),
+                &json!({"b": [1, 2], "a": 1.0})
+            )
+            .is_ok()
+        );
         assert!(compare(&json!({"b": [1, 2]}), &json!({"b": [2, 1]})).is_err());
         assert!(compare(&json!({"a": 1}), &json!({"a": 1, "c": 2})).is_err());
         assert!(compare(&json!({"a": null}), &json!({})).is_err());
