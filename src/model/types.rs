@@ -132,8 +132,9 @@ pub struct Settings {
     /// Extra timeout seconds per nesting level.
     pub timeout_buffer: u32,
     /// Error handling: stop (halt), rollback (destroy created), continue
-    /// (skip failed). Kept for v1 manifests too, although the reference's v1
-    /// serialisation drops it.
+    /// (skip failed).
+    // Kept for v1 manifests too, although the reference's v1 serialisation
+    // drops it.
     pub on_error: OnError,
 }
 

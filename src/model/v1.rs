@@ -17,6 +17,7 @@ pub struct Document {
     #[serde(default)]
     pub schema_version: Version<1>,
     /// Manifest identifier.
+    #[schemars(length(min = 1))]
     pub name: String,
     /// Human-readable description.
     #[serde(default)]
@@ -29,10 +30,11 @@ pub struct Document {
     pub settings: Settings,
 }
 
-/// One level of a v1 manifest, or a v2 node converted to one.
-///
-/// Serialises the way the reference's `to_dict` does: `name`,
-/// `post_scenario` and `post_scenario_args` always, the rest only when set.
+/// One level of a v1 manifest: a VM described by an env, a template or a
+/// preset. Each level runs inside the one before it.
+// Also what a v2 node converts to. Serialises the way the reference's
+// `to_dict` does: `name`, `post_scenario` and `post_scenario_args` always,
+// the rest only when set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Level {

@@ -16,6 +16,7 @@ pub struct Document {
     /// Schema version; must be 2 for the node-graph format.
     pub schema_version: Version<2>,
     /// Manifest identifier.
+    #[schemars(length(min = 1))]
     pub name: String,
     /// Human-readable description.
     #[serde(default)]
@@ -34,10 +35,10 @@ pub struct Document {
     pub execution: Execution,
 }
 
-/// One node of a v2 manifest.
-///
-/// Serialises the way the reference's `to_dict` does: `name` and `type`
-/// always, the rest only when set.
+/// One node of a v2 manifest: a VM, a container, or a VM that becomes a
+/// Proxmox VE host for its children.
+// Serialises the way the reference's `to_dict` does: `name` and `type`
+// always, the rest only when set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
