@@ -305,27 +305,31 @@ mod tests {
         assert_eq!(names(g.roots()), ["hv", "solo"]);
         assert_eq!(
             names(g.create_order()),
-            ["hv", "solo", "web", "cache", "inner-hv"]
+            ["hv", "solo", "web", "cache", "inner-hv", "leaf"]
         );
         assert_eq!(
             names(g.destroy_order()),
-            ["inner-hv", "cache", "web", "solo", "hv"]
+            ["leaf", "inner-hv", "cache", "web", "solo", "hv"]
         );
         assert_eq!(g.depth("hv").unwrap(), 0);
-        assert_eq!(g.depth("inner-hv").unwrap(), 2);
+        assert_eq!(g.depth("inner-hv").unwrap(), 1);
+        assert_eq!(g.depth("leaf").unwrap(), 2);
         assert_eq!(g.max_depth(), 2);
-        assert_eq!(g.len(), 5);
+        assert_eq!(g.len(), 6);
     }
 
     #[test]
     fn relations_and_parent_ip_keys() {
         let g = graph("valid-v2-tree.yaml");
-        assert_eq!(names(g.children("hv").unwrap()), ["web", "cache"]);
+        assert_eq!(
+            names(g.children("hv").unwrap()),
+            ["web", "cache", "inner-hv"]
+        );
         assert_eq!(g.parent("web").unwrap().unwrap().name, "hv");
         assert!(g.is_root("solo").unwrap() && g.is_leaf("solo").unwrap());
-        assert!(!g.is_leaf("web").unwrap());
+        assert!(!g.is_leaf("inner-hv").unwrap());
         assert_eq!(g.parent_ip_key("solo").unwrap(), "ssh_host");
-        assert_eq!(g.parent_ip_key("inner-hv").unwrap(), "web_ip");
+        assert_eq!(g.parent_ip_key("leaf").unwrap(), "inner-hv_ip");
         assert!(matches!(
             g.depth("nope"),
             Err(Error::UnknownNode { node, .. }) if node == "nope"
@@ -344,10 +348,10 @@ mod tests {
         let nodes = sub.nodes().unwrap();
         assert_eq!(
             nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
-            ["web", "cache", "inner-hv"]
+            ["web", "cache", "inner-hv", "leaf"]
         );
         assert_eq!(nodes[0].parent, None, "children of hv become roots");
-        assert_eq!(nodes[2].parent.as_ref().unwrap(), "web");
+        assert_eq!(nodes[3].parent.as_ref().unwrap(), "inner-hv");
         assert_eq!(sub.settings(), g.manifest().settings());
         assert!(sub.execution().unwrap().is_empty());
         assert_eq!(

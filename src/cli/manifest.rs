@@ -48,7 +48,7 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 #[group(multiple = false)]
 pub struct Source {
-    /// Manifest NAME: <site-config>/manifests/NAME.yaml.
+    /// Manifest NAME, read from the site-config: manifests/NAME.yaml.
     #[arg(short = 'M', long = "manifest", value_name = "NAME")]
     pub name: Option<String>,
     /// A manifest file anywhere.
@@ -569,17 +569,18 @@ mod tests {
 Tree:
   hv [pve] preset=vm-large image=debian-13-pve vmid=98200 disk=96G exec=push
   ├─ web [vm] preset=vm-small image=debian-12 exec=pull
-  │  └─ inner-hv [pve] preset=medium image=debian-13-pve exec=pull
-  └─ cache [ct] spec=base exec=pull
+  ├─ cache [ct] spec=base exec=pull
+  └─ inner-hv [pve] preset=medium image=debian-13-pve exec=pull
+     └─ leaf [vm] preset=vm-small image=debian-12 exec=pull
   solo [vm] preset=vm-xsmall image=debian-12 vmid=98300 exec=pull
 ";
         assert!(text.contains(expected_tree), "{text}");
         assert!(
-            text.contains("Create order:  hv → solo → web → cache → inner-hv"),
+            text.contains("Create order:  hv → solo → web → cache → inner-hv → leaf"),
             "{text}"
         );
         assert!(
-            text.contains("Destroy order: inner-hv → cache → web → solo → hv"),
+            text.contains("Destroy order: leaf → inner-hv → cache → web → solo → hv"),
             "{text}"
         );
     }
@@ -609,7 +610,7 @@ Tree:
         let v = show_json("f.yaml", &m, Some(&g)).unwrap();
         assert_eq!(
             v["create_order"],
-            json!(["hv", "solo", "web", "cache", "inner-hv"])
+            json!(["hv", "solo", "web", "cache", "inner-hv", "leaf"])
         );
         assert_eq!(v["graph"]["roots"], json!(["hv", "solo"]));
         assert_eq!(v["graph"]["nodes"][2]["parent_ip_key"], json!("hv_ip"));

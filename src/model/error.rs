@@ -210,6 +210,16 @@ pub enum Problem {
     /// Also reported for a node that is its own parent, as the reference does.
     #[error("Cycle detected in node graph involving '{node}'")]
     Cycle { node: String },
+    /// Only a `pve` node becomes a host that can run children (our check;
+    /// the reference accepted this and failed later).
+    #[error(
+        "Node '{node}' has parent '{parent}' of type {parent_type}: only pve nodes can have children"
+    )]
+    ParentNotPve {
+        node: String,
+        parent: String,
+        parent_type: crate::model::NodeType,
+    },
     /// An entry of `nodes`/`levels` that is not a mapping.
     #[error("{place} must be a mapping, got {found}")]
     NotAMapping { place: String, found: &'static str },

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::error::{Error, Origin, Problem};
 use super::parse::{self, Document};
-use super::types::{Execution, ExecutionMode, Pattern, Settings, Version};
+use super::types::{Execution, ExecutionMode, NodeType, Pattern, Settings, Version};
 use super::v1::{self, Level};
 use super::v2::{self, Node};
 
@@ -130,7 +130,8 @@ impl Manifest {
     }
 
     /// A v2 manifest from its document, after the tree checks, in the
-    /// reference's order: duplicate names, unknown parents, cycles.
+    /// reference's order (duplicate names, unknown parents, cycles), then
+    /// ours (only `pve` nodes have children).
     pub fn from_v2(doc: v2::Document) -> Result<Manifest, Problem> {
         if doc.nodes.is_empty() {
             return Err(Problem::NoNodes);
@@ -314,7 +315,8 @@ impl serde::Serialize for Manifest {
     }
 }
 
-/// Checks the tree and returns node indices parents first, breadth-first,
+/// Checks the tree (the reference's checks, then ours: a parent must be a
+/// `pve` node) and returns node indices parents first, breadth-first,
 /// roots and siblings in document order.
 fn creation_order(nodes: &[Node]) -> Result<Vec<usize>, Problem> {
     let mut index: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());
@@ -342,6 +344,17 @@ fn creation_order(nodes: &[Node]) -> Result<Vec<usize>, Problem> {
         });
     }
     check_acyclic(nodes, &parent_of)?;
+    for (node, parent) in nodes.iter().zip(&parent_of) {
+        if let Some(p) = parent
+            && nodes[*p].kind != NodeType::Pve
+        {
+            return Err(Problem::ParentNotPve {
+                node: node.name.to_string(),
+                parent: nodes[*p].name.to_string(),
+                parent_type: nodes[*p].kind,
+            });
+        }
+    }
 
     let mut children: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     let mut queue = VecDeque::new();

@@ -7,8 +7,8 @@
 //!
 //! 1. read the file ([`Loader`] finds `<site-config>/manifests/NAME.yaml`)
 //!    or take JSON (`--manifest-json`);
-//! 2. [`parse`] the mapping into a typed [`v1::Document`] or
-//!    [`v2::Document`], checking fields in the reference's order;
+//! 2. parse the mapping into a typed [`v1::Document`] or [`v2::Document`],
+//!    checking fields in the reference's order;
 //! 3. build a [`Manifest`]: for v2, reject duplicate names, unknown parents
 //!    and cycles, and derive the levels breadth-first.
 //!
@@ -22,7 +22,7 @@ mod error;
 mod ids;
 mod loader;
 mod manifest;
-pub mod parse;
+mod parse;
 mod types;
 pub mod v1;
 pub mod v2;

@@ -111,11 +111,11 @@ fn v2_levels_are_breadth_first_with_document_order_siblings() {
     let m = load("valid-v2-tree.yaml");
     assert_eq!(m.schema_version(), SchemaVersion::V2);
     assert!(m.has_nodes());
-    // Roots hv, solo (document order); then hv's children web, cache; then
-    // web's child inner-hv.
+    // Roots hv, solo (document order); then hv's children web, cache,
+    // inner-hv; then inner-hv's child leaf.
     assert_eq!(
         names(m.levels()),
-        ["hv", "solo", "web", "cache", "inner-hv"]
+        ["hv", "solo", "web", "cache", "inner-hv", "leaf"]
     );
     let order: Vec<&str> = m
         .nodes_in_creation_order()
@@ -154,7 +154,7 @@ fn v2_serialisation_round_trips() {
         value["settings"],
         json!({"verify_ssh": false, "cleanup_on_failure": true, "timeout_buffer": 60, "on_error": "continue"})
     );
-    assert_eq!(value["nodes"][1]["execution"], json!({"mode": "push"}));
+    assert_eq!(value["nodes"][2]["execution"], json!({"mode": "push"}));
     let back = Manifest::from_json(&m.to_json()).unwrap();
     assert_eq!(back, m);
 
@@ -173,7 +173,7 @@ fn v2_serialisation_round_trips() {
 fn depth_limit() {
     let m = load("valid-v2-tree.yaml");
     assert_eq!(m.limit_depth(0), m);
-    assert_eq!(m.limit_depth(5), m);
+    assert_eq!(m.limit_depth(6), m);
     let cut = m.limit_depth(2);
     assert_eq!(cut.name(), "lab-tree[:2]");
     assert_eq!(names(cut.levels()), ["hv", "solo"]);
