@@ -24,6 +24,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A mapping repeats a key. PyYAML silently kept the last value; we
+    /// refuse, because one of the two values is a mistake.
+    #[error(
+        "duplicate key {key:?} in {}{}: remove one of the two",
+        path.display(),
+        Position(*position)
+    )]
+    DuplicateKey {
+        path: PathBuf,
+        key: String,
+        position: Option<(u64, u64)>,
+    },
     /// The text is not valid YAML, or does not have the expected shape.
     #[error("invalid YAML in {}{}", path.display(), Position(*position))]
     Parse {
@@ -39,7 +51,9 @@ impl Error {
     /// The file this error is about.
     pub fn path(&self) -> &Path {
         match self {
-            Error::Read { path, .. } | Error::Parse { path, .. } => path,
+            Error::Read { path, .. }
+            | Error::Parse { path, .. }
+            | Error::DuplicateKey { path, .. } => path,
         }
     }
 
@@ -47,7 +61,7 @@ impl Error {
     pub fn position(&self) -> Option<(u64, u64)> {
         match self {
             Error::Read { .. } => None,
-            Error::Parse { position, .. } => *position,
+            Error::Parse { position, .. } | Error::DuplicateKey { position, .. } => *position,
         }
     }
 }
@@ -81,6 +95,13 @@ pub fn from_str<T: DeserializeOwned>(text: &str, origin: &Path) -> Result<T, Err
             .location()
             .filter(|l| l.line() > 0)
             .map(|l| (l.line(), l.column()));
+        if let serde_saphyr::Error::DuplicateMappingKey { key, .. } = &source {
+            return Error::DuplicateKey {
+                path: origin.to_path_buf(),
+                key: key.clone().unwrap_or_else(|| "?".to_string()),
+                position,
+            };
+        }
         Error::Parse {
             path: origin.to_path_buf(),
             position,
@@ -113,6 +134,17 @@ mod tests {
         );
         let text = err.to_string();
         assert!(text.starts_with("invalid YAML in m.yaml:"), "{text}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_named() {
+        let err =
+            from_str::<serde_json::Value>("a: 1\nb: 2\na: 3\n", Path::new("d.yaml")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("duplicate key \"a\" in d.yaml:3:"),
+            "{err}"
+        );
     }
 
     #[test]

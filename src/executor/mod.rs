@@ -38,18 +38,8 @@ use serde::Serialize;
 
 pub use run::execute;
 
+pub use crate::model::OnError;
 use crate::plan::NodePlan;
-
-/// What to do when a node fails (manifest `settings.on_error`).
-// TODO(merge): replace with the manifest model's enum once it lands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnError {
-    #[default]
-    Stop,
-    Rollback,
-    Continue,
-}
 
 /// A boxed future, so controllers stay object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -372,7 +372,7 @@ async fn drive<C: Controller>(
                         OnError::Continue => {}
                         OnError::Stop | OnError::Rollback => {
                             halted.get_or_insert_with(|| {
-                                format!("run stopped after {name} failed (on_error: {})", on_error_name(on_error))
+                                format!("run stopped after {name} failed (on_error: {})", on_error)
                             });
                         }
                     }
@@ -391,14 +391,6 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-fn on_error_name(on_error: OnError) -> &'static str {
-    match on_error {
-        OnError::Stop => "stop",
-        OnError::Rollback => "rollback",
-        OnError::Continue => "continue",
     }
 }
 

@@ -49,6 +49,9 @@ pub enum Error {
         #[source]
         source: Box<serde_saphyr::Error>,
     },
+    /// Another YAML-level refusal (a duplicate key).
+    #[error(transparent)]
+    YamlOther(crate::yaml::Error),
     /// The string is not valid JSON.
     #[error("Invalid manifest JSON")]
     Json {
@@ -106,6 +109,7 @@ impl Error {
             Error::Read { path, .. } | Error::Yaml { path, .. } | Error::NotFound { path, .. } => {
                 Some(path)
             }
+            Error::YamlOther(err) => Some(err.path()),
             Error::Empty { origin }
             | Error::NotAMapping { origin, .. }
             | Error::Invalid { origin, .. } => match origin {

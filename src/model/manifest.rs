@@ -84,6 +84,7 @@ impl Manifest {
                 source,
             },
             crate::yaml::Error::Read { path, source } => Error::Read { path, source },
+            other => Error::YamlOther(other),
         })?;
         Manifest::from_value(&value, Origin::File(path.to_path_buf()))
     }
