@@ -467,6 +467,8 @@ fn lists_are_sorted_file_stems() {
     assert_eq!(site.list_templates(), ["small-web"]);
     assert_eq!(site.list_presets(), ["large", "small"]);
     assert_eq!(site.list_postures(), ["null-packages", "prod"]);
+    assert_eq!(site.preset_v2("vm-small").unwrap().unwrap().cores, Some(1));
+    assert!(site.preset_v2("vm-huge").unwrap().is_none());
 }
 
 #[test]

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use super::auth::token_for;
 use super::loader::{Catalog, Site};
-use super::posture::{DEFAULT_POSTURE, PostureV1};
+use super::posture::{DEFAULT_POSTURE, PostureV1, PostureV2};
 use super::secret::Secret;
 use super::vm::{Env, EnvVm, ResolvedVm, VmSettings};
 use crate::yaml;
@@ -119,16 +119,22 @@ pub struct TofuVars {
 /// The ansible-shaped resolution of an env.
 #[derive(Debug, Clone, Serialize)]
 pub struct AnsibleVars {
+    /// Site `timezone` (default UTC).
     pub timezone: String,
+    /// Site `pve_remove_subscription_nag` (default true).
     pub pve_remove_subscription_nag: bool,
     /// Site packages then posture packages, first occurrence kept.
     pub packages: Vec<String>,
+    /// The rest come from the env's v1 posture, with the reference's
+    /// defaults: 22, "prohibit-password", "no", false, false.
     pub ssh_port: u16,
     pub ssh_permit_root_login: String,
     pub ssh_password_authentication: String,
     pub sudo_nopasswd: bool,
     pub fail2ban_enabled: bool,
+    /// The env asked for.
     pub env_name: String,
+    /// The env's posture (default `dev`).
     pub posture_name: String,
     /// Every SSH public key in `secrets.yaml`, in file order.
     pub ssh_authorized_keys: Vec<String>,
@@ -301,6 +307,20 @@ impl Site {
     /// Preset names (`vms/presets/*.yaml`), sorted.
     pub fn list_presets(&self) -> Vec<String> {
         self.presets.names()
+    }
+
+    /// The v2 preset `name` (`v2/presets/<name>.yaml`), as named by v2
+    /// manifest nodes; `None` when missing. The reference's inline
+    /// resolution reads `vms/presets/` only, so a caller holding a v2 preset
+    /// passes its settings in [`InlineVm::overrides`].
+    pub fn preset_v2(&self, name: &str) -> Result<Option<&VmSettings>, Error> {
+        self.doc(&self.presets_v2, "v2 preset", name)
+    }
+
+    /// The v2 posture `name` (`v2/postures/<name>.yaml`); `None` when
+    /// missing.
+    pub fn posture_v2(&self, name: &str) -> Result<Option<&PostureV2>, Error> {
+        self.doc(&self.postures_v2, "v2 posture", name)
     }
 
     /// The document `name` of `catalog`: `Ok(None)` when the file is missing

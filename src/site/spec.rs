@@ -319,9 +319,11 @@ impl ResolvedSpec {
 /// 253 characters. Rejects path traversal (`../x`), separators and hidden
 /// files before any path is built.
 pub fn validate_identity(identity: &str) -> Result<(), Error> {
-    let ok = !identity.is_empty()
-        && identity.len() <= MAX_IDENTITY_LEN
-        && identity.as_bytes()[0].is_ascii_alphanumeric()
+    let ok = identity.len() <= MAX_IDENTITY_LEN
+        && identity
+            .as_bytes()
+            .first()
+            .is_some_and(u8::is_ascii_alphanumeric)
         && identity
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
