@@ -579,3 +579,15 @@ fn validate_tree(root: &Path, skip: &[&str]) {
     }
     assert!(checked > 10, "only {checked} documents checked");
 }
+
+/// The daemon shares one `Site` across tasks and swaps it on reload.
+#[test]
+fn site_and_outputs_are_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Site>();
+    assert_send_sync::<homestak::site::TofuVars>();
+    assert_send_sync::<homestak::site::ResolvedSpec>();
+    assert_send_sync::<resolver::Error>();
+    assert_send_sync::<spec::Error>();
+    assert_send_sync::<auth::Error>();
+}
