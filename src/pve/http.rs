@@ -154,7 +154,13 @@ impl Http {
             Trust::Pinned(fingerprint) => {
                 builder.tls_backend_preconfigured(crate::tls::pinned_client_config(*fingerprint))
             }
-            Trust::Insecure => builder.tls_danger_accept_invalid_certs(true),
+            Trust::Insecure => {
+                tracing::warn!(
+                    url = %config.base_url,
+                    "TLS verification is off for this PVE host (--insecure)"
+                );
+                builder.tls_danger_accept_invalid_certs(true)
+            }
         };
         let client = builder
             .build()
