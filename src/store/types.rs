@@ -1,0 +1,344 @@
+//! The records the store keeps.
+//!
+//! All are serde types stored as JSON inside a versioned envelope; every
+//! field has a default so a record written by an older homestak of the same
+//! schema version still reads. PVE remains the source of truth for what
+//! exists: these records say what homestak applied, what it is waiting on
+//! and what happened.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Timestamp(ms)
+    }
+
+    /// This time plus `d`, saturating.
+    pub fn plus(self, d: Duration) -> Self {
+        Timestamp(self.0.saturating_add(d.as_millis() as u64))
+    }
+
+    /// Milliseconds since the epoch.
+    pub fn as_millis(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// RFC 3339 in UTC, e.g. `2025-06-10T12:00:00.000Z`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nanos = i128::from(self.0) * 1_000_000;
+        match time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            }) {
+            Some(text) => f.write_str(&text),
+            None => write!(f, "{}ms", self.0),
+        }
+    }
+}
+
+/// Identifies a node record: the manifest and the node's name in it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeKey {
+    pub manifest: String,
+    pub node: String,
+}
+
+impl NodeKey {
+    pub fn new(manifest: impl Into<String>, node: impl Into<String>) -> Self {
+        NodeKey {
+            manifest: manifest.into(),
+            node: node.into(),
+        }
+    }
+}
+
+impl fmt::Display for NodeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.manifest, self.node)
+    }
+}
+
+/// A VM's power state as last observed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PowerState {
+    Running,
+    Paused,
+    Stopped,
+    #[default]
+    Unknown,
+}
+
+/// Kubernetes-style condition status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConditionStatus {
+    True,
+    False,
+    #[default]
+    Unknown,
+}
+
+/// A Kubernetes-style condition (`Ready`, `Provisioned`, …).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: ConditionStatus,
+    /// CamelCase machine-readable cause (`TaskFailed`, `Converged`).
+    pub reason: String,
+    pub message: String,
+    /// When `status` last changed (not when the condition was last written).
+    pub last_transition: Timestamp,
+}
+
+/// A PVE task homestak started and has not seen finish yet. Recording it
+/// before requeueing is what lets a restarted reconciler pick the task up
+/// instead of starting the work twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InFlight {
+    /// The UPID, verbatim.
+    pub upid: String,
+    /// The controller step that started it (`create_vm`, `start_vm`, …).
+    pub step: String,
+    pub started: Timestamp,
+}
+
+/// What homestak knows about one manifest node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeRecord {
+    pub vmid: Option<u32>,
+    /// The PVE node the VM lives on.
+    pub pve_node: Option<String>,
+    pub ip: Option<String>,
+    pub power: PowerState,
+    /// Hash of the spec last applied successfully.
+    pub spec_hash: Option<String>,
+    /// Bumped by the store on every write of this record; callers' values
+    /// are ignored. Lets readers tell whether a record changed.
+    pub generation: u64,
+    pub conditions: Vec<Condition>,
+    pub last_error: Option<String>,
+    /// Failures in a row, reset on success; drives backoff across restarts.
+    pub consecutive_failures: u32,
+    pub in_flight: Option<InFlight>,
+    /// Set by the store on every write.
+    pub updated: Timestamp,
+}
+
+impl NodeRecord {
+    /// The condition of `kind`.
+    pub fn condition(&self, kind: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.kind == kind)
+    }
+
+    /// Sets a condition with Kubernetes semantics: `last_transition` moves
+    /// only when the status changes. Returns whether anything changed.
+    pub fn set_condition(
+        &mut self,
+        kind: &str,
+        status: ConditionStatus,
+        reason: &str,
+        message: &str,
+        now: Timestamp,
+    ) -> bool {
+        match self.conditions.iter_mut().find(|c| c.kind == kind) {
+            Some(existing) => {
+                let changed = existing.status != status
+                    || existing.reason != reason
+                    || existing.message != message;
+                if existing.status != status {
+                    existing.last_transition = now;
+                }
+                existing.status = status;
+                existing.reason = reason.to_string();
+                existing.message = message.to_string();
+                changed
+            }
+            None => {
+                self.conditions.push(Condition {
+                    kind: kind.to_string(),
+                    status,
+                    reason: reason.to_string(),
+                    message: message.to_string(),
+                    last_transition: now,
+                });
+                true
+            }
+        }
+    }
+}
+
+/// Severity of an event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    #[default]
+    Normal,
+    Warning,
+}
+
+/// An event to record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NewEvent {
+    pub at: Timestamp,
+    pub manifest: String,
+    /// The manifest node, or `None` for manifest-wide events.
+    pub node: Option<String>,
+    pub kind: EventKind,
+    /// CamelCase cause (`Created`, `TaskFailed`, `DriftDetected`).
+    pub reason: String,
+    pub message: String,
+}
+
+/// A recorded event.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Event {
+    /// Store-assigned, increasing, never reused.
+    pub seq: u64,
+    #[serde(flatten)]
+    pub event: NewEvent,
+}
+
+/// Which events to list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub manifest: Option<String>,
+    pub node: Option<String>,
+}
+
+/// A lease: one holder at a time until it expires.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    /// When the current holder first acquired it.
+    pub acquired: Timestamp,
+    pub renewed: Timestamp,
+    pub expires: Timestamp,
+}
+
+impl Lease {
+    /// Whether the lease has expired at `now`.
+    pub fn expired(&self, now: Timestamp) -> bool {
+        now >= self.expires
+    }
+}
+
+/// The result of trying to take a lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// Ours now (newly, after expiry of another holder's, or renewed).
+    Acquired(Lease),
+    /// Someone else holds it and it has not expired.
+    Held(Lease),
+}
+
+/// How a reconcile of a manifest ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReconcileOutcome {
+    Converged,
+    /// Some nodes converged, others failed or are still in progress.
+    Partial,
+    Failed,
+    Cancelled,
+    #[default]
+    Unknown,
+}
+
+/// The last reconcile of a manifest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReconcileResult {
+    pub started: Timestamp,
+    pub finished: Timestamp,
+    pub outcome: ReconcileOutcome,
+    /// One line for `status` (e.g. `3 converged, 1 failed: vm2 …`).
+    pub summary: String,
+}
+
+/// Per-manifest metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ManifestMeta {
+    /// The site-config commit last applied.
+    pub last_applied_commit: Option<String>,
+    pub last_reconcile: Option<ReconcileResult>,
+}
+
+/// When a write must be on disk before the call returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Flushed before returning: use after recording an in-flight UPID and
+    /// after a node converges, so a crash cannot forget either.
+    Flush,
+    /// Written now, flushed by the background flusher (~0.5 s) or shutdown.
+    Lazy,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_keep_transition_time_while_status_holds() {
+        let mut record = NodeRecord::default();
+        let t1 = Timestamp(1_000);
+        let t2 = Timestamp(2_000);
+        let t3 = Timestamp(3_000);
+        assert!(record.set_condition("Ready", ConditionStatus::False, "Creating", "", t1));
+        assert!(record.set_condition("Ready", ConditionStatus::False, "Starting", "x", t2));
+        assert_eq!(record.condition("Ready").unwrap().last_transition, t1);
+        assert!(!record.set_condition("Ready", ConditionStatus::False, "Starting", "x", t3));
+        assert!(record.set_condition("Ready", ConditionStatus::True, "Converged", "", t3));
+        let ready = record.condition("Ready").unwrap();
+        assert_eq!(ready.last_transition, t3);
+        assert_eq!(ready.reason, "Converged");
+        assert_eq!(record.conditions.len(), 1);
+    }
+
+    #[test]
+    fn timestamps_print_rfc3339() {
+        assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            Timestamp(1_700_000_000_123).to_string(),
+            "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(Timestamp(5).plus(Duration::from_secs(1)), Timestamp(1_005));
+    }
+
+    #[test]
+    fn records_read_with_missing_fields() {
+        let record: NodeRecord = serde_json::from_str(r#"{"vmid":100}"#).unwrap();
+        assert_eq!(record.vmid, Some(100));
+        assert_eq!(record.power, PowerState::Unknown);
+        let event: Event =
+            serde_json::from_str(r#"{"seq":3,"manifest":"m","reason":"Created"}"#).unwrap();
+        assert_eq!(event.seq, 3);
+        assert_eq!(event.event.reason, "Created");
+    }
+}
