@@ -36,6 +36,30 @@ impl std::fmt::Debug for SledBackend {
 
 /// Opens (creating if needed) the store in `dir`. The directory is made
 /// private (0700): the store names hosts, VMs and addresses.
+/// Opens the sled database, waiting briefly for a lock that a store closed
+/// a moment ago in this process may still hold (sled's flusher thread
+/// releases it asynchronously after drop).
+fn open_db(dir: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Err(sled::Error::Io(err))
+                if is_lock_error(&err) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// sled reports a held lock as `Other` with this text (sled 0.34).
+pub(crate) fn is_lock_error(err: &std::io::Error) -> bool {
+    err.to_string().contains("could not acquire lock")
+}
+
 pub fn open(dir: &Path, options: Options) -> Result<SledStore, Error> {
     let dir_error = |source| Error::Directory {
         path: dir.to_path_buf(),
@@ -48,13 +72,10 @@ pub fn open(dir: &Path, options: Options) -> Result<SledStore, Error> {
         .map_err(dir_error)?;
     // An existing directory keeps its mode through create(); tighten it.
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(dir_error)?;
-    let db = sled::Config::new()
-        .path(dir)
-        .open()
-        .map_err(|source| Error::Open {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+    let db = open_db(dir).map_err(|source| Error::Open {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut trees = Vec::with_capacity(Tree::ALL.len());
     for tree in Tree::ALL {
         trees.push(db.open_tree(tree.name()).map_err(|source| Error::Open {
