@@ -59,7 +59,7 @@ impl RusshTransport {
         let destination = &target.destination;
         let after = self.options.connect_timeout;
         let attempt = async {
-            let socket = TcpStream::connect((destination.host.as_str(), destination.port))
+            let socket = TcpStream::connect((&*destination.host, destination.port))
                 .await
                 .map_err(|source| match source.kind() {
                     std::io::ErrorKind::ConnectionRefused => Error::PortClosed {
@@ -91,7 +91,7 @@ impl RusshTransport {
                     HandlerError::HostKey(e) => *e,
                     HandlerError::Russh(source) => Error::Handshake {
                         destination: destination.clone(),
-                        source,
+                        source: Box::new(source),
                     },
                 })?;
             authenticate(&mut handle, target).await?;
@@ -101,7 +101,7 @@ impl RusshTransport {
                 .and_then(|g| *g)
                 .ok_or_else(|| Error::Handshake {
                     destination: destination.clone(),
-                    source: russh::Error::UnknownKey,
+                    source: Box::new(russh::Error::UnknownKey),
                 })?;
             Ok(RusshSession {
                 handle,
@@ -131,7 +131,7 @@ async fn authenticate(handle: &mut Handle<HostKeyCheck>, target: &Target) -> Res
     let destination = &target.destination;
     let auth_err = |source| Error::Auth {
         destination: destination.clone(),
-        source,
+        source: Box::new(source),
     };
     let key = target.identity.private_key();
     // RSA keys sign with the best hash the server announces (rsa-sha2-512,
@@ -146,10 +146,7 @@ async fn authenticate(handle: &mut Handle<HostKeyCheck>, target: &Target) -> Res
         None
     };
     let result = handle
-        .authenticate_publickey(
-            destination.user.clone(),
-            PrivateKeyWithHashAlg::new(key, hash),
-        )
+        .authenticate_publickey(&*destination.user, PrivateKeyWithHashAlg::new(key, hash))
         .await
         .map_err(auth_err)?;
     if result.success() {
@@ -223,7 +220,7 @@ impl RusshSession {
                 .await
                 .map_err(|source| Error::Channel {
                     destination: self.destination.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         Ok(channel.split())
     }
@@ -233,7 +230,7 @@ impl RusshSession {
         let exec_err = |source| Error::Exec {
             destination: self.destination.clone(),
             command: shown.clone(),
-            source,
+            source: Box::new(source),
         };
         let (mut rx, tx) = self.open_channel().await?;
         tx.exec(true, command.line()).await.map_err(exec_err)?;
@@ -313,7 +310,7 @@ impl RusshSession {
             wrap(Error::Exec {
                 destination: self.destination.clone(),
                 command: sink.to_string(),
-                source,
+                source: Box::new(source),
             })
         })?;
         // The temporary file is private until it has its final mode.
@@ -330,7 +327,7 @@ impl RusshSession {
                 scp::Failure::Channel(source) => wrap(Error::Exec {
                     destination: self.destination.clone(),
                     command: sink.to_string(),
-                    source,
+                    source: Box::new(source),
                 }),
                 scp::Failure::Source(source) => Error::UploadRead {
                     destination: self.destination.clone(),
@@ -469,7 +466,7 @@ impl Session for RusshSession {
                 .await
                 .map_err(|source| Error::Channel {
                     destination: self.destination.clone(),
-                    source,
+                    source: Box::new(source),
                 })
         })
     }

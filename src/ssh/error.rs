@@ -38,7 +38,7 @@ pub enum Error {
     KeyParse {
         origin: String,
         #[source]
-        source: russh::keys::Error,
+        source: Box<russh::keys::Error>,
     },
 
     /// The known-hosts file could not be read.
@@ -55,7 +55,7 @@ pub enum Error {
         path: PathBuf,
         line: usize,
         #[source]
-        source: russh::keys::Error,
+        source: Box<russh::keys::Error>,
     },
 
     /// A new host key could not be recorded.
@@ -95,22 +95,18 @@ pub enum Error {
     Handshake {
         destination: Destination,
         #[source]
-        source: russh::Error,
+        source: Box<russh::Error>,
     },
 
     /// The host key differs from the one we trust.
     #[error(
-        "host key of {destination} is {presented}, but {expected_from} says {expected}: refusing \
-         to connect (possible man-in-the-middle; if the host was really reinstalled, remove the \
-         old entry)"
+        "host key of {destination} is {presented}, but {trusted}: refusing to connect (possible \
+         man-in-the-middle; if the host was really reinstalled, remove the old entry)"
     )]
     HostKeyMismatch {
         destination: Destination,
         presented: Fingerprint,
-        expected: Fingerprint,
-        /// Where the trusted key comes from: `known-hosts file F line N` or
-        /// `the pinned fingerprint`.
-        expected_from: String,
+        trusted: Box<TrustedKey>,
     },
 
     /// Strict checking and the host is not in the known-hosts file.
@@ -149,7 +145,7 @@ pub enum Error {
     Auth {
         destination: Destination,
         #[source]
-        source: russh::Error,
+        source: Box<russh::Error>,
     },
 
     /// A session channel could not be opened.
@@ -157,7 +153,7 @@ pub enum Error {
     Channel {
         destination: Destination,
         #[source]
-        source: russh::Error,
+        source: Box<russh::Error>,
     },
 
     /// The server refused to run a command.
@@ -173,7 +169,7 @@ pub enum Error {
         destination: Destination,
         command: String,
         #[source]
-        source: russh::Error,
+        source: Box<russh::Error>,
     },
 
     /// The command did not finish within its timeout.
@@ -258,6 +254,20 @@ pub enum Error {
         destination: Destination,
         command: String,
     },
+}
+
+/// The key we trusted instead of the one presented, and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustedKey {
+    pub fingerprint: Fingerprint,
+    /// `known-hosts file F line N`, `the pinned fingerprint`, …
+    pub from: String,
+}
+
+impl fmt::Display for TrustedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} says {}", self.from, self.fingerprint)
+    }
 }
 
 fn stderr_suffix(stderr: &str) -> String {

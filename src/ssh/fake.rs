@@ -31,7 +31,7 @@ use russh::keys::{Algorithm, PrivateKey, PublicKey};
 use super::command::Stream;
 use super::{
     BoxFuture, Command, Destination, Error, ExecOutput, ExitStatus, Fingerprint, OutputSink,
-    Session, Target, Transport, Upload, UploadSource,
+    Session, Target, Transport, TrustedKey, Upload, UploadSource,
 };
 
 /// A canned answer to a command.
@@ -245,8 +245,10 @@ impl Transport for ScriptedTransport {
                     return Err(Error::HostKeyMismatch {
                         destination,
                         presented: Fingerprint::from_bytes([0xee; 32]),
-                        expected: Fingerprint::of(&self.host_key),
-                        expected_from: "the scripted fake".to_string(),
+                        trusted: Box::new(TrustedKey {
+                            fingerprint: Fingerprint::of(&self.host_key),
+                            from: "the scripted fake".to_string(),
+                        }),
                     });
                 }
             }
@@ -457,7 +459,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(session.destination().host, "127.0.0.3");
+        assert_eq!(&*session.destination().host, "127.0.0.3");
         assert_eq!(fake.connect_attempts(), 4);
     }
 

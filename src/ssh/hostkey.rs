@@ -29,7 +29,7 @@ use russh::keys::{PublicKey, PublicKeyBase64};
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
 
-use super::{Destination, Error};
+use super::{Destination, Error, TrustedKey};
 
 /// The SHA-256 fingerprint of an SSH public key, shown as OpenSSH prints it:
 /// `SHA256:` followed by unpadded base64.
@@ -129,8 +129,10 @@ impl HostKeyPolicy {
                     Err(Error::HostKeyMismatch {
                         destination: destination.clone(),
                         presented,
-                        expected: *expected,
-                        expected_from: "the pinned fingerprint".to_string(),
+                        trusted: Box::new(TrustedKey {
+                            fingerprint: *expected,
+                            from: "the pinned fingerprint".to_string(),
+                        }),
                     })
                 }
             }
@@ -232,8 +234,10 @@ impl KnownHosts {
             Lookup::Mismatch { line, recorded } => Err(Error::HostKeyMismatch {
                 destination: destination.clone(),
                 presented,
-                expected: recorded,
-                expected_from: format!("known-hosts file {} line {line}", self.path().display()),
+                trusted: Box::new(TrustedKey {
+                    fingerprint: recorded,
+                    from: format!("known-hosts file {} line {line}", self.path().display()),
+                }),
             }),
             Lookup::Revoked { line } => Err(Error::HostKeyRevoked {
                 destination: destination.clone(),
@@ -253,7 +257,7 @@ impl KnownHosts {
             return Ok(Lookup::Revoked { line: entry.line });
         }
         let trusted: Vec<&Entry> = entries.iter().filter(|e| !e.revoked).collect();
-        if trusted.iter().any(|e| same(e)) {
+        if trusted.iter().any(same) {
             return Ok(Lookup::Known);
         }
         Ok(match trusted.first() {
@@ -309,7 +313,7 @@ impl KnownHosts {
                 Error::KnownHostsParse {
                     path: self.path().to_path_buf(),
                     line,
-                    source,
+                    source: Box::new(source),
                 }
             })?;
             entries.push(Entry { line, revoked, key });

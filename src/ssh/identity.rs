@@ -49,7 +49,7 @@ impl Identity {
             },
             source => Error::KeyParse {
                 origin: origin.to_string(),
-                source,
+                source: Box::new(source),
             },
         })?;
         Ok(Self::from_private_key(key, origin))

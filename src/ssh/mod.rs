@@ -44,12 +44,13 @@ mod wait;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 pub use client::{ClientOptions, RusshTransport};
 pub use command::{
     Command, ExecOutput, ExitStatus, LineBuffer, Stream, Upload, UploadSource, quote,
 };
-pub use error::{Error, ErrorKind};
+pub use error::{Error, ErrorKind, TrustedKey};
 pub use hostkey::{Fingerprint, FingerprintParseError, HostKeyPolicy, KnownHosts};
 pub use identity::Identity;
 pub use wait::{WaitOptions, wait_for_ssh};
@@ -61,17 +62,18 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// order the remote side wrote it. Use [`LineBuffer`] to get whole lines.
 pub type OutputSink<'a> = dyn FnMut(Stream, &[u8]) + Send + 'a;
 
-/// Where to connect and as whom: `user@host:port`.
+/// Where to connect and as whom: `user@host:port`. Cheap to clone (every
+/// error carries one).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Destination {
     /// A host name or an IP address (IPv6 without brackets).
-    pub host: String,
+    pub host: Arc<str>,
     pub port: u16,
-    pub user: String,
+    pub user: Arc<str>,
 }
 
 impl Destination {
-    pub fn new(host: impl Into<String>, port: u16, user: impl Into<String>) -> Self {
+    pub fn new(host: &str, port: u16, user: &str) -> Self {
         Destination {
             host: host.into(),
             port,
