@@ -19,6 +19,9 @@ pub(crate) const COLLECT_LIMIT: usize = 16 * 1024 * 1024;
 pub struct Command {
     line: String,
     shown: String,
+    /// Secret argument values, masked wherever the command's output is
+    /// quoted back (a failing tool often echoes its arguments).
+    secrets: Vec<String>,
     stdin: Option<Vec<u8>>,
     timeout: Option<Duration>,
 }
@@ -30,6 +33,7 @@ impl Command {
         Command {
             shown: quoted.clone(),
             line: quoted,
+            secrets: Vec::new(),
             stdin: None,
             timeout: None,
         }
@@ -41,6 +45,7 @@ impl Command {
         Command {
             shown: line.clone(),
             line,
+            secrets: Vec::new(),
             stdin: None,
             timeout: None,
         }
@@ -70,7 +75,17 @@ impl Command {
         self.line.push(' ');
         self.line.push_str(&quote(arg.as_ref()));
         self.shown.push_str(" ***");
+        if !arg.as_ref().is_empty() {
+            self.secrets.push(arg.as_ref().to_string());
+        }
         self
+    }
+
+    /// `text` with every secret argument replaced by `***`.
+    pub fn redact(&self, text: &str) -> String {
+        self.secrets.iter().fold(text.to_string(), |text, secret| {
+            text.replace(secret.as_str(), "***")
+        })
     }
 
     /// Data written to the command's stdin (then EOF). Never shown.
@@ -246,16 +261,15 @@ impl ExecOutput {
             destination: destination.clone(),
             command: command.to_string(),
             status: self.status.clone(),
-            stderr: stderr_tail(&self.stderr),
+            stderr: stderr_tail(&command.redact(&String::from_utf8_lossy(&self.stderr))),
         })
     }
 }
 
 /// The last few lines of stderr, bounded, for error messages.
-fn stderr_tail(stderr: &[u8]) -> String {
+fn stderr_tail(text: &str) -> String {
     const LINES: usize = 3;
     const CHARS: usize = 400;
-    let text = String::from_utf8_lossy(stderr);
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim_end)
