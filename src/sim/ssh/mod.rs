@@ -37,6 +37,8 @@ mod parse;
 mod scp;
 mod session;
 mod shell;
+#[cfg(test)]
+mod tests;
 mod vmfs;
 
 use std::net::SocketAddr;
@@ -59,6 +61,12 @@ use session::{Connection, Shared};
 /// Errors starting a simulated SSH server or preparing its inputs.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The simulator only ever listens on loopback addresses.
+    #[error(
+        "refusing to listen for simulated SSH on {addr}: only loopback addresses (127.0.0.0/8, ::1) are allowed"
+    )]
+    NotLoopback { addr: SocketAddr },
+
     /// The listen address could not be bound.
     #[error("cannot listen for SSH on {addr}")]
     Bind {
@@ -147,6 +155,11 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Binds and starts serving in the background.
     pub async fn start(config: Config) -> Result<Server, Error> {
+        if !config.listen.ip().is_loopback() {
+            return Err(Error::NotLoopback {
+                addr: config.listen,
+            });
+        }
         let host_key = match config.host_key {
             Some(key) => key,
             None => PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
