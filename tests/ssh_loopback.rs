@@ -388,6 +388,17 @@ async fn uploads_land_atomically_with_their_mode_and_read_back() {
         .collect();
     assert_eq!(leftovers, [std::ffi::OsString::from("homestak")]);
 
+    // Names that need quoting survive the trip through the remote shell.
+    run(&*session, "mkdir -p '/opt/my app'").await;
+    session
+        .upload(&Upload::bytes("q", "/opt/my app/it's here.txt", 0o644))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(vm.root().join("opt/my app/it's here.txt")).unwrap(),
+        "q"
+    );
+
     // Relative paths land in the user's home.
     session
         .upload(&Upload::bytes("x", "notes.txt", 0o644))

@@ -155,7 +155,8 @@ pub trait Session: Send + Sync {
     fn host_key(&self) -> &Fingerprint;
 
     /// Runs `command`, passing output to `sink` as it arrives and collecting
-    /// it. A non-zero exit status is not an error here: it is in
+    /// it. The command's stdin holds [`Command::stdin`] (or nothing), then
+    /// EOF. A non-zero exit status is not an error here: it is in
     /// [`ExecOutput::status`]. Errors are transport failures, a refused exec
     /// request, a lost exit status or the command's timeout.
     fn exec<'a>(
