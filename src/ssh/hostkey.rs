@@ -422,14 +422,14 @@ mod tests {
 
     #[test]
     fn fingerprint_matches_openssh_for_a_known_key() {
-        // `ssh-keygen -lf` prints this fingerprint for this public key.
+        // A key made for this test with ssh-keygen; `ssh-keygen -lf` printed this fingerprint.
         let key = russh::keys::parse_public_key_base64(
-            "AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ",
+            "AAAAC3NzaC1lZDI1NTE5AAAAIARxl3eOe2eI+c6oHBapUqj5X9EesKCJ/W8JkUhHP5/W",
         )
         .unwrap();
         assert_eq!(
             Fingerprint::of(&key).to_string(),
-            "SHA256:T7SvZ2cslqpPj6nKzitCBHHlpVF3r3MvLwmFL0fk0IE"
+            "SHA256:OXT0zu7qI7MwTVHZMm+pvhdz14rm/bVRWmlzdunV4sQ"
         );
     }
 

@@ -269,14 +269,14 @@ async fn servers_listen_on_loopback_only() {
 #[test]
 fn authorized_keys_text_is_parsed_like_sshd_does() {
     let text = "# cloud-init sshkeys\n\
-        ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ op@laptop\n\
+        ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIARxl3eOe2eI+c6oHBapUqj5X9EesKCJ/W8JkUhHP5/W op@laptop\n\
         \n\
-        no-pty,no-agent-forwarding ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ\n";
+        no-pty,no-agent-forwarding ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIARxl3eOe2eI+c6oHBapUqj5X9EesKCJ/W8JkUhHP5/W\n";
     let keys = super::parse_authorized_keys(text).unwrap();
     assert_eq!(keys.len(), 2);
     assert_eq!(
         crate::ssh::Fingerprint::of(&keys[0]).to_string(),
-        "SHA256:T7SvZ2cslqpPj6nKzitCBHHlpVF3r3MvLwmFL0fk0IE"
+        "SHA256:OXT0zu7qI7MwTVHZMm+pvhdz14rm/bVRWmlzdunV4sQ"
     );
     let err = super::parse_authorized_keys("ssh-ed25519 AAAA\nssh-rsa !!!\n").unwrap_err();
     assert!(
