@@ -1,1 +1,2 @@
 //! The PVE 8.4 simulator.
+pub mod ssh;
