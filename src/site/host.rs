@@ -70,6 +70,17 @@ pub struct NodeConfig {
     pub api_token: Option<String>,
     /// Storage for VM disks; required to resolve VMs on this node.
     pub datastore: Option<String>,
+    /// SHA-256 fingerprint of the API certificate (`AA:BB:…`, as
+    /// `pvenode cert info` prints it). When set, homestak trusts exactly
+    /// that certificate instead of the CA chain.
+    pub api_fingerprint: Option<String>,
+    /// Storage holding import images (content `import`; default `local`).
+    pub image_storage: Option<String>,
+    /// Private key homestak uses for SSH to this node's VMs (default
+    /// `~/.ssh/id_rsa`); its public half must be in `secrets.yaml` `ssh_keys`.
+    pub ssh_key: Option<PathBuf>,
+    /// SSH port of the VMs on this node (default 22).
+    pub vm_ssh_port: Option<u16>,
     /// Address for SSH when the endpoint is not local.
     pub ip: Option<String>,
     /// User for SSH to this node (default: site `ssh_user`, else root).
@@ -156,6 +167,16 @@ pub struct HostConfig {
     /// PVE API token; empty for host-only or when not configured.
     #[serde(skip)]
     pub api_token: Secret,
+    /// Pinned API certificate fingerprint (`nodes/<name>.yaml`
+    /// `api_fingerprint`). Not part of the reference's host config output.
+    #[serde(skip)]
+    pub api_fingerprint: Option<String>,
+    /// Storage for import images (`image_storage`, default `local`).
+    #[serde(skip)]
+    pub image_storage: String,
+    /// SSH port of the VMs on this node (`vm_ssh_port`, default 22).
+    #[serde(skip)]
+    pub vm_ssh_port: u16,
 }
 
 impl HostConfig {
@@ -200,6 +221,9 @@ impl Site {
                 .unwrap_or_else(|| "debian-12-custom.qcow2".to_string()),
             is_host_only: false,
             api_token: Secret::empty(),
+            api_fingerprint: None,
+            image_storage: "local".to_string(),
+            vm_ssh_port: 22,
         };
         let document = |source: &Arc<yaml::Error>| Error::Document {
             name: name.to_string(),
@@ -228,6 +252,16 @@ impl Site {
             }
             if let Some(user) = node.ssh_user {
                 config.ssh_user = user;
+            }
+            config.api_fingerprint = node.api_fingerprint;
+            if let Some(key) = node.ssh_key {
+                config.ssh_key = key;
+            }
+            if let Some(port) = node.vm_ssh_port {
+                config.vm_ssh_port = port;
+            }
+            if let Some(storage) = node.image_storage {
+                config.image_storage = storage;
             }
             return Ok(config);
         }

@@ -87,6 +87,14 @@ pub struct SiteDefaults {
     #[serde(default, deserialize_with = "double_option")]
     #[schemars(with = "Option<Vec<String>>")]
     pub packages: Option<Option<Vec<String>>>,
+    /// Where VM images are downloaded from when a PVE storage lacks them:
+    /// a URL prefix to which `<image>.qcow2` is appended (default: the
+    /// packer release, `https://github.com/<packer_release_repo>/releases/download/<packer_release>/`).
+    pub image_source: Option<String>,
+    /// Images a release ships in parts (too big for one release asset):
+    /// image name → number of parts (`<image>.qcow2.part00`, `part01`, …),
+    /// joined on the PVE host after download.
+    pub image_parts: Option<BTreeMap<String, u32>>,
     /// Remove the PVE subscription nag (default true).
     pub pve_remove_subscription_nag: Option<bool>,
     /// Keys homestak does not interpret.
