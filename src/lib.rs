@@ -43,6 +43,7 @@ pub mod graph;
 pub mod model;
 pub mod plan;
 pub mod pve;
+pub mod reconcile;
 pub mod sim;
 pub mod site;
 pub mod ssh;

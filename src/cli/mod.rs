@@ -17,10 +17,15 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 pub mod config;
+mod converge;
 pub mod crds;
 pub mod manifest;
 pub mod output;
+mod progress;
+mod report;
+mod seed;
 pub mod sim;
+mod target;
 
 /// homestak: converge Proxmox VE to what your site-config declares.
 #[derive(Debug, Parser)]
@@ -57,6 +62,18 @@ pub enum Command {
     Crds(crds::Args),
     /// Run the built-in Proxmox VE 8.4 API simulator.
     Sim(sim::Args),
+    /// Show what a reconcile would change, without changing anything.
+    Plan(converge::PlanArgs),
+    /// Converge a manifest on a host (`--once`; the daemon reconciles continuously).
+    Reconcile(converge::ReconcileArgs),
+    /// Drift report: exit 0 in sync, 2 drifted, 1 on error.
+    Status(converge::StatusArgs),
+    /// Create a manifest's VMs (the iac-driver verb).
+    Create(seed::CreateArgs),
+    /// Destroy the VMs a manifest owns (asks unless --yes).
+    Destroy(seed::DestroyArgs),
+    /// Create, verify SSH, destroy: a smoke test of a manifest on a host.
+    Test(seed::TestArgs),
 }
 
 /// How a command ended, beyond plain errors.
@@ -68,6 +85,8 @@ pub enum Outcome {
     Drift,
     /// The command ran but failed; it already printed why.
     Failed,
+    /// Stopped by SIGINT at a safe point.
+    Interrupted,
 }
 
 impl Outcome {
@@ -76,6 +95,7 @@ impl Outcome {
             Outcome::Success => ExitCode::SUCCESS,
             Outcome::Failed => ExitCode::from(1),
             Outcome::Drift => ExitCode::from(2),
+            Outcome::Interrupted => ExitCode::from(130),
         }
     }
 }
@@ -122,6 +142,12 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Manifest(args) => manifest::run(args, &global).await,
         Command::Crds(args) => crds::run(args, &global).await,
         Command::Sim(args) => sim::run(args, &global).await,
+        Command::Plan(args) => converge::plan(args, &global).await,
+        Command::Reconcile(args) => converge::reconcile(args, &global).await,
+        Command::Status(args) => converge::status(args, &global).await,
+        Command::Create(args) => seed::create(args, &global).await,
+        Command::Destroy(args) => seed::destroy(args, &global).await,
+        Command::Test(args) => seed::test(args, &global).await,
     }
 }
 

@@ -23,3 +23,9 @@ pub fn print_error(err: &anyhow::Error) {
     }
     eprintln!("{text}");
 }
+
+/// Prints human text on stdout; a closed pipe (`| head`) is not an error.
+pub fn print_text(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}

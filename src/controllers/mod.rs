@@ -1,1 +1,6 @@
-//! Controllers, one per node kind. Filled in by the converge work.
+//! Controllers, one per node kind. Each turns a node's plan into idempotent
+//! steps the [`crate::executor`] runs.
+//!
+//! - [`vm`]: a VM on one PVE tier (also the VM part of a `pve` node).
+
+pub mod vm;

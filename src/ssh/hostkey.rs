@@ -213,6 +213,53 @@ impl KnownHosts {
         &self.inner.path
     }
 
+    /// Drops the trusted keys recorded for `host:port` (revocations stay):
+    /// a VM homestak destroyed and recreated at the same address has a new
+    /// host key, which must not count as an attack. Returns how many lines
+    /// were removed.
+    pub async fn forget(&self, host: &str, port: u16) -> Result<usize, Error> {
+        let _guard = self.inner.write_lock.lock().await;
+        let path = self.path();
+        let text = match tokio::fs::read_to_string(path).await {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => {
+                return Err(Error::KnownHostsRead {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let wanted = host_pattern(host, port);
+        let mut kept = String::with_capacity(text.len());
+        let mut removed = 0;
+        for raw in text.lines() {
+            let first = raw.split_whitespace().next().unwrap_or("");
+            let matches = !first.starts_with('#')
+                && !first.starts_with('@')
+                && first.split(',').any(|p| pattern_matches(p, &wanted));
+            if matches {
+                removed += 1;
+            } else {
+                kept.push_str(raw);
+                kept.push('\n');
+            }
+        }
+        if removed > 0 {
+            let tmp = path.with_extension("tmp");
+            let write = async {
+                tokio::fs::write(&tmp, kept.as_bytes()).await?;
+                tokio::fs::rename(&tmp, path).await
+            };
+            write.await.map_err(|source| Error::KnownHostsWrite {
+                path: path.to_path_buf(),
+                host_port: format!("{host}:{port}"),
+                source,
+            })?;
+        }
+        Ok(removed)
+    }
+
     /// The fingerprints recorded for `host:port`, in file order.
     pub async fn recorded(&self, host: &str, port: u16) -> Result<Vec<Fingerprint>, Error> {
         let entries = self.entries(host, port).await?;

@@ -1,0 +1,179 @@
+//! The iac-driver verbs kept for its users: `create`, `destroy`, `test`.
+//! They run the same reconcile path as `reconcile --once`; only the intent
+//! and the report differ.
+
+use std::path::PathBuf;
+
+use super::converge::{self, Mode, Run};
+use super::report::RunReport;
+use super::target::TargetArgs;
+use super::{GlobalArgs, Outcome};
+use crate::reconcile;
+
+/// Flags every seed verb takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SeedArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Show the plan and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the run report as JSON on stdout (the iac-driver schema).
+    #[arg(long)]
+    pub json_output: bool,
+    /// Directory for run reports.
+    #[arg(long, value_name = "DIR", default_value = "reports")]
+    pub report_dir: PathBuf,
+}
+
+/// Arguments of `homestak create`.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub seed: SeedArgs,
+}
+
+/// Arguments of `homestak destroy`.
+#[derive(Debug, clap::Args)]
+pub struct DestroyArgs {
+    #[command(flatten)]
+    pub seed: SeedArgs,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+/// Arguments of `homestak test`.
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    #[command(flatten)]
+    pub seed: SeedArgs,
+    /// Leave the VMs in place afterwards (for debugging).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+fn json_global(global: &GlobalArgs, seed: &SeedArgs) -> GlobalArgs {
+    let mut g = global.clone();
+    g.json = global.json || seed.json_output;
+    g
+}
+
+/// `create`: converge without pruning (the verb only adds).
+pub async fn create(args: CreateArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
+    let global = json_global(global, &args.seed);
+    let options = reconcile::Options {
+        prune: false,
+        ..reconcile::Options::default()
+    };
+    let mut report = RunReport::new("create");
+    let run = Run {
+        mode: Mode::Apply,
+        dry_run: args.seed.dry_run,
+        force_ssh: false,
+        confirm: false,
+    };
+    let outcome =
+        converge::converge(&args.seed.target, &global, &options, run, &mut report).await?;
+    finish(&report, &global, &args.seed)?;
+    Ok(outcome)
+}
+
+/// `destroy`: remove every VM the manifest owns on the host.
+pub async fn destroy(args: DestroyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
+    let global = json_global(global, &args.seed);
+    let mut report = RunReport::new("destroy");
+    let run = Run {
+        mode: Mode::Destroy,
+        dry_run: args.seed.dry_run,
+        force_ssh: false,
+        confirm: !args.yes,
+    };
+    let outcome = converge::converge(
+        &args.seed.target,
+        &global,
+        &reconcile::Options::default(),
+        run,
+        &mut report,
+    )
+    .await?;
+    finish(&report, &global, &args.seed)?;
+    Ok(outcome)
+}
+
+/// `test`: create (SSH verified), then destroy; destroy also runs after a
+/// failed create unless `cleanup_on_failure: false` or `--keep`.
+pub async fn test(args: TestArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
+    let global = json_global(global, &args.seed);
+    let mut report = RunReport::new("test");
+    let create = Run {
+        mode: Mode::Apply,
+        dry_run: args.seed.dry_run,
+        force_ssh: true,
+        confirm: false,
+    };
+    let options = reconcile::Options {
+        prune: false,
+        ..reconcile::Options::default()
+    };
+    let created =
+        converge::converge(&args.seed.target, &global, &options, create, &mut report).await;
+    let created_ok = matches!(created, Ok(Outcome::Success));
+    if args.seed.dry_run {
+        finish(&report, &global, &args.seed)?;
+        return created;
+    }
+    let cleanup = created_ok || cleanup_on_failure(&args.seed.target, &global);
+    if !args.keep && cleanup {
+        let destroy = Run {
+            mode: Mode::Destroy,
+            dry_run: false,
+            force_ssh: false,
+            confirm: false,
+        };
+        let mut destroy_report = RunReport::new("destroy");
+        let destroyed = converge::converge(
+            &args.seed.target,
+            &global,
+            &reconcile::Options::default(),
+            destroy,
+            &mut destroy_report,
+        )
+        .await;
+        report.phases.extend(
+            destroy_report
+                .phases
+                .into_iter()
+                .map(|(name, status, d)| (format!("destroy/{name}"), status, d)),
+        );
+        report.duration += destroy_report.duration;
+        match destroyed {
+            Ok(Outcome::Success) => {}
+            Ok(_) => report.fail(format!(
+                "destroy: {}",
+                destroy_report.error.unwrap_or_default()
+            )),
+            Err(err) => report.fail(format!("destroy: {err:#}")),
+        }
+    }
+    if let Err(err) = &created {
+        report.fail(format!("create: {err:#}"));
+    }
+    finish(&report, &global, &args.seed)?;
+    Ok(if report.success {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
+}
+
+fn cleanup_on_failure(target: &TargetArgs, global: &GlobalArgs) -> bool {
+    crate::site::discover::find(global.site_config.as_deref())
+        .ok()
+        .and_then(|root| super::target::read_manifest(&target.source, &root).ok())
+        .is_none_or(|m| m.settings().cleanup_on_failure)
+}
+
+fn finish(report: &RunReport, global: &GlobalArgs, seed: &SeedArgs) -> anyhow::Result<()> {
+    converge::finish_report(report, global, Some(&seed.report_dir))
+}
