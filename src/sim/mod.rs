@@ -1,1 +1,4 @@
 //! The PVE 8.4 simulator.
+
+pub mod form;
+pub mod params;
