@@ -419,6 +419,15 @@ pub fn endpoints() -> &'static [Endpoint] {
     &ALL
 }
 
+/// Property-string dicts the handlers parse stored values with.
+pub mod qemu_dicts {
+    pub use super::qemu::{
+        agent_dict as agent, drive_dict as drive, efidisk_dict as efidisk,
+        ipconfig_dict as ipconfig, memory_dict as memory, net_dict as net,
+        tpmstate_dict as tpmstate,
+    };
+}
+
 /// The VM configuration options the simulator stores (create and config).
 pub fn vm_options() -> &'static [Param] {
     qemu::vm_options()
