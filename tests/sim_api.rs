@@ -3,8 +3,7 @@
 
 mod sim_support;
 
-use serde_json::json;
-use sim_support::{Sim, ssh_key};
+use sim_support::Sim;
 
 #[tokio::test]
 async fn version_and_envelope() {

@@ -152,8 +152,8 @@ pub fn collect(
     body: Option<(&str, &[u8])>,
 ) -> Result<Input, String> {
     let mut input = Input::default();
-    if method.has_body() {
-        if let Some((content_type, bytes)) = body {
+    if method.has_body()
+        && let Some((content_type, bytes)) = body {
             let is_json = content_type
                 .split(';')
                 .next()
@@ -166,7 +166,6 @@ pub fn collect(
                 input = decode_urlencoded(&String::from_utf8_lossy(bytes));
             }
         }
-    }
     if let Some(q) = query {
         input.merge_over(decode_urlencoded(q));
     }

@@ -265,12 +265,11 @@ impl Shared {
         let Some(h) = handle else { return false };
         h.abort();
         let mut w = self.world_mut();
-        if let Some(t) = w.task_mut(upid) {
-            if t.running() {
+        if let Some(t) = w.task_mut(upid)
+            && t.running() {
                 t.exitstatus = Some("interrupted by signal".into());
                 t.endtime = Some(Clock::now());
             }
-        }
         true
     }
 

@@ -146,13 +146,11 @@ impl Vm {
             .filter(|f| f.contains(':'))
             .collect();
         for (k, v) in &self.config {
-            if k.starts_with("unused") || k == "efidisk0" || k == "tpmstate0" {
-                if let Some(file) = v.split(',').next().map(|f| f.trim_start_matches("file=")) {
-                    if file.contains(':') {
+            if (k.starts_with("unused") || k == "efidisk0" || k == "tpmstate0")
+                && let Some(file) = v.split(',').next().map(|f| f.trim_start_matches("file="))
+                    && file.contains(':') {
                         out.push(file.to_string());
                     }
-                }
-            }
         }
         out
     }

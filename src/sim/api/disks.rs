@@ -83,7 +83,7 @@ pub fn plan(w: &World, node: &str, key: &str, value: &str) -> Result<DiskAction,
                 opts,
             })
         }
-        (Some((storage, size)), Some(source)) if size == "0" => {
+        (Some((storage, "0")), Some(source)) => {
             check_image_storage(w, node, key, storage)?;
             if !source.starts_with('/') {
                 let Some((src_storage, src_name)) = split_volid(&source) else {
@@ -290,7 +290,7 @@ pub fn resize(ctx: &Ctx, p: &Params) -> Result<Reply, Error> {
             let _lock = shared.lock_vm(vmid).await?;
             shared.clock.sleep(shared.config.latency.resize).await;
             if inject {
-                return Err(format!("disk resize failed: injected fault (homestak sim)"));
+                return Err("disk resize failed: injected fault (homestak sim)".to_string());
             }
             let mut w = shared.world_mut();
             let vm = w.vm_mut(&n, vmid).map_err(|e| e.message)?;
@@ -333,13 +333,11 @@ pub fn resize(ctx: &Ctx, p: &Params) -> Result<Reply, Error> {
             }
             vm.config
                 .insert(disk.clone(), render_drive(&file, &props, Some(new)));
-            if let Some((sid, name)) = split_volid(&file) {
-                if let Ok(s) = w.storage_mut(&n, sid) {
-                    if let Some(v) = s.volumes.get_mut(name) {
+            if let Some((sid, name)) = split_volid(&file)
+                && let Ok(s) = w.storage_mut(&n, sid)
+                    && let Some(v) = s.volumes.get_mut(name) {
                         v.size = new;
                     }
-                }
-            }
             drop(w);
             shared.task_log(&upid, format!("Image resized to {}.", format_size(new)));
             Ok(())

@@ -125,13 +125,16 @@ fn config_key(key: &str) -> &str {
     if key == "cdrom" { "ide2" } else { key }
 }
 
+/// Planned disk actions by config key, in request order.
+type DiskPlans = Vec<(String, DiskAction)>;
+
 /// Splits request options into plain values and planned disk actions.
 fn plan_options(
     ctx: &Ctx,
     endpoint: &Endpoint,
     p: &Params,
     node: &str,
-) -> Result<(BTreeMap<String, String>, Vec<(String, DiskAction)>), Error> {
+) -> Result<(BTreeMap<String, String>, DiskPlans), Error> {
     let w = ctx.shared.world();
     let mut values = BTreeMap::new();
     let mut disks = Vec::new();
@@ -172,8 +175,8 @@ pub fn register_vm(ctx: &Ctx, mut vm: Vm, fresh_ids: bool) -> Result<u32, Error>
     let shared = &ctx.shared;
     if fresh_ids {
         for (k, v) in vm.config.iter_mut() {
-            if k.starts_with("net") {
-                if let Ok(mut props) = formats::parse_property_string(qemu_dicts::net(), v, k) {
+            if k.starts_with("net")
+                && let Ok(mut props) = formats::parse_property_string(qemu_dicts::net(), v, k) {
                     props.remove("macaddr");
                     let model = props.remove("model").unwrap_or_else(|| "virtio".into());
                     *v = std::iter::once(model)
@@ -181,7 +184,6 @@ pub fn register_vm(ctx: &Ctx, mut vm: Vm, fresh_ids: bool) -> Result<u32, Error>
                         .collect::<Vec<_>>()
                         .join(",");
                 }
-            }
         }
         vm.config.remove("smbios1");
         vm.config.remove("vmgenid");
@@ -520,15 +522,14 @@ pub fn destroy(ctx: &Ctx, p: &Params) -> Result<Reply, Error> {
                     return Err(format!("VM {vmid} is running - destroy failed"));
                 }
                 let mut vols = vm.volumes();
-                if unreferenced {
-                    if let Ok(node) = w.node(&n) {
+                if unreferenced
+                    && let Ok(node) = w.node(&n) {
                         for s in node.storages.values() {
                             for v in s.volumes.values().filter(|v| v.vmid == Some(vmid)) {
                                 vols.push(format!("{}:{}", s.id, v.name));
                             }
                         }
                     }
-                }
                 vols
             };
             let mut by_storage: BTreeMap<String, Vec<String>> = BTreeMap::new();

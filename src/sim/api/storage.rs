@@ -134,9 +134,7 @@ pub fn download_url(ctx: &Ctx, p: &Params) -> Result<Reply, Error> {
                     / shared.config.latency.download_mib_per_s.max(0.001);
             shared.clock.sleep(secs).await;
             if inject {
-                return Err(format!(
-                    "download failed: 500 Can't connect (injected fault, homestak sim)"
-                ));
+                return Err("download failed: 500 Can't connect (injected fault, homestak sim)".to_string());
             }
             let mut w = shared.world_mut();
             let s = w.storage_mut(&node, &sid).map_err(|e| e.message)?;

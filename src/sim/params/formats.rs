@@ -616,8 +616,8 @@ pub fn is_boot_device(v: &str) -> bool {
 /// The bus and index of a disk key.
 pub fn disk_bus(v: &str) -> Option<(&'static str, u32)> {
     for (bus, max) in [("ide", 3), ("sata", 5), ("scsi", 30), ("virtio", 15)] {
-        if let Some(n) = v.strip_prefix(bus) {
-            if !n.is_empty()
+        if let Some(n) = v.strip_prefix(bus)
+            && !n.is_empty()
                 && n.bytes().all(|c| c.is_ascii_digit())
                 && (n == "0" || !n.starts_with('0'))
             {
@@ -626,7 +626,6 @@ pub fn disk_bus(v: &str) -> Option<(&'static str, u32)> {
                     return Some((bus, i));
                 }
             }
-        }
     }
     None
 }
@@ -650,7 +649,7 @@ pub fn parse_size(v: &str) -> Option<u64> {
         Some(_) => return None,
     };
     let bytes = n * mult;
-    (bytes.is_finite() && bytes >= 0.0 && bytes < 1.0e18).then_some(bytes as u64)
+    (bytes.is_finite() && (0.0..1.0e18).contains(&bytes)).then_some(bytes as u64)
 }
 
 /// Renders bytes as PVE writes disk sizes (`32G`, `512M`, `1536K`).
@@ -662,11 +661,11 @@ pub fn format_size(bytes: u64) -> String {
         ('M', K * K),
         ('K', K),
     ] {
-        if bytes >= mult && bytes % mult == 0 {
+        if bytes >= mult && bytes.is_multiple_of(mult) {
             return format!("{}{unit}", bytes / mult);
         }
     }
-    if bytes % K == 0 {
+    if bytes.is_multiple_of(K) {
         format!("{}K", bytes / K)
     } else {
         bytes.to_string()

@@ -537,40 +537,34 @@ pub fn check_value(schema: &Schema, value: &str) -> Result<(), String> {
     }
     if matches!(schema.ty, Type::Integer | Type::Number) {
         let n: f64 = value.parse().unwrap_or(0.0);
-        if let Some(min) = schema.minimum {
-            if n < min as f64 {
+        if let Some(min) = schema.minimum
+            && n < min as f64 {
                 return Err(format!("value must have a minimum value of {min}"));
             }
-        }
-        if let Some(max) = schema.maximum {
-            if n > max as f64 {
+        if let Some(max) = schema.maximum
+            && n > max as f64 {
                 return Err(format!("value must have a maximum value of {max}"));
             }
-        }
     }
-    if let Some(max) = schema.max_length {
-        if value.chars().count() > max {
+    if let Some(max) = schema.max_length
+        && value.chars().count() > max {
             return Err(format!("value may only be {max} characters long"));
         }
-    }
-    if let Some(min) = schema.min_length {
-        if value.chars().count() < min {
+    if let Some(min) = schema.min_length
+        && value.chars().count() < min {
             return Err(format!("value must be at least {min} characters long"));
         }
-    }
-    if let Some(e) = schema.enumeration {
-        if !e.contains(&value) {
+    if let Some(e) = schema.enumeration
+        && !e.contains(&value) {
             return Err(format!(
                 "value '{value}' does not have a value in the enumeration '{}'",
                 e.join(", ")
             ));
         }
-    }
-    if let Some(p) = schema.pattern {
-        if !p.matches(value) {
+    if let Some(p) = schema.pattern
+        && !p.matches(value) {
             return Err("value does not match the regex pattern".into());
         }
-    }
     Ok(())
 }
 
@@ -660,14 +654,13 @@ pub fn validate(
                 if let Err(e) = check_param(p, k, v) {
                     errors.insert(k.clone(), e);
                 }
-                if let Some(other) = p.schema.requires {
-                    if !values.contains_key(other) {
+                if let Some(other) = p.schema.requires
+                    && !values.contains_key(other) {
                         errors.insert(
                             other.to_string(),
                             format!("property is missing and it is required by '{k}'"),
                         );
                     }
-                }
             }
         }
     }
