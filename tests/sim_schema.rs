@@ -86,26 +86,29 @@ fn compare(
         }
     }
     if let Some(min) = num(&theirs["minimum"])
-        && ours.minimum.is_none_or(|m| (m as f64) < min) {
-            problems.push(format!(
-                "{what}: minimum {:?} looser than schema {min}",
-                ours.minimum
-            ));
-        }
+        && ours.minimum.is_none_or(|m| (m as f64) < min)
+    {
+        problems.push(format!(
+            "{what}: minimum {:?} looser than schema {min}",
+            ours.minimum
+        ));
+    }
     if let Some(max) = num(&theirs["maximum"])
-        && ours.maximum.is_none_or(|m| (m as f64) > max) {
-            problems.push(format!(
-                "{what}: maximum {:?} looser than schema {max}",
-                ours.maximum
-            ));
-        }
+        && ours.maximum.is_none_or(|m| (m as f64) > max)
+    {
+        problems.push(format!(
+            "{what}: maximum {:?} looser than schema {max}",
+            ours.maximum
+        ));
+    }
     if let Some(max) = theirs["maxLength"].as_u64()
-        && ours.max_length.is_none_or(|m| m as u64 > max) {
-            problems.push(format!(
-                "{what}: maxLength {:?} looser than schema {max}",
-                ours.max_length
-            ));
-        }
+        && ours.max_length.is_none_or(|m| m as u64 > max)
+    {
+        problems.push(format!(
+            "{what}: maxLength {:?} looser than schema {max}",
+            ours.max_length
+        ));
+    }
     if ours.requires != theirs["requires"].as_str() {
         problems.push(format!(
             "{what}: requires {:?} vs schema {:?}",

@@ -103,11 +103,11 @@ fn api_token(header: &str) -> Option<String> {
         let at = offset + i;
         let before_ok = at == 0 || header[..at].ends_with(char::is_whitespace);
         let rest = &header[at + "PVEAPIToken".len()..];
-        if before_ok
-            && let Some(value) = rest.strip_prefix('=').or_else(|| rest.strip_prefix(' ')) {
-                let value = value.split(';').next().unwrap_or("");
-                return Some(decode_component(value));
-            }
+        if before_ok && let Some(value) = rest.strip_prefix('=').or_else(|| rest.strip_prefix(' '))
+        {
+            let value = value.split(';').next().unwrap_or("");
+            return Some(decode_component(value));
+        }
         offset = at + 1;
         search = &header[offset..];
     }

@@ -153,19 +153,20 @@ pub fn collect(
 ) -> Result<Input, String> {
     let mut input = Input::default();
     if method.has_body()
-        && let Some((content_type, bytes)) = body {
-            let is_json = content_type
-                .split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
-            if is_json {
-                if !bytes.is_empty() {
-                    input = decode_json(bytes)?;
-                }
-            } else {
-                input = decode_urlencoded(&String::from_utf8_lossy(bytes));
+        && let Some((content_type, bytes)) = body
+    {
+        let is_json = content_type
+            .split(';')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+        if is_json {
+            if !bytes.is_empty() {
+                input = decode_json(bytes)?;
             }
+        } else {
+            input = decode_urlencoded(&String::from_utf8_lossy(bytes));
         }
+    }
     if let Some(q) = query {
         input.merge_over(decode_urlencoded(q));
     }

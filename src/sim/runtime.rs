@@ -266,10 +266,11 @@ impl Shared {
         h.abort();
         let mut w = self.world_mut();
         if let Some(t) = w.task_mut(upid)
-            && t.running() {
-                t.exitstatus = Some("interrupted by signal".into());
-                t.endtime = Some(Clock::now());
-            }
+            && t.running()
+        {
+            t.exitstatus = Some("interrupted by signal".into());
+            t.endtime = Some(Clock::now());
+        }
         true
     }
 

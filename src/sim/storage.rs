@@ -103,11 +103,19 @@ impl Storage {
     /// Allocates a disk for `vmid`, named as PVE would; returns its volid.
     pub fn alloc_disk(&mut self, vmid: u32, size: u64, format: Option<&str>, now: i64) -> String {
         let format = format.unwrap_or(self.default_format()).to_string();
+        // Like PVE's find_free_diskname: a number is taken whatever the
+        // format or prefix (`vm-`/`base-`) of the existing volume.
+        let stem = |name: &str| -> String {
+            let file = name.rsplit('/').next().unwrap_or(name);
+            let file = file.split('.').next().unwrap_or(file);
+            file.replacen("base-", "vm-", 1)
+        };
+        let taken: std::collections::BTreeSet<String> =
+            self.volumes.keys().map(|k| stem(k)).collect();
         let mut n = 0;
         let name = loop {
             let candidate = self.disk_name(vmid, &format!("disk-{n}"), &format, "vm");
-            let base = self.disk_name(vmid, &format!("disk-{n}"), &format, "base");
-            if !self.volumes.contains_key(&candidate) && !self.volumes.contains_key(&base) {
+            if !taken.contains(&stem(&candidate)) {
                 break candidate;
             }
             n += 1;

@@ -148,9 +148,10 @@ impl Vm {
         for (k, v) in &self.config {
             if (k.starts_with("unused") || k == "efidisk0" || k == "tpmstate0")
                 && let Some(file) = v.split(',').next().map(|f| f.trim_start_matches("file="))
-                    && file.contains(':') {
-                        out.push(file.to_string());
-                    }
+                && file.contains(':')
+            {
+                out.push(file.to_string());
+            }
         }
         out
     }
@@ -419,7 +420,18 @@ fn typed(key: &str, value: &str) -> Value {
 
 /// `%`, control characters and high bytes are `%XX` in config comments.
 fn encode_comment(line: &str) -> String {
-    super::tasks::encode_text(line)
+    let mut out = String::new();
+    for c in line.chars() {
+        if c == '%' || c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn link_local(mac: &str) -> String {

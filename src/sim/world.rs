@@ -281,9 +281,10 @@ impl World {
     /// Removes a volume from its storage; unknown volumes are ignored.
     pub fn free_volume(&mut self, node: &str, volid: &str) {
         if let Some((sid, name)) = split_volid(volid)
-            && let Ok(s) = self.storage_mut(node, sid) {
-                s.volumes.remove(name);
-            }
+            && let Ok(s) = self.storage_mut(node, sid)
+        {
+            s.volumes.remove(name);
+        }
     }
 }
 

@@ -335,9 +335,10 @@ pub fn resize(ctx: &Ctx, p: &Params) -> Result<Reply, Error> {
                 .insert(disk.clone(), render_drive(&file, &props, Some(new)));
             if let Some((sid, name)) = split_volid(&file)
                 && let Ok(s) = w.storage_mut(&n, sid)
-                    && let Some(v) = s.volumes.get_mut(name) {
-                        v.size = new;
-                    }
+                && let Some(v) = s.volumes.get_mut(name)
+            {
+                v.size = new;
+            }
             drop(w);
             shared.task_log(&upid, format!("Image resized to {}.", format_size(new)));
             Ok(())

@@ -67,7 +67,10 @@ pub fn create(ctx: &Ctx, endpoint: &Endpoint, p: &Params) -> Result<Reply, Error
     let iface = p.str("iface").unwrap_or_default().to_string();
     let (mut ifaces, _) = current(ctx, &node)?;
     if ifaces.contains_key(&iface) {
-        return Err(Error::param("iface", "interface already exists".to_string()));
+        return Err(Error::param(
+            "iface",
+            "interface already exists".to_string(),
+        ));
     }
     let mut m = Map::new();
     for (k, v) in p.options(endpoint) {

@@ -61,7 +61,10 @@ pub fn spawn_start(
             }
             shared.clock.sleep(shared.config.latency.start).await;
             if inject {
-                return Err("start failed: QEMU exited with code 1 (injected fault, homestak sim)".to_string());
+                return Err(
+                    "start failed: QEMU exited with code 1 (injected fault, homestak sim)"
+                        .to_string(),
+                );
             }
             let agent = shared.faults.agent(vmid);
             let boot = shared

@@ -176,14 +176,15 @@ pub fn register_vm(ctx: &Ctx, mut vm: Vm, fresh_ids: bool) -> Result<u32, Error>
     if fresh_ids {
         for (k, v) in vm.config.iter_mut() {
             if k.starts_with("net")
-                && let Ok(mut props) = formats::parse_property_string(qemu_dicts::net(), v, k) {
-                    props.remove("macaddr");
-                    let model = props.remove("model").unwrap_or_else(|| "virtio".into());
-                    *v = std::iter::once(model)
-                        .chain(props.iter().map(|(a, b)| format!("{a}={b}")))
-                        .collect::<Vec<_>>()
-                        .join(",");
-                }
+                && let Ok(mut props) = formats::parse_property_string(qemu_dicts::net(), v, k)
+            {
+                props.remove("macaddr");
+                let model = props.remove("model").unwrap_or_else(|| "virtio".into());
+                *v = std::iter::once(model)
+                    .chain(props.iter().map(|(a, b)| format!("{a}={b}")))
+                    .collect::<Vec<_>>()
+                    .join(",");
+            }
         }
         vm.config.remove("smbios1");
         vm.config.remove("vmgenid");
@@ -522,14 +523,13 @@ pub fn destroy(ctx: &Ctx, p: &Params) -> Result<Reply, Error> {
                     return Err(format!("VM {vmid} is running - destroy failed"));
                 }
                 let mut vols = vm.volumes();
-                if unreferenced
-                    && let Ok(node) = w.node(&n) {
-                        for s in node.storages.values() {
-                            for v in s.volumes.values().filter(|v| v.vmid == Some(vmid)) {
-                                vols.push(format!("{}:{}", s.id, v.name));
-                            }
+                if unreferenced && let Ok(node) = w.node(&n) {
+                    for s in node.storages.values() {
+                        for v in s.volumes.values().filter(|v| v.vmid == Some(vmid)) {
+                            vols.push(format!("{}:{}", s.id, v.name));
                         }
                     }
+                }
                 vols
             };
             let mut by_storage: BTreeMap<String, Vec<String>> = BTreeMap::new();

@@ -134,7 +134,9 @@ pub fn download_url(ctx: &Ctx, p: &Params) -> Result<Reply, Error> {
                     / shared.config.latency.download_mib_per_s.max(0.001);
             shared.clock.sleep(secs).await;
             if inject {
-                return Err("download failed: 500 Can't connect (injected fault, homestak sim)".to_string());
+                return Err(
+                    "download failed: 500 Can't connect (injected fault, homestak sim)".to_string(),
+                );
             }
             let mut w = shared.world_mut();
             let s = w.storage_mut(&node, &sid).map_err(|e| e.message)?;

@@ -618,14 +618,14 @@ pub fn disk_bus(v: &str) -> Option<(&'static str, u32)> {
     for (bus, max) in [("ide", 3), ("sata", 5), ("scsi", 30), ("virtio", 15)] {
         if let Some(n) = v.strip_prefix(bus)
             && !n.is_empty()
-                && n.bytes().all(|c| c.is_ascii_digit())
-                && (n == "0" || !n.starts_with('0'))
-            {
-                let i: u32 = n.parse().ok()?;
-                if i <= max {
-                    return Some((bus, i));
-                }
+            && n.bytes().all(|c| c.is_ascii_digit())
+            && (n == "0" || !n.starts_with('0'))
+        {
+            let i: u32 = n.parse().ok()?;
+            if i <= max {
+                return Some((bus, i));
             }
+        }
     }
     None
 }

@@ -538,33 +538,39 @@ pub fn check_value(schema: &Schema, value: &str) -> Result<(), String> {
     if matches!(schema.ty, Type::Integer | Type::Number) {
         let n: f64 = value.parse().unwrap_or(0.0);
         if let Some(min) = schema.minimum
-            && n < min as f64 {
-                return Err(format!("value must have a minimum value of {min}"));
-            }
+            && n < min as f64
+        {
+            return Err(format!("value must have a minimum value of {min}"));
+        }
         if let Some(max) = schema.maximum
-            && n > max as f64 {
-                return Err(format!("value must have a maximum value of {max}"));
-            }
+            && n > max as f64
+        {
+            return Err(format!("value must have a maximum value of {max}"));
+        }
     }
     if let Some(max) = schema.max_length
-        && value.chars().count() > max {
-            return Err(format!("value may only be {max} characters long"));
-        }
+        && value.chars().count() > max
+    {
+        return Err(format!("value may only be {max} characters long"));
+    }
     if let Some(min) = schema.min_length
-        && value.chars().count() < min {
-            return Err(format!("value must be at least {min} characters long"));
-        }
+        && value.chars().count() < min
+    {
+        return Err(format!("value must be at least {min} characters long"));
+    }
     if let Some(e) = schema.enumeration
-        && !e.contains(&value) {
-            return Err(format!(
-                "value '{value}' does not have a value in the enumeration '{}'",
-                e.join(", ")
-            ));
-        }
+        && !e.contains(&value)
+    {
+        return Err(format!(
+            "value '{value}' does not have a value in the enumeration '{}'",
+            e.join(", ")
+        ));
+    }
     if let Some(p) = schema.pattern
-        && !p.matches(value) {
-            return Err("value does not match the regex pattern".into());
-        }
+        && !p.matches(value)
+    {
+        return Err("value does not match the regex pattern".into());
+    }
     Ok(())
 }
 
@@ -582,6 +588,10 @@ fn check_param(param: &Param, key: &str, value: &str) -> Result<(), String> {
     }
     check_value(&param.schema, value)
 }
+
+/// PVE's text for a parameter the schema does not list.
+const UNKNOWN: &str =
+    "property is not defined in schema and the schema does not allow additional properties";
 
 /// Validates decoded parameters for `method path` (path unescaped, without
 /// `/api2/json`). Path parameters are merged in as PVE does.
@@ -601,7 +611,12 @@ pub fn validate(
     let mut values = BTreeMap::new();
     for (k, v) in input.iter() {
         match v {
-            Value::Absent => {}
+            // `k` or `k=`: no value, but the key still has to be known.
+            Value::Absent => {
+                if endpoint.param(k).is_none() {
+                    errors.insert(k.to_string(), UNKNOWN.into());
+                }
+            }
             Value::Str(s) => {
                 values.insert(k.to_string(), s.clone());
             }
@@ -644,23 +659,20 @@ pub fn validate(
     for (k, v) in &values {
         match endpoint.param(k) {
             None => {
-                errors.insert(
-                    k.clone(),
-                    "property is not defined in schema and the schema does not allow additional properties"
-                        .into(),
-                );
+                errors.insert(k.clone(), UNKNOWN.into());
             }
             Some(p) => {
                 if let Err(e) = check_param(p, k, v) {
                     errors.insert(k.clone(), e);
                 }
                 if let Some(other) = p.schema.requires
-                    && !values.contains_key(other) {
-                        errors.insert(
-                            other.to_string(),
-                            format!("property is missing and it is required by '{k}'"),
-                        );
-                    }
+                    && !values.contains_key(other)
+                {
+                    errors.insert(
+                        other.to_string(),
+                        format!("property is missing and it is required by '{k}'"),
+                    );
+                }
             }
         }
     }
