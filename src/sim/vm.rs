@@ -329,6 +329,20 @@ impl Vm {
                 );
             }
             m.insert("nics".into(), Value::Object(nics));
+            let maxmem = self.memory_mib() << 20;
+            m.insert("balloon".into(), json!(maxmem));
+            m.insert("freemem".into(), json!(maxmem / 2));
+            m.insert(
+                "ballooninfo".into(),
+                json!({"actual": maxmem, "max_mem": maxmem, "free_mem": maxmem / 2, "total_mem": maxmem,
+                       "major_page_faults": 0, "minor_page_faults": 0, "mem_swapped_in": 0, "mem_swapped_out": 0,
+                       "last_update": now_ms / 1000}),
+            );
+            let mut blockstat = Map::new();
+            for (k, _) in self.disks() {
+                blockstat.insert(k, block_stats());
+            }
+            m.insert("blockstat".into(), Value::Object(blockstat));
             m.insert(
                 "proxmox-support".into(),
                 json!({"pbs-library-version": "1.5.1", "query-bitmap-info": true}),
@@ -397,6 +411,43 @@ impl Vm {
         }
         json!({ "result": ifaces })
     }
+}
+
+/// QEMU's per-drive counters (`query-blockstats`), all zero.
+fn block_stats() -> Value {
+    let mut m = Map::new();
+    for k in [
+        "rd_bytes",
+        "wr_bytes",
+        "rd_operations",
+        "wr_operations",
+        "flush_operations",
+        "unmap_operations",
+        "rd_merged",
+        "wr_merged",
+        "unmap_merged",
+        "rd_total_time_ns",
+        "wr_total_time_ns",
+        "flush_total_time_ns",
+        "unmap_total_time_ns",
+        "wr_highest_offset",
+        "unmap_bytes",
+        "idle_time_ns",
+        "failed_rd_operations",
+        "failed_wr_operations",
+        "failed_flush_operations",
+        "failed_unmap_operations",
+        "invalid_rd_operations",
+        "invalid_wr_operations",
+        "invalid_flush_operations",
+        "invalid_unmap_operations",
+    ] {
+        m.insert(k.into(), json!(0));
+    }
+    m.insert("account_failed".into(), json!(true));
+    m.insert("account_invalid".into(), json!(true));
+    m.insert("timed_stats".into(), json!([]));
+    Value::Object(m)
 }
 
 /// A config value typed as PVE's `parse_vm_config` + JSON encoding give it.
