@@ -18,6 +18,7 @@ use crate::sim::vm::{self, Vm};
 
 /// Parameters of create/config that are not VM options.
 const CONTROL_PARAMS: &[&str] = &[
+    "vmid",
     "start",
     "storage",
     "delete",
