@@ -616,3 +616,85 @@ async fn recorded_exchanges_replay() {
         "listed deviations that no longer occur: {unobserved:?}"
     );
 }
+
+/// The go-proxmox PVE 8.0 captures (unverified, no request recorded):
+/// every key they show must be in our answer with the same JSON type.
+#[tokio::test]
+async fn pve8_captures_match_our_shapes() {
+    let dir = shared_dir().join("pve-api/responses/go-proxmox");
+    if !dir.exists() {
+        println!("SKIPPED: {} not found (../shared absent)", dir.display());
+        return;
+    }
+    let load = |f: &str| -> Value {
+        serde_json::from_str::<Value>(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap()["response"]["json"].clone()
+    };
+    let sim = Sim::start(0.001).await;
+    sim.task_ok(
+        "POST",
+        "/nodes/pve/qemu",
+        &[
+            ("vmid", "1001"),
+            ("net0", "virtio,bridge=vmbr0"),
+            ("scsi0", "local-zfs:1"),
+            ("ide2", "local-zfs:cloudinit"),
+            ("agent", "1"),
+            ("balloon", "512"),
+            ("vga", "qxl"),
+            ("tags", "a"),
+        ],
+    )
+    .await;
+    sim.task_ok("POST", "/nodes/pve/qemu/1001/status/start", &[])
+        .await;
+    let mut diffs = Vec::new();
+    let mut extra = Vec::new();
+    let nodes = sim.call("GET", "/nodes", &[]).await.json;
+    shape(&load("nodes.json"), &nodes, "nodes", &mut diffs, &mut extra);
+    let status = sim
+        .call("GET", "/nodes/pve/qemu/1001/status/current", &[])
+        .await
+        .json;
+    shape(
+        &load("qemu-status-current-running.json"),
+        &status,
+        "status",
+        &mut diffs,
+        &mut extra,
+    );
+    let ours = sim.get("/cluster/resources").await;
+    let rec = load("cluster-resources-all.json");
+    let mut compared = 0;
+    for entry in rec["data"].as_array().unwrap() {
+        let kind = entry["type"].as_str().unwrap();
+        let mine = ours.as_array().unwrap().iter().find(|o| o["type"] == kind);
+        let Some(mine) = mine else {
+            diffs.push((format!("resources {kind}"), "no entry of this type".into()));
+            continue;
+        };
+        let mut e = entry.clone();
+        // Keys a guest only has in some states (tags set, pool, lock).
+        if let Some(m) = e.as_object_mut() {
+            m.retain(|k, _| {
+                mine.get(k).is_some() || !matches!(k.as_str(), "pool" | "lock" | "hastate")
+            });
+        }
+        shape(
+            &e,
+            mine,
+            &format!("resources {kind}"),
+            &mut diffs,
+            &mut extra,
+        );
+        compared += 1;
+    }
+    println!(
+        "compared /nodes, status/current and {compared} /cluster/resources entries with the PVE 8.0 captures"
+    );
+    println!("keys only we send: {}", extra.join(", "));
+    assert!(
+        diffs.is_empty(),
+        "differences from PVE 8.0 captures: {diffs:?}"
+    );
+    sim.handle.shutdown().await.unwrap();
+}

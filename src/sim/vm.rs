@@ -331,6 +331,23 @@ impl Vm {
             m.insert("nics".into(), Value::Object(nics));
             let maxmem = self.memory_mib() << 20;
             m.insert("balloon".into(), json!(maxmem));
+            let shares: u64 = self
+                .config
+                .get("shares")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000);
+            m.insert("shares".into(), json!(shares));
+            if let Some(b) = self
+                .config
+                .get("balloon")
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|b| *b > 0)
+            {
+                m.insert("balloon_min".into(), json!(b << 20));
+            }
+            if self.config.get("vga").is_some_and(|v| v.starts_with("qxl")) {
+                m.insert("spice".into(), json!(1));
+            }
             m.insert("freemem".into(), json!(maxmem / 2));
             m.insert(
                 "ballooninfo".into(),
@@ -345,7 +362,9 @@ impl Vm {
             m.insert("blockstat".into(), Value::Object(blockstat));
             m.insert(
                 "proxmox-support".into(),
-                json!({"pbs-library-version": "1.5.1", "query-bitmap-info": true}),
+                json!({"backup-max-workers": true, "pbs-dirty-bitmap": true, "pbs-dirty-bitmap-migration": true,
+                       "pbs-dirty-bitmap-savevm": true, "pbs-library-version": "1.5.1 (UNKNOWN)",
+                       "pbs-masterkey": true, "query-bitmap-info": true}),
             );
         }
         Value::Object(m)
