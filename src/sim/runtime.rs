@@ -306,6 +306,103 @@ mod tests {
         assert_eq!(Clock { scale: 0.0 }.scaled(5.0), Duration::ZERO);
     }
 
+    fn shared(hold: f64) -> Arc<Shared> {
+        let mut config = Config::with_defaults();
+        config.latency.storage_lock_hold = hold;
+        config.time_scale = 0.05;
+        let world = World::from_config(
+            &config,
+            0,
+            crate::sim::Secret::new("t"),
+            crate::sim::Secret::new("p"),
+            crate::sim::Secret::new("k"),
+        );
+        let faults = Faults::new(config.faults.clone(), Some(1));
+        Arc::new(Shared::new(
+            config,
+            world,
+            faults,
+            AddrPool::default(),
+            std::env::temp_dir(),
+            None,
+        ))
+    }
+
+    #[tokio::test]
+    async fn storage_lock_admits_what_fits_in_the_timeout() {
+        // Hold 6 s, timeout 10 s: the second waits 6 s and gets the lock,
+        // the third would wait 12 s and fails like PVE.
+        let s = shared(6.0);
+        let mut joins = Vec::new();
+        for i in 0..3u32 {
+            let s = s.clone();
+            joins.push(tokio::spawn(async move {
+                s.with_storage_lock("pve", "local-zfs", |w| {
+                    let st = w.storage_mut("pve", "local-zfs").map_err(|e| e.message)?;
+                    Ok(st.alloc_disk(100 + i, 1 << 30, None, 0))
+                })
+                .await
+            }));
+        }
+        let mut results = Vec::new();
+        for j in joins {
+            results.push(j.await.unwrap());
+        }
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            2,
+            "{results:?}"
+        );
+        assert_eq!(
+            results.iter().find_map(|r| r.clone().err()).unwrap(),
+            "can't lock file '/var/lock/pve-manager/pve-storage-local-zfs' - got timeout"
+        );
+    }
+
+    #[tokio::test]
+    async fn vm_lock_times_out_with_the_flock_text() {
+        let s = shared(0.0);
+        let held = s.lock_vm(100).await.unwrap();
+        let err = s.lock_vm(100).await.unwrap_err();
+        assert_eq!(
+            err,
+            "can't lock file '/var/lock/qemu-server/lock-100.conf' - got timeout"
+        );
+        // Other VMs are independent.
+        assert!(s.lock_vm(101).await.is_ok());
+        drop(held);
+        assert!(s.lock_vm(100).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn tasks_finish_with_ok_or_the_first_error_line() {
+        let s = shared(0.0);
+        let ok = s.spawn_task("pve", "qmstart", "100", "root@pam", None, |_, _, _| async {
+            Ok(())
+        });
+        let bad = s.spawn_task(
+            "pve",
+            "qmstart",
+            "101",
+            "root@pam!t",
+            None,
+            |_, _, _| async { Err("VM 101 already running\nmore detail".to_string()) },
+        );
+        for _ in 0..1000 {
+            if s.world().tasks.iter().all(|t| !t.running()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let w = s.world();
+        assert_eq!(w.task(&ok).unwrap().exitstatus.as_deref(), Some("OK"));
+        assert_eq!(
+            w.task(&bad).unwrap().exitstatus.as_deref(),
+            Some("VM 101 already running")
+        );
+        assert!(bad.ends_with(":qmstart:101:root@pam!t:"));
+    }
+
     #[test]
     fn counters_count_and_reset() {
         let c = Counters::default();
