@@ -250,3 +250,32 @@ async fn upids_route_raw_or_percent_encoded() {
     assert!(list.data()[0]["endtime"].is_i64());
     sim.handle.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn json_bodies_and_query_over_body() {
+    let sim = Sim::start(0.001).await;
+    let post = sim
+        .client
+        .post(sim.url("/nodes/pve/qemu"))
+        .header("Authorization", sim.auth())
+        .json(&json!({"vmid": 100, "cores": 2, "onboot": true, "name": "from-json"}));
+    let a = Sim::answer(post.send().await.unwrap()).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    sim.wait_task(a.data().as_str().unwrap()).await;
+    let put = sim
+        .client
+        .put(format!("{}?cores=8", sim.url("/nodes/pve/qemu/100/config")))
+        .header("Authorization", sim.auth())
+        .form(&[("cores", "4")]);
+    assert_eq!(put.send().await.unwrap().status().as_u16(), 200);
+    let cfg = sim.get("/nodes/pve/qemu/100/config").await;
+    assert_eq!(
+        (
+            cfg["cores"].as_i64(),
+            cfg["onboot"].as_i64(),
+            cfg["name"].as_str()
+        ),
+        (Some(8), Some(1), Some("from-json"))
+    );
+    sim.handle.shutdown().await.unwrap();
+}
