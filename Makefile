@@ -3,17 +3,30 @@ CARGO ?= cargo
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: all build test lint fmt demo bench crds conformance clean
+.PHONY: all build test lint fmt demo bench crds conformance venv clean
 
 all: build
 
 build:
 	$(CARGO) build
 
-## test: formatting, lints and every test (what .ci/run calls)
-test: lint
+## test: formatting, lints and every test (what .ci/run calls); the venv
+## lets tests/sim_conformance.rs run the proxmoxer lifecycle.
+test: lint venv
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
+
+## venv: Python clients for conformance runs (proxmoxer 2.3.0 + requests)
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: conformance/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r conformance/requirements.txt
+	touch $@
+
+## conformance: real clients against a freshly started `homestak sim`
+conformance: venv build
+	$(VENV)/bin/python conformance/proxmoxer_lifecycle.py --homestak target/debug/homestak --time-scale 0.01
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,12 +1,115 @@
-//! `homestak sim`. (Placeholder until its module lands.)
+//! `homestak sim`: runs the built-in Proxmox VE 8.4 API simulator until
+//! SIGINT or SIGTERM.
+//!
+//! `--site-config DIR` (the global flag) writes `nodes/<node>.yaml` and the
+//! token into `secrets.yaml` of that site-config so homestak can use the
+//! simulator at once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
 
 use super::{GlobalArgs, Outcome};
+use crate::sim::{self, Simulator};
 
 /// Arguments of `homestak sim`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Address to serve HTTPS on (loopback only; port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8006", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Write {"url","node","token","fingerprint","root_password"} here once
+    /// the simulator accepts connections (mode 0600; removed on exit).
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// YAML file declaring nodes, storages, images, latency, SSH port, faults.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Multiply every latency (1.0 = realistic, 0.01 = 100× faster).
+    #[arg(long, default_value_t = 1.0, value_name = "F")]
+    pub time_scale: f64,
+    /// Persist the world in this file and reload it on start.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// Seed for reproducible faults.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+}
 
 /// Runs `homestak sim`.
-pub async fn run(_args: Args, _global: &GlobalArgs) -> anyhow::Result<Outcome> {
-    anyhow::bail!("`homestak sim` is not implemented yet")
+pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
+    let mut config = match &args.config {
+        Some(path) => sim::Config::load(path)?,
+        None => sim::Config::with_defaults(),
+    };
+    config.listen = Some(args.listen);
+    config.time_scale = args.time_scale;
+    config.seed = args.seed;
+    config.state_file = args.state.clone();
+    let datastore = config
+        .nodes
+        .first()
+        .and_then(|n| {
+            n.storages
+                .iter()
+                .find(|s| s.content.iter().any(|c| c == "images"))
+        })
+        .map(|s| s.id.clone())
+        .unwrap_or_else(|| "local".into());
+    let handle = Simulator::start(config).await?;
+    let info = handle.ready_info();
+
+    if let Some(dir) = &global.site_config {
+        sim::site_config::update(dir, &info, &datastore).with_context(|| {
+            format!(
+                "cannot point the site-config {} at the simulator",
+                dir.display()
+            )
+        })?;
+    }
+    if let Some(path) = &args.ready_file {
+        let text = serde_json::to_vec(&info)?;
+        sim::write_atomically(path, &text)
+            .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+    }
+    let token_id = info.token.rsplit_once('=').map_or("", |(id, _)| id);
+    if global.json {
+        super::output::print_json(&serde_json::json!({
+            "url": info.url, "node": info.node, "fingerprint": info.fingerprint, "token_id": token_id,
+        }))?;
+    } else {
+        println!(
+            "homestak sim: Proxmox VE 8.4 API on {} (node {})",
+            info.url, info.node
+        );
+        println!("  fingerprint {}", info.fingerprint);
+        if args.ready_file.is_none() && global.site_config.is_none() {
+            // No other channel carries the credentials of this throwaway host.
+            println!("  token       {}", info.token);
+            println!("  root@pam password {}", info.root_password);
+        } else {
+            println!(
+                "  token id    {token_id} (secret in the ready file / site-config secrets.yaml)"
+            );
+        }
+        println!("Stop with Ctrl-C.");
+    }
+
+    wait_for_signal().await?;
+    handle.shutdown().await?;
+    if let Some(path) = &args.ready_file {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(Outcome::Success)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot listen for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }

@@ -1,2 +1,461 @@
-//! The PVE 8.4 simulator.
+//! The PVE 8.4 simulator: a digital twin of a Proxmox VE host served over
+//! HTTPS, strict where PVE is strict (NOTES.md in the shared folder is the
+//! reference; `tests/sim_schema.rs` holds our specs to the real schema).
+//!
+//! # Tour
+//! - [`config`]: the YAML world description and runtime options.
+//! - [`form`], [`params`]: pveproxy's request decoding; per-endpoint
+//!   parameter specs and the public validator ([`params::check_wire`]).
+//! - [`server`], [`auth`]: HTTPS, headers, envelopes, tokens and tickets.
+//! - [`api`]: the handlers; [`world`], [`vm`], [`storage`], [`tasks`]: the
+//!   state they act on; [`runtime`]: locks, clock, workers.
+//! - [`faults`], [`control`]: injected faults and the `/_sim/` endpoints.
+//! - [`addr`]: per-VM loopback addresses; [`site_config`]: writing a
+//!   site-config that points at a running simulator.
+//!
+//! # Seams for what comes next
+//! - Nested tiers: [`Simulator::start`] binds any loopback address, so a
+//!   parent can start a child simulator on a VM's address (`Vm::address`,
+//!   port 8006) when a VM made from a PVE image (`Vm::pve_image`) is set
+//!   up; children would live in the parent's `Shared` next to its world.
+//! - SSH: each VM keeps `ciuser`, its keys (`Vm::ssh_keys`), its address and
+//!   a working directory (`Vm::workdir`); `Config::ssh_port` is the port.
+//! - Concurrency: the world mutex is never held across an await.
+
+pub mod addr;
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod control;
+pub mod faults;
+pub mod form;
+pub mod params;
+pub mod runtime;
+pub mod server;
+pub mod site_config;
 pub mod ssh;
+pub mod storage;
+pub mod tasks;
+pub mod vm;
+pub mod world;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+pub use config::Config;
+
+use crate::tls::Fingerprint;
+use runtime::{Clock, Shared};
+use world::World;
+
+/// A secret string: never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The simulator could not start or stop.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "refusing to listen on {addr}: the simulator serves loopback addresses only (127.0.0.0/8, ::1)"
+    )]
+    NotLoopback { addr: SocketAddr },
+    #[error(
+        "cannot listen on {addr}; is another simulator or PVE using it? Try --listen 127.0.0.1:0"
+    )]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set up TLS for the simulator")]
+    Cert(#[source] crate::tls::CertError),
+    #[error("cannot build the TLS server configuration")]
+    Tls(#[source] rustls::Error),
+    #[error("cannot load the simulator state from {}: {problem}; delete it to start fresh", path.display())]
+    State { path: PathBuf, problem: String },
+    #[error("cannot write the simulator state to {}", path.display())]
+    SaveState {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Addresses(#[from] addr::ClaimError),
+    #[error("cannot create the simulator working directory {}", path.display())]
+    WorkDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid simulator configuration: {0}")]
+    Config(String),
+    #[error("the simulator's server stopped with an error")]
+    Serve(#[source] std::io::Error),
+}
+
+/// What `--ready-file` holds and tests need to connect.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyInfo {
+    pub url: String,
+    pub node: String,
+    /// `user@realm!tokenid=secret`
+    pub token: String,
+    pub fingerprint: String,
+    pub root_password: String,
+}
+
+impl fmt::Debug for ReadyInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadyInfo")
+            .field("url", &self.url)
+            .field("node", &self.node)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, with
+/// mode 0600 (the files hold secrets).
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+/// Starts simulators.
+pub struct Simulator;
+
+impl Simulator {
+    /// Starts a simulator as `config` says and returns once it accepts
+    /// connections.
+    pub async fn start(config: Config) -> Result<Handle, Error> {
+        crate::tls::install_crypto_provider();
+        let config = config.finish().map_err(Error::Config)?;
+        let listen = config
+            .listen
+            .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 8006)));
+        let loopback = match listen.ip() {
+            IpAddr::V4(v4) => v4.is_loopback(),
+            IpAddr::V6(v6) => v6.is_loopback(),
+        };
+        if !loopback {
+            return Err(Error::NotLoopback { addr: listen });
+        }
+        let listener = std::net::TcpListener::bind(listen).map_err(|source| Error::Listen {
+            addr: listen,
+            source,
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| Error::Listen {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| Error::Listen {
+            addr: listen,
+            source,
+        })?;
+        let node = config.primary_node().to_string();
+        let cert =
+            crate::tls::self_signed(&[addr.ip().to_string(), "localhost".into(), node.clone()])
+                .map_err(Error::Cert)?;
+
+        let now = Clock::now();
+        let world = match &config.state_file {
+            Some(path) if path.exists() => {
+                let mut w = World::load(path).map_err(|problem| Error::State {
+                    path: path.clone(),
+                    problem,
+                })?;
+                w.interrupt_running_tasks(now);
+                w
+            }
+            _ => World::from_config(
+                &config,
+                now,
+                Secret::new(vm::uuid_from(rand::random(), rand::random())),
+                Secret::new(random_hex(12)),
+                Secret::new(random_hex(32)),
+            ),
+        };
+        let mut pool = addr::AddrPool::default();
+        let mut world = world;
+        reclaim_addresses(&mut world, &mut pool)?;
+
+        let (work_dir, temp_work_dir) = match (&config.work_dir, &config.state_file) {
+            (Some(d), _) => (d.clone(), false),
+            (None, Some(state)) => (state.with_extension("d"), false),
+            (None, None) => (
+                std::env::temp_dir().join(format!(
+                    "homestak-sim-{}-{}",
+                    std::process::id(),
+                    random_hex(4)
+                )),
+                true,
+            ),
+        };
+        std::fs::create_dir_all(&work_dir).map_err(|source| Error::WorkDir {
+            path: work_dir.clone(),
+            source,
+        })?;
+
+        let token_id = config.token_id.clone();
+        let token = world
+            .tokens
+            .get(&token_id)
+            .map(|t| format!("{token_id}={}", t.secret.expose()))
+            .unwrap_or_default();
+        let root_password = world.root_password.expose().to_string();
+        let faults = faults::Faults::new(config.faults.clone(), config.seed);
+        let state_file = config.state_file.clone();
+        let shared = Arc::new(Shared::new(
+            config,
+            world,
+            faults,
+            pool,
+            work_dir.clone(),
+            Some(cert.fingerprint),
+        ));
+
+        let server_config = server_tls(&cert)?;
+        let server_handle = axum_server::Handle::new();
+        let server = axum_server::from_tcp_rustls(
+            listener,
+            axum_server::tls_rustls::RustlsConfig::from_config(server_config),
+        )
+        .map_err(|source| Error::Listen { addr, source })?
+        .handle(server_handle.clone())
+        .http1_only();
+        let make = server::MakeSim {
+            shared: shared.clone(),
+        };
+        let join = tokio::spawn(async move { server.serve(make).await });
+        server_handle.listening().await;
+
+        let saver = state_file.clone().map(|path| {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if shared.dirty.swap(false, Ordering::Relaxed) {
+                        let snapshot = shared.world().clone();
+                        if let Err(e) = snapshot.save(&path) {
+                            tracing::warn!(path = %path.display(), error = %e, "cannot save simulator state");
+                        }
+                    }
+                }
+            })
+        });
+
+        let ip = match addr.ip() {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            IpAddr::V4(v4) => v4.to_string(),
+        };
+        Ok(Handle {
+            url: format!("https://{ip}:{}", addr.port()),
+            addr,
+            node,
+            token: Secret::new(token),
+            root_password: Secret::new(root_password),
+            fingerprint: cert.fingerprint,
+            shared,
+            server: server_handle,
+            join,
+            saver,
+            state_file,
+            temp_work_dir: temp_work_dir.then_some(work_dir),
+        })
+    }
+}
+
+/// Claims the address blocks of persisted VMs; VMs whose block another
+/// simulator holds now get a new address.
+fn reclaim_addresses(world: &mut World, pool: &mut addr::AddrPool) -> Result<(), Error> {
+    let mut lost = Vec::new();
+    for vm in world.vms.values() {
+        let o = vm.address.octets();
+        if o[0] != 127 || !pool.try_claim(o[1], o[2]) {
+            lost.push(vm.vmid);
+        }
+    }
+    for vmid in lost {
+        let used = world.used_addresses();
+        let ip = pool.allocate(&used)?;
+        if let Some(vm) = world.vms.get_mut(&vmid) {
+            vm.address = ip;
+        }
+    }
+    Ok(())
+}
+
+/// rustls server config: our certificate, HTTP/1.1 only (as pveproxy).
+fn server_tls(cert: &crate::tls::SelfSigned) -> Result<Arc<rustls::ServerConfig>, Error> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let key_der = rustls_pemfile::private_key(&mut cert.key_pem.as_bytes())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(Vec::new())));
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![CertificateDer::from(cert.cert_der.clone())], key_der)
+        .map_err(Error::Tls)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A running simulator.
+pub struct Handle {
+    url: String,
+    addr: SocketAddr,
+    node: String,
+    token: Secret,
+    root_password: Secret,
+    fingerprint: Fingerprint,
+    shared: Arc<Shared>,
+    server: axum_server::Handle<SocketAddr>,
+    join: JoinHandle<std::io::Result<()>>,
+    saver: Option<JoinHandle<()>>,
+    state_file: Option<PathBuf>,
+    temp_work_dir: Option<PathBuf>,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("url", &self.url)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handle {
+    /// `https://127.0.0.1:PORT`
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The primary node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The API token, `user@realm!tokenid=secret`.
+    pub fn token(&self) -> &str {
+        self.token.expose()
+    }
+
+    /// SHA-256 fingerprint of the server certificate.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// Password of `root@pam` for ticket auth.
+    pub fn root_password(&self) -> &str {
+        self.root_password.expose()
+    }
+
+    /// What `--ready-file` holds.
+    pub fn ready_info(&self) -> ReadyInfo {
+        ReadyInfo {
+            url: self.url.clone(),
+            node: self.node.clone(),
+            token: self.token.expose().to_string(),
+            fingerprint: self.fingerprint.to_string(),
+            root_password: self.root_password.expose().to_string(),
+        }
+    }
+
+    /// Request counts by `METHOD /path/{template}`.
+    pub fn requests(&self) -> BTreeMap<String, u64> {
+        self.shared.counters.snapshot()
+    }
+
+    pub fn reset_requests(&self) {
+        self.shared.counters.reset();
+    }
+
+    /// A snapshot of the world (for tests and the nested-tier seam).
+    pub fn world(&self) -> World {
+        self.shared.world().clone()
+    }
+
+    /// Stops accepting connections, ends workers, saves `--state` and
+    /// removes a temporary working directory.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        self.server.graceful_shutdown(Some(Duration::from_secs(2)));
+        let served = self.join.await;
+        self.shared.abort_all_tasks();
+        if let Some(s) = self.saver {
+            s.abort();
+        }
+        if let Some(path) = &self.state_file {
+            let snapshot = self.shared.world().clone();
+            snapshot.save(path).map_err(|source| Error::SaveState {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        if let Some(dir) = &self.temp_work_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        match served {
+            Ok(Ok(())) | Err(_) => Ok(()),
+            Ok(Err(e)) => Err(Error::Serve(e)),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Loopback addresses for simulated VMs.
+//!
+//! Every VM gets its own address in 127.0.0.0/8 (all of it is on `lo` in
+//! Linux, no root needed), where later its SSH server and nested PVE API
+//! listen. Several simulators may run at once (parallel tests, nested
+//! tiers), so each claims whole /24 blocks `127.N.M.0/24` (N ≥ 32, away
+//! from the 127.0.x.y addresses people type) by binding a TCP listener on
+//! `127.N.M.0:47006`: the kernel then guarantees no other simulator holds
+//! the same block, and the claim ends with the process.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+
+use rand::Rng;
+
+/// Port of the claim listeners.
+pub const CLAIM_PORT: u16 = 47006;
+
+/// No free block could be claimed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot claim a free 127.N.M.0/24 address block for VMs after {attempts} attempts")]
+pub struct ClaimError {
+    attempts: u32,
+}
+
+/// The blocks one simulator holds.
+#[derive(Debug, Default)]
+pub struct AddrPool {
+    blocks: Vec<(u8, u8, TcpListener)>,
+}
+
+impl AddrPool {
+    /// Claims one random free block.
+    pub fn claim_any(&mut self) -> Result<(u8, u8), ClaimError> {
+        let mut rng = rand::rng();
+        for _ in 0..512 {
+            let (n, m) = (rng.random_range(32..=254u8), rng.random::<u8>());
+            if self.try_claim(n, m) {
+                return Ok((n, m));
+            }
+        }
+        Err(ClaimError { attempts: 512 })
+    }
+
+    /// Claims `127.n.m.0/24` if free (or already ours).
+    pub fn try_claim(&mut self, n: u8, m: u8) -> bool {
+        if self.blocks.iter().any(|(a, b, _)| (*a, *b) == (n, m)) {
+            return true;
+        }
+        let addr = SocketAddr::from((Ipv4Addr::new(127, n, m, 0), CLAIM_PORT));
+        match TcpListener::bind(addr) {
+            Ok(l) => {
+                self.blocks.push((n, m, l));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether `ip` lies in a block we hold.
+    pub fn owns(&self, ip: Ipv4Addr) -> bool {
+        let o = ip.octets();
+        o[0] == 127 && self.blocks.iter().any(|(n, m, _)| (*n, *m) == (o[1], o[2]))
+    }
+
+    /// The first free address (host 1..=254) not in `used`, claiming a new
+    /// block when all held ones are full.
+    pub fn allocate(&mut self, used: &BTreeSet<Ipv4Addr>) -> Result<Ipv4Addr, ClaimError> {
+        loop {
+            for (n, m, _) in &self.blocks {
+                for host in 1..=254u8 {
+                    let ip = Ipv4Addr::new(127, *n, *m, host);
+                    if !used.contains(&ip) {
+                        return Ok(ip);
+                    }
+                }
+            }
+            self.claim_any()?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_pools_never_share_a_block() {
+        let mut a = AddrPool::default();
+        let (n, m) = a.claim_any().unwrap();
+        let mut b = AddrPool::default();
+        assert!(
+            !b.try_claim(n, m),
+            "a claimed block must not be claimable twice"
+        );
+        let ip = a.allocate(&BTreeSet::new()).unwrap();
+        assert_eq!(ip, Ipv4Addr::new(127, n, m, 1));
+        assert!(a.owns(ip));
+        assert!(!b.owns(ip));
+    }
+
+    #[test]
+    fn full_blocks_spill_into_a_new_one() {
+        let mut a = AddrPool::default();
+        let (n, m) = a.claim_any().unwrap();
+        let used: BTreeSet<Ipv4Addr> = (1..=254u8).map(|h| Ipv4Addr::new(127, n, m, h)).collect();
+        let ip = a.allocate(&used).unwrap();
+        assert_ne!((ip.octets()[1], ip.octets()[2]), (n, m));
+        assert!(a.owns(ip));
+    }
+}

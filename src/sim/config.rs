@@ -1,0 +1,469 @@
+//! The simulator's configuration: the world it starts with (nodes, storages,
+//! images), its latency model, SSH port and faults, read from YAML; plus the
+//! runtime options the CLI or a test sets (listen address, time scale, seed,
+//! state file).
+//!
+//! ```yaml
+//! nodes:
+//!   - name: pve
+//!     cpus: 16
+//!     memory: 64G
+//!     storages:
+//!       - { id: local, type: dir, content: [iso, vztmpl, import, snippets], size: 100G }
+//!       - { id: local-zfs, type: zfspool, content: [images, rootdir], size: 500G, lock_hold: 2.0 }
+//! images:
+//!   - { volid: "local:import/debian-12.qcow2", size: 330M, virtual_size: 2G }
+//! latency: { start: 1.5, agent_boot: 15 }
+//! ssh_port: 22
+//! faults: { read_error_rate: 0.01 }
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::faults::FaultRates;
+use super::params::formats::parse_size;
+
+/// A byte size written as `32G`, `512M` or a plain number of bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Size(n)),
+            Raw::Text(t) => parse_size(&t).map(Size).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid size {t:?}: use bytes or a number with K, M, G or T"
+                ))
+            }),
+        }
+    }
+}
+
+/// Storage backends the simulator knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Dir,
+    Zfspool,
+    Lvmthin,
+    Lvm,
+    Nfs,
+    Cifs,
+    Cephfs,
+    Rbd,
+}
+
+impl StorageKind {
+    /// Volumes are files (`vm-100-disk-0.qcow2` under `<vmid>/`).
+    pub fn file_based(self) -> bool {
+        matches!(
+            self,
+            StorageKind::Dir | StorageKind::Nfs | StorageKind::Cifs | StorageKind::Cephfs
+        )
+    }
+
+    pub fn pve_name(self) -> &'static str {
+        match self {
+            StorageKind::Dir => "dir",
+            StorageKind::Zfspool => "zfspool",
+            StorageKind::Lvmthin => "lvmthin",
+            StorageKind::Lvm => "lvm",
+            StorageKind::Nfs => "nfs",
+            StorageKind::Cifs => "cifs",
+            StorageKind::Cephfs => "cephfs",
+            StorageKind::Rbd => "rbd",
+        }
+    }
+}
+
+/// One storage of a node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: StorageKind,
+    pub content: Vec<String>,
+    #[serde(default = "default_storage_size")]
+    pub size: Size,
+    #[serde(default)]
+    pub shared: bool,
+    /// Seconds (at time scale 1) one allocation holds the storage lock;
+    /// default `latency.storage_lock_hold`.
+    #[serde(default)]
+    pub lock_hold: Option<f64>,
+}
+
+fn default_storage_size() -> Size {
+    Size(500 << 30)
+}
+
+/// One node of the simulated cluster.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: String,
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    #[serde(default = "default_memory")]
+    pub memory: Size,
+    /// Storages; the default pair `local` + `local-zfs` when empty.
+    #[serde(default)]
+    pub storages: Vec<StorageConfig>,
+}
+
+fn default_cpus() -> u32 {
+    16
+}
+fn default_memory() -> Size {
+    Size(64 << 30)
+}
+
+/// An image already present in a storage.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// `local:import/debian-12.qcow2`
+    pub volid: String,
+    /// Node holding it (default: every node, since `local` is per node).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// File size.
+    pub size: Size,
+    /// Disk size a VM gets when it imports the image.
+    #[serde(default)]
+    pub virtual_size: Option<Size>,
+    /// A Proxmox VE image: a VM made from it can become a nested PVE host.
+    /// Default: the file name contains `-pve`.
+    #[serde(default)]
+    pub pve: Option<bool>,
+}
+
+/// Durations in seconds at time scale 1.0 (roughly a small real host).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Latency {
+    pub create: f64,
+    pub config: f64,
+    pub resize: f64,
+    pub start: f64,
+    pub stop: f64,
+    pub shutdown: f64,
+    pub reboot: f64,
+    pub destroy: f64,
+    pub template: f64,
+    pub clone_linked: f64,
+    pub download: f64,
+    /// Copy throughput for imports and full clones, MiB/s.
+    pub copy_mib_per_s: f64,
+    /// Download throughput for download-url, MiB/s.
+    pub download_mib_per_s: f64,
+    /// From `start` until the guest agent answers.
+    pub agent_boot: f64,
+    /// pveproxy waits this long before any 401.
+    pub auth_failure_delay: f64,
+    /// How long an operation waits for a storage or VM lock.
+    pub lock_timeout: f64,
+    /// How long one allocation holds its storage's lock.
+    pub storage_lock_hold: f64,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency {
+            create: 1.0,
+            config: 0.3,
+            resize: 0.5,
+            start: 1.5,
+            stop: 1.0,
+            shutdown: 4.0,
+            reboot: 6.0,
+            destroy: 1.0,
+            template: 1.0,
+            clone_linked: 1.0,
+            download: 1.0,
+            copy_mib_per_s: 200.0,
+            download_mib_per_s: 50.0,
+            agent_boot: 15.0,
+            auth_failure_delay: 3.0,
+            lock_timeout: 10.0,
+            storage_lock_hold: 2.0,
+        }
+    }
+}
+
+/// Sizes the simulator assumes for download-url, since it never fetches.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Downloads {
+    /// Size of a downloaded file whose URL is not listed.
+    pub default_size: Size,
+    /// Virtual size of a downloaded disk image.
+    pub default_virtual_size: Size,
+    /// Exact sizes by URL.
+    pub sizes: std::collections::BTreeMap<String, Size>,
+}
+
+impl Default for Downloads {
+    fn default() -> Self {
+        Downloads {
+            default_size: Size(400 << 20),
+            default_virtual_size: Size(3 << 30),
+            sizes: Default::default(),
+        }
+    }
+}
+
+/// Everything a simulator starts from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub nodes: Vec<NodeConfig>,
+    pub images: Vec<ImageConfig>,
+    pub latency: Latency,
+    pub downloads: Downloads,
+    /// Port of each VM's SSH server on its address.
+    pub ssh_port: u16,
+    pub faults: FaultRates,
+    /// Token the simulator trusts: `user@realm!tokenid`.
+    pub token_id: String,
+    /// `GET /version`'s version.
+    pub pve_version: String,
+
+    /// Where to listen (loopback only).
+    #[serde(skip)]
+    pub listen: Option<SocketAddr>,
+    /// Multiplies every latency (0.01 = 100× faster).
+    #[serde(skip)]
+    pub time_scale: f64,
+    /// Seed for reproducible faults and identifiers.
+    #[serde(skip)]
+    pub seed: Option<u64>,
+    /// Persist the world here and reload it on start.
+    #[serde(skip)]
+    pub state_file: Option<PathBuf>,
+    /// Per-VM working directories live under this (default: a temporary
+    /// directory removed on shutdown).
+    #[serde(skip)]
+    pub work_dir: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            nodes: Vec::new(),
+            images: Vec::new(),
+            latency: Latency::default(),
+            downloads: Downloads::default(),
+            ssh_port: 22,
+            faults: FaultRates::default(),
+            token_id: "root@pam!homestak".into(),
+            pve_version: "8.4.1".into(),
+            listen: None,
+            time_scale: 1.0,
+            seed: None,
+            state_file: None,
+            work_dir: None,
+        }
+    }
+}
+
+/// The configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot load the simulator configuration")]
+    Load(#[source] crate::yaml::Error),
+    #[error("invalid simulator configuration {}: {problem}", path.display())]
+    Invalid { path: PathBuf, problem: String },
+}
+
+impl Config {
+    /// Reads a YAML file and fills in defaults.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let config: Config = crate::yaml::read_file(path).map_err(Error::Load)?;
+        config.finish().map_err(|problem| Error::Invalid {
+            path: path.to_path_buf(),
+            problem,
+        })
+    }
+
+    /// The default world: node `pve`, storages `local` and `local-zfs`, and
+    /// three Debian images.
+    pub fn with_defaults() -> Config {
+        // Defaults are valid by construction.
+        Config::default().finish().unwrap_or_default()
+    }
+
+    /// Fills defaults and checks consistency.
+    pub fn finish(mut self) -> Result<Config, String> {
+        if self.nodes.is_empty() {
+            self.nodes.push(NodeConfig {
+                name: "pve".into(),
+                cpus: default_cpus(),
+                memory: default_memory(),
+                storages: Vec::new(),
+            });
+        }
+        for node in &mut self.nodes {
+            if !super::params::formats::is_node_name(&node.name) {
+                return Err(format!(
+                    "node name {:?} is not a valid PVE node name",
+                    node.name
+                ));
+            }
+            if node.storages.is_empty() {
+                node.storages = default_storages();
+            }
+            for s in &node.storages {
+                if !super::params::formats::is_storage_id(&s.id) {
+                    return Err(format!(
+                        "storage id {:?} is not a valid PVE storage ID",
+                        s.id
+                    ));
+                }
+                for c in &s.content {
+                    if !super::params::formats::CONTENT_TYPES.contains(&c.as_str()) {
+                        return Err(format!("storage {}: unknown content type {c:?}", s.id));
+                    }
+                }
+            }
+        }
+        if self.images.is_empty() {
+            self.images = default_images();
+        }
+        for img in &self.images {
+            let Some((storage, name)) = img.volid.split_once(':') else {
+                return Err(format!(
+                    "image {:?} is not a volume ID (storage:import/file)",
+                    img.volid
+                ));
+            };
+            let known = self.nodes.iter().any(|n| {
+                img.node.as_ref().is_none_or(|want| *want == n.name)
+                    && n.storages.iter().any(|s| s.id == storage)
+            });
+            if !known {
+                return Err(format!(
+                    "image {:?}: no node has storage {storage:?}",
+                    img.volid
+                ));
+            }
+            if !(name.starts_with("import/") || name.starts_with("iso/")) {
+                return Err(format!(
+                    "image {:?}: only import/ and iso/ volumes can be preset",
+                    img.volid
+                ));
+            }
+        }
+        if !(self.time_scale.is_finite() && self.time_scale >= 0.0) {
+            return Err(format!(
+                "time scale {} must be a number ≥ 0",
+                self.time_scale
+            ));
+        }
+        if self.token_id.split_once('!').is_none_or(|(u, t)| {
+            !super::params::formats::is_userid(u) || !super::params::Pattern::TokenId.matches(t)
+        }) {
+            return Err(format!(
+                "token_id {:?} must look like user@realm!tokenid",
+                self.token_id
+            ));
+        }
+        Ok(self)
+    }
+
+    /// The first node: the one the ready file and site-config name.
+    pub fn primary_node(&self) -> &str {
+        self.nodes.first().map_or("pve", |n| n.name.as_str())
+    }
+}
+
+fn default_storages() -> Vec<StorageConfig> {
+    vec![
+        StorageConfig {
+            id: "local".into(),
+            kind: StorageKind::Dir,
+            content: ["iso", "vztmpl", "import", "snippets"]
+                .map(String::from)
+                .to_vec(),
+            size: Size(100 << 30),
+            shared: false,
+            lock_hold: None,
+        },
+        StorageConfig {
+            id: "local-zfs".into(),
+            kind: StorageKind::Zfspool,
+            content: ["images", "rootdir"].map(String::from).to_vec(),
+            size: Size(500 << 30),
+            shared: false,
+            lock_hold: None,
+        },
+    ]
+}
+
+fn default_images() -> Vec<ImageConfig> {
+    let img = |file: &str, size: u64, virt: u64| ImageConfig {
+        volid: format!("local:import/{file}"),
+        node: None,
+        size: Size(size),
+        virtual_size: Some(Size(virt)),
+        pve: None,
+    };
+    vec![
+        img("debian-12.qcow2", 330 << 20, 2 << 30),
+        img("debian-13.qcow2", 420 << 20, 3 << 30),
+        img("debian-13-pve.qcow2", 1536 << 20, 12 << 30),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_issue() {
+        let c = Config::with_defaults();
+        assert_eq!(c.primary_node(), "pve");
+        let ids: Vec<_> = c.nodes[0].storages.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["local", "local-zfs"]);
+        assert_eq!(
+            c.nodes[0].storages[0].content,
+            ["iso", "vztmpl", "import", "snippets"]
+        );
+        assert_eq!(c.images.len(), 3);
+        assert!(
+            c.images
+                .iter()
+                .any(|i| i.volid == "local:import/debian-13-pve.qcow2")
+        );
+    }
+
+    #[test]
+    fn yaml_config_parses_and_is_checked() {
+        let text = "nodes:\n  - name: father\n    storages:\n      - { id: local, type: dir, content: [import], size: 10G }\n      - { id: local-lvm, type: lvmthin, content: [images], lock_hold: 0.5 }\nimages:\n  - { volid: 'local:import/x.qcow2', size: 1G, virtual_size: 8G }\nlatency: { start: 0.5 }\nfaults: { write_error_rate: 0.5 }\n";
+        let c: Config = crate::yaml::from_str(text, Path::new("sim.yaml")).unwrap();
+        let c = c.finish().unwrap();
+        assert_eq!(c.primary_node(), "father");
+        assert_eq!(c.nodes[0].storages[0].size, Size(10 << 30));
+        assert_eq!(c.latency.start, 0.5);
+        assert_eq!(c.latency.stop, Latency::default().stop);
+        assert_eq!(c.faults.write_error_rate, 0.5);
+
+        let bad = "images:\n  - { volid: 'nosuch:import/x.qcow2', size: 1G }\n";
+        let c: Config = crate::yaml::from_str(bad, Path::new("sim.yaml")).unwrap();
+        assert!(c.finish().unwrap_err().contains("no node has storage"));
+        let unknown = "bogus: 1\n";
+        assert!(crate::yaml::from_str::<Config>(unknown, Path::new("sim.yaml")).is_err());
+    }
+}
