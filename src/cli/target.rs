@@ -4,15 +4,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
-
 use super::GlobalArgs;
 use super::manifest::Source;
-use crate::controllers::vm::SshCheck;
 use crate::model::{Loader, Manifest};
-use crate::reconcile::{self, Tier};
+use crate::reconcile::{Setup, Tier};
 use crate::site::Site;
-use crate::{ssh, store};
 
 /// Manifest and host flags of `plan`, `reconcile`, `status` and the seed
 /// verbs.
@@ -65,49 +61,15 @@ pub fn prepare(
     let root = crate::site::discover::find(global.site_config.as_deref())?;
     let site = Arc::new(Site::load(&root)?);
     let manifest = read_manifest(&args.source, &root)?;
-    let host = site
-        .host_config(&args.host)
-        .map_err(|source| reconcile::Error::Host {
-            host: args.host.clone(),
-            source,
-        })?;
-    let api = reconcile::connect(&host, args.insecure)?;
-    let state_dir = state_dir(args.state_dir.as_ref());
-    let store: Option<Arc<dyn store::Store>> = if with_store {
-        let opened = store::open(&state_dir.join("store"), store::Options::default())
-            .with_context(|| format!("state directory {}", state_dir.display()))?;
-        Some(Arc::new(opened))
-    } else {
-        None
+    let setup = Setup {
+        insecure: args.insecure,
+        state_dir: state_dir(args.state_dir.as_ref()),
+        open_store: with_store,
+        ssh: with_ssh && (force_ssh || manifest.settings().verify_ssh),
+        ssh_key: args.ssh_key.clone(),
     };
-    let ssh = if with_ssh && (force_ssh || manifest.settings().verify_ssh) {
-        let key = args.ssh_key.clone().unwrap_or_else(|| host.ssh_key.clone());
-        let identity = ssh::Identity::load(&key).with_context(|| {
-            "verify_ssh is on: homestak needs the private key whose public half is in \
-             secrets.yaml ssh_keys (pass --ssh-key, set ssh_key in nodes/HOST.yaml, \
-             or set verify_ssh: false)"
-        })?;
-        Some(SshCheck {
-            transport: Arc::new(ssh::RusshTransport::new(ssh::ClientOptions::default())),
-            identity,
-            host_key: ssh::HostKeyPolicy::AcceptNew(ssh::KnownHosts::new(
-                state_dir.join("known_hosts"),
-            )),
-            port: host.vm_ssh_port,
-        })
-    } else {
-        None
-    };
-    Ok(Prepared {
-        tier: Tier {
-            site,
-            host,
-            api,
-            store,
-            ssh,
-        },
-        manifest,
-    })
+    let tier = Tier::open(site, &args.host, &setup)?;
+    Ok(Prepared { tier, manifest })
 }
 
 /// Reads the manifest named by `-M`, `--manifest-file` or `--manifest-json`.

@@ -11,7 +11,10 @@
 
 pub mod desired;
 pub mod observe;
+mod setup;
 pub mod status;
+
+pub use setup::Setup;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -75,6 +78,23 @@ pub enum Error {
         host: String,
         #[source]
         source: pve::Error,
+    },
+    #[error("cannot open the store in {}", dir.display())]
+    StoreOpen {
+        dir: PathBuf,
+        #[source]
+        source: store::Error,
+    },
+    #[error(
+        "cannot load the SSH key {}: verify_ssh needs the private key whose public half is in \
+         secrets.yaml ssh_keys (pass --ssh-key, set ssh_key in the node file, or set \
+         verify_ssh: false)",
+        path.display()
+    )]
+    SshKey {
+        path: PathBuf,
+        #[source]
+        source: Box<crate::ssh::Error>,
     },
     #[error("cannot read the store")]
     Store {

@@ -198,9 +198,10 @@ impl VmController {
             Ok(Check::Failed { exitstatus, .. }) => {
                 m.reset_wait();
                 self.clear_task(node);
-                // PVE's storage and config locks time out under load; worth
-                // another try after backoff.
-                let transient = exitstatus.contains("got timeout") || exitstatus.contains("lock");
+                // Worth another attempt after backoff: lock timeouts under
+                // load, a failed import, a crashed task. Every step looks at
+                // the world again before acting, and the executor bounds the
+                // attempts.
                 let message = format!("{what}: task failed: {exitstatus}");
                 self.event(
                     &node.node,
@@ -208,11 +209,7 @@ impl VmController {
                     "TaskFailed",
                     message.clone(),
                 );
-                Err(StepOutcome::Failed(if transient {
-                    StepError::transient(message)
-                } else {
-                    StepError::permanent(message)
-                }))
+                Err(StepOutcome::Failed(StepError::transient(message)))
             }
             Err(err) => Err(fail(&err, what)),
         }

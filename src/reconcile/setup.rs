@@ -1,0 +1,71 @@
+//! Setting up a [`Tier`] from a site-config: PVE client, store, SSH check.
+//! The CLI, the daemon and the reconciler tests all go through here.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{Error, Tier, connect};
+use crate::controllers::vm::SshCheck;
+use crate::site::Site;
+use crate::{ssh, store};
+
+/// How to set up a tier.
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    /// Accept any PVE certificate (explicit opt-in only).
+    pub insecure: bool,
+    /// Store and known SSH host keys live here.
+    pub state_dir: PathBuf,
+    /// Open the store (one process at a time may hold it).
+    pub open_store: bool,
+    /// Load an SSH key to verify VMs answer on SSH.
+    pub ssh: bool,
+    /// The private key; default: the node's `ssh_key`, else `~/.ssh/id_rsa`.
+    pub ssh_key: Option<PathBuf>,
+}
+
+impl Tier {
+    /// Sets up the tier of target `host` (`nodes/<host>.yaml`).
+    pub fn open(site: Arc<Site>, host: &str, setup: &Setup) -> Result<Tier, Error> {
+        let host_config = site.host_config(host).map_err(|source| Error::Host {
+            host: host.to_string(),
+            source,
+        })?;
+        let api = connect(&host_config, setup.insecure)?;
+        let store: Option<Arc<dyn store::Store>> = if setup.open_store {
+            let dir = setup.state_dir.join("store");
+            let opened = store::open(&dir, store::Options::default())
+                .map_err(|source| Error::StoreOpen { dir, source })?;
+            Some(Arc::new(opened))
+        } else {
+            None
+        };
+        let ssh = if setup.ssh {
+            let key = setup
+                .ssh_key
+                .clone()
+                .unwrap_or_else(|| host_config.ssh_key.clone());
+            let identity = ssh::Identity::load(&key).map_err(|source| Error::SshKey {
+                path: key,
+                source: Box::new(source),
+            })?;
+            Some(SshCheck {
+                transport: Arc::new(ssh::RusshTransport::new(ssh::ClientOptions::default())),
+                identity,
+                host_key: ssh::HostKeyPolicy::AcceptNew(ssh::KnownHosts::new(
+                    setup.state_dir.join("known_hosts"),
+                )),
+                port: host_config.vm_ssh_port,
+            })
+        } else {
+            None
+        };
+        Ok(Tier {
+            site,
+            host: host_config,
+            api,
+            store,
+            ssh,
+        })
+    }
+}
