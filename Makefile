@@ -39,6 +39,10 @@ fmt:
 demo: build
 	./scripts/demo.sh
 
+## bench: converge speed against the simulator (ratios measured in one run)
+bench:
+	$(CARGO) bench --bench converge
+
 ## crds: regenerate the JSON Schemas in crds/
 crds: build
 	$(CARGO) run --quiet -- crds --out crds

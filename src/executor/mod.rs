@@ -12,10 +12,12 @@
 //!
 //! Guarantees:
 //! - **No worker is held across a PVE task**: waiting is a requeue.
-//! - **Bounded**: at most `concurrency` steps run at once; a step that needs
-//!   a storage holds one of that storage's tokens from its first run until
-//!   it completes (across requeues), because PVE's storage lock is held for
-//!   the task's whole length, not only the request.
+//! - **Bounded**: at most `concurrency` nodes are in progress at once
+//!   (`--concurrency 1` converges one node after the other), and at most
+//!   `workers` steps run at once. A step that needs a storage holds one of
+//!   that storage's tokens from its first run until it completes (across
+//!   requeues), because PVE's storage lock is held for the task's whole
+//!   length, not only the request.
 //! - **`on_error`**: `stop` starts no new node after a failure (started
 //!   nodes finish their steps: a safe point); `continue` skips only the
 //!   failed node's descendants; `rollback` stops, then runs the controller's
@@ -128,8 +130,10 @@ pub trait Controller: Send + Sync + 'static {
 /// Executor settings.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Steps running at once, across all nodes.
+    /// Nodes in progress at once.
     pub concurrency: usize,
+    /// Steps running at once (API calls in flight), across all nodes.
+    pub workers: usize,
     /// Nodes holding one storage at once.
     pub per_storage: usize,
     pub on_error: OnError,
@@ -144,9 +148,10 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             concurrency: 8,
-            // PVE's storage lock times out after about 10 s; two imports at
-            // once stay far below that on any real storage.
-            per_storage: 2,
+            workers: 16,
+            // PVE's storage lock times out after about 10 s; three
+            // allocations queued on one storage stay well below that.
+            per_storage: 3,
             on_error: OnError::Stop,
             max_attempts: 5,
             backoff_base: Duration::from_millis(500),

@@ -233,6 +233,7 @@ async fn drive<C: Controller>(
     let mut halted: Option<String> = None;
     let mut cancelled = false;
     let concurrency = config.concurrency.max(1);
+    let workers = config.workers.max(1);
 
     loop {
         let now = Instant::now();
@@ -284,14 +285,25 @@ async fn drive<C: Controller>(
             }
         }
 
-        // Start what limits allow, in plan order.
+        // Start what limits allow, in plan order: a node that has not
+        // started yet needs a free node slot; any ready step needs a worker.
         if !cancelled {
+            let mut in_flight = runs
+                .iter()
+                .filter(|r| r.started && r.phase != Phase::Finished)
+                .count();
             for (i, run) in runs.iter_mut().enumerate() {
-                if tasks.len() >= concurrency {
+                if tasks.len() >= workers {
                     break;
                 }
                 if run.phase != Phase::Ready {
                     continue;
+                }
+                if !run.started {
+                    if in_flight >= concurrency {
+                        continue;
+                    }
+                    in_flight += 1;
                 }
                 let step = run.steps[run.cursor].clone();
                 if let Some(storage) = &step.storage

@@ -140,6 +140,7 @@ fn parents(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 fn config(concurrency: usize, on_error: OnError) -> Config {
     Config {
         concurrency,
+        workers: concurrency,
         per_storage: 2,
         on_error,
         max_attempts: 3,
@@ -191,14 +192,17 @@ async fn concurrency_is_bounded() {
 
 #[tokio::test(start_paused = true)]
 async fn requeue_releases_the_worker() {
-    // One worker; "slow" waits on a long task, "fast" must finish meanwhile.
+    // One worker, two node slots: "slow" waits on a long task, "fast" must
+    // finish meanwhile.
     let fake = Arc::new(Fake::default().script("slow", "create_vm", &[Out::Requeue(60_000)]));
     let t0 = Instant::now();
+    let mut cfg = config(2, OnError::Stop);
+    cfg.workers = 1;
     let report = run(
         fake.clone(),
         &plan_of(&["slow", "fast"]),
         &BTreeMap::new(),
-        &config(1, OnError::Stop),
+        &cfg,
     )
     .await;
     assert!(report.success());
@@ -207,6 +211,16 @@ async fn requeue_releases_the_worker() {
         fast_done - t0 < Duration::from_secs(1),
         "fast waited for slow's task"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_one_converges_nodes_one_after_the_other() {
+    let fake = Arc::new(Fake::default().script("a", "create_vm", &[Out::Requeue(5_000)]));
+    let mut cfg = config(1, OnError::Stop);
+    cfg.workers = 8;
+    let report = run(fake.clone(), &plan_of(&["a", "b"]), &BTreeMap::new(), &cfg).await;
+    assert!(report.success());
+    assert!(fake.starts("b", "create_vm")[0] > fake.starts("a", "start_vm")[0]);
 }
 
 #[tokio::test(start_paused = true)]

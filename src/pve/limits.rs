@@ -73,9 +73,12 @@ pub struct RateLimit {
 
 impl Default for RateLimit {
     fn default() -> Self {
+        // pveproxy answers a GET in milliseconds; this only stops a runaway
+        // loop. Real load is bounded by the executor's node limit and by
+        // task polls backing off to seconds.
         RateLimit {
-            per_second: 50.0,
-            burst: 20,
+            per_second: 200.0,
+            burst: 50,
         }
     }
 }

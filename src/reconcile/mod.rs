@@ -314,6 +314,7 @@ impl Tier {
             self.host.node_name.clone(),
             planned.tier.desired.manifest.clone(),
             self.host.image_storage.clone(),
+            self.host.datastore.clone(),
             images,
             desired,
             self.store.clone(),

@@ -74,7 +74,9 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            poll_min: Duration::from_millis(100),
+            // Short first polls cost little on a real host (a GET each) and
+            // keep fast tasks (and the simulator's scaled ones) snappy.
+            poll_min: Duration::from_millis(25),
             poll_max: Duration::from_secs(2),
             agent_timeout: Duration::from_secs(300),
             ssh_timeout: Duration::from_secs(180),
@@ -90,6 +92,9 @@ pub struct VmController {
     pub pve_node: String,
     pub manifest: String,
     pub image_storage: String,
+    /// The host's datastore: where VMs without a desired entry (deletions)
+    /// keep their disks, for the per-storage limit.
+    pub default_storage: String,
     pub images: ImageSource,
     /// Desired VMs by node name.
     pub desired: HashMap<String, DesiredVm>,
@@ -111,6 +116,7 @@ impl VmController {
         pve_node: String,
         manifest: String,
         image_storage: String,
+        default_storage: String,
         images: ImageSource,
         desired: HashMap<String, DesiredVm>,
         store: Option<Arc<dyn Store>>,
@@ -122,6 +128,7 @@ impl VmController {
             pve_node,
             manifest,
             image_storage,
+            default_storage,
             images,
             desired,
             store,
@@ -149,11 +156,12 @@ pub struct Memory {
 }
 
 impl Memory {
-    /// The next poll delay: doubling from `min` to `max`.
+    /// The next poll delay: growing by half from `min` to `max`, so a task
+    /// is seen done soon after it ends without polling a long one often.
     fn next_poll(&mut self, timing: &Timing) -> Duration {
         let next = match self.poll {
             None => timing.poll_min,
-            Some(p) => (p * 2).min(timing.poll_max),
+            Some(p) => (p * 3 / 2).min(timing.poll_max),
         };
         self.poll = Some(next);
         next
@@ -223,7 +231,7 @@ impl Controller for VmController {
             }
             (Action::Delete, _) => vec![
                 Step::new("stop_vm"),
-                Step::new("destroy_vm"),
+                Step::on_storage("destroy_vm", &self.default_storage),
                 Step::new("forget_vm"),
             ],
             // No desired entry for a create/update: nothing safe to do.
@@ -240,11 +248,15 @@ impl Controller for VmController {
         Box::pin(self.dispatch(node, step, memory))
     }
 
-    fn undo_steps(&self, _node: &NodePlan, memory: &Memory) -> Vec<Step> {
+    fn undo_steps(&self, node: &NodePlan, memory: &Memory) -> Vec<Step> {
         if memory.created {
+            let storage = self
+                .desired
+                .get(&node.node)
+                .map_or(&self.default_storage, |w| &w.storage);
             vec![
                 Step::new("stop_vm"),
-                Step::new("destroy_vm"),
+                Step::on_storage("destroy_vm", storage),
                 Step::new("forget_vm"),
             ]
         } else {

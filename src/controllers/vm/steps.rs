@@ -316,7 +316,14 @@ impl VmController {
         for _ in 0..64 {
             let vmid = match self.api.next_vmid(wanted).await {
                 Ok(v) => v,
-                Err(err) if err.kind() == ErrorKind::InvalidParameters => {
+                // `nextid?vmid=N` answers 400 "already exists" for a taken N.
+                Err(err)
+                    if wanted.is_some()
+                        && matches!(
+                            err.kind(),
+                            ErrorKind::InvalidParameters | ErrorKind::AlreadyExists
+                        ) =>
+                {
                     wanted = wanted.map(|w: u32| w + 1);
                     continue;
                 }
