@@ -28,9 +28,16 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
             for s in &stale {
                 eprintln!("{s}");
             }
-            eprintln!("run `homestak crds --out {}` (or `make crds`) and commit", args.out.display());
+            eprintln!(
+                "run `homestak crds --out {}` (or `make crds`) and commit",
+                args.out.display()
+            );
         }
-        return Ok(if stale.is_empty() { Outcome::Success } else { Outcome::Failed });
+        return Ok(if stale.is_empty() {
+            Outcome::Success
+        } else {
+            Outcome::Failed
+        });
     }
     let written = crate::crds::write(&args.out)?;
     if global.json {
