@@ -20,6 +20,7 @@ pub mod config;
 pub mod crds;
 pub mod manifest;
 pub mod output;
+pub mod serve;
 pub mod sim;
 
 /// homestak: converge Proxmox VE to what your site-config declares.
@@ -57,6 +58,8 @@ pub enum Command {
     Crds(crds::Args),
     /// Run the built-in Proxmox VE 8.4 API simulator.
     Sim(sim::Args),
+    /// Run the controller daemon: serve specs and repos, reconcile on commit.
+    Serve(Box<serve::Args>),
 }
 
 /// How a command ended, beyond plain errors.
@@ -122,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Manifest(args) => manifest::run(args, &global).await,
         Command::Crds(args) => crds::run(args, &global).await,
         Command::Sim(args) => sim::run(args, &global).await,
+        Command::Serve(args) => serve::run(*args, &global).await,
     }
 }
 

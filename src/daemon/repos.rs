@@ -119,7 +119,7 @@ pub struct Repo {
 pub struct RepoSet {
     repos: BTreeMap<String, Repo>,
     /// The temporary directory holding the clones, removed on shutdown.
-    root: Option<PathBuf>,
+    root: std::sync::Mutex<Option<PathBuf>>,
 }
 
 impl RepoSet {
@@ -141,7 +141,7 @@ impl RepoSet {
                     )
                 })
                 .collect(),
-            root: None,
+            root: std::sync::Mutex::new(None),
         }
     }
 
@@ -163,7 +163,7 @@ impl RepoSet {
         })?;
         let mut set = RepoSet {
             repos: BTreeMap::new(),
-            root: Some(root.to_path_buf()),
+            root: std::sync::Mutex::new(Some(root.to_path_buf())),
         };
         for spec in specs {
             let repo = match clone(root, spec).await {
@@ -207,14 +207,14 @@ impl RepoSet {
         Ok(())
     }
 
-    /// Deletes the clones (shutdown).
-    pub async fn remove(&mut self) {
-        if let Some(root) = self.root.take()
+    /// Deletes the clones (shutdown). Idempotent.
+    pub async fn remove(&self) {
+        let root = self.root.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(root) = root
             && let Err(err) = tokio::fs::remove_dir_all(&root).await
         {
             tracing::warn!(path = %root.display(), error = %err, "cannot remove temporary repos");
         }
-        self.repos.clear();
     }
 
     /// The repository served as `name` (without `.git`).
