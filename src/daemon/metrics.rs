@@ -8,6 +8,7 @@
 //! | `homestak_reconcile_duration_seconds` | histogram | |
 //! | `homestak_drifted_nodes` | gauge | `manifest` |
 //! | `homestak_reconcile_queue_depth` | gauge | |
+//! | `homestak_source_checks_total` | counter | `result` (changed, unchanged, error) |
 //! | `homestak_pve_api_requests_total` | counter | `method`, `endpoint` (template) |
 //! | `homestak_http_requests_total` | counter | `route`, `code` |
 //! | `homestak_auth_failures_total` | counter | |
@@ -265,6 +266,7 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub drifted_nodes: Family,
     pub queue_depth: AtomicU64,
+    pub source_checks: Family,
     pub http_requests: Family,
     pub auth_failures: AtomicU64,
 }
@@ -293,6 +295,11 @@ impl Default for Metrics {
                 &["manifest"],
             ),
             queue_depth: AtomicU64::new(0),
+            source_checks: Family::counter(
+                "homestak_source_checks_total",
+                "Checks of the site-config for a new revision (after a change or a resync), by result.",
+                &["result"],
+            ),
             http_requests: Family::counter(
                 "homestak_http_requests_total",
                 "HTTP requests served, by route and status code.",
@@ -324,6 +331,7 @@ impl Metrics {
         );
         queue.set(&[], self.queue_depth.load(Ordering::Relaxed) as f64);
         queue.render(&mut out);
+        self.source_checks.render(&mut out);
         let pve = Family::counter(
             "homestak_pve_api_requests_total",
             "PVE API requests made by the engine, by method and endpoint template.",

@@ -146,6 +146,8 @@ pub enum Error {
     StateDir(#[source] state_dir::Error),
     #[error("cannot open the daemon's state")]
     Store(#[source] store::Error),
+    #[error("only one reconciler may run per state directory")]
+    Lease(#[source] store::Error),
     #[error("cannot load the site-config {}", path.display())]
     Site {
         path: PathBuf,
@@ -236,7 +238,7 @@ impl Daemon {
             std::process::id(),
             super::events::now_rfc3339()
         );
-        let lease = store.acquire_lease(&holder).map_err(Error::Store)?;
+        let lease = store.acquire_lease(&holder).map_err(Error::Lease)?;
 
         let site = Site::load(&config.site_config).map_err(|source| Error::Site {
             path: config.site_config.clone(),
@@ -481,16 +483,21 @@ impl Daemon {
         if let Err(err) = self.site.reload() {
             tracing::warn!(error = %error_chain(&err), "site-config reload failed; keeping the previous one");
         }
-        match self.reconciler.refresh().await {
+        let result = match self.reconciler.refresh().await {
             Ok(true) => {
                 self.reconciler.enqueue_all(on_new);
+                "changed"
             }
-            Ok(false) | Err(_) => {
-                if let Some(reason) = otherwise {
-                    self.reconciler.enqueue_all(reason);
-                }
-            }
+            Ok(false) => "unchanged",
+            Err(_) => "error",
+        };
+        if result != "changed"
+            && let Some(reason) = otherwise
+        {
+            self.reconciler.enqueue_all(reason);
         }
+        // Counted last, so an observer that sees the count sees the queue.
+        self.app.metrics.source_checks.inc(&[result]);
     }
 
     async fn reload(&self) {

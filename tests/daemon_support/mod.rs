@@ -412,3 +412,15 @@ pub async fn eventually<F: FnMut() -> bool>(what: &str, mut f: F) {
     }
     panic!("timed out waiting for {what}");
 }
+
+/// Waits until the lease of `state` can be taken (and releases it). A git
+/// child forked by a test running in parallel may briefly hold a copy of
+/// the lock's descriptor, before its exec closes it.
+pub async fn wait_lease_free(state: &Path) {
+    use homestak::daemon::store::{ControllerStore, FileStore};
+    let store = FileStore::open(state).unwrap();
+    eventually("the lease to be free", || {
+        store.acquire_lease("probe").is_ok()
+    })
+    .await;
+}
