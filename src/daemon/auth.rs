@@ -332,6 +332,42 @@ mod tests {
         assert!(!format!("{tokens:?}").contains("read-tok"));
     }
 
+    /// Tokens are only ever compared through `subtle`: `Secret::ct_eq` for
+    /// the repo token, `Requirement::accepts` (which calls it) for specs,
+    /// `ConstantTimeEq` on SHA-256 digests for API tokens. A timing test
+    /// would be flaky, so this guards the code path instead: the modules
+    /// that check tokens must use those calls and must not compare a
+    /// token with `==`.
+    #[test]
+    fn token_comparisons_are_constant_time() {
+        let auth = include_str!("auth.rs");
+        let seed = include_str!("seed.rs");
+        let code = |text: &'static str| text.split("#[cfg(test)]").next().unwrap_or(text);
+        assert!(code(auth).contains("expected.ct_eq(presented)"));
+        assert!(code(auth).contains("token.digest.ct_eq(&digest)"));
+        assert!(code(seed).contains("requirement.accepts(Some(token))"));
+        for (name, text) in [("auth.rs", code(auth)), ("seed.rs", code(seed))] {
+            for banned in [".expose() ==", "== presented", "== token", "digest =="] {
+                assert!(!text.contains(banned), "{name} compares a token with `==`");
+            }
+        }
+        // And the comparisons behave: equal only when equal, whatever the
+        // length or shared prefix.
+        let auth = RepoAuth::from_expected("abcdef");
+        for (presented, ok) in [
+            ("abcdef", true),
+            ("abcdeg", false),
+            ("abc", false),
+            ("abcdefg", false),
+        ] {
+            assert_eq!(
+                auth.check(Some(&format!("Bearer {presented}"))).is_ok(),
+                ok,
+                "{presented}"
+            );
+        }
+    }
+
     #[test]
     fn token_file_round_trips_by_digest() {
         let dir = tempfile::tempdir().unwrap();
