@@ -367,3 +367,37 @@ async fn state_directory_and_generated_secrets_are_private() {
     assert_eq!(d.get("/v1/status", Some(api_token.trim())).await.0, 200);
     d.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_engine_fails_the_job_not_the_daemon() {
+    let site = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    site_config(site.path());
+    let (engine, mut calls) = FakeEngine::new();
+    engine.panic_next.store(true, Ordering::SeqCst);
+    let d = start(config(site.path(), state.path()), engine.clone()).await;
+    next_call(&mut calls).await;
+    let s = loop {
+        let s = status(&d).await;
+        if s["manifests"][0]["last_reconcile"]["outcome"] == "failed" {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let message = s["manifests"][0]["last_reconcile"]["message"]
+        .as_str()
+        .unwrap();
+    assert!(message.contains("panicked"), "{message}");
+    // The worker lives on.
+    let (code, _) = d
+        .send(
+            Method::POST,
+            "/v1/reconcile?manifest=demo",
+            Some(WRITE_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(code, 202);
+    assert_eq!(next_call(&mut calls).await.reason, Reason::Api);
+    d.stop().await.unwrap();
+}

@@ -78,16 +78,16 @@ pub struct Args {
     #[arg(long, short = 'H', value_name = "NODE")]
     pub host: Option<String>,
     /// Period of the drift-detecting resync.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub resync: Duration,
     /// Quiet time after a change before it is acted on.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub debounce: Duration,
     /// Do not watch the site-config; changes are seen at resync or SIGHUP.
     #[arg(long)]
     pub no_watch: bool,
     /// How long shutdown waits for requests and the reconcile in flight.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
     /// Write {url, fingerprint, cert, pid, ...} as JSON to FILE once listening.
     #[arg(long, value_name = "FILE")]

@@ -470,9 +470,19 @@ impl Reconciler {
                     shutdown: self.shutdown.clone(),
                     events: self.events.clone(),
                 };
-                let result = self.engine.reconcile(request).await;
+                // On its own task, so a panicking engine fails this job
+                // instead of killing the worker.
+                let engine = Arc::clone(&self.engine);
+                let result = tokio::spawn(async move { engine.reconcile(request).await }).await;
                 *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                result.unwrap_or_else(|err| failed(error_chain(&err)))
+                match result {
+                    Ok(Ok(summary)) => summary,
+                    Ok(Err(err)) => failed(error_chain(&err)),
+                    Err(join) => {
+                        tracing::error!(manifest = %entry.name, error = %join, "the engine panicked");
+                        failed("the engine panicked; see the daemon's log".to_string())
+                    }
+                }
             }
         };
         let elapsed = started.elapsed();

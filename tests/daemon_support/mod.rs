@@ -147,6 +147,8 @@ pub struct FakeEngine {
     pub hold: AtomicBool,
     pub drifted: AtomicU64,
     pub interrupted_seen: AtomicBool,
+    /// Panic in the next reconcile (once).
+    pub panic_next: AtomicBool,
 }
 
 impl FakeEngine {
@@ -159,6 +161,7 @@ impl FakeEngine {
                 hold: AtomicBool::new(false),
                 drifted: AtomicU64::new(0),
                 interrupted_seen: AtomicBool::new(false),
+                panic_next: AtomicBool::new(false),
             }),
             rx,
         )
@@ -180,6 +183,9 @@ impl Engine for FakeEngine {
             };
             self.calls.lock().unwrap().push(call.clone());
             let _ = self.tx.send(call);
+            if self.panic_next.swap(false, Ordering::SeqCst) {
+                panic!("fake engine: deliberate panic");
+            }
             let nodes: Vec<String> = request
                 .manifest
                 .nodes()
