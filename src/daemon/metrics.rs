@@ -105,12 +105,13 @@ impl Family {
         values.insert(self.key(labels), value);
     }
 
-    /// Drops every series (a gauge family rebuilt from scratch).
-    pub fn clear(&self) {
+    /// Keeps only the series whose first label value passes `keep` (a
+    /// gauge per manifest, when manifests leave the managed set).
+    pub fn retain_first_label(&self, keep: impl Fn(&str) -> bool) {
         self.values
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clear();
+            .retain(|key, _| key.first().is_none_or(|v| keep(v)));
     }
 
     /// The current value of a series.
@@ -366,6 +367,8 @@ mod tests {
         m.reconcile_duration.observe(42.0);
         m.reconcile_duration.observe(1e9);
         m.drifted_nodes.set(&["n2-quick"], 2.0);
+        m.drifted_nodes.set(&["gone"], 1.0);
+        m.drifted_nodes.retain_first_label(|m| m != "gone");
         m.queue_depth.store(3, Ordering::Relaxed);
         m.http_requests.inc(&["spec", "200"]);
         let text = m.render(&EngineMetrics {
@@ -399,6 +402,7 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
+        assert!(!text.contains("gone"), "{text}");
         // Every sample line is `name[{labels}] value`.
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             let value = l.rsplit(' ').next().unwrap();

@@ -225,6 +225,10 @@ impl Reconciler {
         d.error = None;
         d.snapshot = Some(snapshot);
         d.entries = self.entries_of(d.snapshot.as_ref());
+        let entries = &d.entries;
+        self.metrics
+            .drifted_nodes
+            .retain_first_label(|name| entries.contains_key(name));
         Ok(changed)
     }
 
