@@ -24,6 +24,7 @@ pub mod output;
 mod progress;
 mod report;
 mod seed;
+pub mod serve;
 pub mod sim;
 mod target;
 
@@ -74,6 +75,8 @@ pub enum Command {
     Destroy(seed::DestroyArgs),
     /// Create, verify SSH, destroy: a smoke test of a manifest on a host.
     Test(seed::TestArgs),
+    /// Run the controller daemon: serve specs and repos, reconcile on commit.
+    Serve(Box<serve::Args>),
 }
 
 /// How a command ended, beyond plain errors.
@@ -148,6 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Create(args) => seed::create(args, &global).await,
         Command::Destroy(args) => seed::destroy(args, &global).await,
         Command::Test(args) => seed::test(args, &global).await,
+        Command::Serve(args) => serve::run(*args, &global).await,
     }
 }
 

@@ -1,1 +1,51 @@
-//! The controller daemon (`homestak serve`).
+//! The controller daemon, `homestak serve`: one HTTPS server per PVE tier
+//! that serves what VMs need while they bootstrap, and runs the GitOps
+//! loop that keeps the tier converged.
+//!
+//! # Endpoints
+//! - The seed's, unchanged for VMs and their bootstrap scripts
+//!   ([`seed`]): `GET /health`, `GET /specs`, `GET /spec/{identity}`
+//!   (posture auth) and `GET /{repo}.git/...` (dumb-HTTP git and raw files,
+//!   [`repos`], behind the repo token).
+//! - The reconciler API and `/metrics` ([`api`], [`metrics`]), behind
+//!   scoped API tokens ([`auth`]).
+//!
+//! # The loop
+//! [`watch`] notices changes under the site-config (debounced);
+//! [`source`] reads `controller.yaml` ([`policy`]) and the manifests at the
+//! repository's `HEAD` (or the working tree); [`reconciler`] queues them
+//! and hands one at a time to the [`engine::Engine`], which plans and
+//! converges. Periodic resyncs catch drift; [`store`] keeps the lease and
+//! what was applied; [`events`] is the live feed.
+//!
+//! # Lifecycle
+//! [`server::Daemon::start`] prepares everything that can fail;
+//! [`server::Daemon::run`] serves until a shutdown future resolves
+//! ([`shutdown`]), then stops in order. Every request goes through
+//! [`http`]: the auth-failure [`throttle`], metrics and logs that never
+//! carry a token.
+
+pub mod api;
+pub mod auth;
+pub mod cert;
+pub mod engine;
+pub mod events;
+pub mod git;
+pub mod http;
+pub mod metrics;
+pub mod policy;
+pub mod reconciler;
+pub mod reply;
+pub mod repos;
+pub mod seed;
+pub mod server;
+pub mod shutdown;
+pub mod site_cell;
+pub mod source;
+pub mod state_dir;
+pub mod store;
+pub mod throttle;
+pub mod watch;
+
+pub use engine::{Engine, ReconcileRequest, ReconcileSummary, StatusReport, StatusRequest};
+pub use server::{Config, Control, Daemon};

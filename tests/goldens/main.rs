@@ -12,6 +12,7 @@
 // Helpers are used unevenly while checkers are filled in.
 #[allow(dead_code)]
 mod common;
+mod daemon;
 mod manifest;
 mod site;
 
@@ -20,8 +21,9 @@ use std::path::PathBuf;
 
 use common::{Case, Verdict};
 
-/// Kinds this runner must check; a case of one of these with no checker fails.
-const FOUNDATION_KINDS: &[&str] = &[
+/// Kinds this runner must check (the foundation's and the controller's); a
+/// case of one of these with no checker fails.
+const MUST_CHECK_KINDS: &[&str] = &[
     "resolve_env",
     "resolve_ansible_vars",
     "resolve_inline_vm",
@@ -36,10 +38,17 @@ const FOUNDATION_KINDS: &[&str] = &[
     "manifest_from_json",
     "spec_resolve",
     "auth_token",
+    "spec_request",
+    "spec_auth",
+    "http_get",
+    "repo_request",
+    "repo_token",
 ];
 
 fn check(case: &Case) -> Option<Verdict> {
-    manifest::check(case).or_else(|| site::check(case))
+    manifest::check(case)
+        .or_else(|| site::check(case))
+        .or_else(|| daemon::check(case))
 }
 
 #[test]
@@ -72,7 +81,7 @@ fn reference_goldens() {
                 entry.1 += 1;
                 failures.push(format!("{}: {why}", case.id));
             }
-            None if FOUNDATION_KINDS.contains(&case.kind.as_str()) => {
+            None if MUST_CHECK_KINDS.contains(&case.kind.as_str()) => {
                 entry.1 += 1;
                 failures.push(format!("{}: no checker for kind {}", case.id, case.kind));
             }

@@ -1,0 +1,189 @@
+//! `homestak serve`: the controller daemon of this tier (see
+//! [`crate::daemon`]).
+//!
+//! Prints the URL and the certificate's SHA-256 fingerprint at startup
+//! (JSON with `--json`), writes `--ready-file` once listening, reloads on
+//! SIGHUP and stops gracefully on SIGTERM/SIGINT.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::{GlobalArgs, Outcome, output};
+use crate::daemon::repos::RepoSpec;
+use crate::daemon::server::{ApiTokenSource, Config, DEFAULT_PORT, RepoToken};
+use crate::daemon::{Daemon, engine, source, state_dir};
+use crate::site::{Secret, discover};
+
+/// Arguments of `homestak serve`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on. The default, all IPv4 addresses, lets VMs on
+    /// this host's bridges fetch specs and repos, like pveproxy on 8006;
+    /// give the bridge address (e.g. 10.0.12.1) to narrow it.
+    #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
+    pub bind: IpAddr,
+    /// Port to listen on.
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// Certificate chain (PEM). Without --cert/--key a self-signed pair is
+    /// generated once and kept in the state directory.
+    #[arg(long, value_name = "PEM", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Extra name or IP for a generated certificate (repeatable).
+    #[arg(long = "san", value_name = "NAME")]
+    pub sans: Vec<String>,
+    /// Bearer token for /{repo}.git/ requests. Default: generated once into
+    /// <state-dir>/repo-token. Prefer the environment variable: arguments
+    /// are visible in `ps`.
+    #[arg(
+        long,
+        env = "HOMESTAK_REPO_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        conflicts_with = "no_repo_auth"
+    )]
+    pub repo_token: Option<String>,
+    /// Serve repos without a token (anyone who reaches the port can clone).
+    #[arg(long)]
+    pub no_repo_auth: bool,
+    /// Serve the git repository at PATH as NAME.git (repeatable). Default:
+    /// the site-config as site-config.git, when it is a git repository.
+    #[arg(long = "repo", value_name = "NAME=PATH")]
+    pub repos: Vec<RepoSpec>,
+    /// API tokens file (YAML: tokens: [{name, scope: read|write, sha256|token}]).
+    /// Default: <state-dir>/api-tokens.yaml, created on first start with a
+    /// write token whose value is in <state-dir>/api-token.
+    #[arg(long, value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// State directory (certificate, tokens, lease, records, temporary
+    /// repos). Default: $HOMESTAK_STATE_DIR, /var/lib/homestak for root,
+    /// else $XDG_STATE_HOME/homestak or ~/.local/state/homestak.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Converge the site-config's working tree instead of its committed HEAD.
+    #[arg(long)]
+    pub working_tree: bool,
+    /// Also reconcile this manifest (repeatable), besides those listed in
+    /// controller.yaml.
+    #[arg(long = "manifest", short = 'M', value_name = "NAME")]
+    pub manifests: Vec<String>,
+    /// Target node for every manifest (overrides controller.yaml).
+    #[arg(long, short = 'H', value_name = "NODE")]
+    pub host: Option<String>,
+    /// Period of the drift-detecting resync.
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub resync: Duration,
+    /// Quiet time after a change before it is acted on.
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub debounce: Duration,
+    /// Do not watch the site-config; changes are seen at resync or SIGHUP.
+    #[arg(long)]
+    pub no_watch: bool,
+    /// How long shutdown waits for requests and the reconcile in flight.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Write {url, fingerprint, cert, pid, ...} as JSON to FILE once listening.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Runs `homestak serve`.
+pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
+    let site_config = discover::find(global.site_config.as_deref())?;
+    let state = args.state_dir.clone().unwrap_or_else(state_dir::default);
+    let mut config = Config::new(&site_config, &state);
+    config.bind = args.bind;
+    config.port = args.port;
+    config.cert = args.cert;
+    config.key = args.key;
+    config.cert_names = args.sans;
+    config.repo_token = match (args.no_repo_auth, args.repo_token) {
+        (true, _) => RepoToken::Disabled,
+        (false, Some(token)) if !token.is_empty() => RepoToken::Given(Secret::new(token)),
+        (false, _) => RepoToken::Generated,
+    };
+    if !args.repos.is_empty() {
+        config.repos = Some(args.repos);
+    }
+    if let Some(file) = args.api_token_file {
+        config.api_tokens = ApiTokenSource::File(file);
+    }
+    config.source = if args.working_tree {
+        source::Mode::WorkingTree
+    } else {
+        source::Mode::GitHead
+    };
+    config.manifests = args.manifests;
+    config.host = args.host;
+    config.resync = args.resync.max(Duration::from_secs(1));
+    config.debounce = args.debounce;
+    config.watch = !args.no_watch;
+    config.shutdown_grace = args.shutdown_grace;
+
+    // The converge engine is wired in here once it lands; until then the
+    // daemon serves specs and repos and reports reconciles as unavailable.
+    let engine = Arc::new(engine::Unavailable);
+    let daemon = Daemon::start(config, engine)
+        .await
+        .context("homestak serve cannot start")?;
+
+    let info = daemon.ready_info();
+    if global.json {
+        output::print_json(&info)?;
+    } else {
+        println!("homestak serve: listening on {}", daemon.url());
+        println!("certificate SHA-256 fingerprint: {}", daemon.fingerprint());
+        println!(
+            "certificate: {}{}",
+            daemon.cert_path().display(),
+            if daemon.cert_generated() {
+                " (generated)"
+            } else {
+                ""
+            }
+        );
+        println!("site-config: {}", site_config.display());
+        let repos = daemon.repo_names();
+        if !repos.is_empty() {
+            println!("repos: {}", repos.join(".git, ") + ".git");
+        }
+    }
+    if let Some(path) = &args.ready_file {
+        let mut text = serde_json::to_vec_pretty(&info)?;
+        text.push(b'\n');
+        state_dir::write_atomic(path, &text, 0o644)
+            .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+    }
+
+    let control = daemon.control();
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    let reload = tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            control.reload();
+        }
+    });
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+        }
+    };
+    let result = daemon.run(shutdown).await;
+    reload.abort();
+    if let Some(path) = &args.ready_file {
+        let _ = std::fs::remove_file(path);
+    }
+    result.context("homestak serve stopped with an error")?;
+    Ok(Outcome::Success)
+}
