@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use super::progress::Progress;
 use super::report::RunReport;
-use super::target::{TargetArgs, prepare};
+use super::target::{Purpose, SshUse, TargetArgs, prepare};
 use super::{GlobalArgs, Outcome, output};
 use crate::executor::{self, NodeState};
 use crate::plan::{Style, render_human};
@@ -72,7 +72,7 @@ fn options(allow_replace: bool, no_prune: bool, concurrency: Option<usize>) -> r
 
 /// Runs `homestak plan`.
 pub async fn plan(args: PlanArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
-    let prepared = prepare(&args.target, global, true, false, false)?;
+    let prepared = prepare(&args.target, global, Purpose::Read)?;
     let options = options(args.allow_replace, args.no_prune, None);
     let planned = prepared.tier.plan(&prepared.manifest, &options).await?;
     if global.json {
@@ -147,8 +147,17 @@ pub(super) async fn converge(
 ) -> anyhow::Result<Outcome> {
     let began = std::time::Instant::now();
     let started = crate::store::Timestamp::now();
-    let want_ssh = run.mode == Mode::Apply && !run.dry_run;
-    let prepared = prepare(target, global, true, want_ssh, run.force_ssh)?;
+    let purpose = match (run.dry_run, run.mode, run.force_ssh) {
+        (true, _, _) => Purpose::Read,
+        (false, Mode::Apply, true) => Purpose::Converge {
+            ssh: SshUse::Always,
+        },
+        (false, Mode::Apply, false) => Purpose::Converge {
+            ssh: SshUse::AsManifest,
+        },
+        (false, Mode::Destroy, _) => Purpose::Converge { ssh: SshUse::Never },
+    };
+    let prepared = prepare(target, global, purpose)?;
     report
         .context
         .insert("manifest".into(), prepared.manifest.name().into());
@@ -305,7 +314,7 @@ pub(super) fn finish_report(
 
 /// Runs `homestak status`.
 pub async fn status(args: StatusArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
-    let prepared = prepare(&args.target, global, true, false, false)?;
+    let prepared = prepare(&args.target, global, Purpose::Read)?;
     let report = prepared.tier.status(&prepared.manifest).await?;
     if global.json {
         output::print_json(&report)?;

@@ -13,9 +13,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::{GlobalArgs, Outcome, output};
+use crate::daemon::converge::ConvergeEngine;
 use crate::daemon::repos::RepoSpec;
 use crate::daemon::server::{ApiTokenSource, Config, DEFAULT_PORT, RepoToken};
-use crate::daemon::{Daemon, engine, source, state_dir};
+use crate::daemon::{Daemon, source, state_dir};
 use crate::site::{Secret, discover};
 
 /// Arguments of `homestak serve`.
@@ -89,6 +90,12 @@ pub struct Args {
     /// How long shutdown waits for requests and the reconcile in flight.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Accept any PVE certificate (labs only; prefer api_fingerprint).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Private key for SSH to VMs (default: ssh_key in the node file).
+    #[arg(long, value_name = "PATH", env = "HOMESTAK_SSH_KEY")]
+    pub ssh_key: Option<PathBuf>,
     /// Write {url, fingerprint, cert, pid, ...} as JSON to FILE once listening.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
@@ -127,9 +134,10 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     config.watch = !args.no_watch;
     config.shutdown_grace = args.shutdown_grace;
 
-    // The converge engine is wired in here once it lands; until then the
-    // daemon serves specs and repos and reports reconciles as unavailable.
-    let engine = Arc::new(engine::Unavailable);
+    let engine = Arc::new(
+        ConvergeEngine::new(state.clone(), args.insecure, args.ssh_key.clone())
+            .context("homestak serve cannot open its store")?,
+    );
     let daemon = Daemon::start(config, engine)
         .await
         .context("homestak serve cannot start")?;

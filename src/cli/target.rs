@@ -39,7 +39,7 @@ pub fn state_dir(explicit: Option<&PathBuf>) -> PathBuf {
     if let Some(dir) = explicit {
         return dir.clone();
     }
-    crate::store::default_state_dir()
+    crate::daemon::state_dir::default()
 }
 
 /// A tier ready to plan or converge, and the manifest for it.
@@ -48,27 +48,67 @@ pub struct Prepared {
     pub manifest: Manifest,
 }
 
-/// Loads site-config and manifest and sets up the tier. `with_store`:
-/// open the store (it is locked by one process at a time); `with_ssh`:
-/// load the SSH key (needed only to converge with `verify_ssh`).
+/// What a command does with the tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Plan or report: the store is read when available.
+    Read,
+    /// Change the world: the store is required; the SSH key as asked.
+    Converge { ssh: SshUse },
+}
+
+/// Whether a converge checks that VMs answer on SSH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SshUse {
+    Never,
+    /// When the manifest's `verify_ssh` says so.
+    AsManifest,
+    Always,
+}
+
+/// Loads site-config and manifest and sets up the tier.
 pub fn prepare(
     args: &TargetArgs,
     global: &GlobalArgs,
-    with_store: bool,
-    with_ssh: bool,
-    force_ssh: bool,
+    purpose: Purpose,
 ) -> anyhow::Result<Prepared> {
+    let (needs_store, ssh) = match purpose {
+        Purpose::Read => (false, SshUse::Never),
+        Purpose::Converge { ssh } => (true, ssh),
+    };
     let root = crate::site::discover::find(global.site_config.as_deref())?;
     let site = Arc::new(Site::load(&root)?);
     let manifest = read_manifest(&args.source, &root)?;
     let setup = Setup {
         insecure: args.insecure,
         state_dir: state_dir(args.state_dir.as_ref()),
-        open_store: with_store,
-        ssh: with_ssh && (force_ssh || manifest.settings().verify_ssh),
+        open_store: true,
+        ssh: match ssh {
+            SshUse::Never => false,
+            SshUse::AsManifest => manifest.settings().verify_ssh,
+            SshUse::Always => true,
+        },
         ssh_key: args.ssh_key.clone(),
     };
-    let tier = Tier::open(site, &args.host, &setup)?;
+    let tier = match Tier::open(site.clone(), &args.host, &setup) {
+        // Plan and status only read the store; when the daemon holds it,
+        // go on without (addresses and adoption state are then unknown).
+        Err(crate::reconcile::Error::StoreOpen { source, dir })
+            if source.is_locked() && !needs_store =>
+        {
+            eprintln!(
+                "note: the store in {} is in use by another homestak process (the daemon?); \
+                 answering without it",
+                dir.display()
+            );
+            let setup = Setup {
+                open_store: false,
+                ..setup
+            };
+            Tier::open(site, &args.host, &setup)?
+        }
+        other => other?,
+    };
     Ok(Prepared { tier, manifest })
 }
 

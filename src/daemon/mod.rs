@@ -14,8 +14,8 @@
 //! [`watch`] notices changes under the site-config (debounced);
 //! [`source`] reads `controller.yaml` ([`policy`]) and the manifests at the
 //! repository's `HEAD` (or the working tree); [`reconciler`] queues them
-//! and hands one at a time to the [`engine::Engine`], which plans and
-//! converges. Periodic resyncs catch drift; [`store`] keeps the lease and
+//! and hands one at a time to the [`engine::Engine`] ([`converge`]: the same
+//! path as `homestak reconcile --once`), which plans and converges. Periodic resyncs catch drift; [`store`] keeps the lease and
 //! what was applied; [`events`] is the live feed.
 //!
 //! # Lifecycle
@@ -28,6 +28,7 @@
 pub mod api;
 pub mod auth;
 pub mod cert;
+pub mod converge;
 pub mod engine;
 pub mod events;
 pub mod git;

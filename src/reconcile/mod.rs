@@ -14,7 +14,7 @@ pub mod observe;
 mod setup;
 pub mod status;
 
-pub use setup::Setup;
+pub use setup::{Setup, ssh_check};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -136,7 +136,11 @@ pub struct Tier {
 
 /// Builds the PVE client for `host`: pinned by `api_fingerprint` when set,
 /// insecure only when asked, else verified against the system roots.
-pub fn connect(host: &HostConfig, insecure: bool) -> Result<Arc<dyn Api>, Error> {
+pub fn connect(
+    host: &HostConfig,
+    insecure: bool,
+    observer: Option<Arc<dyn pve::Observer>>,
+) -> Result<Arc<dyn Api>, Error> {
     if host.api_endpoint.is_empty() {
         return Err(Error::NoApi {
             host: host.name.clone(),
@@ -168,7 +172,8 @@ pub fn connect(host: &HostConfig, insecure: bool) -> Result<Arc<dyn Api>, Error>
         host: host.name.clone(),
         source,
     })?;
-    let config = pve::Config::new(&host.api_endpoint, token, trust).map_err(client_err)?;
+    let mut config = pve::Config::new(&host.api_endpoint, token, trust).map_err(client_err)?;
+    config.observer = observer;
     let client = pve::Client::new(config).map_err(client_err)?;
     Ok(Arc::new(client))
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{Error, Tier, connect};
 use crate::controllers::vm::SshCheck;
-use crate::site::Site;
+use crate::site::{HostConfig, Site};
 use crate::{ssh, store};
 
 /// How to set up a tier.
@@ -31,7 +31,7 @@ impl Tier {
             host: host.to_string(),
             source,
         })?;
-        let api = connect(&host_config, setup.insecure)?;
+        let api = connect(&host_config, setup.insecure, None)?;
         let store: Option<Arc<dyn store::Store>> = if setup.open_store {
             let dir = setup.state_dir.join("store");
             let opened = store::open(&dir, store::Options::default())
@@ -40,26 +40,7 @@ impl Tier {
         } else {
             None
         };
-        let ssh = if setup.ssh {
-            let key = setup
-                .ssh_key
-                .clone()
-                .unwrap_or_else(|| host_config.ssh_key.clone());
-            let identity = ssh::Identity::load(&key).map_err(|source| Error::SshKey {
-                path: key,
-                source: Box::new(source),
-            })?;
-            Some(SshCheck {
-                transport: Arc::new(ssh::RusshTransport::new(ssh::ClientOptions::default())),
-                identity,
-                host_key: ssh::HostKeyPolicy::AcceptNew(ssh::KnownHosts::new(
-                    setup.state_dir.join("known_hosts"),
-                )),
-                port: host_config.vm_ssh_port,
-            })
-        } else {
-            None
-        };
+        let ssh = ssh_check(&host_config, setup)?;
         Ok(Tier {
             site,
             host: host_config,
@@ -68,4 +49,27 @@ impl Tier {
             ssh,
         })
     }
+}
+
+/// The SSH check of VMs on `host`, when `setup.ssh` asks for one.
+pub fn ssh_check(host: &HostConfig, setup: &Setup) -> Result<Option<SshCheck>, Error> {
+    if !setup.ssh {
+        return Ok(None);
+    }
+    let key = setup
+        .ssh_key
+        .clone()
+        .unwrap_or_else(|| host.ssh_key.clone());
+    let identity = ssh::Identity::load(&key).map_err(|source| Error::SshKey {
+        path: key,
+        source: Box::new(source),
+    })?;
+    Ok(Some(SshCheck {
+        transport: Arc::new(ssh::RusshTransport::new(ssh::ClientOptions::default())),
+        identity,
+        host_key: ssh::HostKeyPolicy::AcceptNew(ssh::KnownHosts::new(
+            setup.state_dir.join("known_hosts"),
+        )),
+        port: host.vm_ssh_port,
+    }))
 }

@@ -237,26 +237,10 @@ pub fn open_default(dir: &Path) -> Result<SledStore> {
     open(dir, Options::default())
 }
 
-/// The default state directory (store, known hosts, daemon certificate):
-/// `$HOMESTAK_STATE_DIR`, else `/var/lib/homestak` for root, else
-/// `$XDG_STATE_HOME/homestak`, else `~/.local/state/homestak`.
-pub fn default_state_dir() -> std::path::PathBuf {
-    use std::path::PathBuf;
-    if let Some(dir) = std::env::var_os("HOMESTAK_STATE_DIR").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    // Root runs the daemon on a PVE host; everyone else keeps state at home.
-    let is_root = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
-    if is_root {
-        return PathBuf::from("/var/lib/homestak");
-    }
-    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(dir).join("homestak");
-    }
-    match std::env::var_os("HOME") {
-        Some(home) => PathBuf::from(home).join(".local/state/homestak"),
-        None => PathBuf::from(".homestak-state"),
+impl Error {
+    /// True when another process holds the store (sled locks its
+    /// directory): typically the daemon, while the CLI asks.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, Error::Open { source: ::sled::Error::Io(io), .. } if self::sled::is_lock_error(io))
     }
 }
