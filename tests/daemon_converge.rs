@@ -1,0 +1,156 @@
+//! GitOps end to end: a manifest change committed in a git site-config is
+//! converged by the daemon (real engine) against the simulator, and
+//! `homestak status` then shows it in sync. Prints the time from commit to
+//! converged (a figure, not an assertion: performance is for benchmarks).
+
+mod daemon_support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use daemon_support::*;
+use homestak::daemon::converge::ConvergeEngine;
+use serde_json::Value;
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+const VALID_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ops@test";
+const ONE: &str = "schema_version: 2\nname: demo\nnodes:\n  - {name: edge, type: vm, preset: vm-small, image: debian-12, vmid: 99001}\nsettings: {verify_ssh: false}\n";
+const TWO: &str = "schema_version: 2\nname: demo\nnodes:\n  - {name: edge, type: vm, preset: vm-small, image: debian-12, vmid: 99001}\n  - {name: extra, type: vm, preset: vm-small, image: debian-12, vmid: 99002}\nsettings: {verify_ssh: false}\n";
+
+/// The demo manifest's status from `GET /v1/status` (`Null` until the
+/// daemon has read the site-config).
+async fn demo_status(d: &Running) -> Value {
+    let (code, text) = d.get("/v1/status?manifest=demo", Some(READ_TOKEN)).await;
+    if code == 404 {
+        return Value::Null;
+    }
+    assert_eq!(code, 200, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    body["manifests"][0].clone()
+}
+
+/// Waits (hang guard 60 s) until the demo manifest is in sync with `nodes`
+/// nodes and the daemon recorded `revision` as applied.
+async fn wait_in_sync(d: &Running, nodes: usize, revision: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = demo_status(d).await;
+        let count = status["status"]["nodes"].as_array().map_or(0, Vec::len);
+        let applied = status["last_applied"]["revision"].as_str() == Some(revision);
+        if status["in_sync"] == Value::Bool(true) && count == nodes && applied {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let (_, events) = d.get("/v1/events", Some(READ_TOKEN)).await;
+            panic!("not converged within the hang guard: {status:#}\nevents: {events}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_change_converges_and_status_is_in_sync() {
+    homestak::tls::install_crypto_provider();
+    let site = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    site_config(site.path());
+
+    let mut sim_config = homestak::sim::Config::with_defaults();
+    sim_config.listen = Some("127.0.0.1:0".parse().unwrap());
+    sim_config.time_scale = 0.01;
+    let sim = homestak::sim::Simulator::start(sim_config).await.unwrap();
+    homestak::sim::site_config::update(site.path(), &sim.ready_info(), "local-zfs").unwrap();
+    // PVE validates cloud-init keys: give the VMs a well-formed one.
+    let secrets = std::fs::read_to_string(site.path().join("secrets.yaml")).unwrap();
+    write(
+        site.path(),
+        "secrets.yaml",
+        &secrets.replace(SSH_KEY, VALID_KEY),
+    );
+    write(
+        site.path(),
+        "v2/presets/vm-small.yaml",
+        "cores: 1\nmemory: 1024\ndisk: 8\n",
+    );
+    write(site.path(), "manifests/demo.yaml", ONE);
+    write(
+        site.path(),
+        "controller.yaml",
+        "host: pve\nmanifests:\n  demo: {}\n",
+    );
+    git(site.path(), &["add", "-A"]);
+    git(site.path(), &["commit", "-q", "-m", "target the simulator"]);
+
+    let mut config = config(site.path(), state.path());
+    config.watch = true;
+    config.debounce = Duration::from_millis(100);
+    let engine = Arc::new(ConvergeEngine::new(state.path().to_path_buf(), false, None).unwrap());
+    let d = start(config, engine).await;
+
+    let head = git(site.path(), &["rev-parse", "HEAD"]);
+    let first = wait_in_sync(&d, 1, &head).await;
+    assert_eq!(first["status"]["nodes"][0]["node"], "edge");
+
+    // The change: a second VM, committed.
+    write(site.path(), "manifests/demo.yaml", TWO);
+    git(site.path(), &["commit", "-q", "-am", "add extra"]);
+    let committed = Instant::now();
+    let new_head = git(site.path(), &["rev-parse", "HEAD"]);
+    let second = wait_in_sync(&d, 2, &new_head).await;
+    let elapsed = committed.elapsed();
+    println!(
+        "commit to converged (debounce 100 ms, time scale 0.01): {:.3} s",
+        elapsed.as_secs_f64()
+    );
+    let new_head = git(site.path(), &["rev-parse", "HEAD"]);
+    assert_ne!(head, new_head);
+    assert_eq!(
+        second["last_applied"]["revision"],
+        Value::String(new_head.clone())
+    );
+
+    // The world really has both VMs, once each, owned by homestak.
+    let world = sim.world();
+    assert_eq!(world.vms.len(), 2, "{:?}", world.vms.keys());
+    for (vmid, name) in [(99001, "edge"), (99002, "extra")] {
+        let vm = world
+            .vms
+            .get(&vmid)
+            .unwrap_or_else(|| panic!("vmid {vmid} missing"));
+        assert_eq!(vm.config.get("name").map(String::as_str), Some(name));
+        let tags = vm.config.get("tags").cloned().unwrap_or_default();
+        assert!(
+            tags.split(';').any(|t| t == "homestak"),
+            "{vmid} not tagged: {tags}"
+        );
+    }
+
+    // `homestak status` (the CLI) agrees while the daemon holds the store.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_homestak"))
+        .arg("--site-config")
+        .arg(site.path())
+        .args(["status", "-M", "demo", "-H", "pve", "--json"])
+        .env("HOMESTAK_STATE_DIR", state.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "status: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["in_sync"], Value::Bool(true));
+    assert_eq!(report["nodes"].as_array().map(Vec::len), Some(2));
+
+    d.stop().await.unwrap();
+    let _ = sim.shutdown().await;
+}
