@@ -441,6 +441,7 @@ async fn prepare_root(root: &VmRoot, boot: &Boot) {
         "/etc/ssh",
         "/etc/systemd/system/multi-user.target.wants",
         "/root",
+        "/run",
         "/tmp",
         "/usr/local/bin",
         "/var/lib",
