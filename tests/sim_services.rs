@@ -106,7 +106,11 @@ async fn systemctl_runs_the_uploaded_homestak_until_the_vm_goes() {
     assert!(version.starts_with("homestak "), "{version}");
     let out = run(&*session, "/usr/local/bin/homestak --no-such-flag").await;
     assert_eq!(out.status.code(), Some(64), "EX_USAGE");
-    assert!(out.stderr_text().contains("--no-such-flag"), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text().contains("--no-such-flag"),
+        "{}",
+        out.stderr_text()
+    );
 
     session
         .upload(&Upload::bytes(
@@ -116,11 +120,25 @@ async fn systemctl_runs_the_uploaded_homestak_until_the_vm_goes() {
         ))
         .await
         .unwrap();
-    let out = run(&*session, "systemctl daemon-reload && systemctl enable --now homestak").await;
+    let out = run(
+        &*session,
+        "systemctl daemon-reload && systemctl enable --now homestak",
+    )
+    .await;
     assert!(out.success(), "{}", out.stderr_text());
-    assert!(out.stderr_text().contains("Created symlink"), "{}", out.stderr_text());
-    assert_eq!(run_ok(&*session, "systemctl is-active homestak").await, "active\n");
-    assert_eq!(run_ok(&*session, "systemctl is-enabled homestak").await, "enabled\n");
+    assert!(
+        out.stderr_text().contains("Created symlink"),
+        "{}",
+        out.stderr_text()
+    );
+    assert_eq!(
+        run_ok(&*session, "systemctl is-active homestak").await,
+        "active\n"
+    );
+    assert_eq!(
+        run_ok(&*session, "systemctl is-enabled homestak").await,
+        "enabled\n"
+    );
     let pid: u64 = run_ok(&*session, "systemctl show homestak -p MainPID --value")
         .await
         .trim()
@@ -229,7 +247,10 @@ async fn units_fail_restart_and_refuse_like_systemd() {
             "[Service]\nExecStart=/usr/local/bin/homestak --no-such-flag\nRestart=on-failure\nRestartSec=20ms\n",
         ),
         ("shell", "[Service]\nExecStart=/bin/sh -c 'echo hi'\n"),
-        ("tool", "[Service]\nExecStart=/usr/local/bin/tool --version\n"),
+        (
+            "tool",
+            "[Service]\nExecStart=/usr/local/bin/tool --version\n",
+        ),
     ];
     for (name, text) in units {
         session
@@ -250,7 +271,11 @@ async fn units_fail_restart_and_refuse_like_systemd() {
     // Only root changes services.
     let out = run(&*session, "systemctl start once").await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(out.stderr_text().contains("permission denied"), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text().contains("permission denied"),
+        "{}",
+        out.stderr_text()
+    );
 
     // A service whose process exits non-zero ends up failed.
     run_ok(&*session, "sudo systemctl start once").await;
@@ -302,7 +327,12 @@ async fn units_fail_restart_and_refuse_like_systemd() {
     );
     let out = run(&*session, "sudo systemctl start shell").await;
     assert_eq!(out.status.code(), Some(1));
-    assert!(out.stderr_text().starts_with("Job for shell.service failed"), "{}", out.stderr_text());
+    assert!(
+        out.stderr_text()
+            .starts_with("Job for shell.service failed"),
+        "{}",
+        out.stderr_text()
+    );
     let journal = run_ok(&*session, "journalctl -u shell").await;
     assert!(
         journal.contains("/bin/sh: No such file or directory"),
@@ -313,7 +343,13 @@ async fn units_fail_restart_and_refuse_like_systemd() {
     let journal = run_ok(&*session, "journalctl -u tool").await;
     assert!(journal.contains("only the homestak binary"), "{journal}");
     let out = run(&*session, "systemctl is-enabled once").await;
-    assert_eq!((out.status.code(), out.stdout_text().as_str()), (Some(1), "disabled\n"));
-    assert_eq!(run_ok(&*session, "systemctl is-active ssh").await, "active\n");
+    assert_eq!(
+        (out.status.code(), out.stdout_text().as_str()),
+        (Some(1), "disabled\n")
+    );
+    assert_eq!(
+        run_ok(&*session, "systemctl is-active ssh").await,
+        "active\n"
+    );
     sim.handle.shutdown().await.unwrap();
 }
