@@ -291,3 +291,28 @@ async fn sudo_runs_as_root_for_the_cloud_init_user() {
     assert_eq!(out.status, ExitStatus::Code(1));
     sim.handle.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_restarted_simulator_boots_its_running_vms_with_the_same_host_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("sim.json");
+    let config = || {
+        let mut c = guest::config(0.001);
+        c.state_file = Some(state.clone());
+        c
+    };
+    let k = key("op");
+    let sim = Sim::start_with(config()).await;
+    let first = Tier::of(&sim)
+        .boot_vm(106, "keep1", "debian-12", "debian", &k)
+        .await;
+    sim.handle.shutdown().await.unwrap();
+
+    let sim = Sim::start_with(config()).await;
+    let tier = Tier::of(&sim);
+    let again = tier.wait_booted(106).await;
+    assert_eq!(again["ssh"]["host_key"], first["ssh"]["host_key"]);
+    let session = ssh(&again, "debian", &k).await.unwrap();
+    assert_eq!(run_ok(&*session, "whoami").await, "debian\n");
+    sim.handle.shutdown().await.unwrap();
+}

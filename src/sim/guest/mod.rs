@@ -14,7 +14,7 @@
 //! - services started with `systemctl` from unit files in its root
 //!   ([`units`]), which may run the real `homestak` binary a parent tier
 //!   uploaded ([`process`]);
-//! - command shims in its shell ([`shims`]).
+//! - command shims in its shell (the `shims` module).
 //!
 //! One supervisor task per simulator converges this to the world: it wakes
 //! on every world change (and when a pending boot is due), stops the guests
@@ -222,23 +222,34 @@ async fn supervise(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 }
 
 async fn converge(shared: &Arc<Shared>, want: BTreeMap<u32, Boot>) {
+    // Stale guests stay listed (as stopping) until they are down, so that
+    // `/_sim/` shows a VM's guest gone only once its servers are.
     let stale: Vec<Arc<Guest>> = {
-        let mut running = shared.guests.lock();
-        let gone: Vec<u32> = running
+        let running = shared.guests.lock();
+        running
             .iter()
             .filter(|(vmid, g)| {
                 want.get(vmid)
                     .is_none_or(|b| b.boot_id != g.boot.boot_id || b.address != g.boot.address)
             })
-            .map(|(vmid, _)| *vmid)
-            .collect();
-        gone.iter().filter_map(|v| running.remove(v)).collect()
+            .map(|(_, g)| g.clone())
+            .collect()
     };
     let mut work = JoinSet::new();
-    for guest in stale {
-        work.spawn(guest.stop());
+    for guest in &stale {
+        guest.stopping.store(true, Ordering::Relaxed);
+        work.spawn(guest.clone().stop());
     }
     while work.join_next().await.is_some() {}
+    {
+        let mut running = shared.guests.lock();
+        for guest in stale {
+            let vmid = guest.boot.vmid;
+            if running.get(&vmid).is_some_and(|g| Arc::ptr_eq(g, &guest)) {
+                running.remove(&vmid);
+            }
+        }
+    }
 
     let to_boot: Vec<Boot> = {
         let running = shared.guests.lock();
@@ -289,6 +300,8 @@ struct SshState {
 /// One booted VM.
 pub(crate) struct Guest {
     boot: Boot,
+    /// Set while its services and servers are being stopped.
+    stopping: AtomicBool,
     pub ctx: Arc<GuestCtx>,
     ssh: Mutex<Option<Server>>,
     ssh_state: Mutex<SshState>,
@@ -307,10 +320,11 @@ impl Guest {
             };
             prepare_root(&root, &boot).await;
             let pve = boot.pve.then(|| {
-                Arc::new(nested::Pve::new(
-                    nested::inner_config(&shared.config, &boot, &root),
+                Arc::new(nested::Pve::new(nested::inner_config(
+                    &shared.config,
                     &boot,
-                ))
+                    &root,
+                )))
             });
             if let Some(pve) = &pve {
                 // A failure is recorded in the tier's status (see `/_sim/`).
@@ -325,6 +339,7 @@ impl Guest {
             ctx.units.start_enabled().await;
             let guest = Guest {
                 boot: ctx.boot.clone(),
+                stopping: AtomicBool::new(false),
                 ctx: ctx.clone(),
                 ssh: Mutex::new(None),
                 ssh_state: Mutex::new(SshState::default()),
@@ -415,8 +430,10 @@ impl Guest {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let stopping = self.stopping.load(Ordering::Relaxed);
         json!({
-            "booted": true,
+            "booted": !stopping,
+            "stopping": stopping,
             "hostname": self.boot.hostname,
             "ssh": {
                 "address": ssh.listen.map(|a| a.to_string()),

@@ -57,9 +57,15 @@ pub(crate) fn inner_config(parent: &Config, boot: &Boot, root: &VmRoot) -> Confi
         img.node = None;
     }
     let state_dir = boot.workdir.join("pve");
+    let state_file = state_dir.join("state.json");
+    // A host keeps its node name even if the VM was renamed since.
+    let node = crate::sim::world::World::load(&state_file)
+        .ok()
+        .and_then(|w| w.nodes.keys().next().cloned())
+        .unwrap_or_else(|| boot.hostname.clone());
     Config {
         nodes: vec![NodeConfig {
-            name: boot.hostname.clone(),
+            name: node,
             cpus: boot.cpus.max(1),
             memory: Size(boot.memory),
             storages: parent.nested.storages.clone(),
@@ -78,7 +84,7 @@ pub(crate) fn inner_config(parent: &Config, boot: &Boot, root: &VmRoot) -> Confi
             s.wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 .wrapping_add(u64::from(boot.vmid))
         }),
-        state_file: Some(state_dir.join("state.json")),
+        state_file: Some(state_file),
         work_dir: Some(state_dir.join("state.d")),
         initial_token: false,
         tls_files: Some(TlsFiles {
@@ -117,15 +123,15 @@ impl std::fmt::Debug for Pve {
 }
 
 impl Pve {
-    pub(crate) fn new(config: Config, boot: &Boot) -> Self {
+    pub(crate) fn new(config: Config) -> Self {
         Pve {
-            config,
             handle: tokio::sync::Mutex::new(None),
             shared: Mutex::new(None),
             status: Mutex::new(Status {
-                node: boot.hostname.clone(),
+                node: config.primary_node().to_string(),
                 ..Status::default()
             }),
+            config,
         }
     }
 

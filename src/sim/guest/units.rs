@@ -599,7 +599,9 @@ async fn supervise(
                 let code = status.map(process::exit_code);
                 let clean = status.is_some_and(|s| s.success());
                 let by_signal = status.is_some_and(|s| s.code().is_none());
+                // Leftovers of its group go now, while the group id is theirs.
                 process::signal_group(guard.0.unwrap_or(0), nix::sys::signal::Signal::SIGKILL);
+                guard.0 = None;
                 let again = match spec.restart {
                     Restart::No => false,
                     Restart::Always => true,
@@ -614,13 +616,11 @@ async fn supervise(
                     s.since_ms = Clock::now_ms();
                 });
                 if !again {
-                    guard.0 = None;
                     return;
                 }
                 tokio::select! {
                     () = tokio::time::sleep(spec.restart_sec) => {}
                     _ = &mut stop => {
-                        guard.0 = None;
                         service.set(|s| s.active = Active::Inactive);
                         return;
                     }
@@ -637,7 +637,6 @@ async fn supervise(
                         });
                     }
                     Err(_) => {
-                        guard.0 = None;
                         service.set(|s| { s.active = Active::Failed; s.result = "resources"; });
                         return;
                     }
