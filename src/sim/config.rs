@@ -536,4 +536,30 @@ mod tests {
         let unknown = "bogus: 1\n";
         assert!(crate::yaml::from_str::<Config>(unknown, Path::new("sim.yaml")).is_err());
     }
+
+    #[test]
+    fn nested_tiers_are_configured_and_checked() {
+        let c = Config::with_defaults();
+        assert!(c.nested.storages.is_empty() && c.nested.images.is_none());
+        let text = "ssh_port: 2222\nnested:\n  storages:\n    - { id: local, type: dir, content: [import] }\n  images: []\n";
+        let c: Config = crate::yaml::from_str(text, Path::new("sim.yaml")).unwrap();
+        let c = c.finish().unwrap();
+        assert_eq!(c.ssh_port, 2222);
+        assert_eq!(c.nested.storages[0].id, "local");
+        assert_eq!(c.nested.images.as_deref().map(<[_]>::len), Some(0));
+        let bad = "nested:\n  images:\n    - { volid: 'nfs:import/x.qcow2', size: 1G }\n";
+        let c: Config = crate::yaml::from_str(bad, Path::new("sim.yaml")).unwrap();
+        assert!(
+            c.finish()
+                .unwrap_err()
+                .contains("the nested node has no storage \"nfs\"")
+        );
+        // An exact empty image list stays empty (a nested host starts bare).
+        let mut c = Config {
+            images_exact: true,
+            ..Config::default()
+        };
+        c = c.finish().unwrap();
+        assert!(c.images.is_empty());
+    }
 }
