@@ -12,13 +12,6 @@ Usage: proxmoxer_lifecycle.py --homestak PATH [--time-scale F]
 """
 
 import argparse
-import base64
-import hashlib
-import json
-import os
-import signal
-import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,50 +20,7 @@ from urllib.parse import quote, urlparse
 from proxmoxer import ProxmoxAPI, ResourceException
 from proxmoxer.tools import Tasks
 
-
-class Mismatch(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Mismatch(what)
-
-
-def start_sim(binary, scale, workdir):
-    ready = os.path.join(workdir, "ready.json")
-    proc = subprocess.Popen(
-        [binary, "sim", "--listen", "127.0.0.1:0", "--ready-file", ready, "--time-scale", str(scale)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 60
-    while not os.path.exists(ready):
-        if proc.poll() is not None:
-            raise Mismatch("homestak sim exited early: " + proc.stderr.read().decode(errors="replace"))
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise Mismatch("homestak sim wrote no ready file within 60 s")
-        time.sleep(0.02)
-    with open(ready) as f:
-        return proc, json.load(f)
-
-
-def pinned_cert(host, port, fingerprint, workdir):
-    """Fetches the served certificate and keeps it only if it matches."""
-    pem = ssl.get_server_certificate((host, port))
-    der = ssl.PEM_cert_to_DER_cert(pem)
-    seen = ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
-    check(seen == fingerprint, f"certificate fingerprint {seen} != ready file {fingerprint}")
-    path = os.path.join(workdir, "sim.pem")
-    with open(path, "w") as f:
-        f.write(pem)
-    return path
-
-
-def ssh_key(comment):
-    blob = (11).to_bytes(4, "big") + b"ssh-ed25519" + (32).to_bytes(4, "big") + bytes([7]) * 32
-    return "ssh-ed25519 " + base64.b64encode(blob).decode() + " " + comment
+from simproc import Mismatch, check, pinned_cert, ssh_key, start_sim, stop_sim
 
 
 def wait(prox, upid, poll):
@@ -210,15 +160,9 @@ def main():
             print(f"CONFORMANCE FAILURE: {e}", file=sys.stderr)
             return 1
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                print("CONFORMANCE FAILURE: homestak sim did not stop on SIGTERM", file=sys.stderr)
-                return 1
-            if proc.returncode != 0:
-                print(f"CONFORMANCE FAILURE: homestak sim exited with {proc.returncode}", file=sys.stderr)
+            stopped = stop_sim(proc)
+            if stopped:
+                print(f"CONFORMANCE FAILURE: {stopped}", file=sys.stderr)
                 return 1
     return 0
 

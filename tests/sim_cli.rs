@@ -16,6 +16,9 @@ fn sim_writes_ready_file_and_site_config_and_stops_on_sigterm() {
     )
     .unwrap();
     let ready = dir.path().join("ready.json");
+    // VMs serve SSH on a port that needs no root; the site-config learns it.
+    let config = dir.path().join("sim.yaml");
+    std::fs::write(&config, "ssh_port: 2222\n").unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_homestak"))
         .args([
             "sim",
@@ -26,6 +29,8 @@ fn sim_writes_ready_file_and_site_config_and_stops_on_sigterm() {
             "--ready-file",
         ])
         .arg(&ready)
+        .arg("--config")
+        .arg(&config)
         .arg("--site-config")
         .arg(&site)
         .stdout(Stdio::piped())
@@ -75,6 +80,7 @@ fn sim_writes_ready_file_and_site_config_and_stops_on_sigterm() {
     assert_eq!(node["api_token"], "pve");
     assert_eq!(node["datastore"], "local-zfs");
     assert_eq!(node["api_fingerprint"], info["fingerprint"]);
+    assert_eq!(node["vm_ssh_port"], 2222);
 
     let status = Command::new("kill")
         .arg("-TERM")

@@ -57,11 +57,12 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
         })
         .map(|s| s.id.clone())
         .unwrap_or_else(|| "local".into());
+    let ssh_port = config.ssh_port;
     let handle = Simulator::start(config).await?;
     let info = handle.ready_info();
 
     if let Some(dir) = &global.site_config {
-        sim::site_config::update(dir, &info, &datastore).with_context(|| {
+        sim::site_config::update(dir, &info, &datastore, ssh_port).with_context(|| {
             format!(
                 "cannot point the site-config {} at the simulator",
                 dir.display()
@@ -84,6 +85,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
             info.url, info.node
         );
         println!("  fingerprint {}", info.fingerprint);
+        println!("  VM SSH port {ssh_port} (each VM on its own loopback address, see /_sim/vms)");
         if args.ready_file.is_none() && global.site_config.is_none() {
             // No other channel carries the credentials of this throwaway host.
             println!("  token       {}", info.token);

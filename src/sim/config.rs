@@ -16,6 +16,9 @@
 //! latency: { start: 1.5, agent_boot: 15 }
 //! ssh_port: 22
 //! faults: { read_error_rate: 0.01 }
+//! nested:                      # what a VM booted from a PVE image serves
+//!   storages: [ { id: local, type: dir, content: [import, iso], size: 50G } ]
+//!   images: []                 # default: the same images as this tier
 //! ```
 
 use std::net::SocketAddr;
@@ -225,6 +228,29 @@ impl Default for Downloads {
     }
 }
 
+/// The PVE host a VM booted from a PVE image becomes (a nested tier). Its
+/// node is named after the VM and has the VM's CPUs and memory; latency,
+/// downloads, SSH port, faults, version and time scale are this tier's.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NestedConfig {
+    /// Storages of the inner node; the default pair `local` + `local-zfs`
+    /// when empty.
+    pub storages: Vec<StorageConfig>,
+    /// Images present on the inner node. Default: the images of this tier
+    /// (so a PVE image can nest again); `[]` starts the inner host empty.
+    pub images: Option<Vec<ImageConfig>>,
+}
+
+/// Where a simulator keeps its TLS certificate, as PVE keeps
+/// `/etc/pve/local/pve-ssl.pem` and `pve-ssl.key`: loaded when both exist,
+/// otherwise generated and written there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// Everything a simulator starts from.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -240,6 +266,8 @@ pub struct Config {
     pub token_id: String,
     /// `GET /version`'s version.
     pub pve_version: String,
+    /// What VMs booted from a PVE image serve.
+    pub nested: NestedConfig,
 
     /// Where to listen (loopback only).
     #[serde(skip)]
@@ -257,6 +285,20 @@ pub struct Config {
     /// directory removed on shutdown).
     #[serde(skip)]
     pub work_dir: Option<PathBuf>,
+    /// Create the `token_id` token in a fresh world. A nested tier starts
+    /// without one, as a freshly installed PVE host does.
+    #[serde(skip)]
+    pub initial_token: bool,
+    /// Keep the certificate in these files (default: a fresh one per start).
+    #[serde(skip)]
+    pub tls_files: Option<TlsFiles>,
+    /// An empty `images` list means "no images", not "the defaults".
+    #[serde(skip)]
+    pub images_exact: bool,
+    /// The host was powered off since the state was saved: VMs come back
+    /// stopped, except those with `onboot: 1`, which start again.
+    #[serde(skip)]
+    pub cold_boot: bool,
 }
 
 impl Default for Config {
@@ -270,11 +312,16 @@ impl Default for Config {
             faults: FaultRates::default(),
             token_id: "root@pam!homestak".into(),
             pve_version: "8.4.1".into(),
+            nested: NestedConfig::default(),
             listen: None,
             time_scale: 1.0,
             seed: None,
             state_file: None,
             work_dir: None,
+            initial_token: true,
+            tls_files: None,
+            images_exact: false,
+            cold_boot: false,
         }
     }
 }
@@ -325,21 +372,26 @@ impl Config {
             if node.storages.is_empty() {
                 node.storages = default_storages();
             }
-            for s in &node.storages {
-                if !super::params::formats::is_storage_id(&s.id) {
+            check_storages(&node.storages)?;
+        }
+        check_storages(&self.nested.storages)?;
+        if let Some(images) = &self.nested.images {
+            let storages = if self.nested.storages.is_empty() {
+                default_storages()
+            } else {
+                self.nested.storages.clone()
+            };
+            for img in images {
+                let storage = img.volid.split_once(':').map_or("", |(s, _)| s);
+                if !storages.iter().any(|s| s.id == storage) {
                     return Err(format!(
-                        "storage id {:?} is not a valid PVE storage ID",
-                        s.id
+                        "nested image {:?}: the nested node has no storage {storage:?}",
+                        img.volid
                     ));
-                }
-                for c in &s.content {
-                    if !super::params::formats::CONTENT_TYPES.contains(&c.as_str()) {
-                        return Err(format!("storage {}: unknown content type {c:?}", s.id));
-                    }
                 }
             }
         }
-        if self.images.is_empty() {
+        if self.images.is_empty() && !self.images_exact {
             self.images = default_images();
         }
         for img in &self.images {
@@ -389,7 +441,25 @@ impl Config {
     }
 }
 
-fn default_storages() -> Vec<StorageConfig> {
+fn check_storages(storages: &[StorageConfig]) -> Result<(), String> {
+    for s in storages {
+        if !super::params::formats::is_storage_id(&s.id) {
+            return Err(format!(
+                "storage id {:?} is not a valid PVE storage ID",
+                s.id
+            ));
+        }
+        for c in &s.content {
+            if !super::params::formats::CONTENT_TYPES.contains(&c.as_str()) {
+                return Err(format!("storage {}: unknown content type {c:?}", s.id));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The storages a node gets when its config names none.
+pub fn default_storages() -> Vec<StorageConfig> {
     vec![
         StorageConfig {
             id: "local".into(),
@@ -465,5 +535,31 @@ mod tests {
         assert!(c.finish().unwrap_err().contains("no node has storage"));
         let unknown = "bogus: 1\n";
         assert!(crate::yaml::from_str::<Config>(unknown, Path::new("sim.yaml")).is_err());
+    }
+
+    #[test]
+    fn nested_tiers_are_configured_and_checked() {
+        let c = Config::with_defaults();
+        assert!(c.nested.storages.is_empty() && c.nested.images.is_none());
+        let text = "ssh_port: 2222\nnested:\n  storages:\n    - { id: local, type: dir, content: [import] }\n  images: []\n";
+        let c: Config = crate::yaml::from_str(text, Path::new("sim.yaml")).unwrap();
+        let c = c.finish().unwrap();
+        assert_eq!(c.ssh_port, 2222);
+        assert_eq!(c.nested.storages[0].id, "local");
+        assert_eq!(c.nested.images.as_deref().map(<[_]>::len), Some(0));
+        let bad = "nested:\n  images:\n    - { volid: 'nfs:import/x.qcow2', size: 1G }\n";
+        let c: Config = crate::yaml::from_str(bad, Path::new("sim.yaml")).unwrap();
+        assert!(
+            c.finish()
+                .unwrap_err()
+                .contains("the nested node has no storage \"nfs\"")
+        );
+        // An exact empty image list stays empty (a nested host starts bare).
+        let mut c = Config {
+            images_exact: true,
+            ..Config::default()
+        };
+        c = c.finish().unwrap();
+        assert!(c.images.is_empty());
     }
 }

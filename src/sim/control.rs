@@ -9,7 +9,8 @@
 //! | GET | `/_sim/faults` | `{"global": Rates, "vms": {"100": Rates}}` |
 //! | PUT | `/_sim/faults` | set global rates (missing fields take defaults) |
 //! | PUT / DELETE | `/_sim/faults/vms/{vmid}` | set / clear one VM's rates |
-//! | GET | `/_sim/vms`, `/_sim/vms/{vmid}` | VM internals: address, agent, ciuser, keys, workdir |
+//! | GET | `/_sim/vms`, `/_sim/vms/{vmid}` | VM internals: address, agent, ciuser, keys, workdir, and `guest` (SSH, nested tier, services once booted) |
+//! | GET | `/_sim/vms/{vmid}/nested` | the VM's nested PVE tier: `{running, url, node, fingerprint, root_password, error}` |
 //! | POST | `/_sim/vms` | create a foreign VM at once, without tasks or marks |
 //! | PATCH | `/_sim/vms/{vmid}` | out-of-band change: cores, sockets, memory, name, tags, description, power |
 //! | DELETE | `/_sim/vms/{vmid}` | remove a VM and its volumes at once |
@@ -183,11 +184,14 @@ pub async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body
                     .world()
                     .vms
                     .values()
-                    .map(|v| vm_view(v, now))
+                    .map(|v| with_guest(&shared, vm_view(v, now), v.vmid))
                     .collect(),
             ))
         }
-        ("GET", ["_sim", "vms", id]) => with_vm(&shared, id, |v| Ok(vm_view(v, Clock::now_ms()))),
+        ("GET", ["_sim", "vms", id]) => with_vm(&shared, id, |v| {
+            Ok(with_guest(&shared, vm_view(v, Clock::now_ms()), v.vmid))
+        }),
+        ("GET", ["_sim", "vms", id, "nested"]) => nested(&shared, id),
         ("POST", ["_sim", "vms"]) => match parse::<ForeignVm>(&body) {
             Ok(f) => foreign_vm(&shared, f),
             Err(e) => fail(StatusCode::BAD_REQUEST, e),
@@ -219,6 +223,55 @@ pub async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body
         _ => fail(
             StatusCode::NOT_FOUND,
             format!("no control endpoint {method} {path}"),
+        ),
+    }
+}
+
+/// Adds what runs inside the VM (`null` until it has booted).
+fn with_guest(shared: &Shared, mut view: Value, vmid: u32) -> Value {
+    if let Value::Object(m) = &mut view {
+        m.insert("guest".into(), shared.guests.view(vmid));
+    }
+    view
+}
+
+/// The nested tier of a VM: 404 without such a VM, 409 while it has no
+/// running tier (not a PVE image, not booted, or failed: see `error`).
+fn nested(shared: &Shared, id: &str) -> Response<Body> {
+    let Ok(vmid) = id.parse::<u32>() else {
+        return fail(StatusCode::BAD_REQUEST, "bad vmid");
+    };
+    let Some((pve_image, running)) = shared
+        .world()
+        .vms
+        .get(&vmid)
+        .map(|v| (v.pve_image, v.running()))
+    else {
+        return fail(StatusCode::NOT_FOUND, format!("VM {vmid} does not exist"));
+    };
+    if !pve_image {
+        return fail(
+            StatusCode::CONFLICT,
+            format!("VM {vmid} was not made from a PVE image"),
+        );
+    }
+    let view = shared
+        .guests
+        .get(vmid)
+        .and_then(|g| g.ctx.pve.as_ref().map(|p| p.view()));
+    match view {
+        Some(v) if v["running"] == true => ok(v),
+        Some(v) => reply(
+            StatusCode::CONFLICT,
+            json!({"data": v, "message": format!("the nested PVE tier of VM {vmid} is not running")}),
+        ),
+        None => fail(
+            StatusCode::CONFLICT,
+            if running {
+                format!("VM {vmid} has not booted yet")
+            } else {
+                format!("VM {vmid} is not running")
+            },
         ),
     }
 }

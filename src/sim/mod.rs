@@ -12,15 +12,12 @@
 //! - [`faults`], [`control`]: injected faults and the `/_sim/` endpoints.
 //! - [`addr`]: per-VM loopback addresses; [`site_config`]: writing a
 //!   site-config that points at a running simulator.
+//! - [`guest`]: what runs inside a VM once it boots: its SSH server
+//!   ([`ssh`]), a nested PVE tier (another [`Simulator`] on the VM's
+//!   address) for PVE images, services started with `systemctl`, and the
+//!   command shims (`pveum`, `pvesh`, `systemctl`, `openssl`, `homestak`).
 //!
-//! # Seams for what comes next
-//! - Nested tiers: [`Simulator::start`] binds any loopback address, so a
-//!   parent can start a child simulator on a VM's address (`Vm::address`,
-//!   port 8006) when a VM made from a PVE image (`Vm::pve_image`) is set
-//!   up; children would live in the parent's `Shared` next to its world.
-//! - SSH: each VM keeps `ciuser`, its keys (`Vm::ssh_keys`), its address and
-//!   a working directory (`Vm::workdir`); `Config::ssh_port` is the port.
-//! - Concurrency: the world mutex is never held across an await.
+//! Concurrency: the world mutex is never held across an await.
 
 pub mod addr;
 pub mod api;
@@ -29,6 +26,7 @@ pub mod config;
 pub mod control;
 pub mod faults;
 pub mod form;
+pub mod guest;
 pub mod params;
 pub mod runtime;
 pub mod server;
@@ -114,6 +112,8 @@ pub enum Error {
     },
     #[error("invalid simulator configuration: {0}")]
     Config(String),
+    #[error("cannot use the TLS certificate files {}: {problem}; delete them to get a new certificate", path.display())]
+    CertFile { path: PathBuf, problem: String },
     #[error("the simulator's server stopped with an error")]
     Serve(#[source] std::io::Error),
 }
@@ -207,9 +207,11 @@ impl Simulator {
             source,
         })?;
         let node = config.primary_node().to_string();
-        let cert =
-            crate::tls::self_signed(&[addr.ip().to_string(), "localhost".into(), node.clone()])
-                .map_err(Error::Cert)?;
+        let names = [addr.ip().to_string(), "localhost".into(), node.clone()];
+        let cert = match &config.tls_files {
+            Some(files) => load_or_create_cert(files, &names)?,
+            None => crate::tls::self_signed(&names).map_err(Error::Cert)?,
+        };
 
         let now = Clock::now();
         let world = match &config.state_file {
@@ -219,6 +221,13 @@ impl Simulator {
                     problem,
                 })?;
                 w.interrupt_running_tasks(now);
+                if config.cold_boot {
+                    let boot = Clock {
+                        scale: config.time_scale,
+                    }
+                    .scaled(config.latency.agent_boot);
+                    w.power_cycle(Clock::now_ms(), boot.as_millis() as i64);
+                }
                 w
             }
             _ => World::from_config(
@@ -282,6 +291,7 @@ impl Simulator {
         };
         let join = tokio::spawn(async move { server.serve(make).await });
         server_handle.listening().await;
+        shared.guests.start(&shared);
 
         let saver = state_file.clone().map(|path| {
             let shared = shared.clone();
@@ -311,12 +321,70 @@ impl Simulator {
             fingerprint: cert.fingerprint,
             shared,
             server: server_handle,
-            join,
+            join: Some(join),
             saver,
             state_file,
             temp_work_dir: temp_work_dir.then_some(work_dir),
         })
     }
+}
+
+impl Drop for Handle {
+    /// Without [`Handle::shutdown`], guests are still stopped (in the
+    /// background, while the runtime lives); their child processes are
+    /// killed when dropped in any case.
+    fn drop(&mut self) {
+        self.shared.guests.signal_stop();
+        if self.join.is_some() {
+            self.server.shutdown();
+        }
+        if let Some(s) = &self.saver {
+            s.abort();
+        }
+    }
+}
+
+/// Loads the certificate and key from `files`, or generates them and
+/// writes them there (the key with mode 0600).
+fn load_or_create_cert(
+    files: &config::TlsFiles,
+    names: &[String],
+) -> Result<crate::tls::SelfSigned, Error> {
+    let bad = |path: &Path, problem: String| Error::CertFile {
+        path: path.to_path_buf(),
+        problem,
+    };
+    if files.cert.exists() && files.key.exists() {
+        let cert_pem =
+            std::fs::read_to_string(&files.cert).map_err(|e| bad(&files.cert, e.to_string()))?;
+        let key_pem =
+            std::fs::read_to_string(&files.key).map_err(|e| bad(&files.key, e.to_string()))?;
+        let cert_der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+            .next()
+            .and_then(Result::ok)
+            .ok_or_else(|| bad(&files.cert, "no PEM certificate in it".into()))?
+            .to_vec();
+        if !matches!(
+            rustls_pemfile::private_key(&mut key_pem.as_bytes()),
+            Ok(Some(_))
+        ) {
+            return Err(bad(&files.key, "no PEM private key in it".into()));
+        }
+        return Ok(crate::tls::SelfSigned {
+            fingerprint: Fingerprint::of_der(&cert_der),
+            cert_pem,
+            key_pem,
+            cert_der,
+        });
+    }
+    let cert = crate::tls::self_signed(names).map_err(Error::Cert)?;
+    for (path, text) in [(&files.cert, &cert.cert_pem), (&files.key, &cert.key_pem)] {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| bad(dir, e.to_string()))?;
+        }
+        write_atomically(path, text.as_bytes()).map_err(|e| bad(path, e.to_string()))?;
+    }
+    Ok(cert)
 }
 
 /// Claims the address blocks of persisted VMs; VMs whose block another
@@ -364,7 +432,7 @@ pub struct Handle {
     fingerprint: Fingerprint,
     shared: Arc<Shared>,
     server: axum_server::Handle<SocketAddr>,
-    join: JoinHandle<std::io::Result<()>>,
+    join: Option<JoinHandle<std::io::Result<()>>>,
     saver: Option<JoinHandle<()>>,
     state_file: Option<PathBuf>,
     temp_work_dir: Option<PathBuf>,
@@ -434,13 +502,24 @@ impl Handle {
         self.shared.world().clone()
     }
 
-    /// Stops accepting connections, ends workers, saves `--state` and
-    /// removes a temporary working directory.
-    pub async fn shutdown(self) -> Result<(), Error> {
+    /// What the API handlers share (the guest shims act on a nested
+    /// tier through it).
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops every guest (their services, SSH servers and nested tiers,
+    /// recursively), stops accepting connections, ends workers, saves
+    /// `--state` and removes a temporary working directory.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.shared.guests.shutdown().await;
         self.server.graceful_shutdown(Some(Duration::from_secs(2)));
-        let served = self.join.await;
+        let served = match self.join.take() {
+            Some(join) => join.await,
+            None => Ok(Ok(())),
+        };
         self.shared.abort_all_tasks();
-        if let Some(s) = self.saver {
+        if let Some(s) = self.saver.take() {
             s.abort();
         }
         if let Some(path) = &self.state_file {

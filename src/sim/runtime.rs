@@ -94,6 +94,8 @@ pub struct Shared {
     /// Base of the per-VM working directories.
     pub work_dir: std::path::PathBuf,
     fingerprint: Option<crate::tls::Fingerprint>,
+    /// What runs inside booted VMs (SSH, nested PVE, services).
+    pub guests: super::guest::Guests,
 }
 
 impl std::fmt::Debug for Shared {
@@ -128,6 +130,7 @@ impl Shared {
             tasks: Mutex::default(),
             work_dir,
             fingerprint,
+            guests: super::guest::Guests::default(),
         }
     }
 
@@ -141,10 +144,13 @@ impl Shared {
         self.world.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Write access; marks the world dirty for `--state`.
+    /// Write access; marks the world dirty for `--state` and wakes the
+    /// guest supervisor, which looks once the guard is dropped.
     pub fn world_mut(&self) -> MutexGuard<'_, World> {
         self.dirty.store(true, Ordering::Relaxed);
-        self.world()
+        let guard = self.world();
+        self.guests.poke();
+        guard
     }
 
     /// Waits for the VM's config lock (`lock_config`) up to the lock

@@ -2,8 +2,9 @@
 //! simulator so homestak can talk to it at once.
 //!
 //! - `nodes/<node>.yaml`: `api_endpoint`, `api_token` (a reference into
-//!   `secrets.yaml`), `datastore` and `api_fingerprint` are set; other keys
-//!   and comments stay.
+//!   `secrets.yaml`), `datastore` and `api_fingerprint` are set, and
+//!   `vm_ssh_port` when the simulated VMs' SSH port is not 22 (or the key
+//!   is already there); other keys and comments stay.
 //! - `secrets.yaml`: `api_tokens.<node>` is set to the token; the rest of
 //!   the file (other tokens, passwords, keys, comments) stays byte for byte.
 //!
@@ -168,7 +169,7 @@ fn check(
 }
 
 /// Writes or updates `nodes/<node>.yaml` and `secrets.yaml` under `dir`.
-pub fn update(dir: &Path, info: &ReadyInfo, datastore: &str) -> Result<(), Error> {
+pub fn update(dir: &Path, info: &ReadyInfo, datastore: &str, ssh_port: u16) -> Result<(), Error> {
     let node = &info.node;
     let node_path = dir.join("nodes").join(format!("{node}.yaml"));
     let old = read(&node_path)?;
@@ -178,12 +179,16 @@ pub fn update(dir: &Path, info: &ReadyInfo, datastore: &str) -> Result<(), Error
             "# Written by `homestak sim`: a simulated Proxmox VE node on loopback.\nnode: {node}\n"
         )
     });
-    let pairs = [
+    let mut pairs = vec![
         ("api_endpoint", info.url.clone()),
         ("api_token", node.clone()),
         ("datastore", datastore.to_string()),
         ("api_fingerprint", quote(&info.fingerprint)),
     ];
+    let port_key = ssh_port != 22 || base.lines().any(|l| is_top_key(l, "vm_ssh_port"));
+    if port_key {
+        pairs.push(("vm_ssh_port", ssh_port.to_string()));
+    }
     let text = set_top_level(&base, &pairs);
     check(&node_path, &before, &text, |v| {
         if !v.is_object() {
@@ -200,6 +205,9 @@ pub fn update(dir: &Path, info: &ReadyInfo, datastore: &str) -> Result<(), Error
                 "api_fingerprint".into(),
                 Value::String(info.fingerprint.clone()),
             );
+            if port_key {
+                m.insert("vm_ssh_port".into(), Value::from(ssh_port));
+            }
         }
     })?;
     write(&node_path, &text)?;
@@ -249,7 +257,7 @@ mod tests {
         std::fs::write(dir.path().join("secrets.yaml"), secrets).unwrap();
         let node = "# comment stays\nnode: father\nhost: father\napi_endpoint: https://127.0.0.2:8006\napi_token: father\ndatastore: local-lvm\nip: 127.0.0.22\n";
         std::fs::write(dir.path().join("nodes/father.yaml"), node).unwrap();
-        update(dir.path(), &info(), "local-zfs").unwrap();
+        update(dir.path(), &info(), "local-zfs", 22).unwrap();
         let s = std::fs::read_to_string(dir.path().join("secrets.yaml")).unwrap();
         assert!(s.starts_with("# FAKE secrets\n"));
         assert!(s.contains("  pve: \"root@pam!homestak=a\"\n"));
@@ -263,12 +271,21 @@ mod tests {
         assert!(n.contains("datastore: local-zfs\n"));
         assert!(n.contains("ip: 127.0.0.22\n"));
         assert!(n.contains("api_fingerprint: \"AA:BB\"\n"));
+        assert!(!n.contains("vm_ssh_port"), "{n}");
+        // A high SSH port is written, and kept in step once there.
+        update(dir.path(), &info(), "local-zfs", 2222).unwrap();
+        let v: Value = crate::yaml::read_file(&dir.path().join("nodes/father.yaml")).unwrap();
+        assert_eq!(v["vm_ssh_port"], 2222);
+        update(dir.path(), &info(), "local-zfs", 22).unwrap();
+        let v: Value = crate::yaml::read_file(&dir.path().join("nodes/father.yaml")).unwrap();
+        assert_eq!(v["vm_ssh_port"], 22);
+        assert_eq!(v["ip"], "127.0.0.22");
     }
 
     #[test]
     fn fresh_site_config_and_new_token_entries() {
         let dir = tempfile::tempdir().unwrap();
-        update(dir.path(), &info(), "local-zfs").unwrap();
+        update(dir.path(), &info(), "local-zfs", 22).unwrap();
         let v: Value = crate::yaml::read_file(&dir.path().join("secrets.yaml")).unwrap();
         assert_eq!(v["api_tokens"]["father"], info().token);
         let n: Value = crate::yaml::read_file(&dir.path().join("nodes/father.yaml")).unwrap();
@@ -280,7 +297,7 @@ mod tests {
             "api_tokens:\n    pve: x # keep\nother: 1\n",
         )
         .unwrap();
-        update(dir.path(), &info(), "local-zfs").unwrap();
+        update(dir.path(), &info(), "local-zfs", 22).unwrap();
         let s = std::fs::read_to_string(dir.path().join("secrets.yaml")).unwrap();
         assert_eq!(
             s,
@@ -295,7 +312,7 @@ mod tests {
     fn flow_mappings_are_refused_not_mangled() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("secrets.yaml"), "api_tokens: {pve: x}\n").unwrap();
-        let err = update(dir.path(), &info(), "local-zfs").unwrap_err();
+        let err = update(dir.path(), &info(), "local-zfs", 22).unwrap_err();
         assert!(err.to_string().contains("not a block mapping"), "{err}");
         assert_eq!(
             std::fs::read_to_string(dir.path().join("secrets.yaml")).unwrap(),

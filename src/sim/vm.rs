@@ -2,9 +2,9 @@
 //! state, guest agent and loopback address, and the JSON shapes PVE gives
 //! for it (config, status/current, qemu list, cluster resources, agent).
 //!
-//! Seams for what comes next: `ciuser`, `sshkeys` (decoded by
-//! [`Vm::ssh_keys`]), `address` and `workdir` are what the per-VM SSH
-//! server needs; `image` tells whether a VM boots a PVE image (nested tier).
+//! What the guest needs when it boots ([`super::guest`]): `ciuser`,
+//! `sshkeys` (decoded by [`Vm::ssh_keys`]), `address`, `workdir` (its root
+//! and state) and `pve_image` (whether it becomes a nested PVE tier).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

@@ -135,15 +135,17 @@ impl World {
             );
         }
         let mut tokens = BTreeMap::new();
-        tokens.insert(
-            config.token_id.clone(),
-            Token {
-                secret: token_secret,
-                comment: Some("homestak sim".into()),
-                expire: 0,
-                privsep: false,
-            },
-        );
+        if config.initial_token {
+            tokens.insert(
+                config.token_id.clone(),
+                Token {
+                    secret: token_secret,
+                    comment: Some("homestak sim".into()),
+                    expire: 0,
+                    privsep: false,
+                },
+            );
+        }
         World {
             nodes,
             vms: BTreeMap::new(),
@@ -276,6 +278,27 @@ impl World {
             t.exitstatus = Some("unexpected status".into());
             t.endtime = Some(now);
         }
+    }
+
+    /// After the host lost power: every VM is off, then those with
+    /// `onboot: 1` start again (their guest boots `boot_ms` later), as
+    /// PVE's `pve-guests` service does at boot.
+    pub fn power_cycle(&mut self, now_ms: i64, boot_ms: i64) {
+        let mut pid = self.next_pid;
+        for vm in self.vms.values_mut() {
+            vm.power = super::vm::Power::Stopped;
+            vm.started_at = None;
+            vm.pid = None;
+            vm.agent_ready_at = None;
+            if vm.config.get("onboot").is_some_and(|v| v == "1") && !vm.is_template() {
+                pid = pid.wrapping_add(1).max(1000);
+                vm.power = super::vm::Power::Running;
+                vm.started_at = Some(now_ms);
+                vm.pid = Some(pid);
+                vm.agent_ready_at = Some(now_ms + boot_ms);
+            }
+        }
+        self.next_pid = pid;
     }
 
     /// Removes a volume from its storage; unknown volumes are ignored.

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod guest;
+
 use std::time::Duration;
 
 use homestak::sim::{Config, Handle, Simulator};

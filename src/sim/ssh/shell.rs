@@ -12,8 +12,9 @@
 //! Builtins: `true`, `false`, `exit`, `echo [-n]`, `cat`, `mkdir [-p]`,
 //! `chmod`, `test` (`-e -f -d -x -s -r -w -n -z`, `=`, `!=`, `!`), `rm
 //! [-f] [-r]`, `mv [-f]`, `cd`, `pwd`, `uname`, `hostname [-I]`, `id`,
-//! `whoami`, `sleep`, `cloud-init status [--wait]` (always `done`), and
-//! `scp -t` (the sink side of SCP uploads).
+//! `whoami`, `sleep`, `cloud-init status [--wait]` (always `done`),
+//! `sudo` (runs the rest as root) and `scp -t` (the sink side of SCP
+//! uploads).
 //!
 //! # Extending
 //!
@@ -48,8 +49,11 @@ pub struct Context {
     pub io: Stdio,
     /// The VM's root filesystem.
     pub root: VmRoot,
-    /// The logged-in user.
+    /// The user the command runs as (the logged-in user, or root under
+    /// `sudo`).
     pub user: String,
+    /// The command name as typed (`homestak`, `/usr/local/bin/homestak`).
+    pub program: String,
     /// The guest working directory (starts at the user's home).
     pub cwd: String,
     /// The VM's host name.
@@ -149,6 +153,7 @@ impl Shell {
             io,
             root: self.root.clone(),
             user: user.to_string(),
+            program: String::new(),
             cwd: home.clone(),
             hostname: self.hostname.clone(),
             address: self.address,
@@ -198,6 +203,10 @@ impl Shell {
     }
 
     async fn run_simple(&self, name: &str, args: &[String], cx: &mut Context) -> u32 {
+        if name == "sudo" {
+            return self.sudo(args, cx).await;
+        }
+        cx.program = name.to_string();
         let base = if name.contains('/') {
             match self.check_executable(name, cx).await {
                 Ok(base) => base,
@@ -221,6 +230,40 @@ impl Shell {
         }
         cx.err(format!("sh: 1: {name}: command not found\n")).await;
         127
+    }
+
+    /// `sudo [-n] [-E] [-H] [-u root] [--] COMMAND…`: runs the command as
+    /// root. The cloud-init user has password-less sudo, as on Debian cloud
+    /// images; other target users are refused.
+    async fn sudo(&self, args: &[String], cx: &mut Context) -> u32 {
+        let mut rest = args;
+        while let Some((first, tail)) = rest.split_first() {
+            match first.as_str() {
+                "-n" | "-E" | "-H" | "-S" => rest = tail,
+                "--" => {
+                    rest = tail;
+                    break;
+                }
+                "-u" => match tail.split_first() {
+                    Some((who, tail)) if who == "root" => rest = tail,
+                    _ => {
+                        cx.err("sudo: the simulated VM only runs commands as root\n")
+                            .await;
+                        return 1;
+                    }
+                },
+                _ => break,
+            }
+        }
+        let Some((name, args)) = rest.split_first() else {
+            cx.err("usage: sudo [-n] [-E] [-H] [-u root] command [arg ...]\n")
+                .await;
+            return 1;
+        };
+        let user = std::mem::replace(&mut cx.user, "root".to_string());
+        let status = Box::pin(self.run_simple(name, args, cx)).await;
+        cx.user = user;
+        status
     }
 
     /// A path command must be an executable file in the VM; returns its base
