@@ -72,7 +72,7 @@ async fn converge(
     let sim = homestak::sim::Simulator::start(config)
         .await
         .expect("simulator starts");
-    homestak::sim::site_config::update(&site, &sim.ready_info(), "local-zfs")
+    homestak::sim::site_config::update(&site, &sim.ready_info(), "local-zfs", 22)
         .expect("site-config update");
     let site = Arc::new(Site::load(&site).expect("site loads"));
     let setup = Setup {

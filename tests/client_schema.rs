@@ -68,7 +68,7 @@ async fn every_client_request_passes_the_schema_checked_specs() {
     config.listen = Some("127.0.0.1:0".parse().unwrap());
     config.time_scale = 0.01;
     let sim = homestak::sim::Simulator::start(config).await.unwrap();
-    homestak::sim::site_config::update(&site_dir, &sim.ready_info(), "local-zfs").unwrap();
+    homestak::sim::site_config::update(&site_dir, &sim.ready_info(), "local-zfs", 22).unwrap();
 
     let site = Arc::new(Site::load(&site_dir).unwrap());
     let setup = Setup {

@@ -66,7 +66,7 @@ async fn a_committed_change_converges_and_status_is_in_sync() {
     sim_config.listen = Some("127.0.0.1:0".parse().unwrap());
     sim_config.time_scale = 0.01;
     let sim = homestak::sim::Simulator::start(sim_config).await.unwrap();
-    homestak::sim::site_config::update(site.path(), &sim.ready_info(), "local-zfs").unwrap();
+    homestak::sim::site_config::update(site.path(), &sim.ready_info(), "local-zfs", 22).unwrap();
     // PVE validates cloud-init keys: give the VMs a well-formed one.
     let secrets = std::fs::read_to_string(site.path().join("secrets.yaml")).unwrap();
     write(
