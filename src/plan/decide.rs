@@ -236,12 +236,17 @@ fn in_place_changes(want: &DesiredVm, vm: &ObservedVm) -> Vec<Change> {
             &want.ip,
         ));
     }
-    // The spec hash also covers what PVE does not show back (cloud-init
-    // user, keys, DNS). Only worth a line when no visible field explains it;
-    // any update rewrites the whole config and the marks anyway.
+    // The spec hash in the marks also covers what PVE does not show back
+    // (cloud-init user, keys, DNS) and the disk size. A config change
+    // rewrites the whole config and the marks with it; disk growth and a
+    // start do not, so without one a stale hash is a change of its own
+    // (else the marks stay behind and the next run sees drift).
     let hash = want.spec_hash();
     let seen = vm.marks.as_ref().map(|m| m.spec_hash.as_str());
-    if seen != Some(hash.as_str()) && out.is_empty() {
+    let rewrites_config = out
+        .iter()
+        .any(|c| !matches!(c.field, Field::Disk | Field::Power));
+    if seen != Some(hash.as_str()) && !rewrites_config {
         out.push(change(Field::Spec, seen.unwrap_or("(none)"), hash));
     }
     if vm.power != Power::Running {
