@@ -777,10 +777,19 @@ impl VmController {
     }
 
     pub(super) fn forget_vm(&self, node: &NodePlan, m: &mut Memory) -> Outcome {
-        if let Some(store) = &self.store
-            && let Err(err) = store.delete_node(&self.key(node), Durability::Flush)
-        {
-            return refuse(format!("remove the record from the store: {}", chain(&err)));
+        if let Some(store) = &self.store {
+            // A pruned duplicate is not the VM the record is about: the
+            // node (still in the manifest) keeps its record.
+            let victim = Self::victim(node, m);
+            let elsewhere = store
+                .get_node(&self.key(node))
+                .ok()
+                .flatten()
+                .and_then(|r| r.vmid)
+                .is_some_and(|vmid| victim.is_some_and(|v| v != vmid));
+            if !elsewhere && let Err(err) = store.delete_node(&self.key(node), Durability::Flush) {
+                return refuse(format!("remove the record from the store: {}", chain(&err)));
+            }
         }
         m.created = false;
         StepOutcome::Done

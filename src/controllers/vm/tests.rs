@@ -182,3 +182,44 @@ async fn a_failed_read_keeps_the_vmid_an_earlier_attempt_may_have_created() {
     assert_eq!(m.vmid, Some(107), "a new vmid could mean a second VM");
     assert_eq!(script.writes(), 0);
 }
+
+fn with_store(script: &Arc<Scripted>, store: Arc<dyn crate::store::Store>) -> VmController {
+    let mut c = controller(script, want(None));
+    c.store = Some(store);
+    c
+}
+
+#[tokio::test]
+async fn pruning_a_duplicate_keeps_the_nodes_record() {
+    use crate::store::{Durability, NodeKey, NodeRecord, Store};
+    let store = Arc::new(crate::store::memory());
+    let key = NodeKey::new("demo", "web");
+    store
+        .put_node(
+            &key,
+            &NodeRecord {
+                vmid: Some(101),
+                ..NodeRecord::default()
+            },
+            Durability::Flush,
+        )
+        .unwrap();
+    let script = Scripted::new();
+    let c = with_store(&script, store.clone());
+    let delete = |vmid| NodePlan {
+        action: Action::Delete,
+        ..create(Some(vmid))
+    };
+    let forget = Step::new("forget_vm");
+
+    // A second VM with the node's marks (vmid 102) is pruned: the record of
+    // vmid 101, the node's VM, stays.
+    let out = c.run(&delete(102), &forget, &mut Memory::default()).await;
+    assert!(matches!(out, StepOutcome::Done), "{out:?}");
+    assert_eq!(store.get_node(&key).unwrap().unwrap().vmid, Some(101));
+
+    // The node's own VM is deleted: its record goes.
+    let out = c.run(&delete(101), &forget, &mut Memory::default()).await;
+    assert!(matches!(out, StepOutcome::Done), "{out:?}");
+    assert!(store.get_node(&key).unwrap().is_none());
+}
