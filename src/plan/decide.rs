@@ -207,14 +207,22 @@ fn in_place_changes(want: &DesiredVm, vm: &ObservedVm) -> Vec<Change> {
             to: format!("{} MiB", want.memory_mib),
         });
     }
-    if let Some(disk) = vm.disk_gib
-        && disk < want.disk_gib
-    {
-        out.push(Change {
+    match vm.disk_gib {
+        Some(disk) if disk < want.disk_gib => out.push(Change {
             field: Field::Disk,
             from: format!("{disk} GiB"),
             to: format!("{} GiB", want.disk_gib),
-        });
+        }),
+        // Our VM shows no boot disk size: its create is still in flight (an
+        // interrupted run), or the disk went. The resize step looks again
+        // and grows it once PVE lets it; skipping it would leave the disk
+        // at the image's size.
+        None => out.push(Change {
+            field: Field::Disk,
+            from: "(none)".to_string(),
+            to: format!("{} GiB", want.disk_gib),
+        }),
+        Some(_) => {}
     }
     let tags = desired_tags();
     if vm.tags != tags {

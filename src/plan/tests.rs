@@ -329,6 +329,28 @@ fn a_visible_config_change_carries_the_new_spec_without_a_spec_line() {
 }
 
 #[test]
+fn an_owned_vm_without_a_visible_disk_size_gets_its_disk_grown() {
+    // A VM still being created (an interrupted run) shows no boot disk yet:
+    // the plan must keep the resize, or the disk stays at the image's size.
+    let a = want("a", Some(101));
+    let mut vm = built(&a, 101);
+    vm.disk_gib = None;
+    vm.lock = Some("create".into());
+    vm.power = Power::Stopped;
+    let p = plan(
+        &desired(vec![a]),
+        &Observed {
+            vms: vec![vm],
+            remembered: vec![remember("a", 101)],
+        },
+        ON,
+    );
+    let fields: Vec<Field> = p.nodes[0].changes.iter().map(|c| c.field).collect();
+    assert_eq!(fields, vec![Field::Disk, Field::Power]);
+    assert_eq!(p.nodes[0].change(Field::Disk).unwrap().from, "(none)");
+}
+
+#[test]
 fn planning_is_deterministic() {
     let (d, o) = mixed_world();
     assert_eq!(plan(&d, &o, ON), plan(&d, &o, ON));
