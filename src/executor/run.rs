@@ -140,7 +140,19 @@ pub async fn execute<C: Controller>(
 
     for run in runs {
         let state = run.state.unwrap_or(NodeState::Interrupted);
-        report.nodes.insert(run.plan.node.clone(), state);
+        // A node can have two entries (its VM, and a duplicate to delete):
+        // a success never hides the other entry's failure.
+        let ok = |s: &NodeState| matches!(s, NodeState::Converged | NodeState::Unchanged);
+        match report.nodes.entry(run.plan.node.clone()) {
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                if ok(e.get()) && !(ok(&state) && *e.get() == NodeState::Converged) {
+                    e.insert(state);
+                }
+            }
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(state);
+            }
+        }
     }
     report
 }

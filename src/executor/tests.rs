@@ -387,3 +387,23 @@ async fn cancel_lets_running_steps_finish_and_starts_nothing_new() {
     assert_eq!(fake.starts("a", "create_vm").len(), 1);
     assert!(!report.success());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_entry_never_hides_a_failure_of_the_same_node() {
+    // "web" has two entries, as when a duplicate VM of it is pruned: one
+    // fails, the other converges; the report must say failed.
+    for outs in [[Out::Permanent, Out::Done], [Out::Done, Out::Permanent]] {
+        let fake = Arc::new(Fake::default().script("web", "create_vm", &outs));
+        let plan = Plan {
+            manifest: "m".into(),
+            host: "pve".into(),
+            nodes: vec![node("web", Action::Update), node("web", Action::Delete)],
+        };
+        let report = run(fake, &plan, &BTreeMap::new(), &config(4, OnError::Continue)).await;
+        assert!(
+            matches!(report.nodes["web"], NodeState::Failed(_)),
+            "{report:?}"
+        );
+        assert!(!report.success());
+    }
+}

@@ -207,14 +207,22 @@ fn in_place_changes(want: &DesiredVm, vm: &ObservedVm) -> Vec<Change> {
             to: format!("{} MiB", want.memory_mib),
         });
     }
-    if let Some(disk) = vm.disk_gib
-        && disk < want.disk_gib
-    {
-        out.push(Change {
+    match vm.disk_gib {
+        Some(disk) if disk < want.disk_gib => out.push(Change {
             field: Field::Disk,
             from: format!("{disk} GiB"),
             to: format!("{} GiB", want.disk_gib),
-        });
+        }),
+        // Our VM shows no boot disk size: its create is still in flight (an
+        // interrupted run), or the disk went. The resize step looks again
+        // and grows it once PVE lets it; skipping it would leave the disk
+        // at the image's size.
+        None => out.push(Change {
+            field: Field::Disk,
+            from: "(none)".to_string(),
+            to: format!("{} GiB", want.disk_gib),
+        }),
+        Some(_) => {}
     }
     let tags = desired_tags();
     if vm.tags != tags {
@@ -236,12 +244,17 @@ fn in_place_changes(want: &DesiredVm, vm: &ObservedVm) -> Vec<Change> {
             &want.ip,
         ));
     }
-    // The spec hash also covers what PVE does not show back (cloud-init
-    // user, keys, DNS). Only worth a line when no visible field explains it;
-    // any update rewrites the whole config and the marks anyway.
+    // The spec hash in the marks also covers what PVE does not show back
+    // (cloud-init user, keys, DNS) and the disk size. A config change
+    // rewrites the whole config and the marks with it; disk growth and a
+    // start do not, so without one a stale hash is a change of its own
+    // (else the marks stay behind and the next run sees drift).
     let hash = want.spec_hash();
     let seen = vm.marks.as_ref().map(|m| m.spec_hash.as_str());
-    if seen != Some(hash.as_str()) && out.is_empty() {
+    let rewrites_config = out
+        .iter()
+        .any(|c| !matches!(c.field, Field::Disk | Field::Power));
+    if seen != Some(hash.as_str()) && !rewrites_config {
         out.push(change(Field::Spec, seen.unwrap_or("(none)"), hash));
     }
     if vm.power != Power::Running {

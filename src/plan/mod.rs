@@ -128,11 +128,21 @@ impl NodePlan {
             Action::Replace => "replace",
             Action::Delete => "delete",
             Action::Conflict => "conflict",
-            Action::Update => match self.changes.as_slice() {
-                [c] if c.field == Field::Power => "start",
-                [c] if c.field == Field::Disk => "grow disk",
-                _ => "update",
-            },
+            // A spec line next to a disk growth or a start only refreshes
+            // the marks; it does not change what the label says.
+            Action::Update => {
+                let visible: Vec<Field> = self
+                    .changes
+                    .iter()
+                    .map(|c| c.field)
+                    .filter(|f| *f != Field::Spec)
+                    .collect();
+                match visible.as_slice() {
+                    [Field::Power] => "start",
+                    [Field::Disk] => "grow disk",
+                    _ => "update",
+                }
+            }
         }
     }
 

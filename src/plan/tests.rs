@@ -270,6 +270,87 @@ fn hidden_spec_change_is_reported_as_spec() {
 }
 
 #[test]
+fn disk_growth_alone_also_refreshes_the_spec_mark() {
+    // The disk size is part of the spec hash in the marks, and a resize
+    // does not rewrite them: the plan must carry the spec change, or the
+    // next run finds the marks stale and reports drift.
+    let mut a = want("a", Some(101));
+    let vm = built(&a, 101);
+    a.disk_gib = 20;
+    let p = plan(
+        &desired(vec![a.clone()]),
+        &Observed {
+            vms: vec![vm],
+            remembered: vec![remember("a", 101)],
+        },
+        ON,
+    );
+    let fields: Vec<Field> = p.nodes[0].changes.iter().map(|c| c.field).collect();
+    assert_eq!(fields, vec![Field::Disk, Field::Spec]);
+    assert_eq!(p.nodes[0].label(), "grow disk");
+    assert_eq!(p.nodes[0].change(Field::Spec).unwrap().to, a.spec_hash());
+}
+
+#[test]
+fn start_with_a_hidden_spec_change_refreshes_the_marks() {
+    let mut a = want("a", Some(101));
+    let mut vm = built(&a, 101);
+    vm.power = Power::Stopped;
+    a.ssh_keys.push("ssh-ed25519 BBBB new@example".into());
+    let p = plan(
+        &desired(vec![a]),
+        &Observed {
+            vms: vec![vm],
+            remembered: vec![remember("a", 101)],
+        },
+        ON,
+    );
+    let fields: Vec<Field> = p.nodes[0].changes.iter().map(|c| c.field).collect();
+    assert_eq!(fields, vec![Field::Spec, Field::Power]);
+    assert_eq!(p.nodes[0].label(), "start");
+}
+
+#[test]
+fn a_visible_config_change_carries_the_new_spec_without_a_spec_line() {
+    let mut a = want("a", Some(101));
+    let vm = built(&a, 101);
+    a.cores = 4;
+    a.ssh_keys.push("ssh-ed25519 BBBB new@example".into());
+    let p = plan(
+        &desired(vec![a]),
+        &Observed {
+            vms: vec![vm],
+            remembered: vec![remember("a", 101)],
+        },
+        ON,
+    );
+    let fields: Vec<Field> = p.nodes[0].changes.iter().map(|c| c.field).collect();
+    assert_eq!(fields, vec![Field::Cores]);
+}
+
+#[test]
+fn an_owned_vm_without_a_visible_disk_size_gets_its_disk_grown() {
+    // A VM still being created (an interrupted run) shows no boot disk yet:
+    // the plan must keep the resize, or the disk stays at the image's size.
+    let a = want("a", Some(101));
+    let mut vm = built(&a, 101);
+    vm.disk_gib = None;
+    vm.lock = Some("create".into());
+    vm.power = Power::Stopped;
+    let p = plan(
+        &desired(vec![a]),
+        &Observed {
+            vms: vec![vm],
+            remembered: vec![remember("a", 101)],
+        },
+        ON,
+    );
+    let fields: Vec<Field> = p.nodes[0].changes.iter().map(|c| c.field).collect();
+    assert_eq!(fields, vec![Field::Disk, Field::Power]);
+    assert_eq!(p.nodes[0].change(Field::Disk).unwrap().from, "(none)");
+}
+
+#[test]
 fn planning_is_deterministic() {
     let (d, o) = mixed_world();
     assert_eq!(plan(&d, &o, ON), plan(&d, &o, ON));

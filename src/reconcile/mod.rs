@@ -326,6 +326,7 @@ impl Tier {
             ssh,
             options.timing.clone(),
         ));
+        controller.reserve(planned.plan.nodes.iter().filter_map(|n| n.vmid));
         let mut config = options.executor.clone();
         config.on_error = planned.settings.on_error;
         executor::execute(

@@ -24,6 +24,8 @@
 
 pub mod mapping;
 mod steps;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -141,6 +143,17 @@ impl VmController {
     }
 }
 
+impl VmController {
+    /// Keeps `vmids` out of the vmids this run hands out: those the plan
+    /// already points nodes at (explicit or remembered), so a node picking
+    /// PVE's next free vmid never takes the one another node will create.
+    pub fn reserve(&self, vmids: impl IntoIterator<Item = u32>) {
+        if let Ok(mut reserved) = self.reserved.lock() {
+            reserved.extend(vmids);
+        }
+    }
+}
+
 /// Per-node scratch state between steps.
 #[derive(Debug, Default)]
 pub struct Memory {
@@ -153,6 +166,9 @@ pub struct Memory {
     pub ip: Option<Ipv4Addr>,
     /// This run created the VM (rollback may destroy it).
     pub created: bool,
+    /// `vmid` was seeded from the plan. Only once: a step may give the
+    /// plan's vmid up (taken by someone else, or replaced) for a fresh one.
+    pub seeded: bool,
 }
 
 impl Memory {

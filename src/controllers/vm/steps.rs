@@ -51,8 +51,11 @@ impl VmController {
         step: &crate::executor::Step,
         m: &mut Memory,
     ) -> Outcome {
-        if m.vmid.is_none() {
-            m.vmid = node.vmid;
+        if !m.seeded {
+            m.seeded = true;
+            if m.vmid.is_none() {
+                m.vmid = node.vmid;
+            }
         }
         let want = self.desired.get(&node.node);
         match (step.name, want) {
@@ -215,29 +218,40 @@ impl VmController {
         }
     }
 
+    /// Reads the VM's config; `Ok(None)` when the VM does not exist.
+    async fn read_config(&self, vmid: u32) -> Result<Option<VmConfig>, Outcome> {
+        match self.api.qemu_config(&self.pve_node, vmid).await {
+            Ok(config) => Ok(Some(config)),
+            Err(err) if err.kind() == ErrorKind::VmNotFound => Ok(None),
+            Err(err) => Err(fail(&err, &format!("read config of vmid {vmid}"))),
+        }
+    }
+
+    /// True when `config` carries our marks for this manifest and node.
+    fn is_ours(&self, node: &NodePlan, config: &VmConfig) -> bool {
+        let marks = config
+            .description()
+            .as_deref()
+            .and_then(Marks::from_description);
+        config.tag_set().contains(crate::plan::marks::TAG)
+            && marks.is_some_and(|m| m.manifest == self.manifest && m.node == node.node)
+    }
+
+    fn not_ours(&self, node: &NodePlan, vmid: u32) -> Outcome {
+        refuse(format!(
+            "vmid {vmid} no longer carries homestak's marks for {}/{}; it is left \
+             untouched (run plan again)",
+            self.manifest, node.node
+        ))
+    }
+
     /// Reads the VM's config and proves it is still ours. `Ok(None)` when
     /// the VM does not exist.
     async fn owned_config(&self, node: &NodePlan, vmid: u32) -> Result<Option<VmConfig>, Outcome> {
-        match self.api.qemu_config(&self.pve_node, vmid).await {
-            Ok(config) => {
-                let marks = config
-                    .description()
-                    .as_deref()
-                    .and_then(Marks::from_description);
-                let ours = config.tag_set().contains(crate::plan::marks::TAG)
-                    && marks.is_some_and(|m| m.manifest == self.manifest && m.node == node.node);
-                if ours {
-                    Ok(Some(config))
-                } else {
-                    Err(refuse(format!(
-                        "vmid {vmid} no longer carries homestak's marks for {}/{}; it is left \
-                         untouched (run plan again)",
-                        self.manifest, node.node
-                    )))
-                }
-            }
-            Err(err) if err.kind() == ErrorKind::VmNotFound => Ok(None),
-            Err(err) => Err(fail(&err, &format!("read config of vmid {vmid}"))),
+        match self.read_config(vmid).await? {
+            Some(config) if self.is_ours(node, &config) => Ok(Some(config)),
+            Some(_) => Err(self.not_ours(node, vmid)),
+            None => Ok(None),
         }
     }
 
@@ -374,19 +388,25 @@ impl VmController {
             },
         };
         m.vmid = Some(vmid);
-        match self.owned_config(node, vmid).await {
-            Ok(Some(_)) => {
+        match self.read_config(vmid).await {
+            Ok(Some(config)) if self.is_ours(node, &config) => {
                 m.created = true;
                 return StepOutcome::Done;
             }
-            Ok(None) => {}
-            Err(out) => {
-                // Someone else's VM took the vmid: never touch it.
-                if node.vmid.is_none() {
-                    m.vmid = None;
-                }
-                return out;
+            // Someone else's VM holds the vmid: never touch it. A vmid
+            // the manifest names is a conflict; one PVE picked or the
+            // store remembered is given up for another.
+            Ok(Some(_)) if want.vmid.is_some() => return self.not_ours(node, vmid),
+            Ok(Some(_)) => {
+                m.vmid = None;
+                return StepOutcome::Failed(StepError::transient(format!(
+                    "vmid {vmid} was taken by a VM homestak does not own; picking another"
+                )));
             }
+            Ok(None) => {}
+            // Keep the vmid: an earlier attempt may have created the VM
+            // even though its answer got lost; the next attempt looks again.
+            Err(out) => return out,
         }
         let create = CreateVm {
             vmid,
@@ -757,10 +777,19 @@ impl VmController {
     }
 
     pub(super) fn forget_vm(&self, node: &NodePlan, m: &mut Memory) -> Outcome {
-        if let Some(store) = &self.store
-            && let Err(err) = store.delete_node(&self.key(node), Durability::Flush)
-        {
-            return refuse(format!("remove the record from the store: {}", chain(&err)));
+        if let Some(store) = &self.store {
+            // A pruned duplicate is not the VM the record is about: the
+            // node (still in the manifest) keeps its record.
+            let victim = Self::victim(node, m);
+            let elsewhere = store
+                .get_node(&self.key(node))
+                .ok()
+                .flatten()
+                .and_then(|r| r.vmid)
+                .is_some_and(|vmid| victim.is_some_and(|v| v != vmid));
+            if !elsewhere && let Err(err) = store.delete_node(&self.key(node), Durability::Flush) {
+                return refuse(format!("remove the record from the store: {}", chain(&err)));
+            }
         }
         m.created = false;
         StepOutcome::Done
