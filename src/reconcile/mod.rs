@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::controllers::vm::{ImageSource, SshCheck, Timing, VmController};
+use crate::controllers::vm::{ImageSource, Parts, SshCheck, Timing, VmController};
 use crate::executor::{self, Event, Report};
 use crate::model::{Manifest, Settings};
 use crate::plan::{self, Observed, Plan, Remembered};
@@ -314,18 +314,18 @@ impl Tier {
         } else {
             None
         };
-        let controller = Arc::new(VmController::new(
-            self.api.clone(),
-            self.host.node_name.clone(),
-            planned.tier.desired.manifest.clone(),
-            self.host.image_storage.clone(),
-            self.host.datastore.clone(),
+        let controller = Arc::new(VmController::new(Parts {
+            api: self.api.clone(),
+            pve_node: self.host.node_name.clone(),
+            manifest: planned.tier.desired.manifest.clone(),
+            image_storage: self.host.image_storage.clone(),
+            default_storage: self.host.datastore.clone(),
             images,
             desired,
-            self.store.clone(),
+            store: self.store.clone(),
             ssh,
-            options.timing.clone(),
-        ));
+            timing: options.timing.clone(),
+        }));
         controller.reserve(planned.plan.nodes.iter().filter_map(|n| n.vmid));
         let mut config = options.executor.clone();
         config.on_error = planned.settings.on_error;

@@ -29,7 +29,6 @@ mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -103,28 +102,40 @@ pub struct VmController {
     pub store: Option<Arc<dyn Store>>,
     pub ssh: Option<SshCheck>,
     pub timing: Timing,
-    /// Known-hosts entries to drop when a VM is (re)created at an address.
-    pub known_hosts: Option<PathBuf>,
     /// Downloads in flight, shared by the nodes needing the same image.
     downloads: Mutex<HashMap<String, Upid>>,
     /// vmids handed out by this run, so parallel creates never collide.
     reserved: Mutex<HashSet<u32>>,
 }
 
+/// What a [`VmController`] is built from (named, so call sites read).
+pub struct Parts {
+    pub api: Arc<dyn Api>,
+    pub pve_node: String,
+    pub manifest: String,
+    pub image_storage: String,
+    pub default_storage: String,
+    pub images: ImageSource,
+    pub desired: HashMap<String, DesiredVm>,
+    pub store: Option<Arc<dyn Store>>,
+    pub ssh: Option<SshCheck>,
+    pub timing: Timing,
+}
+
 impl VmController {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        api: Arc<dyn Api>,
-        pve_node: String,
-        manifest: String,
-        image_storage: String,
-        default_storage: String,
-        images: ImageSource,
-        desired: HashMap<String, DesiredVm>,
-        store: Option<Arc<dyn Store>>,
-        ssh: Option<SshCheck>,
-        timing: Timing,
-    ) -> Self {
+    pub fn new(parts: Parts) -> Self {
+        let Parts {
+            api,
+            pve_node,
+            manifest,
+            image_storage,
+            default_storage,
+            images,
+            desired,
+            store,
+            ssh,
+            timing,
+        } = parts;
         VmController {
             api,
             pve_node,
@@ -136,7 +147,6 @@ impl VmController {
             store,
             ssh,
             timing,
-            known_hosts: None,
             downloads: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use reqwest::Method;
 use serde_json::json;
 
-use super::{ImageSource, Memory, Timing, VmController};
+use super::{ImageSource, Memory, Parts, Timing, VmController};
 use crate::executor::{Controller, Step, StepOutcome};
 use crate::plan::{Action, DesiredVm, IpConfig, Kind, NodePlan};
 use crate::pve::fake::{Reply, Scripted, upid};
@@ -34,20 +34,21 @@ fn want(vmid: Option<u32>) -> DesiredVm {
 }
 
 fn controller(script: &Arc<Scripted>, want: DesiredVm) -> VmController {
-    VmController::new(
-        Arc::new(script.client()),
-        "pve".into(),
-        "demo".into(),
-        "local".into(),
-        ImageSource {
+    VmController::new(Parts {
+        api: Arc::new(script.client()),
+        pve_node: "pve".into(),
+        manifest: "demo".into(),
+        image_storage: "local".into(),
+        default_storage: "local-zfs".into(),
+        images: ImageSource {
             base_url: "https://127.0.0.1:9/".into(),
             parts: HashMap::new(),
         },
-        HashMap::from([(want.name.clone(), want)]),
-        None,
-        None,
-        Timing::default(),
-    )
+        desired: HashMap::from([(want.name.clone(), want)]),
+        store: None,
+        ssh: None,
+        timing: Timing::default(),
+    })
 }
 
 fn create(vmid: Option<u32>) -> NodePlan {
