@@ -149,9 +149,10 @@ impl Default for Config {
         Config {
             concurrency: 8,
             workers: 16,
-            // PVE's storage lock times out after about 10 s; three
-            // allocations queued on one storage stay well below that.
-            per_storage: 3,
+            // PVE's storage lock times out after about 10 s and a create
+            // allocates twice (disk, cloud-init drive): two nodes per
+            // storage keep the queue short even on slow storage.
+            per_storage: 2,
             on_error: OnError::Stop,
             max_attempts: 5,
             backoff_base: Duration::from_millis(500),

@@ -59,10 +59,11 @@ pub async fn run(dir: &Path, template: &Path) -> anyhow::Result<Passed> {
     config.time_scale = case.time_scale;
     config.seed = case.seed;
     config.work_dir = Some(tmp.path().join("sim"));
+    let ssh_port = config.ssh_port;
     let handle = Simulator::start(config)
         .await
         .context("start the simulator")?;
-    sim::site_config::update(&site_dir, &handle.ready_info(), &case.datastore)
+    sim::site_config::update(&site_dir, &handle.ready_info(), &case.datastore, ssh_port)
         .context("point the site-config at the simulator")?;
     let site = Arc::new(Site::load(&site_dir)?);
     let control = Control::new(&handle)?;

@@ -102,10 +102,19 @@ pub struct VmController {
     pub store: Option<Arc<dyn Store>>,
     pub ssh: Option<SshCheck>,
     pub timing: Timing,
-    /// Downloads in flight, shared by the nodes needing the same image.
-    downloads: Mutex<HashMap<String, Upid>>,
+    /// Downloads in flight by volume, shared by the nodes needing the same
+    /// image.
+    downloads: Mutex<HashMap<String, Download>>,
     /// vmids handed out by this run, so parallel creates never collide.
     reserved: Mutex<HashSet<u32>>,
+}
+
+/// A download of an image, shared by the nodes that need it.
+#[derive(Debug, Clone)]
+enum Download {
+    /// A node is asking PVE for it right now.
+    Starting,
+    Task(Upid),
 }
 
 /// What a [`VmController`] is built from (named, so call sites read).

@@ -3,7 +3,7 @@
 use tokio::time::Instant;
 
 use super::mapping::{self, BOOT_DISK};
-use super::{Memory, VmController};
+use super::{Download, Memory, VmController};
 use crate::executor::{StepError, StepOutcome};
 use crate::plan::marks::Marks;
 use crate::plan::{DesiredVm, NodePlan};
@@ -255,6 +255,12 @@ impl VmController {
         }
     }
 
+    fn release_download(&self, volume: &str) {
+        if let Ok(mut d) = self.downloads.lock() {
+            d.remove(volume);
+        }
+    }
+
     pub(super) async fn ensure_image(&self, want: &DesiredVm, m: &mut Memory) -> Outcome {
         let volume = mapping::image_volume(&self.image_storage, &want.image);
         let content = match self
@@ -269,28 +275,40 @@ impl VmController {
             m.reset_wait();
             return StepOutcome::Done;
         }
-        // One download per image, shared by every node that needs it.
-        let in_flight = self
-            .downloads
-            .lock()
-            .ok()
-            .and_then(|d| d.get(&volume).cloned());
-        if let Some(upid) = in_flight {
-            return match tasks::check(self.api.as_ref(), &upid, 20).await {
-                Ok(Check::Running(_)) => StepOutcome::Requeue(m.next_poll(&self.timing)),
-                Ok(Check::Succeeded(_)) => StepOutcome::Requeue(self.timing.poll_min),
-                Ok(Check::Failed { exitstatus, .. }) => {
-                    if let Ok(mut d) = self.downloads.lock() {
-                        d.remove(&volume);
-                    }
-                    StepOutcome::Failed(StepError::transient(format!(
-                        "download of {volume} failed: {exitstatus}"
-                    )))
-                }
-                Err(err) => fail(&err, &format!("check download of {volume}")),
+        // One download per image, shared by every node that needs it: the
+        // first node claims the slot (atomically) before it asks PVE.
+        let claimed = {
+            let Ok(mut downloads) = self.downloads.lock() else {
+                return refuse("download table lock poisoned".into());
             };
+            match downloads.get(&volume) {
+                Some(Download::Task(upid)) => Err(Some(upid.clone())),
+                Some(Download::Starting) => Err(None),
+                None => {
+                    downloads.insert(volume.clone(), Download::Starting);
+                    Ok(())
+                }
+            }
+        };
+        match claimed {
+            Ok(()) => {}
+            Err(None) => return StepOutcome::Requeue(m.next_poll(&self.timing)),
+            Err(Some(upid)) => {
+                return match tasks::check(self.api.as_ref(), &upid, 20).await {
+                    Ok(Check::Running(_)) => StepOutcome::Requeue(m.next_poll(&self.timing)),
+                    Ok(Check::Succeeded(_)) => StepOutcome::Requeue(self.timing.poll_min),
+                    Ok(Check::Failed { exitstatus, .. }) => {
+                        self.release_download(&volume);
+                        StepOutcome::Failed(StepError::transient(format!(
+                            "download of {volume} failed: {exitstatus}"
+                        )))
+                    }
+                    Err(err) => fail(&err, &format!("check download of {volume}")),
+                };
+            }
         }
         if self.images.parts.contains_key(&want.image) {
+            self.release_download(&volume);
             return refuse(format!(
                 "image {} ships in parts; joining parts on the PVE host is not implemented yet: \
                  put {volume} on the storage by hand",
@@ -315,11 +333,14 @@ impl VmController {
         {
             Ok(upid) => {
                 if let Ok(mut d) = self.downloads.lock() {
-                    d.insert(volume, upid);
+                    d.insert(volume, Download::Task(upid));
                 }
                 StepOutcome::Requeue(m.next_poll(&self.timing))
             }
-            Err(err) => fail(&err, &format!("download {}", request.url)),
+            Err(err) => {
+                self.release_download(&volume);
+                fail(&err, &format!("download {}", request.url))
+            }
         }
     }
 
