@@ -1,0 +1,219 @@
+//! Creating: the image, the VM, adopting one we already own.
+
+use super::*;
+
+impl VmController {
+    fn release_download(&self, volume: &str) {
+        if let Ok(mut d) = self.downloads.lock() {
+            d.remove(volume);
+        }
+    }
+
+    pub(super) async fn ensure_image(&self, want: &DesiredVm, m: &mut Memory) -> Outcome {
+        let volume = mapping::image_volume(&self.image_storage, &want.image);
+        let content = match self
+            .api
+            .storage_content(&self.pve_node, &self.image_storage, Some("import"), None)
+            .await
+        {
+            Ok(c) => c,
+            Err(err) => return fail(&err, &format!("list storage {}", self.image_storage)),
+        };
+        if content.iter().any(|c| c.volid == volume) {
+            m.reset_wait();
+            return StepOutcome::Done;
+        }
+        // One download per image, shared by every node that needs it: the
+        // first node claims the slot (atomically) before it asks PVE.
+        let claimed = {
+            let Ok(mut downloads) = self.downloads.lock() else {
+                return refuse("download table lock poisoned".into());
+            };
+            match downloads.get(&volume) {
+                Some(Download::Task(upid)) => Err(Some(upid.clone())),
+                Some(Download::Starting) => Err(None),
+                None => {
+                    downloads.insert(volume.clone(), Download::Starting);
+                    Ok(())
+                }
+            }
+        };
+        match claimed {
+            Ok(()) => {}
+            Err(None) => return StepOutcome::Requeue(m.next_poll(&self.timing)),
+            Err(Some(upid)) => {
+                return match tasks::check(self.api.as_ref(), &upid, 20).await {
+                    Ok(Check::Running(_)) => StepOutcome::Requeue(m.next_poll(&self.timing)),
+                    Ok(Check::Succeeded(_)) => StepOutcome::Requeue(self.timing.poll_min),
+                    Ok(Check::Failed { exitstatus, .. }) => {
+                        self.release_download(&volume);
+                        StepOutcome::Failed(StepError::transient(format!(
+                            "download of {volume} failed: {exitstatus}"
+                        )))
+                    }
+                    Err(err) => fail(&err, &format!("check download of {volume}")),
+                };
+            }
+        }
+        if self.images.parts.contains_key(&want.image) {
+            self.release_download(&volume);
+            return refuse(format!(
+                "image {} ships in parts; joining parts on the PVE host is not implemented yet: \
+                 put {volume} on the storage by hand",
+                want.image
+            ));
+        }
+        let request = DownloadUrl {
+            url: format!(
+                "{}{}",
+                self.images.base_url,
+                mapping::image_file(&want.image)
+            ),
+            content: "import".into(),
+            filename: mapping::image_file(&want.image),
+            checksum: None,
+            verify_certificates: Some(true),
+        };
+        match self
+            .api
+            .download_url(&self.pve_node, &self.image_storage, &request)
+            .await
+        {
+            Ok(upid) => {
+                if let Ok(mut d) = self.downloads.lock() {
+                    d.insert(volume, Download::Task(upid));
+                }
+                StepOutcome::Requeue(m.next_poll(&self.timing))
+            }
+            Err(err) => {
+                self.release_download(&volume);
+                fail(&err, &format!("download {}", request.url))
+            }
+        }
+    }
+
+    /// Picks the vmid for a create: explicit, remembered, or PVE's next
+    /// free one not already handed out in this run.
+    async fn allocate_vmid(&self) -> Result<u32, Outcome> {
+        let mut wanted = None;
+        for _ in 0..64 {
+            let vmid = match self.api.next_vmid(wanted).await {
+                Ok(v) => v,
+                // `nextid?vmid=N` answers 400 "already exists" for a taken N.
+                Err(err)
+                    if wanted.is_some()
+                        && matches!(
+                            err.kind(),
+                            ErrorKind::InvalidParameters | ErrorKind::AlreadyExists
+                        ) =>
+                {
+                    wanted = wanted.map(|w: u32| w + 1);
+                    continue;
+                }
+                Err(err) => return Err(fail(&err, "allocate a vmid")),
+            };
+            let mut reserved = self
+                .reserved
+                .lock()
+                .map_err(|_| refuse("vmid lock poisoned".into()))?;
+            if reserved.insert(vmid) {
+                return Ok(vmid);
+            }
+            wanted = Some(vmid + 1);
+        }
+        Err(refuse("could not find a free vmid after 64 tries".into()))
+    }
+
+    pub(super) async fn create_vm(
+        &self,
+        node: &NodePlan,
+        want: &DesiredVm,
+        m: &mut Memory,
+    ) -> Outcome {
+        self.resume_task(node, "create_vm", m);
+        if m.upid.is_some() {
+            return match self.follow(node, "create VM", m).await {
+                Ok(Some(requeue)) => requeue,
+                Ok(None) => {
+                    m.created = true;
+                    self.event(
+                        &node.node,
+                        EventKind::Normal,
+                        "Created",
+                        format!("created vmid {}", m.vmid.unwrap_or_default()),
+                    );
+                    StepOutcome::Done
+                }
+                Err(failed) => failed,
+            };
+        }
+        // A vmid chosen by an earlier attempt is checked first: that attempt
+        // may have created the VM even though its answer got lost.
+        let vmid = match m.vmid {
+            Some(v) => v,
+            None => match self.allocate_vmid().await {
+                Ok(v) => v,
+                Err(out) => return out,
+            },
+        };
+        m.vmid = Some(vmid);
+        match self.read_config(vmid).await {
+            Ok(Some(config)) if self.is_ours(node, &config) => {
+                m.created = true;
+                return StepOutcome::Done;
+            }
+            // Someone else's VM holds the vmid: never touch it. A vmid
+            // the manifest names is a conflict; one PVE picked or the
+            // store remembered is given up for another.
+            Ok(Some(_)) if want.vmid.is_some() => return self.not_ours(node, vmid),
+            Ok(Some(_)) => {
+                m.vmid = None;
+                return StepOutcome::Failed(StepError::transient(format!(
+                    "vmid {vmid} was taken by a VM homestak does not own; picking another"
+                )));
+            }
+            Ok(None) => {}
+            // Keep the vmid: an earlier attempt may have created the VM
+            // even though its answer got lost; the next attempt looks again.
+            Err(out) => return out,
+        }
+        let create = CreateVm {
+            vmid,
+            options: mapping::create_options(&self.manifest, want, &self.image_storage),
+            start: None,
+            pool: None,
+        };
+        match self.api.qemu_create(&self.pve_node, &create).await {
+            Ok(upid) => {
+                self.record_task(node, "create_vm", &upid, Some(vmid));
+                m.upid = Some(upid);
+                StepOutcome::Requeue(m.next_poll(&self.timing))
+            }
+            // Lost race or lost answer: the next attempt re-checks ownership.
+            Err(err) if err.kind() == ErrorKind::AlreadyExists => StepOutcome::Failed(
+                StepError::transient(format!("create vmid {vmid}: {}", chain(&err))),
+            ),
+            Err(err) => fail(&err, &format!("create vmid {vmid}")),
+        }
+    }
+
+    pub(super) fn adopt_vm(&self, node: &NodePlan, m: &mut Memory) -> Outcome {
+        if let Some(store) = &self.store {
+            let vmid = m.vmid;
+            let pve_node = self.pve_node.clone();
+            if let Err(err) = store.update_node(&self.key(node), Durability::Flush, &mut |r| {
+                r.vmid = vmid;
+                r.pve_node = Some(pve_node.clone());
+            }) {
+                return refuse(format!("record adoption in the store: {}", chain(&err)));
+            }
+        }
+        self.event(
+            &node.node,
+            EventKind::Normal,
+            "Adopted",
+            format!("adopted vmid {} by its marks", m.vmid.unwrap_or_default()),
+        );
+        StepOutcome::Done
+    }
+}
