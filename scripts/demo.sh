@@ -28,7 +28,7 @@ manifest="$work/demo-flat.yaml"
 cp manifests-examples/demo-flat.yaml "$manifest"
 
 step "Starting the PVE simulator (time scale $SCALE)"
-"$H" "${sc[@]}" sim --listen 127.0.0.1:0 --ready-file "$work/ready.json" --time-scale "$SCALE" \
+"$H" "${sc[@]}" sim --config demo/sim.yaml --listen 127.0.0.1:0 --ready-file "$work/ready.json" --time-scale "$SCALE" \
   >"$work/sim.log" 2>&1 &
 sim_pid=$!
 for _ in $(seq 1 100); do [ -s "$work/ready.json" ] && break; sleep 0.1; done

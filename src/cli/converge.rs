@@ -171,16 +171,15 @@ pub(super) async fn converge(
     if run.force_ssh {
         planned.settings.verify_ssh = true;
     }
-    if !global.json || run.dry_run {
-        if global.json {
-            output::print_json(&planned.plan.to_json())?;
-        } else {
-            output::print_text(&render_human(
-                &planned.plan,
-                &planned.tier.desired,
-                Style::for_stdout(),
-            ));
-        }
+    if global.json {
+        // One JSON document per run: the plan travels in the report.
+        report.context.insert("plan".into(), planned.plan.to_json());
+    } else {
+        output::print_text(&render_human(
+            &planned.plan,
+            &planned.tier.desired,
+            Style::for_stdout(),
+        ));
     }
     if run.dry_run {
         report.duration = began.elapsed();
@@ -222,7 +221,7 @@ pub(super) async fn converge(
         .context
         .insert("summary".into(), reconcile::summarize(&result).into());
     if !global.json {
-        print_outcome(&result);
+        print_outcome(&result, run.mode);
     }
     Ok(if result.cancelled {
         Outcome::Interrupted
@@ -261,7 +260,7 @@ fn confirm_destroy(plan: &crate::plan::Plan) -> anyhow::Result<bool> {
     Ok(answer.trim() == "yes")
 }
 
-fn print_outcome(result: &executor::Report) {
+fn print_outcome(result: &executor::Report, mode: Mode) {
     let mut text = String::new();
     for (node, state) in &result.nodes {
         let line = match state {
@@ -276,7 +275,18 @@ fn print_outcome(result: &executor::Report) {
         text.push('\n');
     }
     let summary = reconcile::summarize(result);
-    if result.success() {
+    if result.success() && mode == Mode::Destroy {
+        // A finished destroy step list means the VM is gone.
+        let gone = result
+            .nodes
+            .values()
+            .filter(|s| matches!(s, NodeState::Converged))
+            .count();
+        text.push_str(&format!(
+            "\nDestroyed: {gone} VM{}.\n",
+            if gone == 1 { "" } else { "s" }
+        ));
+    } else if result.success() {
         text.push_str(&format!("\nConverged: {summary}.\n"));
     } else if result.cancelled {
         text.push_str(&format!(

@@ -37,6 +37,38 @@ pub struct Args {
     pub seed: Option<u64>,
 }
 
+/// Where `--site-config` keeps the SSH key for the simulated VMs.
+const DEMO_KEY: &str = ".homestak-sim/id_ed25519";
+
+/// Gives the site-config an SSH key for the simulated VMs (generated once,
+/// kept in `.homestak-sim/` of the site-config, which ignores itself in
+/// git), so `verify_ssh` works against the simulator out of the box.
+fn grant_demo_ssh(dir: &std::path::Path, node: &str) -> anyhow::Result<()> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("site-config {}", dir.display()))?;
+    let path = dir.join(DEMO_KEY);
+    let identity = if path.exists() {
+        crate::ssh::Identity::load(&path)?
+    } else {
+        let identity = crate::ssh::Identity::generate_to(&path)?;
+        if let Some(parent) = path.parent() {
+            std::fs::write(parent.join(".gitignore"), "*\n")
+                .with_context(|| format!("cannot write {}", parent.display()))?;
+        }
+        identity
+    };
+    sim::site_config::grant_ssh(
+        &dir,
+        node,
+        "homestak-sim",
+        &identity.public_key_openssh(),
+        &path,
+    )
+    .with_context(|| format!("cannot give the site-config {} an SSH key", dir.display()))?;
+    Ok(())
+}
+
 /// Runs `homestak sim`.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     let mut config = match &args.config {
@@ -68,6 +100,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
                 dir.display()
             )
         })?;
+        grant_demo_ssh(dir, &info.node)?;
     }
     if let Some(path) = &args.ready_file {
         let text = serde_json::to_vec(&info)?;

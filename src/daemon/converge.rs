@@ -119,12 +119,14 @@ impl ConvergeEngine {
             ..self.setup.clone()
         };
         let ssh = reconcile::ssh_check(&host_config, &setup)?;
+        let known_hosts = Some(reconcile::known_hosts(&host_config, &setup));
         Ok(Tier {
             site,
             host: host_config,
             api,
             store: Some(self.store.clone()),
             ssh,
+            known_hosts,
         })
     }
 }

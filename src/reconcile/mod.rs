@@ -14,13 +14,13 @@ pub mod observe;
 mod setup;
 pub mod status;
 
-pub use setup::{Setup, ssh_check};
+pub use setup::{Setup, known_hosts, ssh_check};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::controllers::vm::{ImageSource, Parts, SshCheck, Timing, VmController};
+use crate::controllers::vm::{ImageSource, KnownHostsFile, Parts, SshCheck, Timing, VmController};
 use crate::executor::{self, Event, Report};
 use crate::model::{Manifest, Settings};
 use crate::plan::{self, Observed, Plan, Remembered};
@@ -132,6 +132,8 @@ pub struct Tier {
     pub api: Arc<dyn Api>,
     pub store: Option<Arc<dyn Store>>,
     pub ssh: Option<SshCheck>,
+    /// Where VM host keys are recorded (dropped when a VM is destroyed).
+    pub known_hosts: Option<KnownHostsFile>,
 }
 
 /// Builds the PVE client for `host`: pinned by `api_fingerprint` when set,
@@ -324,6 +326,7 @@ impl Tier {
             desired,
             store: self.store.clone(),
             ssh,
+            known_hosts: self.known_hosts.clone(),
             timing: options.timing.clone(),
         }));
         controller.reserve(planned.plan.nodes.iter().filter_map(|n| n.vmid));

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{Error, Tier, connect};
-use crate::controllers::vm::SshCheck;
+use crate::controllers::vm::{KnownHostsFile, SshCheck};
 use crate::site::{HostConfig, Site};
 use crate::{ssh, store};
 
@@ -41,13 +41,23 @@ impl Tier {
             None
         };
         let ssh = ssh_check(&host_config, setup)?;
+        let known_hosts = Some(known_hosts(&host_config, setup));
         Ok(Tier {
             site,
             host: host_config,
             api,
             store,
             ssh,
+            known_hosts,
         })
+    }
+}
+
+/// The known-hosts file of the VMs on `host` (in the state directory).
+pub fn known_hosts(host: &HostConfig, setup: &Setup) -> KnownHostsFile {
+    KnownHostsFile {
+        file: ssh::KnownHosts::new(setup.state_dir.join("known_hosts")),
+        port: host.vm_ssh_port,
     }
 }
 
@@ -67,9 +77,7 @@ pub fn ssh_check(host: &HostConfig, setup: &Setup) -> Result<Option<SshCheck>, E
     Ok(Some(SshCheck {
         transport: Arc::new(ssh::RusshTransport::new(ssh::ClientOptions::default())),
         identity,
-        host_key: ssh::HostKeyPolicy::AcceptNew(ssh::KnownHosts::new(
-            setup.state_dir.join("known_hosts"),
-        )),
+        host_key: ssh::HostKeyPolicy::AcceptNew(known_hosts(host, setup).file),
         port: host.vm_ssh_port,
     }))
 }

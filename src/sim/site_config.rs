@@ -80,27 +80,37 @@ fn set_top_level(text: &str, pairs: &[(&str, String)]) -> String {
 }
 
 /// Sets `api_tokens.<node>` in the text of `secrets.yaml`.
-fn set_token(text: &str, node: &str, token: &str, path: &Path) -> Result<String, Error> {
-    let entry = |indent: &str| format!("{indent}{node}: {}", quote(token));
+/// Sets `section.name: value` in a top-level block mapping of `text`,
+/// keeping every other line.
+fn set_entry(
+    text: &str,
+    section: &str,
+    node: &str,
+    value: &str,
+    path: &Path,
+) -> Result<String, Error> {
+    let entry = |indent: &str| format!("{indent}{node}: {}", quote(value));
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
-    let Some(start) = lines.iter().position(|l| is_top_key(l, "api_tokens")) else {
+    let Some(start) = lines.iter().position(|l| is_top_key(l, section)) else {
         if lines.last().is_some_and(|l| !l.trim().is_empty()) {
             lines.push(String::new());
         }
-        lines.push("api_tokens:".into());
+        lines.push(format!("{section}:"));
         lines.push(entry("  "));
         return Ok(lines.join("\n") + "\n");
     };
-    let rest = lines[start]["api_tokens:".len()..].trim();
+    let rest = lines[start][section.len() + 1..].trim();
     if rest == "{}" || rest.starts_with("{}") {
-        lines[start] = "api_tokens:".into();
+        lines[start] = format!("{section}:");
         lines.insert(start + 1, entry("  "));
         return Ok(lines.join("\n") + "\n");
     }
     if !(rest.is_empty() || rest.starts_with('#')) {
         return Err(Error::Unsupported {
             path: path.to_path_buf(),
-            problem: "api_tokens is not a block mapping; write it as `api_tokens:` with one `name: token` per line".into(),
+            problem: format!(
+                "{section} is not a block mapping; write it as `{section}:` with one `name: value` per line"
+            ),
         });
     }
     // The block: following lines that are indented, blank or comments.
@@ -215,7 +225,7 @@ pub fn update(dir: &Path, info: &ReadyInfo, datastore: &str, ssh_port: u16) -> R
     let secrets_path = dir.join("secrets.yaml");
     let old = read(&secrets_path)?.unwrap_or_default();
     let before = parse(&old, &secrets_path)?;
-    let text = set_token(&old, node, &info.token, &secrets_path)?;
+    let text = set_entry(&old, "api_tokens", node, &info.token, &secrets_path)?;
     check(&secrets_path, &before, &text, |v| {
         if !v.is_object() {
             *v = Value::Object(Default::default());
@@ -235,6 +245,51 @@ pub fn update(dir: &Path, info: &ReadyInfo, datastore: &str, ssh_port: u16) -> R
     write(&secrets_path, &text)
 }
 
+/// Lets homestak reach the simulated VMs over SSH: `secrets.yaml`
+/// `ssh_keys.<key_name>` gets `public_key` (cloud-init puts it in every new
+/// VM) and `nodes/<node>.yaml` `ssh_key` points at the private half.
+pub fn grant_ssh(
+    dir: &Path,
+    node: &str,
+    key_name: &str,
+    public_key: &str,
+    private_key: &Path,
+) -> Result<(), Error> {
+    let node_path = dir.join("nodes").join(format!("{node}.yaml"));
+    let old = read(&node_path)?.unwrap_or_default();
+    let before = parse(&old, &node_path)?;
+    let key_path = private_key.display().to_string();
+    let text = set_top_level(&old, &[("ssh_key", quote(&key_path))]);
+    check(&node_path, &before, &text, |v| {
+        if let Some(m) = v.as_object_mut() {
+            m.insert("ssh_key".into(), Value::String(key_path.clone()));
+        }
+    })?;
+    write(&node_path, &text)?;
+
+    let secrets_path = dir.join("secrets.yaml");
+    let old = read(&secrets_path)?.unwrap_or_default();
+    let before = parse(&old, &secrets_path)?;
+    let text = set_entry(&old, "ssh_keys", key_name, public_key, &secrets_path)?;
+    check(&secrets_path, &before, &text, |v| {
+        if !v.is_object() {
+            *v = Value::Object(Default::default());
+        }
+        if let Some(m) = v.as_object_mut() {
+            let keys = m
+                .entry("ssh_keys")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if !keys.is_object() {
+                *keys = Value::Object(Default::default());
+            }
+            if let Some(k) = keys.as_object_mut() {
+                k.insert(key_name.to_string(), Value::String(public_key.to_string()));
+            }
+        }
+    })?;
+    write(&secrets_path, &text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +302,57 @@ mod tests {
             fingerprint: "AA:BB".into(),
             root_password: "pw".into(),
         }
+    }
+
+    #[test]
+    fn grant_ssh_adds_the_key_and_points_the_node_at_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("nodes")).unwrap();
+        std::fs::write(
+            dir.path().join("secrets.yaml"),
+            "# keep me\nssh_keys:\n  me: \"ssh-ed25519 AAAA me@x\"\n",
+        )
+        .unwrap();
+        update(dir.path(), &info(), "local-zfs", 22).unwrap();
+        let key = dir.path().join(".homestak-sim/id_ed25519");
+        grant_ssh(
+            dir.path(),
+            "father",
+            "homestak-sim",
+            "ssh-ed25519 BBBB sim",
+            &key,
+        )
+        .unwrap();
+        let secrets = std::fs::read_to_string(dir.path().join("secrets.yaml")).unwrap();
+        assert!(secrets.starts_with("# keep me\n"), "{secrets}");
+        assert!(
+            secrets.contains("  me: \"ssh-ed25519 AAAA me@x\""),
+            "{secrets}"
+        );
+        assert!(
+            secrets.contains("  homestak-sim: \"ssh-ed25519 BBBB sim\""),
+            "{secrets}"
+        );
+        let site = crate::site::Site::load(dir.path()).unwrap();
+        let host = site.host_config("father").unwrap();
+        assert_eq!(host.ssh_key, key);
+        // The key reaches VMs through the resolver, in file order.
+        let vars = site
+            .resolve_inline_vm(&crate::site::InlineVm {
+                node: "father".into(),
+                vm_name: "x".into(),
+                vmid: None,
+                template: None,
+                vm_preset: None,
+                image: Some("debian-12".into()),
+                posture: None,
+                overrides: Default::default(),
+            })
+            .unwrap();
+        assert_eq!(
+            vars.ssh_keys,
+            vec!["ssh-ed25519 AAAA me@x", "ssh-ed25519 BBBB sim"]
+        );
     }
 
     #[test]

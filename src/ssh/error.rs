@@ -23,6 +23,14 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A generated private key could not be written.
+    #[error("cannot write SSH private key {path}")]
+    KeyWrite {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
     /// The private key is protected by a passphrase.
     #[error(
         "SSH private key {origin} is encrypted with a passphrase, which homestak cannot prompt \
@@ -333,9 +341,10 @@ impl Error {
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::KeyRead { .. } | Error::KeyEncrypted { .. } | Error::KeyParse { .. } => {
-                ErrorKind::Key
-            }
+            Error::KeyRead { .. }
+            | Error::KeyWrite { .. }
+            | Error::KeyEncrypted { .. }
+            | Error::KeyParse { .. } => ErrorKind::Key,
             Error::KnownHostsRead { .. }
             | Error::KnownHostsParse { .. }
             | Error::KnownHostsWrite { .. } => ErrorKind::KnownHosts,

@@ -55,6 +55,46 @@ impl Identity {
         Ok(Self::from_private_key(key, origin))
     }
 
+    /// Generates a fresh Ed25519 key and writes it to `path` in OpenSSH
+    /// format (mode 0600, parent directory 0700), as `ssh-keygen` would.
+    pub fn generate_to(path: &Path) -> Result<Self, Error> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let write_err = |source| Error::KeyWrite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let key = PrivateKey::random(
+            &mut russh::keys::key::safe_rng(),
+            russh::keys::Algorithm::Ed25519,
+        )
+        .map_err(|source| Error::KeyParse {
+            origin: path.display().to_string(),
+            source: Box::new(source.into()),
+        })?;
+        let text = key
+            .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+            .map_err(|source| Error::KeyParse {
+                origin: path.display().to_string(),
+                source: Box::new(source.into()),
+            })?;
+        if let Some(dir) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(write_err)?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(write_err)?;
+        file.write_all(text.as_bytes()).map_err(write_err)?;
+        Ok(Self::from_private_key(key, &path.display().to_string()))
+    }
+
     /// Wraps a key already in memory (e.g. generated for a test).
     pub fn from_private_key(key: PrivateKey, origin: &str) -> Self {
         let fingerprint = Fingerprint::of(key.public_key());

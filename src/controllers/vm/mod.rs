@@ -49,6 +49,15 @@ pub struct SshCheck {
     pub port: u16,
 }
 
+/// The known-hosts file SSH checks record VM host keys in, and the VMs'
+/// SSH port: a destroyed VM's entry is dropped so its successor at the same
+/// address is not taken for an impostor.
+#[derive(Clone)]
+pub struct KnownHostsFile {
+    pub file: ssh::KnownHosts,
+    pub port: u16,
+}
+
 /// Where images come from when a storage lacks them.
 #[derive(Debug, Clone)]
 pub struct ImageSource {
@@ -101,6 +110,7 @@ pub struct VmController {
     pub desired: HashMap<String, DesiredVm>,
     pub store: Option<Arc<dyn Store>>,
     pub ssh: Option<SshCheck>,
+    pub known_hosts: Option<KnownHostsFile>,
     pub timing: Timing,
     /// Downloads in flight by volume, shared by the nodes needing the same
     /// image.
@@ -128,6 +138,7 @@ pub struct Parts {
     pub desired: HashMap<String, DesiredVm>,
     pub store: Option<Arc<dyn Store>>,
     pub ssh: Option<SshCheck>,
+    pub known_hosts: Option<KnownHostsFile>,
     pub timing: Timing,
 }
 
@@ -143,6 +154,7 @@ impl VmController {
             desired,
             store,
             ssh,
+            known_hosts,
             timing,
         } = parts;
         VmController {
@@ -155,6 +167,7 @@ impl VmController {
             desired,
             store,
             ssh,
+            known_hosts,
             timing,
             downloads: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),

@@ -47,6 +47,7 @@ fn controller(script: &Arc<Scripted>, want: DesiredVm) -> VmController {
         desired: HashMap::from([(want.name.clone(), want)]),
         store: None,
         ssh: None,
+        known_hosts: None,
         timing: Timing::default(),
     })
 }

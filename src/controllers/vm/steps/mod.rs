@@ -102,8 +102,10 @@ impl VmController {
     }
 
     /// Forgets the SSH host key recorded for a destroyed VM's address.
+    /// Runs whether or not this run verifies SSH: a destroy without SSH
+    /// must still clear the way for the next VM at that address.
     pub(super) async fn forget_host_key(&self, node: &NodePlan) {
-        let (Some(store), Some(check)) = (&self.store, &self.ssh) else {
+        let (Some(store), Some(known)) = (&self.store, &self.known_hosts) else {
             return;
         };
         let ip = store
@@ -111,12 +113,8 @@ impl VmController {
             .ok()
             .flatten()
             .and_then(|r| r.ip);
-        let known = match &check.host_key {
-            ssh::HostKeyPolicy::AcceptNew(k) | ssh::HostKeyPolicy::Strict(k) => k,
-            _ => return,
-        };
         if let Some(ip) = ip {
-            let _ = known.forget(&ip, check.port).await;
+            let _ = known.file.forget(&ip, known.port).await;
         }
     }
 

@@ -1,0 +1,190 @@
+//! The iac-driver verbs through the real binary against `homestak sim`:
+//! `test` (create, verify SSH, destroy) with `--json-output` in the seed's
+//! schema and report files; `create --dry-run` changes nothing; `destroy`
+//! refuses to run unattended without `--yes`; exit codes of `status`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_homestak");
+
+struct Sim {
+    child: Child,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A scratch copy of demo/site-config with `homestak sim` pointed at it.
+fn start(dir: &Path) -> (Sim, PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let site = dir.join("site-config");
+    copy_dir(&root.join("demo/site-config"), &site);
+    let ready = dir.join("ready.json");
+    let child = Command::new(BIN)
+        .arg("--site-config")
+        .arg(&site)
+        .args(["sim", "--listen", "127.0.0.1:0", "--time-scale", "0.01"])
+        .arg("--config")
+        .arg(root.join("demo/sim.yaml"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sim = Sim { child };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "simulator never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (sim, site)
+}
+
+fn homestak(site: &Path, state: &Path, args: &[&str]) -> Output {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests-examples/demo-flat.yaml");
+    Command::new(BIN)
+        .arg("--site-config")
+        .arg(site)
+        .args(args)
+        .arg("--manifest-file")
+        .arg(&manifest)
+        .args(["-H", "pve"])
+        .env("HOMESTAK_STATE_DIR", state)
+        // Report files of runs without --report-dir land here.
+        .current_dir(state.parent().unwrap_or(state))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn test_verb_creates_verifies_ssh_and_destroys() {
+    homestak::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let reports = dir.path().join("reports");
+    let (_sim, site) = start(dir.path());
+
+    // Nothing exists yet: status reports three missing nodes, exit 2.
+    let out = homestak(&site, &state, &["status"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // A dry run plans three creates and changes nothing.
+    let out = homestak(&site, &state, &["create", "--dry-run", "--json-output"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(plan["context"]["plan"]["summary"]["create"], 3, "{plan:#}");
+    let out = homestak(&site, &state, &["status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "dry run changed the world: {}",
+        text(&out)
+    );
+
+    let out = homestak(
+        &site,
+        &state,
+        &[
+            "test",
+            "--json-output",
+            "--report-dir",
+            reports.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    for key in [
+        "scenario",
+        "success",
+        "duration_seconds",
+        "phases",
+        "context",
+        "error",
+    ] {
+        assert!(report.get(key).is_some(), "{key} missing: {report:#}");
+    }
+    assert_eq!(report["scenario"], "test");
+    assert_eq!(report["success"], true, "{report:#}");
+    let phases: Vec<String> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    for node in ["demo-1", "demo-2", "demo-3"] {
+        assert!(phases.contains(&format!("{node}:wait_ssh")), "{phases:?}");
+        assert!(
+            phases.contains(&format!("destroy/{node}:destroy_vm")),
+            "{phases:?}"
+        );
+    }
+    let files: Vec<String> = std::fs::read_dir(&reports)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        files.iter().any(|f| f.ends_with(".passed.json"))
+            && files.iter().any(|f| f.ends_with(".passed.md")),
+        "{files:?}"
+    );
+
+    // Everything is gone again.
+    let out = homestak(&site, &state, &["plan", "--json"]);
+    let plan: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(plan["summary"]["create"], 3, "{plan:#}");
+
+    // destroy without --yes and without a terminal refuses.
+    let out = homestak(&site, &state, &["create"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = homestak(&site, &state, &["destroy"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--yes"),
+        "{}",
+        text(&out)
+    );
+    let out = homestak(&site, &state, &["status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "destroy without --yes touched the world: {}",
+        text(&out)
+    );
+    let out = homestak(&site, &state, &["destroy", "--yes"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
