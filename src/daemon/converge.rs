@@ -120,6 +120,7 @@ impl ConvergeEngine {
         };
         let ssh = reconcile::ssh_check(&host_config, &setup)?;
         let known_hosts = Some(reconcile::known_hosts(&host_config, &setup));
+        let host_ssh = Some(reconcile::host_ssh(&host_config, &setup));
         Ok(Tier {
             site,
             host: host_config,
@@ -127,6 +128,7 @@ impl ConvergeEngine {
             store: Some(self.store.clone()),
             ssh,
             known_hosts,
+            host_ssh,
         })
     }
 }

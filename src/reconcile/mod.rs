@@ -14,13 +14,15 @@ pub mod observe;
 mod setup;
 pub mod status;
 
-pub use setup::{Setup, known_hosts, ssh_check};
+pub use setup::{Setup, host_ssh, known_hosts, ssh_check};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::controllers::vm::{ImageSource, KnownHostsFile, Parts, SshCheck, Timing, VmController};
+use crate::controllers::vm::{
+    HostSsh, ImageSource, KnownHostsFile, Parts, SshCheck, Timing, VmController,
+};
 use crate::executor::{self, Event, Report};
 use crate::model::{Manifest, Settings};
 use crate::plan::{self, Observed, Plan, Remembered};
@@ -134,6 +136,8 @@ pub struct Tier {
     pub ssh: Option<SshCheck>,
     /// Where VM host keys are recorded (dropped when a VM is destroyed).
     pub known_hosts: Option<KnownHostsFile>,
+    /// SSH to the host itself (joining images shipped in parts).
+    pub host_ssh: Option<HostSsh>,
 }
 
 /// Builds the PVE client for `host`: pinned by `api_fingerprint` when set,
@@ -327,6 +331,7 @@ impl Tier {
             store: self.store.clone(),
             ssh,
             known_hosts: self.known_hosts.clone(),
+            host_ssh: self.host_ssh.clone(),
             timing: options.timing.clone(),
         }));
         controller.reserve(planned.plan.nodes.iter().filter_map(|n| n.vmid));

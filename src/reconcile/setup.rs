@@ -1,11 +1,12 @@
-//! Setting up a [`Tier`] from a site-config: PVE client, store, SSH check.
+//! Setting up a [`Tier`] from a site-config: PVE client, store, SSH check,
+//! SSH to the host.
 //! The CLI, the daemon and the reconciler tests all go through here.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{Error, Tier, connect};
-use crate::controllers::vm::{KnownHostsFile, SshCheck};
+use crate::controllers::vm::{HostSsh, KnownHostsFile, SshCheck};
 use crate::site::{HostConfig, Site};
 use crate::{ssh, store};
 
@@ -42,6 +43,7 @@ impl Tier {
         };
         let ssh = ssh_check(&host_config, setup)?;
         let known_hosts = Some(known_hosts(&host_config, setup));
+        let host_ssh = Some(host_ssh(&host_config, setup));
         Ok(Tier {
             site,
             host: host_config,
@@ -49,6 +51,7 @@ impl Tier {
             store,
             ssh,
             known_hosts,
+            host_ssh,
         })
     }
 }
@@ -80,4 +83,20 @@ pub fn ssh_check(host: &HostConfig, setup: &Setup) -> Result<Option<SshCheck>, E
         host_key: ssh::HostKeyPolicy::AcceptNew(known_hosts(host, setup).file),
         port: host.vm_ssh_port,
     }))
+}
+
+/// SSH to `host` itself (`ssh_user@ssh_host:ssh_port`), for joining images
+/// shipped in parts. Nothing is loaded or contacted until a join needs it;
+/// the host key is trusted on first use and kept with the VMs' keys.
+pub fn host_ssh(host: &HostConfig, setup: &Setup) -> HostSsh {
+    HostSsh {
+        transport: Arc::new(ssh::RusshTransport::new(ssh::ClientOptions::default())),
+        destination: ssh::Destination::new(&host.ssh_host, host.ssh_port, &host.ssh_user),
+        key: setup
+            .ssh_key
+            .clone()
+            .unwrap_or_else(|| host.ssh_key.clone()),
+        host_key: ssh::HostKeyPolicy::AcceptNew(known_hosts(host, setup).file),
+        host: host.name.clone(),
+    }
 }

@@ -81,6 +81,10 @@ pub struct NodeConfig {
     pub ssh_key: Option<PathBuf>,
     /// SSH port of the VMs on this node (default 22).
     pub vm_ssh_port: Option<u16>,
+    /// SSH port of the node itself (default 22): homestak logs in to the
+    /// host for what its API cannot do, such as joining an image shipped
+    /// in parts.
+    pub ssh_port: Option<u16>,
     /// Address for SSH when the endpoint is not local.
     pub ip: Option<String>,
     /// User for SSH to this node (default: site `ssh_user`, else root).
@@ -177,6 +181,9 @@ pub struct HostConfig {
     /// SSH port of the VMs on this node (`vm_ssh_port`, default 22).
     #[serde(skip)]
     pub vm_ssh_port: u16,
+    /// SSH port of the host itself (`ssh_port`, default 22).
+    #[serde(skip)]
+    pub ssh_port: u16,
 }
 
 impl HostConfig {
@@ -224,6 +231,7 @@ impl Site {
             api_fingerprint: None,
             image_storage: "local".to_string(),
             vm_ssh_port: 22,
+            ssh_port: 22,
         };
         let document = |source: &Arc<yaml::Error>| Error::Document {
             name: name.to_string(),
@@ -259,6 +267,9 @@ impl Site {
             }
             if let Some(port) = node.vm_ssh_port {
                 config.vm_ssh_port = port;
+            }
+            if let Some(port) = node.ssh_port {
+                config.ssh_port = port;
             }
             if let Some(storage) = node.image_storage {
                 config.image_storage = storage;

@@ -6,7 +6,7 @@
 //!
 //! | step | does |
 //! |---|---|
-//! | `ensure_image` | the image is on the import storage, else `download-url` |
+//! | `ensure_image` | the image is on the import storage, else `download-url` (parts joined over SSH on the host, see [`host`]) |
 //! | `create_vm` | `import-from` + cloud-init (user, keys, ip, DNS), marks |
 //! | `adopt_vm` | record an owned VM the store did not know |
 //! | `update_config` | cores, memory, name, tags, network, cloud-init, marks |
@@ -22,6 +22,7 @@
 //! task. Before changing or deleting an existing VM, a step re-reads its
 //! config and refuses unless the VM still carries our marks.
 
+pub mod host;
 pub mod mapping;
 mod steps;
 #[cfg(test)]
@@ -39,6 +40,8 @@ use crate::plan::{Action, DesiredVm, Field, NodePlan};
 use crate::pve::{Api, Upid};
 use crate::ssh;
 use crate::store::Store;
+
+pub use host::HostSsh;
 
 /// SSH verification settings (`settings.verify_ssh`).
 #[derive(Clone)]
@@ -111,9 +114,11 @@ pub struct VmController {
     pub store: Option<Arc<dyn Store>>,
     pub ssh: Option<SshCheck>,
     pub known_hosts: Option<KnownHostsFile>,
+    /// SSH to the PVE host, for joining images shipped in parts.
+    pub host_ssh: Option<HostSsh>,
     pub timing: Timing,
-    /// Downloads in flight by volume, shared by the nodes needing the same
-    /// image.
+    /// Downloads (and joins) in flight by volume, shared by the nodes
+    /// needing the same image.
     downloads: Mutex<HashMap<String, Download>>,
     /// vmids handed out by this run, so parallel creates never collide.
     reserved: Mutex<HashSet<u32>>,
@@ -125,6 +130,13 @@ enum Download {
     /// A node is asking PVE for it right now.
     Starting,
     Task(Upid),
+    /// The task succeeded at this moment: a storage listing made before
+    /// it may still lack the file; one made after it that lacks the file
+    /// means the file went away (and is fetched again).
+    Done(Instant),
+    /// A node is joining the image's parts on the host (or removing parts
+    /// left over from an interrupted join).
+    Joining,
 }
 
 /// What a [`VmController`] is built from (named, so call sites read).
@@ -139,6 +151,7 @@ pub struct Parts {
     pub store: Option<Arc<dyn Store>>,
     pub ssh: Option<SshCheck>,
     pub known_hosts: Option<KnownHostsFile>,
+    pub host_ssh: Option<HostSsh>,
     pub timing: Timing,
 }
 
@@ -155,6 +168,7 @@ impl VmController {
             store,
             ssh,
             known_hosts,
+            host_ssh,
             timing,
         } = parts;
         VmController {
@@ -168,6 +182,7 @@ impl VmController {
             store,
             ssh,
             known_hosts,
+            host_ssh,
             timing,
             downloads: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),

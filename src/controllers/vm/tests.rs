@@ -48,6 +48,7 @@ fn controller(script: &Arc<Scripted>, want: DesiredVm) -> VmController {
         store: None,
         ssh: None,
         known_hosts: None,
+        host_ssh: None,
         timing: Timing::default(),
     })
 }

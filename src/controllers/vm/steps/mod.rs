@@ -2,7 +2,8 @@
 //!
 //! - this file: dispatch and what every step shares (task tracking,
 //!   ownership checks, events);
-//! - [`create`]: `ensure_image`, `create_vm`, `adopt_vm`;
+//! - [`image`]: `ensure_image`, for whole and split images;
+//! - [`create`]: `create_vm`, `adopt_vm`;
 //! - [`change`]: `update_config`, `resize_disk`, `start_vm`, `wait_agent_ip`,
 //!   `wait_ssh`, `mark_converged`;
 //! - [`delete`]: `stop_vm`, `destroy_vm`, `forget_vm`.
@@ -10,6 +11,9 @@
 mod change;
 mod create;
 mod delete;
+mod image;
+#[cfg(test)]
+mod image_tests;
 
 use tokio::time::Instant;
 
