@@ -3,7 +3,8 @@
 //!
 //! `--site-config DIR` (the global flag) writes `nodes/<node>.yaml` and the
 //! token into `secrets.yaml` of that site-config so homestak can use the
-//! simulator at once.
+//! simulator at once, and gives it an SSH key that the simulated VMs and
+//! the node's own SSH server accept.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,30 +41,43 @@ pub struct Args {
 /// Where `--site-config` keeps the SSH key for the simulated VMs.
 const DEMO_KEY: &str = ".homestak-sim/id_ed25519";
 
-/// Gives the site-config an SSH key for the simulated VMs (generated once,
-/// kept in `.homestak-sim/` of the site-config, which ignores itself in
-/// git), so `verify_ssh` works against the simulator out of the box.
-fn grant_demo_ssh(dir: &std::path::Path, node: &str) -> anyhow::Result<()> {
+/// The SSH key `--site-config` gives the site-config for the simulated
+/// VMs and the node itself (generated once, kept in `.homestak-sim/` of
+/// the site-config, which ignores itself in git), so `verify_ssh` and
+/// joining split images work against the simulator out of the box.
+fn demo_identity(dir: &std::path::Path) -> anyhow::Result<(crate::ssh::Identity, PathBuf)> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("site-config {}", dir.display()))?;
     let path = dir.join(DEMO_KEY);
-    let identity = if path.exists() {
-        crate::ssh::Identity::load(&path)?
-    } else {
-        let identity = crate::ssh::Identity::generate_to(&path)?;
-        if let Some(parent) = path.parent() {
-            std::fs::write(parent.join(".gitignore"), "*\n")
-                .with_context(|| format!("cannot write {}", parent.display()))?;
-        }
-        identity
-    };
+    if path.exists() {
+        return Ok((crate::ssh::Identity::load(&path)?, path));
+    }
+    let identity = crate::ssh::Identity::generate_to(&path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::write(parent.join(".gitignore"), "*\n")
+            .with_context(|| format!("cannot write {}", parent.display()))?;
+    }
+    Ok((identity, path))
+}
+
+/// Puts the demo key in the site-config: `ssh_keys` (cloud-init installs
+/// it in new VMs) and the node's `ssh_key`.
+fn grant_demo_ssh(
+    dir: &std::path::Path,
+    node: &str,
+    identity: &crate::ssh::Identity,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("site-config {}", dir.display()))?;
     sim::site_config::grant_ssh(
         &dir,
         node,
         "homestak-sim",
         &identity.public_key_openssh(),
-        &path,
+        path,
     )
     .with_context(|| format!("cannot give the site-config {} an SSH key", dir.display()))?;
     Ok(())
@@ -90,6 +104,15 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
         .map(|s| s.id.clone())
         .unwrap_or_else(|| "local".into());
     let ssh_port = config.ssh_port;
+    // The site-config's key may also log in to the node itself.
+    let demo_key = match &global.site_config {
+        Some(dir) => {
+            let (identity, path) = demo_identity(dir)?;
+            config.host_ssh_keys.push(identity.public_key_openssh());
+            Some((identity, path))
+        }
+        None => None,
+    };
     let handle = Simulator::start(config).await?;
     let info = handle.ready_info();
 
@@ -100,7 +123,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
                 dir.display()
             )
         })?;
-        grant_demo_ssh(dir, &info.node)?;
+        if let Some((identity, path)) = &demo_key {
+            grant_demo_ssh(dir, &info.node, identity, path)?;
+        }
     }
     if let Some(path) = &args.ready_file {
         let text = serde_json::to_vec(&info)?;
@@ -111,6 +136,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     if global.json {
         super::output::print_json(&serde_json::json!({
             "url": info.url, "node": info.node, "fingerprint": info.fingerprint, "token_id": token_id,
+            "host_ssh": info.host_ssh,
         }))?;
     } else {
         println!(
@@ -119,6 +145,13 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
         );
         println!("  fingerprint {}", info.fingerprint);
         println!("  VM SSH port {ssh_port} (each VM on its own loopback address, see /_sim/vms)");
+        match (handle.host_ssh(), handle.host_ssh_error()) {
+            (Some(addr), _) => {
+                println!("  node SSH    root@{addr} (storages under /var/lib/vz, see /_sim/host)")
+            }
+            (None, Some(error)) => println!("  node SSH    not running: {error}"),
+            (None, None) => {}
+        }
         if args.ready_file.is_none() && global.site_config.is_none() {
             // No other channel carries the credentials of this throwaway host.
             println!("  token       {}", info.token);

@@ -15,6 +15,8 @@
 //!   - { volid: "local:import/debian-12.qcow2", size: 330M, virtual_size: 2G }
 //! latency: { start: 1.5, agent_boot: 15 }
 //! ssh_port: 22
+//! host_ssh_port: 2222            # the node's own SSH (default: ssh_port)
+//! host_ssh_keys: ["ssh-ed25519 AAAA… me@laptop"]   # may log in as root
 //! faults: { read_error_rate: 0.01 }
 //! nested:                      # what a VM booted from a PVE image serves
 //!   storages: [ { id: local, type: dir, content: [import, iso], size: 50G } ]
@@ -261,6 +263,12 @@ pub struct Config {
     pub downloads: Downloads,
     /// Port of each VM's SSH server on its address.
     pub ssh_port: u16,
+    /// Port of the node's own SSH server on the simulator's address
+    /// (default `ssh_port`; 0 picks a free port).
+    pub host_ssh_port: Option<u16>,
+    /// Public keys (`TYPE BASE64 [comment]`) that may log in to the node
+    /// as root.
+    pub host_ssh_keys: Vec<String>,
     pub faults: FaultRates,
     /// Token the simulator trusts: `user@realm!tokenid`.
     pub token_id: String,
@@ -299,6 +307,10 @@ pub struct Config {
     /// stopped, except those with `onboot: 1`, which start again.
     #[serde(skip)]
     pub cold_boot: bool,
+    /// Serve the node's own SSH (a nested tier has none: its host is the
+    /// VM, with the VM's SSH server).
+    #[serde(skip)]
+    pub host_ssh: bool,
 }
 
 impl Default for Config {
@@ -309,6 +321,8 @@ impl Default for Config {
             latency: Latency::default(),
             downloads: Downloads::default(),
             ssh_port: 22,
+            host_ssh_port: None,
+            host_ssh_keys: Vec::new(),
             faults: FaultRates::default(),
             token_id: "root@pam!homestak".into(),
             pve_version: "8.4.1".into(),
@@ -322,6 +336,7 @@ impl Default for Config {
             tls_files: None,
             images_exact: false,
             cold_boot: false,
+            host_ssh: true,
         }
     }
 }
@@ -416,6 +431,11 @@ impl Config {
                     "image {:?}: only import/ and iso/ volumes can be preset",
                     img.volid
                 ));
+            }
+        }
+        for (i, key) in self.host_ssh_keys.iter().enumerate() {
+            if let Err(e) = super::ssh::parse_authorized_keys(key) {
+                return Err(format!("host_ssh_keys[{i}]: {e}"));
             }
         }
         if !(self.time_scale.is_finite() && self.time_scale >= 0.0) {

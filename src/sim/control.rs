@@ -15,6 +15,7 @@
 //! | PATCH | `/_sim/vms/{vmid}` | out-of-band change: cores, sockets, memory, name, tags, description, power |
 //! | DELETE | `/_sim/vms/{vmid}` | remove a VM and its volumes at once |
 //! | POST | `/_sim/images` | add an image (`{"volid": "local:import/x.qcow2", "size": "1G"}`) |
+//! | GET | `/_sim/host` | the node's own SSH server `{ssh: {address, user, host_key, error}, commands: [...]}` |
 //!
 //! `Rates` is [`FaultRates`]: `read_error_rate`, `write_error_rate`,
 //! `error_status`, `reset_rate`, `task_failure_rate`,
@@ -216,6 +217,7 @@ pub async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body
             }
             ok(Value::Null)
         }
+        ("GET", ["_sim", "host"]) => ok(shared.host.view()),
         ("POST", ["_sim", "images"]) => match parse::<Image>(&body) {
             Ok(img) => add_image(&shared, img),
             Err(e) => fail(StatusCode::BAD_REQUEST, e),

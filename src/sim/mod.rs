@@ -12,6 +12,8 @@
 //! - [`faults`], [`control`]: injected faults and the `/_sim/` endpoints.
 //! - [`addr`]: per-VM loopback addresses; [`site_config`]: writing a
 //!   site-config that points at a running simulator.
+//! - [`host`]: the node's own SSH server, whose shell shows the storages
+//!   as directories (joining split images happens there).
 //! - [`guest`]: what runs inside a VM once it boots: its SSH server
 //!   ([`ssh`]), a nested PVE tier (another [`Simulator`] on the VM's
 //!   address) for PVE images, services started with `systemctl`, and the
@@ -27,6 +29,7 @@ pub mod control;
 pub mod faults;
 pub mod form;
 pub mod guest;
+pub mod host;
 pub mod params;
 pub mod runtime;
 pub mod server;
@@ -127,6 +130,9 @@ pub struct ReadyInfo {
     pub token: String,
     pub fingerprint: String,
     pub root_password: String,
+    /// `ip:port` of the node's own SSH server (user root), when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ssh: Option<String>,
 }
 
 impl fmt::Debug for ReadyInfo {
@@ -135,6 +141,7 @@ impl fmt::Debug for ReadyInfo {
             .field("url", &self.url)
             .field("node", &self.node)
             .field("fingerprint", &self.fingerprint)
+            .field("host_ssh", &self.host_ssh)
             .finish_non_exhaustive()
     }
 }
@@ -292,6 +299,7 @@ impl Simulator {
         let join = tokio::spawn(async move { server.serve(make).await });
         server_handle.listening().await;
         shared.guests.start(&shared);
+        shared.host.start(&shared, addr.ip()).await;
 
         let saver = state_file.clone().map(|path| {
             let shared = shared.clone();
@@ -335,6 +343,7 @@ impl Drop for Handle {
     /// killed when dropped in any case.
     fn drop(&mut self) {
         self.shared.guests.signal_stop();
+        self.shared.host.signal_stop();
         if self.join.is_some() {
             self.server.shutdown();
         }
@@ -485,7 +494,23 @@ impl Handle {
             token: self.token.expose().to_string(),
             fingerprint: self.fingerprint.to_string(),
             root_password: self.root_password.expose().to_string(),
+            host_ssh: self.host_ssh().map(|a| a.to_string()),
         }
+    }
+
+    /// Where the node's own SSH server listens (user root), when it runs.
+    pub fn host_ssh(&self) -> Option<SocketAddr> {
+        self.shared.host.address()
+    }
+
+    /// Why the node has no SSH server, if it could not start.
+    pub fn host_ssh_error(&self) -> Option<String> {
+        self.shared.host.error()
+    }
+
+    /// The command lines run over SSH on the node, oldest first.
+    pub fn host_commands(&self) -> Vec<String> {
+        self.shared.host.commands()
     }
 
     /// Request counts by `METHOD /path/{template}`.
@@ -512,6 +537,7 @@ impl Handle {
     /// recursively), stops accepting connections, ends workers, saves
     /// `--state` and removes a temporary working directory.
     pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.shared.host.stop().await;
         self.shared.guests.shutdown().await;
         self.server.graceful_shutdown(Some(Duration::from_secs(2)));
         let served = match self.join.take() {

@@ -96,6 +96,8 @@ pub struct Shared {
     fingerprint: Option<crate::tls::Fingerprint>,
     /// What runs inside booted VMs (SSH, nested PVE, services).
     pub guests: super::guest::Guests,
+    /// The node's own SSH server.
+    pub host: super::host::Host,
 }
 
 impl std::fmt::Debug for Shared {
@@ -131,6 +133,7 @@ impl Shared {
             work_dir,
             fingerprint,
             guests: super::guest::Guests::default(),
+            host: super::host::Host::default(),
         }
     }
 

@@ -4,7 +4,9 @@
 //! - `nodes/<node>.yaml`: `api_endpoint`, `api_token` (a reference into
 //!   `secrets.yaml`), `datastore` and `api_fingerprint` are set, and
 //!   `vm_ssh_port` when the simulated VMs' SSH port is not 22 (or the key
-//!   is already there); other keys and comments stay.
+//!   is already there); when the node's own SSH server runs, `ip`,
+//!   `ssh_user: root` and `ssh_port` (unless 22) point at it; other keys
+//!   and comments stay.
 //! - `secrets.yaml`: `api_tokens.<node>` is set to the token; the rest of
 //!   the file (other tokens, passwords, keys, comments) stays byte for byte.
 //!
@@ -199,6 +201,19 @@ pub fn update(dir: &Path, info: &ReadyInfo, datastore: &str, ssh_port: u16) -> R
     if port_key {
         pairs.push(("vm_ssh_port", ssh_port.to_string()));
     }
+    // The node's own SSH (root, on the API's address): `ip` for the
+    // tofu-shaped resolution, `ssh_port` when not 22.
+    let host_ssh: Option<std::net::SocketAddr> =
+        info.host_ssh.as_deref().and_then(|a| a.parse().ok());
+    let host_port_key =
+        host_ssh.is_some_and(|a| a.port() != 22 || base.lines().any(|l| is_top_key(l, "ssh_port")));
+    if let Some(addr) = host_ssh {
+        pairs.push(("ip", addr.ip().to_string()));
+        pairs.push(("ssh_user", "root".to_string()));
+        if host_port_key {
+            pairs.push(("ssh_port", addr.port().to_string()));
+        }
+    }
     let text = set_top_level(&base, &pairs);
     check(&node_path, &before, &text, |v| {
         if !v.is_object() {
@@ -217,6 +232,13 @@ pub fn update(dir: &Path, info: &ReadyInfo, datastore: &str, ssh_port: u16) -> R
             );
             if port_key {
                 m.insert("vm_ssh_port".into(), Value::from(ssh_port));
+            }
+            if let Some(addr) = host_ssh {
+                m.insert("ip".into(), Value::String(addr.ip().to_string()));
+                m.insert("ssh_user".into(), Value::String("root".into()));
+                if host_port_key {
+                    m.insert("ssh_port".into(), Value::from(addr.port()));
+                }
             }
         }
     })?;
@@ -301,7 +323,47 @@ mod tests {
             token: "root@pam!homestak=11111111-2222-4333-8444-555555555555".into(),
             fingerprint: "AA:BB".into(),
             root_password: "pw".into(),
+            host_ssh: None,
         }
+    }
+
+    #[test]
+    fn the_node_points_at_the_hosts_own_ssh_server() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("nodes")).unwrap();
+        std::fs::write(
+            dir.path().join("site.yaml"),
+            "defaults:\n  ssh_user: pveadmin\n",
+        )
+        .unwrap();
+        let info = ReadyInfo {
+            host_ssh: Some("127.0.0.1:2222".into()),
+            ..info()
+        };
+        update(dir.path(), &info, "local-zfs", 22).unwrap();
+        let site = crate::site::Site::load(dir.path()).unwrap();
+        let host = site.host_config("father").unwrap();
+        assert_eq!(
+            (
+                host.ssh_host.as_str(),
+                host.ssh_port,
+                host.ssh_user.as_str()
+            ),
+            ("127.0.0.1", 2222, "root")
+        );
+        // On port 22 the key is left out, unless it was there.
+        let info = ReadyInfo {
+            host_ssh: Some("127.0.0.1:22".into()),
+            ..info
+        };
+        update(dir.path(), &info, "local-zfs", 22).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("nodes/father.yaml")).unwrap();
+        assert!(text.contains("ssh_port: 22"), "{text}");
+        let fresh = tempfile::tempdir().unwrap();
+        update(fresh.path(), &info, "local-zfs", 22).unwrap();
+        let text = std::fs::read_to_string(fresh.path().join("nodes/father.yaml")).unwrap();
+        assert!(!text.contains("ssh_port"), "{text}");
+        assert!(text.contains("ssh_user: root"), "{text}");
     }
 
     #[test]

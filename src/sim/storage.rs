@@ -208,6 +208,25 @@ impl Storage {
         );
     }
 
+    /// Whether PVE lists `v` in the storage's content: files in content
+    /// directories count only with the extensions PVE looks for (a
+    /// half-written `x.qcow2.tmp` in `import/` is not an image).
+    pub fn listed(&self, v: &Volume) -> bool {
+        let file = v.name.rsplit('/').next().unwrap_or(&v.name);
+        let lower = file.to_ascii_lowercase();
+        let ends = |exts: &[&str]| exts.iter().any(|e| lower.ends_with(e));
+        match v.content.as_str() {
+            "import" => {
+                file.bytes().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'+' | b'=' | b'_')
+                }) && ends(&[".ova", ".ovf", ".qcow2", ".raw", ".vmdk"])
+            }
+            "iso" => ends(&[".iso", ".img"]),
+            "vztmpl" => ends(&[".tar.gz", ".tar.xz", ".tar.zst", ".tar.bz2"]),
+            _ => true,
+        }
+    }
+
     /// `GET /nodes/{node}/storage` entry.
     pub fn list_json(&self) -> Value {
         let used = self.used();

@@ -45,6 +45,7 @@ pub fn content(ctx: &Ctx, p: &Params) -> Result<Reply, Error> {
     let out = s
         .volumes
         .values()
+        .filter(|v| s.listed(v))
         .filter(|v| p.str("content").is_none_or(|c| c == v.content))
         .filter(|v| vmid.is_none_or(|id| v.vmid == Some(id as u32)))
         .map(|v| s.volume_json(v))

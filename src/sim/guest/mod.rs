@@ -465,7 +465,8 @@ async fn prepare_root(root: &VmRoot, boot: &Boot) {
         "/var/log",
     ];
     if boot.pve {
-        dirs.push("/etc/pve/local");
+        // `/var/lib/vz` shows the nested tier's `local` storage.
+        dirs.extend(["/etc/pve/local", "/var/lib/vz", "/mnt/pve"]);
     }
     for dir in dirs.iter().copied().chain([home.as_str()]) {
         if let Ok(path) = root.resolve("/", dir) {
@@ -477,8 +478,9 @@ async fn prepare_root(root: &VmRoot, boot: &Boot) {
     }
 }
 
-/// The VM's persistent ed25519 host key, created on first boot.
-async fn load_host_key(root: &VmRoot) -> Result<russh::keys::PrivateKey, String> {
+/// The VM's (or host's) persistent ed25519 host key, created on first
+/// boot.
+pub(crate) async fn load_host_key(root: &VmRoot) -> Result<russh::keys::PrivateKey, String> {
     use russh::keys::{Algorithm, PrivateKey};
     let path = root.resolve("/", HOST_KEY).map_err(|e| e.to_string())?;
     if let Ok(text) = tokio::fs::read_to_string(&path.host).await {

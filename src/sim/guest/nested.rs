@@ -74,6 +74,8 @@ pub(crate) fn inner_config(parent: &Config, boot: &Boot, root: &VmRoot) -> Confi
         latency: parent.latency.clone(),
         downloads: parent.downloads.clone(),
         ssh_port: parent.ssh_port,
+        host_ssh_port: None,
+        host_ssh_keys: Vec::new(),
         faults: parent.faults.clone(),
         token_id: parent.token_id.clone(),
         pve_version: parent.pve_version.clone(),
@@ -93,6 +95,7 @@ pub(crate) fn inner_config(parent: &Config, boot: &Boot, root: &VmRoot) -> Confi
         }),
         images_exact: true,
         cold_boot: true,
+        host_ssh: false,
     }
 }
 

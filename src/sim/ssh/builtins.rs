@@ -5,6 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use super::mounts::{Entry, MountError, Mounts, NO_CONTENTS};
 use super::scp;
 use super::shell::Context;
 use super::vmfs::{VmPath, VmRoot};
@@ -21,6 +22,7 @@ pub(super) async fn run(name: &str, args: &[String], cx: &mut Context) -> Option
         "test" => test(args, cx).await,
         "rm" => rm(args, cx).await,
         "mv" => mv(args, cx).await,
+        "ls" => ls(args, cx).await,
         "cd" => cd(args, cx).await,
         "pwd" => {
             let line = format!("{}\n", cx.cwd);
@@ -73,7 +75,7 @@ async fn resolve(cx: &mut Context, tool: &str, path: &str) -> Option<VmPath> {
 }
 
 /// The message coreutils prints for an I/O error.
-fn describe(e: &std::io::Error) -> &'static str {
+pub(super) fn describe(e: &std::io::Error) -> &'static str {
     use std::io::ErrorKind::*;
     match e.kind() {
         NotFound => "No such file or directory",
@@ -112,6 +114,22 @@ async fn cat(args: &[String], cx: &mut Context) -> u32 {
             status = 1;
             continue;
         };
+        if let Some(entry) = cx.mounted(&path.guest) {
+            let problem = match (entry, &cx.sink) {
+                (Entry::File { .. }, Some(sink)) => {
+                    sink.copy_from(&path.guest);
+                    None
+                }
+                (Entry::File { .. }, None) => Some(NO_CONTENTS.to_string()),
+                (Entry::Dir, _) => Some(MountError::IsDir.to_string()),
+                (Entry::Missing, _) => Some(MountError::NotFound.to_string()),
+            };
+            if let Some(problem) = problem {
+                cx.err(format!("cat: {file}: {problem}\n")).await;
+                status = 1;
+            }
+            continue;
+        }
         let opened = match tokio::fs::metadata(&path.host).await {
             Ok(meta) if meta.is_dir() => Err(std::io::ErrorKind::IsADirectory.into()),
             Ok(_) => tokio::fs::File::open(&path.host).await,
@@ -143,6 +161,24 @@ async fn mkdir(args: &[String], cx: &mut Context) -> u32 {
             status = 1;
             continue;
         };
+        if let Some(entry) = cx.mounted(&path.guest) {
+            let problem = match entry {
+                Entry::Dir if parents => None,
+                Entry::Dir | Entry::File { .. } => Some("File exists".to_string()),
+                Entry::Missing => Some(
+                    MountError::NotPermitted("a storage has only its content directories".into())
+                        .to_string(),
+                ),
+            };
+            if let Some(problem) = problem {
+                cx.err(format!(
+                    "mkdir: cannot create directory '{dir}': {problem}\n"
+                ))
+                .await;
+                status = 1;
+            }
+            continue;
+        }
         let made = if parents {
             tokio::fs::create_dir_all(&path.host).await
         } else {
@@ -245,7 +281,7 @@ async fn chmod(args: &[String], cx: &mut Context) -> u32 {
 
 async fn test(args: &[String], cx: &mut Context) -> u32 {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    match evaluate(&args, &cx.root, &cx.cwd).await {
+    match evaluate(&args, &cx.root, &cx.cwd, cx.mounts.as_deref()).await {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(message) => {
@@ -255,10 +291,15 @@ async fn test(args: &[String], cx: &mut Context) -> u32 {
     }
 }
 
-async fn evaluate(args: &[&str], root: &VmRoot, cwd: &str) -> Result<bool, String> {
+async fn evaluate(
+    args: &[&str],
+    root: &VmRoot,
+    cwd: &str,
+    mounts: Option<&dyn Mounts>,
+) -> Result<bool, String> {
     Ok(match args {
         [] => false,
-        ["!", rest @ ..] => !Box::pin(evaluate(rest, root, cwd)).await?,
+        ["!", rest @ ..] => !Box::pin(evaluate(rest, root, cwd, mounts)).await?,
         [word] => !word.is_empty(),
         ["-n", s] => !s.is_empty(),
         ["-z", s] => s.is_empty(),
@@ -268,6 +309,16 @@ async fn evaluate(args: &[&str], root: &VmRoot, cwd: &str) -> Result<bool, Strin
             let Ok(resolved) = root.resolve(cwd, path) else {
                 return Ok(false);
             };
+            if let Some(entry) = mounts.and_then(|m| m.stat(&resolved.guest)) {
+                return Ok(match (*op, entry) {
+                    (_, Entry::Missing) => false,
+                    ("-f", e) => matches!(e, Entry::File { .. }),
+                    ("-d", e) => e == Entry::Dir,
+                    ("-s", Entry::File { size }) => size > 0,
+                    ("-x", e) => e == Entry::Dir,
+                    _ => true,
+                });
+            }
             match tokio::fs::metadata(&resolved.host).await {
                 Err(_) => false,
                 Ok(meta) => match *op {
@@ -304,6 +355,23 @@ async fn rm(args: &[String], cx: &mut Context) -> u32 {
             status = 1;
             continue;
         }
+        if let (Some(entry), Some(mounts)) = (cx.mounted(&path.guest), cx.mounts.clone()) {
+            let removed = match entry {
+                Entry::Missing if force => Ok(()),
+                Entry::Missing => Err(MountError::NotFound),
+                Entry::Dir if recursive => Err(MountError::NotPermitted(
+                    "a storage's directories stay".into(),
+                )),
+                Entry::Dir => Err(MountError::IsDir),
+                Entry::File { .. } if cx.user != "root" => Err(MountError::PermissionDenied),
+                Entry::File { .. } => mounts.remove(&path.guest),
+            };
+            if let Err(e) = removed {
+                cx.err(format!("rm: cannot remove '{file}': {e}\n")).await;
+                status = 1;
+            }
+            continue;
+        }
         let removed = match tokio::fs::symlink_metadata(&path.host).await {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && force => Ok(()),
             Err(e) => Err(e),
@@ -334,6 +402,19 @@ async fn mv(args: &[String], cx: &mut Context) -> u32 {
     ) else {
         return 1;
     };
+    if let Some(mounts) = cx.mounts.clone() {
+        let (from_entry, to_entry) = (mounts.stat(&from.guest), mounts.stat(&to.guest));
+        if from_entry.is_some() || to_entry.is_some() {
+            return mv_mounted(
+                mounts.as_ref(),
+                (source, &from),
+                (target, &to),
+                to_entry,
+                cx,
+            )
+            .await;
+        }
+    }
     if let Err(e) = tokio::fs::symlink_metadata(&from.host).await {
         cx.err(format!("mv: cannot stat '{source}': {}\n", describe(&e)))
             .await;
@@ -365,11 +446,132 @@ async fn mv(args: &[String], cx: &mut Context) -> u32 {
     }
 }
 
+/// `mv` where a storage is involved: volumes move between storage
+/// directories only.
+async fn mv_mounted(
+    mounts: &dyn Mounts,
+    (source, from): (&str, &VmPath),
+    (target, to): (&str, &VmPath),
+    to_entry: Option<Entry>,
+    cx: &mut Context,
+) -> u32 {
+    let mut to_path = to.guest.clone();
+    let moved = match (mounts.stat(&from.guest), to_entry) {
+        (Some(Entry::Missing), _) => Err(MountError::NotFound),
+        (None, _) | (_, None) => Err(MountError::NotPermitted(
+            "files move between a storage and the rest of the host only by copying".into(),
+        )),
+        _ if cx.user != "root" => Err(MountError::PermissionDenied),
+        (Some(_), Some(Entry::Dir)) => {
+            let name = from.guest.rsplit('/').next().unwrap_or_default();
+            to_path = format!("{}/{name}", to.guest.trim_end_matches('/'));
+            mounts.rename(&from.guest, &to_path)
+        }
+        (Some(_), Some(_)) => mounts.rename(&from.guest, &to_path),
+    };
+    match moved {
+        Ok(()) => 0,
+        Err(e) => {
+            cx.err(format!("mv: cannot move '{source}' to '{target}': {e}\n"))
+                .await;
+            1
+        }
+    }
+}
+
+/// `ls [-l] [-a] [-1] [PATH…]`: names one per line; `-l` adds type,
+/// mode, owner and size (no dates).
+async fn ls(args: &[String], cx: &mut Context) -> u32 {
+    let (letters, paths) = flags(args);
+    let long = letters.contains(&'l');
+    let all = letters.contains(&'a');
+    let paths: Vec<String> = if paths.is_empty() {
+        vec![cx.cwd.clone()]
+    } else {
+        paths.iter().map(|p| p.to_string()).collect()
+    };
+    let line = |name: &str, entry: Entry| -> String {
+        match (long, entry) {
+            (false, _) => format!("{name}\n"),
+            (true, Entry::Dir) => format!("drwxr-xr-x 2 root root 4096 {name}\n"),
+            (true, Entry::File { size }) => format!("-rw-r--r-- 1 root root {size} {name}\n"),
+            (true, Entry::Missing) => String::new(),
+        }
+    };
+    let mut status = 0;
+    let several = paths.len() > 1;
+    for (i, shown) in paths.iter().enumerate() {
+        let Some(path) = resolve(cx, "ls", shown).await else {
+            status = 2;
+            continue;
+        };
+        let listed: Result<Vec<(String, Entry)>, String> = match cx.mounted(&path.guest) {
+            Some(Entry::Missing) => Err(MountError::NotFound.to_string()),
+            Some(Entry::File { size }) => Ok(vec![(shown.clone(), Entry::File { size })]),
+            Some(Entry::Dir) => match &cx.mounts {
+                Some(m) => m.list(&path.guest).map_err(|e| e.to_string()),
+                None => Ok(Vec::new()),
+            },
+            None => list_dir(&path, shown, all).await,
+        };
+        match listed {
+            Ok(entries) => {
+                let mut out = String::new();
+                if several {
+                    out.push_str(&format!("{}{shown}:\n", if i > 0 { "\n" } else { "" }));
+                }
+                for (name, entry) in entries {
+                    out.push_str(&line(&name, entry));
+                }
+                cx.out(out).await;
+            }
+            Err(problem) => {
+                cx.err(format!("ls: cannot access '{shown}': {problem}\n"))
+                    .await;
+                status = 2;
+            }
+        }
+    }
+    status
+}
+
+/// The entries of a directory in the root (or the file itself), sorted.
+async fn list_dir(path: &VmPath, shown: &str, all: bool) -> Result<Vec<(String, Entry)>, String> {
+    let meta = tokio::fs::metadata(&path.host)
+        .await
+        .map_err(|e| describe(&e).to_string())?;
+    if !meta.is_dir() {
+        return Ok(vec![(shown.to_string(), Entry::File { size: meta.len() })]);
+    }
+    let mut dir = tokio::fs::read_dir(&path.host)
+        .await
+        .map_err(|e| describe(&e).to_string())?;
+    let mut entries = Vec::new();
+    while let Ok(Some(item)) = dir.next_entry().await {
+        let name = item.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && !all {
+            continue;
+        }
+        let entry = match item.metadata().await {
+            Ok(m) if m.is_dir() => Entry::Dir,
+            Ok(m) => Entry::File { size: m.len() },
+            Err(_) => continue,
+        };
+        entries.push((name, entry));
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(entries)
+}
+
 async fn cd(args: &[String], cx: &mut Context) -> u32 {
     let target = args.first().cloned().unwrap_or_else(|| cx.home());
     let Some(path) = resolve(cx, "cd", &target).await else {
         return 2;
     };
+    if cx.mounted(&path.guest) == Some(Entry::Dir) {
+        cx.cwd = path.guest;
+        return 0;
+    }
     if tokio::fs::metadata(&path.host)
         .await
         .is_ok_and(|m| m.is_dir())

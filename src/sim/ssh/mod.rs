@@ -33,6 +33,7 @@
 
 mod builtins;
 mod handler;
+pub mod mounts;
 mod parse;
 mod scp;
 mod session;
@@ -52,6 +53,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use handler::{Captured, CommandHandler, ExecRequest, Stdio};
+pub use mounts::{Entry, MountError, Mounts};
 pub use shell::{Context, Program, Shell};
 pub use vmfs::{PathError, VmPath, VmRoot};
 

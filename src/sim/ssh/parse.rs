@@ -4,9 +4,11 @@
 //! `\"`, `\\`, `\$` and `` \` `` escapes; backslash escapes outside quotes;
 //! `~` and `~/…` at the start of a word; `#` comments; and lists joined by
 //! `;`, newlines, `&&` and `||`, evaluated left to right as POSIX and-or
-//! lists. Refused with a clear "not supported" error rather than half
-//! implemented: pipes, redirections, background jobs, variables and command
-//! substitution, subshells. Glob characters are kept literally.
+//! lists; and output redirection of a command's stdout to a file (`>
+//! FILE`, `>> FILE`, one per command). Refused with a clear "not
+//! supported" error rather than half implemented: pipes, input and other
+//! descriptors' redirections (`<`, `2>`, `>&`), background jobs, variables
+//! and command substitution, subshells. Glob characters are kept literally.
 
 use std::fmt;
 
@@ -21,11 +23,22 @@ pub(super) enum Join {
     Or,
 }
 
-/// One simple command: its words, and how it joins the previous one.
+/// Where a command's stdout goes instead of the channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Redirect {
+    /// The file as written (resolved by the shell).
+    pub(super) target: String,
+    /// `>>`: append instead of truncating.
+    pub(super) append: bool,
+}
+
+/// One simple command: its words, its stdout redirection, and how it joins
+/// the previous one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Simple {
     pub(super) join: Join,
     pub(super) words: Vec<String>,
+    pub(super) redirect: Option<Redirect>,
 }
 
 /// Why a line was not accepted.
@@ -48,46 +61,78 @@ impl fmt::Display for ParseError {
     }
 }
 
+/// The command being read.
+#[derive(Default)]
+struct Pending {
+    words: Vec<String>,
+    word: String,
+    in_word: bool,
+    redirect: Option<Redirect>,
+    /// A `>` (`true`: `>>`) waits for its file name.
+    wants_target: Option<bool>,
+}
+
+impl Pending {
+    /// Ends the current word: a command word, or the redirection's file.
+    fn end_word(&mut self) -> Result<(), ParseError> {
+        if !self.in_word {
+            return Ok(());
+        }
+        self.in_word = false;
+        let word = std::mem::take(&mut self.word);
+        match self.wants_target.take() {
+            Some(append) => {
+                if self.redirect.is_some() {
+                    return Err(ParseError::Unsupported(
+                        "several redirections of one command",
+                    ));
+                }
+                self.redirect = Some(Redirect {
+                    target: word,
+                    append,
+                });
+            }
+            None => self.words.push(word),
+        }
+        Ok(())
+    }
+
+    /// Ends the command; `None` when there was none.
+    fn finish(&mut self, join: Join, op: &str) -> Result<Option<Simple>, ParseError> {
+        self.end_word()?;
+        if self.wants_target.is_some() {
+            return Err(ParseError::Syntax(format!("\"{op}\" unexpected")));
+        }
+        if self.words.is_empty() {
+            if self.redirect.is_some() {
+                return Err(ParseError::Unsupported("redirections without a command"));
+            }
+            return Ok(None);
+        }
+        Ok(Some(Simple {
+            join,
+            words: std::mem::take(&mut self.words),
+            redirect: self.redirect.take(),
+        }))
+    }
+}
+
 /// Splits `line` into simple commands. `home` replaces a leading `~`.
 pub(super) fn parse(line: &str, home: &str) -> Result<Vec<Simple>, ParseError> {
     let mut commands = Vec::new();
-    let mut words: Vec<String> = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
+    let mut p = Pending::default();
     let mut join = Join::Always;
     let mut chars = line.chars().peekable();
 
-    // Ends the current command, recording how the next one joins.
-    let mut finish = |words: &mut Vec<String>,
-                      join: &mut Join,
-                      next: Join,
-                      op: &str|
-     -> Result<(), ParseError> {
-        if words.is_empty() {
-            return Err(ParseError::Syntax(format!("\"{op}\" unexpected")));
-        }
-        commands.push(Simple {
-            join: *join,
-            words: std::mem::take(words),
-        });
-        *join = next;
-        Ok(())
-    };
-
     while let Some(c) = chars.next() {
         match c {
-            ' ' | '\t' => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
+            ' ' | '\t' => p.end_word()?,
             '\'' => {
-                in_word = true;
+                p.in_word = true;
                 loop {
                     match chars.next() {
                         Some('\'') => break,
-                        Some(c) => word.push(c),
+                        Some(c) => p.word.push(c),
                         None => {
                             return Err(ParseError::Syntax("unterminated quoted string".into()));
                         }
@@ -95,16 +140,16 @@ pub(super) fn parse(line: &str, home: &str) -> Result<Vec<Simple>, ParseError> {
                 }
             }
             '"' => {
-                in_word = true;
+                p.in_word = true;
                 loop {
                     match chars.next() {
                         Some('"') => break,
                         Some('\\') => match chars.next() {
-                            Some(e @ ('"' | '\\' | '$' | '`')) => word.push(e),
+                            Some(e @ ('"' | '\\' | '$' | '`')) => p.word.push(e),
                             Some('\n') => {}
                             Some(other) => {
-                                word.push('\\');
-                                word.push(other);
+                                p.word.push('\\');
+                                p.word.push(other);
                             }
                             None => {
                                 return Err(ParseError::Syntax(
@@ -117,7 +162,7 @@ pub(super) fn parse(line: &str, home: &str) -> Result<Vec<Simple>, ParseError> {
                                 "variables and command substitution",
                             ));
                         }
-                        Some(c) => word.push(c),
+                        Some(c) => p.word.push(c),
                         None => {
                             return Err(ParseError::Syntax("unterminated quoted string".into()));
                         }
@@ -127,54 +172,83 @@ pub(super) fn parse(line: &str, home: &str) -> Result<Vec<Simple>, ParseError> {
             '\\' => match chars.next() {
                 Some('\n') => {}
                 Some(c) => {
-                    in_word = true;
-                    word.push(c);
+                    p.in_word = true;
+                    p.word.push(c);
                 }
                 None => {}
             },
-            '#' if !in_word => {
+            '#' if !p.in_word => {
                 // A comment runs to the end of the line.
                 for c in chars.by_ref() {
                     if c == '\n' {
                         break;
                     }
                 }
-                if !words.is_empty() {
-                    finish(&mut words, &mut join, Join::Always, "newline")?;
+                if let Some(command) = p.finish(join, "newline")? {
+                    commands.push(command);
+                    join = Join::Always;
                 }
             }
-            '~' if !in_word => {
-                in_word = true;
+            '~' if !p.in_word => {
+                p.in_word = true;
                 match chars.peek() {
-                    None | Some('/' | ' ' | '\t' | '\n' | ';' | '&' | '|') => word.push_str(home),
-                    Some(_) => word.push('~'),
+                    None | Some('/' | ' ' | '\t' | '\n' | ';' | '&' | '|' | '>') => {
+                        p.word.push_str(home);
+                    }
+                    Some(_) => p.word.push('~'),
                 }
             }
             ';' | '\n' | '&' | '|' => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-                match c {
-                    ';' => finish(&mut words, &mut join, Join::Always, ";")?,
-                    '\n' => {
-                        if !words.is_empty() {
-                            finish(&mut words, &mut join, Join::Always, "newline")?;
-                        }
-                    }
+                let (next, op) = match c {
+                    ';' => (Join::Always, ";"),
+                    '\n' => (Join::Always, "newline"),
                     '&' if chars.peek() == Some(&'&') => {
                         chars.next();
-                        finish(&mut words, &mut join, Join::And, "&&")?;
+                        (Join::And, "&&")
                     }
                     '|' if chars.peek() == Some(&'|') => {
                         chars.next();
-                        finish(&mut words, &mut join, Join::Or, "||")?;
+                        (Join::Or, "||")
                     }
                     '&' => return Err(ParseError::Unsupported("background jobs (&)")),
                     _ => return Err(ParseError::Unsupported("pipes (|)")),
+                };
+                match p.finish(join, op)? {
+                    Some(command) => {
+                        commands.push(command);
+                        join = next;
+                    }
+                    // A newline after nothing is fine; an operator is not.
+                    None if c == '\n' => {}
+                    None => return Err(ParseError::Syntax(format!("\"{op}\" unexpected"))),
                 }
             }
-            '>' | '<' => return Err(ParseError::Unsupported("redirections (<, >)")),
+            '>' => {
+                // `2>`: a descriptor number glued to the operator.
+                if p.in_word
+                    && p.wants_target.is_none()
+                    && p.word.bytes().all(|b| b.is_ascii_digit())
+                {
+                    return Err(ParseError::Unsupported(
+                        "redirections of other descriptors (2>, >&)",
+                    ));
+                }
+                p.end_word()?;
+                if p.wants_target.is_some() {
+                    return Err(ParseError::Syntax("\">\" unexpected".into()));
+                }
+                let append = chars.peek() == Some(&'>');
+                if append {
+                    chars.next();
+                }
+                if matches!(chars.peek(), Some('&' | '|')) {
+                    return Err(ParseError::Unsupported(
+                        "redirections of other descriptors (2>, >&)",
+                    ));
+                }
+                p.wants_target = Some(append);
+            }
+            '<' => return Err(ParseError::Unsupported("input redirections (<)")),
             '$' | '`' => {
                 return Err(ParseError::Unsupported(
                     "variables and command substitution",
@@ -182,18 +256,17 @@ pub(super) fn parse(line: &str, home: &str) -> Result<Vec<Simple>, ParseError> {
             }
             '(' | ')' => return Err(ParseError::Unsupported("subshells (( ))")),
             c => {
-                in_word = true;
-                word.push(c);
+                p.in_word = true;
+                p.word.push(c);
             }
         }
     }
-    if in_word {
-        words.push(word);
-    }
-    if !words.is_empty() {
-        commands.push(Simple { join, words });
-    } else if join != Join::Always {
-        return Err(ParseError::Syntax("end of file unexpected".into()));
+    match p.finish(join, "end of file")? {
+        Some(command) => commands.push(command),
+        None if join != Join::Always => {
+            return Err(ParseError::Syntax("end of file unexpected".into()));
+        }
+        None => {}
     }
     Ok(commands)
 }
@@ -244,8 +317,42 @@ mod tests {
     }
 
     #[test]
+    fn stdout_redirections_are_recorded_per_command() {
+        let parsed = parse("cat a b > 'c d' && echo x>>~/log; echo y", "/root").unwrap();
+        let redirects: Vec<Option<Redirect>> = parsed.iter().map(|s| s.redirect.clone()).collect();
+        assert_eq!(
+            redirects,
+            [
+                Some(Redirect {
+                    target: "c d".into(),
+                    append: false
+                }),
+                Some(Redirect {
+                    target: "/root/log".into(),
+                    append: true
+                }),
+                None,
+            ]
+        );
+        assert_eq!(parsed[0].words, ["cat", "a", "b"]);
+        assert_eq!(parsed[1].words, ["echo", "x"]);
+        // A digit that is not glued to `>` is an ordinary word.
+        assert_eq!(parse("echo 2 > f", "/").unwrap()[0].words, ["echo", "2"]);
+    }
+
+    #[test]
     fn malformed_lines_are_syntax_errors() {
-        for line in ["&& a", "a && && b", "a &&", "; a", "echo 'x", "echo \"x"] {
+        for line in [
+            "&& a",
+            "a && && b",
+            "a &&",
+            "; a",
+            "echo 'x",
+            "echo \"x",
+            "echo >",
+            "echo > && b",
+            "echo > > f",
+        ] {
             assert!(
                 matches!(parse(line, "/"), Err(ParseError::Syntax(_))),
                 "{line}"
@@ -257,7 +364,11 @@ mod tests {
     fn unsupported_features_are_named() {
         for (line, what) in [
             ("a | b", "pipes"),
-            ("a > f", "redirections"),
+            ("a < f", "input redirections"),
+            ("a 2> f", "other descriptors"),
+            ("a >&2", "other descriptors"),
+            ("a > f > g", "several redirections"),
+            ("> f", "without a command"),
             ("a &", "background"),
             ("echo $HOME", "variables"),
             ("echo \"$(id)\"", "variables"),

@@ -11,10 +11,16 @@
 //!
 //! Builtins: `true`, `false`, `exit`, `echo [-n]`, `cat`, `mkdir [-p]`,
 //! `chmod`, `test` (`-e -f -d -x -s -r -w -n -z`, `=`, `!=`, `!`), `rm
-//! [-f] [-r]`, `mv [-f]`, `cd`, `pwd`, `uname`, `hostname [-I]`, `id`,
-//! `whoami`, `sleep`, `cloud-init status [--wait]` (always `done`),
-//! `sudo` (runs the rest as root) and `scp -t` (the sink side of SCP
-//! uploads).
+//! [-f] [-r]`, `mv [-f]`, `ls [-l] [-a] [-1]`, `cd`, `pwd`, `uname`,
+//! `hostname [-I]`, `id`, `whoami`, `sleep`, `cloud-init status [--wait]`
+//! (always `done`), `sudo` (runs the rest as root), `sh -c LINE` (and
+//! `bash -c`) and `scp -t` (the sink side of SCP uploads). A command's
+//! stdout can go to a file (`> FILE`, `>> FILE`), which is created like
+//! any other file in the root.
+//!
+//! A shell given [`Mounts`] (a simulated PVE host's storages) shows their
+//! volumes as files under the mounted directories; see
+//! [`mounts`](super::mounts).
 //!
 //! # Extending
 //!
@@ -32,7 +38,8 @@ use tokio::io::AsyncWriteExt;
 
 use super::builtins;
 use super::handler::{CommandHandler, ExecRequest, Stdio};
-use super::parse::{Join, parse};
+use super::mounts::{Entry, Mounts, Sink};
+use super::parse::{Join, Redirect, Simple, parse};
 use super::vmfs::{PathError, VmPath, VmRoot};
 use crate::ssh::BoxFuture;
 
@@ -64,9 +71,19 @@ pub struct Context {
     pub kernel: String,
     /// The client's address.
     pub peer: Option<SocketAddr>,
+    /// Directories that show something other than the root (storages).
+    pub mounts: Option<Arc<dyn Mounts>>,
+    /// Set while stdout goes to a mounted file: `cat` of a mounted file
+    /// copies it there.
+    pub sink: Option<Sink>,
 }
 
 impl Context {
+    /// What `guest` (a resolved guest path) is, when a mount covers it.
+    pub fn mounted(&self, guest: &str) -> Option<Entry> {
+        self.mounts.as_ref()?.stat(guest)
+    }
+
     /// Resolves a guest path against the working directory.
     pub fn resolve(&self, path: &str) -> Result<VmPath, PathError> {
         self.root.resolve(&self.cwd, path)
@@ -104,6 +121,18 @@ pub struct Shell {
     address: Option<IpAddr>,
     kernel: String,
     programs: Arc<BTreeMap<String, Arc<dyn Program>>>,
+    mounts: Option<Arc<dyn Mounts>>,
+}
+
+/// Where a redirected command's stdout was, to put it back.
+enum Saved {
+    File(Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
+    Mounted {
+        path: String,
+        append: bool,
+        sink: Sink,
+        stdout: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    },
 }
 
 impl Shell {
@@ -116,7 +145,14 @@ impl Shell {
             // What a Debian 13 cloud image boots.
             kernel: "6.12.41+deb13-amd64".to_string(),
             programs: Arc::new(BTreeMap::new()),
+            mounts: None,
         }
+    }
+
+    /// Shows `mounts` under their directories.
+    pub fn with_mounts(mut self, mounts: Arc<dyn Mounts>) -> Self {
+        self.mounts = Some(mounts);
+        self
     }
 
     /// Sets the address `hostname -I` reports.
@@ -159,12 +195,22 @@ impl Shell {
             address: self.address,
             kernel: self.kernel.clone(),
             peer,
+            mounts: self.mounts.clone(),
+            sink: None,
         };
         // A freshly provisioned VM has its user's home.
         if let Ok(path) = self.root.resolve("/", &home) {
             let _ = tokio::fs::create_dir_all(&path.host).await;
         }
-        let commands = match parse(line, &home) {
+        let status = self.run_line_in(line, &mut cx).await;
+        let _ = cx.io.stdout.flush().await;
+        let _ = cx.io.stderr.flush().await;
+        status
+    }
+
+    /// Runs a command line in `cx` (a login's shell, or `sh -c`).
+    async fn run_line_in(&self, line: &str, cx: &mut Context) -> u32 {
+        let commands = match parse(line, &home_of(&cx.user)) {
             Ok(commands) => commands,
             Err(e) => {
                 cx.err(format!("sh: 1: {e}\n")).await;
@@ -195,11 +241,131 @@ impl Shell {
                     }
                 };
             }
-            status = self.run_simple(name, args, &mut cx).await;
+            status = self.run_redirected(&command, name, args, cx).await;
         }
-        let _ = cx.io.stdout.flush().await;
-        let _ = cx.io.stderr.flush().await;
         status
+    }
+
+    /// Runs one command, with its stdout where its redirection says.
+    async fn run_redirected(
+        &self,
+        command: &Simple,
+        name: &str,
+        args: &[String],
+        cx: &mut Context,
+    ) -> u32 {
+        let Some(redirect) = &command.redirect else {
+            return self.run_simple(name, args, cx).await;
+        };
+        let saved = match self.open_redirect(redirect, cx).await {
+            Ok(saved) => saved,
+            Err(status) => return status,
+        };
+        let status = self.run_simple(name, args, cx).await;
+        self.close_redirect(saved, cx, status).await
+    }
+
+    async fn open_redirect(&self, r: &Redirect, cx: &mut Context) -> Result<Saved, u32> {
+        let path = match cx.resolve(&r.target) {
+            Ok(path) => path,
+            Err(e) => {
+                cx.err(format!("sh: 1: cannot create {}: {e}\n", r.target))
+                    .await;
+                return Err(2);
+            }
+        };
+        if let (Some(mounts), Some(entry)) = (&self.mounts, cx.mounted(&path.guest)) {
+            let refused = if cx.user != "root" {
+                Some("Permission denied".to_string())
+            } else if entry == Entry::Dir {
+                Some("Is a directory".to_string())
+            } else {
+                mounts
+                    .check_writable(&path.guest)
+                    .err()
+                    .map(|e| e.to_string())
+            };
+            if let Some(why) = refused {
+                cx.err(format!("sh: 1: cannot create {}: {why}\n", r.target))
+                    .await;
+                return Err(2);
+            }
+            let sink = Sink::default();
+            let stdout = std::mem::replace(&mut cx.io.stdout, Box::new(sink.writer()));
+            cx.sink = Some(sink.clone());
+            return Ok(Saved::Mounted {
+                path: path.guest,
+                append: r.append,
+                sink,
+                stdout,
+            });
+        }
+        let mut options = tokio::fs::OpenOptions::new();
+        options.write(true).create(true);
+        if r.append {
+            options.append(true);
+        } else {
+            options.truncate(true);
+        }
+        match options.open(&path.host).await {
+            Ok(file) => Ok(Saved::File(std::mem::replace(
+                &mut cx.io.stdout,
+                Box::new(file),
+            ))),
+            Err(e) => {
+                let why = match e.kind() {
+                    std::io::ErrorKind::NotFound => "Directory nonexistent",
+                    _ => builtins::describe(&e),
+                };
+                cx.err(format!("sh: 1: cannot create {}: {why}\n", r.target))
+                    .await;
+                Err(2)
+            }
+        }
+    }
+
+    async fn close_redirect(&self, saved: Saved, cx: &mut Context, status: u32) -> u32 {
+        let _ = cx.io.stdout.flush().await;
+        match saved {
+            Saved::File(stdout) => {
+                cx.io.stdout = stdout;
+                status
+            }
+            Saved::Mounted {
+                path,
+                append,
+                sink,
+                stdout,
+            } => {
+                cx.io.stdout = stdout;
+                cx.sink = None;
+                let Some(mounts) = &self.mounts else {
+                    return status;
+                };
+                match mounts.write(&path, &sink.sources(), sink.bytes(), append) {
+                    Ok(()) => status,
+                    Err(e) => {
+                        cx.err(format!("sh: 1: {path}: {e}\n")).await;
+                        status.max(1)
+                    }
+                }
+            }
+        }
+    }
+
+    /// `sh -c LINE` (or `bash -c`): runs LINE in this shell.
+    async fn sub_shell(&self, args: &[String], cx: &mut Context) -> u32 {
+        match args {
+            [flag, line, ..] if flag == "-c" => Box::pin(self.run_line_in(line, cx)).await,
+            _ => {
+                cx.err(format!(
+                    "{}: the simulated host runs only `sh -c COMMAND`\n",
+                    cx.program
+                ))
+                .await;
+                2
+            }
+        }
     }
 
     async fn run_simple(&self, name: &str, args: &[String], cx: &mut Context) -> u32 {
@@ -207,6 +373,9 @@ impl Shell {
             return self.sudo(args, cx).await;
         }
         cx.program = name.to_string();
+        if matches!(name, "sh" | "bash" | "/bin/sh" | "/bin/bash") {
+            return self.sub_shell(args, cx).await;
+        }
         let base = if name.contains('/') {
             match self.check_executable(name, cx).await {
                 Ok(base) => base,

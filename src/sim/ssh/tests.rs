@@ -57,9 +57,9 @@ async fn file_builtins_work_inside_the_vm() {
         "mkdir: cannot create directory '/opt/a': File exists\n"
     );
 
-    let (status, _, err) = vm.run("cat > /x").await;
+    let (status, _, err) = vm.run("cat < /x").await;
     assert_eq!(status, 2);
-    assert!(err.contains("redirections"), "{err}");
+    assert!(err.contains("input redirections"), "{err}");
 
     std::fs::write(vm.host("/opt/a/f"), "data").unwrap();
     let (status, out, _) = vm
@@ -282,5 +282,184 @@ fn authorized_keys_text_is_parsed_like_sshd_does() {
     assert!(
         matches!(err, super::Error::AuthorizedKey { line: 1, .. }),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn stdout_goes_to_files_and_sh_c_runs_a_line() {
+    let vm = vm();
+    let (status, out, err) = vm
+        .run("mkdir -p /tmp && echo one > /tmp/f && echo two >> /tmp/f && cat /tmp/f")
+        .await;
+    assert_eq!((status, out.as_str(), err.as_str()), (0, "one\ntwo\n", ""));
+    let (status, out, _) = vm.run("echo three > /tmp/f; cat /tmp/f").await;
+    assert_eq!((status, out.as_str()), (0, "three\n"));
+    let (status, _, err) = vm.run("echo x > /nope/f").await;
+    assert_eq!(
+        (status, err.as_str()),
+        (2, "sh: 1: cannot create /nope/f: Directory nonexistent\n")
+    );
+    let (status, _, err) = vm.run("echo x > ../../etc/x").await;
+    assert_eq!(status, 2);
+    assert!(err.contains("leaves the VM root"), "{err}");
+    // The redirection belongs to its command only.
+    let (status, out, _) = vm
+        .run("sh -c 'echo a > /tmp/g; cat /tmp/g' && echo b")
+        .await;
+    assert_eq!((status, out.as_str()), (0, "a\nb\n"));
+    let (status, out) = vm.run_as("debian", "sudo -n sh -c 'whoami'", b"").await;
+    assert_eq!((status, out.stdout().as_str()), (0, "root\n"));
+    let (status, _, err) = vm.run("sh /tmp/g").await;
+    assert_eq!(status, 2);
+    assert!(err.contains("sh -c"), "{err}");
+}
+
+/// A storage at `/st` with one content directory, `/st/import`, whose
+/// files are sizes only.
+#[derive(Default)]
+struct FakeStorage(std::sync::Mutex<std::collections::BTreeMap<String, u64>>);
+
+impl FakeStorage {
+    fn files(&self) -> std::collections::BTreeMap<String, u64> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl super::Mounts for FakeStorage {
+    fn stat(&self, path: &str) -> Option<super::Entry> {
+        if path == "/st" || path == "/st/import" {
+            return Some(super::Entry::Dir);
+        }
+        let name = path.strip_prefix("/st/")?;
+        Some(match self.0.lock().unwrap().get(name) {
+            Some(&size) => super::Entry::File { size },
+            None => super::Entry::Missing,
+        })
+    }
+
+    fn check_writable(&self, path: &str) -> Result<(), super::MountError> {
+        if path.starts_with("/st/import/") {
+            Ok(())
+        } else {
+            Err(super::MountError::NotPermitted(
+                "not a content directory".into(),
+            ))
+        }
+    }
+
+    fn write(
+        &self,
+        path: &str,
+        sources: &[String],
+        extra: u64,
+        append: bool,
+    ) -> Result<(), super::MountError> {
+        let mut files = self.0.lock().unwrap();
+        let name = path.trim_start_matches("/st/").to_string();
+        let mut size: u64 = sources
+            .iter()
+            .filter_map(|s| files.get(s.trim_start_matches("/st/")))
+            .sum::<u64>()
+            + extra;
+        if append {
+            size += files.get(&name).copied().unwrap_or(0);
+        }
+        files.insert(name, size);
+        Ok(())
+    }
+
+    fn remove(&self, path: &str) -> Result<(), super::MountError> {
+        let mut files = self.0.lock().unwrap();
+        files
+            .remove(path.trim_start_matches("/st/"))
+            .map(|_| ())
+            .ok_or(super::MountError::NotFound)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<(), super::MountError> {
+        let mut files = self.0.lock().unwrap();
+        let size = files
+            .remove(from.trim_start_matches("/st/"))
+            .ok_or(super::MountError::NotFound)?;
+        files.insert(to.trim_start_matches("/st/").to_string(), size);
+        Ok(())
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<(String, super::Entry)>, super::MountError> {
+        let prefix = format!("{}/", dir.trim_start_matches("/st/"));
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix(&prefix)
+                    .map(|n| (n.to_string(), super::Entry::File { size: *v }))
+            })
+            .collect())
+    }
+}
+
+#[tokio::test]
+async fn mounted_files_are_joined_moved_and_removed_by_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = VmRoot::create(&dir.path().join("root")).unwrap();
+    let storage = Arc::new(FakeStorage::default());
+    storage.0.lock().unwrap().extend([
+        ("import/a.raw".to_string(), 100),
+        ("import/b.raw".to_string(), 50),
+    ]);
+    let vm = Vm {
+        shell: Shell::new(root, "pve").with_mounts(storage.clone()),
+        _dir: dir,
+    };
+    let (status, _, err) = vm
+        .run(
+            "cd /st/import && cat a.raw b.raw > j.tmp && mv -f j.tmp j.qcow2 \
+             && echo hi >> j.qcow2 && test -f j.qcow2 && test ! -e j.tmp",
+        )
+        .await;
+    assert_eq!((status, err.as_str()), (0, ""));
+    assert_eq!(storage.files().get("import/j.qcow2"), Some(&153));
+    let (_, out, _) = vm.run("ls -l /st/import").await;
+    assert_eq!(
+        out,
+        "-rw-r--r-- 1 root root 100 a.raw\n-rw-r--r-- 1 root root 50 b.raw\n\
+         -rw-r--r-- 1 root root 153 j.qcow2\n"
+    );
+    // Contents are not kept: only copying into another mounted file works.
+    let (status, _, err) = vm.run("cat /st/import/a.raw").await;
+    assert_eq!(status, 1);
+    assert!(err.contains("sizes of storage volumes"), "{err}");
+    let (status, _, err) = vm.run("cat /st/import/a.raw > /st/x").await;
+    assert_eq!(status, 2);
+    assert!(err.contains("not a content directory"), "{err}");
+    let (status, _, err) = vm.run("mv /st/import/a.raw /root/").await;
+    assert_eq!(status, 1);
+    assert!(err.contains("only by copying"), "{err}");
+    // Writing needs root.
+    let (status, out) = vm
+        .run_as("debian", "cat /st/import/a.raw > /st/import/c.raw", b"")
+        .await;
+    assert_eq!(status, 2);
+    assert!(
+        out.stderr().contains("Permission denied"),
+        "{}",
+        out.stderr()
+    );
+    let (status, out) = vm.run_as("debian", "rm /st/import/a.raw", b"").await;
+    assert_eq!(status, 1);
+    assert!(
+        out.stderr().contains("Permission denied"),
+        "{}",
+        out.stderr()
+    );
+    let (status, _, _) = vm
+        .run("rm -f /st/import/a.raw /st/import/b.raw /st/import/none.raw")
+        .await;
+    assert_eq!(status, 0);
+    assert_eq!(
+        storage.files().into_keys().collect::<Vec<_>>(),
+        ["import/j.qcow2"]
     );
 }

@@ -3,7 +3,9 @@
 //! Every VM: `systemctl` and `journalctl` ([`systemctl`]), `openssl x509`
 //! ([`openssl`]), and `homestak` ([`homestak`], the real binary once a
 //! parent uploaded it). PVE images also have `pveum` and `pvesh`
-//! ([`pvecli`]), acting on the VM's nested tier. Administrative commands
+//! ([`pvecli`]) and `pvesm path`, acting on the VM's nested tier, whose
+//! file-based storages show as directories (`/var/lib/vz/import`, …; see
+//! [`crate::sim::host::storagefs`]). Administrative commands
 //! need root: log in as root or prefix `sudo` (the cloud-init user has
 //! password-less sudo, as on Debian cloud images).
 
@@ -15,6 +17,8 @@ mod systemctl;
 use std::sync::Arc;
 
 use super::GuestCtx;
+use crate::sim::host::pvesm::Pvesm;
+use crate::sim::host::storagefs::StorageFs;
 use crate::sim::runtime::Shared;
 use crate::sim::ssh::{Context, Shell};
 
@@ -57,10 +61,13 @@ pub(crate) fn install(shell: Shell, ctx: &Arc<GuestCtx>) -> Shell {
         .with_program("journalctl", Arc::new(systemctl::Journalctl(shim.clone())))
         .with_program("openssl", Arc::new(openssl::Openssl))
         .with_program("homestak", Arc::new(homestak::Homestak));
-    if ctx.pve.is_some() {
+    if let Some(pve) = &ctx.pve {
+        let fs = StorageFs::nested(pve.clone());
         shell = shell
             .with_program("pveum", Arc::new(pvecli::Pveum(shim.clone())))
-            .with_program("pvesh", Arc::new(pvecli::Pvesh(shim)));
+            .with_program("pvesh", Arc::new(pvecli::Pvesh(shim)))
+            .with_program("pvesm", Arc::new(Pvesm(fs.clone())))
+            .with_mounts(Arc::new(fs));
     }
     shell
 }
