@@ -368,6 +368,28 @@ pub struct WorldStep {
     /// Task type (`qmcreate`, `qmstart`, …) → counts by outcome.
     #[serde(default)]
     pub tasks: Option<BTreeMap<String, TaskCounts>>,
+    /// Volume id → `present`, `absent` or `{ size: 1200M }` (exact).
+    #[serde(default)]
+    pub volumes: BTreeMap<String, VolumeExpect>,
+    /// Text → how many command lines run over SSH on the node (since the
+    /// simulator started) contain it.
+    #[serde(default)]
+    pub host_commands: Option<BTreeMap<String, Count>>,
+}
+
+/// What a volume must be.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum VolumeExpect {
+    /// `present` or `absent`.
+    Word(String),
+    Sized(VolumeSize),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSize {
+    pub size: homestak::sim::config::Size,
 }
 
 #[derive(Debug, Deserialize)]

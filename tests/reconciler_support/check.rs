@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use homestak::plan::marks::{Marks, TAG};
 use homestak::sim::world::World;
 
-use super::case::{Count, RequestsStep, VmExpect, WorldStep};
+use super::case::{Count, RequestsStep, VmExpect, VolumeExpect, WorldStep};
 
 /// Differences found by a check; empty when it passed.
 pub type Diffs = Vec<String>;
@@ -243,9 +243,58 @@ fn vm_diffs(want: &VmExpect, vm: &SeenVm) -> Diffs {
 }
 
 /// Checks the world against a `world:` step.
-pub fn world(step: &WorldStep, world: &World) -> Diffs {
-    let vms = seen(world);
+/// The size of volume `volid` on any node, if it exists.
+fn volume_size(world: &World, volid: &str) -> Option<u64> {
+    let (storage, name) = volid.split_once(':')?;
+    world
+        .nodes
+        .values()
+        .find_map(|n| n.storages.get(storage)?.volumes.get(name))
+        .map(|v| v.size)
+}
+
+/// `volumes:` and `host_commands:` of a `world:` step.
+fn storage_and_host(step: &WorldStep, world: &World, host_commands: &[String]) -> Diffs {
     let mut diffs = Vec::new();
+    for (volid, want) in &step.volumes {
+        let got = volume_size(world, volid);
+        match (want, got) {
+            (VolumeExpect::Word(w), Some(_)) if w == "present" => {}
+            (VolumeExpect::Word(w), None) if w == "absent" => {}
+            (VolumeExpect::Word(w), _) if w != "present" && w != "absent" => diffs.push(
+                format!("volume {volid}: write present, absent or {{ size: N }}, not {w:?}"),
+            ),
+            (VolumeExpect::Word(w), got) => diffs.push(format!(
+                "volume {volid} should be {w}, {}",
+                got.map_or("it is absent".to_string(), |s| format!("it has {s} bytes"))
+            )),
+            (VolumeExpect::Sized(s), Some(size)) if s.size.0 == size => {}
+            (VolumeExpect::Sized(s), got) => diffs.push(format!(
+                "volume {volid} should have {} bytes, {}",
+                s.size.0,
+                got.map_or("it is absent".to_string(), |s| format!("it has {s}"))
+            )),
+        }
+    }
+    if let Some(counts) = &step.host_commands {
+        for (text, want) in counts {
+            let n = host_commands
+                .iter()
+                .filter(|c| c.contains(text.as_str()))
+                .count() as u64;
+            if let Err(e) = want.check(n) {
+                diffs.push(format!(
+                    "host commands containing {text:?}: {e} (ran: {host_commands:?})"
+                ));
+            }
+        }
+    }
+    diffs
+}
+
+pub fn world(step: &WorldStep, world: &World, host_commands: &[String]) -> Diffs {
+    let vms = seen(world);
+    let mut diffs = storage_and_host(step, world, host_commands);
     let mut matched = Vec::new();
     for want in &step.vms {
         let hits: Vec<&SeenVm> = vms

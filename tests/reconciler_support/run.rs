@@ -59,12 +59,22 @@ pub async fn run(dir: &Path, template: &Path) -> anyhow::Result<Passed> {
     config.time_scale = case.time_scale;
     config.seed = case.seed;
     config.work_dir = Some(tmp.path().join("sim"));
+    // The node's own SSH (joining split images) on a free port, for a key
+    // made for this run.
+    config.host_ssh_port = config.host_ssh_port.or(Some(0));
+    let host_key = tmp.path().join("host_key");
+    let identity = homestak::ssh::Identity::generate_to(&host_key)?;
+    config.host_ssh_keys.push(identity.public_key_openssh());
     let ssh_port = config.ssh_port;
     let handle = Simulator::start(config)
         .await
         .context("start the simulator")?;
     sim::site_config::update(&site_dir, &handle.ready_info(), &case.datastore, ssh_port)
         .context("point the site-config at the simulator")?;
+    let node_file = site_dir.join("nodes").join(format!("{}.yaml", handle.node()));
+    let mut node = std::fs::read_to_string(&node_file)?;
+    node.push_str(&format!("ssh_key: {:?}\n", host_key.display().to_string()));
+    std::fs::write(&node_file, node)?;
     let site = Arc::new(Site::load(&site_dir)?);
     let control = Control::new(&handle)?;
     let mut ctx = Ctx {
@@ -262,7 +272,11 @@ impl Ctx {
                 }
                 self.open_tier()
             }
-            Step::World(w) => differences(check::world(w, &self.handle.world())),
+            Step::World(w) => differences(check::world(
+                w,
+                &self.handle.world(),
+                &self.handle.host_commands(),
+            )),
         }
     }
 
