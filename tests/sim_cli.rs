@@ -81,6 +81,21 @@ fn sim_writes_ready_file_and_site_config_and_stops_on_sigterm() {
     assert_eq!(node["datastore"], "local-zfs");
     assert_eq!(node["api_fingerprint"], info["fingerprint"]);
     assert_eq!(node["vm_ssh_port"], 2222);
+    // The node's own SSH: root, with the key the site-config got.
+    let host_ssh: std::net::SocketAddr = info["host_ssh"].as_str().unwrap().parse().unwrap();
+    assert_eq!(node["ip"], host_ssh.ip().to_string());
+    assert_eq!(node["ssh_user"], "root");
+    assert_eq!(node["ssh_port"], host_ssh.port());
+    let key = node["ssh_key"].as_str().unwrap();
+    assert!(key.ends_with(".homestak-sim/id_ed25519"), "{key}");
+    let host = homestak::site::Site::load(&site)
+        .unwrap()
+        .host_config("pve")
+        .unwrap();
+    assert_eq!(
+        (host.ssh_host.as_str(), host.ssh_port),
+        ("127.0.0.1", host_ssh.port())
+    );
 
     let status = Command::new("kill")
         .arg("-TERM")

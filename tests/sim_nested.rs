@@ -202,6 +202,46 @@ async fn the_pve_tools_need_root_and_sudo_gives_it() {
     let table = run_ok(&*session, "sudo pvesh get /version").await;
     assert!(table.starts_with("┌"), "{table}");
     assert!(table.contains("│ version │ 8.4.1"), "{table}");
+
+    // The inner host's storages are directories of the VM, backed by the
+    // nested tier's volumes: what a child homestak joins there, the inner
+    // API lists.
+    let dir = run_ok(&*session, "sudo pvesm path local:import/joined.qcow2").await;
+    assert_eq!(dir, "/var/lib/vz/import/joined.qcow2\n");
+    let listed = run_ok(&*session, "ls /var/lib/vz/import").await;
+    assert_eq!(
+        listed,
+        "debian-12.qcow2\ndebian-13-pve.qcow2\ndebian-13.qcow2\n"
+    );
+    let out = run(
+        &*session,
+        "cat /var/lib/vz/import/debian-12.qcow2 > /var/lib/vz/import/joined.qcow2",
+    )
+    .await;
+    assert!(
+        out.stderr_text().contains("Permission denied"),
+        "{}",
+        out.stderr_text()
+    );
+    run_ok(
+        &*session,
+        "sudo -n sh -c 'cd /var/lib/vz/import && cat debian-12.qcow2 debian-13.qcow2 > joined.qcow2'",
+    )
+    .await;
+    let content = inner
+        .ok(
+            "GET",
+            &format!("/nodes/{}/storage/local/content", inner.node),
+            &[],
+        )
+        .await;
+    let joined = content
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["volid"] == "local:import/joined.qcow2")
+        .unwrap_or_else(|| panic!("{content}"));
+    assert_eq!(joined["size"], (330u64 + 420) << 20, "{content}");
     sim.handle.shutdown().await.unwrap();
 }
 

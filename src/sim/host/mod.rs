@@ -2,8 +2,9 @@
 //! the jobs its API cannot do (homestak joins images shipped in parts
 //! there).
 //!
-//! It listens on the simulator's address at `host_ssh_port` (default: the
-//! VMs' `ssh_port`; 0 picks a free port), lets `root` in with the keys in
+//! It listens on the simulator's address at `host_ssh_port` (0 picks a free
+//! port; by default the VMs' `ssh_port`, or a free port when that one
+//! cannot be bound, such as 22 without root), lets `root` in with the keys in
 //! `host_ssh_keys` (`homestak sim --site-config` adds the key it gives the
 //! site-config), and runs the simulated shell in a root directory of its
 //! own (`<work dir>/host/<node>/root`, where its host key is kept) with:
@@ -96,7 +97,17 @@ impl Host {
             listen: Some(listen),
             ..View::default()
         };
-        match self.serve(shared, &node, listen).await {
+        let mut served = self.serve(shared, &node, listen).await;
+        if let Err(error) = &served
+            && config.host_ssh_port.is_none()
+            && port != 0
+        {
+            // The port was only a default (the VMs' SSH port): any free
+            // one will do, since the site-config learns the real one.
+            tracing::info!(%listen, %error, "the simulated host's SSH takes a free port instead");
+            served = self.serve(shared, &node, SocketAddr::new(ip, 0)).await;
+        }
+        match served {
             Ok(server) => {
                 view.listen = Some(server.local_addr());
                 view.host_key = Some(server.host_key_fingerprint().to_string());
