@@ -93,7 +93,8 @@ pub struct Args {
     /// Accept any PVE certificate (labs only; prefer api_fingerprint).
     #[arg(long)]
     pub insecure: bool,
-    /// Private key for SSH to VMs (default: ssh_key in the node file).
+    /// Private key for SSH to VMs and to the host (default: ssh_key in the
+    /// node file).
     #[arg(long, value_name = "PATH", env = "HOMESTAK_SSH_KEY")]
     pub ssh_key: Option<PathBuf>,
     /// Write {url, fingerprint, cert, pid, ...} as JSON to FILE once listening.

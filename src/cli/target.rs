@@ -26,8 +26,8 @@ pub struct TargetArgs {
     /// Where homestak keeps its store and known SSH host keys.
     #[arg(long, value_name = "DIR", env = "HOMESTAK_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Private key for SSH to the VMs (default: ssh_key in nodes/HOST.yaml,
-    /// else ~/.ssh/id_rsa).
+    /// Private key for SSH to the VMs and to the host (joining split
+    /// images) (default: ssh_key in nodes/HOST.yaml, else ~/.ssh/id_rsa).
     #[arg(long, value_name = "PATH", env = "HOMESTAK_SSH_KEY")]
     pub ssh_key: Option<PathBuf>,
 }

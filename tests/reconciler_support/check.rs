@@ -261,9 +261,9 @@ fn storage_and_host(step: &WorldStep, world: &World, host_commands: &[String]) -
         match (want, got) {
             (VolumeExpect::Word(w), Some(_)) if w == "present" => {}
             (VolumeExpect::Word(w), None) if w == "absent" => {}
-            (VolumeExpect::Word(w), _) if w != "present" && w != "absent" => diffs.push(
-                format!("volume {volid}: write present, absent or {{ size: N }}, not {w:?}"),
-            ),
+            (VolumeExpect::Word(w), _) if w != "present" && w != "absent" => diffs.push(format!(
+                "volume {volid}: write present, absent or {{ size: N }}, not {w:?}"
+            )),
             (VolumeExpect::Word(w), got) => diffs.push(format!(
                 "volume {volid} should be {w}, {}",
                 got.map_or("it is absent".to_string(), |s| format!("it has {s} bytes"))

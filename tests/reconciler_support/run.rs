@@ -71,7 +71,9 @@ pub async fn run(dir: &Path, template: &Path) -> anyhow::Result<Passed> {
         .context("start the simulator")?;
     sim::site_config::update(&site_dir, &handle.ready_info(), &case.datastore, ssh_port)
         .context("point the site-config at the simulator")?;
-    let node_file = site_dir.join("nodes").join(format!("{}.yaml", handle.node()));
+    let node_file = site_dir
+        .join("nodes")
+        .join(format!("{}.yaml", handle.node()));
     let mut node = std::fs::read_to_string(&node_file)?;
     node.push_str(&format!("ssh_key: {:?}\n", host_key.display().to_string()));
     std::fs::write(&node_file, node)?;

@@ -134,27 +134,13 @@ impl HostSsh {
 
     /// Loads the key and logs in.
     pub async fn connect(&self, image: &str, parts: u32) -> Result<HostSession, Error> {
-        if self.destination.host.is_empty() {
-            return Err(Error::NoAddress {
-                image: image.to_string(),
-                parts,
-                host: self.host.clone(),
-            });
-        }
-        let connect_error = |source: ssh::Error| Error::Connect {
-            image: image.to_string(),
-            parts,
-            destination: self.destination.clone(),
-            hint: self.hint(source.kind()),
-            source: Box::new(source),
-        };
-        let identity = self.load_key(image, parts)?;
+        let identity = self.check(image, parts)?;
         let target = ssh::Target::new(self.destination.clone(), identity, self.host_key.clone());
         let session = self
             .transport
             .connect(&target)
             .await
-            .map_err(connect_error)?;
+            .map_err(|source| self.connect_error(image, parts, source))?;
         Ok(HostSession {
             session,
             destination: self.destination.clone(),
@@ -163,16 +149,28 @@ impl HostSsh {
         })
     }
 
-    /// Loads the private key, so a missing one is reported before any
-    /// part is downloaded.
-    pub fn load_key(&self, image: &str, parts: u32) -> Result<ssh::Identity, Error> {
-        ssh::Identity::load(&self.key).map_err(|source| Error::Connect {
+    /// Checks what can be checked without the host (an address, a usable
+    /// key), so a join that cannot happen fails before any part is
+    /// downloaded; the key.
+    pub fn check(&self, image: &str, parts: u32) -> Result<ssh::Identity, Error> {
+        if self.destination.host.is_empty() {
+            return Err(Error::NoAddress {
+                image: image.to_string(),
+                parts,
+                host: self.host.clone(),
+            });
+        }
+        ssh::Identity::load(&self.key).map_err(|source| self.connect_error(image, parts, source))
+    }
+
+    fn connect_error(&self, image: &str, parts: u32, source: ssh::Error) -> Error {
+        Error::Connect {
             image: image.to_string(),
             parts,
             destination: self.destination.clone(),
             hint: self.hint(source.kind()),
             source: Box::new(source),
-        })
+        }
     }
 }
 

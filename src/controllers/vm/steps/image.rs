@@ -253,7 +253,7 @@ impl VmController {
             ));
         };
         // No gigabytes downloaded for a join that cannot log in.
-        if let Err(err) = host.load_key(image, count) {
+        if let Err(err) = host.check(image, count) {
             return host_failure(&err);
         }
         let (mut pending, mut soon) = (false, false);
