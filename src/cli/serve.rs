@@ -79,16 +79,16 @@ pub struct Args {
     #[arg(long, short = 'H', value_name = "NODE")]
     pub host: Option<String>,
     /// Period of the drift-detecting resync.
-    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = duration)]
     pub resync: Duration,
     /// Quiet time after a change before it is acted on.
-    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = duration)]
     pub debounce: Duration,
     /// Do not watch the site-config; changes are seen at resync or SIGHUP.
     #[arg(long)]
     pub no_watch: bool,
     /// How long shutdown waits for requests and the reconcile in flight.
-    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = duration)]
     pub shutdown_grace: Duration,
     /// Accept any PVE certificate (labs only; prefer api_fingerprint).
     #[arg(long)]
@@ -99,6 +99,21 @@ pub struct Args {
     /// Write {url, fingerprint, cert, pid, ...} as JSON to FILE once listening.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
+}
+
+/// Longest accepted `DURATION`: timers built from larger values would
+/// overflow the clock (and nobody means them).
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses a `DURATION` flag (`90s`, `5m`, `1h 30m`), at most a year.
+fn duration(text: &str) -> Result<Duration, String> {
+    let value = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if value > MAX_DURATION {
+        return Err(format!(
+            "{text:?} is longer than a year; give a shorter DURATION"
+        ));
+    }
+    Ok(value)
 }
 
 /// Runs `homestak serve`.
@@ -194,4 +209,19 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     }
     result.context("homestak serve stopped with an error")?;
     Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_bounded() {
+        assert_eq!(duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(duration("365d"), Ok(MAX_DURATION));
+        assert!(duration("366d").unwrap_err().contains("longer than a year"));
+        // Parses (u64 seconds) but would overflow an Instant.
+        assert!(duration("500000000000years").is_err());
+        assert!(duration("soon").is_err());
+    }
 }

@@ -563,9 +563,10 @@ pub fn validate_ssh_keys(text: &str) -> bool {
                 return false;
             };
             // The blob starts with the key type as an SSH string.
-            bytes.len() > 4 && {
-                let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-                bytes.get(4..4 + len) == Some(kind.as_bytes())
+            match bytes.split_first_chunk::<4>() {
+                Some((len, rest)) => usize::try_from(u32::from_be_bytes(*len))
+                    .is_ok_and(|len| rest.get(..len) == Some(kind.as_bytes())),
+                None => false,
             }
         })
 }
