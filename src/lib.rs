@@ -39,6 +39,7 @@ pub mod controllers;
 pub mod crds;
 pub mod daemon;
 pub mod executor;
+pub mod fsutil;
 pub mod graph;
 pub mod model;
 pub mod plan;

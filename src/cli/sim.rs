@@ -104,7 +104,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     }
     if let Some(path) = &args.ready_file {
         let text = serde_json::to_vec(&info)?;
-        sim::write_atomically(path, &text)
+        sim::write_private(path, &text)
             .with_context(|| format!("cannot write the ready file {}", path.display()))?;
     }
     let token_id = info.token.rsplit_once('=').map_or("", |(id, _)| id);

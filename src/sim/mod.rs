@@ -139,32 +139,10 @@ impl fmt::Debug for ReadyInfo {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, with
-/// mode 0600 (the files hold secrets).
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
+/// Writes `bytes` to `path` atomically with mode 0600: the simulator's
+/// files (state, keys, tokens, ready file) hold secrets.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    crate::fsutil::write_atomic(path, bytes, 0o600)
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -382,7 +360,7 @@ fn load_or_create_cert(
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| bad(dir, e.to_string()))?;
         }
-        write_atomically(path, text.as_bytes()).map_err(|e| bad(path, e.to_string()))?;
+        write_private(path, text.as_bytes()).map_err(|e| bad(path, e.to_string()))?;
     }
     Ok(cert)
 }

@@ -154,7 +154,7 @@ fn write(path: &Path, text: &str) -> Result<(), Error> {
             source,
         })?;
     }
-    super::write_atomically(path, text.as_bytes()).map_err(|source| Error::Write {
+    super::write_private(path, text.as_bytes()).map_err(|source| Error::Write {
         path: path.to_path_buf(),
         source,
     })

@@ -167,7 +167,7 @@ impl World {
     /// Writes the world atomically (temporary file + rename).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        super::write_atomically(path, &text)
+        super::write_private(path, &text)
     }
 
     /// The node, or PVE's answer for a node name it cannot resolve.

@@ -19,6 +19,7 @@
 //! cannot downgrade us to a key type we have not seen.
 
 use std::fmt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -246,12 +247,18 @@ impl KnownHosts {
             }
         }
         if removed > 0 {
-            let tmp = path.with_extension("tmp");
-            let write = async {
-                tokio::fs::write(&tmp, kept.as_bytes()).await?;
-                tokio::fs::rename(&tmp, path).await
-            };
-            write.await.map_err(|source| Error::KnownHostsWrite {
+            // The rewrite keeps the file's mode.
+            let mode = tokio::fs::metadata(path)
+                .await
+                .map_or(0o644, |m| m.permissions().mode() & 0o7777);
+            let target = path.to_path_buf();
+            let write = tokio::task::spawn_blocking(move || {
+                crate::fsutil::write_atomic(&target, kept.as_bytes(), mode)
+            });
+            let written = write
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            written.map_err(|source| Error::KnownHostsWrite {
                 path: path.to_path_buf(),
                 host_port: format!("{host}:{port}"),
                 source,
