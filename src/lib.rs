@@ -38,6 +38,7 @@ pub mod cli;
 pub mod controllers;
 pub mod crds;
 pub mod daemon;
+pub mod digest;
 pub mod executor;
 pub mod fsutil;
 pub mod graph;

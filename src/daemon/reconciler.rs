@@ -144,14 +144,8 @@ pub fn decide_mode(
 /// The revision of a delegated manifest: a digest of its JSON.
 pub fn subtree_revision(manifest: &Value) -> String {
     let bytes = serde_json::to_vec(manifest).unwrap_or_default();
-    let d = ring::digest::digest(&ring::digest::SHA256, &bytes);
-    let hex: String = d
-        .as_ref()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("subtree:{hex}")
+    let digest = crate::digest::sha256(&bytes);
+    format!("subtree:{}", crate::digest::short_hex(&digest))
 }
 
 impl Reconciler {

@@ -228,15 +228,10 @@ impl Source {
                 .map_err(|e| e.located().to_string());
             manifests.insert(name, parsed);
         }
-        let hex: String = digest
-            .finish()
-            .as_ref()
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        // A SHA-256 context always finishes with 32 bytes.
+        let digest: [u8; 32] = digest.finish().as_ref().try_into().unwrap_or_default();
         Ok(Snapshot {
-            revision: format!("worktree:{hex}"),
+            revision: format!("worktree:{}", crate::digest::short_hex(&digest)),
             controller,
             manifests,
         })

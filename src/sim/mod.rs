@@ -146,9 +146,8 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn random_hex(bytes: usize) -> String {
-    (0..bytes)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect()
+    let random: Vec<u8> = (0..bytes).map(|_| rand::random()).collect();
+    crate::digest::hex(&random)
 }
 
 /// Starts simulators.

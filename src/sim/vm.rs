@@ -228,7 +228,7 @@ impl Vm {
             &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
             self.render().as_bytes(),
         );
-        d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        crate::digest::hex(d.as_ref())
     }
 
     /// `GET …/config`: integers and booleans as numbers, the rest as

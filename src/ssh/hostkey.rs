@@ -40,10 +40,7 @@ pub struct Fingerprint([u8; 32]);
 impl Fingerprint {
     /// The fingerprint of a public key (over its wire encoding, as OpenSSH).
     pub fn of(key: &PublicKey) -> Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, &key.public_key_bytes());
-        let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(digest.as_ref());
-        Fingerprint(bytes)
+        Fingerprint(crate::digest::sha256(&key.public_key_bytes()))
     }
 
     /// A fingerprint from its raw digest.
