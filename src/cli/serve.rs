@@ -119,7 +119,7 @@ fn duration(text: &str) -> Result<Duration, String> {
 /// Runs `homestak serve`.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     let site_config = discover::find(global.site_config.as_deref())?;
-    let state = args.state_dir.clone().unwrap_or_else(state_dir::default);
+    let state = super::target::state_dir(args.state_dir.as_ref());
     let mut config = Config::new(&site_config, &state);
     config.bind = args.bind;
     config.port = args.port;
