@@ -52,3 +52,8 @@ pub mod ssh;
 pub mod store;
 pub mod tls;
 pub mod yaml;
+
+/// A boxed, sendable future: what the crate's dyn-compatible async traits
+/// (PVE API, SSH, controllers, the daemon's engine) return. Each of those
+/// modules re-exports it.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
