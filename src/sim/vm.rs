@@ -683,7 +683,7 @@ mod tests {
         assert!(!validate_ssh_keys("ssh-rsa QUFBQQ== x"));
         let mut v = vm();
         v.config
-            .insert("sshkeys".into(), crate::sim::form::encode_component(&key));
+            .insert("sshkeys".into(), crate::pve::form::encode_component(&key));
         assert_eq!(v.ssh_keys(), vec![key]);
     }
 
