@@ -57,3 +57,20 @@ pub mod yaml;
 /// (PVE API, SSH, controllers, the daemon's engine) return. Each of those
 /// modules re-exports it.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An error and its causes on one line, joined with `: `, for places that
+/// keep a message rather than the error (step results, status, events,
+/// logs). A cause whose text the line already holds is not repeated.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}

@@ -16,7 +16,7 @@ use super::{GlobalArgs, Outcome, output};
 use crate::daemon::converge::ConvergeEngine;
 use crate::daemon::repos::RepoSpec;
 use crate::daemon::server::{ApiTokenSource, Config, DEFAULT_PORT, RepoToken};
-use crate::daemon::{Daemon, source, state_dir};
+use crate::daemon::{Daemon, source};
 use crate::site::{Secret, discover};
 
 /// Arguments of `homestak serve`.
@@ -181,7 +181,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     if let Some(path) = &args.ready_file {
         let mut text = serde_json::to_vec_pretty(&info)?;
         text.push(b'\n');
-        state_dir::write_atomic(path, &text, 0o644)
+        crate::fsutil::write_atomic(path, &text, 0o644)
             .with_context(|| format!("cannot write the ready file {}", path.display()))?;
     }
 

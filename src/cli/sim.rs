@@ -46,15 +46,16 @@ const DEMO_KEY: &str = ".homestak-sim/id_ed25519";
 fn grant_demo_ssh(dir: &std::path::Path, node: &str) -> anyhow::Result<()> {
     let dir = dir
         .canonicalize()
-        .with_context(|| format!("site-config {}", dir.display()))?;
+        .with_context(|| format!("cannot find the site-config {}", dir.display()))?;
     let path = dir.join(DEMO_KEY);
     let identity = if path.exists() {
         crate::ssh::Identity::load(&path)?
     } else {
         let identity = crate::ssh::Identity::generate_to(&path)?;
         if let Some(parent) = path.parent() {
-            std::fs::write(parent.join(".gitignore"), "*\n")
-                .with_context(|| format!("cannot write {}", parent.display()))?;
+            let ignore = parent.join(".gitignore");
+            std::fs::write(&ignore, "*\n")
+                .with_context(|| format!("cannot write {}", ignore.display()))?;
         }
         identity
     };

@@ -641,21 +641,8 @@ fn mode_str(mode: Mode) -> &'static str {
     }
 }
 
-/// An error and its causes, joined with `: ` (for status and events; the
-/// errors reaching here carry no secret values).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
-}
+/// For status and events (the errors reaching here carry no secret values).
+pub use crate::error_chain;
 
 #[cfg(test)]
 mod tests {

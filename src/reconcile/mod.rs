@@ -66,7 +66,7 @@ pub enum Error {
         #[source]
         source: pve::Error,
     },
-    #[error("manifest {manifest} for host {host}")]
+    #[error("cannot work out what manifest {manifest} wants on host {host}")]
     Desired {
         manifest: String,
         host: String,

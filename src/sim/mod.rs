@@ -94,8 +94,18 @@ pub enum Error {
     Cert(#[source] crate::tls::CertError),
     #[error("cannot build the TLS server configuration")]
     Tls(#[source] rustls::Error),
-    #[error("cannot load the simulator state from {}: {problem}; delete it to start fresh", path.display())]
-    State { path: PathBuf, problem: String },
+    #[error("cannot read the simulator state {}; delete it to start fresh", path.display())]
+    ReadState {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the simulator state {} is not valid; delete it to start fresh", path.display())]
+    ParseState {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("cannot write the simulator state to {}", path.display())]
     SaveState {
         path: PathBuf,
@@ -112,8 +122,23 @@ pub enum Error {
     },
     #[error("invalid simulator configuration: {0}")]
     Config(String),
-    #[error("cannot use the TLS certificate files {}: {problem}; delete them to get a new certificate", path.display())]
-    CertFile { path: PathBuf, problem: String },
+    #[error("cannot read the TLS certificate file {}; delete the certificate and key files to get new ones", path.display())]
+    CertRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the TLS certificate file {}", path.display())]
+    CertWrite {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot use the TLS certificate file {}: {problem}; delete the certificate and key files to get new ones", path.display())]
+    CertFile {
+        path: PathBuf,
+        problem: &'static str,
+    },
     #[error("the simulator's server stopped with an error")]
     Serve(#[source] std::io::Error),
 }
@@ -193,10 +218,7 @@ impl Simulator {
         let now = Clock::now();
         let world = match &config.state_file {
             Some(path) if path.exists() => {
-                let mut w = World::load(path).map_err(|problem| Error::State {
-                    path: path.clone(),
-                    problem,
-                })?;
+                let mut w = World::load(path)?;
                 w.interrupt_running_tasks(now);
                 if config.cold_boot {
                     let boot = Clock {
@@ -327,25 +349,33 @@ fn load_or_create_cert(
     files: &config::TlsFiles,
     names: &[String],
 ) -> Result<crate::tls::SelfSigned, Error> {
-    let bad = |path: &Path, problem: String| Error::CertFile {
+    let bad = |path: &Path, problem| Error::CertFile {
         path: path.to_path_buf(),
         problem,
     };
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| Error::CertRead {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::CertWrite { path, source }
+    };
     if files.cert.exists() && files.key.exists() {
-        let cert_pem =
-            std::fs::read_to_string(&files.cert).map_err(|e| bad(&files.cert, e.to_string()))?;
-        let key_pem =
-            std::fs::read_to_string(&files.key).map_err(|e| bad(&files.key, e.to_string()))?;
+        let cert_pem = read(&files.cert)?;
+        let key_pem = read(&files.key)?;
         let cert_der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
             .next()
             .and_then(Result::ok)
-            .ok_or_else(|| bad(&files.cert, "no PEM certificate in it".into()))?
+            .ok_or_else(|| bad(&files.cert, "no PEM certificate in it"))?
             .to_vec();
         if !matches!(
             rustls_pemfile::private_key(&mut key_pem.as_bytes()),
             Ok(Some(_))
         ) {
-            return Err(bad(&files.key, "no PEM private key in it".into()));
+            return Err(bad(&files.key, "no PEM private key in it"));
         }
         return Ok(crate::tls::SelfSigned {
             fingerprint: Fingerprint::of_der(&cert_der),
@@ -357,9 +387,9 @@ fn load_or_create_cert(
     let cert = crate::tls::self_signed(names).map_err(Error::Cert)?;
     for (path, text) in [(&files.cert, &cert.cert_pem), (&files.key, &cert.key_pem)] {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| bad(dir, e.to_string()))?;
+            std::fs::create_dir_all(dir).map_err(write_err(dir))?;
         }
-        write_private(path, text.as_bytes()).map_err(|e| bad(path, e.to_string()))?;
+        write_private(path, text.as_bytes()).map_err(write_err(path))?;
     }
     Ok(cert)
 }

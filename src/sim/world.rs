@@ -159,9 +159,15 @@ impl World {
     }
 
     /// Reads a persisted world.
-    pub fn load(path: &Path) -> Result<World, String> {
-        let text = std::fs::read(path).map_err(|e| e.to_string())?;
-        serde_json::from_slice(&text).map_err(|e| e.to_string())
+    pub fn load(path: &Path) -> Result<World, super::Error> {
+        let text = std::fs::read(path).map_err(|source| super::Error::ReadState {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|source| super::Error::ParseState {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Writes the world atomically (temporary file + rename).
