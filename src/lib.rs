@@ -46,6 +46,7 @@ pub mod model;
 pub mod plan;
 pub mod pve;
 pub mod reconcile;
+pub mod secret;
 pub mod sim;
 pub mod site;
 pub mod ssh;

@@ -48,9 +48,10 @@ pub struct Args {
         env = "HOMESTAK_REPO_TOKEN",
         hide_env_values = true,
         value_name = "TOKEN",
-        conflicts_with = "no_repo_auth"
+        conflicts_with = "no_repo_auth",
+        value_parser = secret
     )]
-    pub repo_token: Option<String>,
+    pub repo_token: Option<Secret>,
     /// Serve repos without a token (anyone who reaches the port can clone).
     #[arg(long)]
     pub no_repo_auth: bool,
@@ -116,6 +117,11 @@ fn duration(text: &str) -> Result<Duration, String> {
     Ok(value)
 }
 
+/// A secret flag value, redacted from `Debug` from the start.
+fn secret(text: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(text))
+}
+
 /// Runs `homestak serve`.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     let site_config = discover::find(global.site_config.as_deref())?;
@@ -128,7 +134,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     config.cert_names = args.sans;
     config.repo_token = match (args.no_repo_auth, args.repo_token) {
         (true, _) => RepoToken::Disabled,
-        (false, Some(token)) if !token.is_empty() => RepoToken::Given(Secret::new(token)),
+        (false, Some(token)) if !token.is_empty() => RepoToken::Given(token),
         (false, _) => RepoToken::Generated,
     };
     if !args.repos.is_empty() {
@@ -214,6 +220,20 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_repo_token_never_shows_in_debug() {
+        use clap::Parser as _;
+        let cli =
+            crate::cli::Cli::try_parse_from(["homestak", "serve", "--repo-token", "hunter2-repo"])
+                .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let crate::cli::Command::Serve(args) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(args.repo_token.unwrap().expose(), "hunter2-repo");
+    }
 
     #[test]
     fn durations_are_bounded() {

@@ -35,6 +35,8 @@ pub struct Node {
 /// An API token.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Token {
+    /// Persisted in the state file (mode 0600), as PVE keeps its tokens.
+    #[serde(serialize_with = "Secret::serialize_exposed")]
     pub secret: Secret,
     pub comment: Option<String>,
     pub expire: i64,
@@ -49,8 +51,10 @@ pub struct World {
     pub tasks: Vec<Task>,
     /// Keyed by full token id `user@realm!tokenid`.
     pub tokens: BTreeMap<String, Token>,
+    #[serde(serialize_with = "Secret::serialize_exposed")]
     pub root_password: Secret,
     /// Key signing tickets and CSRF tokens (hex).
+    #[serde(serialize_with = "Secret::serialize_exposed")]
     pub ticket_key: Secret,
     pub next_pid: u32,
     /// Epoch seconds when the simulated nodes booted.
