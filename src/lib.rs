@@ -25,12 +25,27 @@
 //! - [`executor`]: runs a plan as a DAG with bounded concurrency, backoff and
 //!   requeue instead of holding workers across PVE tasks.
 //! - [`controllers`]: one per node kind; idempotent verb_noun steps.
+//! - [`reconcile`]: one reconcile of one manifest on one tier (resolve
+//!   desired, observe, plan, apply, record), the same path for the CLI and
+//!   the daemon; also `status`.
 //! - [`daemon`]: `homestak serve`: specs, repos, reconciler API, metrics,
 //!   watch loop, signals.
 //! - [`sim`]: the PVE 8.4 simulator served over HTTPS, with nested tiers,
 //!   SSH and injected faults.
 //! - [`crds`]: JSON Schemas generated from our types.
 //! - [`cli`]: clap front end; one exit code per kind of outcome.
+//!
+//! Shared by many of the above:
+//!
+//! - [`tls`]: the ring crypto provider, self-signed certificates, PVE-style
+//!   `AA:BB:…` fingerprints and the pinned-fingerprint verifier.
+//! - [`secret`]: [`secret::Secret`], the one redacting type for tokens and
+//!   passwords (constant-time comparison, never in `Debug` or logs).
+//! - [`digest`]: SHA-256 and hex for fingerprints, token digests and short
+//!   revision ids.
+//! - [`fsutil`]: atomic file replacement with a given mode.
+//! - [`BoxFuture`] and [`error_chain`]: the crate's dyn-async return type
+//!   and its one-line rendering of an error with its causes.
 
 #![forbid(unsafe_code)]
 

@@ -41,8 +41,8 @@ pub struct Args {
     #[arg(long = "san", value_name = "NAME")]
     pub sans: Vec<String>,
     /// Bearer token for /{repo}.git/ requests. Default: generated once into
-    /// <state-dir>/repo-token. Prefer the environment variable: arguments
-    /// are visible in `ps`.
+    /// repo-token in the state directory. Prefer the environment variable:
+    /// arguments are visible in `ps`.
     #[arg(
         long,
         env = "HOMESTAK_REPO_TOKEN",
@@ -60,8 +60,8 @@ pub struct Args {
     #[arg(long = "repo", value_name = "NAME=PATH")]
     pub repos: Vec<RepoSpec>,
     /// API tokens file (YAML: tokens: [{name, scope: read|write, sha256|token}]).
-    /// Default: <state-dir>/api-tokens.yaml, created on first start with a
-    /// write token whose value is in <state-dir>/api-token.
+    /// Default: api-tokens.yaml in the state directory, created on first
+    /// start with a write token whose value is in api-token next to it.
     #[arg(long, value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
     /// State directory (certificate, tokens, lease, records, temporary

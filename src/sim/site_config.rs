@@ -79,9 +79,8 @@ fn set_top_level(text: &str, pairs: &[(&str, String)]) -> String {
     out
 }
 
-/// Sets `api_tokens.<node>` in the text of `secrets.yaml`.
-/// Sets `section.name: value` in a top-level block mapping of `text`,
-/// keeping every other line.
+/// Sets `section.node: value` (e.g. `api_tokens.<node>` in `secrets.yaml`)
+/// in a top-level block mapping of `text`, keeping every other line.
 fn set_entry(
     text: &str,
     section: &str,
