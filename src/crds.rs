@@ -81,7 +81,7 @@ impl std::fmt::Display for Stale {
     }
 }
 
-/// Compares `dir` with what [`write`] would produce.
+/// Compares `dir` with what [`write()`] would produce.
 pub fn check(dir: &Path) -> Result<Vec<Stale>, Error> {
     let mut stale = Vec::new();
     let mut expected = Vec::new();

@@ -28,10 +28,7 @@ pub struct Fingerprint([u8; 32]);
 impl Fingerprint {
     /// The fingerprint of a DER-encoded certificate.
     pub fn of_der(der: &[u8]) -> Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, der);
-        let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(digest.as_ref());
-        Fingerprint(bytes)
+        Fingerprint(crate::digest::sha256(der))
     }
 
     /// The raw digest.
@@ -77,14 +74,9 @@ impl FromStr for Fingerprint {
             text: s.to_string(),
         };
         let hex: String = s.trim().chars().filter(|c| *c != ':').collect();
-        if hex.len() != 64 || !hex.is_ascii() {
-            return Err(err());
-        }
-        let mut bytes = [0u8; 32];
-        for (i, byte) in bytes.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| err())?;
-        }
-        Ok(Fingerprint(bytes))
+        crate::digest::parse_hex(&hex)
+            .map(Fingerprint)
+            .ok_or_else(err)
     }
 }
 

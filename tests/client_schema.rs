@@ -104,8 +104,8 @@ async fn every_client_request_passes_the_schema_checked_specs() {
             .map(|(k, v)| {
                 format!(
                     "{}={}",
-                    homestak::sim::form::encode_component(k),
-                    homestak::sim::form::encode_component(v)
+                    homestak::pve::form::encode_component(k),
+                    homestak::pve::form::encode_component(v)
                 )
             })
             .collect();

@@ -3,7 +3,7 @@
 
 mod sim_support;
 
-use homestak::sim::form::encode_component;
+use homestak::pve::form::encode_component;
 use serde_json::{Value, json};
 use sim_support::Sim;
 

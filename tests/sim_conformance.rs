@@ -11,60 +11,51 @@
 use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn proxmoxer_lifecycle() {
+/// Runs `conformance/<script>` against a fresh `homestak sim`; `None` (after
+/// a SKIPPED line) when the venv lacks `needs`. Returns stdout, asserting
+/// the script succeeded.
+fn run_script(script: &str, needs: &str, install_hint: &str) -> Option<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = root.join(".venv/bin/python");
-    if !python.exists() {
+    let needed = root.join(".venv/bin").join(needs);
+    if !python.exists() || !needed.exists() {
         println!(
-            "SKIPPED: {} missing; run `make venv` (make test does)",
-            python.display()
+            "SKIPPED: {} missing; run `make venv` (make test does){install_hint}",
+            needed.display()
         );
-        return;
+        return None;
     }
     let out = Command::new(&python)
-        .arg(root.join("conformance/proxmoxer_lifecycle.py"))
+        .arg(root.join("conformance").join(script))
         .arg("--homestak")
         .arg(env!("CARGO_BIN_EXE_homestak"))
         .args(["--time-scale", "0.01"])
         .output()
         .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "proxmoxer lifecycle failed:\n{stdout}\n{stderr}"
-    );
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    Some(stdout)
+}
+
+#[test]
+fn proxmoxer_lifecycle() {
+    let Some(stdout) = run_script("proxmoxer_lifecycle.py", "python", "") else {
+        return;
+    };
     assert!(stdout.contains("proxmoxer lifecycle OK"), "{stdout}");
 }
 
 #[test]
 fn ansible_proxmox_kvm_lifecycle() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join(".venv/bin/python");
-    let playbook = root.join(".venv/bin/ansible-playbook");
-    if !python.exists() || !playbook.exists() {
-        println!(
-            "SKIPPED: {} missing; run `make venv` (make test does) to install ansible 12.3.0",
-            playbook.display()
-        );
+    let Some(stdout) = run_script(
+        "ansible_lifecycle.py",
+        "ansible-playbook",
+        " to install ansible 12.3.0",
+    ) else {
         return;
-    }
-    let out = Command::new(&python)
-        .arg(root.join("conformance/ansible_lifecycle.py"))
-        .arg("--homestak")
-        .arg(env!("CARGO_BIN_EXE_homestak"))
-        .args(["--time-scale", "0.01"])
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "ansible lifecycle failed:\n{stdout}\n{stderr}"
-    );
+    };
     assert!(
         stdout.contains("ansible proxmox_kvm lifecycle OK"),
         "{stdout}"

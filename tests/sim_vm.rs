@@ -4,7 +4,7 @@
 
 mod sim_support;
 
-use homestak::sim::form::encode_component;
+use homestak::pve::form::encode_component;
 use serde_json::Value;
 use sim_support::{Sim, ssh_key};
 

@@ -35,10 +35,10 @@ pub enum Command {
 /// Arguments of `homestak config resolve`.
 #[derive(Debug, clap::Args)]
 pub struct ResolveArgs {
-    /// Environment (envs/<ENV>.yaml).
+    /// Environment (envs/ENV.yaml).
     #[arg(long, short = 'E')]
     pub env: String,
-    /// Target PVE node (nodes/<NODE>.yaml); not needed with --ansible.
+    /// Target PVE node (nodes/NODE.yaml); not needed with --ansible.
     #[arg(
         long,
         short = 'H',

@@ -16,7 +16,7 @@ use super::{GlobalArgs, Outcome, output};
 use crate::daemon::converge::ConvergeEngine;
 use crate::daemon::repos::RepoSpec;
 use crate::daemon::server::{ApiTokenSource, Config, DEFAULT_PORT, RepoToken};
-use crate::daemon::{Daemon, source, state_dir};
+use crate::daemon::{Daemon, source};
 use crate::site::{Secret, discover};
 
 /// Arguments of `homestak serve`.
@@ -41,16 +41,17 @@ pub struct Args {
     #[arg(long = "san", value_name = "NAME")]
     pub sans: Vec<String>,
     /// Bearer token for /{repo}.git/ requests. Default: generated once into
-    /// <state-dir>/repo-token. Prefer the environment variable: arguments
-    /// are visible in `ps`.
+    /// repo-token in the state directory. Prefer the environment variable:
+    /// arguments are visible in `ps`.
     #[arg(
         long,
         env = "HOMESTAK_REPO_TOKEN",
         hide_env_values = true,
         value_name = "TOKEN",
-        conflicts_with = "no_repo_auth"
+        conflicts_with = "no_repo_auth",
+        value_parser = secret
     )]
-    pub repo_token: Option<String>,
+    pub repo_token: Option<Secret>,
     /// Serve repos without a token (anyone who reaches the port can clone).
     #[arg(long)]
     pub no_repo_auth: bool,
@@ -59,8 +60,8 @@ pub struct Args {
     #[arg(long = "repo", value_name = "NAME=PATH")]
     pub repos: Vec<RepoSpec>,
     /// API tokens file (YAML: tokens: [{name, scope: read|write, sha256|token}]).
-    /// Default: <state-dir>/api-tokens.yaml, created on first start with a
-    /// write token whose value is in <state-dir>/api-token.
+    /// Default: api-tokens.yaml in the state directory, created on first
+    /// start with a write token whose value is in api-token next to it.
     #[arg(long, value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
     /// State directory (certificate, tokens, lease, records, temporary
@@ -79,16 +80,16 @@ pub struct Args {
     #[arg(long, short = 'H', value_name = "NODE")]
     pub host: Option<String>,
     /// Period of the drift-detecting resync.
-    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = duration)]
     pub resync: Duration,
     /// Quiet time after a change before it is acted on.
-    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = duration)]
     pub debounce: Duration,
     /// Do not watch the site-config; changes are seen at resync or SIGHUP.
     #[arg(long)]
     pub no_watch: bool,
     /// How long shutdown waits for requests and the reconcile in flight.
-    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = duration)]
     pub shutdown_grace: Duration,
     /// Accept any PVE certificate (labs only; prefer api_fingerprint).
     #[arg(long)]
@@ -102,10 +103,30 @@ pub struct Args {
     pub ready_file: Option<PathBuf>,
 }
 
+/// Longest accepted `DURATION`: timers built from larger values would
+/// overflow the clock (and nobody means them).
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses a `DURATION` flag (`90s`, `5m`, `1h 30m`), at most a year.
+fn duration(text: &str) -> Result<Duration, String> {
+    let value = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if value > MAX_DURATION {
+        return Err(format!(
+            "{text:?} is longer than a year; give a shorter DURATION"
+        ));
+    }
+    Ok(value)
+}
+
+/// A secret flag value, redacted from `Debug` from the start.
+fn secret(text: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(text))
+}
+
 /// Runs `homestak serve`.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     let site_config = discover::find(global.site_config.as_deref())?;
-    let state = args.state_dir.clone().unwrap_or_else(state_dir::default);
+    let state = super::target::state_dir(args.state_dir.as_ref());
     let mut config = Config::new(&site_config, &state);
     config.bind = args.bind;
     config.port = args.port;
@@ -114,7 +135,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     config.cert_names = args.sans;
     config.repo_token = match (args.no_repo_auth, args.repo_token) {
         (true, _) => RepoToken::Disabled,
-        (false, Some(token)) if !token.is_empty() => RepoToken::Given(Secret::new(token)),
+        (false, Some(token)) if !token.is_empty() => RepoToken::Given(token),
         (false, _) => RepoToken::Generated,
     };
     if !args.repos.is_empty() {
@@ -167,7 +188,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     if let Some(path) = &args.ready_file {
         let mut text = serde_json::to_vec_pretty(&info)?;
         text.push(b'\n');
-        state_dir::write_atomic(path, &text, 0o644)
+        crate::fsutil::write_atomic(path, &text, 0o644)
             .with_context(|| format!("cannot write the ready file {}", path.display()))?;
     }
 
@@ -195,4 +216,33 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     }
     result.context("homestak serve stopped with an error")?;
     Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repo_token_never_shows_in_debug() {
+        use clap::Parser as _;
+        let cli =
+            crate::cli::Cli::try_parse_from(["homestak", "serve", "--repo-token", "hunter2-repo"])
+                .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let crate::cli::Command::Serve(args) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(args.repo_token.unwrap().expose(), "hunter2-repo");
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        assert_eq!(duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(duration("365d"), Ok(MAX_DURATION));
+        assert!(duration("366d").unwrap_err().contains("longer than a year"));
+        // Parses (u64 seconds) but would overflow an Instant.
+        assert!(duration("500000000000years").is_err());
+        assert!(duration("soon").is_err());
+    }
 }

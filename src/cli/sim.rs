@@ -48,15 +48,16 @@ const DEMO_KEY: &str = ".homestak-sim/id_ed25519";
 fn demo_identity(dir: &std::path::Path) -> anyhow::Result<(crate::ssh::Identity, PathBuf)> {
     let dir = dir
         .canonicalize()
-        .with_context(|| format!("site-config {}", dir.display()))?;
+        .with_context(|| format!("cannot find the site-config {}", dir.display()))?;
     let path = dir.join(DEMO_KEY);
     if path.exists() {
         return Ok((crate::ssh::Identity::load(&path)?, path));
     }
     let identity = crate::ssh::Identity::generate_to(&path)?;
     if let Some(parent) = path.parent() {
-        std::fs::write(parent.join(".gitignore"), "*\n")
-            .with_context(|| format!("cannot write {}", parent.display()))?;
+        let ignore = parent.join(".gitignore");
+        std::fs::write(&ignore, "*\n")
+            .with_context(|| format!("cannot write {}", ignore.display()))?;
     }
     Ok((identity, path))
 }
@@ -129,7 +130,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     }
     if let Some(path) = &args.ready_file {
         let text = serde_json::to_vec(&info)?;
-        sim::write_atomically(path, &text)
+        sim::write_private(path, &text)
             .with_context(|| format!("cannot write the ready file {}", path.display()))?;
     }
     let token_id = info.token.rsplit_once('=').map_or("", |(id, _)| id);

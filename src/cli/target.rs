@@ -32,14 +32,12 @@ pub struct TargetArgs {
     pub ssh_key: Option<PathBuf>,
 }
 
-/// The state directory: `--state-dir`, `$HOMESTAK_STATE_DIR`, then
-/// `/var/lib/homestak` for root, else `$XDG_STATE_HOME/homestak` or
-/// `~/.local/state/homestak`.
+/// The state directory: `--state-dir`, else the one `homestak serve` uses
+/// ([`crate::daemon::state_dir::default`]), so every command agrees.
 pub fn state_dir(explicit: Option<&PathBuf>) -> PathBuf {
-    if let Some(dir) = explicit {
-        return dir.clone();
-    }
-    crate::daemon::state_dir::default()
+    explicit
+        .cloned()
+        .unwrap_or_else(crate::daemon::state_dir::default)
 }
 
 /// A tier ready to plan or converge, and the manifest for it.

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use super::reply::ApiError;
+use crate::digest::{hex, parse_hex, sha256};
 use crate::site::Secret;
 
 /// The token of an `Authorization: Bearer <token>` header, if usable.
@@ -117,13 +118,6 @@ impl ApiToken {
     }
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
 /// The API token file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenFileError {
@@ -200,7 +194,7 @@ impl ApiTokens {
             };
             let digest = match (&entry.token, &entry.sha256) {
                 (Some(t), None) if !t.is_empty() => sha256(t.expose().as_bytes()),
-                (None, Some(hex)) => parse_hex32(hex).ok_or_else(bad)?,
+                (None, Some(hex)) => parse_hex(hex).ok_or_else(bad)?,
                 _ => return Err(bad()),
             };
             tokens.push(ApiToken {
@@ -220,7 +214,7 @@ impl ApiTokens {
     /// The text of a token file holding one token, by digest.
     pub fn file_text(name: &str, scope: Scope, value: &Secret) -> String {
         let digest = sha256(value.expose().as_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hex(&digest);
         format!(
             "# API tokens of `homestak serve` (scopes: read, write).\n\
              # Each entry: name, scope and either sha256 (of the token, hex) or token.\n\
@@ -256,18 +250,6 @@ impl ApiTokens {
             }),
         }
     }
-}
-
-fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim();
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
 }
 
 /// A fresh random token: 32 bytes from the OS, URL-safe base64.

@@ -10,8 +10,6 @@
 //! Methods return boxed futures so the daemon can hold an
 //! `Arc<dyn Engine>`; implement them with `Box::pin(async move { ... })`.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -22,8 +20,7 @@ use super::shutdown::Shutdown;
 use crate::model::Manifest;
 use crate::site::Site;
 
-/// A boxed, sendable future.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::BoxFuture;
 
 /// Why a reconcile runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -34,7 +34,7 @@ pub struct App {
     pub metrics: Arc<Metrics>,
 }
 
-/// The axum router: every path goes to [`entry`].
+/// The axum router: every path goes to one handler, which routes by itself.
 pub fn router(app: Arc<App>) -> Router {
     Router::new().fallback(entry).with_state(app)
 }

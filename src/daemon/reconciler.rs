@@ -144,14 +144,8 @@ pub fn decide_mode(
 /// The revision of a delegated manifest: a digest of its JSON.
 pub fn subtree_revision(manifest: &Value) -> String {
     let bytes = serde_json::to_vec(manifest).unwrap_or_default();
-    let d = ring::digest::digest(&ring::digest::SHA256, &bytes);
-    let hex: String = d
-        .as_ref()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("subtree:{hex}")
+    let digest = crate::digest::sha256(&bytes);
+    format!("subtree:{}", crate::digest::short_hex(&digest))
 }
 
 impl Reconciler {
@@ -647,21 +641,8 @@ fn mode_str(mode: Mode) -> &'static str {
     }
 }
 
-/// An error and its causes, joined with `: ` (for status and events; the
-/// errors reaching here carry no secret values).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
-}
+/// For status and events (the errors reaching here carry no secret values).
+pub use crate::error_chain;
 
 #[cfg(test)]
 mod tests {

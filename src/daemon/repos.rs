@@ -309,10 +309,17 @@ async fn read_confined(base: &Path, rel: &str) -> Option<Vec<u8>> {
         if !meta.is_file() {
             return None;
         }
-        let bytes = std::fs::read(&path).ok()?;
-        let again = std::fs::symlink_metadata(&path).ok()?;
-        (again.ino() == meta.ino() && again.dev() == meta.dev() && !again.file_type().is_symlink())
-            .then_some(bytes)
+        // What was opened (fstat of the handle) must be the file inspected:
+        // a component swapped for a symlink in between leads elsewhere.
+        let mut file = std::fs::File::open(&path).ok()?;
+        let opened = file.metadata().ok()?;
+        if opened.ino() != meta.ino() || opened.dev() != meta.dev() {
+            tracing::warn!(path = %path.display(), "refusing a file replaced while serving it");
+            return None;
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
+        Some(bytes)
     })
     .await
     .ok()

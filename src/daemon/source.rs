@@ -106,11 +106,11 @@ impl Source {
         &self.root
     }
 
-    /// The current revision only (cheap: one `git rev-parse`, or hashing
+    /// The current revision only (cheap: `git rev-parse`, or hashing
     /// the files), to tell whether anything changed.
     pub async fn revision(&self, extra: &[String]) -> Result<String, Error> {
         match self.mode {
-            Mode::GitHead => self.head().await,
+            Mode::GitHead => Ok(self.head().await?.0),
             Mode::WorkingTree => Ok(self.read_worktree(extra)?.revision),
         }
     }
@@ -123,29 +123,27 @@ impl Source {
         }
     }
 
-    async fn head(&self) -> Result<String, Error> {
-        git::Git::new(&self.root, ["rev-parse", "--show-prefix"])
+    /// `(HEAD commit, the site-config's path inside its repository)`: the
+    /// site-config may be a sub-directory of its repository.
+    async fn head(&self) -> Result<(String, String), Error> {
+        let prefix = git::Git::new(&self.root, ["rev-parse", "--show-prefix"])
             .text()
             .await
             .map_err(|source| Error::NotARepo {
                 dir: self.root.clone(),
                 source,
             })?;
-        git::resolve(&self.root, "HEAD")
+        let revision = git::resolve(&self.root, "HEAD")
             .await
             .map_err(|source| Error::Git { source })?
             .ok_or_else(|| Error::NoCommit {
                 dir: self.root.clone(),
-            })
+            })?;
+        Ok((revision, prefix))
     }
 
     async fn read_head(&self, extra: &[String]) -> Result<Snapshot, Error> {
-        let revision = self.head().await?;
-        // The site-config may be a sub-directory of its repository.
-        let prefix = git::Git::new(&self.root, ["rev-parse", "--show-prefix"])
-            .text()
-            .await
-            .map_err(|source| Error::Git { source })?;
+        let (revision, prefix) = self.head().await?;
         let at = |rel: &str| format!("{prefix}{rel}");
         let controller_path = self.root.join(policy::FILE);
         let controller = match git::file_at(&self.root, &revision, &at(policy::FILE))
@@ -228,15 +226,10 @@ impl Source {
                 .map_err(|e| e.located().to_string());
             manifests.insert(name, parsed);
         }
-        let hex: String = digest
-            .finish()
-            .as_ref()
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        // A SHA-256 context always finishes with 32 bytes.
+        let digest: [u8; 32] = digest.finish().as_ref().try_into().unwrap_or_default();
         Ok(Snapshot {
-            revision: format!("worktree:{hex}"),
+            revision: format!("worktree:{}", crate::digest::short_hex(&digest)),
             controller,
             manifests,
         })

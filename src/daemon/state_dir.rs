@@ -6,8 +6,7 @@
 //! with `homestak serve`.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Environment variable that overrides the default state directory.
@@ -93,28 +92,13 @@ pub fn ensure_dir(path: &Path) -> Result<(), Error> {
     fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE)).map_err(err)
 }
 
-/// Writes `contents` to `path` atomically (temporary file + rename) with
-/// mode `mode`. The temporary file has the final mode from the start, so a
-/// secret is never readable by others, even briefly.
+/// Writes `contents` to `path` atomically with mode `mode`
+/// ([`crate::fsutil::write_atomic`]).
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
-    let err = |source| Error::Write {
+    crate::fsutil::write_atomic(path, contents, mode).map_err(|source| Error::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let _ = fs::remove_file(&tmp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    file.write_all(contents).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 #[cfg(test)]

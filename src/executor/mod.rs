@@ -32,8 +32,6 @@ mod run;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -43,8 +41,8 @@ pub use run::execute;
 pub use crate::model::OnError;
 use crate::plan::NodePlan;
 
-/// A boxed future, so controllers stay object-safe.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// Controllers return it, so they stay object-safe.
+pub use crate::BoxFuture;
 
 /// One idempotent step of a node, named verb_noun like the seed's phases.
 #[derive(Debug, Clone, PartialEq, Eq)]

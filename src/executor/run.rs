@@ -436,19 +436,7 @@ fn settle<M>(
             None
         }
         StepOutcome::Done => {
-            let duration = run
-                .step_started
-                .take()
-                .map(|t| t.elapsed())
-                .unwrap_or_default();
-            release(run, storage_use);
-            phases.push(PhaseRecord {
-                node: node.clone(),
-                name: step.to_string(),
-                status: "passed",
-                duration,
-                attempts: run.attempts + 1,
-            });
+            let duration = close_step(run, storage_use, phases, "passed", run.attempts + 1);
             events(Event::StepDone {
                 node,
                 step,
@@ -475,19 +463,7 @@ fn settle<M>(
                 run.phase = Phase::Waiting(Instant::now() + backoff(config, run.attempts));
                 return None;
             }
-            let duration = run
-                .step_started
-                .take()
-                .map(|t| t.elapsed())
-                .unwrap_or_default();
-            release(run, storage_use);
-            phases.push(PhaseRecord {
-                node: node.clone(),
-                name: step.to_string(),
-                status: "failed",
-                duration,
-                attempts: run.attempts,
-            });
+            close_step(run, storage_use, phases, "failed", run.attempts);
             finish(
                 run,
                 NodeState::Failed(format!("{step}: {}", err.message)),
@@ -496,6 +472,31 @@ fn settle<M>(
             Some(node)
         }
     }
+}
+
+/// Ends the current step: frees its storage slot and records the phase.
+/// Returns how long the step took.
+fn close_step<M>(
+    run: &mut NodeRun<M>,
+    storage_use: &mut HashMap<String, usize>,
+    phases: &mut Vec<PhaseRecord>,
+    status: &'static str,
+    attempts: u32,
+) -> Duration {
+    let duration = run
+        .step_started
+        .take()
+        .map(|t| t.elapsed())
+        .unwrap_or_default();
+    release(run, storage_use);
+    phases.push(PhaseRecord {
+        node: run.plan.node.clone(),
+        name: run.steps[run.cursor].name.to_string(),
+        status,
+        duration,
+        attempts,
+    });
+    duration
 }
 
 fn release<M>(run: &mut NodeRun<M>, storage_use: &mut HashMap<String, usize>) {

@@ -91,12 +91,8 @@ impl DesiredVm {
     pub fn spec_hash(&self) -> String {
         // serde_json of a struct is deterministic (field order is fixed).
         let bytes = serde_json::to_vec(self).unwrap_or_default();
-        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
-        let hex: String = digest.as_ref()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("sha256:{hex}")
+        let digest = crate::digest::sha256(&bytes);
+        format!("sha256:{}", crate::digest::short_hex(&digest))
     }
 }
 

@@ -1,55 +1,15 @@
-//! API token credentials and the redacting [`Secret`] type.
+//! API token credentials.
 //!
 //! PVE authenticates API tokens with one header,
 //! `Authorization: PVEAPIToken=<user>@<realm>!<tokenid>=<secret>`; the server
 //! splits id and secret on the last `=`, so the id must not contain one.
-//! The secret never appears in `Debug`, logs or errors: it lives in
-//! [`Secret`], which has no `Display` and prints `<redacted>` for `Debug`.
+//! The secret never appears in `Debug`, logs or errors: it lives in the
+//! crate's redacting [`Secret`].
 
 use std::fmt;
 use std::str::FromStr;
 
-use subtle::ConstantTimeEq;
-
-/// A secret string (API token secret, cloud-init password).
-///
-/// Only [`Secret::expose`] reveals the value, which keeps every use greppable.
-#[derive(Clone, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret text. Call only where the value must leave the process
-    /// (a request header or body), never for logging.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether the secret is empty.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl PartialEq for Secret {
-    /// Constant-time, so comparing a presented secret leaks no timing.
-    fn eq(&self, other: &Self) -> bool {
-        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
-    }
-}
-
-impl Eq for Secret {}
+pub use crate::secret::Secret;
 
 /// A full API token id, `user@realm!tokenid`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -6,17 +6,13 @@
 //! answers with the decoded `{"data":…}` envelope or an [`Error`]; the
 //! client decodes `data` into the typed response.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use reqwest::Method;
 use serde_json::Value;
 
 use super::error::{Error, Target};
 use super::form::{Form, encode_path_segment};
 
-/// A boxed, sendable future: what dyn-compatible async traits return.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::BoxFuture;
 
 /// One API request.
 #[derive(Clone, Debug)]

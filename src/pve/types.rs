@@ -1,7 +1,7 @@
 //! Typed PVE responses.
 //!
 //! Shapes follow NOTES §7 and the recorded exchanges; every numeric field
-//! goes through [`super::de`] because PVE's JSON types follow Perl scalar
+//! goes through the `de` helpers because PVE's JSON types follow Perl scalar
 //! state. Unknown fields are ignored, so newer PVE versions decode too.
 //! Only fields a controller reads are typed; a VM config keeps all its
 //! entries in a map since keys are open-ended (`scsi0`…`scsi30`, `net0`…).

@@ -6,7 +6,7 @@
 //! 2. [`observe::observe`]: one bulk read of the tier, config reads for
 //!    candidates, and what the store remembers;
 //! 3. [`crate::plan::plan`]: pure decision;
-//! 4. [`apply`]: the executor runs the VM controller over the plan;
+//! 4. [`Tier::apply`]: the executor runs the VM controller over the plan;
 //! 5. the store records conditions, events and the last reconcile.
 
 pub mod desired;
@@ -68,7 +68,7 @@ pub enum Error {
         #[source]
         source: pve::Error,
     },
-    #[error("manifest {manifest} for host {host}")]
+    #[error("cannot work out what manifest {manifest} wants on host {host}")]
     Desired {
         manifest: String,
         host: String,

@@ -62,7 +62,11 @@ fn check_ticket(world: &World, ticket: &str, now: i64) -> Option<String> {
     let rest = plain.strip_prefix("PVE:")?;
     let (user, hex) = rest.rsplit_once(':')?;
     let time = i64::from_str_radix(hex, 16).ok()?;
-    if !verify(world, plain, sig) || now - time > TICKET_LIFETIME || time - now > 300 {
+    // Saturating: the time is the caller's text until the signature holds.
+    if !verify(world, plain, sig)
+        || now.saturating_sub(time) > TICKET_LIFETIME
+        || time.saturating_sub(now) > 300
+    {
         return None;
     }
     Some(user.to_string())
@@ -75,7 +79,7 @@ fn check_csrf(world: &World, token: &str, user: &str, now: i64) -> bool {
     let Ok(time) = i64::from_str_radix(hex, 16) else {
         return false;
     };
-    now - time <= TICKET_LIFETIME && verify(world, &format!("{hex}:{user}"), sig)
+    now.saturating_sub(time) <= TICKET_LIFETIME && verify(world, &format!("{hex}:{user}"), sig)
 }
 
 /// Checks a root password in constant time.
@@ -249,6 +253,13 @@ mod tests {
             Err(Failure("Permission denied - invalid csrf token"))
         );
         assert!(authenticate(&w, &h(None, Some(&cookie), Some(&csrf)), true, now).is_ok());
+        // A CSRF time that would overflow `now - time` is refused, not a panic.
+        for forged in ["-8000000000000000:AAAA", "7FFFFFFFFFFFFFFF:AAAA"] {
+            assert_eq!(
+                authenticate(&w, &h(None, Some(&cookie), Some(forged)), true, now),
+                Err(Failure("Permission denied - invalid csrf token"))
+            );
+        }
         // A bad ticket fails even when a good token is present.
         let bad = "PVEAuthCookie=PVE:root@pam:6553F100::AAAA";
         let token = "PVEAPIToken=root@pam!homestak=s3cret-uuid";

@@ -71,24 +71,18 @@ impl Input {
     }
 }
 
-/// Decodes `%XX` sequences; malformed ones stay as they are.
+/// Decodes `%XX` sequences; malformed ones stay as they are. A raw `+`
+/// becomes a space first when `plus_is_space` (so `%2B` stays a `+`).
 fn percent_decode(s: &[u8], plus_is_space: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        let c = s[i];
-        if c == b'%' && i + 2 < s.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(s[i + 1]), hex(s[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
+    let plus = |b: &u8| {
+        if plus_is_space && *b == b'+' {
+            b' '
+        } else {
+            *b
         }
-        out.push(if plus_is_space && c == b'+' { b' ' } else { c });
-        i += 1;
-    }
-    out
+    };
+    let raw: Vec<u8> = s.iter().map(plus).collect();
+    percent_encoding::percent_decode(&raw).collect()
 }
 
 /// PVE's `decode_urlencoded`.
@@ -178,20 +172,6 @@ pub fn unescape_path(path: &str) -> String {
     String::from_utf8_lossy(&percent_decode(path.as_bytes(), false)).into_owned()
 }
 
-/// Percent-encodes everything but unreserved characters (RFC 3986), as
-/// Python's `quote(s, safe='')`. Used for sshkeys and in tests.
-pub fn encode_component(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Decodes a `%XX`-encoded string (sshkeys stored form → key text).
 pub fn decode_component(s: &str) -> String {
     String::from_utf8_lossy(&percent_decode(s.as_bytes(), false)).into_owned()
@@ -200,6 +180,7 @@ pub fn decode_component(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pve::form::encode_component;
 
     fn s(v: &str) -> Value {
         Value::Str(v.into())

@@ -57,26 +57,7 @@ use crate::tls::Fingerprint;
 use runtime::{Clock, Shared};
 use world::World;
 
-/// A secret string: never printed by `Debug`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+pub use crate::secret::Secret;
 
 /// The simulator could not start or stop.
 #[derive(Debug, thiserror::Error)]
@@ -97,8 +78,18 @@ pub enum Error {
     Cert(#[source] crate::tls::CertError),
     #[error("cannot build the TLS server configuration")]
     Tls(#[source] rustls::Error),
-    #[error("cannot load the simulator state from {}: {problem}; delete it to start fresh", path.display())]
-    State { path: PathBuf, problem: String },
+    #[error("cannot read the simulator state {}; delete it to start fresh", path.display())]
+    ReadState {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the simulator state {} is not valid; delete it to start fresh", path.display())]
+    ParseState {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("cannot write the simulator state to {}", path.display())]
     SaveState {
         path: PathBuf,
@@ -115,8 +106,23 @@ pub enum Error {
     },
     #[error("invalid simulator configuration: {0}")]
     Config(String),
-    #[error("cannot use the TLS certificate files {}: {problem}; delete them to get a new certificate", path.display())]
-    CertFile { path: PathBuf, problem: String },
+    #[error("cannot read the TLS certificate file {}; delete the certificate and key files to get new ones", path.display())]
+    CertRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the TLS certificate file {}", path.display())]
+    CertWrite {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot use the TLS certificate file {}: {problem}; delete the certificate and key files to get new ones", path.display())]
+    CertFile {
+        path: PathBuf,
+        problem: &'static str,
+    },
     #[error("the simulator's server stopped with an error")]
     Serve(#[source] std::io::Error),
 }
@@ -146,38 +152,15 @@ impl fmt::Debug for ReadyInfo {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, with
-/// mode 0600 (the files hold secrets).
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
+/// Writes `bytes` to `path` atomically with mode 0600: the simulator's
+/// files (state, keys, tokens, ready file) hold secrets.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    crate::fsutil::write_atomic(path, bytes, 0o600)
 }
 
 fn random_hex(bytes: usize) -> String {
-    (0..bytes)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect()
+    let random: Vec<u8> = (0..bytes).map(|_| rand::random()).collect();
+    crate::digest::hex(&random)
 }
 
 /// Starts simulators.
@@ -223,10 +206,7 @@ impl Simulator {
         let now = Clock::now();
         let world = match &config.state_file {
             Some(path) if path.exists() => {
-                let mut w = World::load(path).map_err(|problem| Error::State {
-                    path: path.clone(),
-                    problem,
-                })?;
+                let mut w = World::load(path)?;
                 w.interrupt_running_tasks(now);
                 if config.cold_boot {
                     let boot = Clock {
@@ -359,25 +339,33 @@ fn load_or_create_cert(
     files: &config::TlsFiles,
     names: &[String],
 ) -> Result<crate::tls::SelfSigned, Error> {
-    let bad = |path: &Path, problem: String| Error::CertFile {
+    let bad = |path: &Path, problem| Error::CertFile {
         path: path.to_path_buf(),
         problem,
     };
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| Error::CertRead {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::CertWrite { path, source }
+    };
     if files.cert.exists() && files.key.exists() {
-        let cert_pem =
-            std::fs::read_to_string(&files.cert).map_err(|e| bad(&files.cert, e.to_string()))?;
-        let key_pem =
-            std::fs::read_to_string(&files.key).map_err(|e| bad(&files.key, e.to_string()))?;
+        let cert_pem = read(&files.cert)?;
+        let key_pem = read(&files.key)?;
         let cert_der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
             .next()
             .and_then(Result::ok)
-            .ok_or_else(|| bad(&files.cert, "no PEM certificate in it".into()))?
+            .ok_or_else(|| bad(&files.cert, "no PEM certificate in it"))?
             .to_vec();
         if !matches!(
             rustls_pemfile::private_key(&mut key_pem.as_bytes()),
             Ok(Some(_))
         ) {
-            return Err(bad(&files.key, "no PEM private key in it".into()));
+            return Err(bad(&files.key, "no PEM private key in it"));
         }
         return Ok(crate::tls::SelfSigned {
             fingerprint: Fingerprint::of_der(&cert_der),
@@ -389,9 +377,9 @@ fn load_or_create_cert(
     let cert = crate::tls::self_signed(names).map_err(Error::Cert)?;
     for (path, text) in [(&files.cert, &cert.cert_pem), (&files.key, &cert.key_pem)] {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| bad(dir, e.to_string()))?;
+            std::fs::create_dir_all(dir).map_err(write_err(dir))?;
         }
-        write_atomically(path, text.as_bytes()).map_err(|e| bad(path, e.to_string()))?;
+        write_private(path, text.as_bytes()).map_err(write_err(path))?;
     }
     Ok(cert)
 }

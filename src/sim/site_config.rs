@@ -81,9 +81,8 @@ fn set_top_level(text: &str, pairs: &[(&str, String)]) -> String {
     out
 }
 
-/// Sets `api_tokens.<node>` in the text of `secrets.yaml`.
-/// Sets `section.name: value` in a top-level block mapping of `text`,
-/// keeping every other line.
+/// Sets `section.node: value` (e.g. `api_tokens.<node>` in `secrets.yaml`)
+/// in a top-level block mapping of `text`, keeping every other line.
 fn set_entry(
     text: &str,
     section: &str,
@@ -156,7 +155,7 @@ fn write(path: &Path, text: &str) -> Result<(), Error> {
             source,
         })?;
     }
-    super::write_atomically(path, text.as_bytes()).map_err(|source| Error::Write {
+    super::write_private(path, text.as_bytes()).map_err(|source| Error::Write {
         path: path.to_path_buf(),
         source,
     })

@@ -63,17 +63,11 @@ impl Upid {
     }
 }
 
-/// PVE's `encode_text` for task ids (download-url file names).
+/// PVE's `encode_text` for task ids (download-url file names): `:`, `%`,
+/// control characters and every non-ASCII byte become `%XX`.
 pub fn encode_text(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b == b':' || b == b'%' || !(0x20..0x7f).contains(&b) {
-            out.push_str(&format!("%{b:02X}"));
-        } else {
-            out.push(b as char);
-        }
-    }
-    out
+    const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b':').add(b'%');
+    percent_encoding::utf8_percent_encode(s, ESCAPED).to_string()
 }
 
 /// One task.
@@ -94,22 +88,9 @@ impl Task {
     /// `GET …/tasks/{upid}/status`: no `endtime`; `exitstatus` only when
     /// stopped; `tokenid` split off for token tasks.
     pub fn status_json(&self) -> Value {
-        let u = &self.upid;
-        let (user, tokenid) = split_token(&u.user);
-        let mut v = json!({
-            "upid": u.encode(),
-            "node": u.node,
-            "pid": u.pid,
-            "pstart": u.pstart,
-            "starttime": u.starttime,
-            "type": u.kind,
-            "id": u.id,
-            "user": user,
-            "status": if self.running() { "running" } else { "stopped" },
-        });
-        if let Some(t) = tokenid {
-            v["tokenid"] = json!(t);
-        }
+        let mut v = self.identity_json();
+        v["status"] = json!(if self.running() { "running" } else { "stopped" });
+        self.add_tokenid(&mut v);
         if let Some(e) = &self.exitstatus {
             v["exitstatus"] = json!(e);
         }
@@ -119,21 +100,8 @@ impl Task {
     /// An entry of `GET /nodes/{node}/tasks`: `status` is the exit status,
     /// `endtime` is set once stopped.
     pub fn list_json(&self) -> Value {
-        let u = &self.upid;
-        let (user, tokenid) = split_token(&u.user);
-        let mut v = json!({
-            "upid": u.encode(),
-            "node": u.node,
-            "pid": u.pid,
-            "pstart": u.pstart,
-            "starttime": u.starttime,
-            "type": u.kind,
-            "id": u.id,
-            "user": user,
-        });
-        if let Some(t) = tokenid {
-            v["tokenid"] = json!(t);
-        }
+        let mut v = self.identity_json();
+        self.add_tokenid(&mut v);
         if let Some(e) = &self.exitstatus {
             v["status"] = json!(e);
         }
@@ -141,6 +109,29 @@ impl Task {
             v["endtime"] = json!(t);
         }
         v
+    }
+
+    /// The fields both task views share, in PVE's order; `user` without
+    /// the token part.
+    fn identity_json(&self) -> Value {
+        let u = &self.upid;
+        json!({
+            "upid": u.encode(),
+            "node": u.node,
+            "pid": u.pid,
+            "pstart": u.pstart,
+            "starttime": u.starttime,
+            "type": u.kind,
+            "id": u.id,
+            "user": split_token(&u.user).0,
+        })
+    }
+
+    /// `tokenid` for a task a token started.
+    fn add_tokenid(&self, v: &mut Value) {
+        if let Some(t) = split_token(&self.upid.user).1 {
+            v["tokenid"] = json!(t);
+        }
     }
 
     /// Log lines with the final `TASK OK` / `TASK ERROR: …` once stopped.
@@ -223,5 +214,6 @@ mod tests {
     #[test]
     fn encode_text_escapes_colons() {
         assert_eq!(encode_text("a:b%c.qcow2"), "a%3Ab%25c.qcow2");
+        assert_eq!(encode_text("é\t\x7f ~"), "%C3%A9%09%7F ~");
     }
 }

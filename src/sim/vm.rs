@@ -228,7 +228,7 @@ impl Vm {
             &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
             self.render().as_bytes(),
         );
-        d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        crate::digest::hex(d.as_ref())
     }
 
     /// `GET …/config`: integers and booleans as numbers, the rest as
@@ -563,9 +563,10 @@ pub fn validate_ssh_keys(text: &str) -> bool {
                 return false;
             };
             // The blob starts with the key type as an SSH string.
-            bytes.len() > 4 && {
-                let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-                bytes.get(4..4 + len) == Some(kind.as_bytes())
+            match bytes.split_first_chunk::<4>() {
+                Some((len, rest)) => usize::try_from(u32::from_be_bytes(*len))
+                    .is_ok_and(|len| rest.get(..len) == Some(kind.as_bytes())),
+                None => false,
             }
         })
 }
@@ -682,7 +683,7 @@ mod tests {
         assert!(!validate_ssh_keys("ssh-rsa QUFBQQ== x"));
         let mut v = vm();
         v.config
-            .insert("sshkeys".into(), crate::sim::form::encode_component(&key));
+            .insert("sshkeys".into(), crate::pve::form::encode_component(&key));
         assert_eq!(v.ssh_keys(), vec![key]);
     }
 

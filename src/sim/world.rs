@@ -35,6 +35,8 @@ pub struct Node {
 /// An API token.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Token {
+    /// Persisted in the state file (mode 0600), as PVE keeps its tokens.
+    #[serde(serialize_with = "Secret::serialize_exposed")]
     pub secret: Secret,
     pub comment: Option<String>,
     pub expire: i64,
@@ -49,8 +51,10 @@ pub struct World {
     pub tasks: Vec<Task>,
     /// Keyed by full token id `user@realm!tokenid`.
     pub tokens: BTreeMap<String, Token>,
+    #[serde(serialize_with = "Secret::serialize_exposed")]
     pub root_password: Secret,
     /// Key signing tickets and CSRF tokens (hex).
+    #[serde(serialize_with = "Secret::serialize_exposed")]
     pub ticket_key: Secret,
     pub next_pid: u32,
     /// Epoch seconds when the simulated nodes booted.
@@ -159,15 +163,21 @@ impl World {
     }
 
     /// Reads a persisted world.
-    pub fn load(path: &Path) -> Result<World, String> {
-        let text = std::fs::read(path).map_err(|e| e.to_string())?;
-        serde_json::from_slice(&text).map_err(|e| e.to_string())
+    pub fn load(path: &Path) -> Result<World, super::Error> {
+        let text = std::fs::read(path).map_err(|source| super::Error::ReadState {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|source| super::Error::ParseState {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Writes the world atomically (temporary file + rename).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        super::write_atomically(path, &text)
+        super::write_private(path, &text)
     }
 
     /// The node, or PVE's answer for a node name it cannot resolve.

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use super::loader::Site;
 use super::posture::{AuthMethod, PostureV2};
-use super::secret::Secret;
 use super::secrets::Secrets;
+use crate::secret::Secret;
 use crate::yaml;
 
 /// A token lookup or check failed.

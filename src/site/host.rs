@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::loader::Site;
-use super::secret::Secret;
+use crate::secret::Secret;
 use crate::yaml;
 
 /// VM ID the reference reserves for an inner PVE VM.

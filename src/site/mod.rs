@@ -25,17 +25,16 @@ pub mod host;
 pub mod loader;
 pub mod posture;
 pub mod resolver;
-pub mod secret;
 pub mod secrets;
 mod serde_util;
 pub mod spec;
 pub mod vm;
 
+pub use crate::secret::Secret;
 pub use host::{HostConfig, HostFile, NodeConfig};
 pub use loader::{Catalog, Entry, Site, SiteDefaults, SiteFile};
 pub use posture::{AuthMethod, PostureV1, PostureV2};
 pub use resolver::{AnsibleVars, InlineVm, TofuVars};
-pub use secret::Secret;
 pub use secrets::{Secrets, SecretsFile, SecretsStatus};
 pub use serde_util::OrderedMap;
 pub use spec::{ResolvedSpec, Spec};

@@ -21,8 +21,8 @@ use serde::Serialize;
 use super::auth::token_for;
 use super::loader::{Catalog, Site};
 use super::posture::{DEFAULT_POSTURE, PostureV1, PostureV2};
-use super::secret::Secret;
 use super::vm::{Env, EnvVm, ResolvedVm, VmSettings};
+use crate::secret::Secret;
 use crate::yaml;
 
 /// A resolution failed.

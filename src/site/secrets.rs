@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::secret::Secret;
 use super::serde_util::OrderedMap;
+use crate::secret::Secret;
 
 /// The contents of `secrets.yaml`.
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -21,8 +21,8 @@ use serde_json::{Map, Value};
 
 use super::loader::Site;
 use super::resolver::Error;
-use super::secret::Secret;
 use super::serde_util::double_option;
+use crate::secret::Secret;
 
 /// Keys that select layers or are computed; never passed through.
 const RESERVED: &[&str] = &["name", "template", "vm_preset", "preset", "auth_token"];

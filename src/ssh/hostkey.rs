@@ -19,6 +19,7 @@
 //! cannot downgrade us to a key type we have not seen.
 
 use std::fmt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -39,10 +40,7 @@ pub struct Fingerprint([u8; 32]);
 impl Fingerprint {
     /// The fingerprint of a public key (over its wire encoding, as OpenSSH).
     pub fn of(key: &PublicKey) -> Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, &key.public_key_bytes());
-        let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(digest.as_ref());
-        Fingerprint(bytes)
+        Fingerprint(crate::digest::sha256(&key.public_key_bytes()))
     }
 
     /// A fingerprint from its raw digest.
@@ -246,12 +244,18 @@ impl KnownHosts {
             }
         }
         if removed > 0 {
-            let tmp = path.with_extension("tmp");
-            let write = async {
-                tokio::fs::write(&tmp, kept.as_bytes()).await?;
-                tokio::fs::rename(&tmp, path).await
-            };
-            write.await.map_err(|source| Error::KnownHostsWrite {
+            // The rewrite keeps the file's mode.
+            let mode = tokio::fs::metadata(path)
+                .await
+                .map_or(0o644, |m| m.permissions().mode() & 0o7777);
+            let target = path.to_path_buf();
+            let write = tokio::task::spawn_blocking(move || {
+                crate::fsutil::write_atomic(&target, kept.as_bytes(), mode)
+            });
+            let written = write
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            written.map_err(|source| Error::KnownHostsWrite {
                 path: path.to_path_buf(),
                 host_port: format!("{host}:{port}"),
                 source,

@@ -42,8 +42,6 @@ mod scp;
 mod wait;
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 pub use client::{ClientOptions, RusshTransport};
@@ -55,8 +53,7 @@ pub use hostkey::{Fingerprint, FingerprintParseError, HostKeyPolicy, KnownHosts}
 pub use identity::Identity;
 pub use wait::{WaitOptions, wait_for_ssh};
 
-/// A boxed, sendable future: what the dyn-compatible traits return.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::BoxFuture;
 
 /// The callback that receives output as it arrives, chunk by chunk, in the
 /// order the remote side wrote it. Use [`LineBuffer`] to get whole lines.

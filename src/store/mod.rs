@@ -9,7 +9,7 @@
 //!   `Arc<dyn Store>`; one writer task and many readers is the intended use,
 //!   but concurrent writers are safe: read-modify-writes use
 //!   compare-and-swap).
-//! - [`open`] gives the sled store on disk; [`memory`] an in-memory one.
+//! - [`open`] gives the sled store on disk; [`memory()`] an in-memory one.
 //!   Both are [`KvStore`] over a [`backend::Backend`], so they share every
 //!   rule and the same test suite.
 //! - Values are JSON in a versioned envelope; the store carries a schema

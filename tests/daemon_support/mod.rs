@@ -283,7 +283,20 @@ pub struct Running {
 
 /// Starts `config` with `engine` and serves it on a spawned task.
 pub async fn start(config: Config, engine: Arc<dyn Engine>) -> Running {
-    let daemon = Daemon::start(config, engine).await.expect("daemon starts");
+    use homestak::daemon::{server, store};
+    // A git child forked by a test running in parallel may hold a copy of
+    // the lease's descriptor (taken by `wait_lease_free`'s probe or a
+    // previous daemon) until its exec closes it: retry that, bounded.
+    let mut tries = 0;
+    let daemon = loop {
+        match Daemon::start(config.clone(), Arc::clone(&engine)).await {
+            Err(server::Error::Lease(store::Error::LeaseHeld { .. })) if tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            started => break started.expect("daemon starts"),
+        }
+    };
     let fingerprint = daemon.fingerprint();
     let (addr, url, cert_path) = (
         daemon.local_addr(),

@@ -151,7 +151,7 @@ impl Tier {
     pub async fn create_vm(&self, vmid: u32, name: &str, image: &str, user: &str, key: &Key) {
         let vmid = vmid.to_string();
         let image = format!("local-zfs:0,import-from=local:import/{image}.qcow2");
-        let keys = homestak::sim::form::encode_component(&key.line);
+        let keys = homestak::pve::form::encode_component(&key.line);
         self.task_ok(
             "POST",
             &format!("/nodes/{}/qemu", self.node),

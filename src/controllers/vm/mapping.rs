@@ -116,8 +116,9 @@ pub fn parse_ipconfig(text: &str) -> Option<IpConfig> {
 }
 
 /// Rounds a size in bytes to whole GiB (PVE sizes disks in GiB steps).
+/// Saturates instead of overflowing on an absurd size from PVE.
 pub fn bytes_to_gib(bytes: u64) -> u64 {
-    (bytes + (1 << 29)) >> 30
+    bytes.saturating_add(1 << 29) >> 30
 }
 
 /// The observed view of a VM from its bulk entry and, when read, its config.
@@ -140,6 +141,7 @@ pub fn observed(resource: &ClusterResource, config: Option<&VmConfig>) -> Observ
         template: resource.template,
         tags,
         marks: None,
+        // `as` saturates (and maps NaN to 0): a float from PVE cannot wrap.
         cores: resource.maxcpu.map(|c| c as u32),
         memory_mib: resource.maxmem.map(|m| m >> 20),
         disk_gib: None,
@@ -153,7 +155,7 @@ pub fn observed(resource: &ClusterResource, config: Option<&VmConfig>) -> Observ
             .as_deref()
             .and_then(Marks::from_description);
         // PVE's default when `cores` is absent is 1.
-        vm.cores = Some(config.cores().unwrap_or(1) as u32);
+        vm.cores = Some(u32::try_from(config.cores().unwrap_or(1)).unwrap_or(u32::MAX));
         vm.memory_mib = config.memory_mib().or(vm.memory_mib);
         vm.disk_gib = config
             .disk(BOOT_DISK)
@@ -206,5 +208,6 @@ mod tests {
         assert_eq!(bytes_to_gib(10 << 30), 10);
         assert_eq!(bytes_to_gib((10 << 30) - 4096), 10);
         assert_eq!(bytes_to_gib(2361393152), 2);
+        assert_eq!(bytes_to_gib(u64::MAX), u64::MAX >> 30);
     }
 }

@@ -114,10 +114,10 @@ fn normalize(key: &str, value: &str) -> Result<String, Error> {
 fn hash_password(pw: &str) -> String {
     use base64::Engine;
     let salt = format!("{:016x}", rand::random::<u64>());
-    let d = ring::digest::digest(&ring::digest::SHA256, format!("{salt}{pw}").as_bytes());
+    let d = crate::digest::sha256(format!("{salt}{pw}").as_bytes());
     format!(
         "$5${salt}${}",
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(d.as_ref())
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(d)
     )
 }
 

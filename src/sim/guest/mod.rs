@@ -491,7 +491,7 @@ pub(crate) async fn load_host_key(root: &VmRoot) -> Result<russh::keys::PrivateK
     let text = key
         .to_openssh(russh::keys::ssh_key::LineEnding::LF)
         .map_err(|e| e.to_string())?;
-    super::write_atomically(&path.host, text.as_bytes()).map_err(|e| e.to_string())?;
+    super::write_private(&path.host, text.as_bytes()).map_err(|e| e.to_string())?;
     if let Ok(public) = key.public_key().to_openssh() {
         let _ = tokio::fs::write(path.host.with_extension("pub"), format!("{public}\n")).await;
     }

@@ -169,15 +169,9 @@ impl Pve {
             // Boxed: a nested simulator supervises guests that may nest again.
             let started: BoxFuture<'_, Result<Handle, crate::sim::Error>> =
                 Box::pin(Simulator::start(self.config.clone()));
-            let started = started.await.map_err(|e| {
-                let mut text = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    text.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                self.failed(text)
-            })?;
+            let started = started
+                .await
+                .map_err(|e| self.failed(crate::error_chain(&e)))?;
             tracing::debug!(url = started.url(), "nested PVE tier up");
             *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(started.shared().clone());
             {

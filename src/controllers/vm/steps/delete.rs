@@ -11,14 +11,10 @@ impl VmController {
                 Err(failed) => failed,
             };
         }
-        let Some(vmid) = Self::victim(node, m) else {
-            return StepOutcome::Done;
-        };
-        match self.owned_config(node, vmid).await {
-            Ok(Some(_)) => {}
-            Ok(None) => return StepOutcome::Done,
+        let vmid = match self.owned_victim(node, m).await {
+            Ok(vmid) => vmid,
             Err(out) => return out,
-        }
+        };
         match self.api.qemu_status(&self.pve_node, vmid).await {
             Ok(status) if status.power() == pve::PowerState::Stopped => return StepOutcome::Done,
             Ok(_) => {}
@@ -64,14 +60,10 @@ impl VmController {
                 Err(failed) => failed,
             };
         }
-        let Some(vmid) = Self::victim(node, m) else {
-            return StepOutcome::Done;
-        };
-        match self.owned_config(node, vmid).await {
-            Ok(Some(_)) => {}
-            Ok(None) => return StepOutcome::Done,
+        let vmid = match self.owned_victim(node, m).await {
+            Ok(vmid) => vmid,
             Err(out) => return out,
-        }
+        };
         let delete = DeleteVm {
             purge: true,
             destroy_unreferenced_disks: true,
@@ -83,6 +75,18 @@ impl VmController {
             }
             Err(err) if err.kind() == ErrorKind::VmNotFound => StepOutcome::Done,
             Err(err) => fail(&err, &format!("destroy vmid {vmid}")),
+        }
+    }
+
+    /// The vmid of the owned VM to delete, or the outcome that ends the
+    /// step: nothing to delete (done), or a VM that is not ours (refused).
+    async fn owned_victim(&self, node: &NodePlan, m: &Memory) -> Result<u32, Outcome> {
+        let Some(vmid) = Self::victim(node, m) else {
+            return Err(StepOutcome::Done);
+        };
+        match self.owned_config(node, vmid).await? {
+            Some(_) => Ok(vmid),
+            None => Err(StepOutcome::Done),
         }
     }
 

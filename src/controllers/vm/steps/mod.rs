@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::mapping::{self, BOOT_DISK};
 use super::{Download, Memory, VmController};
+use crate::error_chain as chain;
 use crate::executor::{StepError, StepOutcome};
 use crate::plan::marks::Marks;
 use crate::plan::{DesiredVm, NodePlan};
@@ -41,18 +42,6 @@ fn fail(err: &pve::Error, what: &str) -> Outcome {
     } else {
         StepOutcome::Failed(StepError::permanent(message))
     }
-}
-
-/// An error and its causes on one line, for step reports.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn refuse(message: String) -> Outcome {

@@ -344,6 +344,29 @@ async fn finish(
     0
 }
 
+/// What `pveum` and `pvesh` check first: root, a running tier, well-formed
+/// arguments. `Err` is the exit status, after the message on stderr.
+async fn start(
+    shim: &Shim,
+    cx: &mut Context,
+    tool: &str,
+    args: &[String],
+) -> Result<(Arc<Shared>, CliArgs), u32> {
+    if let Some(status) = need_root(cx, tool).await {
+        return Err(status);
+    }
+    let Some(shared) = shim.nested(cx, tool).await else {
+        return Err(255);
+    };
+    match parse_cli(args) {
+        Ok(cli) => Ok((shared, cli)),
+        Err(e) => {
+            cx.err(e).await;
+            Err(255)
+        }
+    }
+}
+
 /// `pveum`: the `user token` commands.
 pub struct Pveum(pub Shim);
 
@@ -354,18 +377,9 @@ impl crate::sim::ssh::Program for Pveum {
         cx: &'a mut Context,
     ) -> crate::ssh::BoxFuture<'a, u32> {
         Box::pin(async move {
-            if let Some(status) = need_root(cx, "pveum").await {
-                return status;
-            }
-            let Some(shared) = self.0.nested(cx, "pveum").await else {
-                return 255;
-            };
-            let cli = match parse_cli(args) {
-                Ok(cli) => cli,
-                Err(e) => {
-                    cx.err(e).await;
-                    return 255;
-                }
+            let (shared, cli) = match start(&self.0, cx, "pveum", args).await {
+                Ok(started) => started,
+                Err(status) => return status,
             };
             let words: Vec<&str> = cli.positional.iter().map(String::as_str).collect();
             let (method, path) = match words.as_slice() {
@@ -407,18 +421,9 @@ impl crate::sim::ssh::Program for Pvesh {
         cx: &'a mut Context,
     ) -> crate::ssh::BoxFuture<'a, u32> {
         Box::pin(async move {
-            if let Some(status) = need_root(cx, "pvesh").await {
-                return status;
-            }
-            let Some(shared) = self.0.nested(cx, "pvesh").await else {
-                return 255;
-            };
-            let cli = match parse_cli(args) {
-                Ok(cli) => cli,
-                Err(e) => {
-                    cx.err(e).await;
-                    return 255;
-                }
+            let (shared, cli) = match start(&self.0, cx, "pvesh", args).await {
+                Ok(started) => started,
+                Err(status) => return status,
             };
             let method = match cli.positional.first().map(String::as_str) {
                 Some("get") => Method::Get,

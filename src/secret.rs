@@ -1,9 +1,12 @@
-//! [`Secret`]: a string that never shows itself.
+//! [`Secret`]: a string that never shows itself, the one redacting type for
+//! every secret homestak handles: site-config tokens and passwords, PVE API
+//! token secrets and cloud-init passwords, the daemon's tokens, and the
+//! simulator's token, root password and ticket key.
 //!
-//! API tokens, passwords and auth tokens live in this type from the moment
-//! they are read. `Debug` and `Display` print a placeholder, the type has no
-//! `Serialize` impl (an output that must carry the value opts in per field
-//! with [`Secret::serialize_exposed`]), and comparison is constant-time.
+//! Secrets live in this type from the moment they are read. `Debug` and
+//! `Display` print a placeholder, the type has no `Serialize` impl (an
+//! output that must carry the value opts in per field with
+//! [`Secret::serialize_exposed`]), and comparison is constant-time.
 
 use std::fmt;
 
@@ -48,6 +51,15 @@ impl Secret {
         s.serialize_str(&secret.0)
     }
 }
+
+impl PartialEq for Secret {
+    /// Constant-time, like [`Secret::ct_eq`].
+    fn eq(&self, other: &Secret) -> bool {
+        self.ct_eq(other.expose())
+    }
+}
+
+impl Eq for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
