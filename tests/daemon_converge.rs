@@ -150,6 +150,11 @@ async fn a_committed_change_converges_and_status_is_in_sync() {
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["in_sync"], Value::Bool(true));
     assert_eq!(report["nodes"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        report["last_applied_commit"],
+        Value::String(new_head.clone()),
+        "status shows the commit the daemon applied"
+    );
 
     d.stop().await.unwrap();
     let _ = sim.shutdown().await;

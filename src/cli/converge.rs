@@ -325,7 +325,17 @@ pub(super) fn finish_report(
 /// Runs `homestak status`.
 pub async fn status(args: StatusArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     let prepared = prepare(&args.target, global, Purpose::Read)?;
-    let report = prepared.tier.status(&prepared.manifest).await?;
+    let mut report = prepared.tier.status(&prepared.manifest).await?;
+    if report.last_applied_commit.is_none() {
+        // The daemon keeps the commits it applied in its own records,
+        // readable while it runs (unlike the store it holds).
+        use crate::daemon::store::ControllerStore as _;
+        let dir = super::target::state_dir(args.target.state_dir.as_ref());
+        report.last_applied_commit = crate::daemon::store::FileStore::open(&dir)
+            .ok()
+            .and_then(|s| s.record(prepared.manifest.name()).last_applied)
+            .map(|a| a.revision);
+    }
     if global.json {
         output::print_json(&report)?;
     } else {
