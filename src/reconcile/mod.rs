@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::controllers::vm::{
-    HostSsh, ImageSource, KnownHostsFile, Parts, SshCheck, Timing, VmController,
+    HostSsh, ImageSource, KnownHostsFile, RunState, SshCheck, Timing, VmController,
 };
 use crate::executor::{self, Event, Report};
 use crate::model::{Manifest, Settings};
@@ -320,7 +320,7 @@ impl Tier {
         } else {
             None
         };
-        let controller = Arc::new(VmController::new(Parts {
+        let controller = Arc::new(VmController {
             api: self.api.clone(),
             pve_node: self.host.node_name.clone(),
             manifest: planned.tier.desired.manifest.clone(),
@@ -333,7 +333,8 @@ impl Tier {
             known_hosts: self.known_hosts.clone(),
             host_ssh: self.host_ssh.clone(),
             timing: options.timing.clone(),
-        }));
+            shared: RunState::default(),
+        });
         controller.reserve(planned.plan.nodes.iter().filter_map(|n| n.vmid));
         let mut config = options.executor.clone();
         config.on_error = planned.settings.on_error;

@@ -117,6 +117,13 @@ pub struct VmController {
     /// SSH to the PVE host, for joining images shipped in parts.
     pub host_ssh: Option<HostSsh>,
     pub timing: Timing,
+    /// What the nodes of one run share; start with `RunState::default()`.
+    pub shared: RunState,
+}
+
+/// What the nodes of one run share.
+#[derive(Default)]
+pub struct RunState {
     /// Downloads (and joins) in flight by volume, shared by the nodes
     /// needing the same image.
     downloads: Mutex<HashMap<String, Download>>,
@@ -139,63 +146,12 @@ enum Download {
     Joining,
 }
 
-/// What a [`VmController`] is built from (named, so call sites read).
-pub struct Parts {
-    pub api: Arc<dyn Api>,
-    pub pve_node: String,
-    pub manifest: String,
-    pub image_storage: String,
-    pub default_storage: String,
-    pub images: ImageSource,
-    pub desired: HashMap<String, DesiredVm>,
-    pub store: Option<Arc<dyn Store>>,
-    pub ssh: Option<SshCheck>,
-    pub known_hosts: Option<KnownHostsFile>,
-    pub host_ssh: Option<HostSsh>,
-    pub timing: Timing,
-}
-
-impl VmController {
-    pub fn new(parts: Parts) -> Self {
-        let Parts {
-            api,
-            pve_node,
-            manifest,
-            image_storage,
-            default_storage,
-            images,
-            desired,
-            store,
-            ssh,
-            known_hosts,
-            host_ssh,
-            timing,
-        } = parts;
-        VmController {
-            api,
-            pve_node,
-            manifest,
-            image_storage,
-            default_storage,
-            images,
-            desired,
-            store,
-            ssh,
-            known_hosts,
-            host_ssh,
-            timing,
-            downloads: Mutex::new(HashMap::new()),
-            reserved: Mutex::new(HashSet::new()),
-        }
-    }
-}
-
 impl VmController {
     /// Keeps `vmids` out of the vmids this run hands out: those the plan
     /// already points nodes at (explicit or remembered), so a node picking
     /// PVE's next free vmid never takes the one another node will create.
     pub fn reserve(&self, vmids: impl IntoIterator<Item = u32>) {
-        if let Ok(mut reserved) = self.reserved.lock() {
+        if let Ok(mut reserved) = self.shared.reserved.lock() {
             reserved.extend(vmids);
         }
     }

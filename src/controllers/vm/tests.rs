@@ -8,7 +8,7 @@ use std::sync::Arc;
 use reqwest::Method;
 use serde_json::json;
 
-use super::{ImageSource, Memory, Parts, Timing, VmController};
+use super::{ImageSource, Memory, RunState, Timing, VmController};
 use crate::executor::{Controller, Step, StepOutcome};
 use crate::plan::{Action, DesiredVm, IpConfig, Kind, NodePlan};
 use crate::pve::fake::{Reply, Scripted, upid};
@@ -34,7 +34,7 @@ fn want(vmid: Option<u32>) -> DesiredVm {
 }
 
 fn controller(script: &Arc<Scripted>, want: DesiredVm) -> VmController {
-    VmController::new(Parts {
+    VmController {
         api: Arc::new(script.client()),
         pve_node: "pve".into(),
         manifest: "demo".into(),
@@ -50,7 +50,8 @@ fn controller(script: &Arc<Scripted>, want: DesiredVm) -> VmController {
         known_hosts: None,
         host_ssh: None,
         timing: Timing::default(),
-    })
+        shared: RunState::default(),
+    }
 }
 
 fn create(vmid: Option<u32>) -> NodePlan {

@@ -24,6 +24,7 @@ impl VmController {
                 Err(err) => return Err(fail(&err, "allocate a vmid")),
             };
             let mut reserved = self
+                .shared
                 .reserved
                 .lock()
                 .map_err(|_| refuse("vmid lock poisoned".into()))?;

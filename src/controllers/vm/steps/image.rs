@@ -71,7 +71,7 @@ fn host_failure(err: &host::Error) -> Outcome {
 
 impl VmController {
     fn release_download(&self, volume: &str) {
-        if let Ok(mut d) = self.downloads.lock() {
+        if let Ok(mut d) = self.shared.downloads.lock() {
             d.remove(volume);
         }
     }
@@ -79,7 +79,7 @@ impl VmController {
     /// Claims `volume` for this node (`as_` says what for); false when
     /// another node holds it.
     fn claim(&self, volume: &str, as_: Download) -> bool {
-        let Ok(mut downloads) = self.downloads.lock() else {
+        let Ok(mut downloads) = self.shared.downloads.lock() else {
             return false;
         };
         if downloads.contains_key(volume) {
@@ -91,11 +91,11 @@ impl VmController {
 
     /// What some node is doing with `volume`.
     fn download_state(&self, volume: &str) -> Option<Download> {
-        self.downloads.lock().ok()?.get(volume).cloned()
+        self.shared.downloads.lock().ok()?.get(volume).cloned()
     }
 
     fn set_download(&self, volume: &str, state: Download) {
-        if let Ok(mut d) = self.downloads.lock() {
+        if let Ok(mut d) = self.shared.downloads.lock() {
             d.insert(volume.to_string(), state);
         }
     }

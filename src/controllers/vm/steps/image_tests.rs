@@ -9,7 +9,7 @@ use std::sync::Arc;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::controllers::vm::{HostSsh, ImageSource, Memory, Parts, Timing, VmController};
+use crate::controllers::vm::{HostSsh, ImageSource, Memory, RunState, Timing, VmController};
 use crate::executor::{Controller, Step, StepOutcome};
 use crate::plan::{Action, DesiredVm, IpConfig, Kind, NodePlan};
 use crate::pve::fake::{Reply as PveReply, Scripted, task_status, task_status_path, upid};
@@ -64,7 +64,7 @@ fn rig(user: &str, key: bool) -> Rig {
     }
     let api = Scripted::new();
     let ssh = ScriptedTransport::new();
-    let controller = VmController::new(Parts {
+    let controller = VmController {
         api: Arc::new(api.client()),
         pve_node: "pve".into(),
         manifest: "demo".into(),
@@ -86,7 +86,8 @@ fn rig(user: &str, key: bool) -> Rig {
             host: "pve".into(),
         }),
         timing: Timing::default(),
-    });
+        shared: RunState::default(),
+    };
     Rig {
         api,
         ssh,
