@@ -14,8 +14,8 @@ build:
 ## lets tests/sim_conformance.rs run the proxmoxer lifecycle and the
 ## ansible proxmox_kvm playbook.
 test: lint venv
-	$(CARGO) test --all-targets
-	$(CARGO) test --doc
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
 
 ## venv: Python clients for conformance runs (proxmoxer 2.3.0, requests,
 ## ansible 12.3.0 with community.proxmox 1.4.0). A cold install takes about
@@ -34,7 +34,7 @@ conformance: venv build
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
@@ -45,7 +45,7 @@ demo: build
 
 ## bench: converge speed against the simulator (ratios measured in one run)
 bench:
-	$(CARGO) bench --bench converge
+	$(CARGO) bench -p homestak-engine --bench converge
 
 ## crds: regenerate the JSON Schemas in crds/
 crds: build

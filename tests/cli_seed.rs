@@ -90,7 +90,7 @@ fn text(out: &Output) -> String {
 
 #[test]
 fn test_verb_creates_verifies_ssh_and_destroys() {
-    homestak::tls::install_crypto_provider();
+    homestak_tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let reports = dir.path().join("reports");

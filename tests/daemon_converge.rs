@@ -3,14 +3,12 @@
 //! `homestak status` then shows it in sync. Prints the time from commit to
 //! converged (a figure, not an assertion: performance is for benchmarks).
 
-mod daemon_support;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use daemon_support::*;
-use homestak::daemon::converge::ConvergeEngine;
+use crate::daemon_support::*;
+use homestak_daemon::converge::ConvergeEngine;
 use serde_json::Value;
 
 fn write(root: &Path, rel: &str, text: &str) {
@@ -57,16 +55,16 @@ async fn wait_in_sync(d: &Running, nodes: usize, revision: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_change_converges_and_status_is_in_sync() {
-    homestak::tls::install_crypto_provider();
+    homestak_tls::install_crypto_provider();
     let site = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     site_config(site.path());
 
-    let mut sim_config = homestak::sim::Config::with_defaults();
+    let mut sim_config = homestak_sim::Config::with_defaults();
     sim_config.listen = Some("127.0.0.1:0".parse().unwrap());
     sim_config.time_scale = 0.01;
-    let sim = homestak::sim::Simulator::start(sim_config).await.unwrap();
-    homestak::sim::site_config::update(site.path(), &sim.ready_info(), "local-zfs", 22).unwrap();
+    let sim = homestak_sim::Simulator::start(sim_config).await.unwrap();
+    homestak_sim::site_config::update(site.path(), &sim.ready_info(), "local-zfs", 22).unwrap();
     // PVE validates cloud-init keys: give the VMs a well-formed one.
     let secrets = std::fs::read_to_string(site.path().join("secrets.yaml")).unwrap();
     write(

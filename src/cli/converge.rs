@@ -6,9 +6,9 @@ use super::progress::Progress;
 use super::report::RunReport;
 use super::target::{Purpose, SshUse, TargetArgs, prepare};
 use super::{GlobalArgs, Outcome, output};
-use crate::executor::{self, NodeState};
-use crate::plan::{Style, render_human};
-use crate::reconcile::{self, status};
+use homestak_core::plan::{Style, render_human};
+use homestak_engine::executor::{self, NodeState};
+use homestak_engine::reconcile::{self, status};
 
 /// Arguments of `homestak plan`.
 #[derive(Debug, clap::Args)]
@@ -146,7 +146,7 @@ pub(super) async fn converge(
     report: &mut RunReport,
 ) -> anyhow::Result<Outcome> {
     let began = std::time::Instant::now();
-    let started = crate::store::Timestamp::now();
+    let started = homestak_engine::store::Timestamp::now();
     let purpose = match (run.dry_run, run.mode, run.force_ssh) {
         (true, _, _) => Purpose::Read,
         (false, Mode::Apply, true) => Purpose::Converge {
@@ -233,7 +233,7 @@ pub(super) async fn converge(
 }
 
 /// Asks on the terminal; refuses without one (scripts pass `--yes`).
-fn confirm_destroy(plan: &crate::plan::Plan) -> anyhow::Result<bool> {
+fn confirm_destroy(plan: &homestak_core::plan::Plan) -> anyhow::Result<bool> {
     use std::io::{BufRead, IsTerminal, Write};
     if !std::io::stdin().is_terminal() {
         anyhow::bail!("destroy needs confirmation: pass --yes (stdin is not a terminal)");
@@ -329,9 +329,9 @@ pub async fn status(args: StatusArgs, global: &GlobalArgs) -> anyhow::Result<Out
     if report.last_applied_commit.is_none() {
         // The daemon keeps the commits it applied in its own records,
         // readable while it runs (unlike the store it holds).
-        use crate::daemon::store::ControllerStore as _;
+        use homestak_daemon::store::ControllerStore as _;
         let dir = super::target::state_dir(args.target.state_dir.as_ref());
-        report.last_applied_commit = crate::daemon::store::FileStore::open(&dir)
+        report.last_applied_commit = homestak_daemon::store::FileStore::open(&dir)
             .ok()
             .and_then(|s| s.record(prepared.manifest.name()).last_applied)
             .map(|a| a.revision);

@@ -14,8 +14,8 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 
 use super::{GlobalArgs, Outcome, output};
-use crate::graph::ManifestGraph;
-use crate::model::{self, Level, Loader, Manifest, Node};
+use homestak_core::graph::ManifestGraph;
+use homestak_core::model::{self, Level, Loader, Manifest, Node};
 
 /// Arguments of `homestak manifest`.
 #[derive(Debug, clap::Args)]
@@ -77,7 +77,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
 }
 
 fn site_config(global: &GlobalArgs) -> anyhow::Result<PathBuf> {
-    Ok(crate::site::discover::find(global.site_config.as_deref())?)
+    Ok(homestak_core::site::discover::find(
+        global.site_config.as_deref(),
+    )?)
 }
 
 /// Where a manifest came from, as printed.

@@ -108,7 +108,7 @@ const EXIT_USAGE: u8 = 64;
 
 /// Entry point of the `homestak` binary.
 pub fn main() -> ExitCode {
-    crate::tls::install_crypto_provider();
+    homestak_tls::install_crypto_provider();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {

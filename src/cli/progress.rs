@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::executor::{Event, NodeState};
+use homestak_engine::executor::{Event, NodeState};
 
 /// The progress display of one run.
 pub struct Progress {

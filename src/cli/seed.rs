@@ -8,7 +8,7 @@ use super::converge::{self, Mode, Run};
 use super::report::RunReport;
 use super::target::TargetArgs;
 use super::{GlobalArgs, Outcome};
-use crate::reconcile;
+use homestak_engine::reconcile;
 
 /// Flags every seed verb takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -168,7 +168,7 @@ pub async fn test(args: TestArgs, global: &GlobalArgs) -> anyhow::Result<Outcome
 }
 
 fn cleanup_on_failure(target: &TargetArgs, global: &GlobalArgs) -> bool {
-    crate::site::discover::find(global.site_config.as_deref())
+    homestak_core::site::discover::find(global.site_config.as_deref())
         .ok()
         .and_then(|root| super::target::read_manifest(&target.source, &root).ok())
         .is_none_or(|m| m.settings().cleanup_on_failure)

@@ -1,5 +1,5 @@
 //! `homestak serve`: the controller daemon of this tier (see
-//! [`crate::daemon`]).
+//! [`homestak_daemon`]).
 //!
 //! Prints the URL and the certificate's SHA-256 fingerprint at startup
 //! (JSON with `--json`), writes `--ready-file` once listening, reloads on
@@ -13,11 +13,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::{GlobalArgs, Outcome, output};
-use crate::daemon::converge::ConvergeEngine;
-use crate::daemon::repos::RepoSpec;
-use crate::daemon::server::{ApiTokenSource, Config, DEFAULT_PORT, RepoToken};
-use crate::daemon::{Daemon, source};
-use crate::site::{Secret, discover};
+use homestak_core::site::{Secret, discover};
+use homestak_daemon::converge::ConvergeEngine;
+use homestak_daemon::repos::RepoSpec;
+use homestak_daemon::server::{ApiTokenSource, Config, DEFAULT_PORT, RepoToken};
+use homestak_daemon::{Daemon, source};
 
 /// Arguments of `homestak serve`.
 #[derive(Debug, clap::Args)]
@@ -188,7 +188,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     if let Some(path) = &args.ready_file {
         let mut text = serde_json::to_vec_pretty(&info)?;
         text.push(b'\n');
-        crate::fsutil::write_atomic(path, &text, 0o644)
+        homestak_base::fsutil::write_atomic(path, &text, 0o644)
             .with_context(|| format!("cannot write the ready file {}", path.display()))?;
     }
 

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use super::GlobalArgs;
 use super::manifest::Source;
-use crate::model::{Loader, Manifest};
-use crate::reconcile::{Setup, Tier};
-use crate::site::Site;
+use homestak_core::model::{Loader, Manifest};
+use homestak_core::site::Site;
+use homestak_engine::reconcile::{Setup, Tier};
 
 /// Manifest and host flags of `plan`, `reconcile`, `status` and the seed
 /// verbs.
@@ -33,11 +33,11 @@ pub struct TargetArgs {
 }
 
 /// The state directory: `--state-dir`, else the one `homestak serve` uses
-/// ([`crate::daemon::state_dir::default`]), so every command agrees.
+/// ([`homestak_daemon::state_dir::default`]), so every command agrees.
 pub fn state_dir(explicit: Option<&PathBuf>) -> PathBuf {
     explicit
         .cloned()
-        .unwrap_or_else(crate::daemon::state_dir::default)
+        .unwrap_or_else(homestak_daemon::state_dir::default)
 }
 
 /// A tier ready to plan or converge, and the manifest for it.
@@ -74,7 +74,7 @@ pub fn prepare(
         Purpose::Read => (false, SshUse::Never),
         Purpose::Converge { ssh } => (true, ssh),
     };
-    let root = crate::site::discover::find(global.site_config.as_deref())?;
+    let root = homestak_core::site::discover::find(global.site_config.as_deref())?;
     let site = Arc::new(Site::load(&root)?);
     let manifest = read_manifest(&args.source, &root)?;
     let setup = Setup {
@@ -91,7 +91,7 @@ pub fn prepare(
     let tier = match Tier::open(site.clone(), &args.host, &setup) {
         // Plan and status only read the store; when the daemon holds it,
         // go on without (addresses and adoption state are then unknown).
-        Err(crate::reconcile::Error::StoreOpen { source, dir })
+        Err(homestak_engine::reconcile::Error::StoreOpen { source, dir })
             if source.is_locked() && !needs_store =>
         {
             eprintln!(

@@ -1,0 +1,263 @@
+//! The VM controller's steps. Each is idempotent: observe, then act.
+//!
+//! - this file: dispatch and what every step shares (task tracking,
+//!   ownership checks, events);
+//! - [`image`]: `ensure_image`, for whole and split images;
+//! - [`create`]: `create_vm`, `adopt_vm`;
+//! - [`change`]: `update_config`, `resize_disk`, `start_vm`, `wait_agent_ip`,
+//!   `wait_ssh`, `mark_converged`;
+//! - [`delete`]: `stop_vm`, `destroy_vm`, `forget_vm`.
+
+mod change;
+mod create;
+mod delete;
+mod image;
+#[cfg(test)]
+mod image_tests;
+
+use tokio::time::Instant;
+
+use super::mapping::{self, BOOT_DISK};
+use super::{Download, Memory, VmController};
+use crate::executor::{StepError, StepOutcome};
+use crate::store::{
+    ConditionStatus, Durability, EventKind, InFlight, NewEvent, NodeKey, PowerState, Timestamp,
+};
+use homestak_base::error_chain as chain;
+use homestak_core::plan::marks::Marks;
+use homestak_core::plan::{DesiredVm, NodePlan};
+use homestak_pve::tasks::{self, Check};
+use homestak_pve::{
+    self as pve, ConfigUpdate, CreateVm, DeleteVm, DownloadUrl, ErrorKind, PowerAction, Resize,
+    Upid, VmConfig,
+};
+use homestak_ssh as ssh;
+
+type Outcome = StepOutcome;
+
+fn fail(err: &pve::Error, what: &str) -> Outcome {
+    let message = format!("{what}: {}", chain(err));
+    if err.is_transient() {
+        StepOutcome::Failed(StepError::transient(message))
+    } else {
+        StepOutcome::Failed(StepError::permanent(message))
+    }
+}
+
+fn refuse(message: String) -> Outcome {
+    StepOutcome::Failed(StepError::permanent(message))
+}
+
+impl VmController {
+    pub(super) async fn dispatch(
+        &self,
+        node: &NodePlan,
+        step: &crate::executor::Step,
+        m: &mut Memory,
+    ) -> Outcome {
+        if !m.seeded {
+            m.seeded = true;
+            if m.vmid.is_none() {
+                m.vmid = node.vmid;
+            }
+        }
+        let want = self.desired.get(&node.node);
+        match (step.name, want) {
+            ("ensure_image", Some(w)) => self.ensure_image(w, m).await,
+            ("create_vm", Some(w)) => self.create_vm(node, w, m).await,
+            ("adopt_vm", Some(_)) => self.adopt_vm(node, m),
+            ("update_config", Some(w)) => self.update_config(node, w, m).await,
+            ("resize_disk", Some(w)) => self.resize_disk(node, w, m).await,
+            ("start_vm", _) => self.start_vm(node, m).await,
+            ("wait_agent_ip", _) => self.wait_agent_ip(node, m).await,
+            ("wait_ssh", Some(w)) => self.wait_ssh(node, w, m).await,
+            ("mark_converged", Some(w)) => self.mark_converged(node, w, m),
+            ("stop_vm", _) => self.stop_vm(node, m).await,
+            ("destroy_vm", _) => self.destroy_vm(node, m).await,
+            ("forget_vm", _) => self.forget_vm(node, m),
+            (name, _) => refuse(format!("internal error: step {name} has no desired VM")),
+        }
+    }
+
+    /// The VM a stop or destroy acts on: the VM this run created (rollback),
+    /// else the one being replaced, else the node's VM.
+    pub(super) fn victim(node: &NodePlan, m: &Memory) -> Option<u32> {
+        if m.created {
+            return m.vmid;
+        }
+        if node.action == homestak_core::plan::Action::Replace {
+            return node
+                .change(homestak_core::plan::Field::Vmid)
+                .and_then(|c| c.from.parse().ok())
+                .or(node.vmid);
+        }
+        m.vmid
+    }
+
+    /// Forgets the SSH host key recorded for a destroyed VM's address.
+    /// Runs whether or not this run verifies SSH: a destroy without SSH
+    /// must still clear the way for the next VM at that address.
+    pub(super) async fn forget_host_key(&self, node: &NodePlan) {
+        let (Some(store), Some(known)) = (&self.store, &self.known_hosts) else {
+            return;
+        };
+        let ip = store
+            .get_node(&self.key(node))
+            .ok()
+            .flatten()
+            .and_then(|r| r.ip);
+        if let Some(ip) = ip {
+            let _ = known.file.forget(&ip, known.port).await;
+        }
+    }
+
+    pub(super) fn key(&self, node: &NodePlan) -> NodeKey {
+        NodeKey::new(&self.manifest, &node.node)
+    }
+
+    pub(super) fn event(&self, node: &str, kind: EventKind, reason: &str, message: String) {
+        if let Some(store) = &self.store {
+            let _ = store.append_event(&NewEvent {
+                at: Timestamp::now(),
+                manifest: self.manifest.clone(),
+                node: Some(node.to_string()),
+                kind,
+                reason: reason.to_string(),
+                message,
+            });
+        }
+    }
+
+    /// Records a started task durably, so a crash resumes instead of
+    /// repeating it.
+    pub(super) fn record_task(&self, node: &NodePlan, step: &str, upid: &Upid, vmid: Option<u32>) {
+        if let Some(store) = &self.store {
+            let _ = store.update_node(&self.key(node), Durability::Flush, &mut |r| {
+                r.in_flight = Some(InFlight {
+                    upid: upid.to_string(),
+                    step: step.to_string(),
+                    started: Timestamp::now(),
+                });
+                if vmid.is_some() {
+                    r.vmid = vmid;
+                }
+                r.pve_node = Some(self.pve_node.clone());
+            });
+        }
+    }
+
+    pub(super) fn clear_task(&self, node: &NodePlan) {
+        if let Some(store) = &self.store {
+            let _ = store.update_node(&self.key(node), Durability::Lazy, &mut |r| {
+                r.in_flight = None;
+            });
+        }
+    }
+
+    /// A task this step started in an earlier (crashed) run.
+    pub(super) fn resume_task(&self, node: &NodePlan, step: &str, m: &mut Memory) {
+        if m.upid.is_some() {
+            return;
+        }
+        let Some(store) = &self.store else { return };
+        if let Ok(Some(record)) = store.get_node(&self.key(node))
+            && let Some(flight) = record.in_flight.filter(|f| f.step == step)
+        {
+            m.upid = flight.upid.parse().ok();
+            if m.vmid.is_none() {
+                m.vmid = record.vmid;
+            }
+        }
+    }
+
+    /// Checks the task in `m.upid`: `Ok(None)` once it succeeded,
+    /// `Ok(Some(requeue))` while it runs, `Err` when it failed.
+    pub(super) async fn follow(
+        &self,
+        node: &NodePlan,
+        what: &str,
+        m: &mut Memory,
+    ) -> Result<Option<Outcome>, Outcome> {
+        let Some(upid) = m.upid.clone() else {
+            return Ok(None);
+        };
+        let deadline = *m
+            .deadline
+            .get_or_insert_with(|| Instant::now() + self.timing.task_timeout);
+        match tasks::check(self.api.as_ref(), &upid, 20).await {
+            Ok(Check::Running(_)) => {
+                if Instant::now() >= deadline {
+                    m.reset_wait();
+                    return Err(refuse(format!(
+                        "{what}: task {upid} still running after {}; check it in the PVE task log",
+                        humantime::format_duration(self.timing.task_timeout)
+                    )));
+                }
+                Ok(Some(StepOutcome::Requeue(m.next_poll(&self.timing))))
+            }
+            Ok(Check::Succeeded(_)) => {
+                m.reset_wait();
+                self.clear_task(node);
+                Ok(None)
+            }
+            Ok(Check::Failed { exitstatus, .. }) => {
+                m.reset_wait();
+                self.clear_task(node);
+                // Worth another attempt after backoff: lock timeouts under
+                // load, a failed import, a crashed task. Every step looks at
+                // the world again before acting, and the executor bounds the
+                // attempts.
+                let message = format!("{what}: task failed: {exitstatus}");
+                self.event(
+                    &node.node,
+                    EventKind::Warning,
+                    "TaskFailed",
+                    message.clone(),
+                );
+                Err(StepOutcome::Failed(StepError::transient(message)))
+            }
+            Err(err) => Err(fail(&err, what)),
+        }
+    }
+
+    /// Reads the VM's config; `Ok(None)` when the VM does not exist.
+    pub(super) async fn read_config(&self, vmid: u32) -> Result<Option<VmConfig>, Outcome> {
+        match self.api.qemu_config(&self.pve_node, vmid).await {
+            Ok(config) => Ok(Some(config)),
+            Err(err) if err.kind() == ErrorKind::VmNotFound => Ok(None),
+            Err(err) => Err(fail(&err, &format!("read config of vmid {vmid}"))),
+        }
+    }
+
+    /// True when `config` carries our marks for this manifest and node.
+    pub(super) fn is_ours(&self, node: &NodePlan, config: &VmConfig) -> bool {
+        let marks = config
+            .description()
+            .as_deref()
+            .and_then(Marks::from_description);
+        config.tag_set().contains(homestak_core::plan::marks::TAG)
+            && marks.is_some_and(|m| m.manifest == self.manifest && m.node == node.node)
+    }
+
+    pub(super) fn not_ours(&self, node: &NodePlan, vmid: u32) -> Outcome {
+        refuse(format!(
+            "vmid {vmid} no longer carries homestak's marks for {}/{}; it is left \
+             untouched (run plan again)",
+            self.manifest, node.node
+        ))
+    }
+
+    /// Reads the VM's config and proves it is still ours. `Ok(None)` when
+    /// the VM does not exist.
+    pub(super) async fn owned_config(
+        &self,
+        node: &NodePlan,
+        vmid: u32,
+    ) -> Result<Option<VmConfig>, Outcome> {
+        match self.read_config(vmid).await? {
+            Some(config) if self.is_ours(node, &config) => Ok(Some(config)),
+            Some(_) => Err(self.not_ours(node, vmid)),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The create step's vmid rules against a scripted PVE: vmids handed out
+//! in a run never collide, a vmid someone else took is given up unless the
+//! manifest names it, and a failed read never makes a second VM.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use reqwest::Method;
+use serde_json::json;
+
+use super::{ImageSource, Memory, RunState, Timing, VmController};
+use crate::executor::{Controller, Step, StepOutcome};
+use homestak_core::plan::{Action, DesiredVm, IpConfig, Kind, NodePlan};
+use homestak_pve::fake::{Reply, Scripted, upid};
+
+fn want(vmid: Option<u32>) -> DesiredVm {
+    DesiredVm {
+        name: "web".into(),
+        kind: Kind::Vm,
+        parent: None,
+        vmid,
+        cores: 1,
+        memory_mib: 1024,
+        disk_gib: 8,
+        image: "debian-12".into(),
+        storage: "local-zfs".into(),
+        bridge: "vmbr0".into(),
+        ip: IpConfig::Dhcp,
+        nameserver: None,
+        searchdomain: None,
+        user: "ops".into(),
+        ssh_keys: Vec::new(),
+    }
+}
+
+fn controller(script: &Arc<Scripted>, want: DesiredVm) -> VmController {
+    VmController {
+        api: Arc::new(script.client()),
+        pve_node: "pve".into(),
+        manifest: "demo".into(),
+        image_storage: "local".into(),
+        default_storage: "local-zfs".into(),
+        images: ImageSource {
+            base_url: "https://127.0.0.1:9/".into(),
+            parts: HashMap::new(),
+        },
+        desired: HashMap::from([(want.name.clone(), want)]),
+        store: None,
+        ssh: None,
+        known_hosts: None,
+        host_ssh: None,
+        timing: Timing::default(),
+        shared: RunState::default(),
+    }
+}
+
+fn create(vmid: Option<u32>) -> NodePlan {
+    NodePlan {
+        node: "web".into(),
+        action: Action::Create,
+        vmid,
+        changes: Vec::new(),
+        reason: None,
+        blocked: None,
+    }
+}
+
+fn missing(vmid: u32) -> Reply {
+    Reply::error(
+        500,
+        format!("Configuration file 'nodes/pve/qemu-server/{vmid}.conf' does not exist"),
+    )
+}
+
+/// A VM someone made by hand: no tag, no marks.
+fn foreign() -> Reply {
+    Reply::Data(json!({"name": "hand-made", "cores": 2, "digest": "abc"}))
+}
+
+fn create_vm() -> Step {
+    Step::on_storage("create_vm", "local-zfs")
+}
+
+fn created_vmids(script: &Scripted) -> Vec<String> {
+    script
+        .requests()
+        .iter()
+        .filter(|r| r.method == Method::POST && r.path == "/nodes/pve/qemu")
+        .filter_map(|r| {
+            r.params
+                .iter()
+                .find(|(k, _)| k == "vmid")
+                .map(|(_, v)| v.clone())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn allocation_skips_reserved_and_taken_vmids() {
+    let script = Scripted::new();
+    script
+        .once(Method::GET, "/cluster/nextid", Reply::Data(json!("100")))
+        .once(
+            Method::GET,
+            "/cluster/nextid",
+            Reply::param_error("vmid", "VM 101 already exists"),
+        )
+        .once(Method::GET, "/cluster/nextid", Reply::Data(json!("102")))
+        .always(Method::GET, "/nodes/pve/qemu/102/config", missing(102))
+        .always(
+            Method::POST,
+            "/nodes/pve/qemu",
+            Reply::Data(json!(upid("pve", "qmcreate", "102").to_string())),
+        );
+    let c = controller(&script, want(None));
+    // Another node of the plan will create vmid 100.
+    c.reserve([100]);
+    let mut m = Memory::default();
+    let out = c.run(&create(None), &create_vm(), &mut m).await;
+    assert!(matches!(out, StepOutcome::Requeue(_)), "{out:?}");
+    assert_eq!(m.vmid, Some(102));
+    assert_eq!(created_vmids(&script), ["102"]);
+}
+
+#[tokio::test]
+async fn a_remembered_vmid_someone_took_is_given_up_for_another() {
+    let script = Scripted::new();
+    script
+        .always(Method::GET, "/nodes/pve/qemu/105/config", foreign())
+        .always(Method::GET, "/cluster/nextid", Reply::Data(json!("106")))
+        .always(Method::GET, "/nodes/pve/qemu/106/config", missing(106))
+        .always(
+            Method::POST,
+            "/nodes/pve/qemu",
+            Reply::Data(json!(upid("pve", "qmcreate", "106").to_string())),
+        );
+    let c = controller(&script, want(None));
+    let node = create(Some(105));
+    let mut m = Memory::default();
+    match c.run(&node, &create_vm(), &mut m).await {
+        StepOutcome::Failed(e) => assert!(e.transient, "{e:?}"),
+        other => panic!("expected a transient failure, got {other:?}"),
+    }
+    assert_eq!(m.vmid, None);
+    assert_eq!(script.writes(), 0, "the foreign VM is never touched");
+    let out = c.run(&node, &create_vm(), &mut m).await;
+    assert!(matches!(out, StepOutcome::Requeue(_)), "{out:?}");
+    assert_eq!(created_vmids(&script), ["106"]);
+}
+
+#[tokio::test]
+async fn a_vmid_the_manifest_names_is_never_given_up() {
+    let script = Scripted::new();
+    script.always(Method::GET, "/nodes/pve/qemu/105/config", foreign());
+    let c = controller(&script, want(Some(105)));
+    let mut m = Memory::default();
+    match c.run(&create(Some(105)), &create_vm(), &mut m).await {
+        StepOutcome::Failed(e) => {
+            assert!(!e.transient, "{e:?}");
+            assert!(e.message.contains("vmid 105"), "{e:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(m.vmid, Some(105));
+    assert_eq!(script.writes(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_read_keeps_the_vmid_an_earlier_attempt_may_have_created() {
+    let script = Scripted::new();
+    script.always(
+        Method::GET,
+        "/nodes/pve/qemu/107/config",
+        Reply::error(503, "Service Unavailable"),
+    );
+    let c = controller(&script, want(None));
+    // An earlier attempt picked 107 and sent the create; its answer was lost.
+    let mut m = Memory {
+        vmid: Some(107),
+        ..Memory::default()
+    };
+    match c.run(&create(None), &create_vm(), &mut m).await {
+        StepOutcome::Failed(e) => assert!(e.transient, "{e:?}"),
+        other => panic!("expected a transient failure, got {other:?}"),
+    }
+    assert_eq!(m.vmid, Some(107), "a new vmid could mean a second VM");
+    assert_eq!(script.writes(), 0);
+}
+
+fn with_store(script: &Arc<Scripted>, store: Arc<dyn crate::store::Store>) -> VmController {
+    let mut c = controller(script, want(None));
+    c.store = Some(store);
+    c
+}
+
+#[tokio::test]
+async fn pruning_a_duplicate_keeps_the_nodes_record() {
+    use crate::store::{Durability, NodeKey, NodeRecord, Store};
+    let store = Arc::new(crate::store::memory());
+    let key = NodeKey::new("demo", "web");
+    store
+        .put_node(
+            &key,
+            &NodeRecord {
+                vmid: Some(101),
+                ..NodeRecord::default()
+            },
+            Durability::Flush,
+        )
+        .unwrap();
+    let script = Scripted::new();
+    let c = with_store(&script, store.clone());
+    let delete = |vmid| NodePlan {
+        action: Action::Delete,
+        ..create(Some(vmid))
+    };
+    let forget = Step::new("forget_vm");
+
+    // A second VM with the node's marks (vmid 102) is pruned: the record of
+    // vmid 101, the node's VM, stays.
+    let out = c.run(&delete(102), &forget, &mut Memory::default()).await;
+    assert!(matches!(out, StepOutcome::Done), "{out:?}");
+    assert_eq!(store.get_node(&key).unwrap().unwrap().vmid, Some(101));
+
+    // The node's own VM is deleted: its record goes.
+    let out = c.run(&delete(101), &forget, &mut Memory::default()).await;
+    assert!(matches!(out, StepOutcome::Done), "{out:?}");
+    assert!(store.get_node(&key).unwrap().is_none());
+}

@@ -1,0 +1,17 @@
+//! homestak's engine: everything that changes the world on one PVE tier.
+//!
+//! # Tour (the data flows top to bottom)
+//!
+//! - [`reconcile`]: one reconcile of one manifest on one tier (resolve
+//!   desired, observe, plan, apply, record): the one path the CLI, the
+//!   daemon and delegation share; also `status`.
+//! - [`executor`]: runs a plan as a DAG with bounded concurrency, backoff
+//!   and requeue instead of holding workers across PVE tasks.
+//! - [`controllers`]: one per node kind; idempotent verb_noun steps.
+//! - [`store`]: durable records (sled behind a small trait): node records,
+//!   conditions, events, leases.
+
+pub mod controllers;
+pub mod executor;
+pub mod reconcile;
+pub mod store;

@@ -1,0 +1,4 @@
+//! The integration tests of homestak-ssh: one binary, one module per concern.
+
+mod loopback;
+mod openssh;
