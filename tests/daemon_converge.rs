@@ -8,7 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::daemon_support::*;
+use homestak_core::site::Secret;
+use homestak_daemon::auth::{ApiTokens, Scope};
 use homestak_daemon::converge::ConvergeEngine;
+use homestak_daemon::server::ApiTokenSource;
+use homestak_engine::reconcile::Setup;
 use serde_json::Value;
 
 fn write(root: &Path, rel: &str, text: &str) {
@@ -87,9 +91,24 @@ async fn a_committed_change_converges_and_status_is_in_sync() {
     git(site.path(), &["commit", "-q", "-m", "target the simulator"]);
 
     let mut config = config(site.path(), state.path());
+    // As `homestak serve` keeps them: the tokens file and the token it
+    // generated beside it, which `homestak status` uses to ask the daemon.
+    write(
+        state.path(),
+        "api-tokens.yaml",
+        &ApiTokens::file_text("reader", Scope::Read, &Secret::new(READ_TOKEN)),
+    );
+    write(state.path(), "api-token", READ_TOKEN);
+    config.api_tokens = ApiTokenSource::Default;
     config.watch = true;
     config.debounce = Duration::from_millis(100);
-    let engine = Arc::new(ConvergeEngine::new(state.path().to_path_buf(), false, None).unwrap());
+    let engine = Arc::new(
+        ConvergeEngine::open(Setup {
+            state_dir: state.path().to_path_buf(),
+            ..Setup::default()
+        })
+        .unwrap(),
+    );
     let d = start(config, engine).await;
 
     let head = git(site.path(), &["rev-parse", "HEAD"]);

@@ -118,7 +118,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
             }
         }
     }
-    Ok(Outcome::Success)
+    Ok(Outcome::Converged)
 }
 
 fn list_label(kind: ListKind) -> &'static str {

@@ -34,7 +34,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
             );
         }
         return Ok(if stale.is_empty() {
-            Outcome::Success
+            Outcome::Converged
         } else {
             Outcome::Failed
         });
@@ -48,5 +48,5 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
             println!("wrote {}", path.display());
         }
     }
-    Ok(Outcome::Success)
+    Ok(Outcome::Converged)
 }

@@ -184,11 +184,11 @@ fn list(global: &GlobalArgs) -> anyhow::Result<Outcome> {
             "site_config": site.display().to_string(),
             "manifests": manifests,
         }))?;
-        return Ok(Outcome::Success);
+        return Ok(Outcome::Converged);
     }
     if rows.is_empty() {
         println!("no manifests in {}", loader.dir().display());
-        return Ok(Outcome::Success);
+        return Ok(Outcome::Converged);
     }
     let table: Vec<[String; 4]> = rows
         .iter()
@@ -209,7 +209,7 @@ fn list(global: &GlobalArgs) -> anyhow::Result<Outcome> {
         "{}",
         render_table(["NAME", "SCHEMA", "SIZE", "DESCRIPTION"], &table)
     );
-    Ok(Outcome::Success)
+    Ok(Outcome::Converged)
 }
 
 /// Left-aligned columns separated by two spaces; the last one is not padded.
@@ -246,7 +246,7 @@ fn validate_one(source: &Source, global: &GlobalArgs) -> anyhow::Result<Outcome>
             } else {
                 println!("{described}: valid ({})", size_summary(&m));
             }
-            Ok(Outcome::Success)
+            Ok(Outcome::Converged)
         }
         Err(err) => {
             if global.json {
@@ -295,7 +295,7 @@ fn validate_all(global: &GlobalArgs) -> anyhow::Result<Outcome> {
         println!("{} valid, {invalid} invalid", names.len() - invalid);
     }
     Ok(if invalid == 0 {
-        Outcome::Success
+        Outcome::Converged
     } else {
         Outcome::Failed
     })
@@ -372,7 +372,7 @@ fn show(source: &Source, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     } else {
         print!("{}", render_show(&described, &m, graph.as_ref())?);
     }
-    Ok(Outcome::Success)
+    Ok(Outcome::Converged)
 }
 
 /// Create order and destroy order by name: the graph's for a node tree,

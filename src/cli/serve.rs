@@ -18,6 +18,7 @@ use homestak_daemon::converge::ConvergeEngine;
 use homestak_daemon::repos::RepoSpec;
 use homestak_daemon::server::{ApiTokenSource, Config, DEFAULT_PORT, RepoToken};
 use homestak_daemon::{Daemon, source};
+use homestak_engine::reconcile::Setup;
 
 /// Arguments of `homestak serve`.
 #[derive(Debug, clap::Args)]
@@ -157,8 +158,14 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     config.shutdown_grace = args.shutdown_grace;
 
     let engine = Arc::new(
-        ConvergeEngine::new(state.clone(), args.insecure, args.ssh_key.clone())
-            .context("homestak serve cannot open its store")?,
+        ConvergeEngine::open(Setup {
+            insecure: args.insecure,
+            state_dir: state.clone(),
+            open_store: true,
+            ssh: false,
+            ssh_key: args.ssh_key.clone(),
+        })
+        .context("homestak serve cannot open its store")?,
     );
     let daemon = Daemon::start(config, engine)
         .await
@@ -215,7 +222,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
         let _ = std::fs::remove_file(path);
     }
     result.context("homestak serve stopped with an error")?;
-    Ok(Outcome::Success)
+    Ok(Outcome::Converged)
 }
 
 #[cfg(test)]

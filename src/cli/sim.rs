@@ -170,7 +170,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     if let Some(path) = &args.ready_file {
         let _ = std::fs::remove_file(path);
     }
-    Ok(Outcome::Success)
+    Ok(Outcome::Converged)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -8,6 +8,8 @@
 //! - [`digest`]: SHA-256 and hex for fingerprints, token digests and short
 //!   revision ids.
 //! - [`fsutil`]: atomic file replacement with a given mode.
+//! - [`time`]: [`time::Timestamp`], the one timestamp type (RFC 3339 on the
+//!   wire and on disk).
 //! - [`BoxFuture`] and [`error_chain`]: the dyn-async return type of the
 //!   workspace's traits and the one-line rendering of an error with its
 //!   causes.
@@ -15,6 +17,7 @@
 pub mod digest;
 pub mod fsutil;
 pub mod secret;
+pub mod time;
 pub mod yaml;
 
 /// A boxed, sendable future: what the workspace's dyn-compatible async

@@ -1,35 +1,30 @@
-//! The reconciler API and `/metrics`. Every endpoint needs an API token
-//! (`Authorization: Bearer`, see [`super::auth::ApiTokens`]):
+//! The reconciler API and `/metrics`, serving the types of
+//! [`homestak_api::v1`] (its docs list the endpoints). Every endpoint needs
+//! an API token (`Authorization: Bearer`, see [`super::auth::ApiTokens`]).
 //!
-//! | endpoint | scope | what |
-//! |---|---|---|
-//! | `GET /v1/status[?manifest=NAME]` | read | managed manifests, last applied revision, last reconcile, the engine's status (drift) |
-//! | `GET /v1/events[?since=SEQ&limit=N]` | read | the event log after `SEQ` |
-//! | `GET /metrics` | read | Prometheus text |
-//! | `POST /v1/reconcile[?manifest=NAME]` | write | queue a reconcile of one or all manifests (202) |
-//! | `PUT /v1/subtree` | write | a parent tier hands over a subtree (202) |
-//!
-//! `PUT /v1/subtree` takes `{"host": "<node on this tier>", "manifest":
-//! <manifest JSON as homestak serialises it>}`; the manifest is validated
+//! `PUT /v1/subtree` takes a [`SubtreeRequest`]; the manifest is validated
 //! with [`homestak_core::model::Manifest`] and must have a node tree.
 
 use std::sync::Arc;
 
 use axum::http::Method;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
-use super::auth::{ApiTokens, Caller, Scope};
-use super::engine::{Engine, Reason};
-use super::events::{EventLog, now_rfc3339};
+use super::auth::{ApiTokens, Caller};
+use super::engine::Engine;
+use super::events::EventLog;
 use super::metrics::Metrics;
 use super::reconciler::{Reconciler, subtree_revision};
 use super::reply::{self, ApiError, Reply};
 use super::site_cell::SiteCell;
-use super::store::Subtree;
+pub use homestak_api::v1::Endpoint;
+use homestak_api::v1::{
+    EventsResponse, MAX_EVENTS, ReconcileResponse, SubtreeRequest, SubtreeResponse,
+};
+use homestak_api::{Reason, Subtree};
+use homestak_base::time::Timestamp;
 use homestak_core::model::{Manifest, NodeName, Origin};
-
-/// Most events returned by one `GET /v1/events`.
-const MAX_EVENTS: usize = 500;
 
 /// What the API needs.
 #[derive(Clone)]
@@ -42,58 +37,6 @@ pub struct Api {
     pub site: SiteCell,
 }
 
-/// An API endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Status,
-    Events,
-    Metrics,
-    Reconcile,
-    Subtree,
-}
-
-impl Endpoint {
-    /// The endpoint a path names.
-    pub fn of(path: &str) -> Option<Endpoint> {
-        Some(match path {
-            "/v1/status" => Endpoint::Status,
-            "/v1/events" => Endpoint::Events,
-            "/metrics" => Endpoint::Metrics,
-            "/v1/reconcile" => Endpoint::Reconcile,
-            "/v1/subtree" => Endpoint::Subtree,
-            _ => return None,
-        })
-    }
-
-    /// The method it answers (GET endpoints also answer HEAD).
-    pub fn method(self) -> Method {
-        match self {
-            Endpoint::Status | Endpoint::Events | Endpoint::Metrics => Method::GET,
-            Endpoint::Reconcile => Method::POST,
-            Endpoint::Subtree => Method::PUT,
-        }
-    }
-
-    /// The minimum token scope.
-    pub fn scope(self) -> Scope {
-        match self {
-            Endpoint::Status | Endpoint::Events | Endpoint::Metrics => Scope::Read,
-            Endpoint::Reconcile | Endpoint::Subtree => Scope::Write,
-        }
-    }
-
-    /// The `route` label of `homestak_http_requests_total`.
-    pub fn label(self) -> &'static str {
-        match self {
-            Endpoint::Status => "v1_status",
-            Endpoint::Events => "v1_events",
-            Endpoint::Metrics => "metrics",
-            Endpoint::Reconcile => "v1_reconcile",
-            Endpoint::Subtree => "v1_subtree",
-        }
-    }
-}
-
 impl Api {
     /// Answers a request to `endpoint`: method, token and scope first,
     /// then the endpoint itself.
@@ -103,10 +46,10 @@ impl Api {
         method: &Method,
         query: Option<&str>,
         authorization: Option<&str>,
-        body: &[u8],
+        body_bytes: &[u8],
     ) -> Reply {
         let allowed = endpoint.method();
-        if *method != allowed && !(allowed == Method::GET && *method == Method::HEAD) {
+        if method.as_str() != allowed && !(allowed == "GET" && *method == Method::HEAD) {
             return ApiError::method_not_allowed(method).reply();
         }
         let caller = match self.tokens.authorize(authorization, endpoint.scope()) {
@@ -114,18 +57,18 @@ impl Api {
             Err(err) => return err.reply(),
         };
         let result = match endpoint {
-            Endpoint::Status => {
-                self.reconciler
-                    .status(param(query, "manifest").as_deref())
-                    .await
-            }
-            Endpoint::Events => self.events(query),
+            Endpoint::Status => self
+                .reconciler
+                .status(param(query, "manifest").as_deref())
+                .await
+                .and_then(|r| body(&r)),
+            Endpoint::Events => self.events(query).and_then(|r| body(&r)),
             Endpoint::Metrics => {
                 let text = self.metrics.render(&self.engine.metrics());
                 return Reply::bytes(reply::PROMETHEUS, text.into_bytes());
             }
-            Endpoint::Reconcile => self.reconcile(query, &caller),
-            Endpoint::Subtree => self.subtree(body, &caller),
+            Endpoint::Reconcile => self.reconcile(query, &caller).and_then(|r| body(&r)),
+            Endpoint::Subtree => self.subtree(body_bytes, &caller).and_then(|r| body(&r)),
         };
         match result {
             Ok(value) if matches!(endpoint, Endpoint::Reconcile | Endpoint::Subtree) => {
@@ -136,7 +79,7 @@ impl Api {
         }
     }
 
-    fn events(&self, query: Option<&str>) -> Result<Value, ApiError> {
+    fn events(&self, query: Option<&str>) -> Result<EventsResponse, ApiError> {
         let number = |key: &str| -> Result<Option<u64>, ApiError> {
             param(query, key)
                 .map(|v| {
@@ -152,10 +95,18 @@ impl Api {
             .min(MAX_EVENTS);
         let events = self.events.since(since, limit);
         let next = events.last().map_or(since, |e| e.seq);
-        Ok(json!({"events": events, "next": next, "last": self.events.last_seq()}))
+        Ok(EventsResponse {
+            events,
+            next,
+            last: self.events.last_seq(),
+        })
     }
 
-    fn reconcile(&self, query: Option<&str>, caller: &Caller) -> Result<Value, ApiError> {
+    fn reconcile(
+        &self,
+        query: Option<&str>,
+        caller: &Caller,
+    ) -> Result<ReconcileResponse, ApiError> {
         let queued = match param(query, "manifest") {
             Some(name) => {
                 self.reconciler.enqueue(&name, Reason::Api)?;
@@ -164,10 +115,10 @@ impl Api {
             None => self.reconciler.enqueue_all(Reason::Api),
         };
         tracing::info!(caller = %caller.name, count = queued.len(), "reconcile requested");
-        Ok(json!({"queued": queued}))
+        Ok(ReconcileResponse { queued })
     }
 
-    fn subtree(&self, body: &[u8], caller: &Caller) -> Result<Value, ApiError> {
+    fn subtree(&self, body: &[u8], caller: &Caller) -> Result<SubtreeResponse, ApiError> {
         let value: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("Request body is not JSON: {e}")))?;
         let object = value.as_object().ok_or_else(|| {
@@ -200,19 +151,34 @@ impl Api {
                 "Invalid manifest: a subtree must be a schema v2 manifest with nodes",
             ));
         }
-        let name = manifest.name().to_string();
-        let revision = subtree_revision(raw);
-        self.reconciler.accept_subtree(Subtree {
-            name: name.clone(),
+        let request = SubtreeRequest {
             host: host.to_string(),
             manifest: raw.clone(),
+        };
+        let name = manifest.name().to_string();
+        let revision = subtree_revision(&request.manifest);
+        self.reconciler.accept_subtree(Subtree {
+            name: name.clone(),
+            host: request.host.clone(),
+            manifest: request.manifest,
             revision: revision.clone(),
-            received_at: now_rfc3339(),
+            received_at: Timestamp::now(),
             from: caller.name.clone(),
         })?;
         tracing::info!(caller = %caller.name, manifest = %name, "subtree accepted");
-        Ok(json!({"accepted": name, "host": host, "revision": revision, "queued": true}))
+        Ok(SubtreeResponse {
+            accepted: name,
+            host: request.host,
+            revision,
+            queued: true,
+        })
     }
+}
+
+/// An answer as its JSON body.
+fn body(answer: &impl Serialize) -> Result<Value, ApiError> {
+    serde_json::to_value(answer)
+        .map_err(|e| ApiError::internal(format!("Cannot encode the answer: {e}")))
 }
 
 /// A query parameter, percent-decoded.
@@ -240,8 +206,8 @@ mod tests {
         assert_eq!(param(Some("a=1"), "manifest"), None);
         assert_eq!(param(None, "x"), None);
         assert_eq!(Endpoint::of("/v1/subtree"), Some(Endpoint::Subtree));
-        assert_eq!(Endpoint::Subtree.scope(), Scope::Write);
-        assert_eq!(Endpoint::Metrics.scope(), Scope::Read);
+        assert_eq!(Endpoint::Subtree.scope(), homestak_api::v1::Scope::Write);
+        assert_eq!(Endpoint::Metrics.scope(), homestak_api::v1::Scope::Read);
         assert_eq!(Endpoint::of("/v1/other"), None);
     }
 }

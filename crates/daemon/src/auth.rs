@@ -70,24 +70,7 @@ impl RepoAuth {
     }
 }
 
-/// What an API token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// `GET /v1/status`, `GET /v1/events`, `GET /metrics`.
-    Read,
-    /// Everything `read` may, plus `POST /v1/reconcile` and `PUT /v1/subtree`.
-    Write,
-}
-
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Read => "read",
-            Scope::Write => "write",
-        }
-    }
-}
+pub use homestak_api::v1::Scope;
 
 /// One API token: a name (for logs and events), its scope and the SHA-256
 /// of its value. Only the digest is kept in memory.

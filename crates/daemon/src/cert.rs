@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::state_dir::{self, SECRET_MODE};
+use homestak_engine::state_dir::{self, SECRET_MODE};
 use homestak_tls::{self as tls, Fingerprint};
 
 /// Sub-directory of the state directory holding the generated pair.

@@ -21,7 +21,8 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::engine::{EngineMetrics, Outcome};
+use homestak_api::Outcome;
+use homestak_engine::reconcile::Metrics as EngineMetrics;
 
 /// Metric kinds, as written in `# TYPE`.
 #[derive(Debug, Clone, Copy)]
@@ -357,7 +358,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::PveRequestCount;
+    use homestak_engine::reconcile::PveRequestCount;
 
     #[test]
     fn exposition_has_every_family_in_text_format() {

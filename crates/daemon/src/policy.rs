@@ -24,30 +24,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// The file name, at the site-config root.
 pub const FILE: &str = "controller.yaml";
 
-/// What to do about drift found between commits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DriftPolicy {
-    /// Converge it back (GitOps: the repository wins).
-    #[default]
-    Correct,
-    /// Report it (status, events, metrics) and change nothing.
-    Report,
-}
-
-impl DriftPolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DriftPolicy::Correct => "correct",
-            DriftPolicy::Report => "report",
-        }
-    }
-}
+pub use homestak_api::DriftPolicy;
 
 /// Settings of one manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

@@ -17,39 +17,25 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::Notify;
 
-use super::engine::{
-    Engine, Mode, Outcome, Reason, ReconcileRequest, ReconcileSummary, StatusRequest,
-};
-use super::events::{EventLog, Level, NewEvent, now_rfc3339};
+use super::engine::{Engine, StatusRequest};
+use super::events::EventLog;
 use super::metrics::Metrics;
-use super::policy::DriftPolicy;
 use super::reply::ApiError;
 use super::shutdown::Shutdown;
 use super::site_cell::SiteCell;
 use super::source::{self, Snapshot, Source, short};
-use super::store::{Applied, ControllerStore, LastReconcile, ManifestRecord, Subtree};
+use homestak_api::v1::{ManifestStatus, Origin, Running, StatusResponse};
+use homestak_api::{
+    Applied, DriftPolicy, Event, Kind, LastReconcile, Level, ManifestRecord, Mode, Outcome, Reason,
+    Subtree,
+};
+use homestak_base::time::Timestamp;
 use homestak_core::model::{Manifest, Origin as ManifestOrigin};
-
-/// Where a managed manifest comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// `manifests/NAME.yaml`, listed in `controller.yaml` or `--manifest`.
-    Git,
-    /// Handed over by a parent tier (`PUT /v1/subtree`).
-    Delegated,
-}
-
-impl Origin {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Origin::Git => "git",
-            Origin::Delegated => "delegated",
-        }
-    }
-}
+use homestak_engine::reconcile::{self, Options, Request};
+use homestak_engine::store::{Durability, Store};
 
 /// One managed manifest at the current revision.
 #[derive(Debug, Clone)]
@@ -63,6 +49,14 @@ pub struct Entry {
     pub revision: String,
     /// The manifest, or why it cannot be used.
     pub manifest: Result<Arc<Manifest>, String>,
+}
+
+impl Entry {
+    /// Its records' name in the store: the manifest's own name (what the
+    /// engine and `homestak status` use), else the entry's.
+    pub fn record_key(&self) -> &str {
+        self.manifest.as_ref().map_or(&self.name, |m| m.name())
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -90,7 +84,7 @@ struct Queue {
 /// The reconcile loop.
 pub struct Reconciler {
     engine: Arc<dyn Engine>,
-    store: Arc<dyn ControllerStore>,
+    store: Arc<dyn Store>,
     events: EventLog,
     metrics: Arc<Metrics>,
     site: SiteCell,
@@ -99,7 +93,7 @@ pub struct Reconciler {
     host_override: Option<String>,
     desired: RwLock<Desired>,
     queue: Queue,
-    running: Mutex<Option<(String, String)>>,
+    running: Mutex<Option<Running>>,
     shutdown: Shutdown,
 }
 
@@ -114,7 +108,7 @@ impl std::fmt::Debug for Reconciler {
 /// What [`Reconciler::new`] needs.
 pub struct Parts {
     pub engine: Arc<dyn Engine>,
-    pub store: Arc<dyn ControllerStore>,
+    pub store: Arc<dyn Store>,
     pub events: EventLog,
     pub metrics: Arc<Metrics>,
     pub site: SiteCell,
@@ -199,7 +193,7 @@ impl Reconciler {
                 if changed {
                     tracing::warn!(error = %message, "cannot read desired state");
                     self.events
-                        .emit(NewEvent::error("source_error", message.clone()));
+                        .emit(Event::error(Kind::SourceError, message.clone()));
                 }
                 return Err(err);
             }
@@ -207,8 +201,8 @@ impl Reconciler {
         let mut d = self.write_desired();
         let changed = d.snapshot.as_ref().map(|s| &s.revision) != Some(&snapshot.revision);
         if changed {
-            self.events.emit(NewEvent::info(
-                "revision",
+            self.events.emit(Event::info(
+                Kind::Revision,
                 format!(
                     "desired state at {} ({})",
                     short(&snapshot.revision),
@@ -252,7 +246,12 @@ impl Reconciler {
                 );
             }
         }
-        for (name, sub) in self.store.subtrees() {
+        let subtrees = self.store.list_subtrees().unwrap_or_else(|err| {
+            tracing::error!(error = %error_chain(&err), "cannot read the subtrees kept in the store");
+            Vec::new()
+        });
+        for sub in subtrees {
+            let name = sub.name.clone();
             if entries.contains_key(&name) {
                 continue;
             }
@@ -300,17 +299,19 @@ impl Reconciler {
         }
         let revision = subtree.revision.clone();
         let from = subtree.from.clone();
-        self.store.put_subtree(subtree).map_err(|e| {
-            tracing::error!(error = %error_chain(&e), "cannot store a subtree");
-            ApiError::internal("Cannot store the subtree")
-        })?;
+        self.store
+            .put_subtree(&subtree, Durability::Flush)
+            .map_err(|e| {
+                tracing::error!(error = %error_chain(&e), "cannot store a subtree");
+                ApiError::internal("Cannot store the subtree")
+            })?;
         {
             let mut d = self.write_desired();
             d.entries = self.entries_of(d.snapshot.as_ref());
         }
         self.events.emit(
-            NewEvent::info(
-                "subtree_accepted",
+            Event::info(
+                Kind::SubtreeAccepted,
                 format!("subtree {} from '{from}'", short(&revision)),
             )
             .manifest(&name),
@@ -365,7 +366,7 @@ impl Reconciler {
             Some(queued) => queued.reason = queued.reason.max(job.reason),
             None => {
                 self.events.emit(
-                    NewEvent::info("reconcile_queued", job.reason.as_str()).manifest(&job.name),
+                    Event::info(Kind::ReconcileQueued, job.reason.as_str()).manifest(&job.name),
                 );
                 items.push_back(job);
             }
@@ -420,123 +421,138 @@ impl Reconciler {
     async fn run_job(&self, job: Job) {
         let Some(entry) = self.read_desired().entries.get(&job.name).cloned() else {
             self.events
-                .emit(NewEvent::info("reconcile_skipped", "no longer managed").manifest(&job.name));
+                .emit(Event::info(Kind::ReconcileSkipped, "no longer managed").manifest(&job.name));
             return;
         };
         if entry.suspended {
             self.events
-                .emit(NewEvent::info("reconcile_skipped", "suspended").manifest(&job.name));
+                .emit(Event::info(Kind::ReconcileSkipped, "suspended").manifest(&job.name));
             return;
         }
-        let mut record = self.store.record(&entry.name);
+        let record = self.record(entry.record_key());
         let mode = decide_mode(
             job.reason,
             entry.drift,
             &entry.revision,
             record.last_applied.as_ref(),
         );
-        let started = Instant::now();
-        let summary = match (&entry.manifest, &entry.host) {
-            (Err(problem), _) => failed(problem.clone()),
-            (Ok(_), None) => failed(format!(
+        let started = Timestamp::now();
+        let clock = Instant::now();
+        let ran = match (&entry.manifest, &entry.host) {
+            (Err(problem), _) => Err(problem.clone()),
+            (Ok(_), None) => Err(format!(
                 "no target host for '{}': set `host` in controller.yaml or pass --host",
                 entry.name
             )),
             (Ok(manifest), Some(host)) => {
                 self.events.emit(
-                    NewEvent::info(
-                        "reconcile_started",
+                    Event::info(
+                        Kind::ReconcileStarted,
                         format!(
                             "{} at {} on {host} ({})",
-                            mode_str(mode),
+                            mode.verb(),
                             short(&entry.revision),
                             job.reason.as_str()
                         ),
                     )
                     .manifest(&entry.name),
                 );
-                *self.running.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((entry.name.clone(), now_rfc3339()));
-                let request = ReconcileRequest {
-                    manifest_name: entry.name.clone(),
+                *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running {
+                    manifest: entry.name.clone(),
+                    since: started,
+                });
+                let request = Request {
                     manifest: Arc::clone(manifest),
                     host: host.clone(),
                     site: self.site.get(),
-                    revision: entry.revision.clone(),
+                    revision: Some(entry.revision.clone()),
                     reason: job.reason,
                     mode,
-                    shutdown: self.shutdown.clone(),
-                    events: self.events.clone(),
+                    options: Options::default(),
                 };
                 // On its own task, so a panicking engine fails this job
                 // instead of killing the worker.
                 let engine = Arc::clone(&self.engine);
-                let result = tokio::spawn(async move { engine.reconcile(request).await }).await;
+                let shutdown = self.shutdown.clone();
+                let result =
+                    tokio::spawn(async move { engine.reconcile(request, shutdown).await }).await;
                 *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 match result {
-                    Ok(Ok(summary)) => summary,
-                    Ok(Err(err)) => failed(error_chain(&err)),
+                    Ok(Ok(run)) => Ok(run),
+                    Ok(Err(err)) => Err(error_chain(&err)),
                     Err(join) => {
                         tracing::error!(manifest = %entry.name, error = %join, "the engine panicked");
-                        failed("the engine panicked; see the daemon's log".to_string())
+                        Err("the engine panicked; see the daemon's log".to_string())
                     }
                 }
             }
         };
-        let elapsed = started.elapsed();
-        self.metrics.reconciles.inc(&[summary.outcome.as_str()]);
+        let (outcome, changed, drifted, message) = match &ran {
+            Ok(run) => (
+                run.outcome,
+                run.changed_nodes,
+                run.drifted_nodes,
+                run.message.clone(),
+            ),
+            Err(why) => (Outcome::Failed, 0, 0, Some(why.clone())),
+        };
+        if let Err(why) = &ran {
+            // The engine records the runs it makes; this one never got there.
+            let last = LastReconcile {
+                revision: Some(entry.revision.clone()),
+                at: started,
+                reason: job.reason,
+                mode,
+                outcome,
+                duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
+                changed_nodes: 0,
+                drifted_nodes: 0,
+                summary: String::new(),
+                message: Some(why.clone()),
+            };
+            if let Err(err) =
+                reconcile::record_run(self.store.as_ref(), entry.record_key(), last, None)
+            {
+                tracing::error!(error = %error_chain(&err), "cannot record a reconcile");
+            }
+        }
+        self.metrics.reconciles.inc(&[outcome.as_str()]);
         self.metrics
             .reconcile_duration
-            .observe(elapsed.as_secs_f64());
+            .observe(clock.elapsed().as_secs_f64());
         self.metrics
             .drifted_nodes
-            .set(&[&entry.name], summary.drifted_nodes as f64);
-        let at = now_rfc3339();
-        if summary.outcome == Outcome::Converged && mode == Mode::Apply {
-            record.last_applied = Some(Applied {
-                revision: entry.revision.clone(),
-                at: at.clone(),
-            });
-        }
-        record.last_reconcile = Some(LastReconcile {
-            revision: entry.revision.clone(),
-            at,
-            reason: job.reason,
-            mode,
-            outcome: summary.outcome,
-            duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-            changed_nodes: summary.changed_nodes,
-            drifted_nodes: summary.drifted_nodes,
-            message: summary.message.clone(),
-        });
-        if let Err(err) = self.store.put_record(&entry.name, record) {
-            tracing::error!(error = %error_chain(&err), "cannot record a reconcile");
-        }
-        let level = match summary.outcome {
+            .set(&[&entry.name], drifted as f64);
+        let level = match outcome {
             Outcome::Converged => Level::Info,
             Outcome::Drifted | Outcome::Interrupted => Level::Warning,
             Outcome::Failed => Level::Error,
         };
-        let mut message = format!(
-            "{}: {} changed, {} drifted",
-            summary.outcome.as_str(),
-            summary.changed_nodes,
-            summary.drifted_nodes
-        );
-        if let Some(why) = &summary.message {
-            message.push_str(": ");
-            message.push_str(why);
+        let mut text = format!("{outcome}: {changed} changed, {drifted} drifted");
+        if let Some(why) = &message {
+            text.push_str(": ");
+            text.push_str(why);
         }
-        tracing::info!(manifest = %entry.name, outcome = summary.outcome.as_str(), "reconcile finished");
-        self.events.emit(NewEvent {
-            level,
-            ..NewEvent::info("reconcile_finished", message).manifest(&entry.name)
-        });
+        tracing::info!(manifest = %entry.name, outcome = outcome.as_str(), "reconcile finished");
+        self.events
+            .emit(Event::new(level, Kind::ReconcileFinished, text).manifest(&entry.name));
+    }
+
+    /// What the store keeps about `manifest` (nothing, if it cannot be read:
+    /// logged, and the run applies as if nothing was applied yet).
+    fn record(&self, manifest: &str) -> ManifestRecord {
+        match self.store.get_manifest(manifest) {
+            Ok(record) => record.unwrap_or_default(),
+            Err(err) => {
+                tracing::error!(error = %error_chain(&err), manifest, "cannot read the manifest's record");
+                ManifestRecord::default()
+            }
+        }
     }
 
     /// `GET /v1/status`: every managed manifest (or `only`), with its
-    /// records and the engine's status report.
-    pub async fn status(&self, only: Option<&str>) -> Result<Value, ApiError> {
+    /// records and a fresh drift report.
+    pub async fn status(&self, only: Option<&str>) -> Result<StatusResponse, ApiError> {
         let (entries, error, revision) = {
             let d = self.read_desired();
             (
@@ -552,38 +568,36 @@ impl Reconciler {
                 "Manifest not managed here: {name}"
             )));
         }
-        let records = self.store.records();
         let mut manifests = Vec::new();
         for entry in entries
             .values()
             .filter(|e| only.is_none_or(|n| n == e.name))
         {
-            let record = records.get(&entry.name).cloned().unwrap_or_default();
-            manifests.push(self.entry_status(entry, &record).await);
+            let record = self.record(entry.record_key());
+            manifests.push(self.entry_status(entry, record).await);
         }
         let running = self
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        Ok(json!({
-            "source": self.source.mode().as_str(),
-            "revision": revision,
-            "source_error": error,
-            "queue_depth": self.queue_depth(),
-            "running": running.map(|(name, since)| json!({"manifest": name, "since": since})),
-            "manifests": manifests,
-        }))
+        Ok(StatusResponse {
+            source: self.source.mode().as_str().to_string(),
+            revision,
+            source_error: error,
+            queue_depth: self.queue_depth() as u64,
+            running,
+            manifests,
+        })
     }
 
-    async fn entry_status(&self, entry: &Entry, record: &ManifestRecord) -> Value {
-        let (mut status, mut in_sync, mut error) = (Value::Null, Value::Null, Value::Null);
+    async fn entry_status(&self, entry: &Entry, record: ManifestRecord) -> ManifestStatus {
+        let (mut status, mut error) = (None, None);
         match (&entry.manifest, &entry.host) {
-            (Err(problem), _) => error = json!(problem),
-            (Ok(_), None) => error = json!("no target host"),
+            (Err(problem), _) => error = Some(problem.clone()),
+            (Ok(_), None) => error = Some("no target host".to_string()),
             (Ok(manifest), Some(host)) => {
                 let request = StatusRequest {
-                    manifest_name: entry.name.clone(),
                     manifest: Arc::clone(manifest),
                     host: host.clone(),
                     site: self.site.get(),
@@ -592,27 +606,25 @@ impl Reconciler {
                     Ok(report) => {
                         self.metrics
                             .drifted_nodes
-                            .set(&[&entry.name], report.drifted_nodes as f64);
-                        in_sync = json!(report.in_sync);
-                        status = report.report;
+                            .set(&[&entry.name], report.drifted_nodes() as f64);
+                        status = Some(report);
                     }
-                    Err(err) => error = json!(error_chain(&err)),
+                    Err(err) => error = Some(error_chain(&err)),
                 }
             }
         }
-        json!({
-            "name": entry.name,
-            "origin": entry.origin.as_str(),
-            "host": entry.host,
-            "drift": entry.drift.as_str(),
-            "suspended": entry.suspended,
-            "revision": entry.revision,
-            "in_sync": in_sync,
-            "last_applied": record.last_applied,
-            "last_reconcile": record.last_reconcile,
-            "status": status,
-            "error": error,
-        })
+        ManifestStatus {
+            name: entry.name.clone(),
+            origin: entry.origin,
+            host: entry.host.clone(),
+            drift: entry.drift,
+            suspended: entry.suspended,
+            revision: entry.revision.clone(),
+            in_sync: status.as_ref().map(|s| s.in_sync),
+            record,
+            status,
+            error,
+        }
     }
 
     fn read_desired(&self) -> std::sync::RwLockReadGuard<'_, Desired> {
@@ -621,23 +633,6 @@ impl Reconciler {
 
     fn write_desired(&self) -> std::sync::RwLockWriteGuard<'_, Desired> {
         self.desired.write().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-fn failed(message: String) -> ReconcileSummary {
-    ReconcileSummary {
-        outcome: Outcome::Failed,
-        changed_nodes: 0,
-        drifted_nodes: 0,
-        message: Some(message),
-        report: Value::Null,
-    }
-}
-
-fn mode_str(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Apply => "apply",
-        Mode::ReportOnly => "report",
     }
 }
 
@@ -651,7 +646,7 @@ mod tests {
     fn applied(rev: &str) -> Applied {
         Applied {
             revision: rev.into(),
-            at: String::new(),
+            at: Timestamp::EPOCH,
         }
     }
 
@@ -676,9 +671,9 @@ mod tests {
 
     #[test]
     fn subtree_revisions_are_stable_digests() {
-        let a = subtree_revision(&json!({"name": "x"}));
-        assert_eq!(a, subtree_revision(&json!({"name": "x"})));
-        assert_ne!(a, subtree_revision(&json!({"name": "y"})));
+        let a = subtree_revision(&serde_json::json!({"name": "x"}));
+        assert_eq!(a, subtree_revision(&serde_json::json!({"name": "x"})));
+        assert_ne!(a, subtree_revision(&serde_json::json!({"name": "y"})));
         assert!(a.starts_with("subtree:"));
     }
 }

@@ -157,7 +157,7 @@ impl RepoSet {
             }
             repos.insert(spec.name.clone(), ());
         }
-        super::state_dir::ensure_dir(root).map_err(|e| Error::Io {
+        homestak_engine::state_dir::ensure_dir(root).map_err(|e| Error::Io {
             path: root.to_path_buf(),
             source: std::io::Error::other(e),
         })?;

@@ -9,6 +9,10 @@
 //! 3. flush the store;
 //! 4. remove the temporary repos, release the lease.
 //!
+//! Everything durable lives in the engine's one store (records, subtrees,
+//! events, the lease); a `controller.json` left by an older homestak is
+//! imported into it once ([`super::legacy`]).
+//!
 //! Any future can be the shutdown signal, so tests need no signals;
 //! `homestak serve` passes SIGTERM/SIGINT and maps SIGHUP to
 //! [`Control::reload`].
@@ -20,14 +24,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum_server::tls_rustls::RustlsConfig;
-use serde_json::{Value, json};
+use homestak_api::ready::{self, ReadyInfo};
 use tokio::sync::mpsc;
 
 use super::api::Api;
 use super::auth::{self, ApiTokens, RepoAuth, Scope};
 use super::cert::{self, Material};
-use super::engine::{Engine, Reason};
-use super::events::{EventLog, NewEvent};
+use super::engine::Engine;
+use super::events::EventLog;
 use super::http::{self, App};
 use super::metrics::Metrics;
 use super::reconciler::{self, Reconciler, error_chain};
@@ -35,11 +39,13 @@ use super::repos::{self, RepoSet, RepoSpec};
 use super::shutdown;
 use super::site_cell::SiteCell;
 use super::source::{self, Source};
-use super::state_dir::{self, SECRET_MODE};
-use super::store::{self, ControllerStore, FileStore, LeaseGuard};
 use super::throttle::{self, Clock, Throttle, TokioClock};
-use super::watch;
+use super::{legacy, watch};
+use homestak_api::{Event, Kind, Reason};
+use homestak_base::time::Timestamp;
 use homestak_core::site::{Secret, Site, loader};
+use homestak_engine::state_dir::{self, SECRET_MODE};
+use homestak_engine::store::{self, LeaseOutcome, Store};
 
 /// The default port.
 pub const DEFAULT_PORT: u16 = 44443;
@@ -95,8 +101,6 @@ pub struct Config {
     pub throttle: throttle::Policy,
     pub clock: Arc<dyn Clock>,
     pub shutdown_grace: Duration,
-    /// `None`: a [`FileStore`] in the state directory.
-    pub store: Option<Arc<dyn ControllerStore>>,
 }
 
 impl std::fmt::Debug for Config {
@@ -134,7 +138,6 @@ impl Config {
             throttle: throttle::Policy::default(),
             clock: Arc::new(TokioClock),
             shutdown_grace: Duration::from_secs(30),
-            store: None,
         }
     }
 }
@@ -144,10 +147,18 @@ impl Config {
 pub enum Error {
     #[error("cannot prepare the state directory")]
     StateDir(#[source] state_dir::Error),
-    #[error("cannot open the daemon's state")]
+    #[error("cannot use the store")]
     Store(#[source] store::Error),
-    #[error("only one reconciler may run per state directory")]
-    Lease(#[source] store::Error),
+    #[error(
+        "another homestak reconciler holds the lease {name:?} ({holder}); stop it, or give this one its own --state-dir"
+    )]
+    LeaseHeld { name: String, holder: String },
+    #[error("cannot import the daemon state {} into the store", path.display())]
+    Legacy {
+        path: PathBuf,
+        #[source]
+        source: legacy::Error,
+    },
     #[error("cannot load the site-config {}", path.display())]
     Site {
         path: PathBuf,
@@ -201,8 +212,8 @@ pub struct Daemon {
     local_addr: SocketAddr,
     tls: Arc<rustls::ServerConfig>,
     material: Material,
-    store: Arc<dyn ControllerStore>,
-    lease: Box<dyn LeaseGuard>,
+    store: Arc<dyn Store>,
+    lease: Lease,
     app: Arc<App>,
     reconciler: Arc<Reconciler>,
     repos: Option<Arc<RepoSet>>,
@@ -229,16 +240,12 @@ impl Daemon {
     pub async fn start(config: Config, engine: Arc<dyn Engine>) -> Result<Daemon, Error> {
         let state = config.state_dir.clone();
         state_dir::ensure_dir(&state).map_err(Error::StateDir)?;
-        let store: Arc<dyn ControllerStore> = match &config.store {
-            Some(store) => Arc::clone(store),
-            None => Arc::new(FileStore::open(&state).map_err(Error::Store)?),
-        };
-        let holder = format!(
-            "pid {} since {}",
-            std::process::id(),
-            super::events::now_rfc3339()
-        );
-        let lease = store.acquire_lease(&holder).map_err(Error::Lease)?;
+        let store = engine.store();
+        let lease = Lease::acquire(Arc::clone(&store))?;
+        legacy::import(&state, store.as_ref()).map_err(|source| Error::Legacy {
+            path: state.join(legacy::FILE),
+            source,
+        })?;
 
         let site = Site::load(&config.site_config).map_err(|source| Error::Site {
             path: config.site_config.clone(),
@@ -268,7 +275,7 @@ impl Daemon {
 
         let repos = prepare_repos(&config, &state).await?;
 
-        let events = EventLog::default();
+        let events = EventLog::new(Arc::clone(&store));
         let metrics = Arc::new(Metrics::default());
         let (trigger, shutdown) = shutdown::channel();
         let reconciler = Arc::new(Reconciler::new(reconciler::Parts {
@@ -298,7 +305,7 @@ impl Daemon {
             metrics,
         });
         let (control_tx, control_rx) = mpsc::unbounded_channel();
-        Ok(Daemon {
+        let daemon = Daemon {
             config,
             listener,
             local_addr,
@@ -316,7 +323,13 @@ impl Daemon {
             control_rx,
             repo_token_file,
             api_token_file,
-        })
+        };
+        // Commands on this machine find the daemon (and its token) here.
+        let mut info = serde_json::to_vec_pretty(&daemon.ready_info()).unwrap_or_default();
+        info.push(b'\n');
+        state_dir::write_atomic(&state.join(ready::FILE), &info, SECRET_MODE)
+            .map_err(Error::StateDir)?;
+        Ok(daemon)
     }
 
     /// The address actually bound (port 0 picks one).
@@ -366,17 +379,17 @@ impl Daemon {
 
     /// What the ready file holds: how to reach and trust this daemon. No
     /// secret values, only where they are.
-    pub fn ready_info(&self) -> Value {
-        json!({
-            "url": self.url(),
-            "fingerprint": self.material.fingerprint.to_string(),
-            "cert": self.material.cert_path,
-            "pid": std::process::id(),
-            "state_dir": self.config.state_dir,
-            "repos": self.repo_names(),
-            "repo_token_file": self.repo_token_file,
-            "api_token_file": self.api_token_file,
-        })
+    pub fn ready_info(&self) -> ReadyInfo {
+        ReadyInfo {
+            url: self.url(),
+            fingerprint: self.material.fingerprint,
+            cert: self.material.cert_path.clone(),
+            pid: std::process::id(),
+            state_dir: self.config.state_dir.clone(),
+            repos: self.repo_names(),
+            repo_token_file: self.repo_token_file.clone(),
+            api_token_file: self.api_token_file.clone(),
+        }
     }
 
     /// Serves until `shutdown` resolves, then stops in order (module docs).
@@ -394,8 +407,8 @@ impl Daemon {
         let mut server_task = tokio::spawn(server);
         let worker = tokio::spawn(Arc::clone(&self.reconciler).run_worker());
         tracing::info!(url = %self.url(), fingerprint = %self.material.fingerprint, "serving");
-        self.events.emit(NewEvent::info(
-            "started",
+        self.events.emit(Event::info(
+            Kind::Started,
             format!("serving on {}", self.local_addr),
         ));
 
@@ -443,7 +456,7 @@ impl Daemon {
 
         tracing::info!("shutting down");
         self.events
-            .emit(NewEvent::info("stopping", "shutdown requested"));
+            .emit(Event::info(Kind::Stopping, "shutdown requested"));
         let grace = self.config.shutdown_grace;
         handle.graceful_shutdown(Some(grace));
         self.trigger.trigger();
@@ -460,14 +473,14 @@ impl Daemon {
                 tracing::warn!("the reconcile in flight did not stop within the grace period")
             }
         }
-        if let Err(err) = self.store.flush() {
-            tracing::error!(error = %error_chain(&err), "cannot flush daemon state");
-        }
         if let Some(repos) = &self.repos {
             repos.remove().await;
         }
-        tracing::debug!(holder = self.lease.holder(), "releasing the lease");
+        let _ = std::fs::remove_file(self.config.state_dir.join(ready::FILE));
         drop(self.lease);
+        if let Err(err) = self.store.flush() {
+            tracing::error!(error = %error_chain(&err), "cannot flush the store");
+        }
         result
     }
 
@@ -505,18 +518,93 @@ impl Daemon {
         match self.site.reload() {
             Ok(()) => {
                 self.events
-                    .emit(NewEvent::info("reload", "site-config reloaded"));
+                    .emit(Event::info(Kind::Reload, "site-config reloaded"));
             }
             Err(err) => {
                 let message = error_chain(&err);
                 tracing::warn!(error = %message, "site-config reload failed");
-                self.events.emit(NewEvent::error(
-                    "reload",
+                self.events.emit(Event::error(
+                    Kind::Reload,
                     format!("site-config reload failed, keeping the previous one: {message}"),
                 ));
             }
         }
         self.on_change(Reason::Commit, Some(Reason::Reload)).await;
+    }
+}
+
+/// The reconciler lease of this tier, held in the store while the daemon
+/// runs: one reconciler per store. sled already keeps other processes out
+/// of the store, so a lease found held by another process is a leftover of
+/// one that died, and is taken over; two daemons in one process conflict.
+struct Lease {
+    store: Arc<dyn Store>,
+    holder: String,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    /// The lease name in the store.
+    const NAME: &'static str = "reconciler";
+    /// Long enough to survive a stalled runtime, short enough to matter.
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn acquire(store: Arc<dyn Store>) -> Result<Lease, Error> {
+        static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let pid = std::process::id();
+        let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let holder = format!("pid {pid} (start {start}) since {}", Timestamp::now());
+        let mut outcome = store
+            .acquire_lease(Lease::NAME, &holder, Lease::TTL, Timestamp::now())
+            .map_err(Error::Store)?;
+        if let LeaseOutcome::Held(held) = &outcome
+            && !held.holder.starts_with(&format!("pid {pid} "))
+        {
+            tracing::info!(holder = %held.holder, "taking over the lease of a homestak that is gone");
+            store
+                .release_lease(Lease::NAME, &held.holder)
+                .map_err(Error::Store)?;
+            outcome = store
+                .acquire_lease(Lease::NAME, &holder, Lease::TTL, Timestamp::now())
+                .map_err(Error::Store)?;
+        }
+        if let LeaseOutcome::Held(held) = outcome {
+            return Err(Error::LeaseHeld {
+                name: Lease::NAME.to_string(),
+                holder: held.holder,
+            });
+        }
+        let renew = tokio::spawn({
+            let (store, holder) = (Arc::clone(&store), holder.clone());
+            async move {
+                let mut tick = tokio::time::interval(Lease::TTL / 3);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(err) =
+                        store.renew_lease(Lease::NAME, &holder, Lease::TTL, Timestamp::now())
+                    {
+                        tracing::error!(error = %error_chain(&err), "cannot renew the reconciler lease");
+                    }
+                }
+            }
+        });
+        Ok(Lease {
+            store,
+            holder,
+            renew,
+        })
+    }
+}
+
+impl Drop for Lease {
+    /// Released however the daemon ends, a failed start included.
+    fn drop(&mut self) {
+        self.renew.abort();
+        tracing::debug!(holder = %self.holder, "releasing the lease");
+        if let Err(err) = self.store.release_lease(Lease::NAME, &self.holder) {
+            tracing::error!(error = %error_chain(&err), "cannot release the reconciler lease");
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
-use homestak_daemon::engine::Reason;
+use homestak_api::Reason;
 use homestak_daemon::throttle::{ManualClock, Policy};
 use reqwest::Method;
 use serde_json::{Value, json};

@@ -10,9 +10,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::support::*;
-use homestak_daemon::engine::{Mode, Reason};
+use homestak_api::{Mode, Reason};
 use homestak_daemon::server::{ApiTokenSource, Error, RepoToken};
-use homestak_daemon::store::{ControllerStore, FileStore};
 use homestak_daemon::{Daemon, source};
 use reqwest::Method;
 use serde_json::Value;
@@ -35,7 +34,7 @@ fn queued_events(d: &Running) -> usize {
     d.events
         .since(0, usize::MAX)
         .iter()
-        .filter(|e| e.kind == "reconcile_queued")
+        .filter(|e| e.kind == homestak_api::Kind::ReconcileQueued)
         .count()
 }
 
@@ -48,7 +47,7 @@ async fn only_committed_changes_converge_by_default() {
     config.watch = true;
     config.debounce = Duration::from_millis(100);
     let (engine, mut calls) = FakeEngine::new();
-    let d = start(config, engine).await;
+    let d = start(config, engine.clone()).await;
     let first = next_call(&mut calls).await;
     assert_eq!(first.reason, Reason::Startup);
 
@@ -85,10 +84,11 @@ async fn only_committed_changes_converge_by_default() {
     assert_eq!(call.revision, head);
     assert_eq!(call.mode, Mode::Apply);
     eventually("last_applied at the new commit", || {
-        FileStore::open(state.path())
+        engine
+            .store
+            .get_manifest("demo")
             .unwrap()
-            .record("demo")
-            .last_applied
+            .and_then(|r| r.last_applied)
             .is_some_and(|a| a.revision == head)
     })
     .await;
@@ -264,21 +264,15 @@ async fn shutdown_lets_the_reconcile_in_flight_reach_a_safe_point() {
     // The reconcile is in flight and waits for the shutdown signal.
     d.stop().await.unwrap();
     assert!(engine.interrupted_seen.load(Ordering::SeqCst));
-    // The store was flushed with the outcome, the lease released, and the
-    // temporary repos removed.
-    let store = FileStore::open(state.path()).unwrap();
-    let record = store.record("demo");
+    // The store has the outcome, the lease is released, and the temporary
+    // repos are removed.
+    let record = engine.store.get_manifest("demo").unwrap().unwrap();
     assert_eq!(
         record.last_reconcile.unwrap().outcome,
-        homestak_daemon::engine::Outcome::Interrupted
+        homestak_api::Outcome::Interrupted
     );
     assert!(record.last_applied.is_none());
-    // Polled: a git child forked by a test running in parallel may hold a
-    // copy of the lock's descriptor for the instant before its exec.
-    eventually("the lease to be free", || {
-        store.acquire_lease("next").is_ok()
-    })
-    .await;
+    assert_eq!(engine.store.get_lease(LEASE).unwrap(), None);
     let leftovers: Vec<_> = std::fs::read_dir(state.path())
         .unwrap()
         .flatten()
@@ -297,20 +291,14 @@ async fn one_reconciler_per_state_directory() {
     let err = Daemon::start(config(site.path(), state.path()), engine.clone())
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            Error::Lease(homestak_daemon::store::Error::LeaseHeld { .. })
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(&err, Error::LeaseHeld { .. }), "{err:?}");
     let text = homestak_daemon::reconciler::error_chain(&err);
     assert!(
         text.contains("another homestak reconciler holds the lease"),
         "{text}"
     );
     d.stop().await.unwrap();
-    wait_lease_free(state.path()).await;
+    assert_eq!(engine.store.get_lease(LEASE).unwrap(), None);
     let again = start(config(site.path(), state.path()), engine).await;
     again.stop().await.unwrap();
 }
@@ -337,12 +325,9 @@ async fn state_directory_and_generated_secrets_are_private() {
         "api-token",
         "api-tokens.yaml",
         "repo-token",
-        "controller.json",
+        "daemon.json",
     ] {
         let path = state.join(file);
-        if file == "controller.json" && !path.exists() {
-            continue;
-        }
         assert_eq!(mode(&path), 0o600, "{file}");
     }
     let api_token = std::fs::read_to_string(state.join("api-token")).unwrap();
@@ -357,7 +342,8 @@ async fn state_directory_and_generated_secrets_are_private() {
     assert_eq!(d.raw("/site-config.git/HEAD", Some(&auth)).await.0, 200);
     let fingerprint = d.fingerprint;
     d.stop().await.unwrap();
-    wait_lease_free(&state).await;
+    assert_eq!(engine.store.get_lease(LEASE).unwrap(), None);
+    assert!(!state.join("daemon.json").exists(), "removed at stop");
 
     // A restart reuses the certificate (clients pinned it) and the tokens.
     let d = start(config, engine).await;

@@ -106,7 +106,7 @@ async fn secrets_never_appear_in_logs_or_responses() {
         d.events
             .since(0, usize::MAX)
             .iter()
-            .any(|e| e.kind == "reload")
+            .any(|e| e.kind == homestak_api::Kind::Reload)
     })
     .await;
     responses.push((

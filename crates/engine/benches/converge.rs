@@ -17,10 +17,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use homestak_api::{Mode, Reason};
 use homestak_core::model::Manifest;
 use homestak_core::site::Site;
 use homestak_engine::executor;
-use homestak_engine::reconcile::{self, Setup, Tier};
+use homestak_engine::reconcile::{self, Engine, Request, Setup};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -80,24 +81,29 @@ async fn converge(
         open_store: true,
         ..Setup::default()
     };
-    let tier = Tier::open(site, "pve", &setup).expect("tier");
+    let engine = Engine::open(setup).expect("engine");
     let manifest =
         Manifest::from_yaml_str(&manifest(vms), Path::new("bench.yaml")).expect("manifest");
     let mut options = reconcile::Options::default();
     if let Some(n) = concurrency {
         options.executor.concurrency = n;
     }
+    let request = Request {
+        manifest: Arc::new(manifest),
+        host: "pve".to_string(),
+        site,
+        revision: None,
+        reason: Reason::Cli,
+        mode: Mode::Apply,
+        options,
+    };
     let started = Instant::now();
-    let planned = tier.plan(&manifest, &options).await.expect("plan");
-    let report = tier
-        .apply(
-            &planned,
-            &options,
-            std::future::pending(),
-            &|_: executor::Event| {},
-        )
-        .await;
+    let run = engine
+        .run_once(request, std::future::pending(), &())
+        .await
+        .expect("plan");
     let wall = started.elapsed();
+    let report = run.report.expect("the run applied its plan");
     assert!(report.success(), "bench converge failed: {report:?}");
     let _ = sim.shutdown().await;
     (wall, report)

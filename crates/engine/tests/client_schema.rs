@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use homestak_core::model::Manifest;
 use homestak_core::site::Site;
-use homestak_engine::reconcile::{self, Setup, Tier};
+use homestak_engine::reconcile::{self, Engine, Setup, Tier};
 use homestak_pve::{self as pve, Observer, RecordedRequest};
 
 #[derive(Default)]
@@ -76,7 +76,10 @@ async fn every_client_request_passes_the_schema_checked_specs() {
         open_store: true,
         ..Setup::default()
     };
-    let mut tier = Tier::open(site, "pve", &setup).unwrap();
+    let mut tier = Engine::open(setup)
+        .unwrap()
+        .tier(site, "pve", false)
+        .unwrap();
     // The same client, with an observer on every request.
     let seen = Arc::new(Collect::default());
     let host = tier.host.clone();

@@ -4,10 +4,11 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use homestak_api::{Event, Kind};
 use homestak_engine::store::backend::{Backend, Tree};
 use homestak_engine::store::memory::MemoryBackend;
 use homestak_engine::store::{
-    self, Durability, Error, EventFilter, NewEvent, NodeKey, NodeRecord, Options, PowerState, Store,
+    self, Durability, Error, EventFilter, NodeKey, NodeRecord, Options, PowerState, Store,
 };
 
 fn raw_insert(dir: &Path, tree: &str, key: &[u8], value: &[u8]) {
@@ -42,11 +43,7 @@ fn data_survives_reopen() {
         };
         store.put_node(&key, &record, Durability::Lazy).unwrap();
         store
-            .append_event(&NewEvent {
-                manifest: "m".into(),
-                reason: "Created".into(),
-                ..NewEvent::default()
-            })
+            .append_event(&Event::info(Kind::Created, "created").manifest("m"))
             .unwrap();
         // Dropped without an explicit flush: close flushes.
     }
@@ -59,10 +56,7 @@ fn data_survives_reopen() {
     assert_eq!(events.len(), 1);
     // Sequence numbers continue from disk.
     let next = store
-        .append_event(&NewEvent {
-            manifest: "m".into(),
-            ..NewEvent::default()
-        })
+        .append_event(&Event::info(Kind::Deleted, "deleted").manifest("m"))
         .unwrap();
     assert_eq!(next.seq, 2);
     assert_eq!(store.put_node(&key, &record, Durability::Flush).unwrap(), 2);
@@ -96,9 +90,9 @@ fn newer_schema_is_refused_with_a_clear_error() {
             err,
             Error::NewerSchema {
                 found: 99,
-                supported: 1,
+                supported,
                 ..
-            }
+            } if supported == store::SCHEMA_VERSION
         ),
         "{err:?}"
     );
@@ -110,11 +104,44 @@ fn newer_schema_is_refused_with_a_clear_error() {
 
     // The same rule on the in-memory backend.
     let backend = MemoryBackend::new();
-    backend.insert(Tree::Meta, b"schema_version", b"2").unwrap();
+    backend.insert(Tree::Meta, b"schema_version", b"3").unwrap();
     let err = store::KvStore::open(backend, Options::default()).unwrap_err();
     assert!(
-        matches!(err, Error::NewerSchema { found: 2, .. }),
+        matches!(err, Error::NewerSchema { found: 3, .. }),
         "{err:?}"
+    );
+}
+
+#[test]
+fn a_version_1_store_is_migrated_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    // What homestak wrote before events and manifest records took the
+    // API's shapes.
+    raw_insert(&path, "meta", b"schema_version", b"1");
+    let event = br#"{"v":1,"data":{"seq":1,"at":1700000000000,"manifest":"m","node":"vm1","kind":"Normal","reason":"Created","message":"created vmid 100"}}"#;
+    raw_insert(&path, "events", &1u64.to_be_bytes(), event);
+    let manifest = br#"{"v":1,"data":{"last_applied_commit":"abc123","last_reconcile":{"started":1000,"finished":2000,"outcome":"converged","summary":"1 converged"}}}"#;
+    raw_insert(&path, "manifests", b"m", manifest);
+    let node = br#"{"v":1,"data":{"vmid":100,"updated":1000}}"#;
+    raw_insert(&path, "nodes", b"m\0vm1", node);
+
+    let store = store::open(&path, Options::default()).unwrap();
+    assert_eq!(store.schema_version(), store::SCHEMA_VERSION);
+    let events = store.list_events(&EventFilter::default(), 10).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, Kind::Created);
+    assert_eq!(events[0].manifest.as_deref(), Some("m"));
+    let record = store.get_manifest("m").unwrap().unwrap();
+    assert_eq!(record.last_applied.unwrap().revision, "abc123");
+    let node = store.get_node(&NodeKey::new("m", "vm1")).unwrap().unwrap();
+    assert_eq!(node.vmid, Some(100));
+    drop(store);
+    // Migrated once: a reopen finds version 2 and the same data.
+    let store = store::open(&path, Options::default()).unwrap();
+    assert_eq!(
+        store.list_events(&EventFilter::default(), 10).unwrap(),
+        events
     );
 }
 

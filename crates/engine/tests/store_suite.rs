@@ -4,10 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use homestak_api::{
+    Applied, Event, Kind, LastReconcile, Level, ManifestRecord, Mode, Outcome, Reason, Subtree,
+};
 use homestak_engine::store::{
-    self, ConditionStatus, Durability, Error, EventFilter, EventKind, InFlight, LeaseOutcome,
-    ManifestMeta, NewEvent, NodeKey, NodeRecord, Options, PowerState, ReconcileOutcome,
-    ReconcileResult, Store, Timestamp,
+    self, ConditionStatus, Durability, Error, EventFilter, InFlight, LeaseOutcome, NodeKey,
+    NodeRecord, Options, PowerState, Store, Timestamp,
 };
 
 /// A store plus whatever must outlive it (the sled temp dir).
@@ -70,7 +72,7 @@ fn record(vmid: u32) -> NodeRecord {
         ConditionStatus::True,
         "Converged",
         "",
-        Timestamp(5),
+        Timestamp::from_millis(5),
     );
     record
 }
@@ -86,11 +88,11 @@ fn node_round_trip(store: &dyn Store) {
     );
     let stored = store.get_node(&key).unwrap().unwrap();
     assert_eq!(stored.generation, 1);
-    assert!(stored.updated > Timestamp(0));
+    assert!(stored.updated > Timestamp::from_millis(0));
     assert_eq!(
         NodeRecord {
             generation: 0,
-            updated: Timestamp(0),
+            updated: Timestamp::from_millis(0),
             ..stored.clone()
         },
         record(100)
@@ -138,7 +140,7 @@ fn update_node_records_in_flight_tasks(store: &dyn Store) {
             r.in_flight = Some(InFlight {
                 upid: "UPID:pve:00000A72:0000C9CC:5FBE5E5C:qmcreate:100:root@pam:".into(),
                 step: "create_vm".into(),
-                started: Timestamp(10),
+                started: Timestamp::from_millis(10),
             });
         })
         .unwrap();
@@ -177,17 +179,18 @@ fn concurrent_updates_lose_nothing(store: &dyn Store) {
 }
 both!(concurrent_updates_lose_nothing);
 
-fn event(manifest: &str, node: Option<&str>, i: u64) -> NewEvent {
-    NewEvent {
-        at: Timestamp(i),
-        manifest: manifest.into(),
-        node: node.map(Into::into),
-        kind: if i.is_multiple_of(2) {
-            EventKind::Normal
+fn event(manifest: &str, node: Option<&str>, i: u64) -> Event {
+    Event {
+        seq: 0,
+        at: Timestamp::from_millis(i),
+        level: if i.is_multiple_of(2) {
+            Level::Info
         } else {
-            EventKind::Warning
+            Level::Warning
         },
-        reason: "Created".into(),
+        kind: Kind::Created,
+        manifest: Some(manifest.into()),
+        node: node.map(Into::into),
         message: format!("event {i}"),
     }
 }
@@ -207,7 +210,23 @@ fn events_are_newest_first_and_bounded(store: &dyn Store) {
     // Retention is 10 in this instantiation: events 16..=25 remain.
     let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (16..=25).rev().collect::<Vec<_>>());
-    assert_eq!(all[0].event.message, "event 25");
+    assert_eq!(all[0].message, "event 25");
+    // The live feed reads forward from a number.
+    let feed: Vec<u64> = store
+        .events_since(20, 3)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(feed, [21, 22, 23]);
+    assert_eq!(store.events_since(0, 100).unwrap().len(), 10);
+    assert!(store.events_since(25, 100).unwrap().is_empty());
+    assert_eq!(store.last_event_seq().unwrap(), 25);
+    // Events about no manifest (the daemon's own) are kept too.
+    let own = store
+        .append_event(&Event::info(Kind::Started, "serving"))
+        .unwrap();
+    assert_eq!(own.seq, 26);
 
     let filter = EventFilter {
         manifest: Some("m".into()),
@@ -240,7 +259,7 @@ fn events_are_newest_first_and_bounded(store: &dyn Store) {
             .is_empty()
     );
     // Sequence numbers continue after pruning; they are never reused.
-    assert_eq!(store.append_event(&event("m", None, 26)).unwrap().seq, 26);
+    assert_eq!(store.append_event(&event("m", None, 27)).unwrap().seq, 27);
 }
 both!(
     events_are_newest_first_and_bounded,
@@ -251,7 +270,7 @@ both!(
 
 fn leases_have_one_holder_until_expiry(store: &dyn Store) {
     let ttl = Duration::from_secs(15);
-    let t0 = Timestamp(1_000_000);
+    let t0 = Timestamp::from_millis(1_000_000);
     let LeaseOutcome::Acquired(lease) = store.acquire_lease("tier/father", "a", ttl, t0).unwrap()
     else {
         panic!("free lease not acquired");
@@ -302,27 +321,89 @@ fn leases_have_one_holder_until_expiry(store: &dyn Store) {
 }
 both!(leases_have_one_holder_until_expiry);
 
-fn manifest_metadata_round_trips(store: &dyn Store) {
+fn manifest_records_round_trip(store: &dyn Store) {
     assert_eq!(store.get_manifest("n2-quick").unwrap(), None);
-    let meta = ManifestMeta {
-        last_applied_commit: Some("0123abcd".into()),
-        last_reconcile: Some(ReconcileResult {
-            started: Timestamp(1),
-            finished: Timestamp(2),
-            outcome: ReconcileOutcome::Partial,
+    let record = ManifestRecord {
+        last_applied: Some(Applied {
+            revision: "0123abcd".into(),
+            at: Timestamp::from_millis(2),
+        }),
+        last_reconcile: Some(LastReconcile {
+            revision: Some("0123abcd".into()),
+            at: Timestamp::from_millis(1),
+            reason: Reason::Commit,
+            mode: Mode::Apply,
+            outcome: Outcome::Failed,
+            duration_ms: 1,
+            changed_nodes: 1,
+            drifted_nodes: 1,
             summary: "1 converged, 1 failed".into(),
+            message: Some("1 converged, 1 failed".into()),
         }),
     };
     store
-        .put_manifest("n2-quick", &meta, Durability::Flush)
+        .put_manifest("n2-quick", &record, Durability::Flush)
         .unwrap();
     store
-        .put_manifest("a-first", &ManifestMeta::default(), Durability::Lazy)
+        .put_manifest("a-first", &ManifestRecord::default(), Durability::Lazy)
         .unwrap();
-    assert_eq!(store.get_manifest("n2-quick").unwrap(), Some(meta));
+    assert_eq!(
+        store.get_manifest("n2-quick").unwrap(),
+        Some(record.clone())
+    );
     assert_eq!(store.list_manifests().unwrap(), ["a-first", "n2-quick"]);
+    // A change reads what is there and keeps what it does not touch.
+    let changed = store
+        .update_manifest("n2-quick", Durability::Flush, &mut |r| {
+            r.last_applied = None
+        })
+        .unwrap();
+    assert_eq!(changed.last_reconcile, record.last_reconcile);
+    assert_eq!(store.get_manifest("n2-quick").unwrap(), Some(changed));
+    let fresh = store
+        .update_manifest("new", Durability::Lazy, &mut |_| {})
+        .unwrap();
+    assert_eq!(fresh, ManifestRecord::default());
 }
-both!(manifest_metadata_round_trips);
+both!(manifest_records_round_trip);
+
+fn subtrees_are_kept_by_name(store: &dyn Store) {
+    assert!(store.list_subtrees().unwrap().is_empty());
+    let subtree = |name: &str, revision: &str| Subtree {
+        name: name.into(),
+        host: "pve".into(),
+        manifest: serde_json::json!({"schema_version": 2, "name": name}),
+        revision: revision.into(),
+        received_at: Timestamp::from_millis(7),
+        from: "parent".into(),
+    };
+    store
+        .put_subtree(&subtree("inner", "subtree:1"), Durability::Flush)
+        .unwrap();
+    store
+        .put_subtree(&subtree("another", "subtree:2"), Durability::Flush)
+        .unwrap();
+    // Handing a subtree over again replaces it.
+    store
+        .put_subtree(&subtree("inner", "subtree:3"), Durability::Flush)
+        .unwrap();
+    let kept = store.list_subtrees().unwrap();
+    assert_eq!(
+        kept.iter()
+            .map(|s| (s.name.as_str(), s.revision.as_str()))
+            .collect::<Vec<_>>(),
+        [("another", "subtree:2"), ("inner", "subtree:3")]
+    );
+    assert!(store.delete_subtree("inner", Durability::Flush).unwrap());
+    assert!(!store.delete_subtree("inner", Durability::Flush).unwrap());
+    assert_eq!(store.list_subtrees().unwrap().len(), 1);
+    assert!(
+        store
+            .put_subtree(&subtree("", "subtree:4"), Durability::Lazy)
+            .is_err()
+    );
+}
+both!(subtrees_are_kept_by_name);
 
 fn bad_names_are_refused(store: &dyn Store) {
     for key in [
@@ -337,10 +418,14 @@ fn bad_names_are_refused(store: &dyn Store) {
         assert!(store.get_node(&key).is_err());
     }
     assert!(store.list_nodes("").is_err());
-    assert!(store.append_event(&NewEvent::default()).is_err());
     assert!(
         store
-            .acquire_lease("l", "", Duration::from_secs(1), Timestamp(0))
+            .append_event(&Event::info(Kind::Created, "x").manifest(""))
+            .is_err()
+    );
+    assert!(
+        store
+            .acquire_lease("l", "", Duration::from_secs(1), Timestamp::from_millis(0))
             .is_err()
     );
     assert_eq!(store.schema_version(), store::SCHEMA_VERSION);

@@ -11,17 +11,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use homestak_api::{Applied, LastReconcile, Mode, NodeStatus, Outcome, Reason, State, Status};
+use homestak_base::time::Timestamp;
 use homestak_core::site::Secret;
 use homestak_daemon::auth::{ApiToken, ApiTokens, Scope};
-use homestak_daemon::engine::{
-    BoxFuture, EngineMetrics, Error as EngineError, Mode, Outcome, PveRequestCount, Reason,
-};
+use homestak_daemon::engine::{BoxFuture, Error as EngineError};
 use homestak_daemon::server::{ApiTokenSource, Config, RepoToken};
-use homestak_daemon::{
-    Daemon, Engine, ReconcileRequest, ReconcileSummary, StatusReport, StatusRequest,
-};
+use homestak_daemon::shutdown::Shutdown;
+use homestak_daemon::{Daemon, Engine, StatusRequest};
+use homestak_engine::reconcile::{self, Metrics, PveRequestCount, Request, RunOutcome};
+use homestak_engine::store::{self, Store};
 use homestak_tls::Fingerprint;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 pub const SITE_TOKEN: &str = "test-site-token-5b1f0e";
@@ -140,8 +141,10 @@ pub struct Call {
 }
 
 /// An engine that records calls and converges at once, or, when `hold`
-/// is set, waits for shutdown and reports the reconcile interrupted.
+/// is set, waits for shutdown and reports the reconcile interrupted. It
+/// records its runs in its (in-memory) store as the real engine does.
 pub struct FakeEngine {
+    pub store: Arc<dyn Store>,
     pub calls: Mutex<Vec<Call>>,
     tx: mpsc::UnboundedSender<Call>,
     pub hold: AtomicBool,
@@ -156,6 +159,7 @@ impl FakeEngine {
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Arc::new(FakeEngine {
+                store: Arc::new(store::memory()),
                 calls: Mutex::new(Vec::new()),
                 tx,
                 hold: AtomicBool::new(false),
@@ -168,16 +172,63 @@ impl FakeEngine {
     }
 }
 
+impl FakeEngine {
+    /// What the real engine does at the end of a run: keep it in the store.
+    fn finish(&self, request: &Request, run: RunOutcome) -> RunOutcome {
+        let last = LastReconcile {
+            revision: request.revision.clone(),
+            at: run.started,
+            reason: request.reason,
+            mode: request.mode,
+            outcome: run.outcome,
+            duration_ms: 0,
+            changed_nodes: run.changed_nodes,
+            drifted_nodes: run.drifted_nodes,
+            summary: run.summary.clone(),
+            message: run.message.clone(),
+        };
+        let applied = (run.outcome == Outcome::Converged && request.mode == Mode::Apply)
+            .then(|| request.revision.clone())
+            .flatten()
+            .map(|revision| Applied {
+                revision,
+                at: Timestamp::now(),
+            });
+        reconcile::record_run(self.store.as_ref(), request.manifest.name(), last, applied)
+            .expect("the fake engine records its run");
+        run
+    }
+}
+
+fn run(outcome: Outcome, changed: u64, drifted: u64, message: Option<&str>) -> RunOutcome {
+    RunOutcome {
+        outcome,
+        report: None,
+        status: None,
+        changed_nodes: changed,
+        drifted_nodes: drifted,
+        summary: format!("{changed} changed"),
+        message: message.map(String::from),
+        started: Timestamp::now(),
+        duration: Duration::ZERO,
+    }
+}
+
 impl Engine for FakeEngine {
+    fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
     fn reconcile(
         &self,
-        request: ReconcileRequest,
-    ) -> BoxFuture<'_, Result<ReconcileSummary, EngineError>> {
+        request: Request,
+        shutdown: Shutdown,
+    ) -> BoxFuture<'_, Result<RunOutcome, EngineError>> {
         Box::pin(async move {
             let call = Call {
-                manifest: request.manifest_name.clone(),
+                manifest: request.manifest.name().to_string(),
                 host: request.host.clone(),
-                revision: request.revision.clone(),
+                revision: request.revision.clone().unwrap_or_default(),
                 reason: request.reason,
                 mode: request.mode,
             };
@@ -186,57 +237,56 @@ impl Engine for FakeEngine {
             if self.panic_next.swap(false, Ordering::SeqCst) {
                 panic!("fake engine: deliberate panic");
             }
-            let nodes: Vec<String> = request
-                .manifest
-                .nodes()
-                .unwrap_or_default()
-                .iter()
-                .map(|n| n.name.as_str().to_string())
-                .collect();
+            let nodes = request.manifest.nodes().unwrap_or_default().len() as u64;
             if self.hold.load(Ordering::SeqCst) {
-                let mut shutdown = request.shutdown.clone();
+                let mut shutdown = shutdown;
                 shutdown.triggered().await;
                 self.interrupted_seen.store(true, Ordering::SeqCst);
-                return Ok(ReconcileSummary {
-                    outcome: Outcome::Interrupted,
-                    changed_nodes: 0,
-                    drifted_nodes: 0,
-                    message: Some("stopped at a safe point".into()),
-                    report: Value::Null,
-                });
+                let stopped = run(Outcome::Interrupted, 0, 0, Some("stopped at a safe point"));
+                return Ok(self.finish(&request, stopped));
             }
             let drifted = self.drifted.load(Ordering::SeqCst);
-            Ok(ReconcileSummary {
-                outcome: if drifted > 0 && request.mode == Mode::ReportOnly {
+            let done = if request.mode == Mode::ReportOnly {
+                let outcome = if drifted > 0 {
                     Outcome::Drifted
                 } else {
                     Outcome::Converged
-                },
-                changed_nodes: nodes.len() as u64,
-                drifted_nodes: if request.mode == Mode::ReportOnly {
-                    drifted
-                } else {
-                    0
-                },
-                message: None,
-                report: json!({"nodes": nodes}),
-            })
+                };
+                run(outcome, 0, drifted, None)
+            } else {
+                run(Outcome::Converged, nodes, 0, None)
+            };
+            Ok(self.finish(&request, done))
         })
     }
 
-    fn status(&self, request: StatusRequest) -> BoxFuture<'_, Result<StatusReport, EngineError>> {
+    fn status(&self, request: StatusRequest) -> BoxFuture<'_, Result<Status, EngineError>> {
         Box::pin(async move {
             let drifted = self.drifted.load(Ordering::SeqCst);
-            Ok(StatusReport {
+            let nodes = (0..drifted)
+                .map(|i| NodeStatus {
+                    node: format!("vm{i}"),
+                    parent: None,
+                    vmid: None,
+                    ip: None,
+                    power: None,
+                    state: State::Drifted,
+                    changes: Vec::new(),
+                    reason: None,
+                })
+                .collect();
+            Ok(Status {
+                manifest: request.manifest.name().to_string(),
+                host: request.host,
                 in_sync: drifted == 0,
-                drifted_nodes: drifted,
-                report: json!({"manifest": request.manifest_name, "host": request.host}),
+                nodes,
+                last_applied_commit: None,
             })
         })
     }
 
-    fn metrics(&self) -> EngineMetrics {
-        EngineMetrics {
+    fn metrics(&self) -> Metrics {
+        Metrics {
             pve_requests: vec![PveRequestCount {
                 method: "GET".into(),
                 endpoint: "/cluster/resources".into(),
@@ -283,20 +333,7 @@ pub struct Running {
 
 /// Starts `config` with `engine` and serves it on a spawned task.
 pub async fn start(config: Config, engine: Arc<dyn Engine>) -> Running {
-    use homestak_daemon::{server, store};
-    // A git child forked by a test running in parallel may hold a copy of
-    // the lease's descriptor (taken by `wait_lease_free`'s probe or a
-    // previous daemon) until its exec closes it: retry that, bounded.
-    let mut tries = 0;
-    let daemon = loop {
-        match Daemon::start(config.clone(), Arc::clone(&engine)).await {
-            Err(server::Error::Lease(store::Error::LeaseHeld { .. })) if tries < 100 => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            started => break started.expect("daemon starts"),
-        }
-    };
+    let daemon = Daemon::start(config, engine).await.expect("daemon starts");
     let fingerprint = daemon.fingerprint();
     let (addr, url, cert_path) = (
         daemon.local_addr(),
@@ -432,14 +469,21 @@ pub async fn eventually<F: FnMut() -> bool>(what: &str, mut f: F) {
     panic!("timed out waiting for {what}");
 }
 
-/// Waits until the lease of `state` can be taken (and releases it). A git
-/// child forked by a test running in parallel may briefly hold a copy of
-/// the lock's descriptor, before its exec closes it.
+/// Waits until the store in `state` can be opened (the daemon process
+/// that held it is gone), and checks the daemon released its lease.
 pub async fn wait_lease_free(state: &Path) {
-    use homestak_daemon::store::{ControllerStore, FileStore};
-    let store = FileStore::open(state).unwrap();
-    eventually("the lease to be free", || {
-        store.acquire_lease("probe").is_ok()
+    let path = state.join("store");
+    eventually("the store to be free", || {
+        store::open(&path, store::Options::default()).is_ok()
     })
     .await;
+    let store = store::open(&path, store::Options::default()).unwrap();
+    assert_eq!(
+        store.get_lease(LEASE).unwrap(),
+        None,
+        "the lease was released"
+    );
 }
+
+/// The name of the daemon's lease in the store.
+pub const LEASE: &str = "reconciler";

@@ -178,6 +178,33 @@ pub enum NodeState {
     Refused(String),
 }
 
+impl NodeState {
+    /// How it ended, in a word or two (`rolled back`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            NodeState::Unchanged => "unchanged",
+            NodeState::Converged => "converged",
+            NodeState::Failed(_) => "failed",
+            NodeState::Skipped(_) => "skipped",
+            NodeState::Interrupted => "interrupted",
+            NodeState::RolledBack => "rolled back",
+            NodeState::Refused(_) => "refused",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeState {
+    /// The label, and the detail when there is one (`failed: create_vm: …`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeState::Failed(why) | NodeState::Skipped(why) | NodeState::Refused(why) => {
+                write!(f, "{}: {why}", self.label())
+            }
+            _ => f.write_str(self.label()),
+        }
+    }
+}
+
 /// One step as it ran, for reports (`--json-output` phases).
 #[derive(Debug, Clone, Serialize)]
 pub struct PhaseRecord {

@@ -1,19 +1,27 @@
 //! One reconcile of one manifest on one PVE tier, the same path for every
-//! trigger (CLI, daemon timer, commit, restart):
+//! trigger (CLI, daemon timer, commit, restart, a parent tier):
+//! [`Engine::run_once`] does
 //!
 //! 1. [`desired::resolve`]: the manifest through the site-config for the
 //!    target host;
 //! 2. [`observe::observe`]: one bulk read of the tier, config reads for
 //!    candidates, and what the store remembers;
-//! 3. [`homestak_core::plan::plan`]: pure decision;
+//! 3. [`homestak_core::plan::plan`]: pure decision, shown to the
+//!    [`Observer`], which may stop here;
 //! 4. [`Tier::apply`]: the executor runs the VM controller over the plan;
-//! 5. the store records conditions, events and the last reconcile.
+//! 5. the store records conditions, events and the last run, and the
+//!    caller gets a [`RunOutcome`].
 
 pub mod desired;
 pub mod observe;
+mod run;
 mod setup;
 pub mod status;
 
+pub use run::{
+    Engine, Metrics, Observer, PveRequestCount, Request, RunOutcome, open_store, record_run,
+    summarize,
+};
 pub use setup::{Setup, host_ssh, known_hosts, ssh_check};
 
 use std::collections::HashMap;
@@ -110,6 +118,9 @@ pub enum Error {
 pub struct Options {
     pub allow_replace: bool,
     pub prune: bool,
+    /// Check that VMs answer on SSH: `Some` overrides the manifest's
+    /// `verify_ssh` (`test` forces it on).
+    pub verify_ssh: Option<bool>,
     /// Executor limits; `on_error` comes from the manifest.
     pub executor: executor::Config,
     pub timing: Timing,
@@ -120,6 +131,7 @@ impl Default for Options {
         Options {
             allow_replace: false,
             prune: true,
+            verify_ssh: None,
             executor: executor::Config::default(),
             timing: Timing::default(),
         }
@@ -350,93 +362,16 @@ impl Tier {
     }
 }
 
-/// One line summing up a run, for the store and logs.
-pub fn summarize(report: &Report) -> String {
-    use executor::NodeState as S;
-    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-    for state in report.nodes.values() {
-        let key = match state {
-            S::Unchanged => "unchanged",
-            S::Converged => "converged",
-            S::Failed(_) => "failed",
-            S::Skipped(_) => "skipped",
-            S::Interrupted => "interrupted",
-            S::RolledBack => "rolled back",
-            S::Refused(_) => "refused",
-        };
-        *counts.entry(key).or_default() += 1;
-    }
-    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
-    if parts.is_empty() {
-        "nothing to do".to_string()
-    } else {
-        parts.join(", ")
-    }
-}
-
 impl Tier {
-    /// Records how a run ended (`status` shows it; the daemon keeps the
-    /// commit). Errors are logged, not returned: the world already changed.
-    pub fn record_run(
-        &self,
-        manifest: &str,
-        started: store::Timestamp,
-        report: &Report,
-        commit: Option<String>,
-    ) {
-        let Some(store) = &self.store else { return };
-        let outcome = if report.cancelled {
-            store::ReconcileOutcome::Cancelled
-        } else if report.success() {
-            store::ReconcileOutcome::Converged
-        } else if report.nodes.values().any(|s| {
-            matches!(
-                s,
-                executor::NodeState::Converged | executor::NodeState::Unchanged
-            )
-        }) {
-            store::ReconcileOutcome::Partial
-        } else {
-            store::ReconcileOutcome::Failed
-        };
-        let mut meta = store
-            .get_manifest(manifest)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        if commit.is_some() && report.success() {
-            meta.last_applied_commit = commit;
-        }
-        meta.last_reconcile = Some(store::ReconcileResult {
-            started,
-            finished: store::Timestamp::now(),
-            outcome,
-            summary: summarize(report),
-        });
-        if let Err(err) = store.put_manifest(manifest, &meta, store::Durability::Flush) {
-            tracing::warn!(error = %err, manifest, "cannot record the reconcile result");
-        }
-        for (node, state) in &report.nodes {
-            if let executor::NodeState::Failed(message) = state {
-                let key = store::NodeKey::new(manifest, node);
-                let _ = store.update_node(&key, store::Durability::Lazy, &mut |r| {
-                    r.last_error = Some(message.clone());
-                    r.consecutive_failures += 1;
-                    r.set_condition(
-                        "Ready",
-                        store::ConditionStatus::False,
-                        "StepFailed",
-                        message,
-                        store::Timestamp::now(),
-                    );
-                });
-            }
-        }
-    }
-
     /// The drift report for `manifest`.
     pub async fn status(&self, manifest: &Manifest) -> Result<status::Status, Error> {
         let planned = self.plan(manifest, &Options::default()).await?;
+        self.report(manifest, &planned)
+    }
+
+    /// The drift report `planned` makes, with what the store knows
+    /// (addresses, the last applied revision).
+    pub fn report(&self, manifest: &Manifest, planned: &Planned) -> Result<status::Status, Error> {
         let mut records = std::collections::HashMap::new();
         let mut commit = None;
         if let Some(store) = &self.store {
@@ -448,11 +383,11 @@ impl Tier {
             }
             commit = store
                 .get_manifest(manifest.name())
-                .ok()
-                .flatten()
-                .and_then(|m| m.last_applied_commit);
+                .map_err(|source| Error::Store { source })?
+                .and_then(|m| m.last_applied)
+                .map(|a| a.revision);
         }
-        let mut report = status::report(&planned, &records);
+        let mut report = status::report(planned, &records);
         report.last_applied_commit = commit;
         Ok(report)
     }

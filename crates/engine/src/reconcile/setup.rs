@@ -1,14 +1,13 @@
-//! Setting up a [`Tier`] from a site-config: PVE client, store, SSH check,
-//! SSH to the host.
-//! The CLI, the daemon and the reconciler tests all go through here.
+//! What a [`super::Tier`] is built from besides its PVE client: the SSH
+//! check of VMs, the known-hosts file, SSH to the host. [`super::Engine`]
+//! builds tiers with these for every caller.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{Error, Tier, connect};
+use super::Error;
 use crate::controllers::vm::{HostSsh, KnownHostsFile, SshCheck};
-use crate::store;
-use homestak_core::site::{HostConfig, Site};
+use homestak_core::site::HostConfig;
 use homestak_ssh as ssh;
 
 /// How to set up a tier.
@@ -24,37 +23,6 @@ pub struct Setup {
     pub ssh: bool,
     /// The private key; default: the node's `ssh_key`, else `~/.ssh/id_rsa`.
     pub ssh_key: Option<PathBuf>,
-}
-
-impl Tier {
-    /// Sets up the tier of target `host` (`nodes/<host>.yaml`).
-    pub fn open(site: Arc<Site>, host: &str, setup: &Setup) -> Result<Tier, Error> {
-        let host_config = site.host_config(host).map_err(|source| Error::Host {
-            host: host.to_string(),
-            source,
-        })?;
-        let api = connect(&host_config, setup.insecure, None)?;
-        let store: Option<Arc<dyn store::Store>> = if setup.open_store {
-            let dir = setup.state_dir.join("store");
-            let opened = store::open(&dir, store::Options::default())
-                .map_err(|source| Error::StoreOpen { dir, source })?;
-            Some(Arc::new(opened))
-        } else {
-            None
-        };
-        let ssh = ssh_check(&host_config, setup)?;
-        let known_hosts = Some(known_hosts(&host_config, setup));
-        let host_ssh = Some(host_ssh(&host_config, setup));
-        Ok(Tier {
-            site,
-            host: host_config,
-            api,
-            store,
-            ssh,
-            known_hosts,
-            host_ssh,
-        })
-    }
 }
 
 /// The known-hosts file of the VMs on `host` (in the state directory).

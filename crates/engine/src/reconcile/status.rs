@@ -9,66 +9,10 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
-
 use super::Planned;
 use crate::store::NodeRecord;
-use homestak_core::plan::{Action, Change, Power, Style};
-
-/// Where one node stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    InSync,
-    Drifted,
-    Missing,
-    Conflict,
-    Orphan,
-    Delegated,
-}
-
-impl State {
-    fn label(self) -> &'static str {
-        match self {
-            State::InSync => "in sync",
-            State::Drifted => "drifted",
-            State::Missing => "missing",
-            State::Conflict => "conflict",
-            State::Orphan => "orphan",
-            State::Delegated => "delegated",
-        }
-    }
-
-    /// True when this node counts as drift for the exit code.
-    pub fn is_drift(self) -> bool {
-        !matches!(self, State::InSync | State::Delegated)
-    }
-}
-
-/// One row of the report.
-#[derive(Debug, Clone, Serialize)]
-pub struct NodeStatus {
-    pub node: String,
-    /// `pve` node hosting it, for delegated nodes.
-    pub parent: Option<String>,
-    pub vmid: Option<u32>,
-    pub ip: Option<String>,
-    pub power: Option<Power>,
-    pub state: State,
-    pub changes: Vec<Change>,
-    pub reason: Option<String>,
-}
-
-/// The whole report for one manifest on one tier.
-#[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    pub manifest: String,
-    pub host: String,
-    pub in_sync: bool,
-    pub nodes: Vec<NodeStatus>,
-    /// Commit the daemon last applied, when known.
-    pub last_applied_commit: Option<String>,
-}
+pub use homestak_api::status::{NodeStatus, State, Status};
+use homestak_core::plan::{Action, Style};
 
 /// Builds the report from a plan and the store's records (for addresses).
 pub fn report(planned: &Planned, records: &HashMap<String, NodeRecord>) -> Status {

@@ -19,18 +19,21 @@ pub enum Tree {
     Events,
     /// Leases, keyed by name.
     Leases,
-    /// Per-manifest metadata, keyed by manifest name.
+    /// Per-manifest records, keyed by manifest name.
     Manifests,
+    /// Subtrees handed over by a parent tier, keyed by manifest name.
+    Subtrees,
 }
 
 impl Tree {
     /// All trees.
-    pub const ALL: [Tree; 5] = [
+    pub const ALL: [Tree; 6] = [
         Tree::Meta,
         Tree::Nodes,
         Tree::Events,
         Tree::Leases,
         Tree::Manifests,
+        Tree::Subtrees,
     ];
 
     /// The tree's name on disk.
@@ -41,6 +44,7 @@ impl Tree {
             Tree::Events => "events",
             Tree::Leases => "leases",
             Tree::Manifests => "manifests",
+            Tree::Subtrees => "subtrees",
         }
     }
 }
@@ -73,6 +77,9 @@ pub trait Backend: Send + Sync {
     /// Visits the keys starting with `prefix` in key order (or reverse).
     fn scan(&self, tree: Tree, prefix: &[u8], reverse: bool, visit: Visit<'_>)
     -> Result<(), Error>;
+
+    /// Visits the keys from `start` on, in key order.
+    fn scan_from(&self, tree: Tree, start: &[u8], visit: Visit<'_>) -> Result<(), Error>;
 
     /// Whether the tree has no keys.
     fn is_empty(&self, tree: Tree) -> Result<bool, Error> {

@@ -101,6 +101,18 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    fn scan_from(&self, tree: Tree, start: &[u8], visit: Visit<'_>) -> Result<(), Error> {
+        let trees = self.lock();
+        if let Some(map) = trees.get(&tree) {
+            for (k, v) in map.range(start.to_vec()..) {
+                if !visit(k, v) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn flush(&self) -> Result<(), Error> {
         Ok(())
     }

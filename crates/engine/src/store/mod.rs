@@ -1,9 +1,11 @@
 //! Durable store: what homestak applied, is waiting on, and saw happen.
 //!
 //! PVE is the source of truth for what exists; the store remembers what the
-//! reconciler did: per-node records (vmid, address, power, applied spec
-//! hash, conditions, last error, the in-flight task), an event history,
-//! per-manifest metadata, and leases so one reconciler runs per tier.
+//! reconciler did. It is the one durable store of a tier: per-node records
+//! (vmid, address, power, applied spec hash, conditions, last error, the
+//! in-flight task), the event history (the daemon's live feed reads it),
+//! per-manifest records (last applied revision, last run), subtrees a
+//! parent tier handed over, and leases so one reconciler runs per tier.
 //!
 //! - [`Store`] is the small trait the rest of the crate uses (held as
 //!   `Arc<dyn Store>`; one writer task and many readers is the intended use,
@@ -24,6 +26,7 @@
 
 pub mod backend;
 pub mod memory;
+mod migrate;
 mod records;
 pub mod sled;
 pub mod types;
@@ -31,12 +34,13 @@ pub mod types;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use homestak_api::{Event, ManifestRecord, Subtree};
+
 pub use self::sled::{SledStore, open};
 pub use records::{KvStore, Options, SCHEMA_VERSION};
 pub use types::{
-    Condition, ConditionStatus, Durability, Event, EventFilter, EventKind, InFlight, Lease,
-    LeaseOutcome, ManifestMeta, NewEvent, NodeKey, NodeRecord, PowerState, ReconcileOutcome,
-    ReconcileResult, Timestamp,
+    Condition, ConditionStatus, Durability, EventFilter, InFlight, Lease, LeaseOutcome, NodeKey,
+    NodeRecord, PowerState, Timestamp,
 };
 
 /// The in-memory store.
@@ -193,20 +197,52 @@ pub trait Store: Send + Sync {
     /// All node records of a manifest, by node name.
     fn list_nodes(&self, manifest: &str) -> Result<Vec<(String, NodeRecord)>>;
 
-    /// Appends an event; old events beyond the retention are dropped.
-    fn append_event(&self, event: &NewEvent) -> Result<Event>;
+    /// Appends an event, numbering it; old events beyond the retention are
+    /// dropped. Returns it as recorded.
+    fn append_event(&self, event: &Event) -> Result<Event>;
 
     /// Events matching `filter`, newest first, at most `limit`.
     fn list_events(&self, filter: &EventFilter, limit: usize) -> Result<Vec<Event>>;
 
-    /// A manifest's metadata.
-    fn get_manifest(&self, name: &str) -> Result<Option<ManifestMeta>>;
+    /// Events numbered after `since`, oldest first, at most `limit` (the
+    /// daemon's live feed polls with it).
+    fn events_since(&self, since: u64, limit: usize) -> Result<Vec<Event>>;
 
-    /// Writes a manifest's metadata.
-    fn put_manifest(&self, name: &str, meta: &ManifestMeta, durability: Durability) -> Result<()>;
+    /// The newest event's number (0 when there is none).
+    fn last_event_seq(&self) -> Result<u64>;
 
-    /// Names of manifests with metadata.
+    /// A manifest's record.
+    fn get_manifest(&self, name: &str) -> Result<Option<ManifestRecord>>;
+
+    /// Writes a manifest's record.
+    fn put_manifest(
+        &self,
+        name: &str,
+        record: &ManifestRecord,
+        durability: Durability,
+    ) -> Result<()>;
+
+    /// Atomically changes a manifest's record (a default one if absent)
+    /// and returns the stored result; `change` may run more than once.
+    fn update_manifest(
+        &self,
+        name: &str,
+        durability: Durability,
+        change: &mut dyn FnMut(&mut ManifestRecord),
+    ) -> Result<ManifestRecord>;
+
+    /// Names of manifests with a record.
     fn list_manifests(&self) -> Result<Vec<String>>;
+
+    /// Keeps a subtree a parent tier handed over (replacing one of that
+    /// name).
+    fn put_subtree(&self, subtree: &Subtree, durability: Durability) -> Result<()>;
+
+    /// Forgets a subtree; returns whether it was kept.
+    fn delete_subtree(&self, name: &str, durability: Durability) -> Result<bool>;
+
+    /// Every kept subtree, by name.
+    fn list_subtrees(&self) -> Result<Vec<Subtree>>;
 
     /// Takes the lease if it is free, expired, or already `holder`'s.
     fn acquire_lease(

@@ -14,15 +14,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::backend::{Backend, Tree};
-use super::types::{
-    Durability, Event, EventFilter, Lease, LeaseOutcome, ManifestMeta, NewEvent, NodeKey,
-    NodeRecord, Timestamp,
-};
-use super::{Error, Result, Store};
+use super::types::{Durability, EventFilter, Lease, LeaseOutcome, NodeKey, NodeRecord, Timestamp};
+use super::{Error, Result, Store, migrate};
+use homestak_api::{Event, ManifestRecord, Subtree};
 
 /// The store layout this build writes. Bump it (and add a migration in
-/// [`KvStore::open`]) when a change cannot be read by older code paths.
-pub const SCHEMA_VERSION: u32 = 1;
+/// [`super::migrate`]) when a change cannot be read by older code paths.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Version of the JSON envelope around each value.
 const RECORD_VERSION: u32 = 1;
@@ -103,6 +101,14 @@ fn decode<T: DeserializeOwned>(what: &'static str, key: &str, bytes: &[u8]) -> R
     serde_json::from_value(envelope.data).map_err(corrupt)
 }
 
+/// An event as stored; a damaged one is skipped (history is advisory).
+fn decode_event(key: &[u8], bytes: &[u8]) -> Option<Event> {
+    let label = seq_of(key).map(|s| s.to_string()).unwrap_or_default();
+    decode::<Event>("event", &label, bytes)
+        .inspect_err(|err| tracing::warn!(error = %err, "skipping an unreadable event"))
+        .ok()
+}
+
 fn check_name(what: &'static str, value: &str) -> Result<()> {
     if value.is_empty() || value.contains('\0') {
         return Err(Error::InvalidName {
@@ -147,6 +153,23 @@ impl<B: Backend> KvStore<B> {
                     })?;
                 match found {
                     SCHEMA_VERSION => {}
+                    1 => {
+                        migrate::v1_to_v2(&backend, |data| {
+                            // Encoding a JSON value cannot fail.
+                            serde_json::to_vec(&EnvelopeOut {
+                                v: RECORD_VERSION,
+                                data,
+                            })
+                            .unwrap_or_default()
+                        })?;
+                        backend.insert(
+                            Tree::Meta,
+                            SCHEMA_KEY,
+                            SCHEMA_VERSION.to_string().as_bytes(),
+                        )?;
+                        backend.flush()?;
+                        tracing::info!(%location, "store migrated to schema version {SCHEMA_VERSION}");
+                    }
                     newer if newer > SCHEMA_VERSION => {
                         return Err(Error::NewerSchema {
                             location,
@@ -154,7 +177,7 @@ impl<B: Backend> KvStore<B> {
                             supported: SCHEMA_VERSION,
                         });
                     }
-                    // Version 1 is the first; older numbers were never written.
+                    // Version 1 was the first; older numbers were never written.
                     _ => {
                         return Err(Error::UnknownSchema {
                             location,
@@ -236,6 +259,16 @@ impl<B: Backend> KvStore<B> {
         }
     }
 
+    /// The newest event's sequence number (0 when there is none).
+    fn last_seq(&self) -> Result<u64> {
+        let mut last = 0;
+        self.backend.scan(Tree::Events, &[], true, &mut |k, _| {
+            last = seq_of(k).unwrap_or(0);
+            false
+        })?;
+        Ok(last)
+    }
+
     fn read_lease(&self, name: &str) -> Result<(Option<Vec<u8>>, Option<Lease>)> {
         let old = self.backend.get(Tree::Leases, name.as_bytes())?;
         let lease = old
@@ -308,18 +341,15 @@ impl<B: Backend> Store for KvStore<B> {
         }
     }
 
-    fn append_event(&self, event: &NewEvent) -> Result<Event> {
-        check_name("manifest name", &event.manifest)?;
+    fn append_event(&self, event: &Event) -> Result<Event> {
+        if let Some(manifest) = &event.manifest {
+            check_name("manifest name", manifest)?;
+        }
         let _guard = self.append.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut last = 0;
-        self.backend.scan(Tree::Events, &[], true, &mut |k, _| {
-            last = seq_of(k).unwrap_or(0);
-            false
-        })?;
-        let seq = last + 1;
+        let seq = self.last_seq()? + 1;
         let recorded = Event {
             seq,
-            event: event.clone(),
+            ..event.clone()
         };
         let bytes = encode("event", &seq.to_string(), &recorded)?;
         self.backend
@@ -349,43 +379,89 @@ impl<B: Backend> Store for KvStore<B> {
             return Ok(out);
         }
         self.backend.scan(Tree::Events, &[], true, &mut |k, v| {
-            let label = seq_of(k).map(|s| s.to_string()).unwrap_or_default();
-            match decode::<Event>("event", &label, v) {
-                Ok(event) => {
-                    let wanted = filter
-                        .manifest
+            if let Some(event) = decode_event(k, v) {
+                let wanted = filter
+                    .manifest
+                    .as_ref()
+                    .is_none_or(|m| event.manifest.as_ref() == Some(m))
+                    && filter
+                        .node
                         .as_ref()
-                        .is_none_or(|m| *m == event.event.manifest)
-                        && filter
-                            .node
-                            .as_ref()
-                            .is_none_or(|n| event.event.node.as_ref() == Some(n));
-                    if wanted {
-                        out.push(event);
-                    }
+                        .is_none_or(|n| event.node.as_ref() == Some(n));
+                if wanted {
+                    out.push(event);
                 }
-                // History is advisory: a damaged entry is skipped, not fatal.
-                Err(err) => tracing::warn!(error = %err, "skipping an unreadable event"),
             }
             out.len() < limit
         })?;
         Ok(out)
     }
 
-    fn get_manifest(&self, name: &str) -> Result<Option<ManifestMeta>> {
+    fn events_since(&self, since: u64, limit: usize) -> Result<Vec<Event>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let start = since.saturating_add(1).to_be_bytes();
+        self.backend.scan_from(Tree::Events, &start, &mut |k, v| {
+            if let Some(event) = decode_event(k, v) {
+                out.push(event);
+            }
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    fn last_event_seq(&self) -> Result<u64> {
+        self.last_seq()
+    }
+
+    fn get_manifest(&self, name: &str) -> Result<Option<ManifestRecord>> {
         check_name("manifest name", name)?;
         self.backend
             .get(Tree::Manifests, name.as_bytes())?
-            .map(|b| decode("manifest metadata", name, &b))
+            .map(|b| decode("manifest record", name, &b))
             .transpose()
     }
 
-    fn put_manifest(&self, name: &str, meta: &ManifestMeta, durability: Durability) -> Result<()> {
+    fn put_manifest(
+        &self,
+        name: &str,
+        record: &ManifestRecord,
+        durability: Durability,
+    ) -> Result<()> {
         check_name("manifest name", name)?;
-        let bytes = encode("manifest metadata", name, meta)?;
+        let bytes = encode("manifest record", name, record)?;
         self.backend
             .insert(Tree::Manifests, name.as_bytes(), &bytes)?;
         self.done(durability)
+    }
+
+    fn update_manifest(
+        &self,
+        name: &str,
+        durability: Durability,
+        change: &mut dyn FnMut(&mut ManifestRecord),
+    ) -> Result<ManifestRecord> {
+        check_name("manifest name", name)?;
+        loop {
+            let old = self.backend.get(Tree::Manifests, name.as_bytes())?;
+            let mut record = match old.as_deref() {
+                Some(bytes) => decode("manifest record", name, bytes)?,
+                None => ManifestRecord::default(),
+            };
+            change(&mut record);
+            let bytes = encode("manifest record", name, &record)?;
+            if self.backend.compare_and_swap(
+                Tree::Manifests,
+                name.as_bytes(),
+                old.as_deref(),
+                Some(&bytes),
+            )? {
+                self.done(durability)?;
+                return Ok(record);
+            }
+        }
     }
 
     fn list_manifests(&self) -> Result<Vec<String>> {
@@ -396,6 +472,45 @@ impl<B: Backend> Store for KvStore<B> {
                 true
             })?;
         Ok(names)
+    }
+
+    fn put_subtree(&self, subtree: &Subtree, durability: Durability) -> Result<()> {
+        check_name("subtree name", &subtree.name)?;
+        let bytes = encode("subtree", &subtree.name, subtree)?;
+        self.backend
+            .insert(Tree::Subtrees, subtree.name.as_bytes(), &bytes)?;
+        self.done(durability)
+    }
+
+    fn delete_subtree(&self, name: &str, durability: Durability) -> Result<bool> {
+        check_name("subtree name", name)?;
+        let existed = self.backend.remove(Tree::Subtrees, name.as_bytes())?;
+        self.done(durability)?;
+        Ok(existed)
+    }
+
+    fn list_subtrees(&self) -> Result<Vec<Subtree>> {
+        let mut out = Vec::new();
+        let mut failure = None;
+        self.backend
+            .scan(Tree::Subtrees, &[], false, &mut |k, v| match decode(
+                "subtree",
+                &String::from_utf8_lossy(k),
+                v,
+            ) {
+                Ok(subtree) => {
+                    out.push(subtree);
+                    true
+                }
+                Err(err) => {
+                    failure = Some(err);
+                    false
+                }
+            })?;
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(out),
+        }
     }
 
     fn acquire_lease(

@@ -169,6 +169,16 @@ impl Backend for SledBackend {
         Ok(())
     }
 
+    fn scan_from(&self, tree: Tree, start: &[u8], visit: Visit<'_>) -> Result<(), Error> {
+        for item in self.tree(tree).range(start..) {
+            let (k, v) = item.map_err(|e| self.fail("scan", e))?;
+            if !visit(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn flush(&self) -> Result<(), Error> {
         self.db
             .flush()

@@ -7,53 +7,10 @@
 //! and what happened.
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-/// Milliseconds since the Unix epoch.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(transparent)]
-pub struct Timestamp(pub u64);
-
-impl Timestamp {
-    /// The current wall-clock time.
-    pub fn now() -> Self {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        Timestamp(ms)
-    }
-
-    /// This time plus `d`, saturating.
-    pub fn plus(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(d.as_millis() as u64))
-    }
-
-    /// Milliseconds since the epoch.
-    pub fn as_millis(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for Timestamp {
-    /// RFC 3339 in UTC, e.g. `2025-06-10T12:00:00.000Z`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let nanos = i128::from(self.0) * 1_000_000;
-        match time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            }) {
-            Some(text) => f.write_str(&text),
-            None => write!(f, "{}ms", self.0),
-        }
-    }
-}
+pub use homestak_base::time::Timestamp;
 
 /// Identifies a node record: the manifest and the node's name in it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -190,38 +147,6 @@ impl NodeRecord {
     }
 }
 
-/// Severity of an event.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum EventKind {
-    #[default]
-    Normal,
-    Warning,
-}
-
-/// An event to record.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct NewEvent {
-    pub at: Timestamp,
-    pub manifest: String,
-    /// The manifest node, or `None` for manifest-wide events.
-    pub node: Option<String>,
-    pub kind: EventKind,
-    /// CamelCase cause (`Created`, `TaskFailed`, `DriftDetected`).
-    pub reason: String,
-    pub message: String,
-}
-
-/// A recorded event.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Event {
-    /// Store-assigned, increasing, never reused.
-    pub seq: u64,
-    #[serde(flatten)]
-    pub event: NewEvent,
-}
-
 /// Which events to list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EventFilter {
@@ -257,39 +182,6 @@ pub enum LeaseOutcome {
     Held(Lease),
 }
 
-/// How a reconcile of a manifest ended.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReconcileOutcome {
-    Converged,
-    /// Some nodes converged, others failed or are still in progress.
-    Partial,
-    Failed,
-    Cancelled,
-    #[default]
-    Unknown,
-}
-
-/// The last reconcile of a manifest.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ReconcileResult {
-    pub started: Timestamp,
-    pub finished: Timestamp,
-    pub outcome: ReconcileOutcome,
-    /// One line for `status` (e.g. `3 converged, 1 failed: vm2 …`).
-    pub summary: String,
-}
-
-/// Per-manifest metadata.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ManifestMeta {
-    /// The site-config commit last applied.
-    pub last_applied_commit: Option<String>,
-    pub last_reconcile: Option<ReconcileResult>,
-}
-
 /// When a write must be on disk before the call returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -307,9 +199,9 @@ mod tests {
     #[test]
     fn conditions_keep_transition_time_while_status_holds() {
         let mut record = NodeRecord::default();
-        let t1 = Timestamp(1_000);
-        let t2 = Timestamp(2_000);
-        let t3 = Timestamp(3_000);
+        let t1 = Timestamp::from_millis(1_000);
+        let t2 = Timestamp::from_millis(2_000);
+        let t3 = Timestamp::from_millis(3_000);
         assert!(record.set_condition("Ready", ConditionStatus::False, "Creating", "", t1));
         assert!(record.set_condition("Ready", ConditionStatus::False, "Starting", "x", t2));
         assert_eq!(record.condition("Ready").unwrap().last_transition, t1);
@@ -322,23 +214,9 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_print_rfc3339() {
-        assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            Timestamp(1_700_000_000_123).to_string(),
-            "2023-11-14T22:13:20.123Z"
-        );
-        assert_eq!(Timestamp(5).plus(Duration::from_secs(1)), Timestamp(1_005));
-    }
-
-    #[test]
     fn records_read_with_missing_fields() {
         let record: NodeRecord = serde_json::from_str(r#"{"vmid":100}"#).unwrap();
         assert_eq!(record.vmid, Some(100));
         assert_eq!(record.power, PowerState::Unknown);
-        let event: Event =
-            serde_json::from_str(r#"{"seq":3,"manifest":"m","reason":"Created"}"#).unwrap();
-        assert_eq!(event.seq, 3);
-        assert_eq!(event.event.reason, "Created");
     }
 }

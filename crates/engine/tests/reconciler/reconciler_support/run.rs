@@ -10,14 +10,16 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 
+use homestak_api::{Mode, Reason};
 use homestak_core::model::{Loader, Manifest};
 use homestak_core::site::Site;
-use homestak_engine::executor::{self, Event, NodeState, Report};
-use homestak_engine::reconcile::{self, Setup, Tier};
+use homestak_engine::executor::{self, Event, NodeState};
+use homestak_engine::reconcile::{self, Engine, Observer, Planned, Request, Setup};
 use homestak_sim::{self as sim, Handle, Simulator};
 
 use super::case::{
-    ApplyStep, Case, NodeStatus, OneOrMany, Outcome, PlanStep, RequestsStep, StatusStep, Step,
+    ApplyStep, CancelAfter, Case, NodeStatus, OneOrMany, Outcome, PlanStep, RequestsStep,
+    StatusStep, Step,
 };
 use super::check::{self, Diffs, per_node};
 use super::control::Control;
@@ -38,7 +40,7 @@ struct Ctx {
     handle: Handle,
     control: Control,
     site: Arc<Site>,
-    tier: Option<Tier>,
+    engine: Option<Engine>,
     manifest: Option<String>,
     notes: Vec<String>,
 }
@@ -86,11 +88,11 @@ pub async fn run(dir: &Path, template: &Path) -> anyhow::Result<Passed> {
         handle,
         control,
         site,
-        tier: None,
+        engine: None,
         manifest: None,
         notes: Vec::new(),
     };
-    ctx.open_tier()?;
+    ctx.open_engine()?;
 
     let mut result = Ok(());
     for (i, step) in case.steps.iter().enumerate() {
@@ -101,11 +103,11 @@ pub async fn run(dir: &Path, template: &Path) -> anyhow::Result<Passed> {
     }
     let Ctx {
         handle,
-        tier,
+        engine,
         notes,
         ..
     } = ctx;
-    drop(tier);
+    drop(engine);
     let _ = handle.shutdown().await;
     result.map(|()| Passed {
         steps: case.steps.len(),
@@ -165,6 +167,7 @@ fn options(
     reconcile::Options {
         allow_replace,
         prune,
+        verify_ssh: None,
         executor,
         timing: homestak_engine::controllers::vm::Timing {
             poll_min: Duration::from_millis(20),
@@ -211,7 +214,7 @@ fn check_labels(
     })
 }
 
-fn report_dump(report: &Report) -> String {
+fn report_dump(report: &executor::Report) -> String {
     let lines: Vec<String> = report
         .nodes
         .iter()
@@ -226,8 +229,73 @@ fn report_dump(report: &Report) -> String {
     format!("the run ended with: {}", lines.join("; "))
 }
 
+/// Keeps the plan of a run, and stops it there (`plan` steps) or goes on.
+struct KeepPlan {
+    apply: bool,
+    plan: std::sync::Mutex<Option<homestak_core::plan::Plan>>,
+}
+
+impl KeepPlan {
+    fn new(apply: bool) -> KeepPlan {
+        KeepPlan {
+            apply,
+            plan: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn take(&self) -> anyhow::Result<homestak_core::plan::Plan> {
+        self.plan
+            .lock()
+            .map_err(|_| anyhow!("the plan's lock is poisoned"))?
+            .take()
+            .ok_or_else(|| anyhow!("the run made no plan"))
+    }
+}
+
+impl Observer for KeepPlan {
+    fn planned(&self, planned: &Planned) -> bool {
+        if let Ok(mut plan) = self.plan.lock() {
+            *plan = Some(planned.plan.clone());
+        }
+        self.apply
+    }
+}
+
+/// Keeps the plan, and cancels the run (Ctrl-C) after the N-th progress
+/// event a case names.
+struct Watch<'a> {
+    plan: KeepPlan,
+    cancel_after: Option<&'a CancelAfter>,
+    cancel: &'a tokio::sync::Notify,
+    seen: std::sync::atomic::AtomicU32,
+}
+
+impl Observer for Watch<'_> {
+    fn planned(&self, planned: &Planned) -> bool {
+        self.plan.planned(planned)
+    }
+
+    fn progress(&self, event: &Event) {
+        let Some(after) = self.cancel_after else {
+            return;
+        };
+        let (kind, name) = match event {
+            Event::StepStarted { step, .. } => ("started", *step),
+            Event::StepRequeued { step, .. } => ("requeued", *step),
+            Event::StepDone { step, .. } => ("done", *step),
+            _ => return,
+        };
+        if kind == after.event
+            && name == after.step
+            && self.seen.fetch_add(1, Ordering::SeqCst) + 1 == after.count
+        {
+            self.cancel.notify_one();
+        }
+    }
+}
+
 impl Ctx {
-    fn open_tier(&mut self) -> anyhow::Result<()> {
+    fn open_engine(&mut self) -> anyhow::Result<()> {
         let setup = Setup {
             insecure: false,
             state_dir: self.state_dir.clone(),
@@ -235,12 +303,27 @@ impl Ctx {
             ssh: false,
             ssh_key: None,
         };
-        self.tier = Some(Tier::open(self.site.clone(), self.handle.node(), &setup)?);
+        self.engine = Some(Engine::open(setup)?);
         Ok(())
     }
 
-    fn tier(&self) -> anyhow::Result<&Tier> {
-        self.tier.as_ref().ok_or_else(|| anyhow!("no tier is open"))
+    fn engine(&self) -> anyhow::Result<&Engine> {
+        self.engine
+            .as_ref()
+            .ok_or_else(|| anyhow!("no engine is open"))
+    }
+
+    /// A run of the case's manifest, as the CLI makes one.
+    fn request(&self, mode: Mode, options: reconcile::Options) -> anyhow::Result<Request> {
+        Ok(Request {
+            manifest: Arc::new(self.manifest()?),
+            host: self.handle.node().to_string(),
+            site: self.site.clone(),
+            revision: None,
+            reason: Reason::Cli,
+            mode,
+            options,
+        })
     }
 
     fn manifest(&self) -> anyhow::Result<Manifest> {
@@ -265,14 +348,14 @@ impl Ctx {
             }
             Step::Sim(action) => self.control.apply(&self.handle, action).await,
             Step::DeleteStore => {
-                // Every handle on the store goes with the tier.
-                self.tier = None;
+                // Every handle on the store goes with the engine.
+                self.engine = None;
                 let store = self.state_dir.join("store");
                 if store.exists() {
                     std::fs::remove_dir_all(&store)
                         .with_context(|| format!("delete {}", store.display()))?;
                 }
-                self.open_tier()
+                self.open_engine()
             }
             Step::World(w) => differences(check::world(
                 w,
@@ -296,9 +379,14 @@ impl Ctx {
     }
 
     async fn plan(&mut self, step: &PlanStep) -> anyhow::Result<()> {
-        let manifest = self.manifest()?;
         let opts = options(step.allow_replace, step.prune, None, None, None);
-        let planned = match (self.tier()?.plan(&manifest, &opts).await, &step.error) {
+        let request = self.request(Mode::Apply, opts)?;
+        let keep = KeepPlan::new(false);
+        let ran = self
+            .engine()?
+            .run_once(request, std::future::pending(), &keep)
+            .await;
+        let planned = match (ran, &step.error) {
             (Err(err), Some(text)) => {
                 let message = format!("{:#}", anyhow::Error::from(err));
                 return differences(if message.contains(text.as_str()) {
@@ -311,9 +399,9 @@ impl Ctx {
             }
             (Err(err), None) => return Err(anyhow::Error::from(err).context("planning failed")),
             (Ok(_), Some(text)) => bail!("planning succeeded; expected an error with {text:?}"),
-            (Ok(p), None) => p,
+            (Ok(_), None) => keep.take()?,
         };
-        let plan = &planned.plan;
+        let plan = &planned;
         let mut diffs = check_labels("plan", &step.expect, plan);
         if let Some(changes) = &step.changes {
             for (node, want) in changes {
@@ -357,7 +445,6 @@ impl Ctx {
     }
 
     async fn apply(&mut self, step: &ApplyStep, destroy: bool) -> anyhow::Result<()> {
-        let manifest = self.manifest()?;
         let opts = options(
             step.allow_replace,
             step.prune,
@@ -365,13 +452,20 @@ impl Ctx {
             step.per_storage,
             step.max_attempts,
         );
-        let tier = self.tier()?;
-        let planned = if destroy {
-            tier.plan_destroy(&manifest).await
-        } else {
-            tier.plan(&manifest, &opts).await
+        let mode = if destroy { Mode::Destroy } else { Mode::Apply };
+        let request = self.request(mode, opts)?;
+        let cancel = tokio::sync::Notify::new();
+        let watch = Watch {
+            plan: KeepPlan::new(true),
+            cancel_after: step.cancel_after.as_ref(),
+            cancel: &cancel,
+            seen: std::sync::atomic::AtomicU32::new(0),
         };
-        let planned = match (planned, step.expect) {
+        let ran = self
+            .engine()?
+            .run_once(request, cancel.notified(), &watch)
+            .await;
+        let run = match (ran, step.expect) {
             (Err(err), Some(Outcome::Error)) => {
                 let message = format!("{:#}", anyhow::Error::from(err));
                 return differences(match &step.error {
@@ -385,37 +479,15 @@ impl Ctx {
             }
             (Err(err), _) => return Err(anyhow::Error::from(err).context("planning failed")),
             (Ok(_), Some(Outcome::Error)) => bail!("planning succeeded; expected it to fail"),
-            (Ok(p), _) => p,
+            (Ok(run), _) => run,
         };
         let mut diffs = match &step.plan {
-            Some(want) => check_labels("plan", want, &planned.plan),
+            Some(want) => check_labels("plan", want, &watch.plan.take()?),
             None => Vec::new(),
         };
-        let started = homestak_engine::store::Timestamp::now();
-        let cancel = tokio::sync::Notify::new();
-        let seen = std::sync::atomic::AtomicU32::new(0);
-        let events = |event: Event| {
-            let Some(after) = &step.cancel_after else {
-                return;
-            };
-            let (kind, name) = match &event {
-                Event::StepStarted { step, .. } => ("started", *step),
-                Event::StepRequeued { step, .. } => ("requeued", *step),
-                Event::StepDone { step, .. } => ("done", *step),
-                _ => return,
-            };
-            if kind == after.event
-                && name == after.step
-                && seen.fetch_add(1, Ordering::SeqCst) + 1 == after.count
-            {
-                cancel.notify_one();
-            }
-        };
-        let report = tier
-            .apply(&planned, &opts, cancel.notified(), &events)
-            .await;
-        tier.record_run(manifest.name(), started, &report, None);
-
+        let report = run
+            .report
+            .ok_or_else(|| anyhow!("the run stopped after planning"))?;
         if let Some(want) = step.expect {
             let got = if report.cancelled {
                 Outcome::Interrupted
@@ -485,7 +557,10 @@ impl Ctx {
 
     async fn status(&mut self, step: &StatusStep) -> anyhow::Result<()> {
         let manifest = self.manifest()?;
-        let result = self.tier()?.status(&manifest).await;
+        let result = self
+            .engine()?
+            .status(self.site.clone(), &manifest, self.handle.node())
+            .await;
         let mut diffs = Vec::new();
         let exit = match &result {
             Ok(s) if s.in_sync => 0,

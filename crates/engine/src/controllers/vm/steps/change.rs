@@ -241,8 +241,8 @@ impl VmController {
         }
         self.event(
             &node.node,
-            EventKind::Normal,
-            "Converged",
+            Level::Info,
+            Kind::Converged,
             format!("vmid {} matches the manifest", m.vmid.unwrap_or_default()),
         );
         StepOutcome::Done

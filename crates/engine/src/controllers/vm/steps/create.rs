@@ -50,8 +50,8 @@ impl VmController {
                     m.created = true;
                     self.event(
                         &node.node,
-                        EventKind::Normal,
-                        "Created",
+                        Level::Info,
+                        Kind::Created,
                         format!("created vmid {}", m.vmid.unwrap_or_default()),
                     );
                     StepOutcome::Done
@@ -122,8 +122,8 @@ impl VmController {
         }
         self.event(
             &node.node,
-            EventKind::Normal,
-            "Adopted",
+            Level::Info,
+            Kind::Adopted,
             format!("adopted vmid {} by its marks", m.vmid.unwrap_or_default()),
         );
         StepOutcome::Done

@@ -41,8 +41,8 @@ impl VmController {
                 Ok(None) => {
                     self.event(
                         &node.node,
-                        EventKind::Normal,
-                        "Deleted",
+                        Level::Info,
+                        Kind::Deleted,
                         format!(
                             "destroyed vmid {}",
                             Self::victim(node, m).unwrap_or_default()

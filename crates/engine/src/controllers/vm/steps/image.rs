@@ -353,15 +353,15 @@ impl VmController {
                 if let Err(err) = session.remove(&dir, &part_files).await {
                     self.event(
                         &want.name,
-                        EventKind::Warning,
-                        "PartsLeft",
+                        Level::Warning,
+                        Kind::PartsLeft,
                         format!("joined {joined}, but the parts stay: {}", chain(&err)),
                     );
                 }
                 self.event(
                     &want.name,
-                    EventKind::Normal,
-                    "ImageJoined",
+                    Level::Info,
+                    Kind::ImageJoined,
                     format!(
                         "joined {count} parts of {image} into {joined} on {}",
                         host.destination
@@ -405,8 +405,8 @@ impl VmController {
         if let Err(err) = result {
             self.event(
                 &want.name,
-                EventKind::Warning,
-                "PartsLeft",
+                Level::Warning,
+                Kind::PartsLeft,
                 format!(
                     "{} parts of {} are left next to {joined}: {}",
                     files.len(),

@@ -20,9 +20,8 @@ use tokio::time::Instant;
 use super::mapping::{self, BOOT_DISK};
 use super::{Download, Memory, VmController};
 use crate::executor::{StepError, StepOutcome};
-use crate::store::{
-    ConditionStatus, Durability, EventKind, InFlight, NewEvent, NodeKey, PowerState, Timestamp,
-};
+use crate::store::{ConditionStatus, Durability, InFlight, NodeKey, PowerState, Timestamp};
+use homestak_api::{Event, Kind, Level};
 use homestak_base::error_chain as chain;
 use homestak_core::plan::marks::Marks;
 use homestak_core::plan::{DesiredVm, NodePlan};
@@ -115,16 +114,14 @@ impl VmController {
         NodeKey::new(&self.manifest, &node.node)
     }
 
-    pub(super) fn event(&self, node: &str, kind: EventKind, reason: &str, message: String) {
+    pub(super) fn event(&self, node: &str, level: Level, kind: Kind, message: String) {
         if let Some(store) = &self.store {
-            let _ = store.append_event(&NewEvent {
-                at: Timestamp::now(),
-                manifest: self.manifest.clone(),
-                node: Some(node.to_string()),
-                kind,
-                reason: reason.to_string(),
-                message,
-            });
+            let event = Event::new(level, kind, message)
+                .manifest(&self.manifest)
+                .node(node);
+            if let Err(err) = store.append_event(&event) {
+                tracing::warn!(error = %err, "cannot record an event");
+            }
         }
     }
 
@@ -210,8 +207,8 @@ impl VmController {
                 let message = format!("{what}: task failed: {exitstatus}");
                 self.event(
                     &node.node,
-                    EventKind::Warning,
-                    "TaskFailed",
+                    Level::Warning,
+                    Kind::TaskFailed,
                     message.clone(),
                 );
                 Err(StepOutcome::Failed(StepError::transient(message)))

@@ -1,9 +1,8 @@
-//! The daemon's state directory: generated TLS material, tokens, the
-//! reconciler lease, per-manifest records and the temporary repo clones.
+//! A tier's state directory: the store (`store/`), the VMs' known SSH host
+//! keys, and the daemon's certificate, tokens and temporary repo clones.
 //!
 //! [`default()`] is the one place that decides where state lives, so every
-//! command that reads the daemon's state (status, tests, parent tiers) agrees
-//! with `homestak serve`.
+//! command (`reconcile --once`, `status`, `serve`, parent tiers) agrees.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
