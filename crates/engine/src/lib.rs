@@ -7,11 +7,13 @@
 //!   daemon and delegation share; also `status`.
 //! - [`executor`]: runs a plan as a DAG with bounded concurrency, backoff
 //!   and requeue instead of holding workers across PVE tasks.
-//! - [`controllers`]: one per node kind; idempotent verb_noun steps.
+//! - [`controllers`]: one per node kind; idempotent verb_noun steps, named
+//!   by [`step::Step`].
 //! - [`store`]: durable records (sled behind a small trait): node records,
 //!   conditions, events, leases.
 
 pub mod controllers;
 pub mod executor;
 pub mod reconcile;
+pub mod step;
 pub mod store;

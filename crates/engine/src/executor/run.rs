@@ -14,7 +14,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::{
-    Config, Controller, Event, NodeState, OnError, PhaseRecord, Report, Step, StepOutcome,
+    AsStep, Config, Controller, Event, NodeState, OnError, PhaseRecord, Planned, Report,
+    StepOutcome,
 };
 use homestak_core::plan::{Action, NodePlan, Plan};
 
@@ -29,9 +30,9 @@ enum Phase {
     Finished,
 }
 
-struct NodeRun<M> {
+struct NodeRun<W, M> {
     plan: Arc<NodePlan>,
-    steps: Vec<Step>,
+    steps: Vec<Planned<W>>,
     cursor: usize,
     memory: Option<M>,
     attempts: u32,
@@ -63,7 +64,7 @@ pub async fn execute<C: Controller>(
         .filter(|(_, n)| n.action != Action::Delete)
         .map(|(i, n)| (n.node.as_str(), i))
         .collect();
-    let mut runs: Vec<NodeRun<C::Memory>> = plan
+    let mut runs: Vec<NodeRun<C::Work, C::Memory>> = plan
         .nodes
         .iter()
         .map(|n| {
@@ -159,14 +160,14 @@ pub async fn execute<C: Controller>(
 
 /// Undo, children first, what this run created.
 async fn rollback<C: Controller>(
-    runs: &mut [NodeRun<C::Memory>],
+    runs: &mut [NodeRun<C::Work, C::Memory>],
     controller: &Arc<C>,
     config: &Config,
     events: &(dyn Fn(Event) + Send + Sync),
     phases: &mut Vec<PhaseRecord>,
 ) {
     // Reverse dependencies: a parent's undo waits for its children's.
-    let mut undo: Vec<NodeRun<C::Memory>> = Vec::new();
+    let mut undo: Vec<NodeRun<C::Work, C::Memory>> = Vec::new();
     let mut origin: Vec<usize> = Vec::new();
     let mut map: HashMap<usize, usize> = HashMap::new();
     for (i, run) in runs.iter_mut().enumerate() {
@@ -231,7 +232,7 @@ async fn rollback<C: Controller>(
 /// The loop: schedule ready steps, collect outcomes, honour limits,
 /// `on_error` and cancellation. Returns `Some(())` when cancelled.
 async fn drive<C: Controller>(
-    runs: &mut [NodeRun<C::Memory>],
+    runs: &mut [NodeRun<C::Work, C::Memory>],
     controller: &Arc<C>,
     config: &Config,
     on_error: OnError,
@@ -334,14 +335,15 @@ async fn drive<C: Controller>(
                 if run.attempts == 0 {
                     events(Event::StepStarted {
                         node: run.plan.node.clone(),
-                        step: step.name,
+                        step: step.work.as_step(),
                     });
                 }
                 let ctrl = controller.clone();
                 let plan = run.plan.clone();
                 let mut memory = run.memory.take().unwrap_or_default();
+                let work = step.work;
                 tasks.spawn(async move {
-                    let outcome = ctrl.run(&plan, &step, &mut memory).await;
+                    let outcome = ctrl.run(&plan, &work, &mut memory).await;
                     (i, outcome, memory)
                 });
             }
@@ -419,15 +421,15 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Applies a step outcome; returns the node name when the node failed.
-fn settle<M>(
-    run: &mut NodeRun<M>,
+fn settle<W: AsStep, M>(
+    run: &mut NodeRun<W, M>,
     outcome: StepOutcome,
     config: &Config,
     storage_use: &mut HashMap<String, usize>,
     events: &(dyn Fn(Event) + Send + Sync),
     phases: &mut Vec<PhaseRecord>,
 ) -> Option<String> {
-    let step = run.steps[run.cursor].name;
+    let step = run.steps[run.cursor].work.as_step();
     let node = run.plan.node.clone();
     match outcome {
         StepOutcome::Requeue(after) => {
@@ -476,8 +478,8 @@ fn settle<M>(
 
 /// Ends the current step: frees its storage slot and records the phase.
 /// Returns how long the step took.
-fn close_step<M>(
-    run: &mut NodeRun<M>,
+fn close_step<W: AsStep, M>(
+    run: &mut NodeRun<W, M>,
     storage_use: &mut HashMap<String, usize>,
     phases: &mut Vec<PhaseRecord>,
     status: &'static str,
@@ -491,7 +493,7 @@ fn close_step<M>(
     release(run, storage_use);
     phases.push(PhaseRecord {
         node: run.plan.node.clone(),
-        name: run.steps[run.cursor].name.to_string(),
+        name: run.steps[run.cursor].work.as_step(),
         status,
         duration,
         attempts,
@@ -499,7 +501,7 @@ fn close_step<M>(
     duration
 }
 
-fn release<M>(run: &mut NodeRun<M>, storage_use: &mut HashMap<String, usize>) {
+fn release<W, M>(run: &mut NodeRun<W, M>, storage_use: &mut HashMap<String, usize>) {
     if let Some(storage) = run.storage.take()
         && let Some(n) = storage_use.get_mut(&storage)
     {
@@ -507,7 +509,7 @@ fn release<M>(run: &mut NodeRun<M>, storage_use: &mut HashMap<String, usize>) {
     }
 }
 
-fn finish<M>(run: &mut NodeRun<M>, state: NodeState, events: &(dyn Fn(Event) + Send + Sync)) {
+fn finish<W, M>(run: &mut NodeRun<W, M>, state: NodeState, events: &(dyn Fn(Event) + Send + Sync)) {
     events(Event::NodeFinished {
         node: run.plan.node.clone(),
         state: state.clone(),

@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::step::StepName;
+
 /// Milliseconds since the Unix epoch.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -120,7 +122,7 @@ pub struct InFlight {
     /// The UPID, verbatim.
     pub upid: String,
     /// The controller step that started it (`create_vm`, `start_vm`, …).
-    pub step: String,
+    pub step: StepName,
     pub started: Timestamp,
 }
 
