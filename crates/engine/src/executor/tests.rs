@@ -18,6 +18,7 @@ enum Out {
     Requeue(u64),
     Transient,
     Permanent,
+    Panic,
 }
 
 #[derive(Default)]
@@ -102,6 +103,7 @@ impl Controller for Fake {
                 Out::Requeue(ms) => StepOutcome::Requeue(Duration::from_millis(ms)),
                 Out::Transient => StepOutcome::Failed(StepError::transient("HTTP 500")),
                 Out::Permanent => StepOutcome::Failed(StepError::permanent("refused")),
+                Out::Panic => panic!("scripted controller bug"),
             }
         })
     }
@@ -410,4 +412,20 @@ async fn a_duplicate_entry_never_hides_a_failure_of_the_same_node() {
         );
         assert!(!report.success());
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_step_fails_its_node_instead_of_hanging() {
+    let fake = Arc::new(Fake::default().script("a", Step::CreateVm, &[Out::Panic]));
+    let report = run(
+        fake.clone(),
+        &plan_of(&["a"]),
+        &BTreeMap::new(),
+        &config(1, OnError::Stop),
+    )
+    .await;
+    assert!(
+        matches!(&report.nodes["a"], NodeState::Failed(m) if m.contains("internal error")),
+        "{report:?}"
+    );
 }
