@@ -29,6 +29,7 @@
 //!   run resumes instead of repeating work.
 
 mod run;
+mod scheduler;
 #[cfg(test)]
 mod tests;
 
