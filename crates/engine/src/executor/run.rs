@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::scheduler::{End, NodeRun, Scheduler};
 use super::{Config, Controller, Event, NodeState, OnError, PhaseRecord, Report};
-use homestak_core::plan::{Action, Plan};
+use homestak_core::plan::{Action, NodePlan, Plan};
 
 /// Runs `plan` through `controller`. `parents` maps a node to its parent
 /// node on this tier. `cancel` resolves when the run must wind down;
@@ -48,19 +48,9 @@ pub async fn execute<C: Controller>(
             } else {
                 Vec::new()
             };
-            let unrunnable = if n.action == Action::Conflict {
-                Some(NodeState::Refused(
-                    n.reason.clone().unwrap_or_else(|| "conflict".into()),
-                ))
-            } else if let Some(blocked) = &n.blocked {
-                Some(NodeState::Refused(blocked.clone()))
-            } else if steps.is_empty() {
-                Some(NodeState::Unchanged)
-            } else {
-                None
-            };
+            let state = unrunnable(n, steps.is_empty());
             let run = NodeRun::new(Arc::new(n.clone()), steps, deps, C::Memory::default());
-            match unrunnable {
+            match state {
                 Some(state) => run.settled(state),
                 None => run,
             }
@@ -102,6 +92,22 @@ pub async fn execute<C: Controller>(
         }
     }
     report
+}
+
+/// How a node that runs nothing ends: refused (a conflict, a blocked
+/// replace) or unchanged.
+fn unrunnable(node: &NodePlan, no_steps: bool) -> Option<NodeState> {
+    if node.action == Action::Conflict {
+        Some(NodeState::Refused(
+            node.reason.clone().unwrap_or_else(|| "conflict".into()),
+        ))
+    } else if let Some(blocked) = &node.blocked {
+        Some(NodeState::Refused(blocked.clone()))
+    } else if no_steps {
+        Some(NodeState::Unchanged)
+    } else {
+        None
+    }
 }
 
 /// Undoes, children first, what this run created; returns the undo
