@@ -63,11 +63,11 @@ impl Progress {
     pub fn on_event(&self, event: &Event) {
         match event {
             Event::StepStarted { node, step } => {
-                tracing::info!(%node, step, "step started");
+                tracing::info!(%node, %step, "step started");
                 self.set(node, (*step).to_string(), false);
             }
             Event::StepRequeued { node, step, after } => {
-                tracing::debug!(%node, step, ?after, "step waiting");
+                tracing::debug!(%node, %step, ?after, "step waiting");
                 self.set(node, format!("{step} (waiting)"), false);
             }
             Event::StepDone {
@@ -75,7 +75,7 @@ impl Progress {
                 step,
                 duration,
             } => {
-                tracing::info!(%node, step, ?duration, "step done");
+                tracing::info!(%node, %step, ?duration, "step done");
             }
             Event::StepRetry {
                 node,
@@ -83,7 +83,7 @@ impl Progress {
                 attempt,
                 error,
             } => {
-                tracing::warn!(%node, step, attempt, %error, "step will be retried");
+                tracing::warn!(%node, %step, attempt, %error, "step will be retried");
                 self.set(node, format!("{step} (retry {attempt}: {error})"), false);
             }
             Event::NodeFinished { node, state } => {

@@ -22,6 +22,7 @@ use homestak_core::model::Manifest;
 use homestak_core::site::Site;
 use homestak_engine::executor;
 use homestak_engine::reconcile::{self, Engine, Request, Setup};
+use homestak_engine::step::Step;
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -136,7 +137,7 @@ fn main() {
                 report
                     .phases
                     .iter()
-                    .filter(|p| p.name == "create_vm")
+                    .filter(|p| p.name == Step::CreateVm)
                     .map(|p| p.duration),
             );
             walls.push(wall);

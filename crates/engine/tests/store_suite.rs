@@ -7,6 +7,7 @@ use std::time::Duration;
 use homestak_api::{
     Applied, Event, Kind, LastReconcile, Level, ManifestRecord, Mode, Outcome, Reason, Subtree,
 };
+use homestak_engine::step::Step;
 use homestak_engine::store::{
     self, ConditionStatus, Durability, Error, EventFilter, InFlight, LeaseOutcome, NodeKey,
     NodeRecord, Options, PowerState, Store, Timestamp,
@@ -139,7 +140,7 @@ fn update_node_records_in_flight_tasks(store: &dyn Store) {
             r.vmid = Some(100);
             r.in_flight = Some(InFlight {
                 upid: "UPID:pve:00000A72:0000C9CC:5FBE5E5C:qmcreate:100:root@pam:".into(),
-                step: "create_vm".into(),
+                step: Step::CreateVm.into(),
                 started: Timestamp::from_millis(10),
             });
         })
@@ -147,7 +148,7 @@ fn update_node_records_in_flight_tasks(store: &dyn Store) {
     assert_eq!(written.generation, 1);
     let read = store.get_node(&key).unwrap().unwrap();
     assert_eq!(read, written);
-    assert_eq!(read.in_flight.as_ref().unwrap().step, "create_vm");
+    assert_eq!(read.in_flight.as_ref().unwrap().step, Step::CreateVm);
     let cleared = store
         .update_node(&key, Durability::Flush, &mut |r| {
             r.in_flight = None;

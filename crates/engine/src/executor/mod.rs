@@ -1,9 +1,10 @@
 //! The executor: runs a plan's nodes as a DAG through a [`Controller`].
 //!
-//! Flow: every actionable node has an ordered list of [`Step`]s from its
-//! controller. A node is ready once its parent (if on this tier) is done.
-//! Ready steps run on a bounded pool of workers; each step does a short,
-//! bounded piece of work and returns [`StepOutcome`]:
+//! Flow: every actionable node has an ordered list of [`Planned`] steps
+//! (each names a [`Step`]) from its controller. A node is ready once its
+//! parent (if on this tier) is done. Ready steps run on a bounded pool of
+//! workers; each step does a short, bounded piece of work and returns
+//! [`StepOutcome`]:
 //! - `Done`: the node advances to its next step (or completes);
 //! - `Requeue(after)`: run the same step again later (a PVE task is still
 //!   running, an agent is not up yet) — the worker is released meanwhile;
@@ -28,6 +29,7 @@
 //!   run resumes instead of repeating work.
 
 mod run;
+mod scheduler;
 #[cfg(test)]
 mod tests;
 
@@ -38,31 +40,45 @@ use serde::Serialize;
 
 pub use run::execute;
 
+use crate::step::Step;
 pub use homestak_core::model::OnError;
 use homestak_core::plan::NodePlan;
 
 /// Controllers return it, so they stay object-safe.
 pub use homestak_base::BoxFuture;
 
-/// One idempotent step of a node, named verb_noun like the seed's phases.
+/// What a controller's planned step carries to its run; it names the
+/// [`Step`] it is.
+pub trait AsStep {
+    fn as_step(&self) -> Step;
+}
+
+/// A step that needs nothing planned with it.
+impl AsStep for Step {
+    fn as_step(&self) -> Step {
+        *self
+    }
+}
+
+/// One step of a node as its controller planned it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
-    pub name: &'static str,
+pub struct Planned<W> {
+    pub work: W,
     /// Storage whose concurrency limit this step counts against.
     pub storage: Option<String>,
 }
 
-impl Step {
-    pub fn new(name: &'static str) -> Step {
-        Step {
-            name,
+impl<W> Planned<W> {
+    pub fn new(work: W) -> Planned<W> {
+        Planned {
+            work,
             storage: None,
         }
     }
 
-    pub fn on_storage(name: &'static str, storage: impl Into<String>) -> Step {
-        Step {
-            name,
+    pub fn on_storage(work: W, storage: impl Into<String>) -> Planned<W> {
+        Planned {
+            work,
             storage: Some(storage.into()),
         }
     }
@@ -108,21 +124,25 @@ pub trait Controller: Send + Sync + 'static {
     /// flight, …).
     type Memory: Default + Send + 'static;
 
+    /// A planned step: what running it needs, looked up when it is planned,
+    /// so a step cannot be planned without it.
+    type Work: AsStep + Clone + Send + Sync + 'static;
+
     /// The ordered steps that carry out `node`'s plan.
-    fn steps(&self, node: &NodePlan) -> Vec<Step>;
+    fn steps(&self, node: &NodePlan) -> Vec<Planned<Self::Work>>;
 
     /// Runs one step once. Must be short and bounded: a long wait is a
     /// `Requeue`, never a sleep.
     fn run<'a>(
         &'a self,
         node: &'a NodePlan,
-        step: &'a Step,
+        step: &'a Self::Work,
         memory: &'a mut Self::Memory,
     ) -> BoxFuture<'a, StepOutcome>;
 
     /// Steps that undo what a run created for `node` (for `on_error:
     /// rollback`); empty when there is nothing to undo.
-    fn undo_steps(&self, node: &NodePlan, memory: &Self::Memory) -> Vec<Step>;
+    fn undo_steps(&self, node: &NodePlan, memory: &Self::Memory) -> Vec<Planned<Self::Work>>;
 }
 
 /// Executor settings.
@@ -209,7 +229,7 @@ impl std::fmt::Display for NodeState {
 #[derive(Debug, Clone, Serialize)]
 pub struct PhaseRecord {
     pub node: String,
-    pub name: String,
+    pub name: Step,
     /// `passed` | `failed`.
     pub status: &'static str,
     pub duration: Duration,
@@ -240,21 +260,21 @@ impl Report {
 pub enum Event {
     StepStarted {
         node: String,
-        step: &'static str,
+        step: Step,
     },
     StepRequeued {
         node: String,
-        step: &'static str,
+        step: Step,
         after: Duration,
     },
     StepDone {
         node: String,
-        step: &'static str,
+        step: Step,
         duration: Duration,
     },
     StepRetry {
         node: String,
-        step: &'static str,
+        step: Step,
         attempt: u32,
         error: String,
     },

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
+use crate::step::Step;
 use homestak_core::plan::{Action, NodePlan, Plan};
 
 #[derive(Debug, Clone, Copy)]
@@ -17,6 +18,7 @@ enum Out {
     Requeue(u64),
     Transient,
     Permanent,
+    Panic,
 }
 
 #[derive(Default)]
@@ -27,24 +29,24 @@ struct Memory {
 #[derive(Default)]
 struct Fake {
     /// (node, step) → outcomes to return in turn; `Done` once exhausted.
-    script: Mutex<HashMap<(String, String), VecDeque<Out>>>,
+    script: Mutex<HashMap<(String, Step), VecDeque<Out>>>,
     /// Steps per node (default: create_vm on storage "s", start_vm).
-    steps: HashMap<String, Vec<Step>>,
-    log: Mutex<Vec<(Instant, String, &'static str)>>,
+    steps: HashMap<String, Vec<Planned<Step>>>,
+    log: Mutex<Vec<(Instant, String, Step)>>,
     running: AtomicUsize,
     max_running: AtomicUsize,
 }
 
 impl Fake {
-    fn script(self, node: &str, step: &str, outs: &[Out]) -> Self {
+    fn script(self, node: &str, step: Step, outs: &[Out]) -> Self {
         self.script
             .lock()
             .unwrap()
-            .insert((node.into(), step.into()), outs.iter().copied().collect());
+            .insert((node.into(), step), outs.iter().copied().collect());
         self
     }
 
-    fn starts(&self, node: &str, step: &str) -> Vec<Instant> {
+    fn starts(&self, node: &str, step: Step) -> Vec<Instant> {
         self.log
             .lock()
             .unwrap()
@@ -57,12 +59,15 @@ impl Fake {
 
 impl Controller for Fake {
     type Memory = Memory;
+    type Work = Step;
 
-    fn steps(&self, node: &NodePlan) -> Vec<Step> {
-        self.steps
-            .get(&node.node)
-            .cloned()
-            .unwrap_or_else(|| vec![Step::on_storage("create_vm", "s"), Step::new("start_vm")])
+    fn steps(&self, node: &NodePlan) -> Vec<Planned<Step>> {
+        self.steps.get(&node.node).cloned().unwrap_or_else(|| {
+            vec![
+                Planned::on_storage(Step::CreateVm, "s"),
+                Planned::new(Step::StartVm),
+            ]
+        })
     }
 
     fn run<'a>(
@@ -75,7 +80,7 @@ impl Controller for Fake {
             self.log
                 .lock()
                 .unwrap()
-                .push((Instant::now(), node.node.clone(), step.name));
+                .push((Instant::now(), node.node.clone(), *step));
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_running.fetch_max(now, Ordering::SeqCst);
             // A step takes a little (virtual) time, like an API call.
@@ -85,12 +90,12 @@ impl Controller for Fake {
                 .script
                 .lock()
                 .unwrap()
-                .get_mut(&(node.node.clone(), step.name.to_string()))
+                .get_mut(&(node.node.clone(), *step))
                 .and_then(VecDeque::pop_front)
                 .unwrap_or(Out::Done);
             match out {
                 Out::Done => {
-                    if step.name == "create_vm" {
+                    if *step == Step::CreateVm {
                         memory.created = true;
                     }
                     StepOutcome::Done
@@ -98,13 +103,14 @@ impl Controller for Fake {
                 Out::Requeue(ms) => StepOutcome::Requeue(Duration::from_millis(ms)),
                 Out::Transient => StepOutcome::Failed(StepError::transient("HTTP 500")),
                 Out::Permanent => StepOutcome::Failed(StepError::permanent("refused")),
+                Out::Panic => panic!("scripted controller bug"),
             }
         })
     }
 
-    fn undo_steps(&self, _node: &NodePlan, memory: &Memory) -> Vec<Step> {
+    fn undo_steps(&self, _node: &NodePlan, memory: &Memory) -> Vec<Planned<Step>> {
         if memory.created {
-            vec![Step::new("destroy_vm")]
+            vec![Planned::new(Step::DestroyVm)]
         } else {
             Vec::new()
         }
@@ -162,7 +168,7 @@ use std::sync::Arc;
 
 #[tokio::test(start_paused = true)]
 async fn parents_finish_before_children_start() {
-    let fake = Arc::new(Fake::default().script("root", "create_vm", &[Out::Requeue(1000)]));
+    let fake = Arc::new(Fake::default().script("root", Step::CreateVm, &[Out::Requeue(1000)]));
     let plan = plan_of(&["root", "child", "other"]);
     let report = run(
         fake.clone(),
@@ -172,10 +178,10 @@ async fn parents_finish_before_children_start() {
     )
     .await;
     assert!(report.success(), "{report:?}");
-    let root_done = fake.starts("root", "start_vm")[0];
-    assert!(fake.starts("child", "create_vm")[0] > root_done);
+    let root_done = fake.starts("root", Step::StartVm)[0];
+    assert!(fake.starts("child", Step::CreateVm)[0] > root_done);
     // Independent work did not wait for the root.
-    assert!(fake.starts("other", "create_vm")[0] < root_done);
+    assert!(fake.starts("other", Step::CreateVm)[0] < root_done);
 }
 
 #[tokio::test(start_paused = true)]
@@ -194,7 +200,7 @@ async fn concurrency_is_bounded() {
 async fn requeue_releases_the_worker() {
     // One worker, two node slots: "slow" waits on a long task, "fast" must
     // finish meanwhile.
-    let fake = Arc::new(Fake::default().script("slow", "create_vm", &[Out::Requeue(60_000)]));
+    let fake = Arc::new(Fake::default().script("slow", Step::CreateVm, &[Out::Requeue(60_000)]));
     let t0 = Instant::now();
     let mut cfg = config(2, OnError::Stop);
     cfg.workers = 1;
@@ -206,7 +212,7 @@ async fn requeue_releases_the_worker() {
     )
     .await;
     assert!(report.success());
-    let fast_done = fake.starts("fast", "start_vm")[0];
+    let fast_done = fake.starts("fast", Step::StartVm)[0];
     assert!(
         fast_done - t0 < Duration::from_secs(1),
         "fast waited for slow's task"
@@ -215,12 +221,12 @@ async fn requeue_releases_the_worker() {
 
 #[tokio::test(start_paused = true)]
 async fn concurrency_one_converges_nodes_one_after_the_other() {
-    let fake = Arc::new(Fake::default().script("a", "create_vm", &[Out::Requeue(5_000)]));
+    let fake = Arc::new(Fake::default().script("a", Step::CreateVm, &[Out::Requeue(5_000)]));
     let mut cfg = config(1, OnError::Stop);
     cfg.workers = 8;
     let report = run(fake.clone(), &plan_of(&["a", "b"]), &BTreeMap::new(), &cfg).await;
     assert!(report.success());
-    assert!(fake.starts("b", "create_vm")[0] > fake.starts("a", "start_vm")[0]);
+    assert!(fake.starts("b", Step::CreateVm)[0] > fake.starts("a", Step::StartVm)[0]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -228,7 +234,7 @@ async fn storage_tokens_span_requeues() {
     // Three nodes on storage "s" (limit 2), each waiting on a 10 s task.
     let mut fake = Fake::default();
     for n in ["a", "b", "c"] {
-        fake = fake.script(n, "create_vm", &[Out::Requeue(10_000)]);
+        fake = fake.script(n, Step::CreateVm, &[Out::Requeue(10_000)]);
     }
     let fake = Arc::new(fake);
     let report = run(
@@ -239,8 +245,8 @@ async fn storage_tokens_span_requeues() {
     )
     .await;
     assert!(report.success());
-    let a_done = fake.starts("a", "create_vm")[1];
-    let c_first = fake.starts("c", "create_vm")[0];
+    let a_done = fake.starts("a", Step::CreateVm)[1];
+    let c_first = fake.starts("c", Step::CreateVm)[0];
     assert!(
         c_first >= a_done,
         "c took a storage token while a and b held both"
@@ -250,7 +256,7 @@ async fn storage_tokens_span_requeues() {
 #[tokio::test(start_paused = true)]
 async fn transient_failures_back_off_then_succeed() {
     let fake =
-        Arc::new(Fake::default().script("a", "create_vm", &[Out::Transient, Out::Transient]));
+        Arc::new(Fake::default().script("a", Step::CreateVm, &[Out::Transient, Out::Transient]));
     let report = run(
         fake.clone(),
         &plan_of(&["a"]),
@@ -259,7 +265,7 @@ async fn transient_failures_back_off_then_succeed() {
     )
     .await;
     assert!(report.success(), "{report:?}");
-    let tries = fake.starts("a", "create_vm");
+    let tries = fake.starts("a", Step::CreateVm);
     assert_eq!(tries.len(), 3);
     assert!(tries[1] - tries[0] >= Duration::from_millis(50));
     assert!(
@@ -269,14 +275,14 @@ async fn transient_failures_back_off_then_succeed() {
     let phase = report
         .phases
         .iter()
-        .find(|p| p.name == "create_vm")
+        .find(|p| p.name == Step::CreateVm)
         .unwrap();
     assert_eq!(phase.attempts, 3);
 }
 
 #[tokio::test(start_paused = true)]
 async fn transient_failures_give_up_after_max_attempts() {
-    let fake = Arc::new(Fake::default().script("a", "create_vm", &[Out::Transient; 5]));
+    let fake = Arc::new(Fake::default().script("a", Step::CreateVm, &[Out::Transient; 5]));
     let report = run(
         fake.clone(),
         &plan_of(&["a"]),
@@ -284,13 +290,13 @@ async fn transient_failures_give_up_after_max_attempts() {
         &config(2, OnError::Stop),
     )
     .await;
-    assert_eq!(fake.starts("a", "create_vm").len(), 3);
+    assert_eq!(fake.starts("a", Step::CreateVm).len(), 3);
     assert!(matches!(&report.nodes["a"], NodeState::Failed(m) if m.contains("create_vm")));
 }
 
 #[tokio::test(start_paused = true)]
 async fn on_error_stop_skips_unstarted_nodes() {
-    let fake = Arc::new(Fake::default().script("a", "create_vm", &[Out::Permanent]));
+    let fake = Arc::new(Fake::default().script("a", Step::CreateVm, &[Out::Permanent]));
     // One worker: b has not started when a fails.
     let report = run(
         fake.clone(),
@@ -301,12 +307,12 @@ async fn on_error_stop_skips_unstarted_nodes() {
     .await;
     assert!(matches!(report.nodes["a"], NodeState::Failed(_)));
     assert!(matches!(&report.nodes["b"], NodeState::Skipped(m) if m.contains("on_error: stop")));
-    assert!(fake.starts("b", "create_vm").is_empty());
+    assert!(fake.starts("b", Step::CreateVm).is_empty());
 }
 
 #[tokio::test(start_paused = true)]
 async fn on_error_continue_skips_only_descendants() {
-    let fake = Arc::new(Fake::default().script("a", "create_vm", &[Out::Permanent]));
+    let fake = Arc::new(Fake::default().script("a", Step::CreateVm, &[Out::Permanent]));
     let plan = plan_of(&["a", "a-child", "b"]);
     let report = run(
         fake.clone(),
@@ -322,7 +328,7 @@ async fn on_error_continue_skips_only_descendants() {
 
 #[tokio::test(start_paused = true)]
 async fn on_error_rollback_undoes_created_nodes_children_first() {
-    let fake = Arc::new(Fake::default().script("child", "start_vm", &[Out::Permanent]));
+    let fake = Arc::new(Fake::default().script("child", Step::StartVm, &[Out::Permanent]));
     let plan = plan_of(&["root", "child"]);
     let report = run(
         fake.clone(),
@@ -333,8 +339,8 @@ async fn on_error_rollback_undoes_created_nodes_children_first() {
     .await;
     assert_eq!(report.nodes["root"], NodeState::RolledBack);
     assert!(matches!(&report.nodes["child"], NodeState::Failed(m) if m.ends_with("(rolled back)")));
-    let child_undo = fake.starts("child", "destroy_vm");
-    let root_undo = fake.starts("root", "destroy_vm");
+    let child_undo = fake.starts("child", Step::DestroyVm);
+    let root_undo = fake.starts("root", Step::DestroyVm);
     assert_eq!((child_undo.len(), root_undo.len()), (1, 1));
     assert!(child_undo[0] < root_undo[0], "children are undone first");
 }
@@ -369,7 +375,7 @@ async fn unchanged_and_refused_nodes_run_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn cancel_lets_running_steps_finish_and_starts_nothing_new() {
-    let fake = Arc::new(Fake::default().script("a", "create_vm", &[Out::Requeue(60_000)]));
+    let fake = Arc::new(Fake::default().script("a", Step::CreateVm, &[Out::Requeue(60_000)]));
     let cancel = tokio::time::sleep(Duration::from_secs(1));
     let plan = plan_of(&["a"]);
     let report = execute(
@@ -384,7 +390,7 @@ async fn cancel_lets_running_steps_finish_and_starts_nothing_new() {
     assert!(report.cancelled);
     assert_eq!(report.nodes["a"], NodeState::Interrupted);
     // The requeued step was not run again after cancel.
-    assert_eq!(fake.starts("a", "create_vm").len(), 1);
+    assert_eq!(fake.starts("a", Step::CreateVm).len(), 1);
     assert!(!report.success());
 }
 
@@ -393,7 +399,7 @@ async fn a_duplicate_entry_never_hides_a_failure_of_the_same_node() {
     // "web" has two entries, as when a duplicate VM of it is pruned: one
     // fails, the other converges; the report must say failed.
     for outs in [[Out::Permanent, Out::Done], [Out::Done, Out::Permanent]] {
-        let fake = Arc::new(Fake::default().script("web", "create_vm", &outs));
+        let fake = Arc::new(Fake::default().script("web", Step::CreateVm, &outs));
         let plan = Plan {
             manifest: "m".into(),
             host: "pve".into(),
@@ -406,4 +412,20 @@ async fn a_duplicate_entry_never_hides_a_failure_of_the_same_node() {
         );
         assert!(!report.success());
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_step_fails_its_node_instead_of_hanging() {
+    let fake = Arc::new(Fake::default().script("a", Step::CreateVm, &[Out::Panic]));
+    let report = run(
+        fake.clone(),
+        &plan_of(&["a"]),
+        &BTreeMap::new(),
+        &config(1, OnError::Stop),
+    )
+    .await;
+    assert!(
+        matches!(&report.nodes["a"], NodeState::Failed(m) if m.contains("internal error")),
+        "{report:?}"
+    );
 }

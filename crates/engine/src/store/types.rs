@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 pub use homestak_base::time::Timestamp;
 
+use crate::step::StepName;
+
 /// Identifies a node record: the manifest and the node's name in it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeKey {
@@ -77,7 +79,7 @@ pub struct InFlight {
     /// The UPID, verbatim.
     pub upid: String,
     /// The controller step that started it (`create_vm`, `start_vm`, …).
-    pub step: String,
+    pub step: StepName,
     pub started: Timestamp,
 }
 

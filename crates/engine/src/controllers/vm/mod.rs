@@ -1,8 +1,8 @@
 //! The VM controller: carries out one node's plan on one PVE tier.
 //!
-//! Steps (named verb_noun like the seed's phases), each idempotent — safe to
-//! run again after a crash, a timeout or a retry, because each first looks
-//! at the world and only then acts:
+//! Steps ([`VmStep`]s, named by their [`Step`] verb_noun like the seed's
+//! phases), each idempotent — safe to run again after a crash, a timeout or
+//! a retry, because each first looks at the world and only then acts:
 //!
 //! | step | does |
 //! |---|---|
@@ -35,7 +35,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::executor::{BoxFuture, Controller, Step, StepOutcome};
+use crate::executor::{AsStep, BoxFuture, Controller, Planned, StepOutcome};
+use crate::step::Step;
 use crate::store::Store;
 use homestak_core::plan::{Action, DesiredVm, Field, NodePlan};
 use homestak_pve::{Api, Upid};
@@ -193,65 +194,107 @@ impl Memory {
     }
 }
 
+/// A VM step as planned. The node's desired VM is looked up once, when its
+/// steps are planned, and carried by the steps that act on it: a step that
+/// needs it cannot be planned without it.
+#[derive(Debug, Clone)]
+pub enum VmStep {
+    EnsureImage(Arc<DesiredVm>),
+    CreateVm(Arc<DesiredVm>),
+    AdoptVm,
+    UpdateConfig(Arc<DesiredVm>),
+    ResizeDisk(Arc<DesiredVm>),
+    StartVm,
+    WaitAgentIp,
+    WaitSsh(Arc<DesiredVm>),
+    MarkConverged(Arc<DesiredVm>),
+    StopVm,
+    DestroyVm,
+    ForgetVm,
+}
+
+impl AsStep for VmStep {
+    fn as_step(&self) -> Step {
+        match self {
+            VmStep::EnsureImage(_) => Step::EnsureImage,
+            VmStep::CreateVm(_) => Step::CreateVm,
+            VmStep::AdoptVm => Step::AdoptVm,
+            VmStep::UpdateConfig(_) => Step::UpdateConfig,
+            VmStep::ResizeDisk(_) => Step::ResizeDisk,
+            VmStep::StartVm => Step::StartVm,
+            VmStep::WaitAgentIp => Step::WaitAgentIp,
+            VmStep::WaitSsh(_) => Step::WaitSsh,
+            VmStep::MarkConverged(_) => Step::MarkConverged,
+            VmStep::StopVm => Step::StopVm,
+            VmStep::DestroyVm => Step::DestroyVm,
+            VmStep::ForgetVm => Step::ForgetVm,
+        }
+    }
+}
+
 impl VmController {
-    fn create_steps(&self, want: &DesiredVm, verify_ssh: bool) -> Vec<Step> {
+    fn create_steps(&self, want: &Arc<DesiredVm>, verify_ssh: bool) -> Vec<Planned<VmStep>> {
         let mut steps = vec![
-            Step::on_storage("ensure_image", &self.image_storage),
-            Step::on_storage("create_vm", &want.storage),
-            Step::on_storage("resize_disk", &want.storage),
-            Step::new("start_vm"),
-            Step::new("wait_agent_ip"),
+            Planned::on_storage(VmStep::EnsureImage(want.clone()), &self.image_storage),
+            Planned::on_storage(VmStep::CreateVm(want.clone()), &want.storage),
+            Planned::on_storage(VmStep::ResizeDisk(want.clone()), &want.storage),
+            Planned::new(VmStep::StartVm),
+            Planned::new(VmStep::WaitAgentIp),
         ];
         if verify_ssh {
-            steps.push(Step::new("wait_ssh"));
+            steps.push(Planned::new(VmStep::WaitSsh(want.clone())));
         }
-        steps.push(Step::new("mark_converged"));
+        steps.push(Planned::new(VmStep::MarkConverged(want.clone())));
         steps
     }
 }
 
 impl Controller for VmController {
     type Memory = Memory;
+    type Work = VmStep;
 
-    fn steps(&self, node: &NodePlan) -> Vec<Step> {
+    fn steps(&self, node: &NodePlan) -> Vec<Planned<VmStep>> {
         let verify_ssh = self.ssh.is_some();
-        let want = self.desired.get(&node.node);
+        let want = self.desired.get(&node.node).cloned().map(Arc::new);
         match (node.action, want) {
-            (Action::Create, Some(want)) => self.create_steps(want, verify_ssh),
+            (Action::Create, Some(want)) => self.create_steps(&want, verify_ssh),
             (Action::Replace, Some(want)) => {
                 let mut steps = vec![
-                    Step::new("stop_vm"),
-                    Step::on_storage("destroy_vm", &want.storage),
+                    Planned::new(VmStep::StopVm),
+                    Planned::on_storage(VmStep::DestroyVm, &want.storage),
                 ];
-                steps.extend(self.create_steps(want, verify_ssh));
+                steps.extend(self.create_steps(&want, verify_ssh));
                 steps
             }
             (Action::Update | Action::Adopt, Some(want)) => {
                 let mut steps = Vec::new();
                 if node.action == Action::Adopt {
-                    steps.push(Step::new("adopt_vm"));
+                    steps.push(Planned::new(VmStep::AdoptVm));
                 }
                 let config_change = node
                     .changes
                     .iter()
                     .any(|c| !matches!(c.field, Field::Disk | Field::Power));
                 if config_change {
-                    steps.push(Step::new("update_config"));
+                    steps.push(Planned::new(VmStep::UpdateConfig(want.clone())));
                 }
                 if node.change(Field::Disk).is_some() {
-                    steps.push(Step::on_storage("resize_disk", &want.storage));
+                    steps.push(Planned::on_storage(
+                        VmStep::ResizeDisk(want.clone()),
+                        &want.storage,
+                    ));
                 }
                 if node.change(Field::Power).is_some() {
-                    steps.push(Step::new("start_vm"));
-                    steps.push(Step::new("wait_agent_ip"));
+                    steps.push(Planned::new(VmStep::StartVm));
+                    steps.push(Planned::new(VmStep::WaitAgentIp));
                 }
-                steps.push(Step::new("mark_converged"));
+                steps.push(Planned::new(VmStep::MarkConverged(want)));
                 steps
             }
             (Action::Delete, _) => vec![
-                Step::new("stop_vm"),
-                Step::on_storage("destroy_vm", &self.default_storage),
-                Step::new("forget_vm"),
+                Planned::new(VmStep::StopVm),
+                Planned::on_storage(VmStep::DestroyVm, &self.default_storage),
+                Planned::new(VmStep::ForgetVm),
             ],
             // No desired entry for a create/update: nothing safe to do.
             _ => Vec::new(),
@@ -261,22 +304,22 @@ impl Controller for VmController {
     fn run<'a>(
         &'a self,
         node: &'a NodePlan,
-        step: &'a Step,
+        step: &'a VmStep,
         memory: &'a mut Memory,
     ) -> BoxFuture<'a, StepOutcome> {
         Box::pin(self.dispatch(node, step, memory))
     }
 
-    fn undo_steps(&self, node: &NodePlan, memory: &Memory) -> Vec<Step> {
+    fn undo_steps(&self, node: &NodePlan, memory: &Memory) -> Vec<Planned<VmStep>> {
         if memory.created {
             let storage = self
                 .desired
                 .get(&node.node)
                 .map_or(&self.default_storage, |w| &w.storage);
             vec![
-                Step::new("stop_vm"),
-                Step::on_storage("destroy_vm", storage),
-                Step::new("forget_vm"),
+                Planned::new(VmStep::StopVm),
+                Planned::on_storage(VmStep::DestroyVm, storage),
+                Planned::new(VmStep::ForgetVm),
             ]
         } else {
             Vec::new()

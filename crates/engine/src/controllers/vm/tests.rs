@@ -8,8 +8,8 @@ use std::sync::Arc;
 use reqwest::Method;
 use serde_json::json;
 
-use super::{ImageSource, Memory, RunState, Timing, VmController};
-use crate::executor::{Controller, Step, StepOutcome};
+use super::{ImageSource, Memory, RunState, Timing, VmController, VmStep};
+use crate::executor::{AsStep, Controller, StepOutcome};
 use homestak_core::plan::{Action, DesiredVm, IpConfig, Kind, NodePlan};
 use homestak_pve::fake::{Reply, Scripted, upid};
 
@@ -77,8 +77,9 @@ fn foreign() -> Reply {
     Reply::Data(json!({"name": "hand-made", "cores": 2, "digest": "abc"}))
 }
 
-fn create_vm() -> Step {
-    Step::on_storage("create_vm", "local-zfs")
+/// The create step as `c` plans it for its one desired VM.
+fn create_vm(c: &VmController) -> VmStep {
+    VmStep::CreateVm(Arc::new(c.desired["web"].clone()))
 }
 
 fn created_vmids(script: &Scripted) -> Vec<String> {
@@ -116,7 +117,7 @@ async fn allocation_skips_reserved_and_taken_vmids() {
     // Another node of the plan will create vmid 100.
     c.reserve([100]);
     let mut m = Memory::default();
-    let out = c.run(&create(None), &create_vm(), &mut m).await;
+    let out = c.run(&create(None), &create_vm(&c), &mut m).await;
     assert!(matches!(out, StepOutcome::Requeue(_)), "{out:?}");
     assert_eq!(m.vmid, Some(102));
     assert_eq!(created_vmids(&script), ["102"]);
@@ -137,13 +138,13 @@ async fn a_remembered_vmid_someone_took_is_given_up_for_another() {
     let c = controller(&script, want(None));
     let node = create(Some(105));
     let mut m = Memory::default();
-    match c.run(&node, &create_vm(), &mut m).await {
+    match c.run(&node, &create_vm(&c), &mut m).await {
         StepOutcome::Failed(e) => assert!(e.transient, "{e:?}"),
         other => panic!("expected a transient failure, got {other:?}"),
     }
     assert_eq!(m.vmid, None);
     assert_eq!(script.writes(), 0, "the foreign VM is never touched");
-    let out = c.run(&node, &create_vm(), &mut m).await;
+    let out = c.run(&node, &create_vm(&c), &mut m).await;
     assert!(matches!(out, StepOutcome::Requeue(_)), "{out:?}");
     assert_eq!(created_vmids(&script), ["106"]);
 }
@@ -154,7 +155,7 @@ async fn a_vmid_the_manifest_names_is_never_given_up() {
     script.always(Method::GET, "/nodes/pve/qemu/105/config", foreign());
     let c = controller(&script, want(Some(105)));
     let mut m = Memory::default();
-    match c.run(&create(Some(105)), &create_vm(), &mut m).await {
+    match c.run(&create(Some(105)), &create_vm(&c), &mut m).await {
         StepOutcome::Failed(e) => {
             assert!(!e.transient, "{e:?}");
             assert!(e.message.contains("vmid 105"), "{e:?}");
@@ -179,7 +180,7 @@ async fn a_failed_read_keeps_the_vmid_an_earlier_attempt_may_have_created() {
         vmid: Some(107),
         ..Memory::default()
     };
-    match c.run(&create(None), &create_vm(), &mut m).await {
+    match c.run(&create(None), &create_vm(&c), &mut m).await {
         StepOutcome::Failed(e) => assert!(e.transient, "{e:?}"),
         other => panic!("expected a transient failure, got {other:?}"),
     }
@@ -214,7 +215,7 @@ async fn pruning_a_duplicate_keeps_the_nodes_record() {
         action: Action::Delete,
         ..create(Some(vmid))
     };
-    let forget = Step::new("forget_vm");
+    let forget = VmStep::ForgetVm;
 
     // A second VM with the node's marks (vmid 102) is pruned: the record of
     // vmid 101, the node's VM, stays.
@@ -226,4 +227,29 @@ async fn pruning_a_duplicate_keeps_the_nodes_record() {
     let out = c.run(&delete(101), &forget, &mut Memory::default()).await;
     assert!(matches!(out, StepOutcome::Done), "{out:?}");
     assert!(store.get_node(&key).unwrap().is_none());
+}
+
+#[test]
+fn every_vm_step_is_named_by_its_own_step() {
+    let w = Arc::new(want(None));
+    let all = [
+        VmStep::EnsureImage(w.clone()),
+        VmStep::CreateVm(w.clone()),
+        VmStep::AdoptVm,
+        VmStep::UpdateConfig(w.clone()),
+        VmStep::ResizeDisk(w.clone()),
+        VmStep::StartVm,
+        VmStep::WaitAgentIp,
+        VmStep::WaitSsh(w.clone()),
+        VmStep::MarkConverged(w),
+        VmStep::StopVm,
+        VmStep::DestroyVm,
+        VmStep::ForgetVm,
+    ];
+    // Named alike, so a step cannot report (or resume) as another.
+    for step in &all {
+        let variant = format!("{step:?}");
+        let variant = variant.split('(').next().unwrap_or_default();
+        assert_eq!(variant, format!("{:?}", step.as_step()));
+    }
 }

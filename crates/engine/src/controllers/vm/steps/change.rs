@@ -80,7 +80,7 @@ impl VmController {
         resize.digest = config.digest.clone();
         match self.api.qemu_resize(&self.pve_node, vmid, &resize).await {
             Ok(Some(upid)) => {
-                self.record_task(node, "resize_disk", &upid, None);
+                self.record_task(node, Step::ResizeDisk, &upid, None);
                 m.upid = Some(upid);
                 StepOutcome::Requeue(m.next_poll(&self.timing))
             }
@@ -93,7 +93,7 @@ impl VmController {
     }
 
     pub(super) async fn start_vm(&self, node: &NodePlan, m: &mut Memory) -> Outcome {
-        self.resume_task(node, "start_vm", m);
+        self.resume_task(node, Step::StartVm, m);
         if m.upid.is_some() {
             return match self.follow(node, "start VM", m).await {
                 Ok(Some(requeue)) => requeue,
@@ -123,7 +123,7 @@ impl VmController {
             .await
         {
             Ok(upid) => {
-                self.record_task(node, "start_vm", &upid, None);
+                self.record_task(node, Step::StartVm, &upid, None);
                 m.upid = Some(upid);
                 StepOutcome::Requeue(m.next_poll(&self.timing))
             }

@@ -42,7 +42,7 @@ impl VmController {
         want: &DesiredVm,
         m: &mut Memory,
     ) -> Outcome {
-        self.resume_task(node, "create_vm", m);
+        self.resume_task(node, Step::CreateVm, m);
         if m.upid.is_some() {
             return match self.follow(node, "create VM", m).await {
                 Ok(Some(requeue)) => requeue,
@@ -97,7 +97,7 @@ impl VmController {
         };
         match self.api.qemu_create(&self.pve_node, &create).await {
             Ok(upid) => {
-                self.record_task(node, "create_vm", &upid, Some(vmid));
+                self.record_task(node, Step::CreateVm, &upid, Some(vmid));
                 m.upid = Some(upid);
                 StepOutcome::Requeue(m.next_poll(&self.timing))
             }

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::controllers::vm::{HostSsh, ImageSource, Memory, RunState, Timing, VmController};
-use crate::executor::{Controller, Step, StepOutcome};
+use crate::controllers::vm::{
+    HostSsh, ImageSource, Memory, RunState, Timing, VmController, VmStep,
+};
+use crate::executor::{Controller, StepOutcome};
 use homestak_core::plan::{Action, DesiredVm, IpConfig, Kind, NodePlan};
 use homestak_pve::fake::{Reply as PveReply, Scripted, task_status, task_status_path, upid};
 use homestak_ssh::fake::{ConnectFailure, Reply, ScriptedTransport};
@@ -121,7 +123,7 @@ fn content(files: Vec<Value>) -> PveReply {
 }
 
 async fn pass(rig: &Rig, node: &str, m: &mut Memory) -> StepOutcome {
-    let step = Step::on_storage("ensure_image", "local");
+    let step = VmStep::EnsureImage(Arc::new(want(node)));
     rig.controller.run(&create(node), &step, m).await
 }
 

@@ -18,8 +18,9 @@ mod image_tests;
 use tokio::time::Instant;
 
 use super::mapping::{self, BOOT_DISK};
-use super::{Download, Memory, VmController};
+use super::{Download, Memory, VmController, VmStep};
 use crate::executor::{StepError, StepOutcome};
+use crate::step::Step;
 use crate::store::{ConditionStatus, Durability, InFlight, NodeKey, PowerState, Timestamp};
 use homestak_api::{Event, Kind, Level};
 use homestak_base::error_chain as chain;
@@ -48,33 +49,26 @@ fn refuse(message: String) -> Outcome {
 }
 
 impl VmController {
-    pub(super) async fn dispatch(
-        &self,
-        node: &NodePlan,
-        step: &crate::executor::Step,
-        m: &mut Memory,
-    ) -> Outcome {
+    pub(super) async fn dispatch(&self, node: &NodePlan, step: &VmStep, m: &mut Memory) -> Outcome {
         if !m.seeded {
             m.seeded = true;
             if m.vmid.is_none() {
                 m.vmid = node.vmid;
             }
         }
-        let want = self.desired.get(&node.node);
-        match (step.name, want) {
-            ("ensure_image", Some(w)) => self.ensure_image(w, m).await,
-            ("create_vm", Some(w)) => self.create_vm(node, w, m).await,
-            ("adopt_vm", Some(_)) => self.adopt_vm(node, m),
-            ("update_config", Some(w)) => self.update_config(node, w, m).await,
-            ("resize_disk", Some(w)) => self.resize_disk(node, w, m).await,
-            ("start_vm", _) => self.start_vm(node, m).await,
-            ("wait_agent_ip", _) => self.wait_agent_ip(node, m).await,
-            ("wait_ssh", Some(w)) => self.wait_ssh(node, w, m).await,
-            ("mark_converged", Some(w)) => self.mark_converged(node, w, m),
-            ("stop_vm", _) => self.stop_vm(node, m).await,
-            ("destroy_vm", _) => self.destroy_vm(node, m).await,
-            ("forget_vm", _) => self.forget_vm(node, m),
-            (name, _) => refuse(format!("internal error: step {name} has no desired VM")),
+        match step {
+            VmStep::EnsureImage(w) => self.ensure_image(w, m).await,
+            VmStep::CreateVm(w) => self.create_vm(node, w, m).await,
+            VmStep::AdoptVm => self.adopt_vm(node, m),
+            VmStep::UpdateConfig(w) => self.update_config(node, w, m).await,
+            VmStep::ResizeDisk(w) => self.resize_disk(node, w, m).await,
+            VmStep::StartVm => self.start_vm(node, m).await,
+            VmStep::WaitAgentIp => self.wait_agent_ip(node, m).await,
+            VmStep::WaitSsh(w) => self.wait_ssh(node, w, m).await,
+            VmStep::MarkConverged(w) => self.mark_converged(node, w, m),
+            VmStep::StopVm => self.stop_vm(node, m).await,
+            VmStep::DestroyVm => self.destroy_vm(node, m).await,
+            VmStep::ForgetVm => self.forget_vm(node, m),
         }
     }
 
@@ -127,12 +121,12 @@ impl VmController {
 
     /// Records a started task durably, so a crash resumes instead of
     /// repeating it.
-    pub(super) fn record_task(&self, node: &NodePlan, step: &str, upid: &Upid, vmid: Option<u32>) {
+    pub(super) fn record_task(&self, node: &NodePlan, step: Step, upid: &Upid, vmid: Option<u32>) {
         if let Some(store) = &self.store {
             let _ = store.update_node(&self.key(node), Durability::Flush, &mut |r| {
                 r.in_flight = Some(InFlight {
                     upid: upid.to_string(),
-                    step: step.to_string(),
+                    step: step.into(),
                     started: Timestamp::now(),
                 });
                 if vmid.is_some() {
@@ -152,7 +146,7 @@ impl VmController {
     }
 
     /// A task this step started in an earlier (crashed) run.
-    pub(super) fn resume_task(&self, node: &NodePlan, step: &str, m: &mut Memory) {
+    pub(super) fn resume_task(&self, node: &NodePlan, step: Step, m: &mut Memory) {
         if m.upid.is_some() {
             return;
         }
