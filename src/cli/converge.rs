@@ -7,7 +7,7 @@ use super::progress::Progress;
 use super::report::RunReport;
 use super::target::{Prepared, Purpose, TargetArgs, prepare};
 use super::{GlobalArgs, Outcome, output};
-use homestak_api::{Mode, Reason};
+use homestak_api::{Event, Mode, Reason};
 use homestak_core::plan::{Style, render_human};
 use homestak_engine::executor::{self, NodeState};
 use homestak_engine::reconcile::{self, Observer, Planned, Request, status};
@@ -212,7 +212,7 @@ impl Observer for Terminal {
         true
     }
 
-    fn progress(&self, event: &executor::Event) {
+    fn progress(&self, event: &Event) {
         if let Some(progress) = lock(&self.progress).as_ref() {
             progress.on_event(event);
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use homestak_engine::executor::{Event, NodeState};
+use homestak_api::{Event, Kind, NodeState};
 
 /// The progress display of one run.
 pub struct Progress {
@@ -59,46 +59,41 @@ impl Progress {
         }
     }
 
-    /// Feeds one executor event.
+    /// Feeds one event of the run.
     pub fn on_event(&self, event: &Event) {
-        match event {
-            Event::StepStarted { node, step } => {
-                tracing::info!(%node, %step, "step started");
-                self.set(node, (*step).to_string(), false);
+        let Some(node) = event.node.as_deref() else {
+            return;
+        };
+        let step = event.step.map(|s| s.as_str()).unwrap_or_default();
+        match event.kind {
+            Kind::StepStarted => {
+                tracing::info!(node, step, "step started");
+                self.set(node, step.to_string(), false);
             }
-            Event::StepRequeued { node, step, after } => {
-                tracing::debug!(%node, %step, ?after, "step waiting");
+            Kind::StepRequeued => {
+                tracing::debug!(node, message = %event.message, "step waiting");
                 self.set(node, format!("{step} (waiting)"), false);
             }
-            Event::StepDone {
-                node,
-                step,
-                duration,
-            } => {
-                tracing::info!(%node, %step, ?duration, "step done");
+            Kind::StepDone => tracing::info!(node, message = %event.message, "step done"),
+            Kind::StepRetry => {
+                tracing::warn!(node, message = %event.message, "step will be retried");
+                self.set(node, format!("{} (retry)", event.message), false);
             }
-            Event::StepRetry {
-                node,
-                step,
-                attempt,
-                error,
-            } => {
-                tracing::warn!(%node, %step, attempt, %error, "step will be retried");
-                self.set(node, format!("{step} (retry {attempt}: {error})"), false);
-            }
-            Event::NodeFinished { node, state } => {
-                tracing::info!(%node, ?state, "node finished");
-                let text = match state {
-                    NodeState::Converged => "✓ converged".to_string(),
-                    NodeState::Unchanged => "✓ unchanged".to_string(),
-                    NodeState::Failed(e) => format!("✗ failed: {e}"),
-                    NodeState::Skipped(why) => format!("- skipped: {why}"),
-                    NodeState::Interrupted => "- interrupted".to_string(),
-                    NodeState::RolledBack => "↺ rolled back".to_string(),
-                    NodeState::Refused(why) => format!("! refused: {why}"),
+            Kind::NodeFinished => {
+                tracing::info!(node, state = %event.message, "node finished");
+                let text = match &event.state {
+                    Some(NodeState::Converged) => "✓ converged".to_string(),
+                    Some(NodeState::Unchanged) => "✓ unchanged".to_string(),
+                    Some(NodeState::Failed(e)) => format!("✗ failed: {e}"),
+                    Some(NodeState::Skipped(why)) => format!("- skipped: {why}"),
+                    Some(NodeState::Interrupted) => "- interrupted".to_string(),
+                    Some(NodeState::RolledBack) => "↺ rolled back".to_string(),
+                    Some(NodeState::Refused(why)) => format!("! refused: {why}"),
+                    None => event.message.clone(),
                 };
                 self.set(node, text, true);
             }
+            _ => {}
         }
     }
 

@@ -5,6 +5,8 @@
 use homestak_base::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::{NodeState, Step};
+
 /// How notable an event is.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -39,6 +41,11 @@ pub enum Kind {
     /// A parent tier handed over a subtree.
     SubtreeAccepted,
     // A run, as the executor drives it.
+    /// A step of a node started.
+    StepStarted,
+    /// A step waits (a PVE task runs, the agent is not up yet) and will
+    /// be run again.
+    StepRequeued,
     /// A step of a node finished.
     StepDone,
     /// A step failed and will be retried.
@@ -71,6 +78,8 @@ impl Kind {
             Kind::ReconcileSkipped => "reconcile_skipped",
             Kind::ReconcileFinished => "reconcile_finished",
             Kind::SubtreeAccepted => "subtree_accepted",
+            Kind::StepStarted => "step_started",
+            Kind::StepRequeued => "step_requeued",
             Kind::StepDone => "step_done",
             Kind::StepRetry => "step_retry",
             Kind::NodeFinished => "node_finished",
@@ -104,6 +113,13 @@ pub struct Event {
     pub manifest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The step a `step_*` event is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<Step>,
+    /// How the node ended, for `node_finished` (`"state": "failed",
+    /// "detail": "…"`).
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<NodeState>,
     pub message: String,
 }
 
@@ -117,6 +133,8 @@ impl Event {
             kind,
             manifest: None,
             node: None,
+            step: None,
+            state: None,
             message: message.into(),
         }
     }
@@ -143,5 +161,51 @@ impl Event {
     pub fn node(mut self, node: &str) -> Event {
         self.node = Some(node.to_string());
         self
+    }
+
+    /// The same event about `step`.
+    pub fn step(mut self, step: Step) -> Event {
+        self.step = Some(step);
+        self
+    }
+
+    /// `node_finished`: `node` ended `state`; failures are errors.
+    pub fn node_finished(node: &str, state: NodeState) -> Event {
+        let level = match state {
+            NodeState::Failed(_) => Level::Error,
+            NodeState::Refused(_) | NodeState::Skipped(_) | NodeState::Interrupted => {
+                Level::Warning
+            }
+            NodeState::Unchanged | NodeState::Converged | NodeState::RolledBack => Level::Info,
+        };
+        let mut event = Event::new(level, Kind::NodeFinished, state.to_string()).node(node);
+        event.state = Some(state);
+        event
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wire_shape_is_flat_and_reads_back() {
+        let done = Event::info(Kind::StepDone, "create_vm done")
+            .manifest("m")
+            .node("vm1")
+            .step(Step::CreateVm);
+        let json = serde_json::to_value(&done).unwrap();
+        assert_eq!(json["kind"], "step_done");
+        assert_eq!(json["step"], "create_vm");
+        assert!(json.get("state").is_none());
+        assert_eq!(serde_json::from_value::<Event>(json).unwrap(), done);
+
+        let failed = Event::node_finished("vm1", NodeState::Failed("create_vm: boom".into()));
+        let json = serde_json::to_value(&failed).unwrap();
+        assert_eq!(json["level"], "error");
+        assert_eq!(json["state"], "failed");
+        assert_eq!(json["detail"], "create_vm: boom");
+        assert_eq!(json["message"], "failed: create_vm: boom");
+        assert_eq!(serde_json::from_value::<Event>(json).unwrap(), failed);
     }
 }

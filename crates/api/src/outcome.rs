@@ -121,3 +121,49 @@ impl DriftPolicy {
         }
     }
 }
+
+/// How one node ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum NodeState {
+    /// Nothing to do.
+    Unchanged,
+    /// All steps done.
+    Converged,
+    Failed(String),
+    /// Not started: a dependency failed, or `on_error` stopped the run.
+    Skipped(String),
+    /// Started, then cancelled before finishing.
+    Interrupted,
+    /// Created by this run, then removed by `on_error: rollback`.
+    RolledBack,
+    /// Not runnable: a conflict or a blocked replace.
+    Refused(String),
+}
+
+impl NodeState {
+    /// How it ended, in a word or two (`rolled back`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            NodeState::Unchanged => "unchanged",
+            NodeState::Converged => "converged",
+            NodeState::Failed(_) => "failed",
+            NodeState::Skipped(_) => "skipped",
+            NodeState::Interrupted => "interrupted",
+            NodeState::RolledBack => "rolled back",
+            NodeState::Refused(_) => "refused",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeState {
+    /// The label, and the detail when there is one (`failed: create_vm: …`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeState::Failed(why) | NodeState::Skipped(why) | NodeState::Refused(why) => {
+                write!(f, "{}: {why}", self.label())
+            }
+            _ => f.write_str(self.label()),
+        }
+    }
+}

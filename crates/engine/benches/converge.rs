@@ -17,12 +17,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use homestak_api::step::Step;
 use homestak_api::{Mode, Reason};
 use homestak_core::model::Manifest;
 use homestak_core::site::Site;
 use homestak_engine::executor;
 use homestak_engine::reconcile::{self, Engine, Request, Setup};
-use homestak_engine::step::Step;
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)

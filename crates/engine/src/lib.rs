@@ -8,7 +8,7 @@
 //! - [`executor`]: runs a plan as a DAG with bounded concurrency, backoff
 //!   and requeue instead of holding workers across PVE tasks.
 //! - [`controllers`]: one per node kind; idempotent verb_noun steps, named
-//!   by [`step::Step`].
+//!   by [`homestak_api::step::Step`].
 //! - [`state_dir`]: where a tier keeps its state (store, known hosts, the
 //!   daemon's certificate and tokens), decided in one place.
 //! - [`store`]: durable records (sled behind a small trait): node records,
@@ -18,5 +18,4 @@ pub mod controllers;
 pub mod executor;
 pub mod reconcile;
 pub mod state_dir;
-pub mod step;
 pub mod store;

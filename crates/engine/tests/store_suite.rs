@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use homestak_api::step::Step;
 use homestak_api::{
     Applied, Event, Kind, LastReconcile, Level, ManifestRecord, Mode, Outcome, Reason, Subtree,
 };
-use homestak_engine::step::Step;
 use homestak_engine::store::{
     self, ConditionStatus, Durability, Error, EventFilter, InFlight, LeaseOutcome, NodeKey,
     NodeRecord, Options, PowerState, Store, Timestamp,
@@ -192,6 +192,8 @@ fn event(manifest: &str, node: Option<&str>, i: u64) -> Event {
         kind: Kind::Created,
         manifest: Some(manifest.into()),
         node: node.map(Into::into),
+        step: None,
+        state: None,
         message: format!("event {i}"),
     }
 }

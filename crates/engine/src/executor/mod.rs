@@ -40,7 +40,11 @@ use serde::Serialize;
 
 pub use run::execute;
 
-use crate::step::Step;
+use homestak_api::step::Step;
+/// What the executor reports as it goes: [`Event`]s of kinds
+/// `step_started`, `step_requeued`, `step_done`, `step_retry` and
+/// `node_finished`, each naming its node (and step, or end state).
+pub use homestak_api::{Event, NodeState};
 pub use homestak_core::model::OnError;
 use homestak_core::plan::NodePlan;
 
@@ -179,52 +183,6 @@ impl Default for Config {
     }
 }
 
-/// How one node ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
-pub enum NodeState {
-    /// Nothing to do.
-    Unchanged,
-    /// All steps done.
-    Converged,
-    Failed(String),
-    /// Not started: a dependency failed, or `on_error` stopped the run.
-    Skipped(String),
-    /// Started, then cancelled before finishing.
-    Interrupted,
-    /// Created by this run, then removed by `on_error: rollback`.
-    RolledBack,
-    /// Not runnable: a conflict or a blocked replace.
-    Refused(String),
-}
-
-impl NodeState {
-    /// How it ended, in a word or two (`rolled back`).
-    pub fn label(&self) -> &'static str {
-        match self {
-            NodeState::Unchanged => "unchanged",
-            NodeState::Converged => "converged",
-            NodeState::Failed(_) => "failed",
-            NodeState::Skipped(_) => "skipped",
-            NodeState::Interrupted => "interrupted",
-            NodeState::RolledBack => "rolled back",
-            NodeState::Refused(_) => "refused",
-        }
-    }
-}
-
-impl std::fmt::Display for NodeState {
-    /// The label, and the detail when there is one (`failed: create_vm: …`).
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NodeState::Failed(why) | NodeState::Skipped(why) | NodeState::Refused(why) => {
-                write!(f, "{}: {why}", self.label())
-            }
-            _ => f.write_str(self.label()),
-        }
-    }
-}
-
 /// One step as it ran, for reports (`--json-output` phases).
 #[derive(Debug, Clone, Serialize)]
 pub struct PhaseRecord {
@@ -253,33 +211,4 @@ impl Report {
                 .values()
                 .all(|s| matches!(s, NodeState::Converged | NodeState::Unchanged))
     }
-}
-
-/// Progress events, for live display and the store's history.
-#[derive(Debug, Clone)]
-pub enum Event {
-    StepStarted {
-        node: String,
-        step: Step,
-    },
-    StepRequeued {
-        node: String,
-        step: Step,
-        after: Duration,
-    },
-    StepDone {
-        node: String,
-        step: Step,
-        duration: Duration,
-    },
-    StepRetry {
-        node: String,
-        step: Step,
-        attempt: u32,
-        error: String,
-    },
-    NodeFinished {
-        node: String,
-        state: NodeState,
-    },
 }

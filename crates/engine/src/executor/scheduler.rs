@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use super::{
     AsStep, Config, Controller, Event, NodeState, OnError, PhaseRecord, Planned, StepOutcome,
 };
-use crate::step::Step;
+use homestak_api::Kind;
+use homestak_api::step::Step;
 use homestak_core::plan::NodePlan;
 
 /// How a scheduler run ended.
@@ -298,10 +299,12 @@ impl<'a, C: Controller> Scheduler<'a, C> {
             run.started = true;
             run.step_started.get_or_insert_with(Instant::now);
             if run.attempts == 0 {
-                (self.events)(Event::StepStarted {
-                    node: run.plan.node.clone(),
-                    step: work.as_step(),
-                });
+                let step = work.as_step();
+                (self.events)(
+                    Event::info(Kind::StepStarted, format!("{step} started"))
+                        .node(&run.plan.node)
+                        .step(step),
+                );
             }
             let controller = self.controller.clone();
             let plan = run.plan.clone();
@@ -323,17 +326,27 @@ impl<'a, C: Controller> Scheduler<'a, C> {
         let node = run.plan.node.clone();
         match outcome {
             StepOutcome::Requeue(after) => {
-                (self.events)(Event::StepRequeued { node, step, after });
+                (self.events)(
+                    Event::info(
+                        Kind::StepRequeued,
+                        format!("{step} waits {}", humantime::format_duration(after)),
+                    )
+                    .node(&node)
+                    .step(step),
+                );
                 run.phase = Phase::Waiting(Instant::now() + after);
             }
             StepOutcome::Done => {
                 let attempts = run.attempts + 1;
                 let duration = self.close_step(i, "passed", attempts);
-                (self.events)(Event::StepDone {
-                    node,
-                    step,
-                    duration,
-                });
+                let took = humantime::format_duration(Duration::from_millis(
+                    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+                ));
+                (self.events)(
+                    Event::info(Kind::StepDone, format!("{step} done in {took}"))
+                        .node(&node)
+                        .step(step),
+                );
                 let run = &mut self.runs[i];
                 run.attempts = 0;
                 run.cursor += 1;
@@ -347,12 +360,14 @@ impl<'a, C: Controller> Scheduler<'a, C> {
                 run.attempts += 1;
                 let attempts = run.attempts;
                 if err.transient && attempts < self.config.max_attempts {
-                    (self.events)(Event::StepRetry {
-                        node,
-                        step,
-                        attempt: attempts,
-                        error: err.message,
-                    });
+                    (self.events)(
+                        Event::warning(
+                            Kind::StepRetry,
+                            format!("{step} attempt {attempts}: {}", err.message),
+                        )
+                        .node(&node)
+                        .step(step),
+                    );
                     run.phase = Phase::Waiting(Instant::now() + backoff(self.config, attempts));
                     return;
                 }
@@ -425,10 +440,7 @@ impl<'a, C: Controller> Scheduler<'a, C> {
 
     fn finish(&mut self, i: usize, state: NodeState) {
         let run = &mut self.runs[i];
-        (self.events)(Event::NodeFinished {
-            node: run.plan.node.clone(),
-            state: state.clone(),
-        });
+        (self.events)(Event::node_finished(&run.plan.node, state.clone()));
         run.state = Some(state);
         run.phase = Phase::Finished;
     }

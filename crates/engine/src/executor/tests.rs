@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
-use crate::step::Step;
+use homestak_api::step::Step;
 use homestak_core::plan::{Action, NodePlan, Plan};
 
 #[derive(Debug, Clone, Copy)]

@@ -14,14 +14,14 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use homestak_api::{Applied, Event, Kind, LastReconcile, Level, Mode, Outcome, Reason, Status};
+use homestak_api::{Applied, Event, Kind, LastReconcile, Mode, Outcome, Reason, Status};
 use homestak_base::time::Timestamp;
 use homestak_core::model::Manifest;
 use homestak_core::site::{HostConfig, Site};
 use homestak_pve as pve;
 
 use super::{Error, Options, Planned, Setup, Tier, connect, host_ssh, known_hosts, ssh_check};
-use crate::executor::{self, NodeState, Report};
+use crate::executor::{NodeState, Report};
 use crate::store::{self, Store};
 
 /// One run: which manifest, where, and what it may do.
@@ -50,8 +50,8 @@ pub trait Observer: Send + Sync {
         true
     }
 
-    /// Progress of the executor.
-    fn progress(&self, _event: &executor::Event) {}
+    /// Progress of the executor (`step_*` and `node_finished` events).
+    fn progress(&self, _event: &Event) {}
 }
 
 impl Observer for () {}
@@ -287,7 +287,7 @@ impl Engine {
             return Ok(run);
         } else {
             let name = manifest.name();
-            let progress = |event: executor::Event| {
+            let progress = |event: Event| {
                 self.history(name, &event);
                 observer.progress(&event);
             };
@@ -320,34 +320,14 @@ impl Engine {
         Ok(run)
     }
 
-    /// Keeps the notable progress of a run in the store's history.
-    fn history(&self, manifest: &str, event: &executor::Event) {
+    /// Keeps the notable progress of a run in the store's history: steps
+    /// done and retried, nodes finished (not every start and poll).
+    fn history(&self, manifest: &str, event: &Event) {
         let Some(store) = &self.store else { return };
-        let (level, kind, node, message) = match event {
-            executor::Event::StepDone { node, step, .. } => {
-                (Level::Info, Kind::StepDone, node, format!("{step} done"))
-            }
-            executor::Event::StepRetry {
-                node,
-                step,
-                attempt,
-                error,
-            } => (
-                Level::Warning,
-                Kind::StepRetry,
-                node,
-                format!("{step} attempt {attempt}: {error}"),
-            ),
-            executor::Event::NodeFinished { node, state } => match state {
-                NodeState::Failed(e) => (Level::Error, Kind::NodeFinished, node, e.clone()),
-                other => (Level::Info, Kind::NodeFinished, node, other.to_string()),
-            },
-            executor::Event::StepStarted { .. } | executor::Event::StepRequeued { .. } => return,
-        };
-        let event = Event::new(level, kind, message)
-            .manifest(manifest)
-            .node(node);
-        if let Err(err) = store.append_event(&event) {
+        if matches!(event.kind, Kind::StepStarted | Kind::StepRequeued) {
+            return;
+        }
+        if let Err(err) = store.append_event(&event.clone().manifest(manifest)) {
             tracing::warn!(error = %err, manifest, "cannot record an event");
         }
     }

@@ -100,6 +100,8 @@ fn event_v2(data: Value) -> Option<Value> {
         kind,
         manifest: Some(old.manifest).filter(|m| !m.is_empty()),
         node: old.node,
+        step: None,
+        state: None,
         message: old.message,
     };
     serde_json::to_value(event).ok()

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use homestak_base::time::Timestamp;
 
-use crate::step::StepName;
+use homestak_api::step::StepName;
 
 /// Identifies a node record: the manifest and the node's name in it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -220,5 +220,14 @@ mod tests {
         let record: NodeRecord = serde_json::from_str(r#"{"vmid":100}"#).unwrap();
         assert_eq!(record.vmid, Some(100));
         assert_eq!(record.power, PowerState::Unknown);
+    }
+
+    #[test]
+    fn an_in_flight_task_keeps_its_stored_form() {
+        let json = r#"{"upid":"UPID:pve:1:2:3:qmcreate:100:root@pam:","step":"create_vm","started":1704067200000}"#;
+        let flight: InFlight = serde_json::from_str(json).unwrap();
+        assert_eq!(flight.step, homestak_api::Step::CreateVm);
+        let back = serde_json::to_value(&flight).unwrap();
+        assert_eq!(back["step"], "create_vm");
     }
 }

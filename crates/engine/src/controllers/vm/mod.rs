@@ -36,8 +36,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::executor::{AsStep, BoxFuture, Controller, Planned, StepOutcome};
-use crate::step::Step;
 use crate::store::Store;
+use homestak_api::step::Step;
 use homestak_core::plan::{Action, DesiredVm, Field, NodePlan};
 use homestak_pve::{Api, Upid};
 use homestak_ssh as ssh;

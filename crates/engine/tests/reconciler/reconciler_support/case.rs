@@ -187,7 +187,7 @@ pub struct CancelAfter {
     /// `started`, `requeued` (a PVE task is in flight) or `done`.
     pub event: String,
     /// The step's name, e.g. `create_vm`.
-    pub step: homestak_engine::step::Step,
+    pub step: homestak_api::step::Step,
     #[serde(default = "one")]
     pub count: u32,
 }

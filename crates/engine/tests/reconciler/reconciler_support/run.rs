@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 
-use homestak_api::{Mode, Reason};
+use homestak_api::{Kind, Mode, Reason};
 use homestak_core::model::{Loader, Manifest};
 use homestak_core::site::Site;
 use homestak_engine::executor::{self, Event, NodeState};
@@ -279,12 +279,13 @@ impl Observer for Watch<'_> {
         let Some(after) = self.cancel_after else {
             return;
         };
-        let (kind, name) = match event {
-            Event::StepStarted { step, .. } => ("started", *step),
-            Event::StepRequeued { step, .. } => ("requeued", *step),
-            Event::StepDone { step, .. } => ("done", *step),
+        let kind = match event.kind {
+            Kind::StepStarted => "started",
+            Kind::StepRequeued => "requeued",
+            Kind::StepDone => "done",
             _ => return,
         };
+        let Some(name) = event.step else { return };
         if kind == after.event
             && name == after.step
             && self.seen.fetch_add(1, Ordering::SeqCst) + 1 == after.count
