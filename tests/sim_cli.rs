@@ -95,7 +95,7 @@ fn sim_writes_ready_file_and_site_config_and_stops_on_sigterm() {
         .host_config("pve")
         .unwrap();
     assert_eq!(
-        (host.ssh_host.as_str(), host.ssh_port),
+        (host.ssh_host.as_deref().unwrap_or_default(), host.ssh_port),
         ("127.0.0.1", host_ssh.port())
     );
 

@@ -8,6 +8,7 @@ use super::report::RunReport;
 use super::target::{Prepared, Purpose, TargetArgs, prepare};
 use super::{GlobalArgs, Outcome, output};
 use homestak_api::{Event, Mode, Reason};
+use homestak_base::id::NodeName;
 use homestak_core::plan::{Style, render_human};
 use homestak_engine::executor::{self, NodeState};
 use homestak_engine::reconcile::{self, Observer, Planned, Request, status};
@@ -201,7 +202,7 @@ impl Observer for Terminal {
                 return false;
             }
         }
-        let names: Vec<String> = planned
+        let names: Vec<NodeName> = planned
             .plan
             .nodes
             .iter()
@@ -294,7 +295,7 @@ fn confirm_destroy(plan: &homestak_core::plan::Plan) -> anyhow::Result<bool> {
         .filter(|n| n.is_actionable())
         .map(|n| match n.vmid {
             Some(v) => format!("{} (vmid {v})", n.node),
-            None => n.node.clone(),
+            None => n.node.to_string(),
         })
         .collect();
     eprint!(

@@ -10,16 +10,17 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use homestak_api::{Event, Kind, NodeState};
+use homestak_base::id::NodeName;
 
 /// The progress display of one run.
 pub struct Progress {
     multi: Option<MultiProgress>,
-    bars: Mutex<HashMap<String, ProgressBar>>,
+    bars: Mutex<HashMap<NodeName, ProgressBar>>,
 }
 
 impl Progress {
     /// A display for `nodes`, drawn only when `enabled` and stderr is a TTY.
-    pub fn new(enabled: bool, nodes: &[String]) -> Progress {
+    pub fn new(enabled: bool, nodes: &[NodeName]) -> Progress {
         let draw = enabled && std::io::stderr().is_terminal();
         if !draw {
             return Progress {
@@ -28,7 +29,7 @@ impl Progress {
             };
         }
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let width = nodes.iter().map(String::len).max().unwrap_or(4);
+        let width = nodes.iter().map(|n| n.as_str().len()).max().unwrap_or(4);
         let style = ProgressStyle::with_template(&format!(
             "{{spinner}} {{prefix:<{width}}}  {{elapsed:>4}}  {{msg}}"
         ))
@@ -37,7 +38,7 @@ impl Progress {
         for node in nodes {
             let bar = multi.add(ProgressBar::new_spinner());
             bar.set_style(style.clone());
-            bar.set_prefix(node.clone());
+            bar.set_prefix(node.to_string());
             bar.set_message("waiting");
             bar.enable_steady_tick(Duration::from_millis(120));
             bars.insert(node.clone(), bar);
@@ -48,7 +49,7 @@ impl Progress {
         }
     }
 
-    fn set(&self, node: &str, message: String, done: bool) {
+    fn set(&self, node: &NodeName, message: String, done: bool) {
         let Ok(bars) = self.bars.lock() else { return };
         if let Some(bar) = bars.get(node) {
             if done {
@@ -61,26 +62,26 @@ impl Progress {
 
     /// Feeds one event of the run.
     pub fn on_event(&self, event: &Event) {
-        let Some(node) = event.node.as_deref() else {
+        let Some(node) = &event.node else {
             return;
         };
         let step = event.step.map(|s| s.as_str()).unwrap_or_default();
         match event.kind {
             Kind::StepStarted => {
-                tracing::info!(node, step, "step started");
+                tracing::info!(%node, step, "step started");
                 self.set(node, step.to_string(), false);
             }
             Kind::StepRequeued => {
-                tracing::debug!(node, message = %event.message, "step waiting");
+                tracing::debug!(%node, message = %event.message, "step waiting");
                 self.set(node, format!("{step} (waiting)"), false);
             }
-            Kind::StepDone => tracing::info!(node, message = %event.message, "step done"),
+            Kind::StepDone => tracing::info!(%node, message = %event.message, "step done"),
             Kind::StepRetry => {
-                tracing::warn!(node, message = %event.message, "step will be retried");
+                tracing::warn!(%node, message = %event.message, "step will be retried");
                 self.set(node, format!("{} (retry)", event.message), false);
             }
             Kind::NodeFinished => {
-                tracing::info!(node, state = %event.message, "node finished");
+                tracing::info!(%node, state = %event.message, "node finished");
                 let text = match &event.state {
                     Some(NodeState::Converged) => "✓ converged".to_string(),
                     Some(NodeState::Unchanged) => "✓ unchanged".to_string(),

@@ -2,6 +2,7 @@
 //! (`GET /v1/events`), what the store keeps as history, and what a run
 //! reports as it goes.
 
+use homestak_base::id::NodeName;
 use homestak_base::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -112,7 +113,7 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
+    pub node: Option<NodeName>,
     /// The step a `step_*` event is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<Step>,
@@ -158,8 +159,8 @@ impl Event {
     }
 
     /// The same event about `node`.
-    pub fn node(mut self, node: &str) -> Event {
-        self.node = Some(node.to_string());
+    pub fn node(mut self, node: &NodeName) -> Event {
+        self.node = Some(node.clone());
         self
     }
 
@@ -170,7 +171,7 @@ impl Event {
     }
 
     /// `node_finished`: `node` ended `state`; failures are errors.
-    pub fn node_finished(node: &str, state: NodeState) -> Event {
+    pub fn node_finished(node: &NodeName, state: NodeState) -> Event {
         let level = match state {
             NodeState::Failed(_) => Level::Error,
             NodeState::Refused(_) | NodeState::Skipped(_) | NodeState::Interrupted => {
@@ -190,9 +191,10 @@ mod tests {
 
     #[test]
     fn the_wire_shape_is_flat_and_reads_back() {
+        let vm1 = NodeName::new("vm1").unwrap();
         let done = Event::info(Kind::StepDone, "create_vm done")
             .manifest("m")
-            .node("vm1")
+            .node(&vm1)
             .step(Step::CreateVm);
         let json = serde_json::to_value(&done).unwrap();
         assert_eq!(json["kind"], "step_done");
@@ -200,7 +202,7 @@ mod tests {
         assert!(json.get("state").is_none());
         assert_eq!(serde_json::from_value::<Event>(json).unwrap(), done);
 
-        let failed = Event::node_finished("vm1", NodeState::Failed("create_vm: boom".into()));
+        let failed = Event::node_finished(&vm1, NodeState::Failed("create_vm: boom".into()));
         let json = serde_json::to_value(&failed).unwrap();
         assert_eq!(json["level"], "error");
         assert_eq!(json["state"], "failed");

@@ -2,6 +2,7 @@
 //! `homestak status --json` prints a [`Status`]; the daemon serves the same
 //! document per manifest in `GET /v1/status`.
 
+use homestak_base::id::{NodeName, VmId};
 use homestak_core::plan::{Change, Power};
 use serde::{Deserialize, Serialize};
 
@@ -42,10 +43,10 @@ impl State {
 /// One row of the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
-    pub node: String,
+    pub node: NodeName,
     /// `pve` node hosting it, for delegated nodes.
-    pub parent: Option<String>,
-    pub vmid: Option<u32>,
+    pub parent: Option<NodeName>,
+    pub vmid: Option<VmId>,
     pub ip: Option<String>,
     pub power: Option<Power>,
     pub state: State,

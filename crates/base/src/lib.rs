@@ -8,6 +8,8 @@
 //! - [`digest`]: SHA-256 and hex for fingerprints, token digests and short
 //!   revision ids.
 //! - [`fsutil`]: atomic file replacement with a given mode.
+//! - [`id`]: checked identities: [`id::NodeName`] (a manifest node),
+//!   [`id::VmId`], [`id::PveNode`] (a Proxmox VE node).
 //! - [`time`]: [`time::Timestamp`], the one timestamp type (RFC 3339 on the
 //!   wire and on disk).
 //! - [`BoxFuture`] and [`error_chain`]: the dyn-async return type of the
@@ -16,6 +18,7 @@
 
 pub mod digest;
 pub mod fsutil;
+pub mod id;
 pub mod secret;
 pub mod time;
 pub mod yaml;

@@ -359,7 +359,7 @@ fn broken_secrets_fail_strict_lookups_only() {
     assert!(site.auth_token("dev", "web1").is_err());
     // A missing posture answers before secrets are read.
     assert_eq!(site.auth_token("missing", "web1").unwrap().expose(), "");
-    assert!(site.host_config("alpha").unwrap().api_token().is_empty());
+    assert!(site.host_config("alpha").unwrap().api_token().is_none());
     assert_eq!(site.problems().len(), 2, "broken env and secrets");
 }
 
@@ -391,22 +391,26 @@ fn host_config_prefers_nodes_then_hosts() {
     let site = load();
     let beta = site.host_config("beta").unwrap();
     assert!(!beta.is_host_only);
-    assert_eq!(beta.node_name, "pve-beta");
+    assert_eq!(beta.node_name.as_deref(), Some("pve-beta"));
     // Host configs take ssh_host from the endpoint, not from `ip`.
-    assert_eq!(beta.ssh_host, "127.0.1.2");
+    assert_eq!(beta.ssh_host.as_deref(), Some("127.0.1.2"));
     assert_eq!(beta.ssh_user, "admin");
     assert_eq!(beta.packer_release, "v1.2.3");
     assert_eq!(
-        beta.api_token().expose(),
+        beta.api_token().map(|t| t.expose()).unwrap_or_default(),
         "root@pam!homestak=fake-shared-api-token"
     );
     let metal = site.host_config("metal").unwrap();
     assert!(metal.is_host_only);
     assert_eq!(
-        (metal.ssh_host.as_str(), metal.ssh_user.as_str()),
-        ("127.0.2.5", "installer")
+        (metal.ssh_host.as_deref(), metal.ssh_user.as_str()),
+        (Some("127.0.2.5"), "installer")
     );
-    assert!(metal.api_token().is_empty() && metal.api_endpoint.is_empty());
+    assert!(metal.api_token().is_none() && metal.api_endpoint.is_none());
+    // Written as the reference wrote them: absent is empty.
+    let written = serde_json::to_value(&metal).unwrap();
+    assert_eq!(written["api_endpoint"], "");
+    assert_eq!(written["node_name"], "");
     assert_eq!(
         site.list_hosts(),
         ["alpha", "beta", "empty", "metal", "no-datastore"]

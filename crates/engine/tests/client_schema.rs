@@ -83,9 +83,10 @@ async fn every_client_request_passes_the_schema_checked_specs() {
     // The same client, with an observer on every request.
     let seen = Arc::new(Collect::default());
     let host = tier.host.clone();
-    let token = pve::ApiToken::parse(host.api_token().expose()).unwrap();
+    let token = pve::ApiToken::parse(host.api_token().unwrap().expose()).unwrap();
     let trust = pve::Trust::Pinned(host.api_fingerprint.as_deref().unwrap().parse().unwrap());
-    let mut client_config = pve::Config::new(&host.api_endpoint, token, trust).unwrap();
+    let endpoint = host.api_endpoint.as_deref().unwrap();
+    let mut client_config = pve::Config::new(endpoint, token, trust).unwrap();
     client_config.observer = Some(seen.clone());
     tier.api = Arc::new(pve::Client::new(client_config).unwrap());
 

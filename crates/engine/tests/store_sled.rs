@@ -8,8 +8,10 @@ use homestak_api::{Event, Kind};
 use homestak_engine::store::backend::{Backend, Tree};
 use homestak_engine::store::memory::MemoryBackend;
 use homestak_engine::store::{
-    self, Durability, Error, EventFilter, NodeKey, NodeRecord, Options, PowerState, Store,
+    self, Durability, Error, EventFilter, NodeRecord, Options, PowerState, Store,
 };
+
+use crate::ids::{node_key, vmid};
 
 fn raw_insert(dir: &Path, tree: &str, key: &[u8], value: &[u8]) {
     // A store dropped a moment ago may still hold sled's lock briefly.
@@ -33,11 +35,11 @@ fn raw_insert(dir: &Path, tree: &str, key: &[u8], value: &[u8]) {
 fn data_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
-    let key = NodeKey::new("m", "vm1");
+    let key = node_key("m", "vm1");
     {
         let store = store::open(&path, Options::default()).unwrap();
         let record = NodeRecord {
-            vmid: Some(100),
+            vmid: Some(vmid(100)),
             power: PowerState::Stopped,
             ..NodeRecord::default()
         };
@@ -49,7 +51,7 @@ fn data_survives_reopen() {
     }
     let store = store::open(&path, Options::default()).unwrap();
     let record = store.get_node(&key).unwrap().unwrap();
-    assert_eq!(record.vmid, Some(100));
+    assert_eq!(record.vmid, Some(vmid(100)));
     assert_eq!(record.power, PowerState::Stopped);
     assert_eq!(record.generation, 1);
     let events = store.list_events(&EventFilter::default(), 10).unwrap();
@@ -134,8 +136,8 @@ fn a_version_1_store_is_migrated_on_open() {
     assert_eq!(events[0].manifest.as_deref(), Some("m"));
     let record = store.get_manifest("m").unwrap().unwrap();
     assert_eq!(record.last_applied.unwrap().revision, "abc123");
-    let node = store.get_node(&NodeKey::new("m", "vm1")).unwrap().unwrap();
-    assert_eq!(node.vmid, Some(100));
+    let node = store.get_node(&node_key("m", "vm1")).unwrap().unwrap();
+    assert_eq!(node.vmid, Some(vmid(100)));
     drop(store);
     // Migrated once: a reopen finds version 2 and the same data.
     let store = store::open(&path, Options::default()).unwrap();
@@ -177,13 +179,13 @@ fn damaged_records_error_on_read_and_heal_on_write() {
     raw_insert(&path, "nodes", b"m\0future", b"{\"v\":2,\"data\":{}}");
     let store = store::open(&path, Options::default()).unwrap();
 
-    let torn = NodeKey::new("m", "torn");
+    let torn = node_key("m", "torn");
     let err = store.get_node(&torn).unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
     assert!(err.to_string().contains("\"m/torn\""), "{err}");
     assert!(store.list_nodes("m").is_err());
 
-    let future = store.get_node(&NodeKey::new("m", "future")).unwrap_err();
+    let future = store.get_node(&node_key("m", "future")).unwrap_err();
     assert!(
         matches!(future, Error::NewerRecord { version: 2, .. }),
         "{future:?}"

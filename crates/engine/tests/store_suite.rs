@@ -9,9 +9,11 @@ use homestak_api::{
     Applied, Event, Kind, LastReconcile, Level, ManifestRecord, Mode, Outcome, Reason, Subtree,
 };
 use homestak_engine::store::{
-    self, ConditionStatus, Durability, Error, EventFilter, InFlight, LeaseOutcome, NodeKey,
-    NodeRecord, Options, PowerState, Store, Timestamp,
+    self, ConditionStatus, Durability, Error, EventFilter, InFlight, LeaseOutcome, NodeRecord,
+    Options, PowerState, Store, Timestamp,
 };
+
+use crate::ids::{node_key, vmid};
 
 /// A store plus whatever must outlive it (the sled temp dir).
 struct Fixture {
@@ -58,10 +60,10 @@ macro_rules! both {
     };
 }
 
-fn record(vmid: u32) -> NodeRecord {
+fn record(id: u32) -> NodeRecord {
     let mut record = NodeRecord {
-        vmid: Some(vmid),
-        pve_node: Some("pve".into()),
+        vmid: Some(vmid(id)),
+        pve_node: Some("pve".parse().unwrap()),
         ip: Some("127.1.0.5".into()),
         power: PowerState::Running,
         spec_hash: Some("sha256:abc".into()),
@@ -79,7 +81,7 @@ fn record(vmid: u32) -> NodeRecord {
 }
 
 fn node_round_trip(store: &dyn Store) {
-    let key = NodeKey::new("n2-quick", "vm1");
+    let key = node_key("n2-quick", "vm1");
     assert_eq!(store.get_node(&key).unwrap(), None);
     assert_eq!(
         store
@@ -104,24 +106,20 @@ fn node_round_trip(store: &dyn Store) {
         ..record(101)
     };
     assert_eq!(store.put_node(&key, &stale, Durability::Lazy).unwrap(), 2);
-    assert_eq!(store.get_node(&key).unwrap().unwrap().vmid, Some(101));
+    assert_eq!(store.get_node(&key).unwrap().unwrap().vmid, Some(vmid(101)));
 
     // Listing is per manifest; "n2" must not see "n2-quick" (key prefixes).
     store
-        .put_node(
-            &NodeKey::new("n2-quick", "vm0"),
-            &record(102),
-            Durability::Lazy,
-        )
+        .put_node(&node_key("n2-quick", "vm0"), &record(102), Durability::Lazy)
         .unwrap();
     store
-        .put_node(&NodeKey::new("n2", "vm9"), &record(103), Durability::Lazy)
+        .put_node(&node_key("n2", "vm9"), &record(103), Durability::Lazy)
         .unwrap();
     let names: Vec<String> = store
         .list_nodes("n2-quick")
         .unwrap()
         .into_iter()
-        .map(|(n, _)| n)
+        .map(|(n, _)| n.to_string())
         .collect();
     assert_eq!(names, ["vm0", "vm1"]);
     assert_eq!(store.list_nodes("n2").unwrap().len(), 1);
@@ -134,10 +132,10 @@ fn node_round_trip(store: &dyn Store) {
 both!(node_round_trip);
 
 fn update_node_records_in_flight_tasks(store: &dyn Store) {
-    let key = NodeKey::new("m", "vm1");
+    let key = node_key("m", "vm1");
     let written = store
         .update_node(&key, Durability::Flush, &mut |r| {
-            r.vmid = Some(100);
+            r.vmid = Some(vmid(100));
             r.in_flight = Some(InFlight {
                 upid: "UPID:pve:00000A72:0000C9CC:5FBE5E5C:qmcreate:100:root@pam:".into(),
                 step: Step::CreateVm.into(),
@@ -156,13 +154,13 @@ fn update_node_records_in_flight_tasks(store: &dyn Store) {
         })
         .unwrap();
     assert_eq!(cleared.generation, 2);
-    assert_eq!(cleared.vmid, Some(100), "untouched fields survive");
+    assert_eq!(cleared.vmid, Some(vmid(100)), "untouched fields survive");
     assert!(cleared.in_flight.is_none());
 }
 both!(update_node_records_in_flight_tasks);
 
 fn concurrent_updates_lose_nothing(store: &dyn Store) {
-    let key = NodeKey::new("m", "busy");
+    let key = node_key("m", "busy");
     std::thread::scope(|scope| {
         for _ in 0..4 {
             scope.spawn(|| {
@@ -191,7 +189,7 @@ fn event(manifest: &str, node: Option<&str>, i: u64) -> Event {
         },
         kind: Kind::Created,
         manifest: Some(manifest.into()),
-        node: node.map(Into::into),
+        node: node.map(|n| n.parse().unwrap()),
         step: None,
         state: None,
         message: format!("event {i}"),
@@ -233,7 +231,7 @@ fn events_are_newest_first_and_bounded(store: &dyn Store) {
 
     let filter = EventFilter {
         manifest: Some("m".into()),
-        node: Some("vm3".into()),
+        node: Some("vm3".parse().unwrap()),
     };
     let seqs: Vec<u64> = store
         .list_events(&filter, 100)
@@ -410,9 +408,9 @@ both!(subtrees_are_kept_by_name);
 
 fn bad_names_are_refused(store: &dyn Store) {
     for key in [
-        NodeKey::new("", "vm"),
-        NodeKey::new("m", ""),
-        NodeKey::new("m\0x", "vm"),
+        // (An empty or NUL node name cannot be built: NodeName checks it.)
+        node_key("", "vm"),
+        node_key("m\0x", "vm"),
     ] {
         let err = store
             .put_node(&key, &NodeRecord::default(), Durability::Lazy)

@@ -3,3 +3,17 @@
 mod client_schema;
 mod store_sled;
 mod store_suite;
+
+/// Checked identities from test literals.
+mod ids {
+    use homestak_base::id::VmId;
+    use homestak_engine::store::NodeKey;
+
+    pub fn node_key(manifest: &str, node: &str) -> NodeKey {
+        NodeKey::new(manifest, &node.parse().expect("a node name"))
+    }
+
+    pub fn vmid(id: u32) -> VmId {
+        VmId::new(id.into()).expect("a vmid in PVE's range")
+    }
+}

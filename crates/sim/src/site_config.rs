@@ -344,7 +344,7 @@ mod tests {
         let host = site.host_config("father").unwrap();
         assert_eq!(
             (
-                host.ssh_host.as_str(),
+                host.ssh_host.as_deref().unwrap_or_default(),
                 host.ssh_port,
                 host.ssh_user.as_str()
             ),

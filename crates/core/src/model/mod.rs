@@ -19,7 +19,6 @@
 //! delegation) lives in [`crate::graph`].
 
 mod error;
-mod ids;
 mod loader;
 mod manifest;
 mod parse;
@@ -28,7 +27,7 @@ pub mod v1;
 pub mod v2;
 
 pub use error::{Error, Located, Origin, Problem};
-pub use ids::{InvalidNodeName, InvalidVmId, NodeName, VmId};
+pub use homestak_base::id::{InvalidNodeName, InvalidVmId, NodeName, PveNode, VmId};
 pub use loader::{DEFAULT_MANIFEST, Loader};
 pub use manifest::{Manifest, SchemaVersion};
 pub use types::{

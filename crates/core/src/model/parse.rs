@@ -11,12 +11,12 @@
 use serde_json::{Map, Value};
 
 use super::error::Problem;
-use super::ids::{NodeName, VmId};
 use super::types::{
     Execution, ExecutionMode, NodeExecution, NodeType, OnError, Pattern, Settings, Version,
 };
 use super::v1::{self, Level};
 use super::v2::{self, Node};
+use homestak_base::id::{NodeName, VmId};
 
 /// A typed document of either schema version.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,8 +5,8 @@
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use super::ids::{NodeName, VmId};
 use super::types::{Settings, Version};
+use homestak_base::id::{NodeName, VmId};
 
 /// A v1 manifest document as written in YAML (`schema_version` 1 or absent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]

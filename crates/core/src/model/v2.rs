@@ -4,9 +4,9 @@
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use super::ids::{NodeName, VmId};
 use super::types::{Execution, ExecutionMode, NodeExecution, NodeType, Pattern, Settings, Version};
 use super::v1::Level;
+use homestak_base::id::{NodeName, VmId};
 
 /// A v2 manifest document as written in YAML.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]

@@ -2,6 +2,8 @@
 
 use std::collections::{BTreeSet, HashSet};
 
+use homestak_base::id::VmId;
+
 use super::marks::TAG;
 use super::state::{Desired, DesiredVm, Observed, ObservedVm, Power};
 use super::{Action, Change, Field, NodePlan, Options, Plan};
@@ -16,7 +18,7 @@ pub(crate) fn desired_tags() -> BTreeSet<String> {
 pub fn plan(desired: &Desired, observed: &Observed, options: Options) -> Plan {
     let mut nodes = Vec::with_capacity(desired.vms.len());
     // vmids the desired nodes account for; the rest of our VMs are prunable.
-    let mut claimed: HashSet<u32> = HashSet::new();
+    let mut claimed: HashSet<VmId> = HashSet::new();
 
     for want in &desired.vms {
         let node_plan = plan_node(desired, want, observed, options, &mut claimed);
@@ -31,11 +33,10 @@ pub fn plan(desired: &Desired, observed: &Observed, options: Options) -> Plan {
         .collect();
     leftovers.sort_by_key(|vm| std::cmp::Reverse(vm.vmid));
     for vm in leftovers {
-        let node = vm
-            .marks
-            .as_ref()
-            .map(|m| m.node.clone())
-            .unwrap_or_default();
+        // Owned by the manifest means marked, so marks are there.
+        let Some(node) = vm.marks.as_ref().map(|m| m.node.clone()) else {
+            continue;
+        };
         let reason = if wanted.contains(node.as_str()) {
             format!("duplicate VM for node {node}: another VM already serves it")
         } else {
@@ -71,7 +72,7 @@ fn plan_node(
     want: &DesiredVm,
     observed: &Observed,
     options: Options,
-    claimed: &mut HashSet<u32>,
+    claimed: &mut HashSet<VmId>,
 ) -> NodePlan {
     let manifest = desired.manifest.as_str();
     let remembered = observed.remembered.iter().find(|r| r.node == want.name);

@@ -9,6 +9,7 @@
 //! PVE reuses vmids, so a vmid match alone proves nothing; a VM without both
 //! marks is never modified or deleted.
 
+use homestak_base::id::NodeName;
 use serde::{Deserialize, Serialize};
 
 /// The tag every homestak-owned VM carries.
@@ -22,7 +23,7 @@ const PREFIX: &str = "homestak.";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Marks {
     pub manifest: String,
-    pub node: String,
+    pub node: NodeName,
     pub image: String,
     pub spec_hash: String,
 }
@@ -61,7 +62,8 @@ impl Marks {
         }
         Some(Marks {
             manifest: manifest.filter(|s| !s.is_empty())?,
-            node: node.filter(|s| !s.is_empty())?,
+            // A node no manifest could name marks nothing of ours.
+            node: node.and_then(|s| NodeName::new(s).ok())?,
             image: image?,
             spec_hash: spec_hash?,
         })
@@ -75,7 +77,7 @@ mod tests {
     fn marks() -> Marks {
         Marks {
             manifest: "n2-quick".into(),
-            node: "edge".into(),
+            node: NodeName::new("edge").unwrap(),
             image: "debian-12".into(),
             spec_hash: "sha256:0011".into(),
         }

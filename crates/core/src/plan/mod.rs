@@ -21,6 +21,7 @@ mod tests;
 
 use std::fmt;
 
+use homestak_base::id::{NodeName, VmId};
 use serde::{Deserialize, Serialize};
 
 pub use decide::plan;
@@ -105,11 +106,11 @@ pub struct Change {
 /// The decision for one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodePlan {
-    pub node: String,
+    pub node: NodeName,
     pub action: Action,
     /// The VM concerned: observed, explicit, remembered, or `None` when PVE
     /// will pick one at create time.
-    pub vmid: Option<u32>,
+    pub vmid: Option<VmId>,
     pub changes: Vec<Change>,
     /// Why a conflict, delete or replace was planned.
     pub reason: Option<String>,

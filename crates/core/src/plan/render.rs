@@ -60,7 +60,7 @@ pub fn render_human(plan: &Plan, desired: &Desired, style: Style) -> String {
     let width = plan
         .nodes
         .iter()
-        .map(|n| n.node.len())
+        .map(|n| n.node.as_str().len())
         .max()
         .unwrap_or(4)
         .max(4);

@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use homestak_base::id::{NodeName, PveNode, VmId};
 use serde::{Deserialize, Serialize};
 
 use super::marks::{self, Marks};
@@ -62,12 +63,12 @@ impl fmt::Display for IpConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredVm {
     /// Manifest node name; also the VM name in PVE.
-    pub name: String,
+    pub name: NodeName,
     pub kind: Kind,
     /// Manifest parent, when the node is nested under a `pve` node.
-    pub parent: Option<String>,
+    pub parent: Option<NodeName>,
     /// Explicit vmid from the manifest, if any.
-    pub vmid: Option<u32>,
+    pub vmid: Option<VmId>,
     pub cores: u32,
     pub memory_mib: u64,
     pub disk_gib: u64,
@@ -130,10 +131,10 @@ impl fmt::Display for Power {
 /// needed it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedVm {
-    pub vmid: u32,
+    pub vmid: VmId,
     pub name: Option<String>,
     /// PVE node the VM lives on.
-    pub node: String,
+    pub node: PveNode,
     pub power: Power,
     /// A PVE lock (`create`, `clone`, …) means a task is working on it.
     pub lock: Option<String>,
@@ -152,12 +153,12 @@ pub struct ObservedVm {
 impl ObservedVm {
     /// True when this VM carries homestak's marks for `manifest`/`node`.
     /// A vmid or name match alone never counts.
-    pub fn owned_by(&self, manifest: &str, node: &str) -> bool {
+    pub fn owned_by(&self, manifest: &str, node: &NodeName) -> bool {
         self.tags.contains(marks::TAG)
             && self
                 .marks
                 .as_ref()
-                .is_some_and(|m| m.manifest == manifest && m.node == node)
+                .is_some_and(|m| m.manifest == manifest && m.node == *node)
     }
 
     /// True when the VM carries homestak marks for `manifest` (any node).
@@ -171,8 +172,8 @@ impl ObservedVm {
 /// here" (or the store was lost, which adoption repairs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Remembered {
-    pub node: String,
-    pub vmid: u32,
+    pub node: NodeName,
+    pub vmid: VmId,
     pub spec_hash: Option<String>,
 }
 

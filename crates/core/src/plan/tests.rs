@@ -8,13 +8,22 @@ use std::path::PathBuf;
 
 use super::marks::{Marks, TAG};
 use super::*;
+use homestak_base::id::PveNode;
+
+fn id(vmid: u32) -> VmId {
+    VmId::new(vmid.into()).unwrap()
+}
+
+fn name(node: &str) -> NodeName {
+    NodeName::new(node).unwrap()
+}
 
 fn want(name: &str, vmid: Option<u32>) -> DesiredVm {
     DesiredVm {
-        name: name.to_string(),
+        name: NodeName::new(name).unwrap(),
         kind: Kind::Vm,
         parent: None,
-        vmid,
+        vmid: vmid.map(id),
         cores: 2,
         memory_mib: 2048,
         disk_gib: 10,
@@ -40,9 +49,9 @@ fn desired(vms: Vec<DesiredVm>) -> Desired {
 /// The VM homestak would have created for `w`.
 fn built(w: &DesiredVm, vmid: u32) -> ObservedVm {
     ObservedVm {
-        vmid,
-        name: Some(w.name.clone()),
-        node: "pve".into(),
+        vmid: id(vmid),
+        name: Some(w.name.to_string()),
+        node: PveNode::new("pve").unwrap(),
         power: Power::Running,
         lock: None,
         template: false,
@@ -63,9 +72,9 @@ fn built(w: &DesiredVm, vmid: u32) -> ObservedVm {
 
 fn foreign(vmid: u32, name: &str) -> ObservedVm {
     ObservedVm {
-        vmid,
+        vmid: id(vmid),
         name: Some(name.into()),
-        node: "pve".into(),
+        node: PveNode::new("pve").unwrap(),
         power: Power::Running,
         lock: None,
         template: false,
@@ -81,8 +90,8 @@ fn foreign(vmid: u32, name: &str) -> ObservedVm {
 
 fn remember(node: &str, vmid: u32) -> Remembered {
     Remembered {
-        node: node.into(),
-        vmid,
+        node: name(node),
+        vmid: id(vmid),
         spec_hash: None,
     }
 }
@@ -99,7 +108,7 @@ fn empty_world_creates_everything_in_order() {
     let actions: Vec<_> = p
         .nodes
         .iter()
-        .map(|n| (n.node.as_str(), n.action, n.vmid))
+        .map(|n| (n.node.as_str(), n.action, n.vmid.map(VmId::get)))
         .collect();
     assert_eq!(
         actions,
@@ -132,7 +141,7 @@ fn owned_vm_missing_from_store_is_adopted() {
     };
     let p = plan(&desired(vec![a]), &o, ON);
     assert_eq!(p.nodes[0].action, Action::Adopt);
-    assert_eq!(p.nodes[0].vmid, Some(130));
+    assert_eq!(p.nodes[0].vmid, Some(id(130)));
     assert!(p.nodes[0].changes.is_empty());
 }
 
@@ -246,7 +255,7 @@ fn removed_node_is_pruned_only_when_pruning() {
     assert_eq!(p.nodes.len(), 2);
     assert_eq!(
         (p.nodes[1].action, p.nodes[1].vmid),
-        (Action::Delete, Some(102))
+        (Action::Delete, Some(id(102)))
     );
     let p = plan(&desired(vec![a]), &o, Options::default());
     assert_eq!(p.nodes[1].action, Action::NoOp);

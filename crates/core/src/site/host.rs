@@ -147,12 +147,16 @@ pub struct HostConfig {
     pub name: String,
     /// The file it came from.
     pub config_file: PathBuf,
-    /// PVE API URL (empty for host-only).
-    pub api_endpoint: String,
-    /// PVE node name (empty for host-only).
-    pub node_name: String,
-    /// SSH address (empty when unknown).
-    pub ssh_host: String,
+    /// PVE API URL (`None` for a host without PVE yet).
+    #[serde(serialize_with = "empty_if_none")]
+    pub api_endpoint: Option<String>,
+    /// PVE node name (`None` for a host without PVE yet). Checked as a
+    /// [`homestak_base::id::PveNode`] where the API is used.
+    #[serde(serialize_with = "empty_if_none")]
+    pub node_name: Option<String>,
+    /// SSH address (`None` when unknown).
+    #[serde(serialize_with = "empty_if_none")]
+    pub ssh_host: Option<String>,
     pub inner_vm_id: u32,
     pub test_vm_id: u32,
     /// User for SSH to the host.
@@ -168,9 +172,9 @@ pub struct HostConfig {
     pub packer_image: String,
     /// Loaded from `hosts/` (no PVE API yet).
     pub is_host_only: bool,
-    /// PVE API token; empty for host-only or when not configured.
+    /// PVE API token; `None` for a host without PVE or when not configured.
     #[serde(skip)]
-    pub api_token: Secret,
+    pub api_token: Option<Secret>,
     /// Pinned API certificate fingerprint (`nodes/<name>.yaml`
     /// `api_fingerprint`). Not part of the reference's host config output.
     #[serde(skip)]
@@ -187,10 +191,15 @@ pub struct HostConfig {
 }
 
 impl HostConfig {
-    /// The PVE API token (empty when none).
-    pub fn api_token(&self) -> &Secret {
-        &self.api_token
+    /// The PVE API token, when one is configured.
+    pub fn api_token(&self) -> Option<&Secret> {
+        self.api_token.as_ref()
     }
+}
+
+/// The reference writes absent host fields as empty strings.
+fn empty_if_none<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(value.as_deref().unwrap_or_default())
 }
 
 impl Site {
@@ -200,9 +209,9 @@ impl Site {
         let mut config = HostConfig {
             name: name.to_string(),
             config_file: PathBuf::new(),
-            api_endpoint: String::new(),
-            node_name: String::new(),
-            ssh_host: String::new(),
+            api_endpoint: None,
+            node_name: None,
+            ssh_host: None,
             inner_vm_id: INNER_VM_ID,
             test_vm_id: TEST_VM_ID,
             // The reference falls back to $USER here; we use root, the PVE
@@ -227,7 +236,7 @@ impl Site {
                 .clone()
                 .unwrap_or_else(|| "debian-12-custom.qcow2".to_string()),
             is_host_only: false,
-            api_token: Secret::empty(),
+            api_token: None,
             api_fingerprint: None,
             image_storage: "local".to_string(),
             vm_ssh_port: 22,
@@ -245,16 +254,20 @@ impl Site {
                 .clone()
                 .unwrap_or_default();
             config.config_file.clone_from(&entry.path);
-            config.api_endpoint = node.api_endpoint.unwrap_or_default();
-            config.node_name = node.node.unwrap_or_else(|| name.to_string());
-            config.ssh_host = endpoint_host(&config.api_endpoint);
+            config.ssh_host = node
+                .api_endpoint
+                .as_deref()
+                .map(endpoint_host)
+                .filter(|h| !h.is_empty());
+            config.api_endpoint = node.api_endpoint.filter(|e| !e.is_empty());
+            config.node_name = Some(node.node.unwrap_or_else(|| name.to_string()));
             let token_key = node.api_token.as_deref().unwrap_or(name);
             config.api_token = self
                 .secrets
                 .lenient()
                 .api_token(token_key)
-                .cloned()
-                .unwrap_or_default();
+                .filter(|t| !t.is_empty())
+                .cloned();
             if let Some(datastore) = node.datastore.or_else(|| d.datastore.clone()) {
                 config.datastore = datastore;
             }
@@ -289,7 +302,7 @@ impl Site {
                 .ip
                 .clone()
                 .or_else(|| vmbr0_address(&host))
-                .unwrap_or_default();
+                .filter(|h| !h.is_empty());
             if let Some(user) = host.access.and_then(|a| a.ssh_user) {
                 config.ssh_user = user;
             }

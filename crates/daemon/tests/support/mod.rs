@@ -265,7 +265,7 @@ impl Engine for FakeEngine {
             let drifted = self.drifted.load(Ordering::SeqCst);
             let nodes = (0..drifted)
                 .map(|i| NodeStatus {
-                    node: format!("vm{i}"),
+                    node: homestak_core::model::NodeName::new(format!("vm{i}")).unwrap(),
                     parent: None,
                     vmid: None,
                     ip: None,

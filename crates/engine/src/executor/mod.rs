@@ -45,6 +45,7 @@ use homestak_api::step::Step;
 /// `step_started`, `step_requeued`, `step_done`, `step_retry` and
 /// `node_finished`, each naming its node (and step, or end state).
 pub use homestak_api::{Event, NodeState};
+use homestak_base::id::NodeName;
 pub use homestak_core::model::OnError;
 use homestak_core::plan::NodePlan;
 
@@ -186,7 +187,7 @@ impl Default for Config {
 /// One step as it ran, for reports (`--json-output` phases).
 #[derive(Debug, Clone, Serialize)]
 pub struct PhaseRecord {
-    pub node: String,
+    pub node: NodeName,
     pub name: Step,
     /// `passed` | `failed`.
     pub status: &'static str,
@@ -197,7 +198,7 @@ pub struct PhaseRecord {
 /// What a run did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub nodes: BTreeMap<String, NodeState>,
+    pub nodes: BTreeMap<NodeName, NodeState>,
     pub phases: Vec<PhaseRecord>,
     pub cancelled: bool,
 }

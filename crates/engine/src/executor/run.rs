@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::scheduler::{End, NodeRun, Scheduler};
 use super::{Config, Controller, Event, NodeState, OnError, PhaseRecord, Report};
+use homestak_base::id::NodeName;
 use homestak_core::plan::{Action, NodePlan, Plan};
 
 /// Runs `plan` through `controller`. `parents` maps a node to its parent
@@ -15,7 +16,7 @@ use homestak_core::plan::{Action, NodePlan, Plan};
 /// `events` sees progress as it happens.
 pub async fn execute<C: Controller>(
     plan: &Plan,
-    parents: &BTreeMap<String, String>,
+    parents: &BTreeMap<NodeName, NodeName>,
     controller: Arc<C>,
     config: &Config,
     cancel: impl Future<Output = ()>,
@@ -23,12 +24,12 @@ pub async fn execute<C: Controller>(
 ) -> Report {
     // A parent is the entry kept, never a duplicate being deleted; a
     // deletion waits for nothing.
-    let index: HashMap<&str, usize> = plan
+    let index: HashMap<&NodeName, usize> = plan
         .nodes
         .iter()
         .enumerate()
         .filter(|(_, n)| n.action != Action::Delete)
-        .map(|(i, n)| (n.node.as_str(), i))
+        .map(|(i, n)| (&n.node, i))
         .collect();
     let runs: Vec<NodeRun<C>> = plan
         .nodes
@@ -39,7 +40,7 @@ pub async fn execute<C: Controller>(
             } else {
                 parents
                     .get(&n.node)
-                    .and_then(|p| index.get(p.as_str()).copied())
+                    .and_then(|p| index.get(p).copied())
                     .into_iter()
                     .collect()
             };

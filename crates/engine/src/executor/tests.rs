@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::*;
 use homestak_api::step::Step;
+use homestak_base::id::NodeName;
 use homestak_core::plan::{Action, NodePlan, Plan};
 
 #[derive(Debug, Clone, Copy)]
@@ -62,12 +63,15 @@ impl Controller for Fake {
     type Work = Step;
 
     fn steps(&self, node: &NodePlan) -> Vec<Planned<Step>> {
-        self.steps.get(&node.node).cloned().unwrap_or_else(|| {
-            vec![
-                Planned::on_storage(Step::CreateVm, "s"),
-                Planned::new(Step::StartVm),
-            ]
-        })
+        self.steps
+            .get(node.node.as_str())
+            .cloned()
+            .unwrap_or_else(|| {
+                vec![
+                    Planned::on_storage(Step::CreateVm, "s"),
+                    Planned::new(Step::StartVm),
+                ]
+            })
     }
 
     fn run<'a>(
@@ -80,7 +84,7 @@ impl Controller for Fake {
             self.log
                 .lock()
                 .unwrap()
-                .push((Instant::now(), node.node.clone(), *step));
+                .push((Instant::now(), node.node.to_string(), *step));
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_running.fetch_max(now, Ordering::SeqCst);
             // A step takes a little (virtual) time, like an API call.
@@ -90,7 +94,7 @@ impl Controller for Fake {
                 .script
                 .lock()
                 .unwrap()
-                .get_mut(&(node.node.clone(), *step))
+                .get_mut(&(node.node.to_string(), *step))
                 .and_then(VecDeque::pop_front)
                 .unwrap_or(Out::Done);
             match out {
@@ -119,7 +123,7 @@ impl Controller for Fake {
 
 fn node(name: &str, action: Action) -> NodePlan {
     NodePlan {
-        node: name.into(),
+        node: name.parse().unwrap(),
         action,
         vmid: None,
         changes: Vec::new(),
@@ -136,10 +140,10 @@ fn plan_of(nodes: &[&str]) -> Plan {
     }
 }
 
-fn parents(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+fn parents(pairs: &[(&str, &str)]) -> BTreeMap<NodeName, NodeName> {
     pairs
         .iter()
-        .map(|(c, p)| (c.to_string(), p.to_string()))
+        .map(|(c, p)| (c.parse().unwrap(), p.parse().unwrap()))
         .collect()
 }
 
@@ -158,7 +162,7 @@ fn config(concurrency: usize, on_error: OnError) -> Config {
 async fn run(
     fake: Arc<Fake>,
     plan: &Plan,
-    parents: &BTreeMap<String, String>,
+    parents: &BTreeMap<NodeName, NodeName>,
     cfg: &Config,
 ) -> Report {
     execute(plan, parents, fake, cfg, std::future::pending(), &|_| {}).await

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use homestak_core::model::{Manifest, NodeType};
+use homestak_core::model::{InvalidNodeName, InvalidVmId, Manifest, NodeName, NodeType, VmId};
 use homestak_core::plan::{Desired, DesiredVm, IpConfig, Kind};
 use homestak_core::site::{self, InlineVm, Site, TofuVars, VmSettings};
 
@@ -36,6 +36,18 @@ pub enum Error {
     },
     #[error("node {node}: {what} is missing after resolution")]
     Incomplete { node: String, what: &'static str },
+    #[error("VM {node:?} of the resolved env cannot be a node; rename it in the env file")]
+    Name {
+        node: String,
+        #[source]
+        source: InvalidNodeName,
+    },
+    #[error("VM {node}: its resolved vmid cannot be used; fix vmid_base or vmid in the env file")]
+    VmId {
+        node: String,
+        #[source]
+        source: InvalidVmId,
+    },
 }
 
 /// This tier's part of a manifest.
@@ -43,10 +55,10 @@ pub enum Error {
 pub struct Tier {
     pub desired: Desired,
     /// Child → parent, among this tier's nodes.
-    pub parents: BTreeMap<String, String>,
+    pub parents: BTreeMap<NodeName, NodeName>,
     /// Nodes converged by child reconcilers on inner hosts, with the `pve`
     /// node that hosts them.
-    pub delegated: Vec<(String, String)>,
+    pub delegated: Vec<(NodeName, NodeName)>,
 }
 
 /// Resolves `manifest` for target `host` (a `nodes/<host>.yaml`).
@@ -54,19 +66,20 @@ pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Err
     let mut vms = Vec::new();
     let mut delegated = Vec::new();
     if let Some(nodes) = manifest.nodes_in_creation_order() {
-        let root_of = |name: &str| -> Option<String> {
-            let mut current = manifest.node(name)?;
-            let mut top = None;
+        // The root above a nested node: the `pve` node of this tier that
+        // hosts it. Validation made every parent a node of the manifest.
+        let root_of = |name: &NodeName| -> Option<NodeName> {
+            let mut current = manifest.node(name.as_str())?;
             while let Some(parent) = &current.parent {
-                top = Some(parent.to_string());
                 current = manifest.node(parent.as_str())?;
             }
-            top.map(|_| current.name.to_string())
+            Some(current.name.clone())
         };
         for node in nodes {
             if node.parent.is_some() {
-                let host_node = root_of(node.name.as_str()).unwrap_or_default();
-                delegated.push((node.name.to_string(), host_node));
+                if let Some(host_node) = root_of(&node.name) {
+                    delegated.push((node.name.clone(), host_node));
+                }
                 continue;
             }
             vms.push(resolve_v2_node(site, node, host)?);
@@ -74,7 +87,7 @@ pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Err
     } else if let Some((first, rest)) = manifest.levels().split_first() {
         vms.extend(resolve_v1_level(site, first, host)?);
         for level in rest {
-            delegated.push((level.name.to_string(), first.name.to_string()));
+            delegated.push((level.name.clone(), first.name.clone()));
         }
     }
     Ok(Tier {
@@ -150,8 +163,8 @@ fn resolve_v2_node(
         node: name.clone(),
         what: "the VM",
     })?;
-    vm.name = name;
-    vm.vmid = vmid;
+    vm.name = node.name.clone();
+    vm.vmid = node.vmid;
     Ok(vm)
 }
 
@@ -191,6 +204,18 @@ fn to_desired(vars: &TofuVars, kind: Kind) -> Result<Vec<DesiredVm>, Error> {
         .iter()
         .map(|vm| {
             let node = vm.name.clone().unwrap_or_default();
+            let name = NodeName::new(node.as_str()).map_err(|source| Error::Name {
+                node: node.clone(),
+                source,
+            })?;
+            let vmid = vm
+                .vmid()
+                .map(|v| VmId::new(v.into()))
+                .transpose()
+                .map_err(|source| Error::VmId {
+                    node: node.clone(),
+                    source,
+                })?;
             let image = vm
                 .image
                 .clone()
@@ -204,10 +229,10 @@ fn to_desired(vars: &TofuVars, kind: Kind) -> Result<Vec<DesiredVm>, Error> {
                 site::IpConfig::Dhcp | site::IpConfig::Unset => IpConfig::Dhcp,
             };
             Ok(DesiredVm {
-                name: node.clone(),
+                name,
                 kind,
                 parent: None,
-                vmid: vm.vmid(),
+                vmid,
                 cores: vm.cores.ok_or(Error::Incomplete {
                     node: node.clone(),
                     what: "cores (set a preset)",

@@ -33,6 +33,7 @@ use crate::controllers::vm::{
 };
 use crate::executor::{self, Event, Report};
 use crate::store::{self, Store};
+use homestak_base::id::{InvalidPveNode, NodeName, PveNode};
 use homestak_core::model::{Manifest, Settings};
 use homestak_core::plan::{self, Observed, Plan, Remembered};
 use homestak_core::site::{HostConfig, Site};
@@ -111,6 +112,14 @@ pub enum Error {
         #[source]
         source: store::Error,
     },
+    #[error(
+        "host {host}: its PVE node name cannot be used in API paths; fix `node:` in nodes/{host}.yaml"
+    )]
+    PveNode {
+        host: String,
+        #[source]
+        source: InvalidPveNode,
+    },
 }
 
 /// Switches of one run.
@@ -143,6 +152,8 @@ impl Default for Options {
 pub struct Tier {
     pub site: Arc<Site>,
     pub host: HostConfig,
+    /// The PVE node the tier's API paths name.
+    pub pve_node: PveNode,
     pub api: Arc<dyn Api>,
     pub store: Option<Arc<dyn Store>>,
     pub ssh: Option<SshCheck>,
@@ -159,17 +170,17 @@ pub fn connect(
     insecure: bool,
     observer: Option<Arc<dyn pve::Observer>>,
 ) -> Result<Arc<dyn Api>, Error> {
-    if host.api_endpoint.is_empty() {
+    let Some(endpoint) = &host.api_endpoint else {
         return Err(Error::NoApi {
             host: host.name.clone(),
             config: host.config_file.clone(),
         });
-    }
-    if host.api_token().is_empty() {
+    };
+    let Some(secret) = host.api_token() else {
         return Err(Error::NoToken {
             host: host.name.clone(),
         });
-    }
+    };
     let trust = if insecure {
         pve::Trust::Insecure
     } else if let Some(text) = &host.api_fingerprint {
@@ -186,14 +197,28 @@ pub fn connect(
         host: host.name.clone(),
         source,
     };
-    let token = pve::ApiToken::parse(host.api_token().expose()).map_err(|source| Error::Token {
+    let token = pve::ApiToken::parse(secret.expose()).map_err(|source| Error::Token {
         host: host.name.clone(),
         source,
     })?;
-    let mut config = pve::Config::new(&host.api_endpoint, token, trust).map_err(client_err)?;
+    let mut config = pve::Config::new(endpoint, token, trust).map_err(client_err)?;
     config.observer = observer;
     let client = pve::Client::new(config).map_err(client_err)?;
     Ok(Arc::new(client))
+}
+
+/// The PVE node of `host`'s API paths.
+pub fn pve_node(host: &HostConfig) -> Result<PveNode, Error> {
+    let Some(name) = &host.node_name else {
+        return Err(Error::NoApi {
+            host: host.name.clone(),
+            config: host.config_file.clone(),
+        });
+    };
+    PveNode::new(name.as_str()).map_err(|source| Error::PveNode {
+        host: host.name.clone(),
+        source,
+    })
 }
 
 /// A plan with what it was made from.
@@ -301,7 +326,7 @@ impl Tier {
         cancel: impl std::future::Future<Output = ()>,
         events: &(dyn Fn(Event) + Send + Sync),
     ) -> Report {
-        let desired: HashMap<String, plan::DesiredVm> = planned
+        let desired: HashMap<NodeName, plan::DesiredVm> = planned
             .tier
             .desired
             .vms
@@ -334,7 +359,7 @@ impl Tier {
         };
         let controller = Arc::new(VmController {
             api: self.api.clone(),
-            pve_node: self.host.node_name.clone(),
+            pve_node: self.pve_node.clone(),
             manifest: planned.tier.desired.manifest.clone(),
             image_storage: self.host.image_storage.clone(),
             default_storage: self.host.datastore.clone(),

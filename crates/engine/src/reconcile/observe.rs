@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use crate::controllers::vm::mapping;
+use homestak_base::id::VmId;
 use homestak_core::plan::marks::TAG;
 use homestak_core::plan::{Desired, Observed, Remembered};
 use homestak_pve::{self as pve, Api, ErrorKind, ResourceKind};
@@ -24,7 +25,7 @@ pub async fn observe(
     remembered: Vec<Remembered>,
 ) -> Result<Observed, pve::Error> {
     let resources = api.cluster_resources(Some(ResourceKind::Vm)).await?;
-    let interesting: HashSet<u32> = desired
+    let interesting: HashSet<VmId> = desired
         .vms
         .iter()
         .filter_map(|v| v.vmid)
@@ -34,18 +35,20 @@ pub async fn observe(
     let mut reads = JoinSet::new();
     let mut vms = Vec::new();
     for (index, resource) in resources.into_iter().enumerate() {
-        let Some(vmid) = resource.vmid else { continue };
-        let candidate =
-            resource.is_qemu() && (resource.tag_set().contains(TAG) || interesting.contains(&vmid));
-        match (candidate, resource.node.clone()) {
-            (true, Some(node)) => {
-                let api = api.clone();
-                reads.spawn(async move {
-                    let config = api.qemu_config(&node, vmid).await;
-                    (index, resource, config)
-                });
-            }
-            _ => vms.push((index, mapping::observed(&resource, None))),
+        // Without a vmid and node PVE could have made it is nothing of ours.
+        let Some(vm) = mapping::observed(&resource, None) else {
+            continue;
+        };
+        let candidate = resource.is_qemu()
+            && (resource.tag_set().contains(TAG) || interesting.contains(&vm.vmid));
+        if candidate {
+            let api = api.clone();
+            reads.spawn(async move {
+                let config = api.qemu_config(vm.node.as_str(), vm.vmid.get()).await;
+                (index, resource, config)
+            });
+        } else {
+            vms.push((index, vm));
         }
     }
     while let Some(joined) = reads.join_next().await {
@@ -53,7 +56,9 @@ pub async fn observe(
             continue;
         };
         match config {
-            Ok(config) => vms.push((index, mapping::observed(&resource, Some(&config)))),
+            Ok(config) => {
+                vms.extend(mapping::observed(&resource, Some(&config)).map(|vm| (index, vm)))
+            }
             // Deleted between the two reads: it is gone.
             Err(err) if err.kind() == ErrorKind::VmNotFound => {}
             Err(err) => return Err(err),

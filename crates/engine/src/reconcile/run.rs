@@ -179,9 +179,9 @@ impl Engine {
     fn api(&self, host: &HostConfig) -> Result<Arc<dyn pve::Api>, Error> {
         let identity = format!(
             "{}|{}|{}",
-            host.api_endpoint,
-            host.api_fingerprint.as_deref().unwrap_or(""),
-            host.api_token().expose()
+            host.api_endpoint.as_deref().unwrap_or_default(),
+            host.api_fingerprint.as_deref().unwrap_or_default(),
+            host.api_token().map(|t| t.expose()).unwrap_or_default()
         );
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(cached) = clients.get(&host.name)
@@ -209,6 +209,7 @@ impl Engine {
             source,
         })?;
         let api = self.api(&host_config)?;
+        let pve_node = super::pve_node(&host_config)?;
         let setup = Setup {
             ssh,
             ..self.setup.clone()
@@ -219,6 +220,7 @@ impl Engine {
             host_ssh: Some(host_ssh(&host_config, &setup)),
             site,
             host: host_config,
+            pve_node,
             api,
             store: self.store.clone(),
         })

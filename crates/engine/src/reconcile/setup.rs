@@ -60,7 +60,11 @@ pub fn ssh_check(host: &HostConfig, setup: &Setup) -> Result<Option<SshCheck>, E
 pub fn host_ssh(host: &HostConfig, setup: &Setup) -> HostSsh {
     HostSsh {
         transport: Arc::new(ssh::RusshTransport::new(ssh::ClientOptions::default())),
-        destination: ssh::Destination::new(&host.ssh_host, host.ssh_port, &host.ssh_user),
+        destination: ssh::Destination::new(
+            host.ssh_host.as_deref().unwrap_or_default(),
+            host.ssh_port,
+            &host.ssh_user,
+        ),
         key: setup
             .ssh_key
             .clone()

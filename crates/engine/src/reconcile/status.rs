@@ -12,11 +12,12 @@ use std::fmt::Write as _;
 use super::Planned;
 use crate::store::NodeRecord;
 pub use homestak_api::status::{NodeStatus, State, Status};
+use homestak_base::id::{NodeName, VmId};
 use homestak_core::plan::{Action, Style};
 
 /// Builds the report from a plan and the store's records (for addresses).
-pub fn report(planned: &Planned, records: &HashMap<String, NodeRecord>) -> Status {
-    let observed = |vmid: Option<u32>| {
+pub fn report(planned: &Planned, records: &HashMap<NodeName, NodeRecord>) -> Status {
+    let observed = |vmid: Option<VmId>| {
         vmid.and_then(|id| planned.observed.vms.iter().find(|vm| vm.vmid == id))
     };
     let mut nodes = Vec::new();
@@ -77,7 +78,7 @@ pub fn render_human(status: &Status, style: Style) -> String {
         let children: Vec<&NodeStatus> = status
             .nodes
             .iter()
-            .filter(|n| n.parent.as_deref() == Some(root.node.as_str()))
+            .filter(|n| n.parent.as_ref() == Some(&root.node))
             .collect();
         for (i, child) in children.iter().enumerate() {
             let glyph = if i + 1 == children.len() {

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::Result;
 use super::backend::{Backend, Tree};
 use homestak_api::{Applied, Event, Kind, Level, ManifestRecord};
+use homestak_base::id::NodeName;
 use homestak_base::time::Timestamp;
 
 /// Version 1's event, as it was stored.
@@ -99,7 +100,7 @@ fn event_v2(data: Value) -> Option<Value> {
         },
         kind,
         manifest: Some(old.manifest).filter(|m| !m.is_empty()),
-        node: old.node,
+        node: old.node.and_then(|n| NodeName::new(n).ok()),
         step: None,
         state: None,
         message: old.message,

@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use homestak_api::{Event, ManifestRecord, Subtree};
+use homestak_base::id::NodeName;
 
 pub use self::sled::{SledStore, open};
 pub use records::{KvStore, Options, SCHEMA_VERSION};
@@ -195,7 +196,7 @@ pub trait Store: Send + Sync {
     fn delete_node(&self, key: &NodeKey, durability: Durability) -> Result<bool>;
 
     /// All node records of a manifest, by node name.
-    fn list_nodes(&self, manifest: &str) -> Result<Vec<(String, NodeRecord)>>;
+    fn list_nodes(&self, manifest: &str) -> Result<Vec<(NodeName, NodeRecord)>>;
 
     /// Appends an event, numbering it; old events beyond the retention are
     /// dropped. Returns it as recorded.

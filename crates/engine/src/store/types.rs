@@ -13,19 +13,20 @@ use serde::{Deserialize, Serialize};
 pub use homestak_base::time::Timestamp;
 
 use homestak_api::step::StepName;
+use homestak_base::id::{NodeName, PveNode, VmId};
 
 /// Identifies a node record: the manifest and the node's name in it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeKey {
     pub manifest: String,
-    pub node: String,
+    pub node: NodeName,
 }
 
 impl NodeKey {
-    pub fn new(manifest: impl Into<String>, node: impl Into<String>) -> Self {
+    pub fn new(manifest: impl Into<String>, node: &NodeName) -> Self {
         NodeKey {
             manifest: manifest.into(),
-            node: node.into(),
+            node: node.clone(),
         }
     }
 }
@@ -87,9 +88,9 @@ pub struct InFlight {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NodeRecord {
-    pub vmid: Option<u32>,
+    pub vmid: Option<VmId>,
     /// The PVE node the VM lives on.
-    pub pve_node: Option<String>,
+    pub pve_node: Option<PveNode>,
     pub ip: Option<String>,
     pub power: PowerState,
     /// Hash of the spec last applied successfully.
@@ -153,7 +154,7 @@ impl NodeRecord {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EventFilter {
     pub manifest: Option<String>,
-    pub node: Option<String>,
+    pub node: Option<NodeName>,
 }
 
 /// A lease: one holder at a time until it expires.
@@ -218,7 +219,7 @@ mod tests {
     #[test]
     fn records_read_with_missing_fields() {
         let record: NodeRecord = serde_json::from_str(r#"{"vmid":100}"#).unwrap();
-        assert_eq!(record.vmid, Some(100));
+        assert_eq!(record.vmid.map(VmId::get), Some(100));
         assert_eq!(record.power, PowerState::Unknown);
     }
 

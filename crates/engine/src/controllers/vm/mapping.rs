@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use homestak_base::id::{PveNode, VmId};
 use homestak_core::plan::marks::{Marks, TAG};
 use homestak_core::plan::{DesiredVm, IpConfig, ObservedVm, Power};
 use homestak_pve::{self as pve, ClusterResource, Disk, Net, VmConfig, VmOptions};
@@ -42,7 +43,7 @@ fn ip_option(ip: &IpConfig) -> pve::IpConfig {
 /// (a NIC rewrite would change its MAC; see [`net_update`]).
 pub fn managed_options(manifest: &str, want: &DesiredVm) -> VmOptions {
     VmOptions {
-        name: Some(want.name.clone()),
+        name: Some(want.name.to_string()),
         description: Some(marks_for(manifest, want).to_description()),
         tags: Some(vec![TAG.to_string()]),
         cores: Some(want.cores),
@@ -121,8 +122,11 @@ pub fn bytes_to_gib(bytes: u64) -> u64 {
     bytes.saturating_add(1 << 29) >> 30
 }
 
-/// The observed view of a VM from its bulk entry and, when read, its config.
-pub fn observed(resource: &ClusterResource, config: Option<&VmConfig>) -> ObservedVm {
+/// The observed view of a VM from its bulk entry and, when read, its config;
+/// `None` for an entry without a vmid and node PVE could have made.
+pub fn observed(resource: &ClusterResource, config: Option<&VmConfig>) -> Option<ObservedVm> {
+    let vmid = VmId::new(resource.vmid?.into()).ok()?;
+    let node = PveNode::new(resource.node.clone()?).ok()?;
     let power = match resource.status.as_deref() {
         Some("running") => Power::Running,
         Some("stopped") => Power::Stopped,
@@ -133,9 +137,9 @@ pub fn observed(resource: &ClusterResource, config: Option<&VmConfig>) -> Observ
         None => resource.tag_set(),
     };
     let mut vm = ObservedVm {
-        vmid: resource.vmid.unwrap_or_default(),
+        vmid,
         name: resource.name.clone(),
-        node: resource.node.clone().unwrap_or_default(),
+        node,
         power,
         lock: resource.lock.clone().filter(|l| !l.is_empty()),
         template: resource.template,
@@ -166,7 +170,7 @@ pub fn observed(resource: &ClusterResource, config: Option<&VmConfig>) -> Observ
             .and_then(|p| p.get("bridge").map(str::to_string));
         vm.ip = config.get("ipconfig0").as_deref().and_then(parse_ipconfig);
     }
-    vm
+    Some(vm)
 }
 
 #[cfg(test)]

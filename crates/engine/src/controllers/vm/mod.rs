@@ -38,6 +38,7 @@ use tokio::time::Instant;
 use crate::executor::{AsStep, BoxFuture, Controller, Planned, StepOutcome};
 use crate::store::Store;
 use homestak_api::step::Step;
+use homestak_base::id::{NodeName, PveNode, VmId};
 use homestak_core::plan::{Action, DesiredVm, Field, NodePlan};
 use homestak_pve::{Api, Upid};
 use homestak_ssh as ssh;
@@ -103,7 +104,7 @@ impl Default for Timing {
 pub struct VmController {
     pub api: Arc<dyn Api>,
     /// PVE node name for API paths.
-    pub pve_node: String,
+    pub pve_node: PveNode,
     pub manifest: String,
     pub image_storage: String,
     /// The host's datastore: where VMs without a desired entry (deletions)
@@ -111,7 +112,7 @@ pub struct VmController {
     pub default_storage: String,
     pub images: ImageSource,
     /// Desired VMs by node name.
-    pub desired: HashMap<String, DesiredVm>,
+    pub desired: HashMap<NodeName, DesiredVm>,
     pub store: Option<Arc<dyn Store>>,
     pub ssh: Option<SshCheck>,
     pub known_hosts: Option<KnownHostsFile>,
@@ -129,7 +130,7 @@ pub struct RunState {
     /// needing the same image.
     downloads: Mutex<HashMap<String, Download>>,
     /// vmids handed out by this run, so parallel creates never collide.
-    reserved: Mutex<HashSet<u32>>,
+    reserved: Mutex<HashSet<VmId>>,
 }
 
 /// A download of an image, shared by the nodes that need it.
@@ -151,7 +152,7 @@ impl VmController {
     /// Keeps `vmids` out of the vmids this run hands out: those the plan
     /// already points nodes at (explicit or remembered), so a node picking
     /// PVE's next free vmid never takes the one another node will create.
-    pub fn reserve(&self, vmids: impl IntoIterator<Item = u32>) {
+    pub fn reserve(&self, vmids: impl IntoIterator<Item = VmId>) {
         if let Ok(mut reserved) = self.shared.reserved.lock() {
             reserved.extend(vmids);
         }
@@ -161,7 +162,7 @@ impl VmController {
 /// Per-node scratch state between steps.
 #[derive(Debug, Default)]
 pub struct Memory {
-    pub vmid: Option<u32>,
+    pub vmid: Option<VmId>,
     /// The task the current step waits for.
     pub upid: Option<Upid>,
     pub poll: Option<Duration>,

@@ -10,15 +10,20 @@ use serde_json::json;
 
 use super::{ImageSource, Memory, RunState, Timing, VmController, VmStep};
 use crate::executor::{AsStep, Controller, StepOutcome};
+use homestak_base::id::VmId;
 use homestak_core::plan::{Action, DesiredVm, IpConfig, Kind, NodePlan};
 use homestak_pve::fake::{Reply, Scripted, upid};
 
+fn id(vmid: u32) -> VmId {
+    VmId::new(vmid.into()).unwrap()
+}
+
 fn want(vmid: Option<u32>) -> DesiredVm {
     DesiredVm {
-        name: "web".into(),
+        name: "web".parse().unwrap(),
         kind: Kind::Vm,
         parent: None,
-        vmid,
+        vmid: vmid.map(id),
         cores: 1,
         memory_mib: 1024,
         disk_gib: 8,
@@ -36,7 +41,7 @@ fn want(vmid: Option<u32>) -> DesiredVm {
 fn controller(script: &Arc<Scripted>, want: DesiredVm) -> VmController {
     VmController {
         api: Arc::new(script.client()),
-        pve_node: "pve".into(),
+        pve_node: "pve".parse().unwrap(),
         manifest: "demo".into(),
         image_storage: "local".into(),
         default_storage: "local-zfs".into(),
@@ -56,9 +61,9 @@ fn controller(script: &Arc<Scripted>, want: DesiredVm) -> VmController {
 
 fn create(vmid: Option<u32>) -> NodePlan {
     NodePlan {
-        node: "web".into(),
+        node: "web".parse().unwrap(),
         action: Action::Create,
-        vmid,
+        vmid: vmid.map(id),
         changes: Vec::new(),
         reason: None,
         blocked: None,
@@ -115,11 +120,11 @@ async fn allocation_skips_reserved_and_taken_vmids() {
         );
     let c = controller(&script, want(None));
     // Another node of the plan will create vmid 100.
-    c.reserve([100]);
+    c.reserve([id(100)]);
     let mut m = Memory::default();
     let out = c.run(&create(None), &create_vm(&c), &mut m).await;
     assert!(matches!(out, StepOutcome::Requeue(_)), "{out:?}");
-    assert_eq!(m.vmid, Some(102));
+    assert_eq!(m.vmid, Some(id(102)));
     assert_eq!(created_vmids(&script), ["102"]);
 }
 
@@ -162,7 +167,7 @@ async fn a_vmid_the_manifest_names_is_never_given_up() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    assert_eq!(m.vmid, Some(105));
+    assert_eq!(m.vmid, Some(id(105)));
     assert_eq!(script.writes(), 0);
 }
 
@@ -177,14 +182,14 @@ async fn a_failed_read_keeps_the_vmid_an_earlier_attempt_may_have_created() {
     let c = controller(&script, want(None));
     // An earlier attempt picked 107 and sent the create; its answer was lost.
     let mut m = Memory {
-        vmid: Some(107),
+        vmid: Some(id(107)),
         ..Memory::default()
     };
     match c.run(&create(None), &create_vm(&c), &mut m).await {
         StepOutcome::Failed(e) => assert!(e.transient, "{e:?}"),
         other => panic!("expected a transient failure, got {other:?}"),
     }
-    assert_eq!(m.vmid, Some(107), "a new vmid could mean a second VM");
+    assert_eq!(m.vmid, Some(id(107)), "a new vmid could mean a second VM");
     assert_eq!(script.writes(), 0);
 }
 
@@ -198,12 +203,12 @@ fn with_store(script: &Arc<Scripted>, store: Arc<dyn crate::store::Store>) -> Vm
 async fn pruning_a_duplicate_keeps_the_nodes_record() {
     use crate::store::{Durability, NodeKey, NodeRecord, Store};
     let store = Arc::new(crate::store::memory());
-    let key = NodeKey::new("demo", "web");
+    let key = NodeKey::new("demo", &"web".parse().unwrap());
     store
         .put_node(
             &key,
             &NodeRecord {
-                vmid: Some(101),
+                vmid: Some(id(101)),
                 ..NodeRecord::default()
             },
             Durability::Flush,
@@ -221,7 +226,7 @@ async fn pruning_a_duplicate_keeps_the_nodes_record() {
     // vmid 101, the node's VM, stays.
     let out = c.run(&delete(102), &forget, &mut Memory::default()).await;
     assert!(matches!(out, StepOutcome::Done), "{out:?}");
-    assert_eq!(store.get_node(&key).unwrap().unwrap().vmid, Some(101));
+    assert_eq!(store.get_node(&key).unwrap().unwrap().vmid, Some(id(101)));
 
     // The node's own VM is deleted: its record goes.
     let out = c.run(&delete(101), &forget, &mut Memory::default()).await;

@@ -193,7 +193,7 @@ fn state_name(state: &NodeState) -> (String, Option<String>) {
 fn labels(plan: &homestak_core::plan::Plan) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for n in &plan.nodes {
-        out.entry(n.node.clone())
+        out.entry(n.node.to_string())
             .or_default()
             .push(n.label().to_string());
     }
@@ -429,7 +429,7 @@ impl Ctx {
                 .nodes
                 .iter()
                 .filter(|n| n.blocked.is_some())
-                .map(|n| n.node.clone())
+                .map(|n| n.node.to_string())
                 .collect();
             got.sort();
             if want != got {
@@ -504,7 +504,12 @@ impl Ctx {
             }
         }
         if let Some(nodes) = &step.nodes {
-            diffs.extend(per_node("state", nodes, &report.nodes, |want, got| {
+            let states: BTreeMap<String, NodeState> = report
+                .nodes
+                .iter()
+                .map(|(n, s)| (n.to_string(), s.clone()))
+                .collect();
+            diffs.extend(per_node("state", nodes, &states, |want, got| {
                 let (name, detail) = state_name(got);
                 (*want != name).then(|| match detail {
                     Some(d) => format!("expected {want}, got {name}: {d}"),
@@ -587,8 +592,11 @@ impl Ctx {
             _ => {}
         }
         if let (Ok(status), Some(nodes)) = (&result, &step.nodes) {
-            let by_node: BTreeMap<String, &homestak_engine::reconcile::status::NodeStatus> =
-                status.nodes.iter().map(|n| (n.node.clone(), n)).collect();
+            let by_node: BTreeMap<String, &homestak_engine::reconcile::status::NodeStatus> = status
+                .nodes
+                .iter()
+                .map(|n| (n.node.to_string(), n))
+                .collect();
             diffs.extend(per_node("status", nodes, &by_node, |want, got| {
                 let state = serde_json::to_value(got.state)
                     .ok()

@@ -5,11 +5,15 @@ use super::*;
 impl VmController {
     /// Picks the vmid for a create: explicit, remembered, or PVE's next
     /// free one not already handed out in this run.
-    async fn allocate_vmid(&self) -> Result<u32, Outcome> {
-        let mut wanted = None;
+    async fn allocate_vmid(&self) -> Result<VmId, Outcome> {
+        let mut wanted: Option<VmId> = None;
         for _ in 0..64 {
-            let vmid = match self.api.next_vmid(wanted).await {
-                Ok(v) => v,
+            let vmid = match self.api.next_vmid(wanted.map(VmId::get)).await {
+                Ok(v) => VmId::new(v.into()).map_err(|e| {
+                    refuse(format!(
+                        "PVE offered vmid {v}: {e}; set vmids in the manifest"
+                    ))
+                })?,
                 // `nextid?vmid=N` answers 400 "already exists" for a taken N.
                 Err(err)
                     if wanted.is_some()
@@ -18,7 +22,7 @@ impl VmController {
                             ErrorKind::InvalidParameters | ErrorKind::AlreadyExists
                         ) =>
                 {
-                    wanted = wanted.map(|w: u32| w + 1);
+                    wanted = wanted.and_then(VmId::next);
                     continue;
                 }
                 Err(err) => return Err(fail(&err, "allocate a vmid")),
@@ -31,7 +35,7 @@ impl VmController {
             if reserved.insert(vmid) {
                 return Ok(vmid);
             }
-            wanted = Some(vmid + 1);
+            wanted = vmid.next();
         }
         Err(refuse("could not find a free vmid after 64 tries".into()))
     }
@@ -52,7 +56,7 @@ impl VmController {
                         &node.node,
                         Level::Info,
                         Kind::Created,
-                        format!("created vmid {}", m.vmid.unwrap_or_default()),
+                        format!("created {}", shown(m.vmid)),
                     );
                     StepOutcome::Done
                 }
@@ -90,12 +94,12 @@ impl VmController {
             Err(out) => return out,
         }
         let create = CreateVm {
-            vmid,
+            vmid: vmid.get(),
             options: mapping::create_options(&self.manifest, want, &self.image_storage),
             start: None,
             pool: None,
         };
-        match self.api.qemu_create(&self.pve_node, &create).await {
+        match self.api.qemu_create(self.pve_node.as_str(), &create).await {
             Ok(upid) => {
                 self.record_task(node, Step::CreateVm, &upid, Some(vmid));
                 m.upid = Some(upid);
@@ -124,7 +128,7 @@ impl VmController {
             &node.node,
             Level::Info,
             Kind::Adopted,
-            format!("adopted vmid {} by its marks", m.vmid.unwrap_or_default()),
+            format!("adopted {} by its marks", shown(m.vmid)),
         );
         StepOutcome::Done
     }

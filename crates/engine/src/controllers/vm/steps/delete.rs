@@ -15,7 +15,11 @@ impl VmController {
             Ok(vmid) => vmid,
             Err(out) => return out,
         };
-        match self.api.qemu_status(&self.pve_node, vmid).await {
+        match self
+            .api
+            .qemu_status(self.pve_node.as_str(), vmid.get())
+            .await
+        {
             Ok(status) if status.power() == pve::PowerState::Stopped => return StepOutcome::Done,
             Ok(_) => {}
             Err(err) if err.kind() == ErrorKind::VmNotFound => return StepOutcome::Done,
@@ -25,7 +29,11 @@ impl VmController {
             timeout: None,
             overrule_shutdown: None,
         };
-        match self.api.qemu_power(&self.pve_node, vmid, &stop).await {
+        match self
+            .api
+            .qemu_power(self.pve_node.as_str(), vmid.get(), &stop)
+            .await
+        {
             Ok(upid) => {
                 m.upid = Some(upid);
                 StepOutcome::Requeue(m.next_poll(&self.timing))
@@ -43,10 +51,7 @@ impl VmController {
                         &node.node,
                         Level::Info,
                         Kind::Deleted,
-                        format!(
-                            "destroyed vmid {}",
-                            Self::victim(node, m).unwrap_or_default()
-                        ),
+                        format!("destroyed {}", shown(Self::victim(node, m))),
                     );
                     self.forget_host_key(node).await;
                     // A replacement is created next: at the manifest's vmid,
@@ -68,7 +73,11 @@ impl VmController {
             purge: true,
             destroy_unreferenced_disks: true,
         };
-        match self.api.qemu_delete(&self.pve_node, vmid, &delete).await {
+        match self
+            .api
+            .qemu_delete(self.pve_node.as_str(), vmid.get(), &delete)
+            .await
+        {
             Ok(upid) => {
                 m.upid = Some(upid);
                 StepOutcome::Requeue(m.next_poll(&self.timing))
@@ -80,7 +89,7 @@ impl VmController {
 
     /// The vmid of the owned VM to delete, or the outcome that ends the
     /// step: nothing to delete (done), or a VM that is not ours (refused).
-    async fn owned_victim(&self, node: &NodePlan, m: &Memory) -> Result<u32, Outcome> {
+    async fn owned_victim(&self, node: &NodePlan, m: &Memory) -> Result<VmId, Outcome> {
         let Some(vmid) = Self::victim(node, m) else {
             return Err(StepOutcome::Done);
         };

@@ -31,7 +31,7 @@ const CLEAN: &str = "rm -f /var/lib/vz/import/debian-13-pve.part00.raw \
 
 fn want(name: &str) -> DesiredVm {
     DesiredVm {
-        name: name.into(),
+        name: name.parse().unwrap(),
         kind: Kind::Vm,
         parent: None,
         vmid: None,
@@ -68,7 +68,7 @@ fn rig(user: &str, key: bool) -> Rig {
     let ssh = ScriptedTransport::new();
     let controller = VmController {
         api: Arc::new(api.client()),
-        pve_node: "pve".into(),
+        pve_node: "pve".parse().unwrap(),
         manifest: "demo".into(),
         image_storage: "local".into(),
         default_storage: "local-zfs".into(),
@@ -76,7 +76,10 @@ fn rig(user: &str, key: bool) -> Rig {
             base_url: "https://127.0.0.1:9/rel/".into(),
             parts: HashMap::from([("debian-13-pve".to_string(), 3)]),
         },
-        desired: HashMap::from([("a".into(), want("a")), ("b".into(), want("b"))]),
+        desired: HashMap::from([
+            ("a".parse().unwrap(), want("a")),
+            ("b".parse().unwrap(), want("b")),
+        ]),
         store: None,
         ssh: None,
         known_hosts: None,
@@ -100,7 +103,7 @@ fn rig(user: &str, key: bool) -> Rig {
 
 fn create(node: &str) -> NodePlan {
     NodePlan {
-        node: node.into(),
+        node: node.parse().unwrap(),
         action: Action::Create,
         vmid: None,
         changes: Vec::new(),

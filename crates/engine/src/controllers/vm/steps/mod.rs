@@ -24,6 +24,7 @@ use crate::store::{ConditionStatus, Durability, InFlight, NodeKey, PowerState, T
 use homestak_api::step::Step;
 use homestak_api::{Event, Kind, Level};
 use homestak_base::error_chain as chain;
+use homestak_base::id::{NodeName, VmId};
 use homestak_core::plan::marks::Marks;
 use homestak_core::plan::{DesiredVm, NodePlan};
 use homestak_pve::tasks::{self, Check};
@@ -46,6 +47,14 @@ fn fail(err: &pve::Error, what: &str) -> Outcome {
 
 fn refuse(message: String) -> Outcome {
     StepOutcome::Failed(StepError::permanent(message))
+}
+
+/// `vmid 100`, for messages about a VM whose vmid may not be known yet.
+fn shown(vmid: Option<VmId>) -> String {
+    vmid.map_or_else(
+        || "a VM (vmid not known)".to_string(),
+        |v| format!("vmid {v}"),
+    )
 }
 
 impl VmController {
@@ -74,7 +83,7 @@ impl VmController {
 
     /// The VM a stop or destroy acts on: the VM this run created (rollback),
     /// else the one being replaced, else the node's VM.
-    pub(super) fn victim(node: &NodePlan, m: &Memory) -> Option<u32> {
+    pub(super) fn victim(node: &NodePlan, m: &Memory) -> Option<VmId> {
         if m.created {
             return m.vmid;
         }
@@ -108,7 +117,7 @@ impl VmController {
         NodeKey::new(&self.manifest, &node.node)
     }
 
-    pub(super) fn event(&self, node: &str, level: Level, kind: Kind, message: String) {
+    pub(super) fn event(&self, node: &NodeName, level: Level, kind: Kind, message: String) {
         if let Some(store) = &self.store {
             let event = Event::new(level, kind, message)
                 .manifest(&self.manifest)
@@ -121,7 +130,7 @@ impl VmController {
 
     /// Records a started task durably, so a crash resumes instead of
     /// repeating it.
-    pub(super) fn record_task(&self, node: &NodePlan, step: Step, upid: &Upid, vmid: Option<u32>) {
+    pub(super) fn record_task(&self, node: &NodePlan, step: Step, upid: &Upid, vmid: Option<VmId>) {
         if let Some(store) = &self.store {
             let _ = store.update_node(&self.key(node), Durability::Flush, &mut |r| {
                 r.in_flight = Some(InFlight {
@@ -212,8 +221,12 @@ impl VmController {
     }
 
     /// Reads the VM's config; `Ok(None)` when the VM does not exist.
-    pub(super) async fn read_config(&self, vmid: u32) -> Result<Option<VmConfig>, Outcome> {
-        match self.api.qemu_config(&self.pve_node, vmid).await {
+    pub(super) async fn read_config(&self, vmid: VmId) -> Result<Option<VmConfig>, Outcome> {
+        match self
+            .api
+            .qemu_config(self.pve_node.as_str(), vmid.get())
+            .await
+        {
             Ok(config) => Ok(Some(config)),
             Err(err) if err.kind() == ErrorKind::VmNotFound => Ok(None),
             Err(err) => Err(fail(&err, &format!("read config of vmid {vmid}"))),
@@ -230,7 +243,7 @@ impl VmController {
             && marks.is_some_and(|m| m.manifest == self.manifest && m.node == node.node)
     }
 
-    pub(super) fn not_ours(&self, node: &NodePlan, vmid: u32) -> Outcome {
+    pub(super) fn not_ours(&self, node: &NodePlan, vmid: VmId) -> Outcome {
         refuse(format!(
             "vmid {vmid} no longer carries homestak's marks for {}/{}; it is left \
              untouched (run plan again)",
@@ -243,7 +256,7 @@ impl VmController {
     pub(super) async fn owned_config(
         &self,
         node: &NodePlan,
-        vmid: u32,
+        vmid: VmId,
     ) -> Result<Option<VmConfig>, Outcome> {
         match self.read_config(vmid).await? {
             Some(config) if self.is_ours(node, &config) => Ok(Some(config)),

@@ -1,8 +1,9 @@
-//! Identifier newtypes: a node's name and a PVE VM id.
+//! Identifier newtypes: a manifest node's name, a PVE VM id, and the name of
+//! a Proxmox VE node (a host in a PVE cluster, `pve` in API paths).
 //!
-//! Both are checked once, where they enter the program, so the rest of the
-//! crate never sees a VM id PVE would refuse or a name it could not use as a
-//! hostname.
+//! Each is checked once, where it enters the program, so the rest of the
+//! workspace never sees a VM id PVE would refuse or a name it could not use
+//! as a hostname, and never mixes a manifest node up with a PVE node.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -52,21 +53,30 @@ impl NodeName {
     }
 }
 
-fn is_dns_name(name: &str) -> bool {
-    fn is_label(label: &str) -> bool {
-        let bytes = label.as_bytes();
-        match (bytes.first(), bytes.last()) {
-            (Some(first), Some(last)) => {
-                first.is_ascii_alphanumeric()
-                    && last.is_ascii_alphanumeric()
-                    && bytes
-                        .iter()
-                        .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
-            }
-            _ => false,
+/// One DNS label: letters, digits and inner hyphens.
+pub fn is_label(label: &str) -> bool {
+    let bytes = label.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(first), Some(last)) => {
+            first.is_ascii_alphanumeric()
+                && last.is_ascii_alphanumeric()
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
         }
+        _ => false,
     }
+}
+
+fn is_dns_name(name: &str) -> bool {
     name.len() <= DNS_NAME_MAX && name.split('.').all(is_label)
+}
+
+impl std::str::FromStr for NodeName {
+    type Err = InvalidNodeName;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        NodeName::new(text)
+    }
 }
 
 impl TryFrom<String> for NodeName {
@@ -95,8 +105,9 @@ impl std::borrow::Borrow<str> for NodeName {
 }
 
 impl fmt::Display for NodeName {
+    /// The name, padded as the format asks (`{:<8}` lines up tables).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -108,6 +119,12 @@ impl PartialEq<str> for NodeName {
 
 impl PartialEq<&str> for NodeName {
     fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for NodeName {
+    fn eq(&self, other: &String) -> bool {
         self.0 == *other
     }
 }
@@ -155,6 +172,11 @@ impl VmId {
     pub fn get(self) -> u32 {
         self.0
     }
+
+    /// The id after this one, if PVE accepts it.
+    pub fn next(self) -> Option<VmId> {
+        VmId::new(i128::from(self.0) + 1).ok()
+    }
 }
 
 impl TryFrom<u64> for VmId {
@@ -172,7 +194,7 @@ impl From<VmId> for u32 {
 
 impl fmt::Display for VmId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
@@ -190,6 +212,113 @@ impl JsonSchema for VmId {
         })
     }
 }
+
+impl From<VmId> for u64 {
+    fn from(value: VmId) -> Self {
+        u64::from(value.0)
+    }
+}
+
+impl std::str::FromStr for VmId {
+    type Err = InvalidVmId;
+
+    /// A decimal number in PVE's range.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        // Out-of-range and non-numbers read as 0, which is out of range.
+        VmId::new(text.trim().parse::<i128>().unwrap_or(0))
+    }
+}
+
+/// The name of a Proxmox VE node: the host in `/nodes/{node}/…` paths
+/// (`pve-node` format: one DNS label).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PveNode(String);
+
+/// A string that is not a PVE node name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "'{0}' is not a valid PVE node name: use letters, digits and inner '-' (one DNS label, as `hostname -s` prints)"
+)]
+pub struct InvalidPveNode(pub String);
+
+impl PveNode {
+    /// Checks `name` against PVE's `pve-node` format.
+    pub fn new(name: impl Into<String>) -> Result<Self, InvalidPveNode> {
+        let name = name.into();
+        if is_label(&name) && name.len() <= 63 {
+            Ok(PveNode(name))
+        } else {
+            Err(InvalidPveNode(name))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for PveNode {
+    type Err = InvalidPveNode;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        PveNode::new(text)
+    }
+}
+
+impl TryFrom<String> for PveNode {
+    type Error = InvalidPveNode;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        PveNode::new(value)
+    }
+}
+
+impl From<PveNode> for String {
+    fn from(value: PveNode) -> Self {
+        value.0
+    }
+}
+
+impl AsRef<str> for PveNode {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PveNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+impl PartialEq<str> for PveNode {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for PveNode {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl JsonSchema for PveNode {
+    fn schema_name() -> Cow<'static, str> {
+        "PveNode".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": LABEL_PATTERN,
+            "maxLength": 63,
+            "description": "Proxmox VE node name (the host in API paths)"
+        })
+    }
+}
+
+/// Regex of one DNS label, as PVE's `pve-node` format accepts it.
+const LABEL_PATTERN: &str = r"^[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?$";
 
 #[cfg(test)]
 mod tests {
@@ -217,6 +346,28 @@ mod tests {
             VmId::new(5).unwrap_err().to_string(),
             "vmid 5 is out of range: PVE accepts 100 to 999999999"
         );
+    }
+
+    #[test]
+    fn display_honours_width() {
+        let name = NodeName::new("a").unwrap();
+        assert_eq!(format!("[{name:<4}]"), "[a   ]");
+        let id = VmId::new(100).unwrap();
+        assert_eq!(format!("[{id:>5}]"), "[  100]");
+    }
+
+    #[test]
+    fn pve_node_names_are_one_label() {
+        for ok in ["pve", "father", "pve-1", "X1"] {
+            assert_eq!(PveNode::new(ok).unwrap(), ok);
+        }
+        for bad in ["", "a.b", "-a", "a_b", "a b"] {
+            assert!(PveNode::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(serde_json::from_str::<PveNode>("\"a.b\"").is_err());
+        assert_eq!("99001".parse::<VmId>().unwrap().get(), 99001);
+        assert!("99".parse::<VmId>().is_err());
+        assert!("x".parse::<VmId>().is_err());
     }
 
     #[test]
