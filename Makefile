@@ -3,7 +3,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: all build test lint fmt demo bench crds conformance venv clean
+.PHONY: all build test lint deny fmt demo bench crds conformance venv clean
 
 all: build
 
@@ -13,7 +13,7 @@ build:
 ## test: formatting, lints and every test (what .ci/run calls); the venv
 ## lets tests/sim_conformance.rs run the proxmoxer lifecycle and the
 ## ansible proxmox_kvm playbook.
-test: lint venv
+test: lint deny venv
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 
@@ -35,6 +35,24 @@ conformance: venv build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## deny: `cargo deny check advisories bans` against deny.toml. cargo-deny
+## is installed into .tools/ on first use (a few minutes, once). The RustSec
+## database comes from github.com: where that cannot be reached, the
+## advisories check says SKIPPED and the bans still run.
+CARGO_DENY_VERSION := 0.20.2
+DENY := .tools/bin/cargo-deny
+
+deny: $(DENY)
+	$(DENY) deny check bans
+	@if $(DENY) deny fetch db >/dev/null 2>&1; then \
+		$(DENY) deny check --disable-fetch advisories; \
+	else \
+		echo "advisories: SKIPPED, the RustSec database (github.com/rustsec/advisory-db) cannot be fetched from this machine"; \
+	fi
+
+$(DENY):
+	$(CARGO) install --locked --quiet --root .tools cargo-deny@$(CARGO_DENY_VERSION)
 
 fmt:
 	$(CARGO) fmt --all

@@ -3,6 +3,9 @@
 //! `homestak sim`, and the differential goldens against the Python
 //! iac-driver's recorded outputs.
 
+// Test code: a failed unwrap is a failed test (clippy.toml says the same for #[test]s).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 // The simulator's and the daemon's test helpers, shared with their crates.
 #[path = "../crates/daemon/tests/support/mod.rs"]
 mod daemon_support;

@@ -217,3 +217,64 @@ pub struct ErrorDetail {
     pub code: String,
     pub message: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Applied, ManifestRecord};
+    use homestak_base::time::Timestamp;
+
+    #[test]
+    fn endpoints_name_their_paths_methods_and_scopes() {
+        for endpoint in Endpoint::ALL {
+            assert_eq!(Endpoint::of(endpoint.path()), Some(endpoint));
+        }
+        assert_eq!(Endpoint::of("/v1/other"), None);
+        assert_eq!(Endpoint::Subtree.method(), "PUT");
+        assert_eq!(Endpoint::Subtree.scope(), Scope::Write);
+        assert_eq!(Endpoint::Metrics.scope(), Scope::Read);
+    }
+
+    #[test]
+    fn a_manifests_record_sits_beside_its_status() {
+        let status = ManifestStatus {
+            name: "demo".into(),
+            origin: Origin::Git,
+            host: Some("pve".into()),
+            drift: DriftPolicy::Report,
+            suspended: false,
+            revision: "abc".into(),
+            in_sync: None,
+            record: ManifestRecord {
+                last_applied: Some(Applied {
+                    revision: "abc".into(),
+                    at: Timestamp::from_millis(1_000),
+                }),
+                last_reconcile: None,
+            },
+            status: None,
+            error: Some("cannot observe".into()),
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["last_applied"]["revision"], "abc");
+        assert_eq!(json["last_applied"]["at"], "1970-01-01T00:00:01Z");
+        assert!(json["last_reconcile"].is_null());
+        assert_eq!(json["drift"], "report");
+        assert_eq!(json["origin"], "git");
+        assert_eq!(
+            serde_json::from_value::<ManifestStatus>(json).unwrap(),
+            status
+        );
+    }
+
+    #[test]
+    fn a_subtree_request_refuses_unknown_fields() {
+        let ok: SubtreeRequest =
+            serde_json::from_str(r#"{"host": "pve", "manifest": {"name": "x"}}"#).unwrap();
+        assert_eq!(ok.host, "pve");
+        assert!(
+            serde_json::from_str::<SubtreeRequest>(r#"{"host": "pve", "manifest": {}, "x": 1}"#)
+                .is_err()
+        );
+    }
+}

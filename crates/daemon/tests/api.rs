@@ -527,3 +527,84 @@ async fn reconciler_api_drives_the_engine() {
 fn code_of(text: &str) -> String {
     code(text).unwrap_or_default()
 }
+
+/// The typed client of `homestak_api` against the daemon: every endpoint
+/// it speaks answers with the types the daemon serves, and refusals come
+/// back as the daemon's error codes.
+#[tokio::test]
+async fn the_typed_client_speaks_the_daemons_api() {
+    use homestak_api::v1::SubtreeRequest;
+    use homestak_api::{Client, Kind, Outcome, client};
+    use homestak_core::site::Secret;
+
+    let site = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    site_config(site.path());
+    let head = git(site.path(), &["rev-parse", "HEAD"]);
+    let (engine, mut calls) = FakeEngine::new();
+    let d = start(config(site.path(), state.path()), engine.clone()).await;
+    let reader = Client::new(&d.url, d.fingerprint, &Secret::new(READ_TOKEN)).unwrap();
+    let writer = Client::new(&d.url, d.fingerprint, &Secret::new(WRITE_TOKEN)).unwrap();
+    next_call(&mut calls).await;
+
+    let status = loop {
+        let status = reader.status(Some("demo")).await.unwrap();
+        if status.manifests[0].record.last_applied.is_some() {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let demo = &status.manifests[0];
+    assert_eq!(demo.name, "demo");
+    assert_eq!(demo.record.last_applied.as_ref().unwrap().revision, head);
+    assert_eq!(
+        demo.record.last_reconcile.as_ref().unwrap().outcome,
+        Outcome::Converged
+    );
+    assert_eq!(demo.in_sync, Some(true));
+
+    let queued = writer.reconcile(Some("demo")).await.unwrap();
+    assert_eq!(queued.queued, ["demo"]);
+    let accepted = writer
+        .put_subtree(&SubtreeRequest {
+            host: "father".into(),
+            manifest: json!({"schema_version": 2, "name": "child", "nodes": [
+                {"name": "inner", "type": "pve"}
+            ]}),
+        })
+        .await
+        .unwrap();
+    assert_eq!(accepted.accepted, "child");
+    assert!(accepted.revision.starts_with("subtree:"));
+
+    let events = reader.events(0, 500).await.unwrap();
+    assert!(
+        events
+            .events
+            .iter()
+            .any(|e| e.kind == Kind::SubtreeAccepted)
+    );
+    assert_eq!(events.next, events.events.last().unwrap().seq);
+
+    // A read token may not write; the daemon's code comes back typed.
+    match reader.reconcile(None).await {
+        Err(client::Error::Refused { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (403, "E302"));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    match reader.status(Some("ghost")).await {
+        Err(client::Error::Refused { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (404, "E200"));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Another certificate than the pinned one is never talked to.
+    let other = homestak_tls::self_signed(&["127.0.0.1".into()]).unwrap();
+    let stranger = Client::new(&d.url, other.fingerprint, &Secret::new(READ_TOKEN)).unwrap();
+    assert!(matches!(
+        stranger.status(None).await,
+        Err(client::Error::Unreachable { .. })
+    ));
+    d.stop().await.unwrap();
+}

@@ -13,6 +13,9 @@
 //!
 //! Environment: `BENCH_VMS`, `BENCH_RUNS`, `BENCH_TIME_SCALE`.
 
+// Test code: a failed unwrap is a failed test (clippy.toml says the same for #[test]s).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -9,6 +9,9 @@
 //! `RECONCILER_TEST_JOBS=N` runs N cases at once (default 1; each case has
 //! its own simulator and loopback address block, so they never collide).
 
+// Test code: a failed unwrap is a failed test (clippy.toml says the same for #[test]s).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod reconciler_support;
 
 use std::path::{Path, PathBuf};
