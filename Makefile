@@ -10,9 +10,9 @@ all: build
 build:
 	$(CARGO) build
 
-## test: formatting, lints and every test (what .ci/run calls); the venv
-## lets tests/sim_conformance.rs run the proxmoxer lifecycle and the
-## ansible proxmox_kvm playbook.
+## test: formatting, lints, cargo deny and every test of every crate (what
+## .ci/run calls); the venv lets the binary's sim_conformance tests run the
+## proxmoxer lifecycle and the ansible proxmox_kvm playbook.
 test: lint deny venv
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc

@@ -8,15 +8,21 @@
 //!   (posture auth) and `GET /{repo}.git/...` (dumb-HTTP git and raw files,
 //!   [`repos`], behind the repo token).
 //! - The reconciler API and `/metrics` ([`api`], [`metrics`]), behind
-//!   scoped API tokens ([`auth`]).
+//!   scoped API tokens ([`auth`]). Its request and answer types, and a
+//!   typed client, are `homestak_api::v1` and `homestak_api::Client`: the
+//!   daemon serves exactly the types its clients read.
 //!
 //! # The loop
 //! [`watch`] notices changes under the site-config (debounced);
 //! [`source`] reads `controller.yaml` ([`policy`]) and the manifests at the
 //! repository's `HEAD` (or the working tree); [`reconciler`] queues them
-//! and hands one at a time to the [`engine::Engine`] ([`converge`]: the same
-//! path as `homestak reconcile --once`), which plans and converges. Periodic resyncs catch drift; [`store`] keeps the lease and
-//! what was applied; [`events`] is the live feed.
+//! and hands one at a time to the [`engine::Engine`] ([`converge`]:
+//! `homestak_engine::reconcile::Engine::run_once`, the same path as
+//! `homestak reconcile --once`), which plans, converges and records.
+//! Periodic resyncs catch drift. Everything durable — what was applied,
+//! the subtrees parents handed over, the lease, the events [`events`]
+//! serves — is in the engine's one store; [`legacy`] imports the
+//! `controller.json` older versions kept beside it.
 //!
 //! # Lifecycle
 //! [`server::Daemon::start`] prepares everything that can fail;

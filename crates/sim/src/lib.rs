@@ -1,11 +1,11 @@
 //! The PVE 8.4 simulator: a digital twin of a Proxmox VE host served over
 //! HTTPS, strict where PVE is strict (NOTES.md in the shared folder is the
-//! reference; `tests/sim_schema.rs` holds our specs to the real schema).
+//! reference). It routes and validates requests with PVE's route table
+//! and parameter schema, `homestak_pve::schema`, which the PVE client
+//! shares and a test holds to the real 8.4 schema.
 //!
 //! # Tour
 //! - [`config`]: the YAML world description and runtime options.
-//! - [`form`], [`params`]: pveproxy's request decoding; per-endpoint
-//!   parameter specs and the public validator ([`params::check_wire`]).
 //! - [`server`], [`auth`]: HTTPS, headers, envelopes, tokens and tickets.
 //! - [`api`]: the handlers; [`world`], [`vm`], [`storage`], [`tasks`]: the
 //!   state they act on; [`runtime`]: locks, clock, workers.

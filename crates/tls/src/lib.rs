@@ -1,4 +1,5 @@
-//! TLS pieces shared by the simulator, the PVE client and the daemon.
+//! TLS pieces shared by the simulator, the PVE client, the daemon and the
+//! daemon's API client.
 //!
 //! - rustls uses the `ring` provider everywhere (it builds minutes faster
 //!   than aws-lc-rs); [`install_crypto_provider`] must run before any TLS

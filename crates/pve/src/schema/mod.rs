@@ -4,7 +4,7 @@
 //!
 //! The specs are the simulator's routing table too: a request is served only
 //! when a spec matches its method and path. A test
-//! (`tests/sim_schema.rs`) checks every spec against the real 8.4 API
+//! (`crates/pve/tests/schema.rs`) checks every spec against the real 8.4 API
 //! schema, so the simulator can be no more lenient than PVE on anything it
 //! accepts.
 //!
