@@ -1,9 +1,10 @@
 //! [`Client`]: the [`Api`] over any [`Transport`].
 //!
-//! Each method builds one [`Request`] (path segments unescaped, parameters
-//! in a [`Form`], the vmid for error messages) and decodes `data` into the
-//! typed response. The same code runs against real PVE, the simulator and
-//! the scripted fake, so request shapes are tested once.
+//! Each method builds one [`Request`] (its endpoint's path template and the
+//! values for it, parameters in a [`Form`], the vmid for error messages)
+//! and decodes `data` into the typed response. The same code runs against
+//! real PVE, the simulator and the scripted fake, so request shapes are
+//! tested once.
 
 use std::sync::Arc;
 
@@ -78,37 +79,27 @@ impl Client {
     }
 }
 
-fn vmid_str(vmid: u32) -> String {
-    vmid.to_string()
-}
-
-fn qemu(node: &str, vmid: u32, rest: &[&str]) -> Vec<String> {
-    let mut segments = vec![
-        "nodes".to_string(),
-        node.to_string(),
-        "qemu".to_string(),
-        vmid_str(vmid),
-    ];
-    segments.extend(rest.iter().map(|s| s.to_string()));
-    segments
-}
-
-fn request(method: reqwest::Method, segments: Vec<String>) -> Request {
-    let refs: Vec<&str> = segments.iter().map(String::as_str).collect();
-    Request::new(method, &refs)
+/// `qemu_power`'s endpoint: PVE routes each action separately.
+fn power_template(action: &PowerAction) -> &'static str {
+    match action {
+        PowerAction::Start => "/nodes/{node}/qemu/{vmid}/status/start",
+        PowerAction::Stop { .. } => "/nodes/{node}/qemu/{vmid}/status/stop",
+        PowerAction::Shutdown { .. } => "/nodes/{node}/qemu/{vmid}/status/shutdown",
+        PowerAction::Reboot { .. } => "/nodes/{node}/qemu/{vmid}/status/reboot",
+    }
 }
 
 impl Api for Client {
     fn version(&self) -> BoxFuture<'_, Result<Version>> {
-        Box::pin(self.call(Request::get(&["version"])))
+        Box::pin(self.call(Request::get("/version", &[])))
     }
 
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeEntry>>> {
-        Box::pin(self.call(Request::get(&["nodes"])))
+        Box::pin(self.call(Request::get("/nodes", &[])))
     }
 
     fn node_status<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<NodeStatus>> {
-        Box::pin(self.call(Request::get(&["nodes", node, "status"])))
+        Box::pin(self.call(Request::get("/nodes/{node}/status", &[node])))
     }
 
     fn cluster_resources(
@@ -117,13 +108,13 @@ impl Api for Client {
     ) -> BoxFuture<'_, Result<Vec<ClusterResource>>> {
         let mut form = Form::new();
         form.push_opt("type", kind.map(ResourceKind::as_str));
-        Box::pin(self.call(Request::get(&["cluster", "resources"]).with_form(form)))
+        Box::pin(self.call(Request::get("/cluster/resources", &[]).with_form(form)))
     }
 
     fn next_vmid(&self, wanted: Option<u32>) -> BoxFuture<'_, Result<u32>> {
         let mut form = Form::new();
         form.push_opt("vmid", wanted);
-        let mut req = Request::get(&["cluster", "nextid"]).with_form(form);
+        let mut req = Request::get("/cluster/nextid", &[]).with_form(form);
         req.vmid = wanted;
         Box::pin(async move {
             let LenientU32(vmid) = self.call(req).await?;
@@ -132,18 +123,22 @@ impl Api for Client {
     }
 
     fn qemu_list<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<QemuListEntry>>> {
-        Box::pin(self.call(Request::get(&["nodes", node, "qemu"])))
+        Box::pin(self.call(Request::get("/nodes/{node}/qemu", &[node])))
     }
 
     fn qemu_create<'a>(&'a self, node: &'a str, vm: &'a CreateVm) -> BoxFuture<'a, Result<Upid>> {
-        let req = Request::post(&["nodes", node, "qemu"])
+        let req = Request::post("/nodes/{node}/qemu", &[node])
             .with_form(vm.form())
             .for_vmid(vm.vmid);
         Box::pin(self.call(req))
     }
 
     fn qemu_config<'a>(&'a self, node: &'a str, vmid: u32) -> BoxFuture<'a, Result<VmConfig>> {
-        let req = request(reqwest::Method::GET, qemu(node, vmid, &["config"])).for_vmid(vmid);
+        let req = Request::get(
+            "/nodes/{node}/qemu/{vmid}/config",
+            &[node, &vmid.to_string()],
+        )
+        .for_vmid(vmid);
         Box::pin(self.call(req))
     }
 
@@ -153,9 +148,12 @@ impl Api for Client {
         vmid: u32,
         update: &'a ConfigUpdate,
     ) -> BoxFuture<'a, Result<()>> {
-        let req = request(reqwest::Method::PUT, qemu(node, vmid, &["config"]))
-            .with_form(update.form(false))
-            .for_vmid(vmid);
+        let req = Request::put(
+            "/nodes/{node}/qemu/{vmid}/config",
+            &[node, &vmid.to_string()],
+        )
+        .with_form(update.form(false))
+        .for_vmid(vmid);
         Box::pin(async move {
             // PUT answers {"data":null}; anything else is ignored on purpose.
             self.transport.send(&req).await.map(|_| ())
@@ -168,9 +166,12 @@ impl Api for Client {
         vmid: u32,
         update: &'a ConfigUpdate,
     ) -> BoxFuture<'a, Result<Option<Upid>>> {
-        let req = request(reqwest::Method::POST, qemu(node, vmid, &["config"]))
-            .with_form(update.form(true))
-            .for_vmid(vmid);
+        let req = Request::post(
+            "/nodes/{node}/qemu/{vmid}/config",
+            &[node, &vmid.to_string()],
+        )
+        .with_form(update.form(true))
+        .for_vmid(vmid);
         Box::pin(self.call(req))
     }
 
@@ -180,16 +181,19 @@ impl Api for Client {
         vmid: u32,
         resize: &'a Resize,
     ) -> BoxFuture<'a, Result<Option<Upid>>> {
-        let req = request(reqwest::Method::PUT, qemu(node, vmid, &["resize"]))
-            .with_form(resize.form())
-            .for_vmid(vmid);
+        let req = Request::put(
+            "/nodes/{node}/qemu/{vmid}/resize",
+            &[node, &vmid.to_string()],
+        )
+        .with_form(resize.form())
+        .for_vmid(vmid);
         Box::pin(self.call(req))
     }
 
     fn qemu_status<'a>(&'a self, node: &'a str, vmid: u32) -> BoxFuture<'a, Result<VmStatus>> {
-        let req = request(
-            reqwest::Method::GET,
-            qemu(node, vmid, &["status", "current"]),
+        let req = Request::get(
+            "/nodes/{node}/qemu/{vmid}/status/current",
+            &[node, &vmid.to_string()],
         )
         .for_vmid(vmid);
         Box::pin(self.call(req))
@@ -201,12 +205,9 @@ impl Api for Client {
         vmid: u32,
         action: &'a PowerAction,
     ) -> BoxFuture<'a, Result<Upid>> {
-        let req = request(
-            reqwest::Method::POST,
-            qemu(node, vmid, &["status", action.verb()]),
-        )
-        .with_form(action.form())
-        .for_vmid(vmid);
+        let req = Request::post(power_template(action), &[node, &vmid.to_string()])
+            .with_form(action.form())
+            .for_vmid(vmid);
         Box::pin(self.call(req))
     }
 
@@ -216,7 +217,7 @@ impl Api for Client {
         vmid: u32,
         options: &'a DeleteVm,
     ) -> BoxFuture<'a, Result<Upid>> {
-        let req = request(reqwest::Method::DELETE, qemu(node, vmid, &[]))
+        let req = Request::delete("/nodes/{node}/qemu/{vmid}", &[node, &vmid.to_string()])
             .with_form(options.form())
             .for_vmid(vmid);
         Box::pin(self.call(req))
@@ -229,7 +230,7 @@ impl Api for Client {
     ) -> BoxFuture<'a, Result<Vec<StorageEntry>>> {
         let mut form = Form::new();
         form.push_opt("content", content);
-        Box::pin(self.call(Request::get(&["nodes", node, "storage"]).with_form(form)))
+        Box::pin(self.call(Request::get("/nodes/{node}/storage", &[node]).with_form(form)))
     }
 
     fn storage_content<'a>(
@@ -241,7 +242,8 @@ impl Api for Client {
     ) -> BoxFuture<'a, Result<Vec<StorageContent>>> {
         let mut form = Form::new();
         form.push_opt("content", content).push_opt("vmid", vmid);
-        let req = Request::get(&["nodes", node, "storage", storage, "content"]).with_form(form);
+        let req = Request::get("/nodes/{node}/storage/{storage}/content", &[node, storage])
+            .with_form(form);
         Box::pin(self.call(req))
     }
 
@@ -251,13 +253,19 @@ impl Api for Client {
         storage: &'a str,
         download: &'a DownloadUrl,
     ) -> BoxFuture<'a, Result<Upid>> {
-        let req = Request::post(&["nodes", node, "storage", storage, "download-url"])
-            .with_form(download.form());
+        let req = Request::post(
+            "/nodes/{node}/storage/{storage}/download-url",
+            &[node, storage],
+        )
+        .with_form(download.form());
         Box::pin(self.call(req))
     }
 
     fn task_status<'a>(&'a self, upid: &'a Upid) -> BoxFuture<'a, Result<TaskStatus>> {
-        let mut req = Request::get(&["nodes", upid.node(), "tasks", upid.as_str(), "status"]);
+        let mut req = Request::get(
+            "/nodes/{node}/tasks/{upid}/status",
+            &[upid.node(), upid.as_str()],
+        );
         req.vmid = upid.vmid();
         Box::pin(self.call(req))
     }
@@ -271,8 +279,11 @@ impl Api for Client {
         let mut form = Form::new();
         form.push("start", start.to_string())
             .push("limit", limit.to_string());
-        let mut req =
-            Request::get(&["nodes", upid.node(), "tasks", upid.as_str(), "log"]).with_form(form);
+        let mut req = Request::get(
+            "/nodes/{node}/tasks/{upid}/log",
+            &[upid.node(), upid.as_str()],
+        )
+        .with_form(form);
         req.vmid = upid.vmid();
         Box::pin(async move {
             let envelope = self.transport.send(&req).await?;
@@ -289,9 +300,9 @@ impl Api for Client {
         node: &'a str,
         vmid: u32,
     ) -> BoxFuture<'a, Result<Vec<AgentInterface>>> {
-        let req = request(
-            reqwest::Method::GET,
-            qemu(node, vmid, &["agent", "network-get-interfaces"]),
+        let req = Request::get(
+            "/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces",
+            &[node, &vmid.to_string()],
         )
         .for_vmid(vmid);
         Box::pin(async move {
@@ -306,8 +317,8 @@ impl Api for Client {
         tokenid: &'a str,
         options: &'a TokenOptions,
     ) -> BoxFuture<'a, Result<CreatedToken>> {
-        let req =
-            Request::post(&["access", "users", userid, "token", tokenid]).with_form(options.form());
+        let req = Request::post("/access/users/{userid}/token/{tokenid}", &[userid, tokenid])
+            .with_form(options.form());
         Box::pin(self.call(req))
     }
 }

@@ -172,6 +172,7 @@ impl Scripted {
             let mut state = self.lock();
             state.log.push(RecordedRequest {
                 method: request.method.clone(),
+                template: request.template(),
                 path: path.clone(),
                 params: request.form.redacted_pairs(),
                 attempt: 1,

@@ -222,6 +222,7 @@ impl Http {
         if let Some(observer) = &self.observer {
             observer.on_request(&RecordedRequest {
                 method: request.method.clone(),
+                template: request.template(),
                 path: request.path(),
                 params: request.form.redacted_pairs(),
                 attempt,

@@ -8,8 +8,9 @@
 //!
 //! Layers, top to bottom:
 //! - [`Api`]: typed calls ([`params`] in, [`types`] out).
-//! - [`Client`]: implements [`Api`] by building a [`Request`] (path,
-//!   [`Form`] parameters, retry safety) and decoding the `data` envelope.
+//! - [`Client`]: implements [`Api`] by building a [`Request`] (path
+//!   template and its values, [`Form`] parameters, retry safety) and
+//!   decoding the `data` envelope.
 //! - [`Transport`]: [`Http`] (reqwest + rustls: token auth, TLS trust,
 //!   timeouts, per-host concurrency and rate limits, retries for reads) or
 //!   [`fake::Scripted`].

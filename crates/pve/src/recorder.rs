@@ -14,6 +14,8 @@ use reqwest::Method;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordedRequest {
     pub method: Method,
+    /// The endpoint's path template, `/nodes/{node}/qemu/{vmid}/config`.
+    pub template: &'static str,
     /// Unescaped path below `/api2/json`.
     pub path: String,
     /// Parameters as PVE sees them after form decoding; secrets redacted.
@@ -108,6 +110,7 @@ mod tests {
         for method in [Method::GET, Method::GET, Method::POST, Method::DELETE] {
             recorder.on_request(&RecordedRequest {
                 method,
+                template: "/x",
                 path: "/x".into(),
                 params: vec![("k".into(), "v".into())],
                 attempt: 1,

@@ -15,11 +15,18 @@ use super::form::{Form, encode_path_segment};
 pub use homestak_base::BoxFuture;
 
 /// One API request.
+///
+/// Built from its endpoint's path template and the values of the
+/// template's placeholders, so every request knows its route: `/metrics`
+/// counts by template (a bounded label) without re-routing the path.
 #[derive(Clone, Debug)]
 pub struct Request {
     pub method: Method,
-    /// Path segments below `/api2/json`, unescaped.
-    pub segments: Vec<String>,
+    /// The endpoint's path template, `/nodes/{node}/qemu/{vmid}/config`.
+    template: &'static str,
+    /// Path segments below `/api2/json`, unescaped: the template's, with
+    /// each placeholder filled.
+    segments: Vec<String>,
     /// Query (GET, DELETE) or form body (POST, PUT) parameters.
     pub form: Form,
     /// The vmid the call concerns, for error messages.
@@ -30,35 +37,64 @@ pub struct Request {
 }
 
 impl Request {
-    /// A request; only GETs are retry-safe.
-    pub fn new(method: Method, segments: &[&str]) -> Self {
+    /// A request to `template` (`/nodes/{node}/qemu/{vmid}`) with its
+    /// placeholders filled from `args`, in order. Only GETs are retry-safe.
+    ///
+    /// `args` must fill the placeholders exactly (a bug in the caller
+    /// otherwise, asserted in debug builds; pve's tests check every call
+    /// the client makes).
+    pub fn new(method: Method, template: &'static str, args: &[&str]) -> Self {
+        debug_assert_eq!(
+            template_segments(template)
+                .filter(|s| is_placeholder(s))
+                .count(),
+            args.len(),
+            "arguments for {template}"
+        );
+        let mut args = args.iter();
+        let segments = template_segments(template)
+            .map(|segment| {
+                if is_placeholder(segment) {
+                    // A missing value leaves `{name}` in the path; PVE refuses it.
+                    args.next().copied().unwrap_or(segment).to_string()
+                } else {
+                    segment.to_string()
+                }
+            })
+            .collect();
         Request {
             retry_safe: method == Method::GET,
             method,
-            segments: segments.iter().map(|s| s.to_string()).collect(),
+            template,
+            segments,
             form: Form::new(),
             vmid: None,
         }
     }
 
     /// `GET`.
-    pub fn get(segments: &[&str]) -> Self {
-        Request::new(Method::GET, segments)
+    pub fn get(template: &'static str, args: &[&str]) -> Self {
+        Request::new(Method::GET, template, args)
     }
 
     /// `POST`.
-    pub fn post(segments: &[&str]) -> Self {
-        Request::new(Method::POST, segments)
+    pub fn post(template: &'static str, args: &[&str]) -> Self {
+        Request::new(Method::POST, template, args)
     }
 
     /// `PUT`.
-    pub fn put(segments: &[&str]) -> Self {
-        Request::new(Method::PUT, segments)
+    pub fn put(template: &'static str, args: &[&str]) -> Self {
+        Request::new(Method::PUT, template, args)
     }
 
     /// `DELETE`.
-    pub fn delete(segments: &[&str]) -> Self {
-        Request::new(Method::DELETE, segments)
+    pub fn delete(template: &'static str, args: &[&str]) -> Self {
+        Request::new(Method::DELETE, template, args)
+    }
+
+    /// The endpoint's path template, `/nodes/{node}/qemu/{vmid}/config`.
+    pub fn template(&self) -> &'static str {
+        self.template
     }
 
     /// Sets the parameters.
@@ -110,6 +146,16 @@ impl Request {
     }
 }
 
+/// The segments of a path template: `/a/{b}` is `a`, `{b}`.
+fn template_segments(template: &str) -> impl Iterator<Item = &str> {
+    template.strip_prefix('/').unwrap_or(template).split('/')
+}
+
+/// `{node}`: a segment the request fills in.
+fn is_placeholder(segment: &str) -> bool {
+    segment.starts_with('{') && segment.ends_with('}')
+}
+
 /// A successful answer: `data` plus the optional `total` some lists carry.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Envelope {
@@ -133,12 +179,13 @@ mod tests {
     #[test]
     fn paths_and_retry_safety() {
         let upid = "UPID:pve:00000A72:0000C9CC:5FBE5E5C:qmcreate:100:root@pam!t:";
-        let req = Request::get(&["nodes", "pve", "tasks", upid, "status"]);
+        let req = Request::get("/nodes/{node}/tasks/{upid}/status", &["pve", upid]);
+        assert_eq!(req.template(), "/nodes/{node}/tasks/{upid}/status");
         assert!(req.retry_safe);
         assert!(req.params_in_query());
         assert_eq!(req.path(), format!("/nodes/pve/tasks/{upid}/status"));
         assert_eq!(req.wire_path(), req.path());
-        let post = Request::post(&["nodes", "my node", "qemu"]).for_vmid(100);
+        let post = Request::post("/nodes/{node}/qemu", &["my node"]).for_vmid(100);
         assert!(!post.retry_safe);
         assert!(!post.params_in_query());
         assert_eq!(post.wire_path(), "/nodes/my%20node/qemu");
@@ -146,6 +193,6 @@ mod tests {
             post.target("h:8006").to_string(),
             "POST /nodes/my node/qemu on h:8006 (vmid 100)"
         );
-        assert!(!Request::delete(&["x"]).retry_safe);
+        assert!(!Request::delete("/x", &[]).retry_safe);
     }
 }

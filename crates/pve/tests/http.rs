@@ -228,13 +228,10 @@ async fn reads_are_retried_on_500_and_595() {
             .parse()
             .unwrap();
         // A read of anything that answers a string; the body shape does not matter here.
-        let result = guarded(client.raw(&pve::Request::get(&[
-            "nodes",
-            "pve",
-            "tasks",
-            upid.as_str(),
-            "status",
-        ])))
+        let result = guarded(client.raw(&pve::Request::get(
+            "/nodes/{node}/tasks/{upid}/status",
+            &["pve", upid.as_str()],
+        )))
         .await;
         assert!(result.is_ok(), "status {status}: {result:?}");
         assert_eq!(count.load(Ordering::SeqCst), 3, "status {status}");
