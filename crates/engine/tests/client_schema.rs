@@ -132,12 +132,20 @@ async fn every_client_request_passes_the_schema_checked_specs() {
                 bad.push(format!("{method} {} {:?}: {rejection:?}", r.path, r.params))
             }
         }
-        if let Some((endpoint, _)) = homestak_pve::schema::route(
+        // The template the request carries is the route its path takes.
+        match homestak_pve::schema::route(
             homestak_pve::schema::Method::parse(method).unwrap(),
             &r.path,
         ) {
-            paths.insert(format!("{method} {}", endpoint.path));
+            Some((endpoint, _)) if endpoint.path == r.template => {}
+            routed => bad.push(format!(
+                "{method} {}: carries {}, routes to {:?}",
+                r.path,
+                r.template,
+                routed.map(|(e, _)| e.path)
+            )),
         }
+        paths.insert(format!("{method} {}", r.template));
     }
     println!(
         "{} requests checked, {} distinct endpoints:",

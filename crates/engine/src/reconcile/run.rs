@@ -99,13 +99,13 @@ struct Counts(Mutex<BTreeMap<(String, String), u64>>);
 
 impl pve::Observer for Counts {
     fn on_request(&self, request: &pve::RecordedRequest) {
-        let method = request.method.as_str().to_string();
-        // PVE's route table turns `/nodes/pve/qemu/100` into a bounded label.
-        let template = pve::schema::Method::parse(&method)
-            .and_then(|m| pve::schema::route(m, &request.path))
-            .map_or_else(|| "(other)".to_string(), |(e, _)| e.path.to_string());
+        // The template, not the path: a bounded label.
+        let key = (
+            request.method.as_str().to_string(),
+            request.template.to_string(),
+        );
         if let Ok(mut counts) = self.0.lock() {
-            *counts.entry((method, template)).or_default() += 1;
+            *counts.entry(key).or_default() += 1;
         }
     }
 }
