@@ -1,8 +1,8 @@
 //! Typed PVE REST client.
 //!
 //! Controllers hold an `Arc<dyn Api>`: one [`Client`] per PVE host in
-//! production (or against the simulator), a [`fake::Scripted`] client or a
-//! hand-written fake in tests. Every [`Api`] method has a default body that
+//! production (or against the simulator), a `fake::Scripted` client (with
+//! the `testing` feature) or a hand-written fake in tests. Every [`Api`] method has a default body that
 //! returns [`Error::NotImplemented`], so a fake overrides only the calls its
 //! test needs.
 //!
@@ -13,7 +13,7 @@
 //!   decoding the `data` envelope.
 //! - [`Transport`]: [`Http`] (reqwest + rustls: token auth, TLS trust,
 //!   timeouts, per-host concurrency and rate limits, retries for reads) or
-//!   [`fake::Scripted`].
+//!   `fake::Scripted`.
 //! - [`tasks`]: waiting on UPIDs with backoff, or checking once without
 //!   holding a worker.
 //!
@@ -24,6 +24,7 @@ pub mod auth;
 mod client;
 mod de;
 pub mod error;
+#[cfg(feature = "testing")]
 pub mod fake;
 pub mod form;
 mod http;
@@ -46,7 +47,9 @@ pub use params::{
     ConfigUpdate, CreateVm, DeleteVm, Disk, DownloadUrl, IpConfig, Ipv4, Net, PowerAction, Resize,
     TokenOptions, VmOptions,
 };
-pub use recorder::{Observer, RecordedRequest, Recorder};
+#[cfg(feature = "testing")]
+pub use recorder::Recorder;
+pub use recorder::{Observer, RecordedRequest};
 pub use transport::{BoxFuture, Envelope, Request, Transport};
 pub use types::{
     AgentInterface, ClusterResource, CreatedToken, NodeEntry, NodeStatus, PowerState,

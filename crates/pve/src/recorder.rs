@@ -5,7 +5,9 @@
 //! request through the simulator's schema validator. Secrets are redacted
 //! before an observer sees them.
 
+#[cfg(feature = "testing")]
 use std::collections::BTreeMap;
+#[cfg(feature = "testing")]
 use std::sync::{Arc, Mutex, PoisonError};
 
 use reqwest::Method;
@@ -44,12 +46,15 @@ pub trait Observer: Send + Sync {
     fn on_request(&self, request: &RecordedRequest);
 }
 
-/// An [`Observer`] that keeps every request, for assertions.
+/// An [`Observer`] that keeps every request, for assertions (feature
+/// `testing`: it grows without bound).
+#[cfg(feature = "testing")]
 #[derive(Clone, Default)]
 pub struct Recorder {
     requests: Arc<Mutex<Vec<RecordedRequest>>>,
 }
 
+#[cfg(feature = "testing")]
 impl Recorder {
     /// An empty recorder.
     pub fn new() -> Self {
@@ -86,12 +91,14 @@ impl Recorder {
     }
 }
 
+#[cfg(feature = "testing")]
 impl Observer for Recorder {
     fn on_request(&self, request: &RecordedRequest) {
         self.lock().push(request.clone());
     }
 }
 
+#[cfg(feature = "testing")]
 impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Recorder")
@@ -100,7 +107,7 @@ impl std::fmt::Debug for Recorder {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "testing"))]
 mod tests {
     use super::*;
 

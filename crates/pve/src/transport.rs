@@ -2,7 +2,7 @@
 //!
 //! [`Client`](super::Client) turns each typed call into a [`Request`] and
 //! hands it to a [`Transport`]: [`super::http::Http`] for a real PVE (or the
-//! simulator), [`super::fake::Scripted`] for controller tests. A transport
+//! simulator), `fake::Scripted` for controller tests. A transport
 //! answers with the decoded `{"data":…}` envelope or an [`Error`]; the
 //! client decodes `data` into the typed response.
 

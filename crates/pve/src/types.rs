@@ -288,7 +288,8 @@ impl<'de> Deserialize<'de> for VmConfig {
 }
 
 impl VmConfig {
-    /// A config from raw entries (fakes and tests).
+    /// A config from raw entries (fakes and tests; feature `testing`).
+    #[cfg(feature = "testing")]
     pub fn from_entries(digest: Option<String>, entries: Map<String, Value>) -> Self {
         VmConfig { digest, entries }
     }

@@ -3,9 +3,9 @@
 //! After a VM boots, homestak waits for its SSH server and, for nested PVE
 //! tiers, bootstraps the inner host over SSH: it uploads the homestak binary,
 //! runs commands and starts a child daemon. Controllers only see the traits
-//! here, so they are tested against [`fake::ScriptedTransport`] and run
-//! against [`RusshTransport`] (russh) in production and against the
-//! simulator.
+//! here, so they are tested against `fake::ScriptedTransport` (feature
+//! `testing`) and run against [`RusshTransport`] (russh) in production and
+//! against the simulator.
 //!
 //! # Pieces
 //!
@@ -35,6 +35,7 @@
 mod client;
 mod command;
 mod error;
+#[cfg(feature = "testing")]
 pub mod fake;
 mod hostkey;
 mod identity;

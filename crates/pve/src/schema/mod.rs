@@ -9,8 +9,9 @@
 //! accepts.
 //!
 //! The validator is public so that the PVE client's tests can check their
-//! own requests: [`check_wire`] takes exactly what goes on the wire (method,
-//! path, query, body), decodes it as pveproxy does and validates it.
+//! own requests: `check_wire` (feature `testing`) takes exactly what goes
+//! on the wire (method, path, query, body), decodes it as pveproxy does and
+//! validates it.
 
 pub mod formats;
 mod node;
@@ -22,7 +23,7 @@ use std::sync::LazyLock;
 
 use formats::{Dict, Named};
 
-use wire::{self as form, Input, Value};
+use wire::{Input, Value};
 
 /// HTTP methods PVE routes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -694,7 +695,9 @@ pub fn validate(
 
 /// Validates a request exactly as it would go on the wire: `path` as sent
 /// (with `/api2/json`, possibly percent-encoded), the raw query string, and
-/// for POST/PUT the body with its content type. For the PVE client's tests.
+/// for POST/PUT the body with its content type. For the PVE client's tests
+/// (feature `testing`).
+#[cfg(feature = "testing")]
 pub fn check_wire(
     method: &str,
     path: &str,
@@ -706,11 +709,11 @@ pub fn check_wire(
             "method '{method}' not available"
         )));
     };
-    let unescaped = form::unescape_path(path);
+    let unescaped = wire::unescape_path(path);
     let Some(rel) = unescaped.strip_prefix("/api2/json") else {
         return Err(Rejection::NotImplemented("no such uri".into()));
     };
-    let input = form::collect(m, query, body)
+    let input = wire::collect(m, query, body)
         .map_err(|e| Rejection::Params(BTreeMap::from([("body".to_string(), e)])))?;
     validate(m, rel, &input).map(|(_, p)| p)
 }

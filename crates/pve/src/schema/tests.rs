@@ -113,6 +113,7 @@ fn path_parameters_are_validated_and_conflicts_refused() {
 }
 
 #[test]
+#[cfg(feature = "testing")]
 fn wire_check_catches_unescaped_equals() {
     // An unescaped `=` truncates the value: `import-from` is left as a
     // second key-less part, which PVE refuses.
