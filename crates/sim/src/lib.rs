@@ -53,6 +53,8 @@ pub use config::Config;
 
 use homestak_tls::Fingerprint;
 use runtime::{Clock, Shared};
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use world::World;
 
 pub use homestak_base::secret::Secret;
@@ -76,6 +78,8 @@ pub enum Error {
     Cert(#[source] homestak_tls::CertError),
     #[error("cannot build the TLS server configuration")]
     Tls(#[source] rustls::Error),
+    #[error("the simulator's TLS private key is not usable PEM")]
+    TlsKey(#[source] pem::Error),
     #[error("cannot read the simulator state {}; delete it to start fresh", path.display())]
     ReadState {
         path: PathBuf,
@@ -354,15 +358,12 @@ fn load_or_create_cert(
     if files.cert.exists() && files.key.exists() {
         let cert_pem = read(&files.cert)?;
         let key_pem = read(&files.key)?;
-        let cert_der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        let cert_der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
             .next()
             .and_then(Result::ok)
             .ok_or_else(|| bad(&files.cert, "no PEM certificate in it"))?
             .to_vec();
-        if !matches!(
-            rustls_pemfile::private_key(&mut key_pem.as_bytes()),
-            Ok(Some(_))
-        ) {
+        if PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).is_err() {
             return Err(bad(&files.key, "no PEM private key in it"));
         }
         return Ok(homestak_tls::SelfSigned {
@@ -404,11 +405,7 @@ fn reclaim_addresses(world: &mut World, pool: &mut addr::AddrPool) -> Result<(),
 
 /// rustls server config: our certificate, HTTP/1.1 only (as pveproxy).
 fn server_tls(cert: &homestak_tls::SelfSigned) -> Result<Arc<rustls::ServerConfig>, Error> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    let key_der = rustls_pemfile::private_key(&mut cert.key_pem.as_bytes())
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(Vec::new())));
+    let key_der = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).map_err(Error::TlsKey)?;
     let mut cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(vec![CertificateDer::from(cert.cert_der.clone())], key_der)
@@ -548,5 +545,51 @@ impl Handle {
             Ok(Ok(())) | Err(_) => Ok(()),
             Ok(Err(e)) => Err(Error::Serve(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &Path) -> config::TlsFiles {
+        config::TlsFiles {
+            cert: dir.join("pve-ssl.pem"),
+            key: dir.join("pve-ssl.key"),
+        }
+    }
+
+    #[test]
+    fn written_certificates_load_back_and_serve() {
+        homestak_tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let files = files(dir.path());
+        let names = vec!["127.0.0.1".to_string()];
+        let made = load_or_create_cert(&files, &names).unwrap();
+        let loaded = load_or_create_cert(&files, &names).unwrap();
+        assert_eq!(loaded.cert_der, made.cert_der);
+        assert_eq!(loaded.fingerprint, made.fingerprint);
+        assert!(server_tls(&loaded).is_ok());
+    }
+
+    #[test]
+    fn files_without_pem_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = files(dir.path());
+        let names = vec!["127.0.0.1".to_string()];
+        let made = load_or_create_cert(&files, &names).unwrap();
+        std::fs::write(&files.key, "not a key\n").unwrap();
+        let err = load_or_create_cert(&files, &names).unwrap_err();
+        assert!(
+            matches!(&err, Error::CertFile { path, .. } if *path == files.key),
+            "{err}"
+        );
+        std::fs::write(&files.key, &made.key_pem).unwrap();
+        std::fs::write(&files.cert, "not a certificate\n").unwrap();
+        let err = load_or_create_cert(&files, &names).unwrap_err();
+        assert!(
+            matches!(&err, Error::CertFile { path, .. } if *path == files.cert),
+            "{err}"
+        );
     }
 }
