@@ -33,6 +33,8 @@
 
 mod builtins;
 mod handler;
+#[cfg(test)]
+mod memory;
 pub mod mounts;
 mod parse;
 mod scp;
@@ -52,7 +54,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-pub use handler::{Captured, CommandHandler, ExecRequest, Stdio};
+pub use handler::{CommandHandler, ExecRequest, Stdio};
+#[cfg(test)]
+pub use memory::Captured;
 pub use mounts::{Entry, MountError, Mounts};
 pub use shell::{Context, Program, Shell};
 pub use vmfs::{PathError, VmPath, VmRoot};
