@@ -213,6 +213,12 @@ impl JsonSchema for VmId {
     }
 }
 
+impl PartialEq<u32> for VmId {
+    fn eq(&self, other: &u32) -> bool {
+        self.0 == *other
+    }
+}
+
 impl From<VmId> for u64 {
     fn from(value: VmId) -> Self {
         u64::from(value.0)

@@ -125,6 +125,7 @@ pub struct RepoSet {
 impl RepoSet {
     /// Serves existing directories as they are (`name` → bare directory),
     /// without cloning: for tests and the goldens.
+    #[cfg(any(test, feature = "testing"))]
     pub fn from_dirs(dirs: impl IntoIterator<Item = (String, PathBuf)>) -> RepoSet {
         RepoSet {
             repos: dirs

@@ -38,16 +38,19 @@ impl Clock for TokioClock {
     }
 }
 
-/// A clock moved by hand.
+/// A clock moved by hand (tests).
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Clone)]
 pub struct ManualClock(Arc<Mutex<Instant>>);
 
+#[cfg(any(test, feature = "testing"))]
 impl Default for ManualClock {
     fn default() -> Self {
         ManualClock(Arc::new(Mutex::new(Instant::now())))
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl ManualClock {
     pub fn advance(&self, by: Duration) {
         let mut now = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -55,6 +58,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
         *self.0.lock().unwrap_or_else(|e| e.into_inner())

@@ -24,6 +24,7 @@ use super::types::{
 };
 use super::upid::Upid;
 use super::{Api, Result};
+use homestak_base::id::{PveNode, VmId};
 
 /// A PVE API client for one host. Cheap to clone; clones share the
 /// transport and with it the host's concurrency and rate limits.
@@ -42,7 +43,7 @@ impl std::fmt::Debug for Client {
 
 /// nextid's `data` is a JSON string (`"100"`) although declared integer.
 #[derive(serde::Deserialize)]
-struct LenientU32(#[serde(deserialize_with = "super::de::u32")] u32);
+struct LenientVmId(#[serde(deserialize_with = "super::de::vmid")] VmId);
 
 impl Client {
     /// A client over HTTPS.
@@ -98,8 +99,8 @@ impl Api for Client {
         Box::pin(self.call(Request::get("/nodes", &[])))
     }
 
-    fn node_status<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<NodeStatus>> {
-        Box::pin(self.call(Request::get("/nodes/{node}/status", &[node])))
+    fn node_status<'a>(&'a self, node: &'a PveNode) -> BoxFuture<'a, Result<NodeStatus>> {
+        Box::pin(self.call(Request::get("/nodes/{node}/status", &[node.as_str()])))
     }
 
     fn cluster_resources(
@@ -111,32 +112,36 @@ impl Api for Client {
         Box::pin(self.call(Request::get("/cluster/resources", &[]).with_form(form)))
     }
 
-    fn next_vmid(&self, wanted: Option<u32>) -> BoxFuture<'_, Result<u32>> {
+    fn next_vmid(&self, wanted: Option<VmId>) -> BoxFuture<'_, Result<VmId>> {
         let mut form = Form::new();
         form.push_opt("vmid", wanted);
         let mut req = Request::get("/cluster/nextid", &[]).with_form(form);
         req.vmid = wanted;
         Box::pin(async move {
-            let LenientU32(vmid) = self.call(req).await?;
+            let LenientVmId(vmid) = self.call(req).await?;
             Ok(vmid)
         })
     }
 
-    fn qemu_list<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Vec<QemuListEntry>>> {
-        Box::pin(self.call(Request::get("/nodes/{node}/qemu", &[node])))
+    fn qemu_list<'a>(&'a self, node: &'a PveNode) -> BoxFuture<'a, Result<Vec<QemuListEntry>>> {
+        Box::pin(self.call(Request::get("/nodes/{node}/qemu", &[node.as_str()])))
     }
 
-    fn qemu_create<'a>(&'a self, node: &'a str, vm: &'a CreateVm) -> BoxFuture<'a, Result<Upid>> {
-        let req = Request::post("/nodes/{node}/qemu", &[node])
+    fn qemu_create<'a>(
+        &'a self,
+        node: &'a PveNode,
+        vm: &'a CreateVm,
+    ) -> BoxFuture<'a, Result<Upid>> {
+        let req = Request::post("/nodes/{node}/qemu", &[node.as_str()])
             .with_form(vm.form())
             .for_vmid(vm.vmid);
         Box::pin(self.call(req))
     }
 
-    fn qemu_config<'a>(&'a self, node: &'a str, vmid: u32) -> BoxFuture<'a, Result<VmConfig>> {
+    fn qemu_config<'a>(&'a self, node: &'a PveNode, vmid: VmId) -> BoxFuture<'a, Result<VmConfig>> {
         let req = Request::get(
             "/nodes/{node}/qemu/{vmid}/config",
-            &[node, &vmid.to_string()],
+            &[node.as_str(), &vmid.to_string()],
         )
         .for_vmid(vmid);
         Box::pin(self.call(req))
@@ -144,13 +149,13 @@ impl Api for Client {
 
     fn qemu_config_put<'a>(
         &'a self,
-        node: &'a str,
-        vmid: u32,
+        node: &'a PveNode,
+        vmid: VmId,
         update: &'a ConfigUpdate,
     ) -> BoxFuture<'a, Result<()>> {
         let req = Request::put(
             "/nodes/{node}/qemu/{vmid}/config",
-            &[node, &vmid.to_string()],
+            &[node.as_str(), &vmid.to_string()],
         )
         .with_form(update.form(false))
         .for_vmid(vmid);
@@ -162,13 +167,13 @@ impl Api for Client {
 
     fn qemu_config_post<'a>(
         &'a self,
-        node: &'a str,
-        vmid: u32,
+        node: &'a PveNode,
+        vmid: VmId,
         update: &'a ConfigUpdate,
     ) -> BoxFuture<'a, Result<Option<Upid>>> {
         let req = Request::post(
             "/nodes/{node}/qemu/{vmid}/config",
-            &[node, &vmid.to_string()],
+            &[node.as_str(), &vmid.to_string()],
         )
         .with_form(update.form(true))
         .for_vmid(vmid);
@@ -177,23 +182,23 @@ impl Api for Client {
 
     fn qemu_resize<'a>(
         &'a self,
-        node: &'a str,
-        vmid: u32,
+        node: &'a PveNode,
+        vmid: VmId,
         resize: &'a Resize,
     ) -> BoxFuture<'a, Result<Option<Upid>>> {
         let req = Request::put(
             "/nodes/{node}/qemu/{vmid}/resize",
-            &[node, &vmid.to_string()],
+            &[node.as_str(), &vmid.to_string()],
         )
         .with_form(resize.form())
         .for_vmid(vmid);
         Box::pin(self.call(req))
     }
 
-    fn qemu_status<'a>(&'a self, node: &'a str, vmid: u32) -> BoxFuture<'a, Result<VmStatus>> {
+    fn qemu_status<'a>(&'a self, node: &'a PveNode, vmid: VmId) -> BoxFuture<'a, Result<VmStatus>> {
         let req = Request::get(
             "/nodes/{node}/qemu/{vmid}/status/current",
-            &[node, &vmid.to_string()],
+            &[node.as_str(), &vmid.to_string()],
         )
         .for_vmid(vmid);
         Box::pin(self.call(req))
@@ -201,11 +206,11 @@ impl Api for Client {
 
     fn qemu_power<'a>(
         &'a self,
-        node: &'a str,
-        vmid: u32,
+        node: &'a PveNode,
+        vmid: VmId,
         action: &'a PowerAction,
     ) -> BoxFuture<'a, Result<Upid>> {
-        let req = Request::post(power_template(action), &[node, &vmid.to_string()])
+        let req = Request::post(power_template(action), &[node.as_str(), &vmid.to_string()])
             .with_form(action.form())
             .for_vmid(vmid);
         Box::pin(self.call(req))
@@ -213,49 +218,55 @@ impl Api for Client {
 
     fn qemu_delete<'a>(
         &'a self,
-        node: &'a str,
-        vmid: u32,
+        node: &'a PveNode,
+        vmid: VmId,
         options: &'a DeleteVm,
     ) -> BoxFuture<'a, Result<Upid>> {
-        let req = Request::delete("/nodes/{node}/qemu/{vmid}", &[node, &vmid.to_string()])
-            .with_form(options.form())
-            .for_vmid(vmid);
+        let req = Request::delete(
+            "/nodes/{node}/qemu/{vmid}",
+            &[node.as_str(), &vmid.to_string()],
+        )
+        .with_form(options.form())
+        .for_vmid(vmid);
         Box::pin(self.call(req))
     }
 
     fn storage_list<'a>(
         &'a self,
-        node: &'a str,
+        node: &'a PveNode,
         content: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<StorageEntry>>> {
         let mut form = Form::new();
         form.push_opt("content", content);
-        Box::pin(self.call(Request::get("/nodes/{node}/storage", &[node]).with_form(form)))
+        Box::pin(self.call(Request::get("/nodes/{node}/storage", &[node.as_str()]).with_form(form)))
     }
 
     fn storage_content<'a>(
         &'a self,
-        node: &'a str,
+        node: &'a PveNode,
         storage: &'a str,
         content: Option<&'a str>,
-        vmid: Option<u32>,
+        vmid: Option<VmId>,
     ) -> BoxFuture<'a, Result<Vec<StorageContent>>> {
         let mut form = Form::new();
         form.push_opt("content", content).push_opt("vmid", vmid);
-        let req = Request::get("/nodes/{node}/storage/{storage}/content", &[node, storage])
-            .with_form(form);
+        let req = Request::get(
+            "/nodes/{node}/storage/{storage}/content",
+            &[node.as_str(), storage],
+        )
+        .with_form(form);
         Box::pin(self.call(req))
     }
 
     fn download_url<'a>(
         &'a self,
-        node: &'a str,
+        node: &'a PveNode,
         storage: &'a str,
         download: &'a DownloadUrl,
     ) -> BoxFuture<'a, Result<Upid>> {
         let req = Request::post(
             "/nodes/{node}/storage/{storage}/download-url",
-            &[node, storage],
+            &[node.as_str(), storage],
         )
         .with_form(download.form());
         Box::pin(self.call(req))
@@ -297,12 +308,12 @@ impl Api for Client {
 
     fn agent_network_interfaces<'a>(
         &'a self,
-        node: &'a str,
-        vmid: u32,
+        node: &'a PveNode,
+        vmid: VmId,
     ) -> BoxFuture<'a, Result<Vec<AgentInterface>>> {
         let req = Request::get(
             "/nodes/{node}/qemu/{vmid}/agent/network-get-interfaces",
-            &[node, &vmid.to_string()],
+            &[node.as_str(), &vmid.to_string()],
         )
         .for_vmid(vmid);
         Box::pin(async move {

@@ -54,6 +54,12 @@ pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     opt_u32(d)?.ok_or_else(|| D::Error::custom("missing number"))
 }
 
+/// A vmid from a number or numeric string, in PVE's range.
+pub fn vmid<'de, D: Deserializer<'de>>(d: D) -> Result<homestak_base::id::VmId, D::Error> {
+    let n = u32(d)?;
+    homestak_base::id::VmId::new(n.into()).map_err(D::Error::custom)
+}
+
 /// `Option<f64>` from a number or numeric string.
 pub fn opt_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     let value = Value::deserialize(d)?;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use reqwest::Method;
 
 use super::upid::Upid;
+use homestak_base::id::VmId;
 
 /// Where a request went: host, method, path and the vmid it concerns.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,7 +25,7 @@ pub struct Target {
     pub method: Method,
     /// The API path below `/api2/json`, unescaped (`/nodes/pve/qemu/100/config`).
     pub path: String,
-    pub vmid: Option<u32>,
+    pub vmid: Option<VmId>,
 }
 
 impl fmt::Display for Target {
@@ -81,7 +82,7 @@ pub enum Error {
     )]
     TaskFailed {
         upid: Box<Upid>,
-        vmid: Option<u32>,
+        vmid: Option<VmId>,
         /// The task's exit status, e.g. `cannot import from '…' - …`.
         exitstatus: String,
         /// The last lines of the task log, oldest first.
@@ -96,7 +97,7 @@ pub enum Error {
     )]
     TaskTimeout {
         upid: Box<Upid>,
-        vmid: Option<u32>,
+        vmid: Option<VmId>,
         waited: Duration,
     },
 
@@ -125,7 +126,7 @@ fn render_errors(errors: &BTreeMap<String, String>) -> String {
     format!(" ({})", items.join("; "))
 }
 
-fn vmid_suffix(vmid: Option<u32>) -> String {
+fn vmid_suffix(vmid: Option<VmId>) -> String {
     vmid.map(|v| format!(" (vmid {v})")).unwrap_or_default()
 }
 
@@ -297,7 +298,7 @@ mod tests {
                 host: "pve.test:8006".into(),
                 method: Method::POST,
                 path: "/nodes/pve/qemu".into(),
-                vmid: Some(100),
+                vmid: VmId::new(100).ok(),
             }),
             status,
             message: message.into(),
@@ -397,7 +398,7 @@ mod tests {
             .unwrap();
         let err = Error::TaskFailed {
             upid: Box::new(upid),
-            vmid: Some(100),
+            vmid: VmId::new(100).ok(),
             exitstatus: "cannot import from 'local:import/x.qcow2' - no such volume".into(),
             log_tail: vec![],
         };

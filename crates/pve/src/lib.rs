@@ -41,6 +41,7 @@ pub use auth::{ApiToken, Secret, TokenId};
 pub use client::Client;
 pub use error::{Error, ErrorKind, Target};
 pub use form::{Form, PropertyString};
+pub use homestak_base::id::{PveNode, VmId};
 pub use http::{Config, DEFAULT_PORT, Http, Trust};
 pub use limits::{Backoff, HostLimits, RateLimit, RetryPolicy};
 pub use params::{
@@ -67,7 +68,8 @@ fn not_implemented<'a, T: Send + 'a>(op: &'static str) -> BoxFuture<'a, Result<T
 }
 
 /// The PVE calls a VM controller makes. Dyn-compatible: methods return
-/// boxed futures. `node` is the PVE node name (`pve`), not a manifest node.
+/// boxed futures. `node` is a [`PveNode`] (`pve` in API paths), never a
+/// manifest node; vmids are [`VmId`]s, in PVE's range by construction.
 pub trait Api: Send + Sync {
     /// `GET /version`: also a cheap token check.
     fn version(&self) -> BoxFuture<'_, Result<Version>> {
@@ -80,7 +82,7 @@ pub trait Api: Send + Sync {
     }
 
     /// `GET /nodes/{node}/status`.
-    fn node_status<'a>(&'a self, _node: &'a str) -> BoxFuture<'a, Result<NodeStatus>> {
+    fn node_status<'a>(&'a self, _node: &'a PveNode) -> BoxFuture<'a, Result<NodeStatus>> {
         not_implemented("node_status")
     }
 
@@ -94,30 +96,38 @@ pub trait Api: Send + Sync {
 
     /// `GET /cluster/nextid[?vmid=N]`: the next free vmid, or `wanted` if it
     /// is free (a taken one is an [`ErrorKind::AlreadyExists`] error).
-    fn next_vmid(&self, _wanted: Option<u32>) -> BoxFuture<'_, Result<u32>> {
+    fn next_vmid(&self, _wanted: Option<VmId>) -> BoxFuture<'_, Result<VmId>> {
         not_implemented("next_vmid")
     }
 
     /// `GET /nodes/{node}/qemu`.
-    fn qemu_list<'a>(&'a self, _node: &'a str) -> BoxFuture<'a, Result<Vec<QemuListEntry>>> {
+    fn qemu_list<'a>(&'a self, _node: &'a PveNode) -> BoxFuture<'a, Result<Vec<QemuListEntry>>> {
         not_implemented("qemu_list")
     }
 
     /// `POST /nodes/{node}/qemu` → `qmcreate` task.
-    fn qemu_create<'a>(&'a self, _node: &'a str, _vm: &'a CreateVm) -> BoxFuture<'a, Result<Upid>> {
+    fn qemu_create<'a>(
+        &'a self,
+        _node: &'a PveNode,
+        _vm: &'a CreateVm,
+    ) -> BoxFuture<'a, Result<Upid>> {
         not_implemented("qemu_create")
     }
 
     /// `GET /nodes/{node}/qemu/{vmid}/config` (with pending changes applied).
-    fn qemu_config<'a>(&'a self, _node: &'a str, _vmid: u32) -> BoxFuture<'a, Result<VmConfig>> {
+    fn qemu_config<'a>(
+        &'a self,
+        _node: &'a PveNode,
+        _vmid: VmId,
+    ) -> BoxFuture<'a, Result<VmConfig>> {
         not_implemented("qemu_config")
     }
 
     /// `PUT /nodes/{node}/qemu/{vmid}/config`: synchronous.
     fn qemu_config_put<'a>(
         &'a self,
-        _node: &'a str,
-        _vmid: u32,
+        _node: &'a PveNode,
+        _vmid: VmId,
         _update: &'a ConfigUpdate,
     ) -> BoxFuture<'a, Result<()>> {
         not_implemented("qemu_config_put")
@@ -127,8 +137,8 @@ pub trait Api: Send + Sync {
     /// when `background_delay` was given and the task finished in time.
     fn qemu_config_post<'a>(
         &'a self,
-        _node: &'a str,
-        _vmid: u32,
+        _node: &'a PveNode,
+        _vmid: VmId,
         _update: &'a ConfigUpdate,
     ) -> BoxFuture<'a, Result<Option<Upid>>> {
         not_implemented("qemu_config_post")
@@ -138,23 +148,27 @@ pub trait Api: Send + Sync {
     /// on 6.x, which resized synchronously).
     fn qemu_resize<'a>(
         &'a self,
-        _node: &'a str,
-        _vmid: u32,
+        _node: &'a PveNode,
+        _vmid: VmId,
         _resize: &'a Resize,
     ) -> BoxFuture<'a, Result<Option<Upid>>> {
         not_implemented("qemu_resize")
     }
 
     /// `GET /nodes/{node}/qemu/{vmid}/status/current`.
-    fn qemu_status<'a>(&'a self, _node: &'a str, _vmid: u32) -> BoxFuture<'a, Result<VmStatus>> {
+    fn qemu_status<'a>(
+        &'a self,
+        _node: &'a PveNode,
+        _vmid: VmId,
+    ) -> BoxFuture<'a, Result<VmStatus>> {
         not_implemented("qemu_status")
     }
 
     /// `POST /nodes/{node}/qemu/{vmid}/status/{start|stop|shutdown|reboot}`.
     fn qemu_power<'a>(
         &'a self,
-        _node: &'a str,
-        _vmid: u32,
+        _node: &'a PveNode,
+        _vmid: VmId,
         _action: &'a PowerAction,
     ) -> BoxFuture<'a, Result<Upid>> {
         not_implemented("qemu_power")
@@ -163,8 +177,8 @@ pub trait Api: Send + Sync {
     /// `DELETE /nodes/{node}/qemu/{vmid}` → `qmdestroy` task.
     fn qemu_delete<'a>(
         &'a self,
-        _node: &'a str,
-        _vmid: u32,
+        _node: &'a PveNode,
+        _vmid: VmId,
         _options: &'a DeleteVm,
     ) -> BoxFuture<'a, Result<Upid>> {
         not_implemented("qemu_delete")
@@ -173,7 +187,7 @@ pub trait Api: Send + Sync {
     /// `GET /nodes/{node}/storage[?content=…]`.
     fn storage_list<'a>(
         &'a self,
-        _node: &'a str,
+        _node: &'a PveNode,
         _content: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<StorageEntry>>> {
         not_implemented("storage_list")
@@ -182,10 +196,10 @@ pub trait Api: Send + Sync {
     /// `GET /nodes/{node}/storage/{storage}/content[?content=…&vmid=…]`.
     fn storage_content<'a>(
         &'a self,
-        _node: &'a str,
+        _node: &'a PveNode,
         _storage: &'a str,
         _content: Option<&'a str>,
-        _vmid: Option<u32>,
+        _vmid: Option<VmId>,
     ) -> BoxFuture<'a, Result<Vec<StorageContent>>> {
         not_implemented("storage_content")
     }
@@ -193,7 +207,7 @@ pub trait Api: Send + Sync {
     /// `POST /nodes/{node}/storage/{storage}/download-url` → `download` task.
     fn download_url<'a>(
         &'a self,
-        _node: &'a str,
+        _node: &'a PveNode,
         _storage: &'a str,
         _download: &'a DownloadUrl,
     ) -> BoxFuture<'a, Result<Upid>> {
@@ -219,8 +233,8 @@ pub trait Api: Send + Sync {
     /// with [`ErrorKind::AgentNotRunning`] while the guest boots.
     fn agent_network_interfaces<'a>(
         &'a self,
-        _node: &'a str,
-        _vmid: u32,
+        _node: &'a PveNode,
+        _vmid: VmId,
     ) -> BoxFuture<'a, Result<Vec<AgentInterface>>> {
         not_implemented("agent_network_interfaces")
     }

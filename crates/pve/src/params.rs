@@ -7,6 +7,7 @@
 
 use super::auth::Secret;
 use super::form::{Form, PropertyString, encode_sshkeys, join_tags};
+use homestak_base::id::VmId;
 
 /// A disk (or drive) option value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -280,7 +281,7 @@ impl VmOptions {
 /// `POST /nodes/{node}/qemu`.
 #[derive(Clone, Debug)]
 pub struct CreateVm {
-    pub vmid: u32,
+    pub vmid: VmId,
     pub options: VmOptions,
     /// Start the VM once created (inside the same `qmcreate` task).
     pub start: Option<bool>,
@@ -492,7 +493,7 @@ mod tests {
     #[test]
     fn create_renders_the_controller_options_in_order() {
         let create = CreateVm {
-            vmid: 100,
+            vmid: VmId::new(100).unwrap(),
             options: VmOptions {
                 name: Some("vm1".into()),
                 cores: Some(2),

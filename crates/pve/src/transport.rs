@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::error::{Error, Target};
 use super::form::{Form, encode_path_segment};
+use homestak_base::id::VmId;
 
 pub use homestak_base::BoxFuture;
 
@@ -30,7 +31,7 @@ pub struct Request {
     /// Query (GET, DELETE) or form body (POST, PUT) parameters.
     pub form: Form,
     /// The vmid the call concerns, for error messages.
-    pub vmid: Option<u32>,
+    pub vmid: Option<VmId>,
     /// Whether repeating the request is harmless. Only reads are; a write
     /// is never retried blindly, the caller re-observes and decides.
     pub retry_safe: bool,
@@ -104,7 +105,7 @@ impl Request {
     }
 
     /// Names the vmid the call concerns.
-    pub fn for_vmid(mut self, vmid: u32) -> Self {
+    pub fn for_vmid(mut self, vmid: VmId) -> Self {
         self.vmid = Some(vmid);
         self
     }
@@ -185,7 +186,8 @@ mod tests {
         assert!(req.params_in_query());
         assert_eq!(req.path(), format!("/nodes/pve/tasks/{upid}/status"));
         assert_eq!(req.wire_path(), req.path());
-        let post = Request::post("/nodes/{node}/qemu", &["my node"]).for_vmid(100);
+        let post =
+            Request::post("/nodes/{node}/qemu", &["my node"]).for_vmid(VmId::new(100).unwrap());
         assert!(!post.retry_safe);
         assert!(!post.params_in_query());
         assert_eq!(post.wire_path(), "/nodes/my%20node/qemu");

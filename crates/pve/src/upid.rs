@@ -9,6 +9,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use homestak_base::id::VmId;
+
 /// A parsed UPID.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Upid {
@@ -65,7 +67,7 @@ impl Upid {
 
     /// The vmid, when the id is one (`qm*` and `resize` tasks). For
     /// `qmclone` it is the *source* vmid, as PVE records it.
-    pub fn vmid(&self) -> Option<u32> {
+    pub fn vmid(&self) -> Option<VmId> {
         self.id.parse().ok()
     }
 
@@ -194,7 +196,7 @@ mod tests {
         assert_eq!(upid.starttime(), 0x5FBE5E5C);
         assert_eq!(upid.kind(), "qmcreate");
         assert_eq!(upid.id(), "100");
-        assert_eq!(upid.vmid(), Some(100));
+        assert_eq!(upid.vmid(), VmId::new(100).ok());
         assert_eq!(upid.user(), "root@pam");
         assert_eq!(upid.tokenid(), None);
         assert_eq!(upid.to_string(), text);

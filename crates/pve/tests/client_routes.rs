@@ -17,6 +17,8 @@ use homestak_pve::{
     PowerAction, Request, Resize, ResourceKind, TokenOptions, Transport, Upid, VmOptions,
 };
 
+use crate::ids::{pn, vmid};
+
 /// Keeps every request; answers `{"data":null}` (decoding may fail, the
 /// request is what matters here).
 #[derive(Default)]
@@ -50,7 +52,7 @@ fn fill(template: &str, vars: &[(String, String)]) -> String {
 
 /// Calls every [`Api`] method once (`qemu_power` once per action).
 async fn call_everything(client: &Client) -> usize {
-    let (node, vmid, storage) = ("pve", 4100, "local");
+    let (node, vmid, storage) = (&pn("pve"), vmid(4100), "local");
     let upid: Upid = "UPID:pve:00000A72:0000C9CC:5FBE5E5C:qmcreate:4100:root@pam!homestak:"
         .parse()
         .unwrap();

@@ -14,6 +14,8 @@ use homestak_pve::{
 use reqwest::Method;
 use serde_json::json;
 
+use crate::ids::{pn, vmid};
+
 fn quick() -> WaitOptions {
     WaitOptions {
         timeout: Duration::from_secs(30),
@@ -249,14 +251,17 @@ async fn pve_84_shapes_decode_through_the_client() {
     );
     assert_eq!(resources[1].plugintype.as_deref(), Some("dir"));
 
-    let interfaces = client.agent_network_interfaces("pve", 100).await.unwrap();
+    let interfaces = client
+        .agent_network_interfaces(&pn("pve"), vmid(100))
+        .await
+        .unwrap();
     assert_eq!(
         pve::types::reachable_ipv4(&interfaces),
         Some("127.1.0.100".parse().unwrap())
     );
 
     let upid = client
-        .qemu_resize("pve", 100, &Resize::to_gib("scsi0", 32))
+        .qemu_resize(&pn("pve"), vmid(100), &Resize::to_gib("scsi0", 32))
         .await
         .unwrap();
     assert_eq!(upid, Some(resize_upid));
@@ -272,10 +277,16 @@ async fn pve_84_shapes_decode_through_the_client() {
         ..ConfigUpdate::default()
     };
     assert_eq!(
-        client.qemu_config_post("pve", 100, &update).await.unwrap(),
+        client
+            .qemu_config_post(&pn("pve"), vmid(100), &update)
+            .await
+            .unwrap(),
         None
     );
-    client.qemu_config_put("pve", 100, &update).await.unwrap();
+    client
+        .qemu_config_put(&pn("pve"), vmid(100), &update)
+        .await
+        .unwrap();
 
     let download = DownloadUrl {
         url: "https://images.example.invalid/noble.img".into(),
@@ -285,7 +296,7 @@ async fn pve_84_shapes_decode_through_the_client() {
         verify_certificates: None,
     };
     let upid = client
-        .download_url("pve", "local", &download)
+        .download_url(&pn("pve"), "local", &download)
         .await
         .unwrap();
     assert_eq!(upid.kind(), "download");
@@ -331,17 +342,17 @@ async fn scripted_errors_and_unknown_routes() {
         .always(Method::GET, "/nodes", Reply::Timeout);
     let client = script.client();
 
-    let err = client.qemu_status("pve", 100).await.unwrap_err();
+    let err = client.qemu_status(&pn("pve"), vmid(100)).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::VmNotFound);
     assert!(err.to_string().contains("(vmid 100)"), "{err}");
 
-    let err = client.next_vmid(Some(100)).await.unwrap_err();
+    let err = client.next_vmid(Some(vmid(100))).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AlreadyExists);
-    assert_eq!(client.next_vmid(Some(101)).await.unwrap(), 101);
+    assert_eq!(client.next_vmid(Some(vmid(101))).await.unwrap(), 101);
 
     assert_eq!(client.nodes().await.unwrap_err().kind(), ErrorKind::Timeout);
 
-    let err = client.qemu_list("pve").await.unwrap_err();
+    let err = client.qemu_list(&pn("pve")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotImplemented);
     assert_eq!(
         err.pve_message(),

@@ -14,6 +14,8 @@ use homestak_pve::{
 use homestak_tls::Fingerprint;
 use serde_json::json;
 
+use crate::ids::{pn, vmid};
+
 /// Hang guard only; nothing here asserts on time.
 const GUARD: Duration = Duration::from_secs(30);
 
@@ -122,7 +124,9 @@ async fn token_header_and_form_encoding_reach_the_wire() {
         start: None,
         pool: None,
     };
-    let upid = guarded(client.qemu_create("pve", &create)).await.unwrap();
+    let upid = guarded(client.qemu_create(&pn("pve"), &create))
+        .await
+        .unwrap();
     assert_eq!(upid.kind(), "qmcreate");
     assert_eq!(upid.tokenid(), Some("ci"));
 
@@ -177,7 +181,7 @@ async fn delete_sends_parameters_in_the_query() {
         purge: true,
         destroy_unreferenced_disks: true,
     };
-    guarded(pinned(&server).qemu_delete("pve", 100, &options))
+    guarded(pinned(&server).qemu_delete(&pn("pve"), vmid(100), &options))
         .await
         .unwrap();
     let seen = &server.seen()[0];
@@ -245,7 +249,7 @@ async fn writes_are_never_retried() {
     for status in [500, 595] {
         let (handler, count) = flaky(status, 1);
         let server = start(handler).await;
-        let err = guarded(pinned(&server).qemu_power("pve", 100, &PowerAction::Start))
+        let err = guarded(pinned(&server).qemu_power(&pn("pve"), vmid(100), &PowerAction::Start))
             .await
             .unwrap_err();
         assert_eq!(err.status(), Some(status));
@@ -265,7 +269,7 @@ async fn definite_answers_are_not_retried() {
         )
     }))
     .await;
-    let err = guarded(pinned(&server).qemu_status("pve", 101))
+    let err = guarded(pinned(&server).qemu_status(&pn("pve"), vmid(101)))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::VmNotFound);
@@ -372,7 +376,7 @@ async fn pve_messages_come_from_json_or_reason_phrase() {
     }))
     .await;
     let client = pinned(&server);
-    let err = guarded(client.agent_network_interfaces("pve", 100))
+    let err = guarded(client.agent_network_interfaces(&pn("pve"), vmid(100)))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AgentNotRunning);

@@ -25,6 +25,8 @@ use homestak_pve::{
 use homestak_tls::Fingerprint;
 use serde_json::Value;
 
+use crate::ids::pn;
+
 fn shared_dir() -> PathBuf {
     std::env::var_os("HOMESTAK_SHARED_DIR")
         .map(PathBuf::from)
@@ -138,7 +140,7 @@ type Outcome = Result<String, pve::Error>;
 /// API does not cover, and whether query parameters are expected to match.
 async fn typed(client: &Client, rec: &Recording) -> Option<(Outcome, bool)> {
     let seg = segments(&rec.path);
-    let vmid = |i: usize| seg[i].parse::<u32>().unwrap();
+    let vmid = |i: usize| seg[i].parse::<homestak_pve::VmId>().unwrap();
     let dbg = |v: &dyn std::fmt::Debug| format!("{v:?}");
     let outcome: Outcome = match (rec.method.as_str(), seg.as_slice()) {
         ("GET", ["version"]) => client.version().await.map(|v| dbg(&v)),
@@ -152,10 +154,16 @@ async fn typed(client: &Client, rec: &Recording) -> Option<(Outcome, bool)> {
             client.cluster_resources(kind).await.map(|v| dbg(&v))
         }
         ("GET", ["cluster", "nextid"]) => {
-            let wanted = param(&rec.query, "vmid").map(|v| v.parse().unwrap());
+            let wanted = match param(&rec.query, "vmid").map(str::parse) {
+                Some(Ok(vmid)) => Some(vmid),
+                // A vmid out of PVE's range cannot be sent: `VmId` refuses
+                // it before PVE could.
+                Some(Err(_)) => return None,
+                None => None,
+            };
             client.next_vmid(wanted).await.map(|v| v.to_string())
         }
-        ("GET", ["nodes", node, "qemu"]) => client.qemu_list(node).await.map(|v| dbg(&v)),
+        ("GET", ["nodes", node, "qemu"]) => client.qemu_list(&pn(node)).await.map(|v| dbg(&v)),
         ("POST", ["nodes", node, "qemu"]) => {
             let create = CreateVm {
                 vmid: param(&rec.body, "vmid").unwrap().parse().unwrap(),
@@ -164,13 +172,14 @@ async fn typed(client: &Client, rec: &Recording) -> Option<(Outcome, bool)> {
                 pool: None,
             };
             client
-                .qemu_create(node, &create)
+                .qemu_create(&pn(node), &create)
                 .await
                 .map(|v| v.to_string())
         }
-        ("GET", ["nodes", node, "qemu", _, "config"]) => {
-            client.qemu_config(node, vmid(3)).await.map(|v| dbg(&v))
-        }
+        ("GET", ["nodes", node, "qemu", _, "config"]) => client
+            .qemu_config(&pn(node), vmid(3))
+            .await
+            .map(|v| dbg(&v)),
         ("POST", ["nodes", node, "qemu", _, "config"]) => {
             let mut update = ConfigUpdate::default();
             for (k, v) in &rec.body {
@@ -181,7 +190,7 @@ async fn typed(client: &Client, rec: &Recording) -> Option<(Outcome, bool)> {
                 }
             }
             client
-                .qemu_config_post(node, vmid(3), &update)
+                .qemu_config_post(&pn(node), vmid(3), &update)
                 .await
                 .map(|v| dbg(&v))
         }
@@ -192,13 +201,14 @@ async fn typed(client: &Client, rec: &Recording) -> Option<(Outcome, bool)> {
                 digest: None,
             };
             client
-                .qemu_resize(node, vmid(3), &resize)
+                .qemu_resize(&pn(node), vmid(3), &resize)
                 .await
                 .map(|v| dbg(&v))
         }
-        ("GET", ["nodes", node, "qemu", _, "status", "current"]) => {
-            client.qemu_status(node, vmid(3)).await.map(|v| dbg(&v))
-        }
+        ("GET", ["nodes", node, "qemu", _, "status", "current"]) => client
+            .qemu_status(&pn(node), vmid(3))
+            .await
+            .map(|v| dbg(&v)),
         ("POST", ["nodes", node, "qemu", _, "status", verb]) => {
             let action = match *verb {
                 "start" => PowerAction::Start,
@@ -209,21 +219,21 @@ async fn typed(client: &Client, rec: &Recording) -> Option<(Outcome, bool)> {
                 other => panic!("unmapped power verb {other}"),
             };
             client
-                .qemu_power(node, vmid(3), &action)
+                .qemu_power(&pn(node), vmid(3), &action)
                 .await
                 .map(|v| v.to_string())
         }
         ("DELETE", ["nodes", node, "qemu", _]) => client
-            .qemu_delete(node, vmid(3), &DeleteVm::default())
+            .qemu_delete(&pn(node), vmid(3), &DeleteVm::default())
             .await
             .map(|v| v.to_string()),
         ("GET", ["nodes", node, "storage"]) => {
-            client.storage_list(node, None).await.map(|v| dbg(&v))
+            client.storage_list(&pn(node), None).await.map(|v| dbg(&v))
         }
         ("GET", ["nodes", node, "storage", storage, "content"]) => {
             let vmid = param(&rec.query, "vmid").map(|v| v.parse().unwrap());
             client
-                .storage_content(node, storage, None, vmid)
+                .storage_content(&pn(node), storage, None, vmid)
                 .await
                 .map(|v| dbg(&v))
         }

@@ -9,3 +9,17 @@ mod http;
 mod recorded;
 mod schema;
 mod support;
+
+/// Checked identities from test literals.
+mod ids {
+    use homestak_pve::{PveNode, VmId};
+
+    /// A PVE node name.
+    pub fn pn(name: &str) -> PveNode {
+        name.parse().expect("a PVE node name")
+    }
+
+    pub fn vmid(id: u32) -> VmId {
+        VmId::new(id.into()).expect("a vmid in PVE's range")
+    }
+}

@@ -112,8 +112,12 @@ async fn a_pve_image_vm_serves_a_nested_tier_our_client_can_drive() {
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].node, "pve1");
     let inner_key = key("inner");
+    let (pve1, vmid) = (
+        "pve1".parse::<homestak_pve::PveNode>().unwrap(),
+        homestak_pve::VmId::new(200).unwrap(),
+    );
     let create = CreateVm {
-        vmid: 200,
+        vmid,
         options: VmOptions {
             name: Some("app1".into()),
             cores: Some(1),
@@ -141,10 +145,10 @@ async fn a_pve_image_vm_serves_a_nested_tier_our_client_can_drive() {
         timeout: GUARD,
         ..Default::default()
     };
-    let upid = api.qemu_create("pve1", &create).await.unwrap();
+    let upid = api.qemu_create(&pve1, &create).await.unwrap();
     homestak_pve::tasks::wait(&api, &upid, &wait).await.unwrap();
     let upid = api
-        .qemu_power("pve1", 200, &PowerAction::Start)
+        .qemu_power(&pve1, vmid, &PowerAction::Start)
         .await
         .unwrap();
     homestak_pve::tasks::wait(&api, &upid, &wait).await.unwrap();

@@ -44,7 +44,7 @@ pub async fn observe(
         if candidate {
             let api = api.clone();
             reads.spawn(async move {
-                let config = api.qemu_config(vm.node.as_str(), vm.vmid.get()).await;
+                let config = api.qemu_config(&vm.node, vm.vmid).await;
                 (index, resource, config)
             });
         } else {

@@ -208,11 +208,6 @@ impl<B: Backend> KvStore<B> {
         })
     }
 
-    /// The backend (tests reach under the record logic with it).
-    pub fn backend(&self) -> &B {
-        &self.backend
-    }
-
     fn done(&self, durability: Durability) -> Result<()> {
         match durability {
             Durability::Flush => self.backend.flush(),

@@ -452,13 +452,7 @@ pub fn is_vmid(v: &str) -> bool {
     (3..=9).contains(&b.len()) && b[0] != b'0' && b.iter().all(u8::is_ascii_digit)
 }
 
-fn is_label(v: &str) -> bool {
-    let b = v.as_bytes();
-    !b.is_empty()
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
-}
+use homestak_base::id::is_label;
 
 pub fn is_node_name(v: &str) -> bool {
     is_label(v)

@@ -36,7 +36,7 @@ impl VmController {
         };
         match self
             .api
-            .qemu_config_put(self.pve_node.as_str(), vmid.get(), &update)
+            .qemu_config_put(&self.pve_node, vmid, &update)
             .await
         {
             Ok(()) => StepOutcome::Done,
@@ -78,11 +78,7 @@ impl VmController {
         }
         let mut resize = Resize::to_gib(BOOT_DISK, want.disk_gib);
         resize.digest = config.digest.clone();
-        match self
-            .api
-            .qemu_resize(self.pve_node.as_str(), vmid.get(), &resize)
-            .await
-        {
+        match self.api.qemu_resize(&self.pve_node, vmid, &resize).await {
             Ok(Some(upid)) => {
                 self.record_task(node, Step::ResizeDisk, &upid, None);
                 m.upid = Some(upid);
@@ -116,18 +112,14 @@ impl VmController {
             Ok(None) => return refuse(format!("vmid {vmid} disappeared; run reconcile again")),
             Err(out) => return out,
         }
-        match self
-            .api
-            .qemu_status(self.pve_node.as_str(), vmid.get())
-            .await
-        {
+        match self.api.qemu_status(&self.pve_node, vmid).await {
             Ok(status) if status.power() == pve::PowerState::Running => return StepOutcome::Done,
             Ok(_) => {}
             Err(err) => return fail(&err, &format!("status of vmid {vmid}")),
         }
         match self
             .api
-            .qemu_power(self.pve_node.as_str(), vmid.get(), &PowerAction::Start)
+            .qemu_power(&self.pve_node, vmid, &PowerAction::Start)
             .await
         {
             Ok(upid) => {
@@ -148,7 +140,7 @@ impl VmController {
             .get_or_insert_with(|| Instant::now() + self.timing.agent_timeout);
         match self
             .api
-            .agent_network_interfaces(self.pve_node.as_str(), vmid.get())
+            .agent_network_interfaces(&self.pve_node, vmid)
             .await
         {
             Ok(interfaces) => {

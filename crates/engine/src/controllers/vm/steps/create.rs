@@ -8,12 +8,8 @@ impl VmController {
     async fn allocate_vmid(&self) -> Result<VmId, Outcome> {
         let mut wanted: Option<VmId> = None;
         for _ in 0..64 {
-            let vmid = match self.api.next_vmid(wanted.map(VmId::get)).await {
-                Ok(v) => VmId::new(v.into()).map_err(|e| {
-                    refuse(format!(
-                        "PVE offered vmid {v}: {e}; set vmids in the manifest"
-                    ))
-                })?,
+            let vmid = match self.api.next_vmid(wanted).await {
+                Ok(v) => v,
                 // `nextid?vmid=N` answers 400 "already exists" for a taken N.
                 Err(err)
                     if wanted.is_some()
@@ -94,12 +90,12 @@ impl VmController {
             Err(out) => return out,
         }
         let create = CreateVm {
-            vmid: vmid.get(),
+            vmid,
             options: mapping::create_options(&self.manifest, want, &self.image_storage),
             start: None,
             pool: None,
         };
-        match self.api.qemu_create(self.pve_node.as_str(), &create).await {
+        match self.api.qemu_create(&self.pve_node, &create).await {
             Ok(upid) => {
                 self.record_task(node, Step::CreateVm, &upid, Some(vmid));
                 m.upid = Some(upid);

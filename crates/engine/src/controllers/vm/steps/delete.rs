@@ -15,11 +15,7 @@ impl VmController {
             Ok(vmid) => vmid,
             Err(out) => return out,
         };
-        match self
-            .api
-            .qemu_status(self.pve_node.as_str(), vmid.get())
-            .await
-        {
+        match self.api.qemu_status(&self.pve_node, vmid).await {
             Ok(status) if status.power() == pve::PowerState::Stopped => return StepOutcome::Done,
             Ok(_) => {}
             Err(err) if err.kind() == ErrorKind::VmNotFound => return StepOutcome::Done,
@@ -29,11 +25,7 @@ impl VmController {
             timeout: None,
             overrule_shutdown: None,
         };
-        match self
-            .api
-            .qemu_power(self.pve_node.as_str(), vmid.get(), &stop)
-            .await
-        {
+        match self.api.qemu_power(&self.pve_node, vmid, &stop).await {
             Ok(upid) => {
                 m.upid = Some(upid);
                 StepOutcome::Requeue(m.next_poll(&self.timing))
@@ -73,11 +65,7 @@ impl VmController {
             purge: true,
             destroy_unreferenced_disks: true,
         };
-        match self
-            .api
-            .qemu_delete(self.pve_node.as_str(), vmid.get(), &delete)
-            .await
-        {
+        match self.api.qemu_delete(&self.pve_node, vmid, &delete).await {
             Ok(upid) => {
                 m.upid = Some(upid);
                 StepOutcome::Requeue(m.next_poll(&self.timing))

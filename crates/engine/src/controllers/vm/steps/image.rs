@@ -145,7 +145,7 @@ impl VmController {
         };
         match self
             .api
-            .download_url(self.pve_node.as_str(), &self.image_storage, &request)
+            .download_url(&self.pve_node, &self.image_storage, &request)
             .await
         {
             Ok(upid) => {
@@ -163,12 +163,7 @@ impl VmController {
     async fn import_files(&self) -> Result<HashMap<String, Option<u64>>, Outcome> {
         match self
             .api
-            .storage_content(
-                self.pve_node.as_str(),
-                &self.image_storage,
-                Some("import"),
-                None,
-            )
+            .storage_content(&self.pve_node, &self.image_storage, Some("import"), None)
             .await
         {
             Ok(content) => Ok(content.into_iter().map(|c| (c.volid, c.size)).collect()),

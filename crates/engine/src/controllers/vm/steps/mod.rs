@@ -222,11 +222,7 @@ impl VmController {
 
     /// Reads the VM's config; `Ok(None)` when the VM does not exist.
     pub(super) async fn read_config(&self, vmid: VmId) -> Result<Option<VmConfig>, Outcome> {
-        match self
-            .api
-            .qemu_config(self.pve_node.as_str(), vmid.get())
-            .await
-        {
+        match self.api.qemu_config(&self.pve_node, vmid).await {
             Ok(config) => Ok(Some(config)),
             Err(err) if err.kind() == ErrorKind::VmNotFound => Ok(None),
             Err(err) => Err(fail(&err, &format!("read config of vmid {vmid}"))),
