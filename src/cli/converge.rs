@@ -80,19 +80,26 @@ pub async fn plan(args: PlanArgs, global: &GlobalArgs) -> anyhow::Result<Outcome
     // A plan never talks to VMs.
     options.verify_ssh = Some(false);
     let request = request(&prepared, &args.target, Mode::Apply, options);
+    /// Shows the plan and stops the run there.
     struct Show {
         json: bool,
+        shown: Mutex<anyhow::Result<()>>,
     }
     impl Observer for Show {
         fn planned(&self, planned: &Planned) -> bool {
-            show_plan(planned, self.json);
+            *lock(&self.shown) = show_plan(planned, self.json);
             false
         }
     }
+    let show = Show {
+        json: global.json,
+        shown: Mutex::new(Ok(())),
+    };
     let run = prepared
         .engine
-        .run_once(request, std::future::pending(), &Show { json: global.json })
+        .run_once(request, std::future::pending(), &show)
         .await?;
+    std::mem::replace(&mut *lock(&show.shown), Ok(()))?;
     Ok(
         if args.detailed_exitcode && run.outcome == Outcome::Drifted {
             Outcome::Drifted
@@ -102,16 +109,16 @@ pub async fn plan(args: PlanArgs, global: &GlobalArgs) -> anyhow::Result<Outcome
     )
 }
 
-fn show_plan(planned: &Planned, json: bool) {
+fn show_plan(planned: &Planned, json: bool) -> anyhow::Result<()> {
     if json {
-        // Printing to a closed pipe is not worth failing the run over.
-        let _ = output::print_json(&planned.plan.to_json());
+        output::print_json(&planned.plan.to_json())
     } else {
         output::print_text(&render_human(
             &planned.plan,
             &planned.tier.desired,
             Style::for_stdout(),
         ));
+        Ok(())
     }
 }
 
@@ -183,20 +190,23 @@ impl Observer for Terminal {
     fn planned(&self, planned: &Planned) -> bool {
         if self.json {
             *lock(&self.plan) = Some(planned.plan.to_json());
-        } else {
-            show_plan(planned, false);
+        } else if let Err(err) = show_plan(planned, false) {
+            *lock(&self.refused) = Some(err);
+            return false;
         }
         if self.run.dry_run {
             return false;
         }
         if self.run.confirm && planned.plan.nodes.iter().any(|n| n.is_actionable()) {
-            let answer = confirm_destroy(&planned.plan).and_then(|yes| {
-                if yes {
-                    Ok(())
-                } else {
-                    Err(anyhow::anyhow!("destroy cancelled: nothing was changed"))
-                }
-            });
+            // A terminal read blocks: off the async workers while it waits.
+            let answer =
+                tokio::task::block_in_place(|| confirm_destroy(&planned.plan)).and_then(|yes| {
+                    if yes {
+                        Ok(())
+                    } else {
+                        Err(anyhow::anyhow!("destroy cancelled: nothing was changed"))
+                    }
+                });
             if let Err(err) = answer {
                 *lock(&self.refused) = Some(err);
                 return false;

@@ -3,17 +3,24 @@
 
 use std::path::Path;
 
+use homestak_api::client;
 use homestak_api::ready::ReadyInfo;
 
 /// The revision the daemon on `state_dir` last applied of `manifest`, when
-/// a daemon runs there and manages it. Failures are notes, not errors: the
-/// command's own answer stands without it.
+/// a daemon runs there and manages it. Only its records are read: PVE is
+/// not asked twice. Failures are notes, not errors: the command's own
+/// answer stands without it.
 pub async fn applied_revision(state_dir: &Path, manifest: &str) -> Option<String> {
     let asked = async {
         let Some(info) = ReadyInfo::read(state_dir)? else {
             return Ok(None);
         };
-        let status = info.client()?.status(Some(manifest)).await?;
+        let status = match info.client()?.status(Some(manifest), false).await {
+            Ok(status) => status,
+            // The daemon runs, but this manifest is not one it manages.
+            Err(client::Error::Refused { status: 404, .. }) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
         Ok::<_, Box<dyn std::error::Error>>(
             status
                 .manifests

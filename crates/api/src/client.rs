@@ -99,9 +99,17 @@ impl Client {
         })
     }
 
-    /// `GET /v1/status`, of one manifest or of all.
-    pub async fn status(&self, manifest: Option<&str>) -> Result<StatusResponse, Error> {
-        let query: Vec<(&str, &str)> = manifest.map(|m| ("manifest", m)).into_iter().collect();
+    /// `GET /v1/status`, of one manifest or of all; `observe: false` asks
+    /// for the daemon's records only (no fresh look at PVE).
+    pub async fn status(
+        &self,
+        manifest: Option<&str>,
+        observe: bool,
+    ) -> Result<StatusResponse, Error> {
+        let mut query: Vec<(&str, &str)> = manifest.map(|m| ("manifest", m)).into_iter().collect();
+        if !observe {
+            query.push(("observe", "false"));
+        }
         self.call(Endpoint::Status, &query, None::<&()>).await
     }
 

@@ -46,7 +46,10 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-    #[error("the daemon at {url} names no API token file it generated; pass a token instead")]
+    #[error(
+        "the daemon at {url} was given its API tokens (--api-token-file), so there is no token \
+         here to ask it with; GET /v1/status with one of them shows what it applied"
+    )]
     NoToken { url: String },
     #[error(transparent)]
     Client(#[from] crate::client::Error),

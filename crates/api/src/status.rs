@@ -61,7 +61,8 @@ pub struct Status {
     pub host: String,
     pub in_sync: bool,
     pub nodes: Vec<NodeStatus>,
-    /// Commit the daemon last applied, when known.
+    /// The revision the daemon last applied (a commit, `worktree:…` or
+    /// `subtree:…`), when known.
     pub last_applied_commit: Option<String>,
 }
 

@@ -4,7 +4,7 @@
 //!
 //! | endpoint | scope | answer |
 //! |---|---|---|
-//! | `GET /v1/status[?manifest=NAME]` | read | [`StatusResponse`] |
+//! | `GET /v1/status[?manifest=NAME][&observe=false]` | read | [`StatusResponse`] (records only, PVE not asked, with `observe=false`) |
 //! | `GET /v1/events[?since=SEQ&limit=N]` | read | [`EventsResponse`] |
 //! | `GET /metrics` | read | Prometheus text |
 //! | `POST /v1/reconcile[?manifest=NAME]` | write | [`ReconcileResponse`] (202) |

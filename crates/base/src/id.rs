@@ -225,13 +225,25 @@ impl From<VmId> for u64 {
     }
 }
 
+/// Text that is not a vmid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a vmid: PVE accepts whole numbers from {min} to {max}", min = VmId::MIN, max = VmId::MAX)]
+pub struct ParseVmIdError {
+    pub text: String,
+}
+
 impl std::str::FromStr for VmId {
-    type Err = InvalidVmId;
+    type Err = ParseVmIdError;
 
     /// A decimal number in PVE's range.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        // Out-of-range and non-numbers read as 0, which is out of range.
-        VmId::new(text.trim().parse::<i128>().unwrap_or(0))
+        text.trim()
+            .parse::<i128>()
+            .ok()
+            .and_then(|n| VmId::new(n).ok())
+            .ok_or_else(|| ParseVmIdError {
+                text: text.to_string(),
+            })
     }
 }
 

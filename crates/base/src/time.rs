@@ -56,14 +56,20 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// RFC 3339 in UTC, when the moment is before year 10000.
+    fn rfc3339(self) -> Option<String> {
+        let nanos = i128::from(self.0) * 1_000_000;
+        OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+    }
+}
+
 impl fmt::Display for Timestamp {
     /// RFC 3339 in UTC: whole seconds as `…:20Z`, else milliseconds.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let nanos = i128::from(self.0) * 1_000_000;
-        match OffsetDateTime::from_unix_timestamp_nanos(nanos)
-            .ok()
-            .and_then(|t| t.format(&Rfc3339).ok())
-        {
+        match self.rfc3339() {
             Some(text) => f.write_str(&text),
             // Beyond year 9999: nothing formats it, the number still says it.
             None => write!(f, "{}ms", self.0),
@@ -85,8 +91,13 @@ impl FromStr for Timestamp {
 }
 
 impl Serialize for Timestamp {
+    /// RFC 3339; beyond what it can write (year 9999), the milliseconds,
+    /// which read back too.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        match self.rfc3339() {
+            Some(text) => serializer.serialize_str(&text),
+            None => serializer.serialize_u64(self.0),
+        }
     }
 }
 
@@ -138,6 +149,10 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<Timestamp>("5000").unwrap(), t);
         assert!(serde_json::from_str::<Timestamp>("\"soon\"").is_err());
+        // Past what RFC 3339 can write: a number, which reads back.
+        let far = Timestamp::from_millis(u64::MAX);
+        let text = serde_json::to_string(&far).unwrap();
+        assert_eq!(serde_json::from_str::<Timestamp>(&text).unwrap(), far);
         assert!(serde_json::from_str::<Timestamp>("-1").is_err());
     }
 

@@ -57,11 +57,14 @@ impl Api {
             Err(err) => return err.reply(),
         };
         let result = match endpoint {
-            Endpoint::Status => self
-                .reconciler
-                .status(param(query, "manifest").as_deref())
-                .await
-                .and_then(|r| body(&r)),
+            Endpoint::Status => match flag(query, "observe") {
+                Ok(observe) => self
+                    .reconciler
+                    .status(param(query, "manifest").as_deref(), observe.unwrap_or(true))
+                    .await
+                    .and_then(|r| body(&r)),
+                Err(err) => Err(err),
+            },
             Endpoint::Events => self.events(query).and_then(|r| body(&r)),
             Endpoint::Metrics => {
                 let text = self.metrics.render(&self.engine.metrics());
@@ -179,6 +182,18 @@ impl Api {
 fn body(answer: &impl Serialize) -> Result<Value, ApiError> {
     serde_json::to_value(answer)
         .map_err(|e| ApiError::internal(format!("Cannot encode the answer: {e}")))
+}
+
+/// A `true`/`false` query parameter, `None` when absent.
+fn flag(query: Option<&str>, key: &str) -> Result<Option<bool>, ApiError> {
+    match param(query, key).as_deref() {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{key} must be true or false"
+        ))),
+    }
 }
 
 /// A query parameter, percent-decoded.

@@ -58,7 +58,7 @@ impl Engine for ConvergeEngine {
             self.engine
                 .status(request.site, &request.manifest, &request.host)
                 .await
-                .map_err(|e| failed("observe", e))
+                .map_err(|e| failed("report drift", e))
         })
     }
 

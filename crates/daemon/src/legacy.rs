@@ -2,7 +2,7 @@
 //! `<state>/controller.json` (the last applied revision and last run of
 //! each manifest, and the subtrees parent tiers handed over). At start it
 //! is imported into the store once — what the store already has wins —
-//! and renamed `controller.json.imported`, so a downgrade still finds it.
+//! and renamed `controller.json.imported`, kept for reference.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -39,6 +39,7 @@ pub mod engine;
 pub mod events;
 pub mod git;
 pub mod http;
+pub mod lease;
 pub mod legacy;
 pub mod metrics;
 pub mod policy;

@@ -29,12 +29,11 @@ use super::site_cell::SiteCell;
 use super::source::{self, Snapshot, Source, short};
 use homestak_api::v1::{ManifestStatus, Origin, Running, StatusResponse};
 use homestak_api::{
-    Applied, DriftPolicy, Event, Kind, LastReconcile, Level, ManifestRecord, Mode, Outcome, Reason,
-    Subtree,
+    Applied, DriftPolicy, Event, Kind, Level, ManifestRecord, Mode, Outcome, Reason, Subtree,
 };
 use homestak_base::time::Timestamp;
 use homestak_core::model::{Manifest, Origin as ManifestOrigin};
-use homestak_engine::reconcile::{self, Options, Request};
+use homestak_engine::reconcile::{self, Options, Request, RunOf, RunOutcome};
 use homestak_engine::store::{Durability, Store};
 
 /// One managed manifest at the current revision.
@@ -51,11 +50,19 @@ pub struct Entry {
     pub manifest: Result<Arc<Manifest>, String>,
 }
 
-impl Entry {
-    /// Its records' name in the store: the manifest's own name (what the
-    /// engine and `homestak status` use), else the entry's.
-    pub fn record_key(&self) -> &str {
-        self.manifest.as_ref().map_or(&self.name, |m| m.name())
+/// A manifest the daemon manages is known by one name: its records, events,
+/// metrics and `homestak status` all use it, and so do the marks on its
+/// VMs. So `manifests/NAME.yaml` must say `name: NAME`.
+fn named_like_its_file(file: &str, manifest: Arc<Manifest>) -> Result<Arc<Manifest>, String> {
+    if manifest.name() == file {
+        Ok(manifest)
+    } else {
+        Err(format!(
+            "manifests/{file}.yaml names itself '{}'; the daemon knows a manifest by one name, \
+             so rename the file to {}.yaml or set `name: {file}`",
+            manifest.name(),
+            manifest.name()
+        ))
     }
 }
 
@@ -164,19 +171,6 @@ impl Reconciler {
         &self.source
     }
 
-    /// The current revision of the source (cheap).
-    pub async fn current_revision(&self) -> Result<String, source::Error> {
-        self.source.revision(&self.extra_manifests).await
-    }
-
-    /// The revision of the last snapshot read.
-    pub fn known_revision(&self) -> Option<String> {
-        self.read_desired()
-            .snapshot
-            .as_ref()
-            .map(|s| s.revision.clone())
-    }
-
     /// Re-reads desired state. `Ok(true)` when the revision changed (or
     /// this is the first read).
     pub async fn refresh(&self) -> Result<bool, source::Error> {
@@ -231,7 +225,8 @@ impl Reconciler {
                     .manifests
                     .get(&name)
                     .cloned()
-                    .unwrap_or_else(|| Err(format!("manifest '{name}' was not read")));
+                    .unwrap_or_else(|| Err(format!("manifest '{name}' was not read")))
+                    .and_then(|m| named_like_its_file(&name, m));
                 entries.insert(
                     name.clone(),
                     Entry {
@@ -429,7 +424,7 @@ impl Reconciler {
                 .emit(Event::info(Kind::ReconcileSkipped, "suspended").manifest(&job.name));
             return;
         }
-        let record = self.record(entry.record_key());
+        let record = self.record(&entry.name);
         let mode = decide_mode(
             job.reason,
             entry.drift,
@@ -498,21 +493,14 @@ impl Reconciler {
         };
         if let Err(why) = &ran {
             // The engine records the runs it makes; this one never got there.
-            let last = LastReconcile {
-                revision: Some(entry.revision.clone()),
-                at: started,
+            let what = RunOf {
+                manifest: &entry.name,
+                revision: Some(&entry.revision),
                 reason: job.reason,
                 mode,
-                outcome,
-                duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
-                changed_nodes: 0,
-                drifted_nodes: 0,
-                summary: String::new(),
-                message: Some(why.clone()),
             };
-            if let Err(err) =
-                reconcile::record_run(self.store.as_ref(), entry.record_key(), last, None)
-            {
+            let run = RunOutcome::failed(why.clone(), started, clock.elapsed());
+            if let Err(err) = reconcile::record_run(self.store.as_ref(), &what, &run) {
                 tracing::error!(error = %error_chain(&err), "cannot record a reconcile");
             }
         }
@@ -551,8 +539,12 @@ impl Reconciler {
     }
 
     /// `GET /v1/status`: every managed manifest (or `only`), with its
-    /// records and a fresh drift report.
-    pub async fn status(&self, only: Option<&str>) -> Result<StatusResponse, ApiError> {
+    /// records and, when `observe`, a fresh drift report.
+    pub async fn status(
+        &self,
+        only: Option<&str>,
+        observe: bool,
+    ) -> Result<StatusResponse, ApiError> {
         let (entries, error, revision) = {
             let d = self.read_desired();
             (
@@ -573,8 +565,8 @@ impl Reconciler {
             .values()
             .filter(|e| only.is_none_or(|n| n == e.name))
         {
-            let record = self.record(entry.record_key());
-            manifests.push(self.entry_status(entry, record).await);
+            let record = self.record(&entry.name);
+            manifests.push(self.entry_status(entry, record, observe).await);
         }
         let running = self
             .running
@@ -591,9 +583,16 @@ impl Reconciler {
         })
     }
 
-    async fn entry_status(&self, entry: &Entry, record: ManifestRecord) -> ManifestStatus {
+    async fn entry_status(
+        &self,
+        entry: &Entry,
+        record: ManifestRecord,
+        observe: bool,
+    ) -> ManifestStatus {
         let (mut status, mut error) = (None, None);
         match (&entry.manifest, &entry.host) {
+            // Records only: PVE is not asked.
+            _ if !observe => {}
             (Err(problem), _) => error = Some(problem.clone()),
             (Ok(_), None) => error = Some("no target host".to_string()),
             (Ok(manifest), Some(host)) => {
@@ -667,6 +666,21 @@ mod tests {
         );
         assert_eq!(decide_mode(Resync, Correct, "r1", Some(&a)), Mode::Apply);
         assert_eq!(decide_mode(Api, Report, "r1", Some(&a)), Mode::Apply);
+    }
+
+    #[test]
+    fn a_managed_manifest_is_named_like_its_file() {
+        let manifest = |name: &str| {
+            let text =
+                format!("schema_version: 2\nname: {name}\nnodes:\n  - {{name: a, type: vm}}\n");
+            Arc::new(Manifest::from_yaml_str(&text, std::path::Path::new("m.yaml")).unwrap())
+        };
+        assert!(named_like_its_file("demo", manifest("demo")).is_ok());
+        let err = named_like_its_file("demo", manifest("other")).unwrap_err();
+        assert!(
+            err.contains("manifests/demo.yaml names itself 'other'"),
+            "{err}"
+        );
     }
 
     #[test]

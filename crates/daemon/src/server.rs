@@ -1,13 +1,14 @@
 //! The daemon's lifecycle: [`Daemon::start`] does everything that can fail
 //! before a request is accepted (state directory, lease, site-config,
-//! certificate, socket, tokens, repos); [`Daemon::run`] serves until the
-//! given shutdown future resolves, then stops in order:
+//! certificate, socket, tokens, repos, `daemon.json`); [`Daemon::run`]
+//! serves until the given shutdown future resolves (or the lease is lost),
+//! then stops in order:
 //! 1. stop accepting connections and let requests in flight finish
 //!    (bounded by [`Config::shutdown_grace`]);
 //! 2. signal the reconcile worker and the engine, and wait for the
 //!    reconcile in flight to reach a safe point (same bound);
-//! 3. flush the store;
-//! 4. remove the temporary repos, release the lease.
+//! 3. remove the temporary repos and `daemon.json`, release the lease;
+//! 4. flush the store.
 //!
 //! Everything durable lives in the engine's one store (records, subtrees,
 //! events, the lease); a `controller.json` left by an older homestak is
@@ -33,6 +34,7 @@ use super::cert::{self, Material};
 use super::engine::Engine;
 use super::events::EventLog;
 use super::http::{self, App};
+use super::lease::{self, Lease};
 use super::metrics::Metrics;
 use super::reconciler::{self, Reconciler, error_chain};
 use super::repos::{self, RepoSet, RepoSpec};
@@ -42,10 +44,9 @@ use super::source::{self, Source};
 use super::throttle::{self, Clock, Throttle, TokioClock};
 use super::{legacy, watch};
 use homestak_api::{Event, Kind, Reason};
-use homestak_base::time::Timestamp;
 use homestak_core::site::{Secret, Site, loader};
 use homestak_engine::state_dir::{self, SECRET_MODE};
-use homestak_engine::store::{self, LeaseOutcome, Store};
+use homestak_engine::store::{self, Store};
 
 /// The default port.
 pub const DEFAULT_PORT: u16 = 44443;
@@ -149,10 +150,12 @@ pub enum Error {
     StateDir(#[source] state_dir::Error),
     #[error("cannot use the store")]
     Store(#[source] store::Error),
+    #[error("only one reconciler may use a store")]
+    Lease(#[source] lease::Error),
     #[error(
-        "another homestak reconciler holds the lease {name:?} ({holder}); stop it, or give this one its own --state-dir"
+        "another reconciler took over the lease of this store (this daemon stalled past its expiry); stopped so only one converges"
     )]
-    LeaseHeld { name: String, holder: String },
+    LeaseLost,
     #[error("cannot import the daemon state {} into the store", path.display())]
     Legacy {
         path: PathBuf,
@@ -241,7 +244,7 @@ impl Daemon {
         let state = config.state_dir.clone();
         state_dir::ensure_dir(&state).map_err(Error::StateDir)?;
         let store = engine.store();
-        let lease = Lease::acquire(Arc::clone(&store))?;
+        let lease = Lease::acquire(Arc::clone(&store)).map_err(Error::Lease)?;
         legacy::import(&state, store.as_ref()).map_err(|source| Error::Legacy {
             path: state.join(legacy::FILE),
             source,
@@ -437,6 +440,10 @@ impl Daemon {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
+                () = self.lease.lost() => {
+                    result = Err(Error::LeaseLost);
+                    break;
+                }
                 served = &mut server_task => {
                     result = match served {
                         Ok(Ok(())) => Ok(()),
@@ -530,81 +537,6 @@ impl Daemon {
             }
         }
         self.on_change(Reason::Commit, Some(Reason::Reload)).await;
-    }
-}
-
-/// The reconciler lease of this tier, held in the store while the daemon
-/// runs: one reconciler per store. sled already keeps other processes out
-/// of the store, so a lease found held by another process is a leftover of
-/// one that died, and is taken over; two daemons in one process conflict.
-struct Lease {
-    store: Arc<dyn Store>,
-    holder: String,
-    renew: tokio::task::JoinHandle<()>,
-}
-
-impl Lease {
-    /// The lease name in the store.
-    const NAME: &'static str = "reconciler";
-    /// Long enough to survive a stalled runtime, short enough to matter.
-    const TTL: Duration = Duration::from_secs(60);
-
-    fn acquire(store: Arc<dyn Store>) -> Result<Lease, Error> {
-        static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let pid = std::process::id();
-        let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let holder = format!("pid {pid} (start {start}) since {}", Timestamp::now());
-        let mut outcome = store
-            .acquire_lease(Lease::NAME, &holder, Lease::TTL, Timestamp::now())
-            .map_err(Error::Store)?;
-        if let LeaseOutcome::Held(held) = &outcome
-            && !held.holder.starts_with(&format!("pid {pid} "))
-        {
-            tracing::info!(holder = %held.holder, "taking over the lease of a homestak that is gone");
-            store
-                .release_lease(Lease::NAME, &held.holder)
-                .map_err(Error::Store)?;
-            outcome = store
-                .acquire_lease(Lease::NAME, &holder, Lease::TTL, Timestamp::now())
-                .map_err(Error::Store)?;
-        }
-        if let LeaseOutcome::Held(held) = outcome {
-            return Err(Error::LeaseHeld {
-                name: Lease::NAME.to_string(),
-                holder: held.holder,
-            });
-        }
-        let renew = tokio::spawn({
-            let (store, holder) = (Arc::clone(&store), holder.clone());
-            async move {
-                let mut tick = tokio::time::interval(Lease::TTL / 3);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    if let Err(err) =
-                        store.renew_lease(Lease::NAME, &holder, Lease::TTL, Timestamp::now())
-                    {
-                        tracing::error!(error = %error_chain(&err), "cannot renew the reconciler lease");
-                    }
-                }
-            }
-        });
-        Ok(Lease {
-            store,
-            holder,
-            renew,
-        })
-    }
-}
-
-impl Drop for Lease {
-    /// Released however the daemon ends, a failed start included.
-    fn drop(&mut self) {
-        self.renew.abort();
-        tracing::debug!(holder = %self.holder, "releasing the lease");
-        if let Err(err) = self.store.release_lease(Lease::NAME, &self.holder) {
-            tracing::error!(error = %error_chain(&err), "cannot release the reconciler lease");
-        }
     }
 }
 

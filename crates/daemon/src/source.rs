@@ -106,15 +106,6 @@ impl Source {
         &self.root
     }
 
-    /// The current revision only (cheap: `git rev-parse`, or hashing
-    /// the files), to tell whether anything changed.
-    pub async fn revision(&self, extra: &[String]) -> Result<String, Error> {
-        match self.mode {
-            Mode::GitHead => Ok(self.head().await?.0),
-            Mode::WorkingTree => Ok(self.read_worktree(extra)?.revision),
-        }
-    }
-
     /// Reads `controller.yaml` and the manifests it lists plus `extra`.
     pub async fn read(&self, extra: &[String]) -> Result<Snapshot, Error> {
         match self.mode {

@@ -548,7 +548,7 @@ async fn the_typed_client_speaks_the_daemons_api() {
     next_call(&mut calls).await;
 
     let status = loop {
-        let status = reader.status(Some("demo")).await.unwrap();
+        let status = reader.status(Some("demo"), true).await.unwrap();
         if status.manifests[0].record.last_applied.is_some() {
             break status;
         }
@@ -562,6 +562,10 @@ async fn the_typed_client_speaks_the_daemons_api() {
         Outcome::Converged
     );
     assert_eq!(demo.in_sync, Some(true));
+    // Records only: the same records, no drift report.
+    let records = reader.status(Some("demo"), false).await.unwrap();
+    assert_eq!(records.manifests[0].record, demo.record);
+    assert!(records.manifests[0].status.is_none() && records.manifests[0].in_sync.is_none());
 
     let queued = writer.reconcile(Some("demo")).await.unwrap();
     assert_eq!(queued.queued, ["demo"]);
@@ -593,7 +597,7 @@ async fn the_typed_client_speaks_the_daemons_api() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    match reader.status(Some("ghost")).await {
+    match reader.status(Some("ghost"), false).await {
         Err(client::Error::Refused { status, code, .. }) => {
             assert_eq!((status, code.as_str()), (404, "E200"));
         }
@@ -603,7 +607,7 @@ async fn the_typed_client_speaks_the_daemons_api() {
     let other = homestak_tls::self_signed(&["127.0.0.1".into()]).unwrap();
     let stranger = Client::new(&d.url, other.fingerprint, &Secret::new(READ_TOKEN)).unwrap();
     assert!(matches!(
-        stranger.status(None).await,
+        stranger.status(None, false).await,
         Err(client::Error::Unreachable { .. })
     ));
     d.stop().await.unwrap();

@@ -291,10 +291,16 @@ async fn one_reconciler_per_state_directory() {
     let err = Daemon::start(config(site.path(), state.path()), engine.clone())
         .await
         .unwrap_err();
-    assert!(matches!(&err, Error::LeaseHeld { .. }), "{err:?}");
+    assert!(
+        matches!(
+            &err,
+            Error::Lease(homestak_daemon::lease::Error::Held { .. })
+        ),
+        "{err:?}"
+    );
     let text = homestak_daemon::reconciler::error_chain(&err);
     assert!(
-        text.contains("another homestak reconciler holds the lease"),
+        text.contains("another reconciler in this process holds the lease"),
         "{text}"
     );
     d.stop().await.unwrap();

@@ -3,8 +3,9 @@
 //! # Tour (the data flows top to bottom)
 //!
 //! - [`reconcile`]: one reconcile of one manifest on one tier (resolve
-//!   desired, observe, plan, apply, record): the one path the CLI, the
-//!   daemon and delegation share; also `status`.
+//!   desired, observe, plan, apply, record): the one path the CLI and the
+//!   daemon share (and, next, a parent tier handing a subtree over); also
+//!   `status`.
 //! - [`executor`]: runs a plan as a DAG with bounded concurrency, backoff
 //!   and requeue instead of holding workers across PVE tasks.
 //! - [`controllers`]: one per node kind; idempotent verb_noun steps, named

@@ -78,17 +78,20 @@ fn is_root() -> bool {
 
 /// Creates `path` (and parents) if needed and sets it to 0700.
 pub fn ensure_dir(path: &Path) -> Result<(), Error> {
-    let err = |source| Error::Create {
+    create_private(path).map_err(|source| Error::Create {
         path: path.to_path_buf(),
         source,
-    };
+    })
+}
+
+/// Creates `path` (and parents) if needed, readable by its owner only.
+pub fn create_private(path: &Path) -> std::io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
-        .create(path)
-        .map_err(err)?;
+        .create(path)?;
     // An existing directory keeps its mode through create(); tighten it.
-    fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE)).map_err(err)
+    fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE))
 }
 
 /// Writes `contents` to `path` atomically with mode `mode`

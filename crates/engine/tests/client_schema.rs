@@ -1,5 +1,6 @@
 //! Every request the PVE client makes while converging is valid under the
-//! simulator's parameter specs, which `tests/sim_schema.rs` proves against
+//! simulator's parameter specs (`homestak_pve::schema`), which
+//! `crates/pve/tests/schema.rs` proves against
 //! the real PVE 8.4 schema. The run covers create (with a download),
 //! update, disk growth, start, and destroy.
 
@@ -76,10 +77,7 @@ async fn every_client_request_passes_the_schema_checked_specs() {
         open_store: true,
         ..Setup::default()
     };
-    let mut tier = Engine::open(setup)
-        .unwrap()
-        .tier(site, "pve", false)
-        .unwrap();
+    let mut tier = Engine::open(setup).unwrap().tier(site, "pve").unwrap();
     // The same client, with an observer on every request.
     let seen = Arc::new(Collect::default());
     let host = tier.host.clone();

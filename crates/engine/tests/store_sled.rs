@@ -177,13 +177,20 @@ fn damaged_records_error_on_read_and_heal_on_write() {
     drop(store::open(&path, Options::default()).unwrap());
     raw_insert(&path, "nodes", b"m\0torn", b"{\"v\":1,\"data\":{\"vmid\":");
     raw_insert(&path, "nodes", b"m\0future", b"{\"v\":2,\"data\":{}}");
+    raw_insert(
+        &path,
+        "manifests",
+        b"m",
+        b"{\"v\":1,\"data\":{\"last_applied\":",
+    );
     let store = store::open(&path, Options::default()).unwrap();
 
     let torn = node_key("m", "torn");
     let err = store.get_node(&torn).unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
     assert!(err.to_string().contains("\"m/torn\""), "{err}");
-    assert!(store.list_nodes("m").is_err());
+    // A damaged record does not hide the others from a listing.
+    assert!(store.list_nodes("m").unwrap().is_empty());
 
     let future = store.get_node(&node_key("m", "future")).unwrap_err();
     assert!(
@@ -196,6 +203,12 @@ fn damaged_records_error_on_read_and_heal_on_write() {
         .put_node(&torn, &NodeRecord::default(), Durability::Flush)
         .unwrap();
     assert_eq!(store.get_node(&torn).unwrap().unwrap().generation, 1);
+    // So does recording a run over a damaged manifest record.
+    assert!(store.get_manifest("m").is_err());
+    store
+        .update_manifest("m", Durability::Flush, &mut |r| r.last_applied = None)
+        .unwrap();
+    assert!(store.get_manifest("m").unwrap().is_some());
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use homestak_api::{Applied, LastReconcile, Mode, NodeStatus, Outcome, Reason, State, Status};
+use homestak_api::{Mode, NodeStatus, Outcome, Reason, State, Status};
 use homestak_base::time::Timestamp;
 use homestak_core::site::Secret;
 use homestak_daemon::auth::{ApiToken, ApiTokens, Scope};
@@ -19,7 +19,7 @@ use homestak_daemon::engine::{BoxFuture, Error as EngineError};
 use homestak_daemon::server::{ApiTokenSource, Config, RepoToken};
 use homestak_daemon::shutdown::Shutdown;
 use homestak_daemon::{Daemon, Engine, StatusRequest};
-use homestak_engine::reconcile::{self, Metrics, PveRequestCount, Request, RunOutcome};
+use homestak_engine::reconcile::{self, Metrics, PveRequestCount, Request, RunOf, RunOutcome};
 use homestak_engine::store::{self, Store};
 use homestak_tls::Fingerprint;
 use serde_json::Value;
@@ -175,26 +175,13 @@ impl FakeEngine {
 impl FakeEngine {
     /// What the real engine does at the end of a run: keep it in the store.
     fn finish(&self, request: &Request, run: RunOutcome) -> RunOutcome {
-        let last = LastReconcile {
-            revision: request.revision.clone(),
-            at: run.started,
+        let what = RunOf {
+            manifest: request.manifest.name(),
+            revision: request.revision.as_deref(),
             reason: request.reason,
             mode: request.mode,
-            outcome: run.outcome,
-            duration_ms: 0,
-            changed_nodes: run.changed_nodes,
-            drifted_nodes: run.drifted_nodes,
-            summary: run.summary.clone(),
-            message: run.message.clone(),
         };
-        let applied = (run.outcome == Outcome::Converged && request.mode == Mode::Apply)
-            .then(|| request.revision.clone())
-            .flatten()
-            .map(|revision| Applied {
-                revision,
-                at: Timestamp::now(),
-            });
-        reconcile::record_run(self.store.as_ref(), request.manifest.name(), last, applied)
+        reconcile::record_run(self.store.as_ref(), &what, &run)
             .expect("the fake engine records its run");
         run
     }
@@ -486,4 +473,4 @@ pub async fn wait_lease_free(state: &Path) {
 }
 
 /// The name of the daemon's lease in the store.
-pub const LEASE: &str = "reconciler";
+pub use homestak_daemon::lease::NAME as LEASE;

@@ -116,6 +116,9 @@ pub(super) struct Scheduler<'a, C: Controller> {
     events: &'a (dyn Fn(Event) + Send + Sync),
     phases: Vec<PhaseRecord>,
     tasks: JoinSet<(usize, StepOutcome, C::Memory)>,
+    /// The node each running step task is for, so a task that panics
+    /// fails its own node and no other.
+    task_nodes: HashMap<tokio::task::Id, usize>,
     /// Tokens taken per storage.
     storage_use: HashMap<String, usize>,
     /// Why no new node starts, once a failure stopped the run.
@@ -139,6 +142,7 @@ impl<'a, C: Controller> Scheduler<'a, C> {
             events,
             phases: Vec::new(),
             tasks: JoinSet::new(),
+            task_nodes: HashMap::new(),
             storage_use: HashMap::new(),
             halted: None,
             cancelled: false,
@@ -163,10 +167,15 @@ impl<'a, C: Controller> Scheduler<'a, C> {
             }
             let wake = self.next_wake();
             tokio::select! {
-                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => match joined {
-                    Ok((i, outcome, memory)) => self.settle(i, outcome, memory),
-                    Err(err) => self.lost(&err),
-                },
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    match joined {
+                        Ok((id, (i, outcome, memory))) => {
+                            self.task_nodes.remove(&id);
+                            self.settle(i, outcome, memory);
+                        }
+                        Err(err) => self.lost(&err),
+                    }
+                }
                 () = sleep_until(wake), if wake.is_some() => {}
                 () = &mut cancel, if !self.cancelled => self.cancel(),
             }
@@ -309,10 +318,11 @@ impl<'a, C: Controller> Scheduler<'a, C> {
             let controller = self.controller.clone();
             let plan = run.plan.clone();
             let mut memory = run.memory.take().unwrap_or_default();
-            self.tasks.spawn(async move {
+            let task = self.tasks.spawn(async move {
                 let outcome = controller.run(&plan, &work, &mut memory).await;
                 (i, outcome, memory)
             });
+            self.task_nodes.insert(task.id(), i);
         }
     }
 
@@ -371,31 +381,37 @@ impl<'a, C: Controller> Scheduler<'a, C> {
                     run.phase = Phase::Waiting(Instant::now() + backoff(self.config, attempts));
                     return;
                 }
-                self.close_step(i, "failed", attempts);
-                self.finish(i, NodeState::Failed(format!("{step}: {}", err.message)));
-                let on_error = self.on_error;
-                match on_error {
-                    OnError::Continue => {}
-                    OnError::Stop | OnError::Rollback => {
-                        self.halted.get_or_insert_with(|| {
-                            format!("run stopped after {node} failed (on_error: {on_error})")
-                        });
-                    }
-                }
+                self.fail(i, attempts, format!("{step}: {}", err.message));
             }
         }
     }
 
-    /// A step task panicked: a controller bug. Which node it ran for is
-    /// lost with it, so every running node fails, loudly, rather than the
-    /// run hanging.
-    fn lost(&mut self, err: &JoinError) {
-        for i in 0..self.runs.len() {
-            if self.runs[i].phase == Phase::Running {
-                let why = format!("internal error: step task ended: {err}");
-                self.finish(i, NodeState::Failed(why));
-            }
+    /// Node `i`'s current step failed for good: the step ends (freeing its
+    /// storage token), the node fails, and `on_error` decides the rest.
+    fn fail(&mut self, i: usize, attempts: u32, why: String) {
+        self.close_step(i, "failed", attempts);
+        self.finish(i, NodeState::Failed(why));
+        let on_error = self.on_error;
+        if matches!(on_error, OnError::Stop | OnError::Rollback) {
+            let node = &self.runs[i].plan.node;
+            self.halted.get_or_insert_with(|| {
+                format!("run stopped after {node} failed (on_error: {on_error})")
+            });
         }
+    }
+
+    /// A step task panicked (a controller bug): its node fails, loudly,
+    /// like any failed step; the other nodes go on as `on_error` says.
+    fn lost(&mut self, err: &JoinError) {
+        let Some(i) = self.task_nodes.remove(&err.id()) else {
+            return;
+        };
+        let attempts = self.runs[i].attempts + 1;
+        self.fail(
+            i,
+            attempts,
+            format!("internal error: step task ended: {err}"),
+        );
     }
 
     /// `cancel` fired: from the next pass on, nothing new starts and nodes

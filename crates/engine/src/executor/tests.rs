@@ -419,6 +419,21 @@ async fn a_duplicate_entry_never_hides_a_failure_of_the_same_node() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_panicking_step_fails_only_its_node_and_frees_its_storage() {
+    // One token on storage "s": b can only create once a's panicked step
+    // gave the token back.
+    let fake = Arc::new(Fake::default().script("a", Step::CreateVm, &[Out::Panic]));
+    let mut cfg = config(2, OnError::Continue);
+    cfg.per_storage = 1;
+    let report = run(fake.clone(), &plan_of(&["a", "b"]), &BTreeMap::new(), &cfg).await;
+    assert!(
+        matches!(&report.nodes["a"], NodeState::Failed(m) if m.contains("internal error")),
+        "{report:?}"
+    );
+    assert_eq!(report.nodes["b"], NodeState::Converged, "{report:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_panicking_step_fails_its_node_instead_of_hanging() {
     let fake = Arc::new(Fake::default().script("a", Step::CreateVm, &[Out::Panic]));
     let report = run(

@@ -1,5 +1,5 @@
 //! One reconcile of one manifest on one PVE tier, the same path for every
-//! trigger (CLI, daemon timer, commit, restart, a parent tier):
+//! trigger (CLI, daemon timer, commit, restart; next, a parent tier):
 //! [`Engine::run_once`] does
 //!
 //! 1. [`desired::resolve`]: the manifest through the site-config for the
@@ -19,7 +19,7 @@ mod setup;
 pub mod status;
 
 pub use run::{
-    Engine, Metrics, Observer, PveRequestCount, Request, RunOutcome, open_store, record_run,
+    Engine, Metrics, Observer, PveRequestCount, Request, RunOf, RunOutcome, open_store, record_run,
     summarize,
 };
 pub use setup::{Setup, host_ssh, known_hosts, ssh_check};
@@ -90,7 +90,7 @@ pub enum Error {
         #[source]
         source: pve::Error,
     },
-    #[error("cannot open the store in {}", dir.display())]
+    #[error("the state directory {} cannot be used", dir.parent().unwrap_or(dir).display())]
     StoreOpen {
         dir: PathBuf,
         #[source]

@@ -77,6 +77,23 @@ pub struct RunOutcome {
     pub duration: Duration,
 }
 
+impl RunOutcome {
+    /// A run that failed before it could plan (`why` says what failed).
+    pub fn failed(why: String, started: Timestamp, duration: Duration) -> RunOutcome {
+        RunOutcome {
+            outcome: Outcome::Failed,
+            report: None,
+            status: None,
+            changed_nodes: 0,
+            drifted_nodes: 0,
+            summary: String::new(),
+            message: Some(why),
+            started,
+            duration,
+        }
+    }
+}
+
 /// PVE API requests made, by method and endpoint template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PveRequestCount {
@@ -177,11 +194,13 @@ impl Engine {
     /// The client for `host`, reused while its endpoint, pin and token stay
     /// the same (a reloaded site-config may change them).
     fn api(&self, host: &HostConfig) -> Result<Arc<dyn pve::Api>, Error> {
+        // The token only as a digest: the cache key is a plain string.
+        let token = host.api_token().map(|t| t.expose()).unwrap_or_default();
         let identity = format!(
             "{}|{}|{}",
             host.api_endpoint.as_deref().unwrap_or_default(),
             host.api_fingerprint.as_deref().unwrap_or_default(),
-            host.api_token().map(|t| t.expose()).unwrap_or_default()
+            homestak_base::digest::hex(&homestak_base::digest::sha256(token.as_bytes()))
         );
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(cached) = clients.get(&host.name)
@@ -201,29 +220,37 @@ impl Engine {
         Ok(api)
     }
 
-    /// The tier of target `host`; `ssh` loads the key that checks VMs
-    /// answer on SSH.
-    pub fn tier(&self, site: Arc<Site>, host: &str, ssh: bool) -> Result<Tier, Error> {
+    /// The tier of target `host`, without the SSH check of VMs (a run adds
+    /// it once its plan is approved).
+    pub fn tier(&self, site: Arc<Site>, host: &str) -> Result<Tier, Error> {
         let host_config = site.host_config(host).map_err(|source| Error::Host {
             host: host.to_string(),
             source,
         })?;
         let api = self.api(&host_config)?;
         let pve_node = super::pve_node(&host_config)?;
-        let setup = Setup {
-            ssh,
-            ..self.setup.clone()
-        };
         Ok(Tier {
-            ssh: ssh_check(&host_config, &setup)?,
-            known_hosts: Some(known_hosts(&host_config, &setup)),
-            host_ssh: Some(host_ssh(&host_config, &setup)),
+            ssh: None,
+            known_hosts: Some(known_hosts(&host_config, &self.setup)),
+            host_ssh: host_ssh(&host_config, &self.setup),
             site,
             host: host_config,
             pve_node,
             api,
             store: self.store.clone(),
         })
+    }
+
+    /// The SSH check of VMs on `host`, with this engine's key.
+    fn ssh_check(
+        &self,
+        host: &HostConfig,
+    ) -> Result<Option<crate::controllers::vm::SshCheck>, Error> {
+        let setup = Setup {
+            ssh: true,
+            ..self.setup.clone()
+        };
+        ssh_check(host, &setup)
     }
 
     /// The drift report of `manifest` on `host`. Changes nothing.
@@ -233,7 +260,7 @@ impl Engine {
         manifest: &Manifest,
         host: &str,
     ) -> Result<Status, Error> {
-        self.tier(site, host, false)?.status(manifest).await
+        self.tier(site, host)?.status(manifest).await
     }
 
     /// Runs `request` once. `cancel` resolving winds the run down at a
@@ -252,7 +279,9 @@ impl Engine {
                 .options
                 .verify_ssh
                 .unwrap_or(manifest.settings().verify_ssh);
-        let tier = self.tier(request.site.clone(), &request.host, ssh)?;
+        // The SSH key is loaded only once the plan is approved: a plan, a
+        // dry run or a declined destroy never needs it.
+        let mut tier = self.tier(request.site.clone(), &request.host)?;
         let mut planned = match request.mode {
             Mode::Apply | Mode::ReportOnly => tier.plan(manifest, &request.options).await?,
             Mode::Destroy => tier.plan_destroy(manifest).await?,
@@ -288,6 +317,9 @@ impl Engine {
             run.duration = clock.elapsed();
             return Ok(run);
         } else {
+            if ssh {
+                tier.ssh = self.ssh_check(&tier.host)?;
+            }
             let name = manifest.name();
             let progress = |event: Event| {
                 self.history(name, &event);
@@ -340,26 +372,13 @@ impl Engine {
     fn record(&self, request: &Request, run: &RunOutcome) {
         let Some(store) = &self.store else { return };
         let name = request.manifest.name();
-        let last = LastReconcile {
-            revision: request.revision.clone(),
-            at: run.started,
+        let what = RunOf {
+            manifest: name,
+            revision: request.revision.as_deref(),
             reason: request.reason,
             mode: request.mode,
-            outcome: run.outcome,
-            duration_ms: u64::try_from(run.duration.as_millis()).unwrap_or(u64::MAX),
-            changed_nodes: run.changed_nodes,
-            drifted_nodes: run.drifted_nodes,
-            summary: run.summary.clone(),
-            message: run.message.clone(),
         };
-        let applied = (request.mode == Mode::Apply && run.outcome == Outcome::Converged)
-            .then_some(request.revision.as_ref())
-            .flatten()
-            .map(|revision| Applied {
-                revision: revision.clone(),
-                at: Timestamp::now(),
-            });
-        if let Err(err) = record_run(store.as_ref(), name, last, applied) {
+        if let Err(err) = record_run(store.as_ref(), &what, run) {
             tracing::warn!(error = %err, manifest = name, "cannot record the run");
         }
         let Some(report) = &run.report else { return };
@@ -390,17 +409,45 @@ pub fn open_store(state_dir: &std::path::Path) -> Result<Arc<dyn Store>, Error> 
     Ok(Arc::new(opened))
 }
 
-/// Keeps `last` as `manifest`'s last run, and `applied` (when given) as its
-/// last applied revision, durably. The daemon calls it too, for runs that
-/// failed before they reached the engine.
+/// Which run of which manifest [`record_run`] keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOf<'a> {
+    pub manifest: &'a str,
+    pub revision: Option<&'a str>,
+    pub reason: Reason,
+    pub mode: Mode,
+}
+
+/// Keeps `run` as the manifest's last run and, when it converged applying
+/// a revision, that revision as the last applied, durably. Every run ends
+/// here: the engine's, and the daemon's runs that failed before they
+/// reached an engine.
 pub fn record_run(
     store: &dyn Store,
-    manifest: &str,
-    last: LastReconcile,
-    applied: Option<Applied>,
+    what: &RunOf<'_>,
+    run: &RunOutcome,
 ) -> Result<(), store::Error> {
+    let last = LastReconcile {
+        revision: what.revision.map(str::to_string),
+        at: run.started,
+        reason: what.reason,
+        mode: what.mode,
+        outcome: run.outcome,
+        duration_ms: u64::try_from(run.duration.as_millis()).unwrap_or(u64::MAX),
+        changed_nodes: run.changed_nodes,
+        drifted_nodes: run.drifted_nodes,
+        summary: run.summary.clone(),
+        message: run.message.clone(),
+    };
+    let applied = (what.mode == Mode::Apply && run.outcome == Outcome::Converged)
+        .then_some(what.revision)
+        .flatten()
+        .map(|revision| Applied {
+            revision: revision.to_string(),
+            at: Timestamp::now(),
+        });
     store
-        .update_manifest(manifest, store::Durability::Flush, &mut |record| {
+        .update_manifest(what.manifest, store::Durability::Flush, &mut |record| {
             if let Some(applied) = &applied {
                 record.last_applied = Some(applied.clone());
             }

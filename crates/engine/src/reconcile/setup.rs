@@ -55,21 +55,19 @@ pub fn ssh_check(host: &HostConfig, setup: &Setup) -> Result<Option<SshCheck>, E
 }
 
 /// SSH to `host` itself (`ssh_user@ssh_host:ssh_port`), for joining images
-/// shipped in parts. Nothing is loaded or contacted until a join needs it;
-/// the host key is trusted on first use and kept with the VMs' keys.
-pub fn host_ssh(host: &HostConfig, setup: &Setup) -> HostSsh {
-    HostSsh {
+/// shipped in parts; `None` when the site-config gives the host no address.
+/// Nothing is loaded or contacted until a join needs it; the host key is
+/// trusted on first use and kept with the VMs' keys.
+pub fn host_ssh(host: &HostConfig, setup: &Setup) -> Option<HostSsh> {
+    let address = host.ssh_host.as_deref()?;
+    Some(HostSsh {
         transport: Arc::new(ssh::RusshTransport::new(ssh::ClientOptions::default())),
-        destination: ssh::Destination::new(
-            host.ssh_host.as_deref().unwrap_or_default(),
-            host.ssh_port,
-            &host.ssh_user,
-        ),
+        destination: ssh::Destination::new(address, host.ssh_port, &host.ssh_user),
         key: setup
             .ssh_key
             .clone()
             .unwrap_or_else(|| host.ssh_key.clone()),
         host_key: ssh::HostKeyPolicy::AcceptNew(known_hosts(host, setup).file),
         host: host.name.clone(),
-    }
+    })
 }

@@ -105,7 +105,7 @@ pub fn render_human(status: &Status, style: Style) -> String {
         status
             .last_applied_commit
             .as_deref()
-            .map(|c| format!(" (last applied commit {c})"))
+            .map(|c| format!(" (last applied {c})"))
             .unwrap_or_default()
     );
     let line = |cells: &[String; 5]| {

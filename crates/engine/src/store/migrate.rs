@@ -5,7 +5,8 @@
 //! - 1 → 2: events and manifest records take the shapes the daemon's API
 //!   serves (`homestak_api`): an event's `kind: Normal|Warning` and
 //!   CamelCase `reason` become `level` and a snake_case `kind`; a
-//!   manifest's `last_applied_commit` becomes `last_applied`. A version 1
+//!   manifest's `last_applied_commit` becomes `last_applied` (its time is the
+//!   end of the manifest's last run, the nearest version 1 kept). A version 1
 //!   `last_reconcile` carried no reason or mode and is dropped; the next run
 //!   writes a new one. Timestamps stay numbers: they read as they are.
 

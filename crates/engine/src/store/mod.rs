@@ -31,7 +31,7 @@ mod records;
 pub mod sled;
 pub mod types;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use homestak_api::{Event, ManifestRecord, Subtree};
@@ -267,11 +267,6 @@ pub trait Store: Send + Sync {
 
     /// Makes every write so far durable (also done on close).
     fn flush(&self) -> Result<()>;
-}
-
-/// Opens the sled store at `dir` with default options.
-pub fn open_default(dir: &Path) -> Result<SledStore> {
-    open(dir, Options::default())
 }
 
 impl Error {

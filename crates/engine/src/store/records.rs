@@ -315,7 +315,6 @@ impl<B: Backend> Store for KvStore<B> {
         check_name("manifest name", manifest)?;
         let prefix = manifest_prefix(manifest);
         let mut out = Vec::new();
-        let mut failure = None;
         self.backend
             .scan(Tree::Nodes, &prefix, false, &mut |k, v| {
                 let text = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
@@ -325,20 +324,14 @@ impl<B: Backend> Store for KvStore<B> {
                     return true;
                 };
                 match decode("node record", &format!("{manifest}/{node}"), v) {
-                    Ok(record) => {
-                        out.push((node, record));
-                        true
-                    }
-                    Err(err) => {
-                        failure = Some(err);
-                        false
-                    }
+                    Ok(record) => out.push((node, record)),
+                    // One damaged record does not hide the others; PVE is
+                    // observed anyway and the next write replaces it.
+                    Err(err) => tracing::warn!(error = %err, "skipping an unreadable node record"),
                 }
+                true
             })?;
-        match failure {
-            Some(err) => Err(err),
-            None => Ok(out),
-        }
+        Ok(out)
     }
 
     fn append_event(&self, event: &Event) -> Result<Event> {
@@ -446,9 +439,18 @@ impl<B: Backend> Store for KvStore<B> {
         check_name("manifest name", name)?;
         loop {
             let old = self.backend.get(Tree::Manifests, name.as_bytes())?;
-            let mut record = match old.as_deref() {
-                Some(bytes) => decode("manifest record", name, bytes)?,
+            let mut record = match old
+                .as_deref()
+                .map(|b| decode::<ManifestRecord>("manifest record", name, b))
+            {
+                Some(Ok(record)) => record,
                 None => ManifestRecord::default(),
+                // Replaced rather than blocking every later run's record;
+                // the next run writes what it applies.
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, manifest = name, "replacing an unreadable manifest record");
+                    ManifestRecord::default()
+                }
             };
             change(&mut record);
             let bytes = encode("manifest record", name, &record)?;

@@ -8,8 +8,6 @@
 //! explicitly. sled locks the directory, so one process opens a store at a
 //! time.
 
-use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::Error;
@@ -34,8 +32,6 @@ impl std::fmt::Debug for SledBackend {
     }
 }
 
-/// Opens (creating if needed) the store in `dir`. The directory is made
-/// private (0700): the store names hosts, VMs and addresses.
 /// Opens the sled database, waiting briefly for a lock that a store closed
 /// a moment ago in this process may still hold (sled's flusher thread
 /// releases it asynchronously after drop).
@@ -60,18 +56,13 @@ pub(crate) fn is_lock_error(err: &std::io::Error) -> bool {
     err.to_string().contains("could not acquire lock")
 }
 
+/// Opens (creating if needed) the store in `dir`. The directory is made
+/// private (0700): the store names hosts, VMs and addresses.
 pub fn open(dir: &Path, options: Options) -> Result<SledStore, Error> {
-    let dir_error = |source| Error::Directory {
+    crate::state_dir::create_private(dir).map_err(|source| Error::Directory {
         path: dir.to_path_buf(),
         source,
-    };
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(dir_error)?;
-    // An existing directory keeps its mode through create(); tighten it.
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(dir_error)?;
+    })?;
     let db = open_db(dir).map_err(|source| Error::Open {
         path: dir.to_path_buf(),
         source,

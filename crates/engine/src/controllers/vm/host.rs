@@ -32,8 +32,7 @@ use homestak_ssh::{self as ssh, ErrorKind};
 #[derive(Clone)]
 pub struct HostSsh {
     pub transport: Arc<dyn ssh::Transport>,
-    /// `ssh_user@ssh_host:ssh_port`; an empty host means the site-config
-    /// gives no address.
+    /// `ssh_user@ssh_host:ssh_port`.
     pub destination: ssh::Destination,
     /// The private key, loaded only when a join needs it: a site without
     /// split images never needs one.
@@ -46,15 +45,6 @@ pub struct HostSsh {
 /// Joining an image's parts on the host failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "image {image} ships in {parts} parts; joining them needs SSH to the PVE host, and \
-         nodes/{host}.yaml gives no address for it (set api_endpoint)"
-    )]
-    NoAddress {
-        image: String,
-        parts: u32,
-        host: String,
-    },
     #[error(
         "image {image} ships in {parts} parts; joining them needs SSH to the PVE host \
          {destination} ({hint})"
@@ -92,7 +82,7 @@ impl Error {
     /// connection); a missing key or a refused login does not fix itself.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::NoAddress { .. } | Error::Path { .. } => false,
+            Error::Path { .. } => false,
             Error::Connect { source, .. } => matches!(
                 source.kind(),
                 ErrorKind::PortClosed
@@ -149,17 +139,9 @@ impl HostSsh {
         })
     }
 
-    /// Checks what can be checked without the host (an address, a usable
-    /// key), so a join that cannot happen fails before any part is
-    /// downloaded; the key.
+    /// Checks what can be checked without the host (a usable key), so a
+    /// join that cannot happen fails before any part is downloaded; the key.
     pub fn check(&self, image: &str, parts: u32) -> Result<ssh::Identity, Error> {
-        if self.destination.host.is_empty() {
-            return Err(Error::NoAddress {
-                image: image.to_string(),
-                parts,
-                host: self.host.clone(),
-            });
-        }
         ssh::Identity::load(&self.key).map_err(|source| self.connect_error(image, parts, source))
     }
 

@@ -1,4 +1,4 @@
-//! The reconciler-test harness behind `tests/reconciler.rs`: the case
+//! The reconciler-test harness behind `tests/reconciler/main.rs`: the case
 //! format ([`case`]), the steps ([`run`]), the checks ([`check`]) and the
 //! simulator's control API ([`control`]).
 

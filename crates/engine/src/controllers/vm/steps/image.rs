@@ -248,8 +248,9 @@ impl VmController {
         }
         let Some(host) = &self.host_ssh else {
             return refuse(format!(
-                "image {image} ships in {count} parts; joining them needs SSH to the PVE host, \
-                 which this run has no settings for"
+                "image {image} ships in {count} parts; joining them needs SSH to the PVE host \
+                 {}, and its nodes/ file gives no address for it (set api_endpoint)",
+                self.pve_node
             ));
         };
         // No gigabytes downloaded for a join that cannot log in.
