@@ -122,42 +122,26 @@ impl Api {
     }
 
     fn subtree(&self, body: &[u8], caller: &Caller) -> Result<SubtreeResponse, ApiError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("Request body is not JSON: {e}")))?;
-        let object = value.as_object().ok_or_else(|| {
-            ApiError::bad_request("Request body must be {\"host\": …, \"manifest\": {…}}")
+        let request: SubtreeRequest = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "Invalid request body: {e}; send {{\"host\": NODE, \"manifest\": {{…}}}}"
+            ))
         })?;
-        if let Some(key) = object
-            .keys()
-            .find(|k| !matches!(k.as_str(), "host" | "manifest"))
-        {
-            return Err(ApiError::bad_request(format!("Unknown field: {key}")));
-        }
-        let host = object
-            .get("host")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::bad_request("Missing field: host (a node of this tier)"))?;
-        NodeName::new(host).map_err(|e| ApiError::bad_request(format!("Invalid host: {e}")))?;
-        let site = self.site.get();
-        if !site.nodes().contains(host) {
+        let host = &request.host;
+        NodeName::new(host.as_str())
+            .map_err(|e| ApiError::bad_request(format!("Invalid host: {e}")))?;
+        if !self.site.get().nodes().contains(host) {
             return Err(ApiError::bad_request(format!(
                 "Unknown host {host}: no nodes/{host}.yaml in this tier's site-config"
             )));
         }
-        let raw = object
-            .get("manifest")
-            .ok_or_else(|| ApiError::bad_request("Missing field: manifest"))?;
-        let manifest = Manifest::from_value(raw, Origin::Json)
+        let manifest = Manifest::from_value(&request.manifest, Origin::Json)
             .map_err(|e| ApiError::bad_request(format!("Invalid manifest: {}", e.located())))?;
         if !manifest.has_nodes() {
             return Err(ApiError::bad_request(
                 "Invalid manifest: a subtree must be a schema v2 manifest with nodes",
             ));
         }
-        let request = SubtreeRequest {
-            host: host.to_string(),
-            manifest: raw.clone(),
-        };
         let name = manifest.name().to_string();
         let revision = subtree_revision(&request.manifest);
         self.reconciler.accept_subtree(Subtree {
