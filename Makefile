@@ -3,19 +3,19 @@ CARGO ?= cargo
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: all build test lint fmt demo bench crds conformance venv clean
+.PHONY: all build test lint deny fmt demo bench crds conformance venv clean
 
 all: build
 
 build:
 	$(CARGO) build
 
-## test: formatting, lints and every test (what .ci/run calls); the venv
-## lets tests/sim_conformance.rs run the proxmoxer lifecycle and the
-## ansible proxmox_kvm playbook.
-test: lint venv
-	$(CARGO) test --all-targets
-	$(CARGO) test --doc
+## test: formatting, lints, cargo deny and every test of every crate (what
+## .ci/run calls); the venv lets the binary's sim_conformance tests run the
+## proxmoxer lifecycle and the ansible proxmox_kvm playbook.
+test: lint deny venv
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
 
 ## venv: Python clients for conformance runs (proxmoxer 2.3.0, requests,
 ## ansible 12.3.0 with community.proxmox 1.4.0). A cold install takes about
@@ -34,7 +34,25 @@ conformance: venv build
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## deny: `cargo deny check advisories bans` against deny.toml. cargo-deny
+## is installed into .tools/ on first use (a few minutes, once). The RustSec
+## database comes from github.com: where that cannot be reached, the
+## advisories check says SKIPPED and the bans still run.
+CARGO_DENY_VERSION := 0.20.2
+DENY := .tools/bin/cargo-deny
+
+deny: $(DENY)
+	$(DENY) deny check bans
+	@if $(DENY) deny fetch db >/dev/null 2>&1; then \
+		$(DENY) deny check --disable-fetch advisories; \
+	else \
+		echo "advisories: SKIPPED, the RustSec database (github.com/rustsec/advisory-db) cannot be fetched from this machine"; \
+	fi
+
+$(DENY):
+	$(CARGO) install --locked --quiet --root .tools cargo-deny@$(CARGO_DENY_VERSION)
 
 fmt:
 	$(CARGO) fmt --all
@@ -45,7 +63,7 @@ demo: build
 
 ## bench: converge speed against the simulator (ratios measured in one run)
 bench:
-	$(CARGO) bench --bench converge
+	$(CARGO) bench -p homestak-engine --bench converge
 
 ## crds: regenerate the JSON Schemas in crds/
 crds: build

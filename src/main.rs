@@ -1,6 +1,10 @@
-//! The `homestak` binary: everything lives in the library, which this only
-//! enters through `homestak::cli::main` (exit codes are documented there).
+//! The `homestak` binary: the command-line front end over the workspace's
+//! crates (see [`cli`]; exit codes are documented there).
+
+#![forbid(unsafe_code)]
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    homestak::cli::main()
+    cli::main()
 }

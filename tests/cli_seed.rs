@@ -90,7 +90,7 @@ fn text(out: &Output) -> String {
 
 #[test]
 fn test_verb_creates_verifies_ssh_and_destroys() {
-    homestak::tls::install_crypto_provider();
+    homestak_tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let reports = dir.path().join("reports");
@@ -113,6 +113,15 @@ fn test_verb_creates_verifies_ssh_and_destroys() {
         "dry run changed the world: {}",
         text(&out)
     );
+    // A dry run never loads the SSH key, not even for `test`, which
+    // checks SSH: the key is read only once a plan is to be applied.
+    let missing = dir.path().join("no-such-key");
+    let out = homestak(
+        &site,
+        &state,
+        &["test", "--dry-run", "--ssh-key", missing.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
     let out = homestak(
         &site,

@@ -3,14 +3,16 @@
 //! `homestak status` then shows it in sync. Prints the time from commit to
 //! converged (a figure, not an assertion: performance is for benchmarks).
 
-mod daemon_support;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use daemon_support::*;
-use homestak::daemon::converge::ConvergeEngine;
+use crate::daemon_support::*;
+use homestak_core::site::Secret;
+use homestak_daemon::auth::{ApiTokens, Scope};
+use homestak_daemon::converge::ConvergeEngine;
+use homestak_daemon::server::ApiTokenSource;
+use homestak_engine::reconcile::Setup;
 use serde_json::Value;
 
 fn write(root: &Path, rel: &str, text: &str) {
@@ -57,16 +59,16 @@ async fn wait_in_sync(d: &Running, nodes: usize, revision: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_change_converges_and_status_is_in_sync() {
-    homestak::tls::install_crypto_provider();
+    homestak_tls::install_crypto_provider();
     let site = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     site_config(site.path());
 
-    let mut sim_config = homestak::sim::Config::with_defaults();
+    let mut sim_config = homestak_sim::Config::with_defaults();
     sim_config.listen = Some("127.0.0.1:0".parse().unwrap());
     sim_config.time_scale = 0.01;
-    let sim = homestak::sim::Simulator::start(sim_config).await.unwrap();
-    homestak::sim::site_config::update(site.path(), &sim.ready_info(), "local-zfs", 22).unwrap();
+    let sim = homestak_sim::Simulator::start(sim_config).await.unwrap();
+    homestak_sim::site_config::update(site.path(), &sim.ready_info(), "local-zfs", 22).unwrap();
     // PVE validates cloud-init keys: give the VMs a well-formed one.
     let secrets = std::fs::read_to_string(site.path().join("secrets.yaml")).unwrap();
     write(
@@ -89,9 +91,24 @@ async fn a_committed_change_converges_and_status_is_in_sync() {
     git(site.path(), &["commit", "-q", "-m", "target the simulator"]);
 
     let mut config = config(site.path(), state.path());
+    // As `homestak serve` keeps them: the tokens file and the token it
+    // generated beside it, which `homestak status` uses to ask the daemon.
+    write(
+        state.path(),
+        "api-tokens.yaml",
+        &ApiTokens::file_text("reader", Scope::Read, &Secret::new(READ_TOKEN)),
+    );
+    write(state.path(), "api-token", READ_TOKEN);
+    config.api_tokens = ApiTokenSource::Default;
     config.watch = true;
     config.debounce = Duration::from_millis(100);
-    let engine = Arc::new(ConvergeEngine::new(state.path().to_path_buf(), false, None).unwrap());
+    let engine = Arc::new(
+        ConvergeEngine::open(Setup {
+            state_dir: state.path().to_path_buf(),
+            ..Setup::default()
+        })
+        .unwrap(),
+    );
     let d = start(config, engine).await;
 
     let head = git(site.path(), &["rev-parse", "HEAD"]);

@@ -3,13 +3,11 @@
 //! (a spec edited on disk is served only after it), and SIGTERM stops it
 //! cleanly (exit 0, ready file and temporary repos removed, lease free).
 
-mod daemon_support;
-
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use daemon_support::*;
+use crate::daemon_support::*;
 use serde_json::Value;
 
 fn signal(pid: u32, name: &str) {
@@ -82,7 +80,7 @@ async fn sighup_reloads_and_sigterm_stops_cleanly() {
     let info: Value = serde_json::from_str(&wait_for_file(&ready).await).unwrap();
     let url = info["url"].as_str().unwrap().to_string();
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
-    let fingerprint: homestak::tls::Fingerprint =
+    let fingerprint: homestak_tls::Fingerprint =
         info["fingerprint"].as_str().unwrap().parse().unwrap();
     assert_eq!(info["pid"], pid);
     let client = client(fingerprint);

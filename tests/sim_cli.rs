@@ -66,7 +66,8 @@ fn sim_writes_ready_file_and_site_config_and_stops_on_sigterm() {
         );
     }
 
-    let secrets: serde_json::Value = homestak::yaml::read_file(&site.join("secrets.yaml")).unwrap();
+    let secrets: serde_json::Value =
+        homestak_base::yaml::read_file(&site.join("secrets.yaml")).unwrap();
     assert_eq!(secrets["api_tokens"]["pve"], info["token"]);
     assert_eq!(secrets["api_tokens"]["other"], "x");
     assert_eq!(secrets["ssh_keys"]["me"], "ssh-ed25519 AAAA me");
@@ -75,7 +76,8 @@ fn sim_writes_ready_file_and_site_config_and_stops_on_sigterm() {
             .unwrap()
             .starts_with("# keep me\n")
     );
-    let node: serde_json::Value = homestak::yaml::read_file(&site.join("nodes/pve.yaml")).unwrap();
+    let node: serde_json::Value =
+        homestak_base::yaml::read_file(&site.join("nodes/pve.yaml")).unwrap();
     assert_eq!(node["api_endpoint"], info["url"]);
     assert_eq!(node["api_token"], "pve");
     assert_eq!(node["datastore"], "local-zfs");
@@ -88,12 +90,12 @@ fn sim_writes_ready_file_and_site_config_and_stops_on_sigterm() {
     assert_eq!(node["ssh_port"], host_ssh.port());
     let key = node["ssh_key"].as_str().unwrap();
     assert!(key.ends_with(".homestak-sim/id_ed25519"), "{key}");
-    let host = homestak::site::Site::load(&site)
+    let host = homestak_core::site::Site::load(&site)
         .unwrap()
         .host_config("pve")
         .unwrap();
     assert_eq!(
-        (host.ssh_host.as_str(), host.ssh_port),
+        (host.ssh_host.as_deref().unwrap_or_default(), host.ssh_port),
         ("127.0.0.1", host_ssh.port())
     );
 

@@ -6,16 +6,14 @@
 //! destroyed or the simulator shuts down. Loopback only; timeouts are hang
 //! guards.
 
-mod sim_support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use homestak::ssh::{Session, Upload};
+use crate::sim_support::Sim;
+use crate::sim_support::guest::{self, GUARD, Tier, key, run, run_ok, ssh};
+use homestak_ssh::{Session, Upload};
 use serde_json::Value;
-use sim_support::Sim;
-use sim_support::guest::{self, GUARD, Tier, key, run, run_ok, ssh};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_homestak");
 

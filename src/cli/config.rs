@@ -13,7 +13,7 @@ use std::io::Write as _;
 use clap::{Subcommand, ValueEnum};
 
 use super::{GlobalArgs, Outcome, output};
-use crate::site::{AnsibleVars, IpConfig, Secret, Site, TofuVars, discover};
+use homestak_core::site::{AnsibleVars, IpConfig, Secret, Site, TofuVars, discover};
 
 /// Arguments of `homestak config`.
 #[derive(Debug, clap::Args)]
@@ -118,7 +118,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
             }
         }
     }
-    Ok(Outcome::Success)
+    Ok(Outcome::Converged)
 }
 
 fn list_label(kind: ListKind) -> &'static str {
@@ -284,7 +284,7 @@ fn render_table<const N: usize>(rows: &[[String; N]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::site::ResolvedVm;
+    use homestak_core::site::ResolvedVm;
 
     fn vars() -> TofuVars {
         TofuVars {

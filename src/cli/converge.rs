@@ -1,14 +1,17 @@
 //! `homestak plan`, `homestak reconcile --once` and `homestak status`.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use super::progress::Progress;
 use super::report::RunReport;
-use super::target::{Purpose, SshUse, TargetArgs, prepare};
+use super::target::{Prepared, Purpose, TargetArgs, prepare};
 use super::{GlobalArgs, Outcome, output};
-use crate::executor::{self, NodeState};
-use crate::plan::{Style, render_human};
-use crate::reconcile::{self, status};
+use homestak_api::{Event, Mode, Reason};
+use homestak_base::id::NodeName;
+use homestak_core::plan::{Style, render_human};
+use homestak_engine::executor::{self, NodeState};
+use homestak_engine::reconcile::{self, Observer, Planned, Request, status};
 
 /// Arguments of `homestak plan`.
 #[derive(Debug, clap::Args)]
@@ -70,25 +73,71 @@ fn options(allow_replace: bool, no_prune: bool, concurrency: Option<usize>) -> r
     options
 }
 
-/// Runs `homestak plan`.
+/// Runs `homestak plan`: a run that stops once the plan is made.
 pub async fn plan(args: PlanArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     let prepared = prepare(&args.target, global, Purpose::Read)?;
-    let options = options(args.allow_replace, args.no_prune, None);
-    let planned = prepared.tier.plan(&prepared.manifest, &options).await?;
-    if global.json {
-        output::print_json(&planned.plan.to_json())?;
+    let mut options = options(args.allow_replace, args.no_prune, None);
+    // A plan never talks to VMs.
+    options.verify_ssh = Some(false);
+    let request = request(&prepared, &args.target, Mode::Apply, options);
+    /// Shows the plan and stops the run there.
+    struct Show {
+        json: bool,
+        shown: Mutex<anyhow::Result<()>>,
+    }
+    impl Observer for Show {
+        fn planned(&self, planned: &Planned) -> bool {
+            *lock(&self.shown) = show_plan(planned, self.json);
+            false
+        }
+    }
+    let show = Show {
+        json: global.json,
+        shown: Mutex::new(Ok(())),
+    };
+    let run = prepared
+        .engine
+        .run_once(request, std::future::pending(), &show)
+        .await?;
+    std::mem::replace(&mut *lock(&show.shown), Ok(()))?;
+    Ok(
+        if args.detailed_exitcode && run.outcome == Outcome::Drifted {
+            Outcome::Drifted
+        } else {
+            Outcome::Converged
+        },
+    )
+}
+
+fn show_plan(planned: &Planned, json: bool) -> anyhow::Result<()> {
+    if json {
+        output::print_json(&planned.plan.to_json())
     } else {
         output::print_text(&render_human(
             &planned.plan,
             &planned.tier.desired,
             Style::for_stdout(),
         ));
+        Ok(())
     }
-    Ok(if args.detailed_exitcode && !planned.plan.is_converged() {
-        Outcome::Drift
-    } else {
-        Outcome::Success
-    })
+}
+
+/// The run of `prepared`'s manifest on `target`'s host.
+fn request(
+    prepared: &Prepared,
+    target: &TargetArgs,
+    mode: Mode,
+    options: reconcile::Options,
+) -> Request {
+    Request {
+        manifest: Arc::clone(&prepared.manifest),
+        host: target.host.clone(),
+        site: Arc::clone(&prepared.site),
+        revision: None,
+        reason: Reason::Cli,
+        mode,
+        options,
+    }
 }
 
 /// Runs `homestak reconcile --once`.
@@ -103,10 +152,9 @@ pub async fn reconcile(args: ReconcileArgs, global: &GlobalArgs) -> anyhow::Resu
     let run = Run {
         mode: Mode::Apply,
         dry_run: false,
-        force_ssh: false,
         confirm: false,
     };
-    let outcome = converge(&args.target, global, &options, run, &mut report).await?;
+    let outcome = converge(&args.target, global, options, run, &mut report).await?;
     finish_report(
         &report,
         global,
@@ -115,47 +163,90 @@ pub async fn reconcile(args: ReconcileArgs, global: &GlobalArgs) -> anyhow::Resu
     Ok(outcome)
 }
 
-/// What [`converge`] does with the plan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Mode {
-    /// Converge to the manifest.
-    Apply,
-    /// Remove everything the manifest owns.
-    Destroy,
-}
-
 /// How [`converge`] runs.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Run {
+    /// Apply or destroy.
     pub mode: Mode,
     /// Print the plan and stop.
     pub dry_run: bool,
-    /// Verify SSH even when the manifest's `verify_ssh` is off (`test`).
-    pub force_ssh: bool,
     /// Ask before destroying (skipped by `--yes`).
     pub confirm: bool,
 }
 
-/// Plan, show, apply with live progress, record. Shared by `reconcile` and
-/// the seed verbs.
+/// What the command line shows of a run: the plan, a confirmation when
+/// asked for, then live progress.
+struct Terminal {
+    run: Run,
+    json: bool,
+    /// The plan, for the one JSON document a `--json` run prints.
+    plan: Mutex<Option<serde_json::Value>>,
+    progress: Mutex<Option<Progress>>,
+    /// Why the run stopped after planning, when it was not a dry run.
+    refused: Mutex<Option<anyhow::Error>>,
+}
+
+impl Observer for Terminal {
+    fn planned(&self, planned: &Planned) -> bool {
+        if self.json {
+            *lock(&self.plan) = Some(planned.plan.to_json());
+        } else if let Err(err) = show_plan(planned, false) {
+            *lock(&self.refused) = Some(err);
+            return false;
+        }
+        if self.run.dry_run {
+            return false;
+        }
+        if self.run.confirm && planned.plan.nodes.iter().any(|n| n.is_actionable()) {
+            // A terminal read blocks: off the async workers while it waits.
+            let answer =
+                tokio::task::block_in_place(|| confirm_destroy(&planned.plan)).and_then(|yes| {
+                    if yes {
+                        Ok(())
+                    } else {
+                        Err(anyhow::anyhow!("destroy cancelled: nothing was changed"))
+                    }
+                });
+            if let Err(err) = answer {
+                *lock(&self.refused) = Some(err);
+                return false;
+            }
+        }
+        let names: Vec<NodeName> = planned
+            .plan
+            .nodes
+            .iter()
+            .filter(|n| n.is_actionable())
+            .map(|n| n.node.clone())
+            .collect();
+        *lock(&self.progress) = Some(Progress::new(!self.json, &names));
+        true
+    }
+
+    fn progress(&self, event: &Event) {
+        if let Some(progress) = lock(&self.progress).as_ref() {
+            progress.on_event(event);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Plan, show, apply with live progress: [`reconcile::Engine::run_once`]
+/// with the terminal watching. Shared by `reconcile` and the seed verbs.
 pub(super) async fn converge(
     target: &TargetArgs,
     global: &GlobalArgs,
-    options: &reconcile::Options,
+    options: reconcile::Options,
     run: Run,
     report: &mut RunReport,
 ) -> anyhow::Result<Outcome> {
-    let began = std::time::Instant::now();
-    let started = crate::store::Timestamp::now();
-    let purpose = match (run.dry_run, run.mode, run.force_ssh) {
-        (true, _, _) => Purpose::Read,
-        (false, Mode::Apply, true) => Purpose::Converge {
-            ssh: SshUse::Always,
-        },
-        (false, Mode::Apply, false) => Purpose::Converge {
-            ssh: SshUse::AsManifest,
-        },
-        (false, Mode::Destroy, _) => Purpose::Converge { ssh: SshUse::Never },
+    let purpose = if run.dry_run {
+        Purpose::Read
+    } else {
+        Purpose::Converge
     };
     let prepared = prepare(target, global, purpose)?;
     report
@@ -164,76 +255,46 @@ pub(super) async fn converge(
     report
         .context
         .insert("host".into(), target.host.clone().into());
-    let mut planned = match run.mode {
-        Mode::Apply => prepared.tier.plan(&prepared.manifest, options).await?,
-        Mode::Destroy => prepared.tier.plan_destroy(&prepared.manifest).await?,
+    let terminal = Terminal {
+        run,
+        json: global.json,
+        plan: Mutex::new(None),
+        progress: Mutex::new(None),
+        refused: Mutex::new(None),
     };
-    if run.force_ssh {
-        planned.settings.verify_ssh = true;
+    let request = request(&prepared, target, run.mode, options);
+    let cancel = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let result = prepared.engine.run_once(request, cancel, &terminal).await;
+    if let Some(progress) = lock(&terminal.progress).take() {
+        progress.finish();
     }
-    if global.json {
+    let result = result?;
+    if let Some(plan) = lock(&terminal.plan).take() {
         // One JSON document per run: the plan travels in the report.
-        report.context.insert("plan".into(), planned.plan.to_json());
-    } else {
-        output::print_text(&render_human(
-            &planned.plan,
-            &planned.tier.desired,
-            Style::for_stdout(),
-        ));
+        report.context.insert("plan".into(), plan);
     }
-    if run.dry_run {
-        report.duration = began.elapsed();
+    report.duration = result.duration;
+    if let Some(err) = lock(&terminal.refused).take() {
+        return Err(err);
+    }
+    let Some(executed) = &result.report else {
         report.context.insert("dry_run".into(), true.into());
-        return Ok(Outcome::Success);
-    }
-    if run.confirm
-        && planned.plan.nodes.iter().any(|n| n.is_actionable())
-        && !confirm_destroy(&planned.plan)?
-    {
-        anyhow::bail!("destroy cancelled: nothing was changed");
-    }
-    let names: Vec<String> = planned
-        .plan
-        .nodes
-        .iter()
-        .filter(|n| n.is_actionable())
-        .map(|n| n.node.clone())
-        .collect();
-    let progress = Progress::new(!global.json, &names);
-    let result = prepared
-        .tier
-        .apply(
-            &planned,
-            options,
-            async {
-                let _ = tokio::signal::ctrl_c().await;
-            },
-            &|event| progress.on_event(&event),
-        )
-        .await;
-    progress.finish();
-    prepared
-        .tier
-        .record_run(prepared.manifest.name(), started, &result, None);
-    report.absorb(&result);
-    report.duration = began.elapsed();
+        return Ok(Outcome::Converged);
+    };
+    report.absorb(executed);
     report
         .context
-        .insert("summary".into(), reconcile::summarize(&result).into());
+        .insert("summary".into(), result.summary.clone().into());
     if !global.json {
-        print_outcome(&result, run.mode);
+        print_outcome(executed, &result.summary, run.mode);
     }
-    Ok(if result.cancelled {
-        Outcome::Interrupted
-    } else if result.success() {
-        Outcome::Success
-    } else {
-        Outcome::Failed
-    })
+    Ok(result.outcome)
 }
 
 /// Asks on the terminal; refuses without one (scripts pass `--yes`).
-fn confirm_destroy(plan: &crate::plan::Plan) -> anyhow::Result<bool> {
+fn confirm_destroy(plan: &homestak_core::plan::Plan) -> anyhow::Result<bool> {
     use std::io::{BufRead, IsTerminal, Write};
     if !std::io::stdin().is_terminal() {
         anyhow::bail!("destroy needs confirmation: pass --yes (stdin is not a terminal)");
@@ -244,7 +305,7 @@ fn confirm_destroy(plan: &crate::plan::Plan) -> anyhow::Result<bool> {
         .filter(|n| n.is_actionable())
         .map(|n| match n.vmid {
             Some(v) => format!("{} (vmid {v})", n.node),
-            None => n.node.clone(),
+            None => n.node.to_string(),
         })
         .collect();
     eprint!(
@@ -260,7 +321,7 @@ fn confirm_destroy(plan: &crate::plan::Plan) -> anyhow::Result<bool> {
     Ok(answer.trim() == "yes")
 }
 
-fn print_outcome(result: &executor::Report, mode: Mode) {
+fn print_outcome(result: &executor::Report, summary: &str, mode: Mode) {
     let mut text = String::new();
     for (node, state) in &result.nodes {
         let line = match state {
@@ -274,7 +335,6 @@ fn print_outcome(result: &executor::Report, mode: Mode) {
         text.push_str(&line);
         text.push('\n');
     }
-    let summary = reconcile::summarize(result);
     if result.success() && mode == Mode::Destroy {
         // A finished destroy step list means the VM is gone.
         let gone = result
@@ -325,16 +385,18 @@ pub(super) fn finish_report(
 /// Runs `homestak status`.
 pub async fn status(args: StatusArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     let prepared = prepare(&args.target, global, Purpose::Read)?;
-    let mut report = prepared.tier.status(&prepared.manifest).await?;
-    if report.last_applied_commit.is_none() {
-        // The daemon keeps the commits it applied in its own records,
-        // readable while it runs (unlike the store it holds).
-        use crate::daemon::store::ControllerStore as _;
+    let mut report = prepared
+        .engine
+        .status(
+            Arc::clone(&prepared.site),
+            &prepared.manifest,
+            &args.target.host,
+        )
+        .await?;
+    if !prepared.has_store {
+        // The daemon holds the store: ask it what it applied.
         let dir = super::target::state_dir(args.target.state_dir.as_ref());
-        report.last_applied_commit = crate::daemon::store::FileStore::open(&dir)
-            .ok()
-            .and_then(|s| s.record(prepared.manifest.name()).last_applied)
-            .map(|a| a.revision);
+        report.last_applied_commit = super::daemon::applied_revision(&dir, &report.manifest).await;
     }
     if global.json {
         output::print_json(&report)?;
@@ -342,8 +404,8 @@ pub async fn status(args: StatusArgs, global: &GlobalArgs) -> anyhow::Result<Out
         output::print_text(&status::render_human(&report, Style::for_stdout()));
     }
     Ok(if report.in_sync {
-        Outcome::Success
+        Outcome::Converged
     } else {
-        Outcome::Drift
+        Outcome::Drifted
     })
 }

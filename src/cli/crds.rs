@@ -18,7 +18,7 @@ pub struct Args {
 /// Runs `homestak crds`.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     if args.check {
-        let stale = crate::crds::check(&args.out)?;
+        let stale = homestak_core::crds::check(&args.out)?;
         if global.json {
             let list: Vec<String> = stale.iter().map(ToString::to_string).collect();
             output::print_json(&serde_json::json!({ "stale": list }))?;
@@ -34,12 +34,12 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
             );
         }
         return Ok(if stale.is_empty() {
-            Outcome::Success
+            Outcome::Converged
         } else {
             Outcome::Failed
         });
     }
-    let written = crate::crds::write(&args.out)?;
+    let written = homestak_core::crds::write(&args.out)?;
     if global.json {
         let list: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
         output::print_json(&serde_json::json!({ "written": list }))?;
@@ -48,5 +48,5 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
             println!("wrote {}", path.display());
         }
     }
-    Ok(Outcome::Success)
+    Ok(Outcome::Converged)
 }

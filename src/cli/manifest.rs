@@ -14,8 +14,8 @@ use anyhow::Context as _;
 use serde_json::{Value, json};
 
 use super::{GlobalArgs, Outcome, output};
-use crate::graph::ManifestGraph;
-use crate::model::{self, Level, Loader, Manifest, Node};
+use homestak_core::graph::ManifestGraph;
+use homestak_core::model::{self, Level, Loader, Manifest, Node};
 
 /// Arguments of `homestak manifest`.
 #[derive(Debug, clap::Args)]
@@ -77,7 +77,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
 }
 
 fn site_config(global: &GlobalArgs) -> anyhow::Result<PathBuf> {
-    Ok(crate::site::discover::find(global.site_config.as_deref())?)
+    Ok(homestak_core::site::discover::find(
+        global.site_config.as_deref(),
+    )?)
 }
 
 /// Where a manifest came from, as printed.
@@ -182,11 +184,11 @@ fn list(global: &GlobalArgs) -> anyhow::Result<Outcome> {
             "site_config": site.display().to_string(),
             "manifests": manifests,
         }))?;
-        return Ok(Outcome::Success);
+        return Ok(Outcome::Converged);
     }
     if rows.is_empty() {
         println!("no manifests in {}", loader.dir().display());
-        return Ok(Outcome::Success);
+        return Ok(Outcome::Converged);
     }
     let table: Vec<[String; 4]> = rows
         .iter()
@@ -207,7 +209,7 @@ fn list(global: &GlobalArgs) -> anyhow::Result<Outcome> {
         "{}",
         render_table(["NAME", "SCHEMA", "SIZE", "DESCRIPTION"], &table)
     );
-    Ok(Outcome::Success)
+    Ok(Outcome::Converged)
 }
 
 /// Left-aligned columns separated by two spaces; the last one is not padded.
@@ -244,7 +246,7 @@ fn validate_one(source: &Source, global: &GlobalArgs) -> anyhow::Result<Outcome>
             } else {
                 println!("{described}: valid ({})", size_summary(&m));
             }
-            Ok(Outcome::Success)
+            Ok(Outcome::Converged)
         }
         Err(err) => {
             if global.json {
@@ -293,7 +295,7 @@ fn validate_all(global: &GlobalArgs) -> anyhow::Result<Outcome> {
         println!("{} valid, {invalid} invalid", names.len() - invalid);
     }
     Ok(if invalid == 0 {
-        Outcome::Success
+        Outcome::Converged
     } else {
         Outcome::Failed
     })
@@ -370,7 +372,7 @@ fn show(source: &Source, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     } else {
         print!("{}", render_show(&described, &m, graph.as_ref())?);
     }
-    Ok(Outcome::Success)
+    Ok(Outcome::Converged)
 }
 
 /// Create order and destroy order by name: the graph's for a node tree,

@@ -19,6 +19,7 @@ use clap::{Args, Parser, Subcommand};
 pub mod config;
 mod converge;
 pub mod crds;
+mod daemon;
 pub mod manifest;
 pub mod output;
 mod progress;
@@ -79,27 +80,18 @@ pub enum Command {
     Serve(Box<serve::Args>),
 }
 
-/// How a command ended, beyond plain errors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Everything asked for was done (or already in place).
-    Success,
-    /// The world differs from what the manifest declares.
-    Drift,
-    /// The command ran but failed; it already printed why.
-    Failed,
-    /// Stopped by SIGINT at a safe point.
-    Interrupted,
-}
+/// How a command ended: the engine's [`Outcome`]. A command that only
+/// reads or writes files (`config`, `manifest`, `crds`) ends `Converged`
+/// when it succeeds: nothing it checked is out of place.
+pub use homestak_api::Outcome;
 
-impl Outcome {
-    fn exit_code(self) -> ExitCode {
-        match self {
-            Outcome::Success => ExitCode::SUCCESS,
-            Outcome::Failed => ExitCode::from(1),
-            Outcome::Drift => ExitCode::from(2),
-            Outcome::Interrupted => ExitCode::from(130),
-        }
+/// The exit code of an outcome (the table above).
+fn exit_code(outcome: Outcome) -> ExitCode {
+    match outcome {
+        Outcome::Converged => ExitCode::SUCCESS,
+        Outcome::Failed => ExitCode::from(1),
+        Outcome::Drifted => ExitCode::from(2),
+        Outcome::Interrupted => ExitCode::from(130),
     }
 }
 
@@ -108,7 +100,7 @@ const EXIT_USAGE: u8 = 64;
 
 /// Entry point of the `homestak` binary.
 pub fn main() -> ExitCode {
-    crate::tls::install_crypto_provider();
+    homestak_tls::install_crypto_provider();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -130,7 +122,7 @@ pub fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(outcome) => outcome.exit_code(),
+        Ok(outcome) => exit_code(outcome),
         Err(err) => {
             output::print_error(&err);
             ExitCode::from(1)

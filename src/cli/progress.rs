@@ -9,17 +9,18 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::executor::{Event, NodeState};
+use homestak_api::{Event, Kind, NodeState};
+use homestak_base::id::NodeName;
 
 /// The progress display of one run.
 pub struct Progress {
     multi: Option<MultiProgress>,
-    bars: Mutex<HashMap<String, ProgressBar>>,
+    bars: Mutex<HashMap<NodeName, ProgressBar>>,
 }
 
 impl Progress {
     /// A display for `nodes`, drawn only when `enabled` and stderr is a TTY.
-    pub fn new(enabled: bool, nodes: &[String]) -> Progress {
+    pub fn new(enabled: bool, nodes: &[NodeName]) -> Progress {
         let draw = enabled && std::io::stderr().is_terminal();
         if !draw {
             return Progress {
@@ -28,7 +29,7 @@ impl Progress {
             };
         }
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let width = nodes.iter().map(String::len).max().unwrap_or(4);
+        let width = nodes.iter().map(|n| n.as_str().len()).max().unwrap_or(4);
         let style = ProgressStyle::with_template(&format!(
             "{{spinner}} {{prefix:<{width}}}  {{elapsed:>4}}  {{msg}}"
         ))
@@ -37,7 +38,7 @@ impl Progress {
         for node in nodes {
             let bar = multi.add(ProgressBar::new_spinner());
             bar.set_style(style.clone());
-            bar.set_prefix(node.clone());
+            bar.set_prefix(node.to_string());
             bar.set_message("waiting");
             bar.enable_steady_tick(Duration::from_millis(120));
             bars.insert(node.clone(), bar);
@@ -48,7 +49,7 @@ impl Progress {
         }
     }
 
-    fn set(&self, node: &str, message: String, done: bool) {
+    fn set(&self, node: &NodeName, message: String, done: bool) {
         let Ok(bars) = self.bars.lock() else { return };
         if let Some(bar) = bars.get(node) {
             if done {
@@ -59,46 +60,41 @@ impl Progress {
         }
     }
 
-    /// Feeds one executor event.
+    /// Feeds one event of the run.
     pub fn on_event(&self, event: &Event) {
-        match event {
-            Event::StepStarted { node, step } => {
+        let Some(node) = &event.node else {
+            return;
+        };
+        let step = event.step.map(|s| s.as_str()).unwrap_or_default();
+        match event.kind {
+            Kind::StepStarted => {
                 tracing::info!(%node, step, "step started");
-                self.set(node, (*step).to_string(), false);
+                self.set(node, step.to_string(), false);
             }
-            Event::StepRequeued { node, step, after } => {
-                tracing::debug!(%node, step, ?after, "step waiting");
+            Kind::StepRequeued => {
+                tracing::debug!(%node, message = %event.message, "step waiting");
                 self.set(node, format!("{step} (waiting)"), false);
             }
-            Event::StepDone {
-                node,
-                step,
-                duration,
-            } => {
-                tracing::info!(%node, step, ?duration, "step done");
+            Kind::StepDone => tracing::info!(%node, message = %event.message, "step done"),
+            Kind::StepRetry => {
+                tracing::warn!(%node, message = %event.message, "step will be retried");
+                self.set(node, format!("{} (retry)", event.message), false);
             }
-            Event::StepRetry {
-                node,
-                step,
-                attempt,
-                error,
-            } => {
-                tracing::warn!(%node, step, attempt, %error, "step will be retried");
-                self.set(node, format!("{step} (retry {attempt}: {error})"), false);
-            }
-            Event::NodeFinished { node, state } => {
-                tracing::info!(%node, ?state, "node finished");
-                let text = match state {
-                    NodeState::Converged => "✓ converged".to_string(),
-                    NodeState::Unchanged => "✓ unchanged".to_string(),
-                    NodeState::Failed(e) => format!("✗ failed: {e}"),
-                    NodeState::Skipped(why) => format!("- skipped: {why}"),
-                    NodeState::Interrupted => "- interrupted".to_string(),
-                    NodeState::RolledBack => "↺ rolled back".to_string(),
-                    NodeState::Refused(why) => format!("! refused: {why}"),
+            Kind::NodeFinished => {
+                tracing::info!(%node, state = %event.message, "node finished");
+                let text = match &event.state {
+                    Some(NodeState::Converged) => "✓ converged".to_string(),
+                    Some(NodeState::Unchanged) => "✓ unchanged".to_string(),
+                    Some(NodeState::Failed(e)) => format!("✗ failed: {e}"),
+                    Some(NodeState::Skipped(why)) => format!("- skipped: {why}"),
+                    Some(NodeState::Interrupted) => "- interrupted".to_string(),
+                    Some(NodeState::RolledBack) => "↺ rolled back".to_string(),
+                    Some(NodeState::Refused(why)) => format!("! refused: {why}"),
+                    None => event.message.clone(),
                 };
                 self.set(node, text, true);
             }
+            _ => {}
         }
     }
 

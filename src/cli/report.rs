@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use crate::executor::{NodeState, Report};
+use homestak_engine::executor::{NodeState, Report};
 
 /// One scenario run (`create`, `destroy`, `test`, `reconcile`).
 #[derive(Debug, Clone)]

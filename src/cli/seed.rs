@@ -4,11 +4,12 @@
 
 use std::path::PathBuf;
 
-use super::converge::{self, Mode, Run};
+use super::converge::{self, Run};
 use super::report::RunReport;
 use super::target::TargetArgs;
 use super::{GlobalArgs, Outcome};
-use crate::reconcile;
+use homestak_api::Mode;
+use homestak_engine::reconcile;
 
 /// Flags every seed verb takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -70,11 +71,9 @@ pub async fn create(args: CreateArgs, global: &GlobalArgs) -> anyhow::Result<Out
     let run = Run {
         mode: Mode::Apply,
         dry_run: args.seed.dry_run,
-        force_ssh: false,
         confirm: false,
     };
-    let outcome =
-        converge::converge(&args.seed.target, &global, &options, run, &mut report).await?;
+    let outcome = converge::converge(&args.seed.target, &global, options, run, &mut report).await?;
     finish(&report, &global, &args.seed)?;
     Ok(outcome)
 }
@@ -86,13 +85,12 @@ pub async fn destroy(args: DestroyArgs, global: &GlobalArgs) -> anyhow::Result<O
     let run = Run {
         mode: Mode::Destroy,
         dry_run: args.seed.dry_run,
-        force_ssh: false,
         confirm: !args.yes,
     };
     let outcome = converge::converge(
         &args.seed.target,
         &global,
-        &reconcile::Options::default(),
+        reconcile::Options::default(),
         run,
         &mut report,
     )
@@ -109,16 +107,17 @@ pub async fn test(args: TestArgs, global: &GlobalArgs) -> anyhow::Result<Outcome
     let create = Run {
         mode: Mode::Apply,
         dry_run: args.seed.dry_run,
-        force_ssh: true,
         confirm: false,
     };
     let options = reconcile::Options {
         prune: false,
+        // `test` checks SSH whatever the manifest says.
+        verify_ssh: Some(true),
         ..reconcile::Options::default()
     };
     let created =
-        converge::converge(&args.seed.target, &global, &options, create, &mut report).await;
-    let created_ok = matches!(created, Ok(Outcome::Success));
+        converge::converge(&args.seed.target, &global, options, create, &mut report).await;
+    let created_ok = matches!(created, Ok(Outcome::Converged));
     if args.seed.dry_run {
         finish(&report, &global, &args.seed)?;
         return created;
@@ -128,14 +127,13 @@ pub async fn test(args: TestArgs, global: &GlobalArgs) -> anyhow::Result<Outcome
         let destroy = Run {
             mode: Mode::Destroy,
             dry_run: false,
-            force_ssh: false,
             confirm: false,
         };
         let mut destroy_report = RunReport::new("destroy");
         let destroyed = converge::converge(
             &args.seed.target,
             &global,
-            &reconcile::Options::default(),
+            reconcile::Options::default(),
             destroy,
             &mut destroy_report,
         )
@@ -148,7 +146,7 @@ pub async fn test(args: TestArgs, global: &GlobalArgs) -> anyhow::Result<Outcome
         );
         report.duration += destroy_report.duration;
         match destroyed {
-            Ok(Outcome::Success) => {}
+            Ok(Outcome::Converged) => {}
             Ok(_) => report.fail(format!(
                 "destroy: {}",
                 destroy_report.error.unwrap_or_default()
@@ -161,14 +159,14 @@ pub async fn test(args: TestArgs, global: &GlobalArgs) -> anyhow::Result<Outcome
     }
     finish(&report, &global, &args.seed)?;
     Ok(if report.success {
-        Outcome::Success
+        Outcome::Converged
     } else {
         Outcome::Failed
     })
 }
 
 fn cleanup_on_failure(target: &TargetArgs, global: &GlobalArgs) -> bool {
-    crate::site::discover::find(global.site_config.as_deref())
+    homestak_core::site::discover::find(global.site_config.as_deref())
         .ok()
         .and_then(|root| super::target::read_manifest(&target.source, &root).ok())
         .is_none_or(|m| m.settings().cleanup_on_failure)

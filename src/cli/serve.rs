@@ -1,5 +1,5 @@
 //! `homestak serve`: the controller daemon of this tier (see
-//! [`crate::daemon`]).
+//! [`homestak_daemon`]).
 //!
 //! Prints the URL and the certificate's SHA-256 fingerprint at startup
 //! (JSON with `--json`), writes `--ready-file` once listening, reloads on
@@ -13,11 +13,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::{GlobalArgs, Outcome, output};
-use crate::daemon::converge::ConvergeEngine;
-use crate::daemon::repos::RepoSpec;
-use crate::daemon::server::{ApiTokenSource, Config, DEFAULT_PORT, RepoToken};
-use crate::daemon::{Daemon, source};
-use crate::site::{Secret, discover};
+use homestak_core::site::{Secret, discover};
+use homestak_daemon::converge::ConvergeEngine;
+use homestak_daemon::repos::RepoSpec;
+use homestak_daemon::server::{ApiTokenSource, Config, DEFAULT_PORT, RepoToken};
+use homestak_daemon::{Daemon, source};
+use homestak_engine::reconcile::Setup;
 
 /// Arguments of `homestak serve`.
 #[derive(Debug, clap::Args)]
@@ -157,8 +158,14 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     config.shutdown_grace = args.shutdown_grace;
 
     let engine = Arc::new(
-        ConvergeEngine::new(state.clone(), args.insecure, args.ssh_key.clone())
-            .context("homestak serve cannot open its store")?,
+        ConvergeEngine::open(Setup {
+            insecure: args.insecure,
+            state_dir: state.clone(),
+            open_store: true,
+            ssh: false,
+            ssh_key: args.ssh_key.clone(),
+        })
+        .context("homestak serve cannot open its store")?,
     );
     let daemon = Daemon::start(config, engine)
         .await
@@ -188,7 +195,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     if let Some(path) = &args.ready_file {
         let mut text = serde_json::to_vec_pretty(&info)?;
         text.push(b'\n');
-        crate::fsutil::write_atomic(path, &text, 0o644)
+        homestak_base::fsutil::write_atomic(path, &text, 0o644)
             .with_context(|| format!("cannot write the ready file {}", path.display()))?;
     }
 
@@ -215,7 +222,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
         let _ = std::fs::remove_file(path);
     }
     result.context("homestak serve stopped with an error")?;
-    Ok(Outcome::Success)
+    Ok(Outcome::Converged)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use super::{GlobalArgs, Outcome};
-use crate::sim::{self, Simulator};
+use homestak_sim::{self as sim, Simulator};
 
 /// Arguments of `homestak sim`.
 #[derive(Debug, clap::Args)]
@@ -45,15 +45,15 @@ const DEMO_KEY: &str = ".homestak-sim/id_ed25519";
 /// VMs and the node itself (generated once, kept in `.homestak-sim/` of
 /// the site-config, which ignores itself in git), so `verify_ssh` and
 /// joining split images work against the simulator out of the box.
-fn demo_identity(dir: &std::path::Path) -> anyhow::Result<(crate::ssh::Identity, PathBuf)> {
+fn demo_identity(dir: &std::path::Path) -> anyhow::Result<(homestak_ssh::Identity, PathBuf)> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("cannot find the site-config {}", dir.display()))?;
     let path = dir.join(DEMO_KEY);
     if path.exists() {
-        return Ok((crate::ssh::Identity::load(&path)?, path));
+        return Ok((homestak_ssh::Identity::load(&path)?, path));
     }
-    let identity = crate::ssh::Identity::generate_to(&path)?;
+    let identity = homestak_ssh::Identity::generate_to(&path)?;
     if let Some(parent) = path.parent() {
         let ignore = parent.join(".gitignore");
         std::fs::write(&ignore, "*\n")
@@ -67,7 +67,7 @@ fn demo_identity(dir: &std::path::Path) -> anyhow::Result<(crate::ssh::Identity,
 fn grant_demo_ssh(
     dir: &std::path::Path,
     node: &str,
-    identity: &crate::ssh::Identity,
+    identity: &homestak_ssh::Identity,
     path: &std::path::Path,
 ) -> anyhow::Result<()> {
     let dir = dir
@@ -170,7 +170,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     if let Some(path) = &args.ready_file {
         let _ = std::fs::remove_file(path);
     }
-    Ok(Outcome::Success)
+    Ok(Outcome::Converged)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

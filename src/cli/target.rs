@@ -1,14 +1,14 @@
 //! What the converging commands share: which manifest, which host, and the
-//! set-up of site-config, PVE client, store and SSH for that tier.
+//! engine (site-config, store, PVE clients) that runs it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::GlobalArgs;
 use super::manifest::Source;
-use crate::model::{Loader, Manifest};
-use crate::reconcile::{Setup, Tier};
-use crate::site::Site;
+use homestak_core::model::{Loader, Manifest};
+use homestak_core::site::Site;
+use homestak_engine::reconcile::{Engine, Setup};
 
 /// Manifest and host flags of `plan`, `reconcile`, `status` and the seed
 /// verbs.
@@ -33,17 +33,21 @@ pub struct TargetArgs {
 }
 
 /// The state directory: `--state-dir`, else the one `homestak serve` uses
-/// ([`crate::daemon::state_dir::default`]), so every command agrees.
+/// ([`homestak_engine::state_dir::default`]), so every command agrees.
 pub fn state_dir(explicit: Option<&PathBuf>) -> PathBuf {
     explicit
         .cloned()
-        .unwrap_or_else(crate::daemon::state_dir::default)
+        .unwrap_or_else(homestak_engine::state_dir::default)
 }
 
-/// A tier ready to plan or converge, and the manifest for it.
+/// An engine ready to run the manifest, and what it runs it on.
 pub struct Prepared {
-    pub tier: Tier,
-    pub manifest: Manifest,
+    pub engine: Engine,
+    pub site: Arc<Site>,
+    pub manifest: Arc<Manifest>,
+    /// Whether the store could be opened (plan and status go on without it
+    /// while the daemon holds it).
+    pub has_store: bool,
 }
 
 /// What a command does with the tier.
@@ -51,63 +55,51 @@ pub struct Prepared {
 pub enum Purpose {
     /// Plan or report: the store is read when available.
     Read,
-    /// Change the world: the store is required; the SSH key as asked.
-    Converge { ssh: SshUse },
+    /// Change the world: the store is required.
+    Converge,
 }
 
-/// Whether a converge checks that VMs answer on SSH.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SshUse {
-    Never,
-    /// When the manifest's `verify_ssh` says so.
-    AsManifest,
-    Always,
-}
-
-/// Loads site-config and manifest and sets up the tier.
+/// Loads site-config and manifest and opens the engine.
 pub fn prepare(
     args: &TargetArgs,
     global: &GlobalArgs,
     purpose: Purpose,
 ) -> anyhow::Result<Prepared> {
-    let (needs_store, ssh) = match purpose {
-        Purpose::Read => (false, SshUse::Never),
-        Purpose::Converge { ssh } => (true, ssh),
-    };
-    let root = crate::site::discover::find(global.site_config.as_deref())?;
+    let root = homestak_core::site::discover::find(global.site_config.as_deref())?;
     let site = Arc::new(Site::load(&root)?);
-    let manifest = read_manifest(&args.source, &root)?;
+    let manifest = Arc::new(read_manifest(&args.source, &root)?);
     let setup = Setup {
         insecure: args.insecure,
         state_dir: state_dir(args.state_dir.as_ref()),
         open_store: true,
-        ssh: match ssh {
-            SshUse::Never => false,
-            SshUse::AsManifest => manifest.settings().verify_ssh,
-            SshUse::Always => true,
-        },
+        ssh: false,
         ssh_key: args.ssh_key.clone(),
     };
-    let tier = match Tier::open(site.clone(), &args.host, &setup) {
+    let engine = match Engine::open(setup.clone()) {
         // Plan and status only read the store; when the daemon holds it,
         // go on without (addresses and adoption state are then unknown).
-        Err(crate::reconcile::Error::StoreOpen { source, dir })
-            if source.is_locked() && !needs_store =>
+        Err(homestak_engine::reconcile::Error::StoreOpen { source, dir })
+            if source.is_locked() && purpose == Purpose::Read =>
         {
             eprintln!(
                 "note: the store in {} is in use by another homestak process (the daemon?); \
                  answering without it",
                 dir.display()
             );
-            let setup = Setup {
+            Engine::open(Setup {
                 open_store: false,
                 ..setup
-            };
-            Tier::open(site, &args.host, &setup)?
+            })?
         }
         other => other?,
     };
-    Ok(Prepared { tier, manifest })
+    let has_store = engine.store().is_some();
+    Ok(Prepared {
+        engine,
+        site,
+        manifest,
+        has_store,
+    })
 }
 
 /// Reads the manifest named by `-M`, `--manifest-file` or `--manifest-json`.

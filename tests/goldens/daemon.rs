@@ -13,10 +13,10 @@
 
 use std::sync::Arc;
 
-use homestak::daemon::auth::RepoAuth;
-use homestak::daemon::repos::RepoSet;
-use homestak::daemon::seed::{self, Context};
-use homestak::site::Site;
+use homestak_core::site::Site;
+use homestak_daemon::auth::RepoAuth;
+use homestak_daemon::repos::RepoSet;
+use homestak_daemon::seed::{self, Context};
 use serde_json::{Value, json};
 
 use super::common::{Case, Expected, Verdict, compare};

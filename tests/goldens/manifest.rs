@@ -7,8 +7,8 @@
 //! README describes (the "summary": to_dict, levels with their derived
 //! flags, depth, is_leaf, has_nodes), then compared with `common::compare`.
 
-use homestak::graph::ManifestGraph;
-use homestak::model::{Level, Loader, Manifest};
+use homestak_core::graph::ManifestGraph;
+use homestak_core::model::{Level, Loader, Manifest};
 use serde_json::{Value, json};
 
 use super::common::{self, Case, Expected, Verdict};
@@ -165,7 +165,7 @@ fn graph(m: &Manifest) -> Result<Value, String> {
             "parent_ip_key": g.parent_ip_key(name).map_err(|e| e.to_string())?,
         }));
     }
-    let names = |nodes: Vec<&homestak::model::Node>| -> Vec<String> {
+    let names = |nodes: Vec<&homestak_core::model::Node>| -> Vec<String> {
         nodes.iter().map(|n| n.name.to_string()).collect()
     };
     Ok(json!({

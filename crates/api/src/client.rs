@@ -1,0 +1,191 @@
+//! A typed client of a daemon's API, over HTTPS pinned to the daemon's
+//! certificate fingerprint (a daemon's certificate is self-signed unless
+//! given one). The CLI uses it to ask a running daemon; a parent tier will
+//! use it to hand subtrees to its children and follow them.
+
+use std::time::Duration;
+
+use homestak_base::secret::Secret;
+use homestak_tls::Fingerprint;
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::v1::{
+    Endpoint, ErrorBody, EventsResponse, ReconcileResponse, StatusResponse, SubtreeRequest,
+    SubtreeResponse,
+};
+
+/// A call to the daemon failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The client could not be built (the token is not a header value).
+    #[error("cannot set up the client of {url}")]
+    Setup {
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// No answer: refused, reset, timed out, or TLS failed (a certificate
+    /// that does not match the pinned fingerprint fails here).
+    #[error("{method} {url} got no answer; is the daemon running there?")]
+    Unreachable {
+        method: &'static str,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The daemon refused the request with one of its error codes.
+    #[error("{method} {url}: {status} {code}: {message}")]
+    Refused {
+        method: &'static str,
+        url: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The answer is not what this version of the API sends.
+    #[error("{method} {url}: the answer ({status}) is not a homestak API answer")]
+    Unexpected {
+        method: &'static str,
+        url: String,
+        status: u16,
+        #[source]
+        source: Option<serde_json::Error>,
+    },
+}
+
+/// A daemon's API, reached at one URL with one token.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    auth: HeaderValue,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client of the daemon at `base_url` (`https://10.0.12.1:44443`)
+    /// whose certificate has `fingerprint`, calling with `token`.
+    pub fn new(base_url: &str, fingerprint: Fingerprint, token: &Secret) -> Result<Client, Error> {
+        homestak_tls::install_crypto_provider();
+        let setup = |source: Box<dyn std::error::Error + Send + Sync>| Error::Setup {
+            url: base_url.to_string(),
+            source,
+        };
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+            .map_err(|e| setup(Box::new(e)))?;
+        auth.set_sensitive(true);
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(homestak_tls::pinned_client_config(fingerprint))
+            .https_only(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("homestak/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| setup(Box::new(e)))?;
+        Ok(Client {
+            http,
+            base: base_url.trim_end_matches('/').to_string(),
+            auth,
+        })
+    }
+
+    /// `GET /v1/status`, of one manifest or of all; `observe: false` asks
+    /// for the daemon's records only (no fresh look at PVE).
+    pub async fn status(
+        &self,
+        manifest: Option<&str>,
+        observe: bool,
+    ) -> Result<StatusResponse, Error> {
+        let mut query: Vec<(&str, &str)> = manifest.map(|m| ("manifest", m)).into_iter().collect();
+        if !observe {
+            query.push(("observe", "false"));
+        }
+        self.call(Endpoint::Status, &query, None::<&()>).await
+    }
+
+    /// `GET /v1/events` after `since`, at most `limit`.
+    pub async fn events(&self, since: u64, limit: usize) -> Result<EventsResponse, Error> {
+        let (since, limit) = (since.to_string(), limit.to_string());
+        self.call(
+            Endpoint::Events,
+            &[("since", since.as_str()), ("limit", limit.as_str())],
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `POST /v1/reconcile`, of one manifest or of all.
+    pub async fn reconcile(&self, manifest: Option<&str>) -> Result<ReconcileResponse, Error> {
+        let query: Vec<(&str, &str)> = manifest.map(|m| ("manifest", m)).into_iter().collect();
+        self.call(Endpoint::Reconcile, &query, None::<&()>).await
+    }
+
+    /// `PUT /v1/subtree`.
+    pub async fn put_subtree(&self, request: &SubtreeRequest) -> Result<SubtreeResponse, Error> {
+        self.call(Endpoint::Subtree, &[], Some(request)).await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        query: &[(&str, &str)],
+        body: Option<&impl Serialize>,
+    ) -> Result<T, Error> {
+        let method = endpoint.method();
+        let url = format!("{}{}", self.base, endpoint.path());
+        let verb = match method {
+            "POST" => reqwest::Method::POST,
+            "PUT" => reqwest::Method::PUT,
+            _ => reqwest::Method::GET,
+        };
+        let mut request = self
+            .http
+            .request(verb, &url)
+            .header(AUTHORIZATION, self.auth.clone())
+            .query(query);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let unreachable = |source| Error::Unreachable {
+            method,
+            url: url.clone(),
+            source,
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(unreachable)?;
+        if (200..300).contains(&status) {
+            return serde_json::from_slice(&bytes).map_err(|source| Error::Unexpected {
+                method,
+                url: url.clone(),
+                status,
+                source: Some(source),
+            });
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(Error::Refused {
+                method,
+                url,
+                status,
+                code: body.error.code,
+                message: body.error.message,
+            }),
+            Err(_) => Err(Error::Unexpected {
+                method,
+                url,
+                status,
+                source: None,
+            }),
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! What a tier remembers about its manifests, as kept in the store and
+//! served by `GET /v1/status`.
+
+use homestak_base::time::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::{Mode, Outcome, Reason};
+
+/// The last revision of a manifest that converged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// A commit id, `worktree:<digest>` or `subtree:<digest>`.
+    pub revision: String,
+    pub at: Timestamp,
+}
+
+/// The last run of a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastReconcile {
+    /// What was applied, when the run came from a revision (the daemon);
+    /// `None` for a command line run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// When it started.
+    pub at: Timestamp,
+    pub reason: Reason,
+    pub mode: Mode,
+    pub outcome: Outcome,
+    pub duration_ms: u64,
+    /// Nodes created, changed or deleted.
+    pub changed_nodes: u64,
+    /// Nodes that differ from the manifest after the run.
+    pub drifted_nodes: u64,
+    /// Node counts by how they ended (`3 converged, 1 failed`).
+    #[serde(default)]
+    pub summary: String,
+    /// Why it did not converge, in a line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// What is kept per manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ManifestRecord {
+    pub last_applied: Option<Applied>,
+    pub last_reconcile: Option<LastReconcile>,
+}
+
+/// A subtree a parent tier handed over (`PUT /v1/subtree`), as kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subtree {
+    /// The manifest's name.
+    pub name: String,
+    /// The target node on this tier.
+    pub host: String,
+    /// The manifest as received (validated before it was kept).
+    pub manifest: serde_json::Value,
+    /// `subtree:<digest>` of the manifest.
+    pub revision: String,
+    pub received_at: Timestamp,
+    /// The API token name that sent it.
+    pub from: String,
+}

@@ -1,0 +1,74 @@
+//! Drift reports: how far the world is from a manifest, node by node.
+//! `homestak status --json` prints a [`Status`]; the daemon serves the same
+//! document per manifest in `GET /v1/status`.
+
+use homestak_base::id::{NodeName, VmId};
+use homestak_core::plan::{Change, Power};
+use serde::{Deserialize, Serialize};
+
+/// Where one node stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    InSync,
+    Drifted,
+    Missing,
+    /// Its vmid is held by a VM homestak does not own.
+    Conflict,
+    /// An owned VM whose node left the manifest.
+    Orphan,
+    /// Converged by a child reconciler on an inner host.
+    Delegated,
+}
+
+impl State {
+    /// The word in the human table.
+    pub fn label(self) -> &'static str {
+        match self {
+            State::InSync => "in sync",
+            State::Drifted => "drifted",
+            State::Missing => "missing",
+            State::Conflict => "conflict",
+            State::Orphan => "orphan",
+            State::Delegated => "delegated",
+        }
+    }
+
+    /// True when this node counts as drift for the exit code.
+    pub fn is_drift(self) -> bool {
+        !matches!(self, State::InSync | State::Delegated)
+    }
+}
+
+/// One row of the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: NodeName,
+    /// `pve` node hosting it, for delegated nodes.
+    pub parent: Option<NodeName>,
+    pub vmid: Option<VmId>,
+    pub ip: Option<String>,
+    pub power: Option<Power>,
+    pub state: State,
+    pub changes: Vec<Change>,
+    pub reason: Option<String>,
+}
+
+/// The whole report for one manifest on one tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub manifest: String,
+    pub host: String,
+    pub in_sync: bool,
+    pub nodes: Vec<NodeStatus>,
+    /// The revision the daemon last applied (a commit, `worktree:…` or
+    /// `subtree:…`), when known.
+    pub last_applied_commit: Option<String>,
+}
+
+impl Status {
+    /// Nodes that count as drift.
+    pub fn drifted_nodes(&self) -> u64 {
+        self.nodes.iter().filter(|n| n.state.is_drift()).count() as u64
+    }
+}

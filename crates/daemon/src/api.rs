@@ -1,0 +1,212 @@
+//! The reconciler API and `/metrics`, serving the types of
+//! [`homestak_api::v1`] (its docs list the endpoints). Every endpoint needs
+//! an API token (`Authorization: Bearer`, see [`super::auth::ApiTokens`]).
+//!
+//! `PUT /v1/subtree` takes a [`SubtreeRequest`]; the manifest is validated
+//! with [`homestak_core::model::Manifest`] and must have a node tree.
+
+use std::sync::Arc;
+
+use axum::http::Method;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::auth::{ApiTokens, Caller};
+use super::engine::Engine;
+use super::events::EventLog;
+use super::metrics::Metrics;
+use super::reconciler::{Reconciler, subtree_revision};
+use super::reply::{self, ApiError, Reply};
+use super::site_cell::SiteCell;
+pub use homestak_api::v1::Endpoint;
+use homestak_api::v1::{
+    EventsResponse, MAX_EVENTS, ReconcileResponse, SubtreeRequest, SubtreeResponse,
+};
+use homestak_api::{Reason, Subtree};
+use homestak_base::time::Timestamp;
+use homestak_core::model::{Manifest, NodeName, Origin};
+
+/// What the API needs.
+#[derive(Clone)]
+pub struct Api {
+    pub tokens: Arc<ApiTokens>,
+    pub reconciler: Arc<Reconciler>,
+    pub engine: Arc<dyn Engine>,
+    pub metrics: Arc<Metrics>,
+    pub events: EventLog,
+    pub site: SiteCell,
+}
+
+impl Api {
+    /// Answers a request to `endpoint`: method, token and scope first,
+    /// then the endpoint itself.
+    pub async fn handle(
+        &self,
+        endpoint: Endpoint,
+        method: &Method,
+        query: Option<&str>,
+        authorization: Option<&str>,
+        body_bytes: &[u8],
+    ) -> Reply {
+        let allowed = endpoint.method();
+        if method.as_str() != allowed && !(allowed == "GET" && *method == Method::HEAD) {
+            return ApiError::method_not_allowed(method).reply();
+        }
+        let caller = match self.tokens.authorize(authorization, endpoint.scope()) {
+            Ok(caller) => caller,
+            Err(err) => return err.reply(),
+        };
+        let result = match endpoint {
+            Endpoint::Status => match flag(query, "observe") {
+                Ok(observe) => self
+                    .reconciler
+                    .status(param(query, "manifest").as_deref(), observe.unwrap_or(true))
+                    .await
+                    .and_then(|r| body(&r)),
+                Err(err) => Err(err),
+            },
+            Endpoint::Events => self.events(query).and_then(|r| body(&r)),
+            Endpoint::Metrics => {
+                let text = self.metrics.render(&self.engine.metrics());
+                return Reply::bytes(reply::PROMETHEUS, text.into_bytes());
+            }
+            Endpoint::Reconcile => self.reconcile(query, &caller).and_then(|r| body(&r)),
+            Endpoint::Subtree => self.subtree(body_bytes, &caller).and_then(|r| body(&r)),
+        };
+        match result {
+            Ok(value) if matches!(endpoint, Endpoint::Reconcile | Endpoint::Subtree) => {
+                Reply::json_status(202, value)
+            }
+            Ok(value) => Reply::json(value),
+            Err(err) => err.reply(),
+        }
+    }
+
+    fn events(&self, query: Option<&str>) -> Result<EventsResponse, ApiError> {
+        let number = |key: &str| -> Result<Option<u64>, ApiError> {
+            param(query, key)
+                .map(|v| {
+                    v.parse::<u64>().map_err(|_| {
+                        ApiError::bad_request(format!("{key} must be a non-negative integer"))
+                    })
+                })
+                .transpose()
+        };
+        let since = number("since")?.unwrap_or(0);
+        let limit = number("limit")?
+            .map_or(MAX_EVENTS, |l| usize::try_from(l).unwrap_or(MAX_EVENTS))
+            .min(MAX_EVENTS);
+        let events = self.events.since(since, limit);
+        let next = events.last().map_or(since, |e| e.seq);
+        Ok(EventsResponse {
+            events,
+            next,
+            last: self.events.last_seq(),
+        })
+    }
+
+    fn reconcile(
+        &self,
+        query: Option<&str>,
+        caller: &Caller,
+    ) -> Result<ReconcileResponse, ApiError> {
+        let queued = match param(query, "manifest") {
+            Some(name) => {
+                self.reconciler.enqueue(&name, Reason::Api)?;
+                vec![name]
+            }
+            None => self.reconciler.enqueue_all(Reason::Api),
+        };
+        tracing::info!(caller = %caller.name, count = queued.len(), "reconcile requested");
+        Ok(ReconcileResponse { queued })
+    }
+
+    fn subtree(&self, body: &[u8], caller: &Caller) -> Result<SubtreeResponse, ApiError> {
+        let request: SubtreeRequest = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "Invalid request body: {e}; send {{\"host\": NODE, \"manifest\": {{…}}}}"
+            ))
+        })?;
+        let host = &request.host;
+        NodeName::new(host.as_str())
+            .map_err(|e| ApiError::bad_request(format!("Invalid host: {e}")))?;
+        if !self.site.get().nodes().contains(host) {
+            return Err(ApiError::bad_request(format!(
+                "Unknown host {host}: no nodes/{host}.yaml in this tier's site-config"
+            )));
+        }
+        let manifest = Manifest::from_value(&request.manifest, Origin::Json)
+            .map_err(|e| ApiError::bad_request(format!("Invalid manifest: {}", e.located())))?;
+        if !manifest.has_nodes() {
+            return Err(ApiError::bad_request(
+                "Invalid manifest: a subtree must be a schema v2 manifest with nodes",
+            ));
+        }
+        let name = manifest.name().to_string();
+        let revision = subtree_revision(&request.manifest);
+        self.reconciler.accept_subtree(Subtree {
+            name: name.clone(),
+            host: request.host.clone(),
+            manifest: request.manifest,
+            revision: revision.clone(),
+            received_at: Timestamp::now(),
+            from: caller.name.clone(),
+        })?;
+        tracing::info!(caller = %caller.name, manifest = %name, "subtree accepted");
+        Ok(SubtreeResponse {
+            accepted: name,
+            host: request.host,
+            revision,
+            queued: true,
+        })
+    }
+}
+
+/// An answer as its JSON body.
+fn body(answer: &impl Serialize) -> Result<Value, ApiError> {
+    serde_json::to_value(answer)
+        .map_err(|e| ApiError::internal(format!("Cannot encode the answer: {e}")))
+}
+
+/// A `true`/`false` query parameter, `None` when absent.
+fn flag(query: Option<&str>, key: &str) -> Result<Option<bool>, ApiError> {
+    match param(query, key).as_deref() {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{key} must be true or false"
+        ))),
+    }
+}
+
+/// A query parameter, percent-decoded.
+pub fn param(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| {
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_and_endpoints() {
+        assert_eq!(
+            param(Some("a=1&manifest=n2%2Dquick"), "manifest").as_deref(),
+            Some("n2-quick")
+        );
+        assert_eq!(param(Some("a=1"), "manifest"), None);
+        assert_eq!(param(None, "x"), None);
+        assert_eq!(Endpoint::of("/v1/subtree"), Some(Endpoint::Subtree));
+        assert_eq!(Endpoint::Subtree.scope(), homestak_api::v1::Scope::Write);
+        assert_eq!(Endpoint::Metrics.scope(), homestak_api::v1::Scope::Read);
+        assert_eq!(Endpoint::of("/v1/other"), None);
+    }
+}

@@ -1,0 +1,68 @@
+//! The daemon's [`Engine`] over [`homestak_engine::reconcile::Engine`]:
+//! nothing but the seam, so a daemon run and `homestak reconcile --once`
+//! are one code path.
+
+use std::sync::Arc;
+
+use homestak_api::Status;
+use homestak_engine::reconcile::{self, Metrics, Request, RunOutcome};
+use homestak_engine::store::Store;
+
+use super::engine::{BoxFuture, Engine, Error, StatusRequest};
+use super::shutdown::Shutdown;
+
+/// The engine the daemon runs: a [`reconcile::Engine`] with a store.
+pub struct ConvergeEngine {
+    engine: reconcile::Engine,
+    store: Arc<dyn Store>,
+}
+
+impl ConvergeEngine {
+    /// Opens the store in `<setup.state_dir>/store`: the daemon keeps its
+    /// own records there, so it is opened whatever `setup.open_store` says.
+    pub fn open(setup: reconcile::Setup) -> Result<ConvergeEngine, reconcile::Error> {
+        let store = reconcile::open_store(&setup.state_dir)?;
+        let engine = reconcile::Engine::with_store(setup, Some(Arc::clone(&store)));
+        Ok(ConvergeEngine { engine, store })
+    }
+}
+
+fn failed(action: &'static str, err: reconcile::Error) -> Error {
+    Error {
+        action,
+        source: Box::new(err),
+    }
+}
+
+impl Engine for ConvergeEngine {
+    fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
+    fn reconcile(
+        &self,
+        request: Request,
+        shutdown: Shutdown,
+    ) -> BoxFuture<'_, Result<RunOutcome, Error>> {
+        Box::pin(async move {
+            let mut shutdown = shutdown;
+            self.engine
+                .run_once(request, async move { shutdown.triggered().await }, &())
+                .await
+                .map_err(|e| failed("reconcile", e))
+        })
+    }
+
+    fn status(&self, request: StatusRequest) -> BoxFuture<'_, Result<Status, Error>> {
+        Box::pin(async move {
+            self.engine
+                .status(request.site, &request.manifest, &request.host)
+                .await
+                .map_err(|e| failed("report drift", e))
+        })
+    }
+
+    fn metrics(&self) -> Metrics {
+        self.engine.metrics()
+    }
+}

@@ -1,0 +1,479 @@
+//! Git repositories served over dumb HTTP (`GET /{name}.git/...`).
+//!
+//! At startup each served repository is cloned bare into a temporary
+//! directory under the state directory, and a `_working` branch records the
+//! source's uncommitted changes (tracked edits and untracked files that are
+//! not ignored), so a VM bootstrapping from this tier sees exactly what the
+//! operator sees. The snapshot never touches the operator's worktree, index
+//! or object store: git runs with a temporary index and writes objects into
+//! the bare clone. `git update-server-info` then makes the clone fetchable
+//! by any git client over plain HTTP. [`RepoSet::refresh`] repeats this on
+//! a new commit or SIGHUP; [`RepoSet::remove`] deletes the clones on
+//! shutdown.
+//!
+//! Paths under `/{name}.git/`:
+//! - `HEAD`, `info/refs`, `objects/...` are the git protocol files, read
+//!   from the bare clone;
+//! - anything else is *raw file extraction*: the file of that path in the
+//!   `_working` branch (regular files only; symlinks and submodules are
+//!   never followed).
+//!
+//! Confinement: repository names come from a fixed table (never from the
+//! filesystem), path segments `.`/`..`/empty/backslash/NUL are refused, the
+//! path is not percent-decoded, and a bare-clone file is served only when
+//! no component of its path is a symlink.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::git::{self, Git};
+use super::reply::{self, ApiError, Reply};
+
+/// The branch holding the snapshot of uncommitted changes.
+pub const WORKING_BRANCH: &str = "_working";
+
+/// A repository could not be prepared or refreshed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `--repo` was not `NAME=PATH` with a plain name.
+    #[error("invalid --repo {spec:?}: expected NAME=PATH, NAME of letters, digits, '.', '-', '_'")]
+    BadSpec { spec: String },
+    /// Two repositories share a name.
+    #[error("repository name {name:?} is given twice")]
+    Duplicate { name: String },
+    /// The source is not a git repository.
+    #[error("cannot serve {} as {name}.git: not a git repository", path.display())]
+    NotARepo {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: git::Error,
+    },
+    /// A git step failed.
+    #[error("cannot prepare {name}.git")]
+    Git {
+        name: String,
+        #[source]
+        source: git::Error,
+    },
+    /// A directory could not be created or removed.
+    #[error("cannot prepare the repository directory {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A repository to serve: `name` (served as `name.git`) from `source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoSpec {
+    pub name: String,
+    pub source: PathBuf,
+}
+
+impl std::str::FromStr for RepoSpec {
+    type Err = Error;
+
+    /// `NAME=PATH`; a trailing `.git` on NAME is dropped.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = || Error::BadSpec {
+            spec: s.to_string(),
+        };
+        let (name, path) = s.split_once('=').ok_or_else(bad)?;
+        let name = name.strip_suffix(".git").unwrap_or(name);
+        if !valid_name(name) || path.is_empty() {
+            return Err(bad());
+        }
+        Ok(RepoSpec {
+            name: name.to_string(),
+            source: PathBuf::from(path),
+        })
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// One served repository.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    /// Without `.git`.
+    pub name: String,
+    /// The operator's repository; `None` for a directory served as is.
+    pub source: Option<PathBuf>,
+    /// The bare clone served.
+    pub dir: PathBuf,
+}
+
+/// The served repositories, by name.
+#[derive(Debug, Default)]
+pub struct RepoSet {
+    repos: BTreeMap<String, Repo>,
+    /// The temporary directory holding the clones, removed on shutdown.
+    root: std::sync::Mutex<Option<PathBuf>>,
+}
+
+impl RepoSet {
+    /// Serves existing directories as they are (`name` → bare directory),
+    /// without cloning: for tests and the goldens.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn from_dirs(dirs: impl IntoIterator<Item = (String, PathBuf)>) -> RepoSet {
+        RepoSet {
+            repos: dirs
+                .into_iter()
+                .map(|(name, dir)| {
+                    let name = name.strip_suffix(".git").unwrap_or(&name).to_string();
+                    (
+                        name.clone(),
+                        Repo {
+                            name,
+                            source: None,
+                            dir,
+                        },
+                    )
+                })
+                .collect(),
+            root: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Clones every spec into `<root>/<name>.git` (creating `root`, 0700)
+    /// and snapshots its working tree.
+    pub async fn prepare(root: &Path, specs: &[RepoSpec]) -> Result<RepoSet, Error> {
+        let mut repos = BTreeMap::new();
+        for spec in specs {
+            if repos.contains_key(&spec.name) {
+                return Err(Error::Duplicate {
+                    name: spec.name.clone(),
+                });
+            }
+            repos.insert(spec.name.clone(), ());
+        }
+        homestak_engine::state_dir::ensure_dir(root).map_err(|e| Error::Io {
+            path: root.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?;
+        let mut set = RepoSet {
+            repos: BTreeMap::new(),
+            root: std::sync::Mutex::new(Some(root.to_path_buf())),
+        };
+        for spec in specs {
+            let repo = match clone(root, spec).await {
+                Ok(repo) => repo,
+                Err(e) => {
+                    set.remove().await;
+                    return Err(e);
+                }
+            };
+            set.repos.insert(spec.name.clone(), repo);
+        }
+        Ok(set)
+    }
+
+    /// Fetches each source again and re-takes its snapshot.
+    pub async fn refresh(&self) -> Result<(), Error> {
+        for repo in self.repos.values() {
+            let Some(source) = &repo.source else { continue };
+            let err = |source| Error::Git {
+                name: repo.name.clone(),
+                source,
+            };
+            Git::new(
+                &repo.dir,
+                [
+                    OsString::from("fetch"),
+                    "--quiet".into(),
+                    "--prune".into(),
+                    "--no-tags".into(),
+                    "--".into(),
+                    source.into(),
+                    "+refs/heads/*:refs/heads/*".into(),
+                    "+refs/tags/*:refs/tags/*".into(),
+                ],
+            )
+            .output()
+            .await
+            .map_err(err)?;
+            snapshot(source, &repo.dir).await.map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the clones (shutdown). Idempotent.
+    pub async fn remove(&self) {
+        let root = self.root.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(root) = root
+            && let Err(err) = tokio::fs::remove_dir_all(&root).await
+        {
+            tracing::warn!(path = %root.display(), error = %err, "cannot remove temporary repos");
+        }
+    }
+
+    /// The repository served as `name` (without `.git`).
+    pub fn get(&self, name: &str) -> Option<&Repo> {
+        self.repos.get(name)
+    }
+
+    /// Served names, without `.git`.
+    pub fn names(&self) -> Vec<String> {
+        self.repos.keys().cloned().collect()
+    }
+
+    /// Answers `GET /{path}` where `path` starts with `{name}.git` (no
+    /// leading slash, query removed, trailing slashes stripped).
+    pub async fn serve(&self, path: &str) -> Reply {
+        match self.serve_inner(path).await {
+            Ok(reply) => reply,
+            Err(err) => err.reply(),
+        }
+    }
+
+    async fn serve_inner(&self, path: &str) -> Result<Reply, ApiError> {
+        let invalid = || ApiError::bad_path(format!("Invalid path: /{path}"));
+        let (repo_part, file) = path.split_once('/').ok_or_else(invalid)?;
+        let name = repo_part.strip_suffix(".git").ok_or_else(invalid)?;
+        if file.is_empty() {
+            return Err(invalid());
+        }
+        let repo = self
+            .repos
+            .get(name)
+            .ok_or_else(|| ApiError::not_found(format!("Repository not found: {repo_part}")))?;
+        if !file.split('/').all(safe_segment) {
+            return Err(invalid());
+        }
+        let not_found = || ApiError::not_found(format!("File not found: {file}"));
+        if is_protocol_path(file) {
+            let bytes = read_confined(&repo.dir, file).await.ok_or_else(not_found)?;
+            return Ok(Reply::bytes(protocol_content_type(file), bytes));
+        }
+        match git::file_at(&repo.dir, WORKING_BRANCH, file).await {
+            Ok(Some(bytes)) => Ok(Reply::bytes(reply::BYTES, bytes)),
+            Ok(None) => Err(not_found()),
+            Err(err) => {
+                tracing::debug!(repo = %repo.name, error = %err, "raw extraction failed");
+                Err(not_found())
+            }
+        }
+    }
+}
+
+/// A path segment that cannot move out of its directory or hide tricks.
+fn safe_segment(seg: &str) -> bool {
+    !seg.is_empty()
+        && seg != "."
+        && seg != ".."
+        && !seg.contains(['\\', '\0'])
+        && !seg.chars().any(char::is_control)
+}
+
+/// The files a dumb-HTTP git client fetches.
+fn is_protocol_path(file: &str) -> bool {
+    file == "HEAD" || file == "info/refs" || file.starts_with("objects/")
+}
+
+fn protocol_content_type(file: &str) -> &'static str {
+    match file {
+        "HEAD" | "info/refs" | "objects/info/packs" => reply::TEXT,
+        _ => reply::BYTES,
+    }
+}
+
+/// Reads `base/rel` when every component below `base` exists, is not a
+/// symlink, and the last is a regular file. The opened file's inode is
+/// checked against the one inspected, so a swap in between is refused.
+async fn read_confined(base: &Path, rel: &str) -> Option<Vec<u8>> {
+    let base = base.to_path_buf();
+    let rel = rel.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut path = base;
+        let mut last = None;
+        for seg in rel.split('/') {
+            path.push(seg);
+            let meta = std::fs::symlink_metadata(&path).ok()?;
+            if meta.file_type().is_symlink() {
+                tracing::warn!(path = %path.display(), "refusing to serve a symlink");
+                return None;
+            }
+            last = Some(meta);
+        }
+        let meta = last?;
+        if !meta.is_file() {
+            return None;
+        }
+        // What was opened (fstat of the handle) must be the file inspected:
+        // a component swapped for a symlink in between leads elsewhere.
+        let mut file = std::fs::File::open(&path).ok()?;
+        let opened = file.metadata().ok()?;
+        if opened.ino() != meta.ino() || opened.dev() != meta.dev() {
+            tracing::warn!(path = %path.display(), "refusing a file replaced while serving it");
+            return None;
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).ok()?;
+        Some(bytes)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Clones `spec.source` bare into `root` and takes the first snapshot.
+async fn clone(root: &Path, spec: &RepoSpec) -> Result<Repo, Error> {
+    let source = &spec.source;
+    let top = Git::new(source, ["rev-parse", "--absolute-git-dir"])
+        .text()
+        .await
+        .map_err(|source_err| Error::NotARepo {
+            name: spec.name.clone(),
+            path: source.clone(),
+            source: source_err,
+        })?;
+    tracing::debug!(repo = %spec.name, git_dir = %top, "preparing served repository");
+    let dir = root.join(format!("{}.git", spec.name));
+    let err = |source| Error::Git {
+        name: spec.name.clone(),
+        source,
+    };
+    Git::new(
+        root,
+        [
+            OsString::from("clone"),
+            "--bare".into(),
+            "--quiet".into(),
+            "--".into(),
+            source.into(),
+            dir.clone().into(),
+        ],
+    )
+    .output()
+    .await
+    .map_err(err)?;
+    snapshot(source, &dir).await.map_err(err)?;
+    Ok(Repo {
+        name: spec.name.clone(),
+        source: Some(source.clone()),
+        dir,
+    })
+}
+
+/// Points `_working` of the bare clone `bare` at a commit holding the
+/// source's working tree (or at `HEAD` when nothing is uncommitted), then
+/// refreshes the dumb-HTTP info files.
+pub async fn snapshot(source: &Path, bare: &Path) -> Result<(), git::Error> {
+    let head = git::resolve(source, "HEAD").await?;
+    if let Some(head) = &head {
+        // A detached HEAD is not among the cloned branches.
+        Git::new(
+            bare,
+            [
+                OsString::from("fetch"),
+                "--quiet".into(),
+                "--no-tags".into(),
+                "--".into(),
+                source.into(),
+                head.into(),
+            ],
+        )
+        .output()
+        .await?;
+    }
+    let is_bare = Git::new(source, ["rev-parse", "--is-bare-repository"])
+        .text()
+        .await?
+        == "true";
+    let commit = if is_bare {
+        head.clone()
+    } else {
+        Some(working_commit(source, bare, head.as_deref()).await?)
+    };
+    if let Some(commit) = commit {
+        let reference = format!("refs/heads/{WORKING_BRANCH}");
+        Git::new(bare, ["update-ref", reference.as_str(), commit.as_str()])
+            .output()
+            .await?;
+    }
+    Git::new(bare, ["update-server-info"]).output().await?;
+    Ok(())
+}
+
+/// Builds the snapshot commit with a temporary index, writing objects into
+/// the bare clone only.
+async fn working_commit(
+    source: &Path,
+    bare: &Path,
+    head: Option<&str>,
+) -> Result<String, git::Error> {
+    let toplevel = PathBuf::from(
+        Git::new(source, ["rev-parse", "--show-toplevel"])
+            .text()
+            .await?,
+    );
+    let index = bare.join("homestak-snapshot.index");
+    let objects = bare.join("objects");
+    let _ = tokio::fs::remove_file(&index).await;
+    let run = |args: Vec<&str>| {
+        Git::new(&toplevel, args)
+            .env("GIT_INDEX_FILE", &index)
+            .env("GIT_OBJECT_DIRECTORY", &objects)
+    };
+    let result = async {
+        match head {
+            Some(head) => run(vec!["read-tree", head]).output().await?,
+            None => run(vec!["read-tree", "--empty"]).output().await?,
+        };
+        run(vec!["add", "--all", "--", "."]).output().await?;
+        let tree = run(vec!["write-tree"]).text().await?;
+        if let Some(head) = head {
+            let head_tree = Git::new(bare, ["rev-parse", &format!("{head}^{{tree}}")])
+                .text()
+                .await?;
+            if head_tree == tree {
+                return Ok(head.to_string());
+            }
+        }
+        let mut args = vec!["commit-tree", tree.as_str()];
+        if let Some(head) = head {
+            args.extend(["-p", head]);
+        }
+        args.extend(["-m", "homestak: snapshot of uncommitted changes"]);
+        run(args).text().await
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&index).await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_names_are_plain() {
+        let spec: RepoSpec = "site-config.git=/srv/sc".parse().unwrap();
+        assert_eq!(spec.name, "site-config");
+        assert_eq!(spec.source, PathBuf::from("/srv/sc"));
+        for bad in ["x", "=/p", "../x=/p", ".h=/p", "a/b=/p", "a=", "a b=/p"] {
+            assert!(bad.parse::<RepoSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn segments_are_confined() {
+        for bad in ["", ".", "..", "a\\b", "a\0", "a\nb"] {
+            assert!(!safe_segment(bad), "{bad:?}");
+        }
+        for good in ["HEAD", "%2e%2e", "pack-1.idx", "..."] {
+            assert!(safe_segment(good), "{good:?}");
+        }
+    }
+}

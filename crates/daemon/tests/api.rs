@@ -1,0 +1,614 @@
+//! The daemon over real TLS on loopback: the auth matrix, traversal
+//! attempts, the auth-failure backoff, and the reconciler API against a
+//! fake engine.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::support::*;
+use homestak_api::Reason;
+use homestak_daemon::throttle::{ManualClock, Policy};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn code(body: &str) -> Option<String> {
+    serde_json::from_str::<Value>(body)
+        .ok()?
+        .pointer("/error/code")?
+        .as_str()
+        .map(str::to_string)
+}
+
+struct Row {
+    method: Method,
+    path: &'static str,
+    who: &'static str,
+    token: Option<&'static str>,
+    status: u16,
+    code: Option<&'static str>,
+}
+
+fn row(
+    method: Method,
+    path: &'static str,
+    who: &'static str,
+    token: Option<&'static str>,
+    status: u16,
+    code: Option<&'static str>,
+) -> Row {
+    Row {
+        method,
+        path,
+        who,
+        token,
+        status,
+        code,
+    }
+}
+
+#[tokio::test]
+async fn auth_matrix_over_tls() {
+    let site = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    site_config(site.path());
+    let mut config = config(site.path(), state.path());
+    // The matrix presents many wrong tokens on purpose.
+    config.throttle = Policy {
+        free_failures: 10_000,
+        ..Policy::default()
+    };
+    let (engine, _calls) = FakeEngine::new();
+    let d = start(config, engine).await;
+
+    let get = Method::GET;
+    let mut rows = Vec::new();
+    // Public endpoints: any token or none.
+    for path in ["/health", "/specs"] {
+        for (who, token) in [
+            ("none", None),
+            ("wrong", Some("wrong")),
+            ("right", Some(READ_TOKEN)),
+        ] {
+            rows.push(row(get.clone(), path, who, token, 200, None));
+        }
+    }
+    // Spec postures.
+    for (path, right) in [
+        ("/spec/base", None),
+        ("/spec/staged", Some(SITE_TOKEN)),
+        ("/spec/prodnode", Some(NODE_TOKEN)),
+    ] {
+        match right {
+            None => {
+                rows.push(row(get.clone(), path, "none", None, 200, None));
+                rows.push(row(get.clone(), path, "wrong", Some("wrong"), 200, None));
+                rows.push(row(get.clone(), path, "right", Some(SITE_TOKEN), 200, None));
+            }
+            Some(right) => {
+                rows.push(row(get.clone(), path, "none", None, 401, Some("E300")));
+                rows.push(row(
+                    get.clone(),
+                    path,
+                    "wrong",
+                    Some("wrong"),
+                    403,
+                    Some("E301"),
+                ));
+                // Another valid secret is still the wrong one.
+                rows.push(row(
+                    get.clone(),
+                    path,
+                    "other-secret",
+                    Some(if right == SITE_TOKEN {
+                        NODE_TOKEN
+                    } else {
+                        SITE_TOKEN
+                    }),
+                    403,
+                    Some("E301"),
+                ));
+                rows.push(row(get.clone(), path, "right", Some(right), 200, None));
+            }
+        }
+    }
+    // Repos: the repo token, and no other secret.
+    for path in [
+        "/site-config.git/HEAD",
+        "/site-config.git/info/refs",
+        "/site-config.git/site.yaml",
+    ] {
+        rows.push(row(get.clone(), path, "none", None, 401, Some("E300")));
+        rows.push(row(
+            get.clone(),
+            path,
+            "wrong",
+            Some("wrong"),
+            403,
+            Some("E301"),
+        ));
+        rows.push(row(
+            get.clone(),
+            path,
+            "api-token",
+            Some(WRITE_TOKEN),
+            403,
+            Some("E301"),
+        ));
+        rows.push(row(get.clone(), path, "right", Some(REPO_TOKEN), 200, None));
+    }
+    // Reconciler API: read scope.
+    for path in ["/v1/status", "/v1/events", "/metrics"] {
+        rows.push(row(get.clone(), path, "none", None, 401, Some("E300")));
+        rows.push(row(
+            get.clone(),
+            path,
+            "wrong",
+            Some("wrong"),
+            403,
+            Some("E301"),
+        ));
+        rows.push(row(
+            get.clone(),
+            path,
+            "repo-token",
+            Some(REPO_TOKEN),
+            403,
+            Some("E301"),
+        ));
+        rows.push(row(get.clone(), path, "read", Some(READ_TOKEN), 200, None));
+        rows.push(row(
+            get.clone(),
+            path,
+            "write",
+            Some(WRITE_TOKEN),
+            200,
+            None,
+        ));
+    }
+    // Write scope.
+    for (method, path) in [
+        (Method::POST, "/v1/reconcile"),
+        (Method::PUT, "/v1/subtree"),
+    ] {
+        rows.push(row(method.clone(), path, "none", None, 401, Some("E300")));
+        rows.push(row(
+            method.clone(),
+            path,
+            "wrong",
+            Some("wrong"),
+            403,
+            Some("E301"),
+        ));
+        rows.push(row(
+            method.clone(),
+            path,
+            "read",
+            Some(READ_TOKEN),
+            403,
+            Some("E302"),
+        ));
+        rows.push(row(
+            method.clone(),
+            path,
+            "write",
+            Some(WRITE_TOKEN),
+            202,
+            None,
+        ));
+    }
+
+    let subtree = json!({
+        "host": "father",
+        "manifest": {"schema_version": 2, "name": "child", "nodes": [{"name": "inner", "type": "vm"}]},
+    });
+    let mut failures = Vec::new();
+    for r in &rows {
+        let body = (r.method == Method::PUT).then(|| subtree.clone());
+        let (status, text) = d.send(r.method.clone(), r.path, r.token, body).await;
+        let got_code = code(&text);
+        if status != r.status || (r.code.is_some() && got_code.as_deref() != r.code) {
+            failures.push(format!(
+                "{} {} as {}: expected {} {:?}, got {status} {got_code:?}",
+                r.method, r.path, r.who, r.status, r.code
+            ));
+        }
+        for secret in SECRETS {
+            if r.token != Some(*secret) && text.contains(secret) {
+                failures.push(format!(
+                    "{} {} as {}: response leaks a secret",
+                    r.method, r.path, r.who
+                ));
+            }
+        }
+    }
+    println!(
+        "auth matrix: {} cells (endpoint x token x posture/scope)",
+        rows.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    d.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn traversal_is_refused_on_specs_and_repos() {
+    let site = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    site_config(site.path());
+    let (engine, _calls) = FakeEngine::new();
+    let d = start(config(site.path(), state.path()), engine).await;
+    let repo = format!("Bearer {REPO_TOKEN}");
+    let attempts: &[(&str, Option<&str>)] = &[
+        ("/spec/../../secrets", None),
+        ("/spec/..%2F..%2Fsecrets", None),
+        ("/spec/%2e%2e%2f%2e%2e%2fsecrets", None),
+        ("/spec/%2E%2E/%2E%2E/secrets", None),
+        ("/spec/....//....//secrets", None),
+        ("/spec/../secrets.yaml", None),
+        ("/spec/.hidden", None),
+        ("/../../../etc/passwd", None),
+        ("/%2e%2e/%2e%2e/etc/passwd", None),
+        ("/site-config.git/../../secrets.yaml", Some(&repo)),
+        ("/site-config.git/%2e%2e/%2e%2e/secrets.yaml", Some(&repo)),
+        (
+            "/site-config.git/objects/../../../secrets.yaml",
+            Some(&repo),
+        ),
+        ("/site-config.git//etc/passwd", Some(&repo)),
+        ("/site-config.git/HEAD/../../../../etc/passwd", Some(&repo)),
+        ("/site-config.git/./HEAD", Some(&repo)),
+        ("/../site-config.git/HEAD", Some(&repo)),
+        // Ignored by .gitignore, so never in the served snapshot.
+        ("/site-config.git/secrets.yaml", Some(&repo)),
+        ("/site-config.git/config", Some(&repo)),
+    ];
+    for (target, auth) in attempts {
+        let (status, body) = d.raw(target, auth.as_deref()).await;
+        assert!(
+            (400..500).contains(&status),
+            "{target}: expected a refusal, got {status} {body}"
+        );
+        for secret in SECRETS {
+            assert!(!body.contains(secret), "{target} leaked a secret: {body}");
+        }
+        assert!(!body.contains("root:x:0:0"), "{target}: {body}");
+    }
+    // The same requests work when they name what they may.
+    assert_eq!(d.raw("/spec/base", None).await.0, 200);
+    assert_eq!(d.raw("/site-config.git/HEAD", Some(&repo)).await.0, 200);
+    println!("traversal attempts refused: {}", attempts.len());
+    d.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn repeated_wrong_tokens_are_slowed_down_per_address() {
+    let site = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    site_config(site.path());
+    let clock = ManualClock::default();
+    let mut config = config(site.path(), state.path());
+    config.clock = Arc::new(clock.clone());
+    config.throttle = Policy::default();
+    let (engine, _calls) = FakeEngine::new();
+    let d = start(config, engine).await;
+
+    let get = |token: Option<&'static str>| {
+        let mut req = d.client.get(d.url("/spec/staged"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            (resp.status().as_u16(), retry)
+        }
+    };
+    // The free failures and the first counted one answer 403.
+    for _ in 0..6 {
+        assert_eq!(get(Some("guess")).await, (403, None));
+    }
+    // Locked: even the right token waits, with Retry-After.
+    let mut locks = Vec::new();
+    let (status, retry) = get(Some(SITE_TOKEN)).await;
+    assert_eq!(status, 429);
+    locks.push(retry.unwrap());
+    // Requests without a token are not held back.
+    assert_eq!(d.get("/health", None).await.0, 200);
+    assert_eq!(d.get("/spec/base", None).await.0, 200);
+    assert_eq!(get(None).await.0, 401);
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(locks[locks.len() - 1]));
+        assert_eq!(get(Some("guess")).await.0, 403, "unlocked, still wrong");
+        let (status, retry) = get(Some(SITE_TOKEN)).await;
+        assert_eq!(status, 429);
+        locks.push(retry.unwrap());
+    }
+    assert_eq!(locks, [1, 2, 4, 8], "the lock doubles with each failure");
+    clock.advance(Duration::from_secs(8));
+    assert_eq!(get(Some(SITE_TOKEN)).await.0, 200);
+
+    let (_, metrics) = d.get("/metrics", Some(READ_TOKEN)).await;
+    assert!(
+        metrics.contains("homestak_auth_failures_total 9"),
+        "{metrics}"
+    );
+    d.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn reconciler_api_drives_the_engine() {
+    let site = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    site_config(site.path());
+    let head = git(site.path(), &["rev-parse", "HEAD"]);
+    let (engine, mut calls) = FakeEngine::new();
+    let d = start(config(site.path(), state.path()), engine.clone()).await;
+
+    // The startup reconcile of the one managed manifest.
+    let call = next_call(&mut calls).await;
+    assert_eq!(call.manifest, "demo");
+    assert_eq!(call.host, "father");
+    assert_eq!(call.revision, head);
+    assert_eq!(call.reason, Reason::Startup);
+
+    let demo_applied =
+        |status: &Value| status["manifests"][0]["last_applied"]["revision"] == json!(head);
+    let mut status = Value::Null;
+    for _ in 0..600 {
+        let (code, text) = d.get("/v1/status", Some(READ_TOKEN)).await;
+        assert_eq!(code, 200, "{text}");
+        status = serde_json::from_str(&text).unwrap();
+        if demo_applied(&status) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(demo_applied(&status), "{status:#}");
+    let demo = &status["manifests"][0];
+    assert_eq!(demo["name"], "demo");
+    assert_eq!(demo["origin"], "git");
+    assert_eq!(demo["drift"], "correct");
+    assert_eq!(demo["in_sync"], true);
+    assert_eq!(demo["status"]["host"], "father");
+    assert_eq!(demo["last_reconcile"]["outcome"], "converged");
+    assert_eq!(status["source"], "git-head");
+    assert_eq!(status["revision"], json!(head));
+
+    // One manifest, on demand.
+    let (code, text) = d
+        .send(
+            Method::POST,
+            "/v1/reconcile?manifest=demo",
+            Some(WRITE_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(code, 202, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["queued"],
+        json!(["demo"])
+    );
+    let call = next_call(&mut calls).await;
+    assert_eq!((call.manifest.as_str(), call.reason), ("demo", Reason::Api));
+    let (code, text) = d
+        .send(
+            Method::POST,
+            "/v1/reconcile?manifest=ghost",
+            Some(WRITE_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!((code, code_of(&text)), (404, "E200".into()));
+
+    // A parent tier hands over a subtree.
+    let subtree = json!({
+        "host": "father",
+        "manifest": {"schema_version": 2, "name": "child", "nodes": [
+            {"name": "inner", "type": "pve"},
+            {"name": "leaf", "type": "vm", "parent": "inner"}
+        ]},
+    });
+    let (code, text) = d
+        .send(Method::PUT, "/v1/subtree", Some(WRITE_TOKEN), Some(subtree))
+        .await;
+    assert_eq!(code, 202, "{text}");
+    let call = next_call(&mut calls).await;
+    assert_eq!(call.manifest, "child");
+    assert_eq!(call.reason, Reason::Subtree);
+    assert!(call.revision.starts_with("subtree:"), "{}", call.revision);
+
+    for (body, expect) in [
+        (json!("not an object"), "E101"),
+        (json!({"host": "father"}), "E101"),
+        (json!({"host": "nowhere", "manifest": {}}), "E101"),
+        (
+            json!({"host": "father", "manifest": {"schema_version": 2, "name": "x", "nodes": [{"name": "a", "type": "vm", "parent": "ghost"}]}}),
+            "E101",
+        ),
+        (
+            json!({"host": "father", "manifest": {"schema_version": 1, "name": "x", "levels": [{"name": "a", "env": "e"}]}}),
+            "E101",
+        ),
+        (
+            json!({"host": "father", "manifest": {"schema_version": 2, "name": "x", "nodes": []}, "extra": 1}),
+            "E101",
+        ),
+        (
+            json!({"host": "father", "manifest": {"schema_version": 2, "name": "demo", "nodes": [{"name": "a", "type": "vm"}]}}),
+            "E103",
+        ),
+    ] {
+        let (code, text) = d
+            .send(
+                Method::PUT,
+                "/v1/subtree",
+                Some(WRITE_TOKEN),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(code_of(&text), expect, "{body} -> {code} {text}");
+    }
+
+    // Events, in order, with a cursor.
+    let (code, text) = d
+        .get("/v1/events?since=0&limit=500", Some(READ_TOKEN))
+        .await;
+    assert_eq!(code, 200);
+    let events: Value = serde_json::from_str(&text).unwrap();
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "started",
+        "revision",
+        "reconcile_queued",
+        "reconcile_started",
+        "reconcile_finished",
+        "subtree_accepted",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} event in {kinds:?}");
+    }
+    let next = events["next"].as_u64().unwrap();
+    let (_, text) = d
+        .get(&format!("/v1/events?since={next}"), Some(READ_TOKEN))
+        .await;
+    let later: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        later["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["seq"].as_u64().unwrap() > next)
+    );
+    let (code, text) = d.get("/v1/events?since=x", Some(READ_TOKEN)).await;
+    assert_eq!((code, code_of(&text)), (400, "E101".into()));
+
+    // Metrics reflect what happened.
+    eventually("three converged reconciles", || {
+        engine.calls.lock().unwrap().len() >= 3
+    })
+    .await;
+    let (code, metrics) = d.get("/metrics", Some(READ_TOKEN)).await;
+    assert_eq!(code, 200);
+    for needle in [
+        "homestak_reconciles_total{result=\"converged\"}",
+        "homestak_reconcile_duration_seconds_count",
+        "homestak_drifted_nodes{manifest=\"demo\"} 0",
+        "homestak_reconcile_queue_depth",
+        "homestak_pve_api_requests_total{method=\"GET\",endpoint=\"/cluster/resources\"}",
+        "homestak_build_info{version=",
+        "homestak_http_requests_total{route=\"v1_status\",code=\"200\"}",
+    ] {
+        assert!(metrics.contains(needle), "no {needle} in\n{metrics}");
+    }
+
+    // Methods and unknown paths.
+    let (code, text) = d
+        .send(Method::DELETE, "/v1/status", Some(READ_TOKEN), None)
+        .await;
+    assert_eq!((code, code_of(&text)), (405, "E102".into()));
+    let (code, text) = d.send(Method::POST, "/health", None, None).await;
+    assert_eq!((code, code_of(&text)), (405, "E102".into()));
+    let (code, text) = d.get("/v2/nothing", Some(READ_TOKEN)).await;
+    assert_eq!((code, code_of(&text)), (400, "E100".into()));
+    let head = d.client.head(d.url("/health")).send().await.unwrap();
+    assert_eq!(head.status().as_u16(), 200);
+    assert_eq!(head.headers()["content-length"], "16");
+    assert!(head.bytes().await.unwrap().is_empty(), "HEAD has no body");
+
+    d.stop().await.unwrap();
+}
+
+fn code_of(text: &str) -> String {
+    code(text).unwrap_or_default()
+}
+
+/// The typed client of `homestak_api` against the daemon: every endpoint
+/// it speaks answers with the types the daemon serves, and refusals come
+/// back as the daemon's error codes.
+#[tokio::test]
+async fn the_typed_client_speaks_the_daemons_api() {
+    use homestak_api::v1::SubtreeRequest;
+    use homestak_api::{Client, Kind, Outcome, client};
+    use homestak_core::site::Secret;
+
+    let site = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    site_config(site.path());
+    let head = git(site.path(), &["rev-parse", "HEAD"]);
+    let (engine, mut calls) = FakeEngine::new();
+    let d = start(config(site.path(), state.path()), engine.clone()).await;
+    let reader = Client::new(&d.url, d.fingerprint, &Secret::new(READ_TOKEN)).unwrap();
+    let writer = Client::new(&d.url, d.fingerprint, &Secret::new(WRITE_TOKEN)).unwrap();
+    next_call(&mut calls).await;
+
+    let status = loop {
+        let status = reader.status(Some("demo"), true).await.unwrap();
+        if status.manifests[0].record.last_applied.is_some() {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let demo = &status.manifests[0];
+    assert_eq!(demo.name, "demo");
+    assert_eq!(demo.record.last_applied.as_ref().unwrap().revision, head);
+    assert_eq!(
+        demo.record.last_reconcile.as_ref().unwrap().outcome,
+        Outcome::Converged
+    );
+    assert_eq!(demo.in_sync, Some(true));
+    // Records only: the same records, no drift report.
+    let records = reader.status(Some("demo"), false).await.unwrap();
+    assert_eq!(records.manifests[0].record, demo.record);
+    assert!(records.manifests[0].status.is_none() && records.manifests[0].in_sync.is_none());
+
+    let queued = writer.reconcile(Some("demo")).await.unwrap();
+    assert_eq!(queued.queued, ["demo"]);
+    let accepted = writer
+        .put_subtree(&SubtreeRequest {
+            host: "father".into(),
+            manifest: json!({"schema_version": 2, "name": "child", "nodes": [
+                {"name": "inner", "type": "pve"}
+            ]}),
+        })
+        .await
+        .unwrap();
+    assert_eq!(accepted.accepted, "child");
+    assert!(accepted.revision.starts_with("subtree:"));
+
+    let events = reader.events(0, 500).await.unwrap();
+    assert!(
+        events
+            .events
+            .iter()
+            .any(|e| e.kind == Kind::SubtreeAccepted)
+    );
+    assert_eq!(events.next, events.events.last().unwrap().seq);
+
+    // A read token may not write; the daemon's code comes back typed.
+    match reader.reconcile(None).await {
+        Err(client::Error::Refused { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (403, "E302"));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    match reader.status(Some("ghost"), false).await {
+        Err(client::Error::Refused { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (404, "E200"));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Another certificate than the pinned one is never talked to.
+    let other = homestak_tls::self_signed(&["127.0.0.1".into()]).unwrap();
+    let stranger = Client::new(&d.url, other.fingerprint, &Secret::new(READ_TOKEN)).unwrap();
+    assert!(matches!(
+        stranger.status(None, false).await,
+        Err(client::Error::Unreachable { .. })
+    ));
+    d.stop().await.unwrap();
+}

@@ -1,0 +1,10 @@
+//! The integration tests of homestak-daemon: one binary, one module per concern.
+
+// Test code: a failed unwrap is a failed test (clippy.toml says the same for #[test]s).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod reconcile_loop;
+mod repos;
+mod secrets;
+mod support;

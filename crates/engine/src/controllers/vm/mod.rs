@@ -1,0 +1,329 @@
+//! The VM controller: carries out one node's plan on one PVE tier.
+//!
+//! Steps ([`VmStep`]s, named by their [`Step`] verb_noun like the seed's
+//! phases), each idempotent — safe to run again after a crash, a timeout or
+//! a retry, because each first looks at the world and only then acts:
+//!
+//! | step | does |
+//! |---|---|
+//! | `ensure_image` | the image is on the import storage, else `download-url` (parts joined over SSH on the host, see [`host`]) |
+//! | `create_vm` | `import-from` + cloud-init (user, keys, ip, DNS), marks |
+//! | `adopt_vm` | record an owned VM the store did not know |
+//! | `update_config` | cores, memory, name, tags, network, cloud-init, marks |
+//! | `resize_disk` | grow the boot disk |
+//! | `start_vm` | power on |
+//! | `wait_agent_ip` | the guest agent reports an address |
+//! | `wait_ssh` | SSH answers and accepts our key |
+//! | `mark_converged` | record the applied spec in the store |
+//! | `stop_vm`, `destroy_vm`, `forget_vm` | delete (owned VMs only) |
+//!
+//! A step that starts a PVE task records its UPID (in memory and, flushed,
+//! in the store) and returns `Requeue`; the next run of the step checks the
+//! task. Before changing or deleting an existing VM, a step re-reads its
+//! config and refuses unless the VM still carries our marks.
+
+pub mod host;
+pub mod mapping;
+mod steps;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::executor::{AsStep, BoxFuture, Controller, Planned, StepOutcome};
+use crate::store::Store;
+use homestak_api::step::Step;
+use homestak_base::id::{NodeName, PveNode, VmId};
+use homestak_core::plan::{Action, DesiredVm, Field, NodePlan};
+use homestak_pve::{Api, Upid};
+use homestak_ssh as ssh;
+
+pub use host::HostSsh;
+
+/// SSH verification settings (`settings.verify_ssh`).
+#[derive(Clone)]
+pub struct SshCheck {
+    pub transport: Arc<dyn ssh::Transport>,
+    pub identity: ssh::Identity,
+    pub host_key: ssh::HostKeyPolicy,
+    pub port: u16,
+}
+
+/// The known-hosts file SSH checks record VM host keys in, and the VMs'
+/// SSH port: a destroyed VM's entry is dropped so its successor at the same
+/// address is not taken for an impostor.
+#[derive(Clone)]
+pub struct KnownHostsFile {
+    pub file: ssh::KnownHosts,
+    pub port: u16,
+}
+
+/// Where images come from when a storage lacks them.
+#[derive(Debug, Clone)]
+pub struct ImageSource {
+    /// URL prefix; `<image>.qcow2` is appended.
+    pub base_url: String,
+    /// Images shipped in parts: name → number of parts.
+    pub parts: HashMap<String, u32>,
+}
+
+/// Waits and polls.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// First poll of a task; later polls back off to `poll_max`.
+    pub poll_min: Duration,
+    pub poll_max: Duration,
+    /// How long the guest agent may take to report an address.
+    pub agent_timeout: Duration,
+    /// How long SSH may take to answer after the agent did.
+    pub ssh_timeout: Duration,
+    /// How long a PVE task may run before we give up on it.
+    pub task_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            // Short first polls cost little on a real host (a GET each) and
+            // keep fast tasks (and the simulator's scaled ones) snappy.
+            poll_min: Duration::from_millis(25),
+            poll_max: Duration::from_secs(2),
+            agent_timeout: Duration::from_secs(300),
+            ssh_timeout: Duration::from_secs(180),
+            task_timeout: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// Everything the controller needs for one tier.
+pub struct VmController {
+    pub api: Arc<dyn Api>,
+    /// PVE node name for API paths.
+    pub pve_node: PveNode,
+    pub manifest: String,
+    pub image_storage: String,
+    /// The host's datastore: where VMs without a desired entry (deletions)
+    /// keep their disks, for the per-storage limit.
+    pub default_storage: String,
+    pub images: ImageSource,
+    /// Desired VMs by node name.
+    pub desired: HashMap<NodeName, DesiredVm>,
+    pub store: Option<Arc<dyn Store>>,
+    pub ssh: Option<SshCheck>,
+    pub known_hosts: Option<KnownHostsFile>,
+    /// SSH to the PVE host, for joining images shipped in parts.
+    pub host_ssh: Option<HostSsh>,
+    pub timing: Timing,
+    /// What the nodes of one run share; start with `RunState::default()`.
+    pub shared: RunState,
+}
+
+/// What the nodes of one run share.
+#[derive(Default)]
+pub struct RunState {
+    /// Downloads (and joins) in flight by volume, shared by the nodes
+    /// needing the same image.
+    downloads: Mutex<HashMap<String, Download>>,
+    /// vmids handed out by this run, so parallel creates never collide.
+    reserved: Mutex<HashSet<VmId>>,
+}
+
+/// A download of an image, shared by the nodes that need it.
+#[derive(Debug, Clone)]
+enum Download {
+    /// A node is asking PVE for it right now.
+    Starting,
+    Task(Upid),
+    /// The task succeeded at this moment: a storage listing made before
+    /// it may still lack the file; one made after it that lacks the file
+    /// means the file went away (and is fetched again).
+    Done(Instant),
+    /// A node is joining the image's parts on the host (or removing parts
+    /// left over from an interrupted join).
+    Joining,
+}
+
+impl VmController {
+    /// Keeps `vmids` out of the vmids this run hands out: those the plan
+    /// already points nodes at (explicit or remembered), so a node picking
+    /// PVE's next free vmid never takes the one another node will create.
+    pub fn reserve(&self, vmids: impl IntoIterator<Item = VmId>) {
+        if let Ok(mut reserved) = self.shared.reserved.lock() {
+            reserved.extend(vmids);
+        }
+    }
+}
+
+/// Per-node scratch state between steps.
+#[derive(Debug, Default)]
+pub struct Memory {
+    pub vmid: Option<VmId>,
+    /// The task the current step waits for.
+    pub upid: Option<Upid>,
+    pub poll: Option<Duration>,
+    /// When the current wait gives up.
+    pub deadline: Option<Instant>,
+    pub ip: Option<Ipv4Addr>,
+    /// This run created the VM (rollback may destroy it).
+    pub created: bool,
+    /// `vmid` was seeded from the plan. Only once: a step may give the
+    /// plan's vmid up (taken by someone else, or replaced) for a fresh one.
+    pub seeded: bool,
+}
+
+impl Memory {
+    /// The next poll delay: growing by half from `min` to `max`, so a task
+    /// is seen done soon after it ends without polling a long one often.
+    fn next_poll(&mut self, timing: &Timing) -> Duration {
+        let next = match self.poll {
+            None => timing.poll_min,
+            Some(p) => (p * 3 / 2).min(timing.poll_max),
+        };
+        self.poll = Some(next);
+        next
+    }
+
+    fn reset_wait(&mut self) {
+        self.upid = None;
+        self.poll = None;
+        self.deadline = None;
+    }
+}
+
+/// A VM step as planned. The node's desired VM is looked up once, when its
+/// steps are planned, and carried by the steps that act on it: a step that
+/// needs it cannot be planned without it.
+#[derive(Debug, Clone)]
+pub enum VmStep {
+    EnsureImage(Arc<DesiredVm>),
+    CreateVm(Arc<DesiredVm>),
+    AdoptVm,
+    UpdateConfig(Arc<DesiredVm>),
+    ResizeDisk(Arc<DesiredVm>),
+    StartVm,
+    WaitAgentIp,
+    WaitSsh(Arc<DesiredVm>),
+    MarkConverged(Arc<DesiredVm>),
+    StopVm,
+    DestroyVm,
+    ForgetVm,
+}
+
+impl AsStep for VmStep {
+    fn as_step(&self) -> Step {
+        match self {
+            VmStep::EnsureImage(_) => Step::EnsureImage,
+            VmStep::CreateVm(_) => Step::CreateVm,
+            VmStep::AdoptVm => Step::AdoptVm,
+            VmStep::UpdateConfig(_) => Step::UpdateConfig,
+            VmStep::ResizeDisk(_) => Step::ResizeDisk,
+            VmStep::StartVm => Step::StartVm,
+            VmStep::WaitAgentIp => Step::WaitAgentIp,
+            VmStep::WaitSsh(_) => Step::WaitSsh,
+            VmStep::MarkConverged(_) => Step::MarkConverged,
+            VmStep::StopVm => Step::StopVm,
+            VmStep::DestroyVm => Step::DestroyVm,
+            VmStep::ForgetVm => Step::ForgetVm,
+        }
+    }
+}
+
+impl VmController {
+    fn create_steps(&self, want: &Arc<DesiredVm>, verify_ssh: bool) -> Vec<Planned<VmStep>> {
+        let mut steps = vec![
+            Planned::on_storage(VmStep::EnsureImage(want.clone()), &self.image_storage),
+            Planned::on_storage(VmStep::CreateVm(want.clone()), &want.storage),
+            Planned::on_storage(VmStep::ResizeDisk(want.clone()), &want.storage),
+            Planned::new(VmStep::StartVm),
+            Planned::new(VmStep::WaitAgentIp),
+        ];
+        if verify_ssh {
+            steps.push(Planned::new(VmStep::WaitSsh(want.clone())));
+        }
+        steps.push(Planned::new(VmStep::MarkConverged(want.clone())));
+        steps
+    }
+}
+
+impl Controller for VmController {
+    type Memory = Memory;
+    type Work = VmStep;
+
+    fn steps(&self, node: &NodePlan) -> Vec<Planned<VmStep>> {
+        let verify_ssh = self.ssh.is_some();
+        let want = self.desired.get(&node.node).cloned().map(Arc::new);
+        match (node.action, want) {
+            (Action::Create, Some(want)) => self.create_steps(&want, verify_ssh),
+            (Action::Replace, Some(want)) => {
+                let mut steps = vec![
+                    Planned::new(VmStep::StopVm),
+                    Planned::on_storage(VmStep::DestroyVm, &want.storage),
+                ];
+                steps.extend(self.create_steps(&want, verify_ssh));
+                steps
+            }
+            (Action::Update | Action::Adopt, Some(want)) => {
+                let mut steps = Vec::new();
+                if node.action == Action::Adopt {
+                    steps.push(Planned::new(VmStep::AdoptVm));
+                }
+                let config_change = node
+                    .changes
+                    .iter()
+                    .any(|c| !matches!(c.field, Field::Disk | Field::Power));
+                if config_change {
+                    steps.push(Planned::new(VmStep::UpdateConfig(want.clone())));
+                }
+                if node.change(Field::Disk).is_some() {
+                    steps.push(Planned::on_storage(
+                        VmStep::ResizeDisk(want.clone()),
+                        &want.storage,
+                    ));
+                }
+                if node.change(Field::Power).is_some() {
+                    steps.push(Planned::new(VmStep::StartVm));
+                    steps.push(Planned::new(VmStep::WaitAgentIp));
+                }
+                steps.push(Planned::new(VmStep::MarkConverged(want)));
+                steps
+            }
+            (Action::Delete, _) => vec![
+                Planned::new(VmStep::StopVm),
+                Planned::on_storage(VmStep::DestroyVm, &self.default_storage),
+                Planned::new(VmStep::ForgetVm),
+            ],
+            // No desired entry for a create/update: nothing safe to do.
+            _ => Vec::new(),
+        }
+    }
+
+    fn run<'a>(
+        &'a self,
+        node: &'a NodePlan,
+        step: &'a VmStep,
+        memory: &'a mut Memory,
+    ) -> BoxFuture<'a, StepOutcome> {
+        Box::pin(self.dispatch(node, step, memory))
+    }
+
+    fn undo_steps(&self, node: &NodePlan, memory: &Memory) -> Vec<Planned<VmStep>> {
+        if memory.created {
+            let storage = self
+                .desired
+                .get(&node.node)
+                .map_or(&self.default_storage, |w| &w.storage);
+            vec![
+                Planned::new(VmStep::StopVm),
+                Planned::on_storage(VmStep::DestroyVm, storage),
+                Planned::new(VmStep::ForgetVm),
+            ]
+        } else {
+            Vec::new()
+        }
+    }
+}

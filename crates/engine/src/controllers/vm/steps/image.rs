@@ -1,0 +1,420 @@
+//! `ensure_image`: the image is in the import storage.
+//!
+//! A missing image is downloaded with `download-url`, once for all the
+//! nodes that need it: the first node claims the volume in the
+//! controller's download table before it asks PVE, the others follow that
+//! task. An image listed in `image_parts` is downloaded part by part (each
+//! part once, all at the same time), then joined on the host over SSH (see
+//! [`crate::controllers::vm::host`]) by one node while the others wait, and
+//! checked through the API before the parts are removed.
+//!
+//! Parts are stored as `<image>.partNN.raw`, not under the release's name
+//! `<image>.qcow2.partNN`: PVE accepts `import` downloads only with an
+//! `.ova`, `.qcow2`, `.raw` or `.vmdk` name, and since 8.3 checks the file
+//! against that format (`qemu-img info -f <format>`, untrusted mode) before
+//! keeping it. Only the first part starts with a qcow2 header, so a part
+//! named `.qcow2` would be refused; any bytes are a valid raw image.
+//!
+//! Every pass looks at the storage first, so the step resumes wherever an
+//! earlier run stopped: parts already there are not downloaded again, and
+//! parts left next to a joined image are removed.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::controllers::vm::host;
+
+/// Where one download stands after a look.
+enum Fetch {
+    /// Running (or being started by another node).
+    Pending,
+    /// Just finished: the file shows up at the next look.
+    Soon,
+    Failed(Outcome),
+}
+
+/// The import files of the image storage (volid → size), and when they
+/// were asked for.
+struct Listing {
+    files: HashMap<String, Option<u64>>,
+    listed_at: Instant,
+}
+
+/// One part of a split image.
+struct Part {
+    /// `local:import/debian-13-pve.part00.raw`
+    volume: String,
+    /// `debian-13-pve.part00.raw`
+    file: String,
+    /// `<image_source>debian-13-pve.qcow2.part00`
+    url: String,
+}
+
+/// The file a part is stored as in an `import` directory.
+pub(crate) fn part_file(image: &str, index: u32) -> String {
+    format!("{image}.part{index:02}.raw")
+}
+
+/// The release asset of a part.
+pub(crate) fn part_asset(image: &str, index: u32) -> String {
+    format!("{}.part{index:02}", mapping::image_file(image))
+}
+
+fn host_failure(err: &host::Error) -> Outcome {
+    let message = chain(err);
+    if err.is_transient() {
+        StepOutcome::Failed(StepError::transient(message))
+    } else {
+        StepOutcome::Failed(StepError::permanent(message))
+    }
+}
+
+impl VmController {
+    fn release_download(&self, volume: &str) {
+        if let Ok(mut d) = self.shared.downloads.lock() {
+            d.remove(volume);
+        }
+    }
+
+    /// Claims `volume` for this node (`as_` says what for); false when
+    /// another node holds it.
+    fn claim(&self, volume: &str, as_: Download) -> bool {
+        let Ok(mut downloads) = self.shared.downloads.lock() else {
+            return false;
+        };
+        if downloads.contains_key(volume) {
+            return false;
+        }
+        downloads.insert(volume.to_string(), as_);
+        true
+    }
+
+    /// What some node is doing with `volume`.
+    fn download_state(&self, volume: &str) -> Option<Download> {
+        self.shared.downloads.lock().ok()?.get(volume).cloned()
+    }
+
+    fn set_download(&self, volume: &str, state: Download) {
+        if let Ok(mut d) = self.shared.downloads.lock() {
+            d.insert(volume.to_string(), state);
+        }
+    }
+
+    /// Brings the download of a file missing from a storage listing made
+    /// at `listed_at` one step on: starts it (once for every node), or
+    /// checks the task some node started.
+    async fn fetch(
+        &self,
+        volume: &str,
+        url: String,
+        filename: String,
+        listed_at: Instant,
+    ) -> Fetch {
+        match self.download_state(volume) {
+            None => {}
+            Some(Download::Done(at)) if listed_at <= at => return Fetch::Soon,
+            // Downloaded, yet gone from a later listing: fetch it again.
+            Some(Download::Done(_)) => self.release_download(volume),
+            Some(Download::Starting | Download::Joining) => return Fetch::Pending,
+            Some(Download::Task(upid)) => {
+                return match tasks::check(self.api.as_ref(), &upid, 20).await {
+                    Ok(Check::Running(_)) => Fetch::Pending,
+                    Ok(Check::Succeeded(_)) => {
+                        self.set_download(volume, Download::Done(Instant::now()));
+                        Fetch::Soon
+                    }
+                    Ok(Check::Failed { exitstatus, .. }) => {
+                        self.release_download(volume);
+                        Fetch::Failed(StepOutcome::Failed(StepError::transient(format!(
+                            "download of {volume} failed: {exitstatus}"
+                        ))))
+                    }
+                    Err(err) => Fetch::Failed(fail(&err, &format!("check download of {volume}"))),
+                };
+            }
+        }
+        if !self.claim(volume, Download::Starting) {
+            return Fetch::Pending;
+        }
+        let request = DownloadUrl {
+            url,
+            content: "import".into(),
+            filename,
+            checksum: None,
+            verify_certificates: Some(true),
+        };
+        match self
+            .api
+            .download_url(&self.pve_node, &self.image_storage, &request)
+            .await
+        {
+            Ok(upid) => {
+                self.set_download(volume, Download::Task(upid));
+                Fetch::Pending
+            }
+            Err(err) => {
+                self.release_download(volume);
+                Fetch::Failed(fail(&err, &format!("download {}", request.url)))
+            }
+        }
+    }
+
+    /// The import files of the image storage: volid → size.
+    async fn import_files(&self) -> Result<HashMap<String, Option<u64>>, Outcome> {
+        match self
+            .api
+            .storage_content(&self.pve_node, &self.image_storage, Some("import"), None)
+            .await
+        {
+            Ok(content) => Ok(content.into_iter().map(|c| (c.volid, c.size)).collect()),
+            Err(err) => Err(fail(&err, &format!("list storage {}", self.image_storage))),
+        }
+    }
+
+    pub(super) async fn ensure_image(&self, want: &DesiredVm, m: &mut Memory) -> Outcome {
+        let listed_at = Instant::now();
+        let files = match self.import_files().await {
+            Ok(files) => files,
+            Err(out) => return out,
+        };
+        let listing = Listing { files, listed_at };
+        let out = match self.images.parts.get(&want.image) {
+            None => self.ensure_whole_image(want, &listing, m).await,
+            Some(&parts) => self.ensure_split_image(want, parts, &listing, m).await,
+        };
+        if matches!(out, StepOutcome::Done) {
+            m.reset_wait();
+        }
+        out
+    }
+
+    async fn ensure_whole_image(
+        &self,
+        want: &DesiredVm,
+        listing: &Listing,
+        m: &mut Memory,
+    ) -> Outcome {
+        let files = &listing.files;
+        let volume = mapping::image_volume(&self.image_storage, &want.image);
+        if files.contains_key(&volume) {
+            return StepOutcome::Done;
+        }
+        let file = mapping::image_file(&want.image);
+        let url = format!("{}{file}", self.images.base_url);
+        match self.fetch(&volume, url, file, listing.listed_at).await {
+            Fetch::Pending => StepOutcome::Requeue(m.next_poll(&self.timing)),
+            Fetch::Soon => StepOutcome::Requeue(self.timing.poll_min),
+            Fetch::Failed(out) => out,
+        }
+    }
+
+    async fn ensure_split_image(
+        &self,
+        want: &DesiredVm,
+        count: u32,
+        listing: &Listing,
+        m: &mut Memory,
+    ) -> Outcome {
+        let files = &listing.files;
+        let image = &want.image;
+        if count == 0 {
+            return refuse(format!(
+                "site.yaml image_parts gives image {image} 0 parts: give the number of \
+                 {}.partNN files its release ships",
+                mapping::image_file(image)
+            ));
+        }
+        let joined = mapping::image_volume(&self.image_storage, image);
+        let parts: Vec<Part> = (0..count)
+            .map(|i| {
+                let file = part_file(image, i);
+                Part {
+                    volume: format!("{}:import/{file}", self.image_storage),
+                    url: format!("{}{}", self.images.base_url, part_asset(image, i)),
+                    file,
+                }
+            })
+            .collect();
+        if files.contains_key(&joined) {
+            let leftover: Vec<&Part> = parts
+                .iter()
+                .filter(|p| files.contains_key(&p.volume))
+                .collect();
+            if !leftover.is_empty() {
+                self.remove_leftover_parts(want, count, &joined, &leftover)
+                    .await;
+            }
+            return StepOutcome::Done;
+        }
+        let Some(host) = &self.host_ssh else {
+            return refuse(format!(
+                "image {image} ships in {count} parts; joining them needs SSH to the PVE host \
+                 {}, and its nodes/ file gives no address for it (set api_endpoint)",
+                self.pve_node
+            ));
+        };
+        // No gigabytes downloaded for a join that cannot log in.
+        if let Err(err) = host.check(image, count) {
+            return host_failure(&err);
+        }
+        let (mut pending, mut soon) = (false, false);
+        for part in parts.iter().filter(|p| !files.contains_key(&p.volume)) {
+            match self
+                .fetch(
+                    &part.volume,
+                    part.url.clone(),
+                    part.file.clone(),
+                    listing.listed_at,
+                )
+                .await
+            {
+                Fetch::Pending => pending = true,
+                Fetch::Soon => soon = true,
+                Fetch::Failed(out) => return out,
+            }
+        }
+        if soon {
+            return StepOutcome::Requeue(self.timing.poll_min);
+        }
+        if pending {
+            return StepOutcome::Requeue(m.next_poll(&self.timing));
+        }
+        // Every part is there: one node joins, the others wait for it.
+        if !self.claim(&joined, Download::Joining) {
+            return StepOutcome::Requeue(m.next_poll(&self.timing));
+        }
+        let expected = parts
+            .iter()
+            .map(|p| files.get(&p.volume).copied().flatten())
+            .sum::<Option<u64>>();
+        let out = self
+            .join_parts(want, host, count, &joined, &parts, expected)
+            .await;
+        self.release_download(&joined);
+        out
+    }
+
+    /// Joins the parts on the host, checks the result through the API,
+    /// then removes the parts.
+    async fn join_parts(
+        &self,
+        want: &DesiredVm,
+        host: &host::HostSsh,
+        count: u32,
+        joined: &str,
+        parts: &[Part],
+        expected: Option<u64>,
+    ) -> Outcome {
+        let image = &want.image;
+        let file = mapping::image_file(image);
+        let session = match host.connect(image, count).await {
+            Ok(s) => s,
+            Err(err) => return host_failure(&err),
+        };
+        let part_files: Vec<String> = parts.iter().map(|p| p.file.clone()).collect();
+        let joined_dir = async {
+            let dir = session.directory_of(joined, &file).await?;
+            session
+                .join(&dir, &part_files, &file, self.timing.task_timeout)
+                .await?;
+            Ok::<_, host::Error>(dir)
+        }
+        .await;
+        let dir = match joined_dir {
+            Ok(dir) => dir,
+            Err(err) => {
+                session.close().await;
+                return host_failure(&err);
+            }
+        };
+        let files = match self.import_files().await {
+            Ok(files) => files,
+            Err(out) => {
+                session.close().await;
+                return out;
+            }
+        };
+        let out = match files.get(joined) {
+            None => StepOutcome::Failed(StepError::transient(format!(
+                "joined {count} parts of {image} on {}, but {joined} is not in storage {}'s \
+                 content",
+                host.destination, self.image_storage
+            ))),
+            Some(&Some(got)) if expected.is_some_and(|e| e != got) => {
+                // Never import a truncated image: drop it, the parts stay
+                // for the next attempt.
+                let _ = session.remove(&dir, std::slice::from_ref(&file)).await;
+                StepOutcome::Failed(StepError::transient(format!(
+                    "joined image {joined} has {got} bytes, but its {count} parts have {}; it \
+                     was removed and will be joined again",
+                    expected.unwrap_or_default()
+                )))
+            }
+            Some(_) => {
+                if let Err(err) = session.remove(&dir, &part_files).await {
+                    self.event(
+                        &want.name,
+                        Level::Warning,
+                        Kind::PartsLeft,
+                        format!("joined {joined}, but the parts stay: {}", chain(&err)),
+                    );
+                }
+                self.event(
+                    &want.name,
+                    Level::Info,
+                    Kind::ImageJoined,
+                    format!(
+                        "joined {count} parts of {image} into {joined} on {}",
+                        host.destination
+                    ),
+                );
+                StepOutcome::Done
+            }
+        };
+        session.close().await;
+        out
+    }
+
+    /// Removes parts an interrupted run left next to the joined image.
+    /// Best effort: the image is usable either way.
+    async fn remove_leftover_parts(
+        &self,
+        want: &DesiredVm,
+        count: u32,
+        joined: &str,
+        leftover: &[&Part],
+    ) {
+        let Some(host) = &self.host_ssh else { return };
+        // Another node may be cleaning up right now.
+        if !self.claim(joined, Download::Joining) {
+            return;
+        }
+        let files: Vec<String> = leftover.iter().map(|p| p.file.clone()).collect();
+        let file = mapping::image_file(&want.image);
+        let result = async {
+            let session = host.connect(&want.image, count).await?;
+            let removed = async {
+                let dir = session.directory_of(joined, &file).await?;
+                session.remove(&dir, &files).await
+            }
+            .await;
+            session.close().await;
+            removed
+        }
+        .await;
+        self.release_download(joined);
+        if let Err(err) = result {
+            self.event(
+                &want.name,
+                Level::Warning,
+                Kind::PartsLeft,
+                format!(
+                    "{} parts of {} are left next to {joined}: {}",
+                    files.len(),
+                    want.image,
+                    chain(&err)
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! `ensure_image` for images shipped in parts, against a scripted PVE and a
+//! scripted SSH host: each part downloaded once for every node, one join,
+//! the result checked before the parts go, and every pass resuming where
+//! an earlier run stopped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::controllers::vm::{
+    HostSsh, ImageSource, Memory, RunState, Timing, VmController, VmStep,
+};
+use crate::executor::{Controller, StepOutcome};
+use homestak_core::plan::{Action, DesiredVm, IpConfig, Kind, NodePlan};
+use homestak_pve::fake::{Reply as PveReply, Scripted, task_status, task_status_path, upid};
+use homestak_ssh::fake::{ConnectFailure, Reply, ScriptedTransport};
+use homestak_ssh::{Destination, HostKeyPolicy, Identity};
+
+const CONTENT: &str = "/nodes/pve/storage/local/content";
+const DOWNLOAD: &str = "/nodes/pve/storage/local/download-url";
+const PATH: &str = "pvesm path local:import/debian-13-pve.qcow2";
+const DIR: &str = "/var/lib/vz/import";
+const JOIN: &str = "cat /var/lib/vz/import/debian-13-pve.part00.raw \
+    /var/lib/vz/import/debian-13-pve.part01.raw /var/lib/vz/import/debian-13-pve.part02.raw \
+    > /var/lib/vz/import/debian-13-pve.qcow2.tmp && mv -f \
+    /var/lib/vz/import/debian-13-pve.qcow2.tmp /var/lib/vz/import/debian-13-pve.qcow2";
+const CLEAN: &str = "rm -f /var/lib/vz/import/debian-13-pve.part00.raw \
+    /var/lib/vz/import/debian-13-pve.part01.raw /var/lib/vz/import/debian-13-pve.part02.raw";
+
+fn want(name: &str) -> DesiredVm {
+    DesiredVm {
+        name: name.parse().unwrap(),
+        kind: Kind::Vm,
+        parent: None,
+        vmid: None,
+        cores: 1,
+        memory_mib: 1024,
+        disk_gib: 8,
+        image: "debian-13-pve".into(),
+        storage: "local-zfs".into(),
+        bridge: "vmbr0".into(),
+        ip: IpConfig::Dhcp,
+        nameserver: None,
+        searchdomain: None,
+        user: "ops".into(),
+        ssh_keys: Vec::new(),
+    }
+}
+
+struct Rig {
+    api: Arc<Scripted>,
+    ssh: ScriptedTransport,
+    controller: VmController,
+    _dir: tempfile::TempDir,
+}
+
+/// A controller for nodes `a` and `b`, both on the split image, whose
+/// host is `user@127.0.0.1:22` with a key that exists unless `key` is false.
+fn rig(user: &str, key: bool) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("id_ed25519");
+    if key {
+        Identity::generate_to(&key_path).unwrap();
+    }
+    let api = Scripted::new();
+    let ssh = ScriptedTransport::new();
+    let controller = VmController {
+        api: Arc::new(api.client()),
+        pve_node: "pve".parse().unwrap(),
+        manifest: "demo".into(),
+        image_storage: "local".into(),
+        default_storage: "local-zfs".into(),
+        images: ImageSource {
+            base_url: "https://127.0.0.1:9/rel/".into(),
+            parts: HashMap::from([("debian-13-pve".to_string(), 3)]),
+        },
+        desired: HashMap::from([
+            ("a".parse().unwrap(), want("a")),
+            ("b".parse().unwrap(), want("b")),
+        ]),
+        store: None,
+        ssh: None,
+        known_hosts: None,
+        host_ssh: Some(HostSsh {
+            transport: Arc::new(ssh.clone()),
+            destination: Destination::new("127.0.0.1", 22, user),
+            key: key_path,
+            host_key: HostKeyPolicy::InsecureAcceptAny,
+            host: "pve".into(),
+        }),
+        timing: Timing::default(),
+        shared: RunState::default(),
+    };
+    Rig {
+        api,
+        ssh,
+        controller,
+        _dir: dir,
+    }
+}
+
+fn create(node: &str) -> NodePlan {
+    NodePlan {
+        node: node.parse().unwrap(),
+        action: Action::Create,
+        vmid: None,
+        changes: Vec::new(),
+        reason: None,
+        blocked: None,
+    }
+}
+
+fn file(name: &str, size: u64) -> Value {
+    json!({"volid": format!("local:import/{name}"), "content": "import", "size": size,
+           "format": name.rsplit('.').next().unwrap()})
+}
+
+fn part(i: u32) -> Value {
+    file(&format!("debian-13-pve.part0{i}.raw"), 100 + u64::from(i))
+}
+
+fn content(files: Vec<Value>) -> PveReply {
+    PveReply::Data(Value::Array(files))
+}
+
+async fn pass(rig: &Rig, node: &str, m: &mut Memory) -> StepOutcome {
+    let step = VmStep::EnsureImage(Arc::new(want(node)));
+    rig.controller.run(&create(node), &step, m).await
+}
+
+/// The `download-url` requests made: (filename, url).
+fn downloads(api: &Scripted) -> Vec<(String, String)> {
+    api.requests()
+        .iter()
+        .filter(|r| r.method == Method::POST && r.path == DOWNLOAD)
+        .map(|r| {
+            let get = |k: &str| {
+                r.params
+                    .iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            (get("filename"), get("url"))
+        })
+        .collect()
+}
+
+fn requeued(out: &StepOutcome) -> bool {
+    matches!(out, StepOutcome::Requeue(_))
+}
+
+#[tokio::test]
+async fn parts_are_downloaded_once_for_every_node_then_joined_once() {
+    let rig = rig("root", true);
+    let tasks: Vec<_> = (0..3)
+        .map(|i| upid("pve", "download", &format!("debian-13-pve.part0{i}.raw")))
+        .collect();
+    for t in &tasks {
+        rig.api
+            .once(Method::POST, DOWNLOAD, PveReply::Data(json!(t.to_string())));
+        rig.api
+            .data(Method::GET, &task_status_path(t), task_status(t, None));
+    }
+    // a: nothing there; b: nothing there; a: all parts; a after the join;
+    // b: the joined image.
+    let joined = file("debian-13-pve.qcow2", 303);
+    rig.api
+        .once(Method::GET, CONTENT, content(vec![]))
+        .once(Method::GET, CONTENT, content(vec![]))
+        .once(
+            Method::GET,
+            CONTENT,
+            content(vec![part(0), part(1), part(2)]),
+        )
+        .once(
+            Method::GET,
+            CONTENT,
+            content(vec![part(0), part(1), part(2), joined.clone()]),
+        )
+        .once(Method::GET, CONTENT, content(vec![joined]));
+    rig.ssh
+        .expect(PATH, Reply::ok(format!("{DIR}/debian-13-pve.qcow2\n")))
+        .expect(JOIN, Reply::ok(""))
+        .expect(CLEAN, Reply::ok(""));
+
+    let (mut ma, mut mb) = (Memory::default(), Memory::default());
+    assert!(requeued(&pass(&rig, "a", &mut ma).await));
+    // b follows a's three tasks instead of starting its own.
+    assert!(requeued(&pass(&rig, "b", &mut mb).await));
+    assert_eq!(
+        downloads(&rig.api),
+        [
+            (
+                "debian-13-pve.part00.raw".to_string(),
+                "https://127.0.0.1:9/rel/debian-13-pve.qcow2.part00".to_string()
+            ),
+            (
+                "debian-13-pve.part01.raw".into(),
+                "https://127.0.0.1:9/rel/debian-13-pve.qcow2.part01".into()
+            ),
+            (
+                "debian-13-pve.part02.raw".into(),
+                "https://127.0.0.1:9/rel/debian-13-pve.qcow2.part02".into()
+            ),
+        ]
+    );
+    assert_eq!(
+        rig.ssh.connect_attempts(),
+        0,
+        "no join before every part is there"
+    );
+
+    let out = pass(&rig, "a", &mut ma).await;
+    assert!(matches!(out, StepOutcome::Done), "{out:?}");
+    let out = pass(&rig, "b", &mut mb).await;
+    assert!(matches!(out, StepOutcome::Done), "{out:?}");
+    assert_eq!(rig.ssh.executed_lines(), [PATH, JOIN, CLEAN]);
+    assert_eq!(rig.ssh.connect_attempts(), 1);
+    assert_eq!(rig.api.writes(), 3, "three downloads, nothing else");
+    assert!(
+        rig.api.unused_once().is_empty(),
+        "{:?}",
+        rig.api.unused_once()
+    );
+}
+
+#[tokio::test]
+async fn parts_from_an_interrupted_run_are_not_downloaded_again() {
+    let rig = rig("root", true);
+    let t = upid("pve", "download", "debian-13-pve.part01.raw");
+    rig.api
+        .once(Method::POST, DOWNLOAD, PveReply::Data(json!(t.to_string())))
+        .once(Method::GET, CONTENT, content(vec![part(0), part(2)]));
+    let mut m = Memory::default();
+    assert!(requeued(&pass(&rig, "a", &mut m).await));
+    let got: Vec<String> = downloads(&rig.api).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(got, ["debian-13-pve.part01.raw"]);
+}
+
+#[tokio::test]
+async fn a_joined_image_is_used_as_it_is_and_leftover_parts_are_removed() {
+    let rig = rig("root", true);
+    let joined = file("debian-13-pve.qcow2", 303);
+    rig.api
+        .once(Method::GET, CONTENT, content(vec![joined.clone()]))
+        .once(Method::GET, CONTENT, content(vec![joined, part(1)]));
+    rig.ssh
+        .expect(PATH, Reply::ok(format!("{DIR}/debian-13-pve.qcow2\n")))
+        .expect(
+            "rm -f /var/lib/vz/import/debian-13-pve.part01.raw",
+            Reply::ok(""),
+        );
+    let mut m = Memory::default();
+    // Present, nothing left over: no SSH at all.
+    assert!(matches!(pass(&rig, "a", &mut m).await, StepOutcome::Done));
+    assert_eq!(rig.ssh.connect_attempts(), 0);
+    // A part an interrupted join left behind is removed.
+    assert!(matches!(pass(&rig, "a", &mut m).await, StepOutcome::Done));
+    assert!(rig.ssh.unmet().is_empty(), "{:?}", rig.ssh.unmet());
+    assert_eq!(rig.api.writes(), 0);
+}
+
+#[tokio::test]
+async fn a_missing_key_fails_before_anything_is_downloaded() {
+    let rig = rig("root", false);
+    rig.api.always(Method::GET, CONTENT, content(vec![]));
+    match pass(&rig, "a", &mut Memory::default()).await {
+        StepOutcome::Failed(e) => {
+            assert!(!e.transient, "{e:?}");
+            for text in [
+                "image debian-13-pve ships in 3 parts",
+                "root@127.0.0.1:22",
+                "set ssh_key in nodes/pve.yaml",
+                "cannot read SSH private key",
+            ] {
+                assert!(e.message.contains(text), "{text:?} not in {}", e.message);
+            }
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(rig.api.writes(), 0);
+}
+
+#[tokio::test]
+async fn a_refused_login_names_the_host_and_what_to_fix() {
+    let rig = rig("root", true);
+    rig.api.always(
+        Method::GET,
+        CONTENT,
+        content(vec![part(0), part(1), part(2)]),
+    );
+    rig.ssh.fail_connects([ConnectFailure::AuthRefused]);
+    match pass(&rig, "a", &mut Memory::default()).await {
+        StepOutcome::Failed(e) => {
+            assert!(!e.transient, "{e:?}");
+            assert!(e.message.contains("authorized_keys"), "{}", e.message);
+            assert!(e.message.contains("root@127.0.0.1:22"), "{}", e.message);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The claim on the join is released: a later attempt may join.
+    rig.ssh
+        .expect(PATH, Reply::ok(format!("{DIR}/debian-13-pve.qcow2\n")))
+        .expect(
+            JOIN,
+            Reply::fail(1, "cat: write error: No space left on device\n"),
+        );
+    match pass(&rig, "b", &mut Memory::default()).await {
+        StepOutcome::Failed(e) => {
+            assert!(!e.transient, "{e:?}");
+            assert!(e.message.contains("No space left"), "{}", e.message);
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_short_join_is_removed_and_the_parts_kept() {
+    let rig = rig("root", true);
+    let parts = vec![part(0), part(1), part(2)];
+    let mut after = parts.clone();
+    after.push(file("debian-13-pve.qcow2", 200));
+    rig.api
+        .once(Method::GET, CONTENT, content(parts))
+        .once(Method::GET, CONTENT, content(after));
+    rig.ssh
+        .expect(PATH, Reply::ok(format!("{DIR}/debian-13-pve.qcow2\n")))
+        .expect(JOIN, Reply::ok(""))
+        .expect(
+            "rm -f /var/lib/vz/import/debian-13-pve.qcow2",
+            Reply::ok(""),
+        );
+    match pass(&rig, "a", &mut Memory::default()).await {
+        StepOutcome::Failed(e) => {
+            assert!(e.transient, "{e:?}");
+            assert!(e.message.contains("has 200 bytes"), "{}", e.message);
+            assert!(e.message.contains("have 303"), "{}", e.message);
+        }
+        other => panic!("expected a transient failure, got {other:?}"),
+    }
+    assert!(rig.ssh.unmet().is_empty(), "{:?}", rig.ssh.unmet());
+}
+
+#[tokio::test]
+async fn another_user_joins_through_sudo() {
+    let rig = rig("pveadmin", true);
+    rig.api
+        .once(
+            Method::GET,
+            CONTENT,
+            content(vec![part(0), part(1), part(2)]),
+        )
+        .once(
+            Method::GET,
+            CONTENT,
+            content(vec![file("debian-13-pve.qcow2", 303)]),
+        );
+    let sudo = |line: &str| format!("sudo -n sh -c '{line}'");
+    rig.ssh
+        .expect(
+            &sudo(PATH),
+            Reply::ok(format!("{DIR}/debian-13-pve.qcow2\n")),
+        )
+        .expect(&sudo(JOIN), Reply::ok(""))
+        .expect(&sudo(CLEAN), Reply::ok(""));
+    let out = pass(&rig, "a", &mut Memory::default()).await;
+    assert!(matches!(out, StepOutcome::Done), "{out:?}");
+    assert!(rig.ssh.unmet().is_empty(), "{:?}", rig.ssh.unmet());
+}
+
+#[tokio::test]
+async fn an_unexpected_import_path_is_refused() {
+    let rig = rig("root", true);
+    rig.api.always(
+        Method::GET,
+        CONTENT,
+        content(vec![part(0), part(1), part(2)]),
+    );
+    rig.ssh.expect(PATH, Reply::ok("/dev/zvol/rpool/x\n"));
+    match pass(&rig, "a", &mut Memory::default()).await {
+        StepOutcome::Failed(e) => {
+            assert!(!e.transient, "{e:?}");
+            assert!(e.message.contains("file-based storage"), "{}", e.message);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(rig.ssh.executed_lines(), [PATH], "nothing joined");
+}
+
+#[tokio::test]
+async fn a_downloaded_file_that_went_away_is_fetched_again() {
+    let rig = rig("root", true);
+    let first = upid("pve", "download", "debian-13-pve.part00.raw");
+    let second = upid("pve", "download", "debian-13-pve.part00.raw");
+    rig.api
+        .always(Method::GET, CONTENT, content(vec![part(1), part(2)]))
+        .once(
+            Method::POST,
+            DOWNLOAD,
+            PveReply::Data(json!(first.to_string())),
+        )
+        .once(
+            Method::POST,
+            DOWNLOAD,
+            PveReply::Data(json!(second.to_string())),
+        )
+        .data(
+            Method::GET,
+            &task_status_path(&first),
+            task_status(&first, Some("OK")),
+        );
+    let mut m = Memory::default();
+    assert!(requeued(&pass(&rig, "a", &mut m).await));
+    // Done, but the listing of this pass was made before that was seen.
+    assert!(requeued(&pass(&rig, "a", &mut m).await));
+    assert_eq!(downloads(&rig.api).len(), 1);
+    // A later listing still lacks it: someone removed it.
+    assert!(requeued(&pass(&rig, "a", &mut m).await));
+    assert_eq!(downloads(&rig.api).len(), 2);
+}

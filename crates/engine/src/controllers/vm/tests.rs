@@ -1,0 +1,260 @@
+//! The create step's vmid rules against a scripted PVE: vmids handed out
+//! in a run never collide, a vmid someone else took is given up unless the
+//! manifest names it, and a failed read never makes a second VM.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use reqwest::Method;
+use serde_json::json;
+
+use super::{ImageSource, Memory, RunState, Timing, VmController, VmStep};
+use crate::executor::{AsStep, Controller, StepOutcome};
+use homestak_base::id::VmId;
+use homestak_core::plan::{Action, DesiredVm, IpConfig, Kind, NodePlan};
+use homestak_pve::fake::{Reply, Scripted, upid};
+
+fn id(vmid: u32) -> VmId {
+    VmId::new(vmid.into()).unwrap()
+}
+
+fn want(vmid: Option<u32>) -> DesiredVm {
+    DesiredVm {
+        name: "web".parse().unwrap(),
+        kind: Kind::Vm,
+        parent: None,
+        vmid: vmid.map(id),
+        cores: 1,
+        memory_mib: 1024,
+        disk_gib: 8,
+        image: "debian-12".into(),
+        storage: "local-zfs".into(),
+        bridge: "vmbr0".into(),
+        ip: IpConfig::Dhcp,
+        nameserver: None,
+        searchdomain: None,
+        user: "ops".into(),
+        ssh_keys: Vec::new(),
+    }
+}
+
+fn controller(script: &Arc<Scripted>, want: DesiredVm) -> VmController {
+    VmController {
+        api: Arc::new(script.client()),
+        pve_node: "pve".parse().unwrap(),
+        manifest: "demo".into(),
+        image_storage: "local".into(),
+        default_storage: "local-zfs".into(),
+        images: ImageSource {
+            base_url: "https://127.0.0.1:9/".into(),
+            parts: HashMap::new(),
+        },
+        desired: HashMap::from([(want.name.clone(), want)]),
+        store: None,
+        ssh: None,
+        known_hosts: None,
+        host_ssh: None,
+        timing: Timing::default(),
+        shared: RunState::default(),
+    }
+}
+
+fn create(vmid: Option<u32>) -> NodePlan {
+    NodePlan {
+        node: "web".parse().unwrap(),
+        action: Action::Create,
+        vmid: vmid.map(id),
+        changes: Vec::new(),
+        reason: None,
+        blocked: None,
+    }
+}
+
+fn missing(vmid: u32) -> Reply {
+    Reply::error(
+        500,
+        format!("Configuration file 'nodes/pve/qemu-server/{vmid}.conf' does not exist"),
+    )
+}
+
+/// A VM someone made by hand: no tag, no marks.
+fn foreign() -> Reply {
+    Reply::Data(json!({"name": "hand-made", "cores": 2, "digest": "abc"}))
+}
+
+/// The create step as `c` plans it for its one desired VM.
+fn create_vm(c: &VmController) -> VmStep {
+    VmStep::CreateVm(Arc::new(c.desired["web"].clone()))
+}
+
+fn created_vmids(script: &Scripted) -> Vec<String> {
+    script
+        .requests()
+        .iter()
+        .filter(|r| r.method == Method::POST && r.path == "/nodes/pve/qemu")
+        .filter_map(|r| {
+            r.params
+                .iter()
+                .find(|(k, _)| k == "vmid")
+                .map(|(_, v)| v.clone())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn allocation_skips_reserved_and_taken_vmids() {
+    let script = Scripted::new();
+    script
+        .once(Method::GET, "/cluster/nextid", Reply::Data(json!("100")))
+        .once(
+            Method::GET,
+            "/cluster/nextid",
+            Reply::param_error("vmid", "VM 101 already exists"),
+        )
+        .once(Method::GET, "/cluster/nextid", Reply::Data(json!("102")))
+        .always(Method::GET, "/nodes/pve/qemu/102/config", missing(102))
+        .always(
+            Method::POST,
+            "/nodes/pve/qemu",
+            Reply::Data(json!(upid("pve", "qmcreate", "102").to_string())),
+        );
+    let c = controller(&script, want(None));
+    // Another node of the plan will create vmid 100.
+    c.reserve([id(100)]);
+    let mut m = Memory::default();
+    let out = c.run(&create(None), &create_vm(&c), &mut m).await;
+    assert!(matches!(out, StepOutcome::Requeue(_)), "{out:?}");
+    assert_eq!(m.vmid, Some(id(102)));
+    assert_eq!(created_vmids(&script), ["102"]);
+}
+
+#[tokio::test]
+async fn a_remembered_vmid_someone_took_is_given_up_for_another() {
+    let script = Scripted::new();
+    script
+        .always(Method::GET, "/nodes/pve/qemu/105/config", foreign())
+        .always(Method::GET, "/cluster/nextid", Reply::Data(json!("106")))
+        .always(Method::GET, "/nodes/pve/qemu/106/config", missing(106))
+        .always(
+            Method::POST,
+            "/nodes/pve/qemu",
+            Reply::Data(json!(upid("pve", "qmcreate", "106").to_string())),
+        );
+    let c = controller(&script, want(None));
+    let node = create(Some(105));
+    let mut m = Memory::default();
+    match c.run(&node, &create_vm(&c), &mut m).await {
+        StepOutcome::Failed(e) => assert!(e.transient, "{e:?}"),
+        other => panic!("expected a transient failure, got {other:?}"),
+    }
+    assert_eq!(m.vmid, None);
+    assert_eq!(script.writes(), 0, "the foreign VM is never touched");
+    let out = c.run(&node, &create_vm(&c), &mut m).await;
+    assert!(matches!(out, StepOutcome::Requeue(_)), "{out:?}");
+    assert_eq!(created_vmids(&script), ["106"]);
+}
+
+#[tokio::test]
+async fn a_vmid_the_manifest_names_is_never_given_up() {
+    let script = Scripted::new();
+    script.always(Method::GET, "/nodes/pve/qemu/105/config", foreign());
+    let c = controller(&script, want(Some(105)));
+    let mut m = Memory::default();
+    match c.run(&create(Some(105)), &create_vm(&c), &mut m).await {
+        StepOutcome::Failed(e) => {
+            assert!(!e.transient, "{e:?}");
+            assert!(e.message.contains("vmid 105"), "{e:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(m.vmid, Some(id(105)));
+    assert_eq!(script.writes(), 0);
+}
+
+#[tokio::test]
+async fn a_failed_read_keeps_the_vmid_an_earlier_attempt_may_have_created() {
+    let script = Scripted::new();
+    script.always(
+        Method::GET,
+        "/nodes/pve/qemu/107/config",
+        Reply::error(503, "Service Unavailable"),
+    );
+    let c = controller(&script, want(None));
+    // An earlier attempt picked 107 and sent the create; its answer was lost.
+    let mut m = Memory {
+        vmid: Some(id(107)),
+        ..Memory::default()
+    };
+    match c.run(&create(None), &create_vm(&c), &mut m).await {
+        StepOutcome::Failed(e) => assert!(e.transient, "{e:?}"),
+        other => panic!("expected a transient failure, got {other:?}"),
+    }
+    assert_eq!(m.vmid, Some(id(107)), "a new vmid could mean a second VM");
+    assert_eq!(script.writes(), 0);
+}
+
+fn with_store(script: &Arc<Scripted>, store: Arc<dyn crate::store::Store>) -> VmController {
+    let mut c = controller(script, want(None));
+    c.store = Some(store);
+    c
+}
+
+#[tokio::test]
+async fn pruning_a_duplicate_keeps_the_nodes_record() {
+    use crate::store::{Durability, NodeKey, NodeRecord, Store};
+    let store = Arc::new(crate::store::memory());
+    let key = NodeKey::new("demo", &"web".parse().unwrap());
+    store
+        .put_node(
+            &key,
+            &NodeRecord {
+                vmid: Some(id(101)),
+                ..NodeRecord::default()
+            },
+            Durability::Flush,
+        )
+        .unwrap();
+    let script = Scripted::new();
+    let c = with_store(&script, store.clone());
+    let delete = |vmid| NodePlan {
+        action: Action::Delete,
+        ..create(Some(vmid))
+    };
+    let forget = VmStep::ForgetVm;
+
+    // A second VM with the node's marks (vmid 102) is pruned: the record of
+    // vmid 101, the node's VM, stays.
+    let out = c.run(&delete(102), &forget, &mut Memory::default()).await;
+    assert!(matches!(out, StepOutcome::Done), "{out:?}");
+    assert_eq!(store.get_node(&key).unwrap().unwrap().vmid, Some(id(101)));
+
+    // The node's own VM is deleted: its record goes.
+    let out = c.run(&delete(101), &forget, &mut Memory::default()).await;
+    assert!(matches!(out, StepOutcome::Done), "{out:?}");
+    assert!(store.get_node(&key).unwrap().is_none());
+}
+
+#[test]
+fn every_vm_step_is_named_by_its_own_step() {
+    let w = Arc::new(want(None));
+    let all = [
+        VmStep::EnsureImage(w.clone()),
+        VmStep::CreateVm(w.clone()),
+        VmStep::AdoptVm,
+        VmStep::UpdateConfig(w.clone()),
+        VmStep::ResizeDisk(w.clone()),
+        VmStep::StartVm,
+        VmStep::WaitAgentIp,
+        VmStep::WaitSsh(w.clone()),
+        VmStep::MarkConverged(w),
+        VmStep::StopVm,
+        VmStep::DestroyVm,
+        VmStep::ForgetVm,
+    ];
+    // Named alike, so a step cannot report (or resume) as another.
+    for step in &all {
+        let variant = format!("{step:?}");
+        let variant = variant.split('(').next().unwrap_or_default();
+        assert_eq!(variant, format!("{:?}", step.as_step()));
+    }
+}

@@ -1,0 +1,22 @@
+//! homestak's engine: everything that changes the world on one PVE tier.
+//!
+//! # Tour (the data flows top to bottom)
+//!
+//! - [`reconcile`]: one reconcile of one manifest on one tier (resolve
+//!   desired, observe, plan, apply, record): the one path the CLI and the
+//!   daemon share (and, next, a parent tier handing a subtree over); also
+//!   `status`.
+//! - [`executor`]: runs a plan as a DAG with bounded concurrency, backoff
+//!   and requeue instead of holding workers across PVE tasks.
+//! - [`controllers`]: one per node kind; idempotent verb_noun steps, named
+//!   by [`homestak_api::step::Step`].
+//! - [`state_dir`]: where a tier keeps its state (store, known hosts, the
+//!   daemon's certificate and tokens), decided in one place.
+//! - [`store`]: durable records (sled behind a small trait): node records,
+//!   conditions, events, leases.
+
+pub mod controllers;
+pub mod executor;
+pub mod reconcile;
+pub mod state_dir;
+pub mod store;

@@ -1,0 +1,259 @@
+//! Desired state for one tier: a manifest resolved through the site-config
+//! for one target host.
+//!
+//! - v2: root nodes (no parent) are this tier's VMs; every descendant of a
+//!   `pve` node is delegated to the child reconciler on that inner host.
+//! - v1: the first level is this tier; deeper levels are delegated. An `env`
+//!   level brings the env's VMs; a `template`/`vm_preset` level one VM.
+//!
+//! Sizes come from the node's v2 preset (`v2/presets/`), then the node's own
+//! `disk`; network, user and keys from the site-config as the Python tool
+//! resolved them (`resolve_inline_vm` / `resolve_env`).
+
+use std::collections::BTreeMap;
+
+use homestak_core::model::{InvalidNodeName, InvalidVmId, Manifest, NodeName, NodeType, VmId};
+use homestak_core::plan::{Desired, DesiredVm, IpConfig, Kind};
+use homestak_core::site::{self, InlineVm, Site, TofuVars, VmSettings};
+
+/// Resolving the manifest for this tier failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("node {node}: type {kind} is not supported yet (only vm and pve)")]
+    Unsupported { node: String, kind: NodeType },
+    #[error("node {node}: no image; set `image:` on the node or in its preset or template")]
+    NoImage { node: String },
+    #[error(
+        "node {node}: preset {preset:?} not found in v2/presets/ or vms/presets/ of the site-config"
+    )]
+    PresetNotFound { node: String, preset: String },
+    #[error("node {node}: cannot resolve it for host {host}")]
+    Resolve {
+        node: String,
+        host: String,
+        #[source]
+        source: site::resolver::Error,
+    },
+    #[error("node {node}: {what} is missing after resolution")]
+    Incomplete { node: String, what: &'static str },
+    #[error("VM {node:?} of the resolved env cannot be a node; rename it in the env file")]
+    Name {
+        node: String,
+        #[source]
+        source: InvalidNodeName,
+    },
+    #[error("VM {node}: its resolved vmid cannot be used; fix vmid_base or vmid in the env file")]
+    VmId {
+        node: String,
+        #[source]
+        source: InvalidVmId,
+    },
+}
+
+/// This tier's part of a manifest.
+#[derive(Debug, Clone)]
+pub struct Tier {
+    pub desired: Desired,
+    /// Child → parent, among this tier's nodes.
+    pub parents: BTreeMap<NodeName, NodeName>,
+    /// Nodes converged by child reconcilers on inner hosts, with the `pve`
+    /// node that hosts them.
+    pub delegated: Vec<(NodeName, NodeName)>,
+}
+
+/// Resolves `manifest` for target `host` (a `nodes/<host>.yaml`).
+pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Error> {
+    let mut vms = Vec::new();
+    let mut delegated = Vec::new();
+    if let Some(nodes) = manifest.nodes_in_creation_order() {
+        // The root above a nested node: the `pve` node of this tier that
+        // hosts it. Validation made every parent a node of the manifest.
+        let root_of = |name: &NodeName| -> Option<NodeName> {
+            let mut current = manifest.node(name.as_str())?;
+            while let Some(parent) = &current.parent {
+                current = manifest.node(parent.as_str())?;
+            }
+            Some(current.name.clone())
+        };
+        for node in nodes {
+            if node.parent.is_some() {
+                if let Some(host_node) = root_of(&node.name) {
+                    delegated.push((node.name.clone(), host_node));
+                }
+                continue;
+            }
+            vms.push(resolve_v2_node(site, node, host)?);
+        }
+    } else if let Some((first, rest)) = manifest.levels().split_first() {
+        vms.extend(resolve_v1_level(site, first, host)?);
+        for level in rest {
+            delegated.push((level.name.clone(), first.name.clone()));
+        }
+    }
+    Ok(Tier {
+        desired: Desired {
+            manifest: manifest.name().to_string(),
+            host: host.to_string(),
+            vms,
+        },
+        // Only roots are on this tier, so no tier-local parents yet; nested
+        // tiers bring their own.
+        parents: BTreeMap::new(),
+        delegated,
+    })
+}
+
+fn resolve_v2_node(
+    site: &Site,
+    node: &homestak_core::model::Node,
+    host: &str,
+) -> Result<DesiredVm, Error> {
+    let name = node.name.to_string();
+    let kind = match node.kind {
+        NodeType::Vm => Kind::Vm,
+        NodeType::Pve => Kind::Pve,
+        other => {
+            return Err(Error::Unsupported {
+                node: name,
+                kind: other,
+            });
+        }
+    };
+    let mut overrides = VmSettings::default();
+    if let Some(preset) = &node.preset {
+        let found = site
+            .presets_v2()
+            .get(preset)
+            .or_else(|| {
+                site.presets()
+                    .get(preset.strip_prefix("vm-").unwrap_or(preset))
+            })
+            .and_then(|entry| entry.doc.as_ref().ok())
+            .and_then(|doc| doc.clone());
+        let Some(p) = found else {
+            return Err(Error::PresetNotFound {
+                node: name,
+                preset: preset.clone(),
+            });
+        };
+        overrides = p;
+    }
+    if let Some(disk) = node.disk {
+        overrides.disk = Some(u64::from(disk));
+    }
+    let vmid = node.vmid.map(|v| v.get());
+    let vars = site
+        .resolve_inline_vm(&InlineVm {
+            node: host.to_string(),
+            vm_name: name.clone(),
+            vmid,
+            template: None,
+            vm_preset: None,
+            image: node.image.clone(),
+            posture: None,
+            overrides,
+        })
+        .map_err(|source| Error::Resolve {
+            node: name.clone(),
+            host: host.to_string(),
+            source,
+        })?;
+    let mut vms = to_desired(&vars, kind)?;
+    let mut vm = vms.pop().ok_or(Error::Incomplete {
+        node: name.clone(),
+        what: "the VM",
+    })?;
+    vm.name = node.name.clone();
+    vm.vmid = node.vmid;
+    Ok(vm)
+}
+
+fn resolve_v1_level(
+    site: &Site,
+    level: &homestak_core::model::Level,
+    host: &str,
+) -> Result<Vec<DesiredVm>, Error> {
+    let name = level.name.to_string();
+    let wrap = |source| Error::Resolve {
+        node: name.clone(),
+        host: host.to_string(),
+        source,
+    };
+    let vars = if let Some(env) = &level.env {
+        site.resolve_env(env, host).map_err(wrap)?
+    } else {
+        site.resolve_inline_vm(&InlineVm {
+            node: host.to_string(),
+            vm_name: name.clone(),
+            vmid: level.vmid.map(|v| v.get()),
+            template: level.template.clone(),
+            vm_preset: level.vm_preset.clone(),
+            image: level.image.clone(),
+            posture: None,
+            overrides: VmSettings::default(),
+        })
+        .map_err(wrap)?
+    };
+    // A v1 level that hosts further levels is a PVE host.
+    to_desired(&vars, Kind::Vm)
+}
+
+/// Turns resolved tofu variables into the planner's desired VMs.
+fn to_desired(vars: &TofuVars, kind: Kind) -> Result<Vec<DesiredVm>, Error> {
+    vars.vms
+        .iter()
+        .map(|vm| {
+            let node = vm.name.clone().unwrap_or_default();
+            let name = NodeName::new(node.as_str()).map_err(|source| Error::Name {
+                node: node.clone(),
+                source,
+            })?;
+            let vmid = vm
+                .vmid()
+                .map(|v| VmId::new(v.into()))
+                .transpose()
+                .map_err(|source| Error::VmId {
+                    node: node.clone(),
+                    source,
+                })?;
+            let image = vm
+                .image
+                .clone()
+                .filter(|i| !i.is_empty())
+                .ok_or(Error::NoImage { node: node.clone() })?;
+            let ip = match vm.ip_config() {
+                site::IpConfig::Static { address, prefix } => IpConfig::Static {
+                    cidr: format!("{address}/{prefix}"),
+                    gateway: vm.gateway.clone(),
+                },
+                site::IpConfig::Dhcp | site::IpConfig::Unset => IpConfig::Dhcp,
+            };
+            Ok(DesiredVm {
+                name,
+                kind,
+                parent: None,
+                vmid,
+                cores: vm.cores.ok_or(Error::Incomplete {
+                    node: node.clone(),
+                    what: "cores (set a preset)",
+                })?,
+                memory_mib: vm.memory.ok_or(Error::Incomplete {
+                    node: node.clone(),
+                    what: "memory (set a preset)",
+                })?,
+                disk_gib: vm.disk.ok_or(Error::Incomplete {
+                    node: node.clone(),
+                    what: "disk (set a preset or disk:)",
+                })?,
+                image,
+                storage: vars.datastore.clone(),
+                bridge: vm.bridge.clone(),
+                ip,
+                nameserver: None,
+                searchdomain: None,
+                user: vars.automation_user.clone(),
+                ssh_keys: vars.ssh_keys.clone(),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,419 @@
+//! One reconcile of one manifest on one PVE tier, the same path for every
+//! trigger (CLI, daemon timer, commit, restart; next, a parent tier):
+//! [`Engine::run_once`] does
+//!
+//! 1. [`desired::resolve`]: the manifest through the site-config for the
+//!    target host;
+//! 2. [`observe::observe`]: one bulk read of the tier, config reads for
+//!    candidates, and what the store remembers;
+//! 3. [`homestak_core::plan::plan`]: pure decision, shown to the
+//!    [`Observer`], which may stop here;
+//! 4. [`Tier::apply`]: the executor runs the VM controller over the plan;
+//! 5. the store records conditions, events and the last run, and the
+//!    caller gets a [`RunOutcome`].
+
+pub mod desired;
+pub mod observe;
+mod run;
+mod setup;
+pub mod status;
+
+pub use run::{
+    Engine, Metrics, Observer, PveRequestCount, Request, RunOf, RunOutcome, open_store, record_run,
+    summarize,
+};
+pub use setup::{Setup, host_ssh, known_hosts, ssh_check};
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::controllers::vm::{
+    HostSsh, ImageSource, KnownHostsFile, RunState, SshCheck, Timing, VmController,
+};
+use crate::executor::{self, Event, Report};
+use crate::store::{self, Store};
+use homestak_base::id::{InvalidPveNode, NodeName, PveNode};
+use homestak_core::model::{Manifest, Settings};
+use homestak_core::plan::{self, Observed, Plan, Remembered};
+use homestak_core::site::{HostConfig, Site};
+use homestak_pve::{self as pve, Api};
+use homestak_tls::Fingerprint;
+
+/// Reconciling failed before any step ran.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("host {host}: not found in the site-config")]
+    Host {
+        host: String,
+        #[source]
+        source: homestak_core::site::host::Error,
+    },
+    #[error(
+        "host {host} has no PVE API ({}); add api_endpoint to nodes/{host}.yaml",
+        config.display()
+    )]
+    NoApi { host: String, config: PathBuf },
+    #[error(
+        "host {host}: api_fingerprint {value:?} in nodes/{host}.yaml is not a SHA-256 fingerprint"
+    )]
+    Fingerprint {
+        host: String,
+        value: String,
+        #[source]
+        source: homestak_tls::FingerprintParseError,
+    },
+    #[error("host {host}: no API token; add it to secrets.yaml api_tokens")]
+    NoToken { host: String },
+    #[error("host {host}: the API token in secrets.yaml is malformed")]
+    Token {
+        host: String,
+        #[source]
+        source: pve::auth::TokenParseError,
+    },
+    #[error("host {host}: cannot set up the PVE client")]
+    Client {
+        host: String,
+        #[source]
+        source: pve::Error,
+    },
+    #[error("cannot work out what manifest {manifest} wants on host {host}")]
+    Desired {
+        manifest: String,
+        host: String,
+        #[source]
+        source: Box<desired::Error>,
+    },
+    #[error("cannot observe host {host}")]
+    Observe {
+        host: String,
+        #[source]
+        source: pve::Error,
+    },
+    #[error("the state directory {} cannot be used", dir.parent().unwrap_or(dir).display())]
+    StoreOpen {
+        dir: PathBuf,
+        #[source]
+        source: store::Error,
+    },
+    #[error(
+        "cannot load the SSH key {}: verify_ssh needs the private key whose public half is in \
+         secrets.yaml ssh_keys (pass --ssh-key, set ssh_key in the node file, or set \
+         verify_ssh: false)",
+        path.display()
+    )]
+    SshKey {
+        path: PathBuf,
+        #[source]
+        source: Box<homestak_ssh::Error>,
+    },
+    #[error("cannot read the store")]
+    Store {
+        #[source]
+        source: store::Error,
+    },
+    #[error(
+        "host {host}: its PVE node name cannot be used in API paths; fix `node:` in nodes/{host}.yaml"
+    )]
+    PveNode {
+        host: String,
+        #[source]
+        source: InvalidPveNode,
+    },
+}
+
+/// Switches of one run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub allow_replace: bool,
+    pub prune: bool,
+    /// Check that VMs answer on SSH: `Some` overrides the manifest's
+    /// `verify_ssh` (`test` forces it on).
+    pub verify_ssh: Option<bool>,
+    /// Executor limits; `on_error` comes from the manifest.
+    pub executor: executor::Config,
+    pub timing: Timing,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            allow_replace: false,
+            prune: true,
+            verify_ssh: None,
+            executor: executor::Config::default(),
+            timing: Timing::default(),
+        }
+    }
+}
+
+/// One PVE tier: where to act and with what.
+#[derive(Clone)]
+pub struct Tier {
+    pub site: Arc<Site>,
+    pub host: HostConfig,
+    /// The PVE node the tier's API paths name.
+    pub pve_node: PveNode,
+    pub api: Arc<dyn Api>,
+    pub store: Option<Arc<dyn Store>>,
+    pub ssh: Option<SshCheck>,
+    /// Where VM host keys are recorded (dropped when a VM is destroyed).
+    pub known_hosts: Option<KnownHostsFile>,
+    /// SSH to the host itself (joining images shipped in parts).
+    pub host_ssh: Option<HostSsh>,
+}
+
+/// Builds the PVE client for `host`: pinned by `api_fingerprint` when set,
+/// insecure only when asked, else verified against the system roots.
+pub fn connect(
+    host: &HostConfig,
+    insecure: bool,
+    observer: Option<Arc<dyn pve::Observer>>,
+) -> Result<Arc<dyn Api>, Error> {
+    let Some(endpoint) = &host.api_endpoint else {
+        return Err(Error::NoApi {
+            host: host.name.clone(),
+            config: host.config_file.clone(),
+        });
+    };
+    let Some(secret) = host.api_token() else {
+        return Err(Error::NoToken {
+            host: host.name.clone(),
+        });
+    };
+    let trust = if insecure {
+        pve::Trust::Insecure
+    } else if let Some(text) = &host.api_fingerprint {
+        let fingerprint: Fingerprint = text.parse().map_err(|source| Error::Fingerprint {
+            host: host.name.clone(),
+            value: text.clone(),
+            source,
+        })?;
+        pve::Trust::Pinned(fingerprint)
+    } else {
+        pve::Trust::System
+    };
+    let client_err = |source| Error::Client {
+        host: host.name.clone(),
+        source,
+    };
+    let token = pve::ApiToken::parse(secret.expose()).map_err(|source| Error::Token {
+        host: host.name.clone(),
+        source,
+    })?;
+    let mut config = pve::Config::new(endpoint, token, trust).map_err(client_err)?;
+    config.observer = observer;
+    let client = pve::Client::new(config).map_err(client_err)?;
+    Ok(Arc::new(client))
+}
+
+/// The PVE node of `host`'s API paths.
+pub fn pve_node(host: &HostConfig) -> Result<PveNode, Error> {
+    let Some(name) = &host.node_name else {
+        return Err(Error::NoApi {
+            host: host.name.clone(),
+            config: host.config_file.clone(),
+        });
+    };
+    PveNode::new(name.as_str()).map_err(|source| Error::PveNode {
+        host: host.name.clone(),
+        source,
+    })
+}
+
+/// A plan with what it was made from.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub tier: desired::Tier,
+    pub observed: Observed,
+    pub plan: Plan,
+    pub settings: Settings,
+}
+
+impl Tier {
+    fn remembered(&self, manifest: &str) -> Result<Vec<Remembered>, Error> {
+        let Some(store) = &self.store else {
+            return Ok(Vec::new());
+        };
+        let nodes = store
+            .list_nodes(manifest)
+            .map_err(|source| Error::Store { source })?;
+        Ok(nodes
+            .into_iter()
+            .filter_map(|(node, record)| {
+                Some(Remembered {
+                    node,
+                    vmid: record.vmid?,
+                    spec_hash: record.spec_hash,
+                })
+            })
+            .collect())
+    }
+
+    fn resolve(&self, manifest: &Manifest) -> Result<desired::Tier, Error> {
+        desired::resolve(&self.site, manifest, &self.host.name).map_err(|source| Error::Desired {
+            manifest: manifest.name().to_string(),
+            host: self.host.name.clone(),
+            source: Box::new(source),
+        })
+    }
+
+    async fn observe(&self, manifest: &Manifest, tier: &desired::Tier) -> Result<Observed, Error> {
+        let remembered = self.remembered(manifest.name())?;
+        observe::observe(self.api.clone(), &tier.desired, remembered)
+            .await
+            .map_err(|source| Error::Observe {
+                host: self.host.name.clone(),
+                source,
+            })
+    }
+
+    /// Resolves, observes and plans. No writes.
+    pub async fn plan(&self, manifest: &Manifest, options: &Options) -> Result<Planned, Error> {
+        let tier = self.resolve(manifest)?;
+        let observed = self.observe(manifest, &tier).await?;
+        let plan = plan::plan(
+            &tier.desired,
+            &observed,
+            plan::Options {
+                allow_replace: options.allow_replace,
+                prune: options.prune,
+            },
+        );
+        Ok(Planned {
+            tier,
+            observed,
+            plan,
+            settings: manifest.settings().clone(),
+        })
+    }
+
+    /// Plans the removal of every VM this manifest owns on this tier
+    /// (`destroy`): the manifest's VMs are found by their marks, so VMs
+    /// whose nodes already left the manifest go too. Nothing else is
+    /// touched.
+    pub async fn plan_destroy(&self, manifest: &Manifest) -> Result<Planned, Error> {
+        let mut tier = self.resolve(manifest)?;
+        tier.desired.vms.clear();
+        let observed = self.observe(manifest, &tier).await?;
+        let mut plan = plan::plan(
+            &tier.desired,
+            &observed,
+            plan::Options {
+                allow_replace: false,
+                prune: true,
+            },
+        );
+        for node in &mut plan.nodes {
+            node.reason = Some(format!("destroy manifest {}", manifest.name()));
+        }
+        let mut settings = manifest.settings().clone();
+        // Destroy goes on past one failure: leaving the rest is worse.
+        settings.on_error = homestak_core::model::OnError::Continue;
+        Ok(Planned {
+            tier,
+            observed,
+            plan,
+            settings,
+        })
+    }
+
+    /// Carries out a plan. `cancel` resolves to wind down at a safe point.
+    pub async fn apply(
+        &self,
+        planned: &Planned,
+        options: &Options,
+        cancel: impl std::future::Future<Output = ()>,
+        events: &(dyn Fn(Event) + Send + Sync),
+    ) -> Report {
+        let desired: HashMap<NodeName, plan::DesiredVm> = planned
+            .tier
+            .desired
+            .vms
+            .iter()
+            .map(|v| (v.name.clone(), v.clone()))
+            .collect();
+        let d = self.site.defaults();
+        let base_url = d.image_source.clone().unwrap_or_else(|| {
+            format!(
+                "https://github.com/{}/releases/download/{}/",
+                d.packer_release_repo
+                    .as_deref()
+                    .unwrap_or("homestak-dev/packer"),
+                d.packer_release.as_deref().unwrap_or("latest")
+            )
+        });
+        let images = ImageSource {
+            base_url,
+            parts: d
+                .image_parts
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        };
+        let ssh = if planned.settings.verify_ssh {
+            self.ssh.clone()
+        } else {
+            None
+        };
+        let controller = Arc::new(VmController {
+            api: self.api.clone(),
+            pve_node: self.pve_node.clone(),
+            manifest: planned.tier.desired.manifest.clone(),
+            image_storage: self.host.image_storage.clone(),
+            default_storage: self.host.datastore.clone(),
+            images,
+            desired,
+            store: self.store.clone(),
+            ssh,
+            known_hosts: self.known_hosts.clone(),
+            host_ssh: self.host_ssh.clone(),
+            timing: options.timing.clone(),
+            shared: RunState::default(),
+        });
+        controller.reserve(planned.plan.nodes.iter().filter_map(|n| n.vmid));
+        let mut config = options.executor.clone();
+        config.on_error = planned.settings.on_error;
+        executor::execute(
+            &planned.plan,
+            &planned.tier.parents,
+            controller,
+            &config,
+            cancel,
+            events,
+        )
+        .await
+    }
+}
+
+impl Tier {
+    /// The drift report for `manifest`.
+    pub async fn status(&self, manifest: &Manifest) -> Result<status::Status, Error> {
+        let planned = self.plan(manifest, &Options::default()).await?;
+        self.report(manifest, &planned)
+    }
+
+    /// The drift report `planned` makes, with what the store knows
+    /// (addresses, the last applied revision).
+    pub fn report(&self, manifest: &Manifest, planned: &Planned) -> Result<status::Status, Error> {
+        let mut records = std::collections::HashMap::new();
+        let mut commit = None;
+        if let Some(store) = &self.store {
+            for (node, record) in store
+                .list_nodes(manifest.name())
+                .map_err(|source| Error::Store { source })?
+            {
+                records.insert(node, record);
+            }
+            commit = store
+                .get_manifest(manifest.name())
+                .map_err(|source| Error::Store { source })?
+                .and_then(|m| m.last_applied)
+                .map(|a| a.revision);
+        }
+        let mut report = status::report(planned, &records);
+        report.last_applied_commit = commit;
+        Ok(report)
+    }
+}

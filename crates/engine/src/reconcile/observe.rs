@@ -1,0 +1,73 @@
+//! Observed state for one tier: one bulk read, then targeted reads only
+//! where a decision needs them.
+//!
+//! `/cluster/resources?type=vm` lists every guest with its tags. A VM's
+//! config (description marks, disk, network) is read only when the VM is a
+//! candidate: it carries the homestak tag, or holds a vmid the manifest or
+//! the store points at. Every other guest is kept from the bulk read alone,
+//! which is enough to see that its vmid is taken.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+
+use crate::controllers::vm::mapping;
+use homestak_base::id::VmId;
+use homestak_core::plan::marks::TAG;
+use homestak_core::plan::{Desired, Observed, Remembered};
+use homestak_pve::{self as pve, Api, ErrorKind, ResourceKind};
+
+/// Reads the tier. `remembered` comes from the store.
+pub async fn observe(
+    api: Arc<dyn Api>,
+    desired: &Desired,
+    remembered: Vec<Remembered>,
+) -> Result<Observed, pve::Error> {
+    let resources = api.cluster_resources(Some(ResourceKind::Vm)).await?;
+    let interesting: HashSet<VmId> = desired
+        .vms
+        .iter()
+        .filter_map(|v| v.vmid)
+        .chain(remembered.iter().map(|r| r.vmid))
+        .collect();
+
+    let mut reads = JoinSet::new();
+    let mut vms = Vec::new();
+    for (index, resource) in resources.into_iter().enumerate() {
+        // Without a vmid and node PVE could have made it is nothing of ours.
+        let Some(vm) = mapping::observed(&resource, None) else {
+            continue;
+        };
+        let candidate = resource.is_qemu()
+            && (resource.tag_set().contains(TAG) || interesting.contains(&vm.vmid));
+        if candidate {
+            let api = api.clone();
+            reads.spawn(async move {
+                let config = api.qemu_config(&vm.node, vm.vmid).await;
+                (index, resource, config)
+            });
+        } else {
+            vms.push((index, vm));
+        }
+    }
+    while let Some(joined) = reads.join_next().await {
+        let Ok((index, resource, config)) = joined else {
+            continue;
+        };
+        match config {
+            Ok(config) => {
+                vms.extend(mapping::observed(&resource, Some(&config)).map(|vm| (index, vm)))
+            }
+            // Deleted between the two reads: it is gone.
+            Err(err) if err.kind() == ErrorKind::VmNotFound => {}
+            Err(err) => return Err(err),
+        }
+    }
+    // Keep PVE's order: deterministic plans from deterministic input.
+    vms.sort_by_key(|(index, _)| *index);
+    Ok(Observed {
+        vms: vms.into_iter().map(|(_, vm)| vm).collect(),
+        remembered,
+    })
+}

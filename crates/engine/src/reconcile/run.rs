@@ -1,0 +1,471 @@
+//! [`Engine::run_once`]: one run of one manifest on one tier, the one path
+//! every caller takes — `reconcile --once` and the seed verbs, the daemon's
+//! worker, and (next) a parent tier handing a subtree to its child:
+//!
+//! resolve → observe → plan → ask the [`Observer`] → apply → record →
+//! [`RunOutcome`].
+//!
+//! The [`Engine`] keeps what outlives one run: the store, one PVE client
+//! per host (so per-host limits hold across runs), and the count of PVE
+//! requests by endpoint for `/metrics`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use homestak_api::{Applied, Event, Kind, LastReconcile, Mode, Outcome, Reason, Status};
+use homestak_base::time::Timestamp;
+use homestak_core::model::Manifest;
+use homestak_core::site::{HostConfig, Site};
+use homestak_pve as pve;
+
+use super::{Error, Options, Planned, Setup, Tier, connect, host_ssh, known_hosts, ssh_check};
+use crate::executor::{NodeState, Report};
+use crate::store::{self, Store};
+
+/// One run: which manifest, where, and what it may do.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub manifest: Arc<Manifest>,
+    /// The target node, like `-H` (`nodes/<host>.yaml`).
+    pub host: String,
+    /// The site-config as loaded now.
+    pub site: Arc<Site>,
+    /// What is being applied (a commit id, `worktree:<digest>`,
+    /// `subtree:<digest>`); kept as the last applied revision when the run
+    /// converges. `None` for a command line run.
+    pub revision: Option<String>,
+    pub reason: Reason,
+    pub mode: Mode,
+    pub options: Options,
+}
+
+/// Sees a run as it goes. Every method has a default, so an observer
+/// implements only what it uses; `()` observes nothing.
+pub trait Observer: Send + Sync {
+    /// The plan is ready. Returning `false` ends the run before anything
+    /// changes (a dry run, a declined confirmation, `homestak plan`).
+    fn planned(&self, _planned: &Planned) -> bool {
+        true
+    }
+
+    /// Progress of the executor (`step_*` and `node_finished` events).
+    fn progress(&self, _event: &Event) {}
+}
+
+impl Observer for () {}
+
+/// How a run went (the plan went to [`Observer::planned`]).
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub outcome: Outcome,
+    /// What the executor did; `None` when the run stopped after planning
+    /// (`Mode::ReportOnly`, or the observer said so).
+    pub report: Option<Report>,
+    /// The drift report of a `Mode::ReportOnly` run.
+    pub status: Option<Status>,
+    /// Nodes created, changed or deleted.
+    pub changed_nodes: u64,
+    /// Nodes that differ from the manifest after the run.
+    pub drifted_nodes: u64,
+    /// Node counts by how they ended.
+    pub summary: String,
+    /// Why it did not converge, in a line.
+    pub message: Option<String>,
+    pub started: Timestamp,
+    pub duration: Duration,
+}
+
+impl RunOutcome {
+    /// A run that failed before it could plan (`why` says what failed).
+    pub fn failed(why: String, started: Timestamp, duration: Duration) -> RunOutcome {
+        RunOutcome {
+            outcome: Outcome::Failed,
+            report: None,
+            status: None,
+            changed_nodes: 0,
+            drifted_nodes: 0,
+            summary: String::new(),
+            message: Some(why),
+            started,
+            duration,
+        }
+    }
+}
+
+/// PVE API requests made, by method and endpoint template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PveRequestCount {
+    pub method: String,
+    /// A path template such as `/nodes/{node}/qemu/{vmid}/status/current`,
+    /// never a concrete path (bounded label cardinality).
+    pub endpoint: String,
+    pub count: u64,
+}
+
+/// Counters the engine keeps (`/metrics`).
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub pve_requests: Vec<PveRequestCount>,
+}
+
+/// Counts PVE requests by method and endpoint template.
+#[derive(Default)]
+struct Counts(Mutex<BTreeMap<(String, String), u64>>);
+
+impl pve::Observer for Counts {
+    fn on_request(&self, request: &pve::RecordedRequest) {
+        // The template, not the path: a bounded label.
+        let key = (
+            request.method.as_str().to_string(),
+            request.template.to_string(),
+        );
+        if let Ok(mut counts) = self.0.lock() {
+            *counts.entry(key).or_default() += 1;
+        }
+    }
+}
+
+/// A client and the (endpoint, fingerprint, token) it was built for.
+struct CachedClient {
+    identity: String,
+    api: Arc<dyn pve::Api>,
+}
+
+/// The engine of a process: what outlives one run.
+pub struct Engine {
+    setup: Setup,
+    store: Option<Arc<dyn Store>>,
+    clients: Mutex<HashMap<String, CachedClient>>,
+    counts: Arc<Counts>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("setup", &self.setup)
+            .field("store", &self.store.as_ref().map(|s| s.location()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine as `setup` says: the store in `<state_dir>/store` when
+    /// `setup.open_store` (sled locks it to this process).
+    pub fn open(setup: Setup) -> Result<Engine, Error> {
+        let store = match setup.open_store {
+            true => Some(open_store(&setup.state_dir)?),
+            false => None,
+        };
+        Ok(Engine::with_store(setup, store))
+    }
+
+    /// An engine over `store` (tests, embedding).
+    pub fn with_store(setup: Setup, store: Option<Arc<dyn Store>>) -> Engine {
+        Engine {
+            setup,
+            store,
+            clients: Mutex::new(HashMap::new()),
+            counts: Arc::new(Counts::default()),
+        }
+    }
+
+    /// The store, when the engine has one.
+    pub fn store(&self) -> Option<&Arc<dyn Store>> {
+        self.store.as_ref()
+    }
+
+    /// The counters for `/metrics`.
+    pub fn metrics(&self) -> Metrics {
+        let counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        Metrics {
+            pve_requests: counts
+                .iter()
+                .map(|((method, endpoint), count)| PveRequestCount {
+                    method: method.clone(),
+                    endpoint: endpoint.clone(),
+                    count: *count,
+                })
+                .collect(),
+        }
+    }
+
+    /// The client for `host`, reused while its endpoint, pin and token stay
+    /// the same (a reloaded site-config may change them).
+    fn api(&self, host: &HostConfig) -> Result<Arc<dyn pve::Api>, Error> {
+        // The token only as a digest: the cache key is a plain string.
+        let token = host.api_token().map(|t| t.expose()).unwrap_or_default();
+        let identity = format!(
+            "{}|{}|{}",
+            host.api_endpoint.as_deref().unwrap_or_default(),
+            host.api_fingerprint.as_deref().unwrap_or_default(),
+            homestak_base::digest::hex(&homestak_base::digest::sha256(token.as_bytes()))
+        );
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cached) = clients.get(&host.name)
+            && cached.identity == identity
+        {
+            return Ok(cached.api.clone());
+        }
+        let observer: Arc<dyn pve::Observer> = self.counts.clone();
+        let api = connect(host, self.setup.insecure, Some(observer))?;
+        clients.insert(
+            host.name.clone(),
+            CachedClient {
+                identity,
+                api: api.clone(),
+            },
+        );
+        Ok(api)
+    }
+
+    /// The tier of target `host`, without the SSH check of VMs (a run adds
+    /// it once its plan is approved).
+    pub fn tier(&self, site: Arc<Site>, host: &str) -> Result<Tier, Error> {
+        let host_config = site.host_config(host).map_err(|source| Error::Host {
+            host: host.to_string(),
+            source,
+        })?;
+        let api = self.api(&host_config)?;
+        let pve_node = super::pve_node(&host_config)?;
+        Ok(Tier {
+            ssh: None,
+            known_hosts: Some(known_hosts(&host_config, &self.setup)),
+            host_ssh: host_ssh(&host_config, &self.setup),
+            site,
+            host: host_config,
+            pve_node,
+            api,
+            store: self.store.clone(),
+        })
+    }
+
+    /// The SSH check of VMs on `host`, with this engine's key.
+    fn ssh_check(
+        &self,
+        host: &HostConfig,
+    ) -> Result<Option<crate::controllers::vm::SshCheck>, Error> {
+        let setup = Setup {
+            ssh: true,
+            ..self.setup.clone()
+        };
+        ssh_check(host, &setup)
+    }
+
+    /// The drift report of `manifest` on `host`. Changes nothing.
+    pub async fn status(
+        &self,
+        site: Arc<Site>,
+        manifest: &Manifest,
+        host: &str,
+    ) -> Result<Status, Error> {
+        self.tier(site, host)?.status(manifest).await
+    }
+
+    /// Runs `request` once. `cancel` resolving winds the run down at a
+    /// safe point (its outcome is then [`Outcome::Interrupted`]).
+    pub async fn run_once(
+        &self,
+        request: Request,
+        cancel: impl Future<Output = ()>,
+        observer: &dyn Observer,
+    ) -> Result<RunOutcome, Error> {
+        let started = Timestamp::now();
+        let clock = Instant::now();
+        let manifest = &request.manifest;
+        let ssh = request.mode == Mode::Apply
+            && request
+                .options
+                .verify_ssh
+                .unwrap_or(manifest.settings().verify_ssh);
+        // The SSH key is loaded only once the plan is approved: a plan, a
+        // dry run or a declined destroy never needs it.
+        let mut tier = self.tier(request.site.clone(), &request.host)?;
+        let mut planned = match request.mode {
+            Mode::Apply | Mode::ReportOnly => tier.plan(manifest, &request.options).await?,
+            Mode::Destroy => tier.plan_destroy(manifest).await?,
+        };
+        planned.settings.verify_ssh = ssh;
+        let mut run = RunOutcome {
+            outcome: Outcome::Converged,
+            report: None,
+            status: None,
+            changed_nodes: 0,
+            drifted_nodes: 0,
+            summary: String::new(),
+            message: None,
+            started,
+            duration: Duration::ZERO,
+        };
+        if request.mode == Mode::ReportOnly {
+            let status = tier.report(manifest, &planned)?;
+            run.drifted_nodes = status.drifted_nodes();
+            run.outcome = if status.in_sync {
+                Outcome::Converged
+            } else {
+                Outcome::Drifted
+            };
+            run.summary = format!("{} drifted", run.drifted_nodes);
+            run.status = Some(status);
+        } else if !observer.planned(&planned) {
+            run.outcome = if planned.plan.is_converged() {
+                Outcome::Converged
+            } else {
+                Outcome::Drifted
+            };
+            run.duration = clock.elapsed();
+            return Ok(run);
+        } else {
+            if ssh {
+                tier.ssh = self.ssh_check(&tier.host)?;
+            }
+            let name = manifest.name();
+            let progress = |event: Event| {
+                self.history(name, &event);
+                observer.progress(&event);
+            };
+            let report = tier
+                .apply(&planned, &request.options, cancel, &progress)
+                .await;
+            run.outcome = if report.cancelled {
+                Outcome::Interrupted
+            } else if report.success() {
+                Outcome::Converged
+            } else {
+                Outcome::Failed
+            };
+            run.changed_nodes = report
+                .nodes
+                .values()
+                .filter(|s| matches!(s, NodeState::Converged | NodeState::RolledBack))
+                .count() as u64;
+            run.drifted_nodes = report
+                .nodes
+                .values()
+                .filter(|s| !matches!(s, NodeState::Converged | NodeState::Unchanged))
+                .count() as u64;
+            run.summary = summarize(&report);
+            run.message = (!report.success()).then(|| run.summary.clone());
+            run.report = Some(report);
+        }
+        run.duration = clock.elapsed();
+        self.record(&request, &run);
+        Ok(run)
+    }
+
+    /// Keeps the notable progress of a run in the store's history: steps
+    /// done and retried, nodes finished (not every start and poll).
+    fn history(&self, manifest: &str, event: &Event) {
+        let Some(store) = &self.store else { return };
+        if matches!(event.kind, Kind::StepStarted | Kind::StepRequeued) {
+            return;
+        }
+        if let Err(err) = store.append_event(&event.clone().manifest(manifest)) {
+            tracing::warn!(error = %err, manifest, "cannot record an event");
+        }
+    }
+
+    /// Records how a run ended: the manifest's last run, its last applied
+    /// revision when it converged, and each failed node's error. Errors are
+    /// logged, not returned: the world already changed.
+    fn record(&self, request: &Request, run: &RunOutcome) {
+        let Some(store) = &self.store else { return };
+        let name = request.manifest.name();
+        let what = RunOf {
+            manifest: name,
+            revision: request.revision.as_deref(),
+            reason: request.reason,
+            mode: request.mode,
+        };
+        if let Err(err) = record_run(store.as_ref(), &what, run) {
+            tracing::warn!(error = %err, manifest = name, "cannot record the run");
+        }
+        let Some(report) = &run.report else { return };
+        for (node, state) in &report.nodes {
+            if let NodeState::Failed(message) = state {
+                let key = store::NodeKey::new(name, node);
+                let _ = store.update_node(&key, store::Durability::Lazy, &mut |r| {
+                    r.last_error = Some(message.clone());
+                    r.consecutive_failures += 1;
+                    r.set_condition(
+                        "Ready",
+                        store::ConditionStatus::False,
+                        "StepFailed",
+                        message,
+                        Timestamp::now(),
+                    );
+                });
+            }
+        }
+    }
+}
+
+/// Opens the tier's store, `<state_dir>/store`.
+pub fn open_store(state_dir: &std::path::Path) -> Result<Arc<dyn Store>, Error> {
+    let dir = state_dir.join("store");
+    let opened = store::open(&dir, store::Options::default())
+        .map_err(|source| Error::StoreOpen { dir, source })?;
+    Ok(Arc::new(opened))
+}
+
+/// Which run of which manifest [`record_run`] keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOf<'a> {
+    pub manifest: &'a str,
+    pub revision: Option<&'a str>,
+    pub reason: Reason,
+    pub mode: Mode,
+}
+
+/// Keeps `run` as the manifest's last run and, when it converged applying
+/// a revision, that revision as the last applied, durably. Every run ends
+/// here: the engine's, and the daemon's runs that failed before they
+/// reached an engine.
+pub fn record_run(
+    store: &dyn Store,
+    what: &RunOf<'_>,
+    run: &RunOutcome,
+) -> Result<(), store::Error> {
+    let last = LastReconcile {
+        revision: what.revision.map(str::to_string),
+        at: run.started,
+        reason: what.reason,
+        mode: what.mode,
+        outcome: run.outcome,
+        duration_ms: u64::try_from(run.duration.as_millis()).unwrap_or(u64::MAX),
+        changed_nodes: run.changed_nodes,
+        drifted_nodes: run.drifted_nodes,
+        summary: run.summary.clone(),
+        message: run.message.clone(),
+    };
+    let applied = (what.mode == Mode::Apply && run.outcome == Outcome::Converged)
+        .then_some(what.revision)
+        .flatten()
+        .map(|revision| Applied {
+            revision: revision.to_string(),
+            at: Timestamp::now(),
+        });
+    store
+        .update_manifest(what.manifest, store::Durability::Flush, &mut |record| {
+            if let Some(applied) = &applied {
+                record.last_applied = Some(applied.clone());
+            }
+            record.last_reconcile = Some(last.clone());
+        })
+        .map(|_| ())
+}
+
+/// One line summing up a run, for the store and logs.
+pub fn summarize(report: &Report) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for state in report.nodes.values() {
+        *counts.entry(state.label()).or_default() += 1;
+    }
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    if parts.is_empty() {
+        "nothing to do".to_string()
+    } else {
+        parts.join(", ")
+    }
+}

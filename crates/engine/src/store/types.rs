@@ -1,0 +1,234 @@
+//! The records the store keeps.
+//!
+//! All are serde types stored as JSON inside a versioned envelope; every
+//! field has a default so a record written by an older homestak of the same
+//! schema version still reads. PVE remains the source of truth for what
+//! exists: these records say what homestak applied, what it is waiting on
+//! and what happened.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use homestak_base::time::Timestamp;
+
+use homestak_api::step::StepName;
+use homestak_base::id::{NodeName, PveNode, VmId};
+
+/// Identifies a node record: the manifest and the node's name in it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeKey {
+    pub manifest: String,
+    pub node: NodeName,
+}
+
+impl NodeKey {
+    pub fn new(manifest: impl Into<String>, node: &NodeName) -> Self {
+        NodeKey {
+            manifest: manifest.into(),
+            node: node.clone(),
+        }
+    }
+}
+
+impl fmt::Display for NodeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.manifest, self.node)
+    }
+}
+
+/// A VM's power state as last observed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PowerState {
+    Running,
+    Paused,
+    Stopped,
+    #[default]
+    Unknown,
+}
+
+/// Kubernetes-style condition status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConditionStatus {
+    True,
+    False,
+    #[default]
+    Unknown,
+}
+
+/// A Kubernetes-style condition (`Ready`, `Provisioned`, …).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: ConditionStatus,
+    /// CamelCase machine-readable cause (`TaskFailed`, `Converged`).
+    pub reason: String,
+    pub message: String,
+    /// When `status` last changed (not when the condition was last written).
+    pub last_transition: Timestamp,
+}
+
+/// A PVE task homestak started and has not seen finish yet. Recording it
+/// before requeueing is what lets a restarted reconciler pick the task up
+/// instead of starting the work twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InFlight {
+    /// The UPID, verbatim.
+    pub upid: String,
+    /// The controller step that started it (`create_vm`, `start_vm`, …).
+    pub step: StepName,
+    pub started: Timestamp,
+}
+
+/// What homestak knows about one manifest node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeRecord {
+    pub vmid: Option<VmId>,
+    /// The PVE node the VM lives on.
+    pub pve_node: Option<PveNode>,
+    pub ip: Option<String>,
+    pub power: PowerState,
+    /// Hash of the spec last applied successfully.
+    pub spec_hash: Option<String>,
+    /// Bumped by the store on every write of this record; callers' values
+    /// are ignored. Lets readers tell whether a record changed.
+    pub generation: u64,
+    pub conditions: Vec<Condition>,
+    pub last_error: Option<String>,
+    /// Failures in a row, reset on success; drives backoff across restarts.
+    pub consecutive_failures: u32,
+    pub in_flight: Option<InFlight>,
+    /// Set by the store on every write.
+    pub updated: Timestamp,
+}
+
+impl NodeRecord {
+    /// The condition of `kind`.
+    pub fn condition(&self, kind: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.kind == kind)
+    }
+
+    /// Sets a condition with Kubernetes semantics: `last_transition` moves
+    /// only when the status changes. Returns whether anything changed.
+    pub fn set_condition(
+        &mut self,
+        kind: &str,
+        status: ConditionStatus,
+        reason: &str,
+        message: &str,
+        now: Timestamp,
+    ) -> bool {
+        match self.conditions.iter_mut().find(|c| c.kind == kind) {
+            Some(existing) => {
+                let changed = existing.status != status
+                    || existing.reason != reason
+                    || existing.message != message;
+                if existing.status != status {
+                    existing.last_transition = now;
+                }
+                existing.status = status;
+                existing.reason = reason.to_string();
+                existing.message = message.to_string();
+                changed
+            }
+            None => {
+                self.conditions.push(Condition {
+                    kind: kind.to_string(),
+                    status,
+                    reason: reason.to_string(),
+                    message: message.to_string(),
+                    last_transition: now,
+                });
+                true
+            }
+        }
+    }
+}
+
+/// Which events to list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub manifest: Option<String>,
+    pub node: Option<NodeName>,
+}
+
+/// A lease: one holder at a time until it expires.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    /// When the current holder first acquired it.
+    pub acquired: Timestamp,
+    pub renewed: Timestamp,
+    pub expires: Timestamp,
+}
+
+impl Lease {
+    /// Whether the lease has expired at `now`.
+    pub fn expired(&self, now: Timestamp) -> bool {
+        now >= self.expires
+    }
+}
+
+/// The result of trying to take a lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// Ours now (newly, after expiry of another holder's, or renewed).
+    Acquired(Lease),
+    /// Someone else holds it and it has not expired.
+    Held(Lease),
+}
+
+/// When a write must be on disk before the call returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Flushed before returning: use after recording an in-flight UPID and
+    /// after a node converges, so a crash cannot forget either.
+    Flush,
+    /// Written now, flushed by the background flusher (~0.5 s) or shutdown.
+    Lazy,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_keep_transition_time_while_status_holds() {
+        let mut record = NodeRecord::default();
+        let t1 = Timestamp::from_millis(1_000);
+        let t2 = Timestamp::from_millis(2_000);
+        let t3 = Timestamp::from_millis(3_000);
+        assert!(record.set_condition("Ready", ConditionStatus::False, "Creating", "", t1));
+        assert!(record.set_condition("Ready", ConditionStatus::False, "Starting", "x", t2));
+        assert_eq!(record.condition("Ready").unwrap().last_transition, t1);
+        assert!(!record.set_condition("Ready", ConditionStatus::False, "Starting", "x", t3));
+        assert!(record.set_condition("Ready", ConditionStatus::True, "Converged", "", t3));
+        let ready = record.condition("Ready").unwrap();
+        assert_eq!(ready.last_transition, t3);
+        assert_eq!(ready.reason, "Converged");
+        assert_eq!(record.conditions.len(), 1);
+    }
+
+    #[test]
+    fn records_read_with_missing_fields() {
+        let record: NodeRecord = serde_json::from_str(r#"{"vmid":100}"#).unwrap();
+        assert_eq!(record.vmid.map(VmId::get), Some(100));
+        assert_eq!(record.power, PowerState::Unknown);
+    }
+
+    #[test]
+    fn an_in_flight_task_keeps_its_stored_form() {
+        let json = r#"{"upid":"UPID:pve:1:2:3:qmcreate:100:root@pam:","step":"create_vm","started":1704067200000}"#;
+        let flight: InFlight = serde_json::from_str(json).unwrap();
+        assert_eq!(flight.step, homestak_api::Step::CreateVm);
+        let back = serde_json::to_value(&flight).unwrap();
+        assert_eq!(back["step"], "create_vm");
+    }
+}

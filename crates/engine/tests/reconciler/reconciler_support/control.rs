@@ -1,0 +1,135 @@
+//! The simulator's `/_sim/` control API over HTTPS (pinned certificate,
+//! API token), as a case's `sim:` steps use it. Control requests are not
+//! counted in the simulator's request counters.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use homestak_sim::Handle;
+use serde_json::Value;
+
+use super::case::{SimAction, VmRef};
+
+/// A client for one simulator's control endpoints.
+pub struct Control {
+    client: reqwest::Client,
+    base: String,
+    auth: String,
+}
+
+impl Control {
+    pub fn new(handle: &Handle) -> anyhow::Result<Control> {
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(homestak_tls::pinned_client_config(handle.fingerprint()))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("build the control client")?;
+        Ok(Control {
+            client,
+            base: format!("{}/_sim", handle.url()),
+            auth: format!("PVEAPIToken={}", handle.token()),
+        })
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base))
+            .header("Authorization", &self.auth);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("{method} /_sim{path}"))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = json["message"].as_str().unwrap_or(&text);
+            bail!("{method} /_sim{path} answered {status}: {message}");
+        }
+        Ok(json["data"].clone())
+    }
+
+    /// Carries out one `sim:` action.
+    pub async fn apply(&self, handle: &Handle, action: &SimAction) -> anyhow::Result<()> {
+        use reqwest::Method;
+        match action {
+            SimAction::DeleteVm(vm) => {
+                let vmid = resolve(handle, vm)?;
+                self.send(Method::DELETE, &format!("/vms/{vmid}"), None)
+                    .await?;
+            }
+            SimAction::PatchVm(body) => {
+                let (vmid, body) = split_vm(handle, body)?;
+                self.send(Method::PATCH, &format!("/vms/{vmid}"), Some(&body))
+                    .await?;
+            }
+            SimAction::CreateVm(body) => {
+                self.send(Method::POST, "/vms", Some(body)).await?;
+            }
+            SimAction::Faults(body) => {
+                self.send(Method::PUT, "/faults", Some(body)).await?;
+            }
+            SimAction::VmFaults(body) => {
+                let (vmid, body) = split_vm(handle, body)?;
+                self.send(Method::PUT, &format!("/faults/vms/{vmid}"), Some(&body))
+                    .await?;
+            }
+            SimAction::ClearVmFaults(vm) => {
+                let vmid = resolve(handle, vm)?;
+                self.send(Method::DELETE, &format!("/faults/vms/{vmid}"), None)
+                    .await?;
+            }
+            SimAction::AddImage(body) => {
+                self.send(Method::POST, "/images", Some(body)).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The vmid of a VM named by vmid (taken as is: it may not exist yet, as
+/// for faults set before a create) or by name (exactly one VM).
+pub fn resolve(handle: &Handle, vm: &VmRef) -> anyhow::Result<u32> {
+    match vm {
+        VmRef::Id(id) => Ok(*id),
+        VmRef::Name(name) => {
+            let world = handle.world();
+            let ids: Vec<u32> = world
+                .vms
+                .values()
+                .filter(|v| v.config.get("name") == Some(name))
+                .map(|v| v.vmid)
+                .collect();
+            match ids.as_slice() {
+                [id] => Ok(*id),
+                [] => bail!("no VM is named {name:?}"),
+                many => bail!(
+                    "{} VMs are named {name:?} ({many:?}); name it by vmid",
+                    many.len()
+                ),
+            }
+        }
+    }
+}
+
+/// Takes `vm:` out of an action body.
+fn split_vm(handle: &Handle, body: &Value) -> anyhow::Result<(u32, Value)> {
+    let Value::Object(map) = body else {
+        bail!("expected a mapping with `vm:` and the fields to send");
+    };
+    let mut map = map.clone();
+    let Some(vm) = map.remove("vm") else {
+        bail!("missing `vm:` (a vmid or a VM name)");
+    };
+    let vm: VmRef = serde_json::from_value(vm).context("`vm:` is a vmid or a VM name")?;
+    Ok((resolve(handle, &vm)?, Value::Object(map)))
+}

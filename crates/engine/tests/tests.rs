@@ -1,0 +1,22 @@
+//! The integration tests of homestak-engine: one binary, one module per concern.
+
+// Test code: a failed unwrap is a failed test (clippy.toml says the same for #[test]s).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod client_schema;
+mod store_sled;
+mod store_suite;
+
+/// Checked identities from test literals.
+mod ids {
+    use homestak_base::id::VmId;
+    use homestak_engine::store::NodeKey;
+
+    pub fn node_key(manifest: &str, node: &str) -> NodeKey {
+        NodeKey::new(manifest, &node.parse().expect("a node name"))
+    }
+
+    pub fn vmid(id: u32) -> VmId {
+        VmId::new(id.into()).expect("a vmid in PVE's range")
+    }
+}
