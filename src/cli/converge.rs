@@ -393,7 +393,8 @@ pub async fn status(args: StatusArgs, global: &GlobalArgs) -> anyhow::Result<Out
             &args.target.host,
         )
         .await?;
-    if !prepared.has_store {
+    // Plan and status go on without the store while the daemon holds it.
+    if prepared.engine.store().is_none() {
         // The daemon holds the store: ask it what it applied.
         let dir = super::target::state_dir(args.target.state_dir.as_ref());
         report.last_applied_commit = super::daemon::applied_revision(&dir, &report.manifest).await;

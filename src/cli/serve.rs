@@ -162,7 +162,6 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
             insecure: args.insecure,
             state_dir: state.clone(),
             open_store: true,
-            ssh: false,
             ssh_key: args.ssh_key.clone(),
         })
         .context("homestak serve cannot open its store")?,

@@ -45,9 +45,6 @@ pub struct Prepared {
     pub engine: Engine,
     pub site: Arc<Site>,
     pub manifest: Arc<Manifest>,
-    /// Whether the store could be opened (plan and status go on without it
-    /// while the daemon holds it).
-    pub has_store: bool,
 }
 
 /// What a command does with the tier.
@@ -72,7 +69,6 @@ pub fn prepare(
         insecure: args.insecure,
         state_dir: state_dir(args.state_dir.as_ref()),
         open_store: true,
-        ssh: false,
         ssh_key: args.ssh_key.clone(),
     };
     let engine = match Engine::open(setup.clone()) {
@@ -93,12 +89,10 @@ pub fn prepare(
         }
         other => other?,
     };
-    let has_store = engine.store().is_some();
     Ok(Prepared {
         engine,
         site,
         manifest,
-        has_store,
     })
 }
 

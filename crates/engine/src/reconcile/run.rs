@@ -241,18 +241,6 @@ impl Engine {
         })
     }
 
-    /// The SSH check of VMs on `host`, with this engine's key.
-    fn ssh_check(
-        &self,
-        host: &HostConfig,
-    ) -> Result<Option<crate::controllers::vm::SshCheck>, Error> {
-        let setup = Setup {
-            ssh: true,
-            ..self.setup.clone()
-        };
-        ssh_check(host, &setup)
-    }
-
     /// The drift report of `manifest` on `host`. Changes nothing.
     pub async fn status(
         &self,
@@ -318,7 +306,7 @@ impl Engine {
             return Ok(run);
         } else {
             if ssh {
-                tier.ssh = self.ssh_check(&tier.host)?;
+                tier.ssh = Some(ssh_check(&tier.host, &self.setup)?);
             }
             let name = manifest.name();
             let progress = |event: Event| {

@@ -19,8 +19,6 @@ pub struct Setup {
     pub state_dir: PathBuf,
     /// Open the store (one process at a time may hold it).
     pub open_store: bool,
-    /// Load an SSH key to verify VMs answer on SSH.
-    pub ssh: bool,
     /// The private key; default: the node's `ssh_key`, else `~/.ssh/id_rsa`.
     pub ssh_key: Option<PathBuf>,
 }
@@ -33,11 +31,9 @@ pub fn known_hosts(host: &HostConfig, setup: &Setup) -> KnownHostsFile {
     }
 }
 
-/// The SSH check of VMs on `host`, when `setup.ssh` asks for one.
-pub fn ssh_check(host: &HostConfig, setup: &Setup) -> Result<Option<SshCheck>, Error> {
-    if !setup.ssh {
-        return Ok(None);
-    }
+/// The SSH check of VMs on `host`: loads the key (`setup.ssh_key`, else
+/// the node's).
+pub fn ssh_check(host: &HostConfig, setup: &Setup) -> Result<SshCheck, Error> {
     let key = setup
         .ssh_key
         .clone()
@@ -46,12 +42,12 @@ pub fn ssh_check(host: &HostConfig, setup: &Setup) -> Result<Option<SshCheck>, E
         path: key,
         source: Box::new(source),
     })?;
-    Ok(Some(SshCheck {
+    Ok(SshCheck {
         transport: Arc::new(ssh::RusshTransport::new(ssh::ClientOptions::default())),
         identity,
         host_key: ssh::HostKeyPolicy::AcceptNew(known_hosts(host, setup).file),
         port: host.vm_ssh_port,
-    }))
+    })
 }
 
 /// SSH to `host` itself (`ssh_user@ssh_host:ssh_port`), for joining images

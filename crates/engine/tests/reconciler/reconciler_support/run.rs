@@ -301,7 +301,6 @@ impl Ctx {
             insecure: false,
             state_dir: self.state_dir.clone(),
             open_store: true,
-            ssh: false,
             ssh_key: None,
         };
         self.engine = Some(Engine::open(setup)?);
