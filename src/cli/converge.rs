@@ -76,9 +76,8 @@ fn options(allow_replace: bool, no_prune: bool, concurrency: Option<usize>) -> r
 /// Runs `homestak plan`: a run that stops once the plan is made.
 pub async fn plan(args: PlanArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     let prepared = prepare(&args.target, global, Purpose::Read)?;
-    let mut options = options(args.allow_replace, args.no_prune, None);
-    // A plan never talks to VMs.
-    options.verify_ssh = Some(false);
+    // The run stops once planned: it never loads the SSH key nor talks to VMs.
+    let options = options(args.allow_replace, args.no_prune, None);
     let request = request(&prepared, &args.target, Mode::Apply, options);
     /// Shows the plan and stops the run there.
     struct Show {

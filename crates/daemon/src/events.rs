@@ -36,7 +36,7 @@ impl EventLog {
         match self.store.append_event(&event) {
             Ok(recorded) => recorded.seq,
             Err(err) => {
-                tracing::warn!(error = %err, kind = %event.kind, "cannot record an event");
+                tracing::warn!(error = %homestak_base::error_chain(&err), kind = %event.kind, "cannot record an event");
                 0
             }
         }
@@ -46,7 +46,7 @@ impl EventLog {
     pub fn since(&self, since: u64, limit: usize) -> Vec<Event> {
         self.store
             .events_since(since, limit)
-            .inspect_err(|err| tracing::warn!(error = %err, "cannot read events"))
+            .inspect_err(|err| tracing::warn!(error = %homestak_base::error_chain(err), "cannot read events"))
             .unwrap_or_default()
     }
 

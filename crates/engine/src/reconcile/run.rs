@@ -78,18 +78,27 @@ pub struct RunOutcome {
 }
 
 impl RunOutcome {
-    /// A run that failed before it could plan (`why` says what failed).
-    pub fn failed(why: String, started: Timestamp, duration: Duration) -> RunOutcome {
+    /// A run that started at `started` and has done nothing yet.
+    fn begun(outcome: Outcome, started: Timestamp) -> RunOutcome {
         RunOutcome {
-            outcome: Outcome::Failed,
+            outcome,
             report: None,
             status: None,
             changed_nodes: 0,
             drifted_nodes: 0,
             summary: String::new(),
-            message: Some(why),
+            message: None,
             started,
+            duration: Duration::ZERO,
+        }
+    }
+
+    /// A run that failed before it could plan (`why` says what failed).
+    pub fn failed(why: String, started: Timestamp, duration: Duration) -> RunOutcome {
+        RunOutcome {
+            message: Some(why),
             duration,
+            ..RunOutcome::begun(Outcome::Failed, started)
         }
     }
 }
@@ -275,17 +284,7 @@ impl Engine {
             Mode::Destroy => tier.plan_destroy(manifest).await?,
         };
         planned.settings.verify_ssh = ssh;
-        let mut run = RunOutcome {
-            outcome: Outcome::Converged,
-            report: None,
-            status: None,
-            changed_nodes: 0,
-            drifted_nodes: 0,
-            summary: String::new(),
-            message: None,
-            started,
-            duration: Duration::ZERO,
-        };
+        let mut run = RunOutcome::begun(Outcome::Converged, started);
         if request.mode == Mode::ReportOnly {
             let status = tier.report(manifest, &planned)?;
             run.drifted_nodes = status.drifted_nodes();
@@ -350,7 +349,7 @@ impl Engine {
             return;
         }
         if let Err(err) = store.append_event(&event.clone().manifest(manifest)) {
-            tracing::warn!(error = %err, manifest, "cannot record an event");
+            tracing::warn!(error = %homestak_base::error_chain(&err), manifest, "cannot record an event");
         }
     }
 
@@ -367,13 +366,13 @@ impl Engine {
             mode: request.mode,
         };
         if let Err(err) = record_run(store.as_ref(), &what, run) {
-            tracing::warn!(error = %err, manifest = name, "cannot record the run");
+            tracing::warn!(error = %homestak_base::error_chain(&err), manifest = name, "cannot record the run");
         }
         let Some(report) = &run.report else { return };
         for (node, state) in &report.nodes {
             if let NodeState::Failed(message) = state {
                 let key = store::NodeKey::new(name, node);
-                let _ = store.update_node(&key, store::Durability::Lazy, &mut |r| {
+                let kept = store.update_node(&key, store::Durability::Lazy, &mut |r| {
                     r.last_error = Some(message.clone());
                     r.consecutive_failures += 1;
                     r.set_condition(
@@ -384,6 +383,9 @@ impl Engine {
                         Timestamp::now(),
                     );
                 });
+                if let Err(err) = kept {
+                    tracing::warn!(error = %homestak_base::error_chain(&err), manifest = name, %node, "cannot record a node's failure");
+                }
             }
         }
     }

@@ -106,7 +106,7 @@ fn decode<T: DeserializeOwned>(what: &'static str, key: &str, bytes: &[u8]) -> R
 fn decode_event(key: &[u8], bytes: &[u8]) -> Option<Event> {
     let label = seq_of(key).map(|s| s.to_string()).unwrap_or_default();
     decode::<Event>("event", &label, bytes)
-        .inspect_err(|err| tracing::warn!(error = %err, "skipping an unreadable event"))
+        .inspect_err(|err| tracing::warn!(error = %homestak_base::error_chain(err), "skipping an unreadable event"))
         .ok()
 }
 
@@ -235,7 +235,7 @@ impl<B: Backend> KvStore<B> {
                 // A damaged record is replaced rather than blocking the node
                 // forever; PVE is re-observed anyway.
                 Some(Err(err)) => {
-                    tracing::warn!(error = %err, node = %label, "replacing an unreadable node record");
+                    tracing::warn!(error = %homestak_base::error_chain(&err), node = %label, "replacing an unreadable node record");
                     NodeRecord::default()
                 }
             };
@@ -327,7 +327,7 @@ impl<B: Backend> Store for KvStore<B> {
                     Ok(record) => out.push((node, record)),
                     // One damaged record does not hide the others; PVE is
                     // observed anyway and the next write replaces it.
-                    Err(err) => tracing::warn!(error = %err, "skipping an unreadable node record"),
+                    Err(err) => tracing::warn!(error = %homestak_base::error_chain(&err), "skipping an unreadable node record"),
                 }
                 true
             })?;
@@ -448,7 +448,7 @@ impl<B: Backend> Store for KvStore<B> {
                 // Replaced rather than blocking every later run's record;
                 // the next run writes what it applies.
                 Some(Err(err)) => {
-                    tracing::warn!(error = %err, manifest = name, "replacing an unreadable manifest record");
+                    tracing::warn!(error = %homestak_base::error_chain(&err), manifest = name, "replacing an unreadable manifest record");
                     ManifestRecord::default()
                 }
             };

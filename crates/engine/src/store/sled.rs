@@ -182,7 +182,7 @@ impl Drop for SledBackend {
     /// Flushes on shutdown, so even lazy writes of a clean exit persist.
     fn drop(&mut self) {
         if let Err(err) = self.db.flush() {
-            tracing::warn!(path = %self.path.display(), error = %err, "flushing the store on close failed");
+            tracing::warn!(path = %self.path.display(), error = %homestak_base::error_chain(&err), "flushing the store on close failed");
         }
     }
 }

@@ -123,7 +123,7 @@ impl VmController {
                 .manifest(&self.manifest)
                 .node(node);
             if let Err(err) = store.append_event(&event) {
-                tracing::warn!(error = %err, "cannot record an event");
+                tracing::warn!(error = %homestak_base::error_chain(&err), "cannot record an event");
             }
         }
     }
