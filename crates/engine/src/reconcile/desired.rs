@@ -10,8 +10,10 @@
 //! `disk`; network, user and keys from the site-config as the Python tool
 //! resolved them (`resolve_inline_vm` / `resolve_env`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
+use homestak_core::graph::ManifestGraph;
 use homestak_core::model::{InvalidNodeName, InvalidVmId, Manifest, NodeName, NodeType, VmId};
 use homestak_core::plan::{Desired, DesiredVm, IpConfig, Kind};
 use homestak_core::site::{self, InlineVm, Site, TofuVars, VmSettings};
@@ -42,6 +44,12 @@ pub enum Error {
         #[source]
         source: InvalidNodeName,
     },
+    #[error("node {node}: cannot extract the subtree its child tier converges")]
+    Subtree {
+        node: String,
+        #[source]
+        source: homestak_core::graph::Error,
+    },
     #[error("VM {node}: its resolved vmid cannot be used; fix vmid_base or vmid in the env file")]
     VmId {
         node: String,
@@ -56,15 +64,31 @@ pub struct Tier {
     pub desired: Desired,
     /// Child → parent, among this tier's nodes.
     pub parents: BTreeMap<NodeName, NodeName>,
-    /// Nodes converged by child reconcilers on inner hosts, with the `pve`
-    /// node that hosts them.
-    pub delegated: Vec<(NodeName, NodeName)>,
+    /// Nodes converged by child reconcilers on inner hosts: each with its
+    /// parent in the manifest and the `pve` node of this tier below which it
+    /// sits.
+    pub delegated: Vec<Delegated>,
+    /// The subtree each `pve` node of this tier hands to its child tier
+    /// (the manifest below it, its children as roots).
+    pub subtrees: HashMap<NodeName, Arc<Manifest>>,
+}
+
+/// A node another tier converges.
+#[derive(Debug, Clone)]
+pub struct Delegated {
+    pub node: NodeName,
+    /// Its parent in the manifest.
+    pub parent: NodeName,
+    /// The `pve` node of this tier whose child tier (or a deeper one)
+    /// converges it.
+    pub via: NodeName,
 }
 
 /// Resolves `manifest` for target `host` (a `nodes/<host>.yaml`).
 pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Error> {
     let mut vms = Vec::new();
     let mut delegated = Vec::new();
+    let mut subtrees = HashMap::new();
     if let Some(nodes) = manifest.nodes_in_creation_order() {
         // The root above a nested node: the `pve` node of this tier that
         // hosts it. Validation made every parent a node of the manifest.
@@ -76,18 +100,45 @@ pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Err
             Some(current.name.clone())
         };
         for node in nodes {
-            if node.parent.is_some() {
-                if let Some(host_node) = root_of(&node.name) {
-                    delegated.push((node.name.clone(), host_node));
+            if let Some(parent) = &node.parent {
+                if let Some(via) = root_of(&node.name) {
+                    delegated.push(Delegated {
+                        node: node.name.clone(),
+                        parent: parent.clone(),
+                        via,
+                    });
                 }
                 continue;
             }
             vms.push(resolve_v2_node(site, node, host)?);
         }
+        let has_children: Vec<&NodeName> = vms
+            .iter()
+            .filter(|v| v.kind == Kind::Pve)
+            .map(|v| &v.name)
+            .filter(|name| delegated.iter().any(|d| &d.parent == *name))
+            .collect();
+        if !has_children.is_empty() {
+            let wrap = |node: &NodeName| {
+                let node = node.to_string();
+                move |source| Error::Subtree { node, source }
+            };
+            let graph = ManifestGraph::new(manifest).map_err(wrap(has_children[0]))?;
+            for name in has_children {
+                let subtree = graph.subtree(name.as_str()).map_err(wrap(name))?;
+                subtrees.insert(name.clone(), Arc::new(subtree));
+            }
+        }
     } else if let Some((first, rest)) = manifest.levels().split_first() {
         vms.extend(resolve_v1_level(site, first, host)?);
+        let mut parent = first.name.clone();
         for level in rest {
-            delegated.push((level.name.clone(), first.name.clone()));
+            delegated.push(Delegated {
+                node: level.name.clone(),
+                parent: parent.clone(),
+                via: first.name.clone(),
+            });
+            parent = level.name.clone();
         }
     }
     Ok(Tier {
@@ -100,6 +151,7 @@ pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Err
         // tiers bring their own.
         parents: BTreeMap::new(),
         delegated,
+        subtrees,
     })
 }
 

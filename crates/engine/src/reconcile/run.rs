@@ -240,6 +240,8 @@ impl Engine {
         let pve_node = super::pve_node(&host_config)?;
         Ok(Tier {
             ssh: None,
+            ssh_error: None,
+            binary: self.setup.binary(),
             known_hosts: Some(known_hosts(&host_config, &self.setup)),
             host_ssh: host_ssh(&host_config, &self.setup),
             site,
@@ -286,7 +288,7 @@ impl Engine {
         planned.settings.verify_ssh = ssh;
         let mut run = RunOutcome::begun(Outcome::Converged, started);
         if request.mode == Mode::ReportOnly {
-            let status = tier.report(manifest, &planned)?;
+            let status = tier.report(manifest, &planned).await?;
             run.drifted_nodes = status.drifted_nodes();
             run.outcome = if status.in_sync {
                 Outcome::Converged
@@ -304,8 +306,20 @@ impl Engine {
             run.duration = clock.elapsed();
             return Ok(run);
         } else {
-            if ssh {
-                tier.ssh = Some(ssh_check(&tier.host, &self.setup)?);
+            // A `pve` node is set up over SSH whatever verify_ssh says.
+            let pve = request.mode == Mode::Apply
+                && planned
+                    .tier
+                    .desired
+                    .vms
+                    .iter()
+                    .any(|v| v.kind == homestak_core::plan::Kind::Pve);
+            if ssh || pve {
+                match ssh_check(&tier.host, &self.setup) {
+                    Ok(check) => tier.ssh = Some(check),
+                    Err(err) if ssh => return Err(err),
+                    Err(err) => tier.ssh_error = Some(homestak_base::error_chain(&err)),
+                }
             }
             let name = manifest.name();
             let progress = |event: Event| {

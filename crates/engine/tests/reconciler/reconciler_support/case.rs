@@ -285,6 +285,9 @@ impl NodeStatus {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestsStep {
+    /// The nested tier whose counters to check (as in `world:`).
+    #[serde(default)]
+    pub tier: Vec<String>,
     /// Requests other than GET.
     #[serde(default)]
     pub writes: Option<Count>,
@@ -323,6 +326,17 @@ pub enum SimAction {
     ClearVmFaults(VmRef),
     /// `POST /_sim/images`.
     AddImage(Value),
+    /// A VM of a nested tier vanishes at once: `{tier: [hv], vm: app}`.
+    DeleteVmIn(NestedVm),
+}
+
+/// A VM of a nested tier, by name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NestedVm {
+    /// The `pve` VMs from the root down to the tier (`[hv]`, `[hv, hv2]`).
+    pub tier: Vec<String>,
+    pub vm: String,
 }
 
 /// A VM by vmid or by name.
@@ -346,6 +360,10 @@ impl std::fmt::Display for VmRef {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorldStep {
+    /// The nested tier to look at: the `pve` VMs from the root down
+    /// (`[hv]`); the root tier when empty.
+    #[serde(default)]
+    pub tier: Vec<String>,
     /// Each entry names exactly one VM (by `name` and/or `vmid`) and checks
     /// the fields it gives.
     #[serde(default)]

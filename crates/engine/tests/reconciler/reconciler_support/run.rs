@@ -15,11 +15,11 @@ use homestak_core::model::{Loader, Manifest};
 use homestak_core::site::Site;
 use homestak_engine::executor::{self, Event, NodeState};
 use homestak_engine::reconcile::{self, Engine, Observer, Planned, Request, Setup};
-use homestak_sim::{self as sim, Handle, Simulator};
+use homestak_sim::{self as sim, Handle, Simulator, TierView};
 
 use super::case::{
     ApplyStep, CancelAfter, Case, NodeStatus, OneOrMany, Outcome, PlanStep, RequestsStep,
-    StatusStep, Step,
+    SimAction, StatusStep, Step,
 };
 use super::check::{self, Diffs, per_node};
 use super::control::Control;
@@ -79,6 +79,11 @@ pub async fn run(dir: &Path, template: &Path) -> anyhow::Result<Passed> {
     let mut node = std::fs::read_to_string(&node_file)?;
     node.push_str(&format!("ssh_key: {:?}\n", host_key.display().to_string()));
     std::fs::write(&node_file, node)?;
+    // VMs accept the run's key too: `pve` nodes are set up over SSH.
+    let secrets_file = site_dir.join("secrets.yaml");
+    let mut secrets: serde_json::Value = homestak_base::yaml::read_file(&secrets_file)?;
+    secrets["ssh_keys"]["reconciler-run"] = identity.public_key_openssh().into();
+    std::fs::write(&secrets_file, serde_json::to_string_pretty(&secrets)?)?;
     let site = Arc::new(Site::load(&site_dir)?);
     let control = Control::new(&handle)?;
     let mut ctx = Ctx {
@@ -113,6 +118,34 @@ pub async fn run(dir: &Path, template: &Path) -> anyhow::Result<Passed> {
         steps: case.steps.len(),
         notes,
     })
+}
+
+/// The vmid of the one VM named `name` on `tier`.
+fn vmid_named(tier: &TierView, name: &str) -> anyhow::Result<u32> {
+    let ids: Vec<u32> = tier
+        .world()
+        .vms
+        .values()
+        .filter(|v| v.config.get("name").map(String::as_str) == Some(name))
+        .map(|v| v.vmid)
+        .collect();
+    match ids.as_slice() {
+        [id] => Ok(*id),
+        [] => bail!("no VM is named {name:?} on that tier"),
+        many => bail!("{} VMs are named {name:?}: {many:?}", many.len()),
+    }
+}
+
+/// The homestak binary `pve` nodes install on inner hosts: the one built
+/// beside this test (`cargo test --workspace` builds it), or
+/// `HOMESTAK_BIN`.
+pub fn homestak_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("HOMESTAK_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("homestak");
+    path.is_file().then_some(path)
 }
 
 /// Copies `from` into `to`, merging directories and replacing files.
@@ -302,6 +335,7 @@ impl Ctx {
             state_dir: self.state_dir.clone(),
             open_store: true,
             ssh_key: None,
+            binary: homestak_binary(),
         };
         self.engine = Some(Engine::open(setup)?);
         Ok(())
@@ -343,8 +377,18 @@ impl Ctx {
             Step::Status(s) => self.status(s).await,
             Step::Requests(r) => self.requests(r),
             Step::ResetRequests => {
-                self.handle.reset_requests();
+                // Every tier, any depth.
+                let mut tiers = vec![self.handle.view()];
+                while let Some(tier) = tiers.pop() {
+                    tier.reset_requests();
+                    tiers.extend(tier.world().vms.keys().filter_map(|id| tier.nested(*id)));
+                }
                 Ok(())
+            }
+            Step::Sim(SimAction::DeleteVmIn(nested)) => {
+                let tier = self.tier(&nested.tier)?;
+                let vmid = vmid_named(&tier, &nested.vm)?;
+                tier.delete_vm(vmid).map_err(|e| anyhow!(e))
             }
             Step::Sim(action) => self.control.apply(&self.handle, action).await,
             Step::DeleteStore => {
@@ -359,7 +403,7 @@ impl Ctx {
             }
             Step::World(w) => differences(check::world(
                 w,
-                &self.handle.world(),
+                &self.tier(&w.tier)?.world(),
                 &self.handle.host_commands(),
             )),
         }
@@ -636,8 +680,20 @@ impl Ctx {
         differences(diffs)
     }
 
+    /// The nested tier below the `pve` VMs named in `path`.
+    fn tier(&self, path: &[String]) -> anyhow::Result<TierView> {
+        let mut tier = self.handle.view();
+        for name in path {
+            let vmid = vmid_named(&tier, name)?;
+            tier = tier
+                .nested(vmid)
+                .ok_or_else(|| anyhow!("VM {name:?} (vmid {vmid}) runs no nested PVE tier"))?;
+        }
+        Ok(tier)
+    }
+
     fn requests(&mut self, step: &RequestsStep) -> anyhow::Result<()> {
-        let counts = self.handle.requests();
+        let counts = self.tier(&step.tier)?.requests();
         if let Some(title) = &step.print {
             let total: u64 = counts.values().sum();
             let writes: u64 = counts
