@@ -325,6 +325,7 @@ both!(leases_have_one_holder_until_expiry);
 fn manifest_records_round_trip(store: &dyn Store) {
     assert_eq!(store.get_manifest("n2-quick").unwrap(), None);
     let record = ManifestRecord {
+        generation: 4,
         last_applied: Some(Applied {
             revision: "0123abcd".into(),
             at: Timestamp::from_millis(2),
@@ -340,6 +341,7 @@ fn manifest_records_round_trip(store: &dyn Store) {
             drifted_nodes: 1,
             summary: "1 converged, 1 failed".into(),
             message: Some("1 converged, 1 failed".into()),
+            generation: 3,
         }),
     };
     store
@@ -360,7 +362,17 @@ fn manifest_records_round_trip(store: &dyn Store) {
         })
         .unwrap();
     assert_eq!(changed.last_reconcile, record.last_reconcile);
+    assert_eq!(changed.generation, 4);
     assert_eq!(store.get_manifest("n2-quick").unwrap(), Some(changed));
+    // A generation bump, as a parent's request makes one.
+    let bumped = store
+        .update_manifest("n2-quick", Durability::Flush, &mut |r| r.generation += 1)
+        .unwrap();
+    assert_eq!(bumped.generation, 5);
+    assert_eq!(
+        store.get_manifest("n2-quick").unwrap().unwrap().generation,
+        5
+    );
     let fresh = store
         .update_manifest("new", Durability::Lazy, &mut |_| {})
         .unwrap();

@@ -323,6 +323,7 @@ impl Ctx {
             reason: Reason::Cli,
             mode,
             options,
+            generation: 0,
         })
     }
 
