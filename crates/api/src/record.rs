@@ -69,6 +69,10 @@ pub struct Subtree {
     pub received_at: Timestamp,
     /// The API token name that sent it.
     pub from: String,
+    /// The parent asked for it to be destroyed (`DELETE /v1/subtree/{name}`):
+    /// runs remove its VMs until one converges, then it is forgotten.
+    #[serde(default)]
+    pub destroy: bool,
 }
 
 #[cfg(test)]
@@ -99,5 +103,19 @@ mod tests {
             serde_json::from_value::<ManifestRecord>(json).unwrap(),
             record
         );
+    }
+
+    #[test]
+    fn a_subtree_kept_before_destroy_existed_is_not_being_destroyed() {
+        let old = r#"{"name": "inner", "host": "pve", "manifest": {}, "revision": "subtree:1",
+            "received_at": "1970-01-01T00:00:00Z", "from": "parent"}"#;
+        let subtree: Subtree = serde_json::from_str(old).unwrap();
+        assert!(!subtree.destroy);
+        let json = serde_json::to_value(Subtree {
+            destroy: true,
+            ..subtree
+        })
+        .unwrap();
+        assert_eq!(json["destroy"], true);
     }
 }

@@ -389,6 +389,7 @@ fn subtrees_are_kept_by_name(store: &dyn Store) {
         revision: revision.into(),
         received_at: Timestamp::from_millis(7),
         from: "parent".into(),
+        destroy: false,
     };
     store
         .put_subtree(&subtree("inner", "subtree:1"), Durability::Flush)
@@ -407,9 +408,22 @@ fn subtrees_are_kept_by_name(store: &dyn Store) {
             .collect::<Vec<_>>(),
         [("another", "subtree:2"), ("inner", "subtree:3")]
     );
+    assert_eq!(
+        store.get_subtree("inner").unwrap().unwrap().revision,
+        "subtree:3"
+    );
+    // Marked for destruction: the mark is kept with it.
+    let doomed = Subtree {
+        destroy: true,
+        ..subtree("inner", "subtree:3")
+    };
+    store.put_subtree(&doomed, Durability::Flush).unwrap();
+    assert_eq!(store.get_subtree("inner").unwrap(), Some(doomed));
     assert!(store.delete_subtree("inner", Durability::Flush).unwrap());
     assert!(!store.delete_subtree("inner", Durability::Flush).unwrap());
+    assert_eq!(store.get_subtree("inner").unwrap(), None);
     assert_eq!(store.list_subtrees().unwrap().len(), 1);
+    assert!(store.get_subtree("").is_err());
     assert!(
         store
             .put_subtree(&subtree("", "subtree:4"), Durability::Lazy)
