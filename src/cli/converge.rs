@@ -136,6 +136,7 @@ fn request(
         reason: Reason::Cli,
         mode,
         options,
+        generation: 0,
     }
 }
 

@@ -246,6 +246,7 @@ mod tests {
             revision: "abc".into(),
             in_sync: None,
             record: ManifestRecord {
+                generation: 2,
                 last_applied: Some(Applied {
                     revision: "abc".into(),
                     at: Timestamp::from_millis(1_000),
@@ -261,6 +262,7 @@ mod tests {
         assert!(json["last_reconcile"].is_null());
         assert_eq!(json["drift"], "report");
         assert_eq!(json["origin"], "git");
+        assert_eq!(json["generation"], 2);
         assert_eq!(
             serde_json::from_value::<ManifestStatus>(json).unwrap(),
             status

@@ -151,6 +151,7 @@ impl Api {
             revision: revision.clone(),
             received_at: Timestamp::now(),
             from: caller.name.clone(),
+            destroy: false,
         })?;
         tracing::info!(caller = %caller.name, manifest = %name, "subtree accepted");
         Ok(SubtreeResponse {

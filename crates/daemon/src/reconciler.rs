@@ -11,6 +11,9 @@
 //!
 //! So a commit is an instruction to converge, and `drift: report` only
 //! stops the daemon from undoing out-of-band changes between commits.
+//!
+//! A run reads the manifest's generation before its entry and keeps it in
+//! its record, so a parent can tell which of its requests a run saw.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -414,6 +417,8 @@ impl Reconciler {
     }
 
     async fn run_job(&self, job: Job) {
+        // The record (and its generation) before the entry: see the module docs.
+        let record = self.record(&job.name);
         let Some(entry) = self.read_desired().entries.get(&job.name).cloned() else {
             self.events
                 .emit(Event::info(Kind::ReconcileSkipped, "no longer managed").manifest(&job.name));
@@ -424,7 +429,7 @@ impl Reconciler {
                 .emit(Event::info(Kind::ReconcileSkipped, "suspended").manifest(&job.name));
             return;
         }
-        let record = self.record(&entry.name);
+        let generation = record.generation;
         let mode = decide_mode(
             job.reason,
             entry.drift,
@@ -464,6 +469,7 @@ impl Reconciler {
                     reason: job.reason,
                     mode,
                     options: Options::default(),
+                    generation,
                 };
                 // On its own task, so a panicking engine fails this job
                 // instead of killing the worker.
@@ -498,6 +504,7 @@ impl Reconciler {
                 revision: Some(&entry.revision),
                 reason: job.reason,
                 mode,
+                generation,
             };
             let run = RunOutcome::failed(why.clone(), started, clock.elapsed());
             if let Err(err) = reconcile::record_run(self.store.as_ref(), &what, &run) {

@@ -138,6 +138,8 @@ pub struct Call {
     pub revision: String,
     pub reason: Reason,
     pub mode: Mode,
+    /// The manifest's generation the daemon read when the run started.
+    pub generation: u64,
 }
 
 /// An engine that records calls and converges at once, or, when `hold`
@@ -180,6 +182,7 @@ impl FakeEngine {
             revision: request.revision.as_deref(),
             reason: request.reason,
             mode: request.mode,
+            generation: request.generation,
         };
         reconcile::record_run(self.store.as_ref(), &what, &run)
             .expect("the fake engine records its run");
@@ -218,6 +221,7 @@ impl Engine for FakeEngine {
                 revision: request.revision.clone().unwrap_or_default(),
                 reason: request.reason,
                 mode: request.mode,
+                generation: request.generation,
             };
             self.calls.lock().unwrap().push(call.clone());
             let _ = self.tx.send(call);

@@ -39,6 +39,10 @@ pub struct Request {
     pub reason: Reason,
     pub mode: Mode,
     pub options: Options,
+    /// The manifest's generation as read when the run was asked for (a
+    /// delegated manifest's, see `ManifestRecord::generation`); kept in
+    /// its last run. 0 where none applies (the command line).
+    pub generation: u64,
 }
 
 /// Sees a run as it goes. Every method has a default, so an observer
@@ -378,6 +382,7 @@ impl Engine {
             revision: request.revision.as_deref(),
             reason: request.reason,
             mode: request.mode,
+            generation: request.generation,
         };
         if let Err(err) = record_run(store.as_ref(), &what, run) {
             tracing::warn!(error = %homestak_base::error_chain(&err), manifest = name, "cannot record the run");
@@ -420,6 +425,8 @@ pub struct RunOf<'a> {
     pub revision: Option<&'a str>,
     pub reason: Reason,
     pub mode: Mode,
+    /// The manifest's generation when the run started.
+    pub generation: u64,
 }
 
 /// Keeps `run` as the manifest's last run and, when it converged applying
@@ -442,6 +449,7 @@ pub fn record_run(
         drifted_nodes: run.drifted_nodes,
         summary: run.summary.clone(),
         message: run.message.clone(),
+        generation: what.generation,
     };
     let applied = (what.mode == Mode::Apply && run.outcome == Outcome::Converged)
         .then_some(what.revision)

@@ -239,6 +239,9 @@ pub trait Store: Send + Sync {
     /// name).
     fn put_subtree(&self, subtree: &Subtree, durability: Durability) -> Result<()>;
 
+    /// The subtree kept under `name`.
+    fn get_subtree(&self, name: &str) -> Result<Option<Subtree>>;
+
     /// Forgets a subtree; returns whether it was kept.
     fn delete_subtree(&self, name: &str, durability: Durability) -> Result<bool>;
 

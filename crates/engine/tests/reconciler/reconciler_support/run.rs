@@ -357,6 +357,7 @@ impl Ctx {
             reason: Reason::Cli,
             mode,
             options,
+            generation: 0,
         })
     }
 
