@@ -12,8 +12,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::v1::{
-    Endpoint, ErrorBody, EventsResponse, ReconcileResponse, StatusResponse, SubtreeRequest,
-    SubtreeResponse,
+    Endpoint, ErrorBody, EventsResponse, ManifestStatus, ReconcileResponse, StatusResponse,
+    SubtreeRequest, SubtreeResponse,
 };
 
 /// A call to the daemon failed.
@@ -53,6 +53,26 @@ pub enum Error {
         #[source]
         source: Option<serde_json::Error>,
     },
+}
+
+impl Error {
+    /// The HTTP status the daemon answered; `None` when it did not answer
+    /// (or the client could not be set up). Tells a refused token (401,
+    /// 403) from a daemon that is not there.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Refused { status, .. } | Error::Unexpected { status, .. } => Some(*status),
+            Error::Setup { .. } | Error::Unreachable { .. } => None,
+        }
+    }
+
+    /// The daemon's error code (`E302`), when it refused the request.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Refused { code, .. } => Some(code),
+            _ => None,
+        }
+    }
 }
 
 /// A daemon's API, reached at one URL with one token.
@@ -111,6 +131,21 @@ impl Client {
             query.push(("observe", "false"));
         }
         self.call(Endpoint::Status, &query, None::<&()>).await
+    }
+
+    /// `GET /v1/status?manifest=NAME`: the one manifest, or `None` when
+    /// the daemon holds none of that name (its 404; how a parent learns
+    /// that a subtree it deleted is gone).
+    pub async fn manifest_status(
+        &self,
+        name: &str,
+        observe: bool,
+    ) -> Result<Option<ManifestStatus>, Error> {
+        match self.status(Some(name), observe).await {
+            Ok(status) => Ok(status.manifests.into_iter().find(|m| m.name == name)),
+            Err(Error::Refused { status: 404, .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     /// `GET /v1/events` after `since`, at most `limit`.
@@ -187,5 +222,32 @@ impl Client {
                 source: None,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_tell_their_http_status() {
+        let refused = Error::Refused {
+            method: "DELETE",
+            url: "u".into(),
+            status: 403,
+            code: "E302".into(),
+            message: "m".into(),
+        };
+        assert_eq!(
+            (refused.status(), refused.code()),
+            (Some(403), Some("E302"))
+        );
+        let odd = Error::Unexpected {
+            method: "GET",
+            url: "u".into(),
+            status: 502,
+            source: None,
+        };
+        assert_eq!((odd.status(), odd.code()), (Some(502), None));
     }
 }

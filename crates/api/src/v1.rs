@@ -202,6 +202,9 @@ pub struct SubtreeResponse {
     /// `subtree:<digest>` of the manifest.
     pub revision: String,
     pub queued: bool,
+    /// The manifest's generation after this request: the run that applies
+    /// it records a `last_reconcile.generation` at least this.
+    pub generation: u64,
 }
 
 /// Every error answer: `{"error": {"code": "E…", "message": "…"}}`.
@@ -233,6 +236,23 @@ mod tests {
         assert_eq!(Endpoint::Subtree.method(), "PUT");
         assert_eq!(Endpoint::Subtree.scope(), Scope::Write);
         assert_eq!(Endpoint::Metrics.scope(), Scope::Read);
+    }
+
+    #[test]
+    fn subtree_answers_carry_generations() {
+        let put = SubtreeResponse {
+            accepted: "child".into(),
+            host: "pve".into(),
+            revision: "subtree:1".into(),
+            queued: true,
+            generation: 3,
+        };
+        let json = serde_json::to_value(&put).unwrap();
+        assert_eq!(json["generation"], 3);
+        assert_eq!(
+            serde_json::from_value::<SubtreeResponse>(json).unwrap(),
+            put
+        );
     }
 
     #[test]

@@ -144,7 +144,7 @@ impl Api {
         }
         let name = manifest.name().to_string();
         let revision = subtree_revision(&request.manifest);
-        self.reconciler.accept_subtree(Subtree {
+        let generation = self.reconciler.accept_subtree(Subtree {
             name: name.clone(),
             host: request.host.clone(),
             manifest: request.manifest,
@@ -153,12 +153,13 @@ impl Api {
             from: caller.name.clone(),
             destroy: false,
         })?;
-        tracing::info!(caller = %caller.name, manifest = %name, "subtree accepted");
+        tracing::info!(caller = %caller.name, manifest = %name, generation, "subtree accepted");
         Ok(SubtreeResponse {
             accepted: name,
             host: request.host,
             revision,
             queued: true,
+            generation,
         })
     }
 }

@@ -12,8 +12,9 @@
 //! So a commit is an instruction to converge, and `drift: report` only
 //! stops the daemon from undoing out-of-band changes between commits.
 //!
-//! A run reads the manifest's generation before its entry and keeps it in
-//! its record, so a parent can tell which of its requests a run saw.
+//! Each request of a parent bumps the manifest's generation after it
+//! changed the subtree, and a run reads the generation before the entry:
+//! a run that records generation G saw what request G asked for.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -104,6 +105,9 @@ pub struct Reconciler {
     desired: RwLock<Desired>,
     queue: Queue,
     running: Mutex<Option<Running>>,
+    /// Held while a parent's request changes a subtree, so the store and
+    /// the entries move together.
+    subtree_change: Mutex<()>,
     shutdown: Shutdown,
 }
 
@@ -166,6 +170,7 @@ impl Reconciler {
             desired: RwLock::new(Desired::default()),
             queue: Queue::default(),
             running: Mutex::new(None),
+            subtree_change: Mutex::new(()),
             shutdown: parts.shutdown,
         }
     }
@@ -285,28 +290,20 @@ impl Reconciler {
             .is_some_and(|e| e.origin == Origin::Git)
     }
 
-    /// Stores a delegated subtree and queues it.
-    pub fn accept_subtree(&self, subtree: Subtree) -> Result<(), ApiError> {
+    /// Stores a delegated subtree (replacing one of its name) and queues
+    /// it. Returns the manifest's new generation.
+    pub fn accept_subtree(&self, subtree: Subtree) -> Result<u64, ApiError> {
         let name = subtree.name.clone();
-        if self.is_git_managed(&name) {
-            return Err(ApiError::new(
-                409,
-                "E103",
-                format!("Manifest '{name}' is managed from this tier's site-config"),
-            ));
-        }
+        let _one = self
+            .subtree_change
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.refuse_git_managed(&name)?;
         let revision = subtree.revision.clone();
         let from = subtree.from.clone();
-        self.store
-            .put_subtree(&subtree, Durability::Flush)
-            .map_err(|e| {
-                tracing::error!(error = %error_chain(&e), "cannot store a subtree");
-                ApiError::internal("Cannot store the subtree")
-            })?;
-        {
-            let mut d = self.write_desired();
-            d.entries = self.entries_of(d.snapshot.as_ref());
-        }
+        self.keep_subtree(&subtree)?;
+        self.reload_entries();
+        let generation = self.bump_generation(&name)?;
         self.events.emit(
             Event::info(
                 Kind::SubtreeAccepted,
@@ -314,7 +311,51 @@ impl Reconciler {
             )
             .manifest(&name),
         );
-        self.enqueue(&name, Reason::Subtree)
+        self.enqueue(&name, Reason::Subtree)?;
+        Ok(generation)
+    }
+
+    fn refuse_git_managed(&self, name: &str) -> Result<(), ApiError> {
+        if self.is_git_managed(name) {
+            return Err(ApiError::new(
+                409,
+                "E103",
+                format!("Manifest '{name}' is managed from this tier's site-config"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn keep_subtree(&self, subtree: &Subtree) -> Result<(), ApiError> {
+        self.store
+            .put_subtree(subtree, Durability::Flush)
+            .map_err(|e| {
+                tracing::error!(error = %error_chain(&e), "cannot store a subtree");
+                ApiError::internal("Cannot store the subtree")
+            })
+    }
+
+    /// Durably counts a parent's request; returns the new generation.
+    fn bump_generation(&self, name: &str) -> Result<u64, ApiError> {
+        self.store
+            .update_manifest(name, Durability::Flush, &mut |r| {
+                r.generation = r.generation.saturating_add(1);
+            })
+            .map(|r| r.generation)
+            .map_err(|e| {
+                tracing::error!(error = %error_chain(&e), manifest = name, "cannot record a request");
+                ApiError::internal("Cannot record the request")
+            })
+    }
+
+    /// Re-reads the subtrees into the entries.
+    fn reload_entries(&self) {
+        let mut d = self.write_desired();
+        d.entries = self.entries_of(d.snapshot.as_ref());
+        let entries = &d.entries;
+        self.metrics
+            .drifted_nodes
+            .retain_first_label(|name| entries.contains_key(name));
     }
 
     /// Queues every managed, unsuspended manifest. Returns the names.

@@ -580,6 +580,7 @@ async fn the_typed_client_speaks_the_daemons_api() {
         .unwrap();
     assert_eq!(accepted.accepted, "child");
     assert!(accepted.revision.starts_with("subtree:"));
+    assert_eq!(accepted.generation, 1);
 
     let events = reader.events(0, 500).await.unwrap();
     assert!(

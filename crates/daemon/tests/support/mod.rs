@@ -145,6 +145,8 @@ pub struct Call {
 /// An engine that records calls and converges at once, or, when `hold`
 /// is set, waits for shutdown and reports the reconcile interrupted. It
 /// records its runs in its (in-memory) store as the real engine does.
+/// When `gated`, each run waits for a permit of `gate` once it is
+/// called.
 pub struct FakeEngine {
     pub store: Arc<dyn Store>,
     pub calls: Mutex<Vec<Call>>,
@@ -154,6 +156,8 @@ pub struct FakeEngine {
     pub interrupted_seen: AtomicBool,
     /// Panic in the next reconcile (once).
     pub panic_next: AtomicBool,
+    pub gated: AtomicBool,
+    pub gate: tokio::sync::Semaphore,
 }
 
 impl FakeEngine {
@@ -168,6 +172,8 @@ impl FakeEngine {
                 drifted: AtomicU64::new(0),
                 interrupted_seen: AtomicBool::new(false),
                 panic_next: AtomicBool::new(false),
+                gated: AtomicBool::new(false),
+                gate: tokio::sync::Semaphore::new(0),
             }),
             rx,
         )
@@ -227,6 +233,13 @@ impl Engine for FakeEngine {
             let _ = self.tx.send(call);
             if self.panic_next.swap(false, Ordering::SeqCst) {
                 panic!("fake engine: deliberate panic");
+            }
+            if self.gated.load(Ordering::SeqCst) {
+                self.gate
+                    .acquire()
+                    .await
+                    .expect("the gate is open")
+                    .forget();
             }
             let nodes = request.manifest.nodes().unwrap_or_default().len() as u64;
             if self.hold.load(Ordering::SeqCst) {
