@@ -13,13 +13,14 @@ use serde::de::DeserializeOwned;
 
 use crate::v1::{
     Endpoint, ErrorBody, EventsResponse, ManifestStatus, ReconcileResponse, StatusResponse,
-    SubtreeRequest, SubtreeResponse,
+    SubtreeDeleteResponse, SubtreeRequest, SubtreeResponse,
 };
 
 /// A call to the daemon failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The client could not be built (the token is not a header value).
+    /// The client could not be set up (the token is not a header value,
+    /// the base URL is not a URL).
     #[error("cannot set up the client of {url}")]
     Setup {
         url: String,
@@ -170,27 +171,47 @@ impl Client {
         self.call(Endpoint::Subtree, &[], Some(request)).await
     }
 
+    /// `DELETE /v1/subtree/{name}`: asks the daemon to destroy the
+    /// subtree it holds under `name` (then forget it).
+    pub async fn delete_subtree(&self, name: &str) -> Result<SubtreeDeleteResponse, Error> {
+        self.call_at(Endpoint::DeleteSubtree, Some(name), &[], None::<&()>)
+            .await
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         endpoint: Endpoint,
         query: &[(&str, &str)],
         body: Option<&impl Serialize>,
     ) -> Result<T, Error> {
+        self.call_at(endpoint, None, query, body).await
+    }
+
+    /// Calls `endpoint`, with `name` in its path when it has one.
+    async fn call_at<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        name: Option<&str>,
+        query: &[(&str, &str)],
+        body: Option<&impl Serialize>,
+    ) -> Result<T, Error> {
         let method = endpoint.method();
-        let url = format!("{}{}", self.base, endpoint.path());
+        let url = self.url(endpoint, name)?;
         let verb = match method {
             "POST" => reqwest::Method::POST,
             "PUT" => reqwest::Method::PUT,
+            "DELETE" => reqwest::Method::DELETE,
             _ => reqwest::Method::GET,
         };
         let mut request = self
             .http
-            .request(verb, &url)
+            .request(verb, url.as_str())
             .header(AUTHORIZATION, self.auth.clone())
             .query(query);
         if let Some(body) = body {
             request = request.json(body);
         }
+        let url = url.to_string();
         let unreachable = |source| Error::Unreachable {
             method,
             url: url.clone(),
@@ -223,11 +244,63 @@ impl Client {
             }),
         }
     }
+
+    /// The URL of `endpoint`, its `{name}` (the last segment of a path
+    /// that has one) filled with `name` as one percent-encoded segment;
+    /// the daemon refuses a name that needs encoding.
+    fn url(&self, endpoint: Endpoint, name: Option<&str>) -> Result<reqwest::Url, Error> {
+        let setup = |source: Box<dyn std::error::Error + Send + Sync>| Error::Setup {
+            url: self.base.clone(),
+            source,
+        };
+        let path = endpoint.path();
+        let (path, named) = match path.strip_suffix("{name}") {
+            Some(prefix) => (prefix, true),
+            None => (path, false),
+        };
+        let mut url =
+            reqwest::Url::parse(&format!("{}{path}", self.base)).map_err(|e| setup(Box::new(e)))?;
+        if let (true, Some(name)) = (named, name) {
+            url.path_segments_mut()
+                .map_err(|()| setup("the base URL cannot take a path".into()))?
+                .pop_if_empty()
+                .push(name);
+        }
+        Ok(url)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn client(base: &str) -> Client {
+        let fingerprint = Fingerprint::of_der(b"test");
+        Client::new(base, fingerprint, &Secret::new("token")).unwrap()
+    }
+
+    #[test]
+    fn urls_carry_a_name_as_one_segment() {
+        let c = client("https://10.0.12.1:44443/");
+        let url = |e, n| c.url(e, n).unwrap().to_string();
+        assert_eq!(
+            url(Endpoint::Status, None),
+            "https://10.0.12.1:44443/v1/status"
+        );
+        assert_eq!(
+            url(Endpoint::DeleteSubtree, Some("hv-subtree")),
+            "https://10.0.12.1:44443/v1/subtree/hv-subtree"
+        );
+        // Never a path of its own: the daemon sees one (refused) segment.
+        assert_eq!(
+            url(Endpoint::DeleteSubtree, Some("../x")),
+            "https://10.0.12.1:44443/v1/subtree/..%2Fx"
+        );
+        assert!(matches!(
+            client("not a url").url(Endpoint::Status, None),
+            Err(Error::Setup { .. })
+        ));
+    }
 
     #[test]
     fn errors_tell_their_http_status() {

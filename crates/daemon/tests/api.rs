@@ -169,6 +169,8 @@ async fn auth_matrix_over_tls() {
     for (method, path) in [
         (Method::POST, "/v1/reconcile"),
         (Method::PUT, "/v1/subtree"),
+        // After the PUT above: `child` is held.
+        (Method::DELETE, "/v1/subtree/child"),
     ] {
         rows.push(row(method.clone(), path, "none", None, 401, Some("E300")));
         rows.push(row(

@@ -146,7 +146,7 @@ pub struct Call {
 /// is set, waits for shutdown and reports the reconcile interrupted. It
 /// records its runs in its (in-memory) store as the real engine does.
 /// When `gated`, each run waits for a permit of `gate` once it is
-/// called.
+/// called; `fail_destroy` makes destroy runs fail.
 pub struct FakeEngine {
     pub store: Arc<dyn Store>,
     pub calls: Mutex<Vec<Call>>,
@@ -158,6 +158,7 @@ pub struct FakeEngine {
     pub panic_next: AtomicBool,
     pub gated: AtomicBool,
     pub gate: tokio::sync::Semaphore,
+    pub fail_destroy: AtomicBool,
 }
 
 impl FakeEngine {
@@ -174,6 +175,7 @@ impl FakeEngine {
                 panic_next: AtomicBool::new(false),
                 gated: AtomicBool::new(false),
                 gate: tokio::sync::Semaphore::new(0),
+                fail_destroy: AtomicBool::new(false),
             }),
             rx,
         )
@@ -242,6 +244,10 @@ impl Engine for FakeEngine {
                     .forget();
             }
             let nodes = request.manifest.nodes().unwrap_or_default().len() as u64;
+            if request.mode == Mode::Destroy && self.fail_destroy.load(Ordering::SeqCst) {
+                let failed = run(Outcome::Failed, 0, nodes, Some("cannot delete a VM"));
+                return Ok(self.finish(&request, failed));
+            }
             if self.hold.load(Ordering::SeqCst) {
                 let mut shutdown = shutdown;
                 shutdown.triggered().await;
