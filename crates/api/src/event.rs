@@ -41,6 +41,10 @@ pub enum Kind {
     ReconcileFinished,
     /// A parent tier handed over a subtree.
     SubtreeAccepted,
+    /// A parent tier asked for a subtree to be destroyed.
+    SubtreeDestroyRequested,
+    /// A destroyed subtree was forgotten.
+    SubtreeForgotten,
     // A run, as the executor drives it.
     /// A step of a node started.
     StepStarted,
@@ -79,6 +83,8 @@ impl Kind {
             Kind::ReconcileSkipped => "reconcile_skipped",
             Kind::ReconcileFinished => "reconcile_finished",
             Kind::SubtreeAccepted => "subtree_accepted",
+            Kind::SubtreeDestroyRequested => "subtree_destroy_requested",
+            Kind::SubtreeForgotten => "subtree_forgotten",
             Kind::StepStarted => "step_started",
             Kind::StepRequeued => "step_requeued",
             Kind::StepDone => "step_done",

@@ -9,10 +9,18 @@
 //! | `GET /metrics` | read | Prometheus text |
 //! | `POST /v1/reconcile[?manifest=NAME]` | write | [`ReconcileResponse`] (202) |
 //! | `PUT /v1/subtree` | write | [`SubtreeRequest`] → [`SubtreeResponse`] (202) |
+//! | `DELETE /v1/subtree/{name}` | write | [`SubtreeDeleteResponse`] (202) |
 //!
 //! Every endpoint needs `Authorization: Bearer <token>`; errors answer
 //! [`ErrorBody`].
+//!
+//! A parent follows its requests by generation: `PUT` and `DELETE` of a
+//! subtree answer the manifest's new [`ManifestRecord::generation`] G; the
+//! run that saw the request is the first whose
+//! [`crate::LastReconcile::generation`] is at least G. A destroyed subtree
+//! is forgotten, so `GET /v1/status?manifest=NAME` then answers 404.
 
+use homestak_base::id::NodeName;
 use homestak_base::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -48,23 +56,34 @@ pub enum Endpoint {
     Metrics,
     Reconcile,
     Subtree,
+    /// `DELETE /v1/subtree/{name}`.
+    DeleteSubtree,
 }
 
 impl Endpoint {
     /// Every endpoint.
-    pub const ALL: [Endpoint; 5] = [
+    pub const ALL: [Endpoint; 6] = [
         Endpoint::Status,
         Endpoint::Events,
         Endpoint::Metrics,
         Endpoint::Reconcile,
         Endpoint::Subtree,
+        Endpoint::DeleteSubtree,
     ];
 
-    /// The endpoint a path names.
+    /// The endpoint a path (no query, no trailing `/`) names, whatever
+    /// the method: a wrong method is then told so (405), not sent away.
     pub fn of(path: &str) -> Option<Endpoint> {
-        Endpoint::ALL.into_iter().find(|e| e.path() == path)
+        Endpoint::ALL.into_iter().find(|e| {
+            if e.path().contains('{') {
+                e.name_in(path).is_some()
+            } else {
+                e.path() == path
+            }
+        })
     }
 
+    /// The path, as a template when it carries a name (`{name}`).
     pub fn path(self) -> &'static str {
         match self {
             Endpoint::Status => "/v1/status",
@@ -72,7 +91,17 @@ impl Endpoint {
             Endpoint::Metrics => "/metrics",
             Endpoint::Reconcile => "/v1/reconcile",
             Endpoint::Subtree => "/v1/subtree",
+            Endpoint::DeleteSubtree => "/v1/subtree/{name}",
         }
+    }
+
+    /// The `{name}` segment of `path`, verbatim (not decoded), when this
+    /// endpoint's path has one and `path` is that path. Check it with
+    /// [`is_manifest_name`] before use.
+    pub fn name_in(self, path: &str) -> Option<&str> {
+        let (before, after) = self.path().split_once("{name}")?;
+        let name = path.strip_prefix(before)?.strip_suffix(after)?;
+        (!name.is_empty() && !name.contains('/')).then_some(name)
     }
 
     /// The method it answers (GET endpoints also answer HEAD).
@@ -81,6 +110,7 @@ impl Endpoint {
             Endpoint::Status | Endpoint::Events | Endpoint::Metrics => "GET",
             Endpoint::Reconcile => "POST",
             Endpoint::Subtree => "PUT",
+            Endpoint::DeleteSubtree => "DELETE",
         }
     }
 
@@ -88,7 +118,7 @@ impl Endpoint {
     pub fn scope(self) -> Scope {
         match self {
             Endpoint::Status | Endpoint::Events | Endpoint::Metrics => Scope::Read,
-            Endpoint::Reconcile | Endpoint::Subtree => Scope::Write,
+            Endpoint::Reconcile | Endpoint::Subtree | Endpoint::DeleteSubtree => Scope::Write,
         }
     }
 
@@ -100,8 +130,25 @@ impl Endpoint {
             Endpoint::Metrics => "metrics",
             Endpoint::Reconcile => "v1_reconcile",
             Endpoint::Subtree => "v1_subtree",
+            Endpoint::DeleteSubtree => "v1_subtree_delete",
         }
     }
+
+    /// True for the endpoints that queue work and answer 202.
+    pub fn accepts(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Reconcile | Endpoint::Subtree | Endpoint::DeleteSubtree
+        )
+    }
+}
+
+/// Whether `name` can name a delegated manifest, in a path
+/// (`/v1/subtree/{name}`) as in a [`SubtreeRequest`]: a node name's rules
+/// (letters, digits, `-`, `.`), which a parent's subtree names
+/// (`NODE-subtree`) follow. Such a name needs no escaping anywhere.
+pub fn is_manifest_name(name: &str) -> bool {
+    NodeName::new(name).is_ok()
 }
 
 /// Where a managed manifest comes from.
@@ -159,6 +206,10 @@ pub struct ManifestStatus {
     pub in_sync: Option<bool>,
     #[serde(flatten)]
     pub record: ManifestRecord,
+    /// A delegated manifest being destroyed (`DELETE /v1/subtree/{name}`):
+    /// its runs remove its VMs; once one converges it is forgotten.
+    #[serde(default)]
+    pub destroying: bool,
     /// The drift report.
     pub status: Option<Status>,
     /// Why there is no report.
@@ -202,6 +253,23 @@ pub struct SubtreeResponse {
     /// `subtree:<digest>` of the manifest.
     pub revision: String,
     pub queued: bool,
+    /// The manifest's generation after this request: the run that applies
+    /// it records a `last_reconcile.generation` at least this.
+    pub generation: u64,
+}
+
+/// The answer to `DELETE /v1/subtree/{name}`: the subtree is marked for
+/// destruction and a destroy run is queued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtreeDeleteResponse {
+    /// The manifest's name.
+    pub name: String,
+    /// The manifest's generation after this request. The destroy is done
+    /// when its status answers 404; a run with `last_reconcile.generation`
+    /// at least this that ended otherwise (`failed`, `interrupted`) left
+    /// the subtree in place, still being destroyed.
+    pub generation: u64,
+    pub queued: bool,
 }
 
 /// Every error answer: `{"error": {"code": "E…", "message": "…"}}`.
@@ -233,6 +301,71 @@ mod tests {
         assert_eq!(Endpoint::Subtree.method(), "PUT");
         assert_eq!(Endpoint::Subtree.scope(), Scope::Write);
         assert_eq!(Endpoint::Metrics.scope(), Scope::Read);
+        assert_eq!(Endpoint::DeleteSubtree.method(), "DELETE");
+        assert_eq!(Endpoint::DeleteSubtree.scope(), Scope::Write);
+        let labels: std::collections::HashSet<_> =
+            Endpoint::ALL.iter().map(|e| e.label()).collect();
+        assert_eq!(labels.len(), Endpoint::ALL.len(), "one label per endpoint");
+    }
+
+    #[test]
+    fn a_subtree_is_deleted_by_its_name_in_the_path() {
+        let path = "/v1/subtree/hv-subtree";
+        assert_eq!(Endpoint::of(path), Some(Endpoint::DeleteSubtree));
+        assert_eq!(Endpoint::DeleteSubtree.name_in(path), Some("hv-subtree"));
+        // PUT keeps its own path.
+        assert_eq!(Endpoint::of("/v1/subtree"), Some(Endpoint::Subtree));
+        assert_eq!(Endpoint::DeleteSubtree.name_in("/v1/subtree"), None);
+        assert_eq!(Endpoint::Subtree.name_in(path), None);
+        // One segment, not empty; anything else is no endpoint of the API.
+        for path in [
+            "/v1/subtree/",
+            "/v1/subtree/a/b",
+            "/v1/subtreex",
+            "/v1/subtree//",
+        ] {
+            assert_eq!(Endpoint::of(path), None, "{path}");
+        }
+        // The segment is not decoded; the name check refuses what is not
+        // a plain name.
+        let odd = "/v1/subtree/%2e%2e";
+        assert_eq!(Endpoint::of(odd), Some(Endpoint::DeleteSubtree));
+        assert!(!is_manifest_name(
+            Endpoint::DeleteSubtree.name_in(odd).unwrap()
+        ));
+        assert!(is_manifest_name("hv-subtree"));
+        for bad in ["", "..", ".hidden", "a b", "a/b", "-a", "x%2F"] {
+            assert!(!is_manifest_name(bad), "{bad:?}");
+        }
+        assert!(Endpoint::DeleteSubtree.accepts() && !Endpoint::Status.accepts());
+    }
+
+    #[test]
+    fn subtree_answers_carry_generations() {
+        let put = SubtreeResponse {
+            accepted: "child".into(),
+            host: "pve".into(),
+            revision: "subtree:1".into(),
+            queued: true,
+            generation: 3,
+        };
+        let json = serde_json::to_value(&put).unwrap();
+        assert_eq!(json["generation"], 3);
+        assert_eq!(
+            serde_json::from_value::<SubtreeResponse>(json).unwrap(),
+            put
+        );
+
+        let delete: SubtreeDeleteResponse =
+            serde_json::from_str(r#"{"name": "child", "generation": 4, "queued": true}"#).unwrap();
+        assert_eq!(
+            delete,
+            SubtreeDeleteResponse {
+                name: "child".into(),
+                generation: 4,
+                queued: true
+            }
+        );
     }
 
     #[test]
@@ -253,6 +386,7 @@ mod tests {
                 }),
                 last_reconcile: None,
             },
+            destroying: true,
             status: None,
             error: Some("cannot observe".into()),
         };
@@ -263,10 +397,18 @@ mod tests {
         assert_eq!(json["drift"], "report");
         assert_eq!(json["origin"], "git");
         assert_eq!(json["generation"], 2);
+        assert_eq!(json["destroying"], true);
         assert_eq!(
-            serde_json::from_value::<ManifestStatus>(json).unwrap(),
+            serde_json::from_value::<ManifestStatus>(json.clone()).unwrap(),
             status
         );
+        // From a daemon that predates generations and destroys.
+        let mut old = json;
+        let map = old.as_object_mut().unwrap();
+        map.remove("generation");
+        map.remove("destroying");
+        let read = serde_json::from_value::<ManifestStatus>(old).unwrap();
+        assert_eq!((read.record.generation, read.destroying), (0, false));
     }
 
     #[test]

@@ -145,6 +145,8 @@ pub struct Call {
 /// An engine that records calls and converges at once, or, when `hold`
 /// is set, waits for shutdown and reports the reconcile interrupted. It
 /// records its runs in its (in-memory) store as the real engine does.
+/// When `gated`, each run waits for a permit of `gate` once it is
+/// called; `fail_destroy` makes destroy runs fail.
 pub struct FakeEngine {
     pub store: Arc<dyn Store>,
     pub calls: Mutex<Vec<Call>>,
@@ -154,6 +156,9 @@ pub struct FakeEngine {
     pub interrupted_seen: AtomicBool,
     /// Panic in the next reconcile (once).
     pub panic_next: AtomicBool,
+    pub gated: AtomicBool,
+    pub gate: tokio::sync::Semaphore,
+    pub fail_destroy: AtomicBool,
 }
 
 impl FakeEngine {
@@ -168,6 +173,9 @@ impl FakeEngine {
                 drifted: AtomicU64::new(0),
                 interrupted_seen: AtomicBool::new(false),
                 panic_next: AtomicBool::new(false),
+                gated: AtomicBool::new(false),
+                gate: tokio::sync::Semaphore::new(0),
+                fail_destroy: AtomicBool::new(false),
             }),
             rx,
         )
@@ -228,7 +236,18 @@ impl Engine for FakeEngine {
             if self.panic_next.swap(false, Ordering::SeqCst) {
                 panic!("fake engine: deliberate panic");
             }
+            if self.gated.load(Ordering::SeqCst) {
+                self.gate
+                    .acquire()
+                    .await
+                    .expect("the gate is open")
+                    .forget();
+            }
             let nodes = request.manifest.nodes().unwrap_or_default().len() as u64;
+            if request.mode == Mode::Destroy && self.fail_destroy.load(Ordering::SeqCst) {
+                let failed = run(Outcome::Failed, 0, nodes, Some("cannot delete a VM"));
+                return Ok(self.finish(&request, failed));
+            }
             if self.hold.load(Ordering::SeqCst) {
                 let mut shutdown = shutdown;
                 shutdown.triggered().await;
