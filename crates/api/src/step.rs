@@ -156,10 +156,7 @@ mod tests {
         let unknown: StepName = serde_json::from_str(r#""install_pve""#).unwrap();
         assert_eq!(unknown, StepName::Unknown("install_pve".into()));
         assert_eq!(unknown.step(), None);
-        assert_eq!(
-            serde_json::to_string(&unknown).unwrap(),
-            r#""install_pve""#
-        );
+        assert_eq!(serde_json::to_string(&unknown).unwrap(), r#""install_pve""#);
         assert_eq!(StepName::default().step(), None);
     }
 }

@@ -277,6 +277,7 @@ impl Engine for FakeEngine {
                 .map(|i| NodeStatus {
                     node: homestak_core::model::NodeName::new(format!("vm{i}")).unwrap(),
                     parent: None,
+                    tier: Some(request.host.clone()),
                     vmid: None,
                     ip: None,
                     power: None,

@@ -110,7 +110,7 @@ impl Controller for TierController {
         match node.action {
             Action::Delete => steps.insert(0, destroy_first),
             Action::Conflict => {}
-            _ if node.blocked.is_some() => {}
+            _ if node.blocked.is_some() || !self.vm.desired.contains_key(&node.node) => {}
             action => {
                 if action == Action::Replace {
                     steps.insert(0, destroy_first);

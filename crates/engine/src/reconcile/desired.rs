@@ -48,7 +48,7 @@ pub enum Error {
     Subtree {
         node: String,
         #[source]
-        source: homestak_core::graph::Error,
+        source: Box<homestak_core::graph::Error>,
     },
     #[error("VM {node}: its resolved vmid cannot be used; fix vmid_base or vmid in the env file")]
     VmId {
@@ -121,7 +121,10 @@ pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Err
         if !has_children.is_empty() {
             let wrap = |node: &NodeName| {
                 let node = node.to_string();
-                move |source| Error::Subtree { node, source }
+                move |source| Error::Subtree {
+                    node,
+                    source: Box::new(source),
+                }
             };
             let graph = ManifestGraph::new(manifest).map_err(wrap(has_children[0]))?;
             for name in has_children {

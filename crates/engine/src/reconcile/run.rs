@@ -351,7 +351,7 @@ impl Engine {
                 .filter(|s| !matches!(s, NodeState::Converged | NodeState::Unchanged))
                 .count() as u64;
             run.summary = summarize(&report);
-            run.message = (!report.success()).then(|| run.summary.clone());
+            run.message = (!report.success()).then(|| why_not(&report, &run.summary));
             run.report = Some(report);
         }
         run.duration = clock.elapsed();
@@ -466,6 +466,24 @@ pub fn record_run(
             record.last_reconcile = Some(last.clone());
         })
         .map(|_| ())
+}
+
+/// Why a run did not converge: its summary and each failed node's error
+/// (a parent tier shows this for its child).
+fn why_not(report: &Report, summary: &str) -> String {
+    let failed: Vec<String> = report
+        .nodes
+        .iter()
+        .filter_map(|(node, state)| match state {
+            NodeState::Failed(why) => Some(format!("{node}: {why}")),
+            _ => None,
+        })
+        .collect();
+    if failed.is_empty() {
+        summary.to_string()
+    } else {
+        format!("{summary} ({})", failed.join("; "))
+    }
 }
 
 /// One line summing up a run, for the store and logs.

@@ -53,10 +53,7 @@ pub fn report(planned: &Planned, records: &HashMap<NodeName, NodeRecord>) -> Sta
         });
     }
     for d in &planned.tier.delegated {
-        nodes.push(unknown(
-            d,
-            format!("the tier on {} was not asked", d.via),
-        ));
+        nodes.push(unknown(d, format!("the tier on {} was not asked", d.via)));
     }
     Status {
         manifest: planned.plan.manifest.clone(),
@@ -128,10 +125,10 @@ pub fn render_human(status: &Status, style: Style) -> String {
     walk(status, None, "", &mut shown, &mut rows, &mut details, 0);
     // Rows whose parent is not in the report (a child's answer out of
     // step): shown at the top level rather than lost.
-    for i in 0..status.nodes.len() {
-        if !shown[i] {
-            shown[i] = true;
-            push_row(&mut rows, &mut details, &status.nodes[i], "");
+    for (node, seen) in status.nodes.iter().zip(shown.iter_mut()) {
+        if !*seen {
+            *seen = true;
+            push_row(&mut rows, &mut details, node, "");
         }
     }
     let header = ["NODE", "VMID", "IP", "POWER", "STATUS", "TIER"];
@@ -222,7 +219,15 @@ fn walk(
         };
         let node = &status.nodes[i];
         push_row(rows, details, node, &glyph);
-        walk(status, Some(&node.node), &next, shown, rows, details, depth + 1);
+        walk(
+            status,
+            Some(&node.node),
+            &next,
+            shown,
+            rows,
+            details,
+            depth + 1,
+        );
     }
 }
 

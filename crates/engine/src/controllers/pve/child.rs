@@ -97,10 +97,7 @@ pub async fn child_status(store: &dyn Store, manifest: &str, node: &NodeName) ->
         Ok(None) => ChildStatus::Unknown(format!(
             "the tier on {node} does not hold subtree {name}; `homestak reconcile --once` hands it over"
         )),
-        Err(e) => ChildStatus::Unknown(format!(
-            "the tier on {node} is unreachable: {}",
-            chain(&e)
-        )),
+        Err(e) => ChildStatus::Unknown(format!("the tier on {node} is unreachable: {}", chain(&e))),
     }
 }
 
@@ -141,7 +138,9 @@ impl Lifecycle {
             ];
             let site = match marker(&*s, user, inner::SITE_MARK).await {
                 Ok(text) => text,
-                Err(e) => return super::host::ssh_failed(&e, "read the inner site-config's marker"),
+                Err(e) => {
+                    return super::host::ssh_failed(&e, "read the inner site-config's marker");
+                }
             };
             // The site-config is read at start: a new one restarts the daemon.
             let id = format!("{} {site}", inner::identity(&files));
@@ -168,7 +167,12 @@ impl Lifecycle {
             }
         }
         // Wait until it answers with the parent's token.
-        let ready = match root(&*s, user, &format!("if test -f {0}; then cat {0}; fi", inner::READY)).await
+        let ready = match root(
+            &*s,
+            user,
+            &format!("test -f {0} && cat {0} || true", inner::READY),
+        )
+        .await
         {
             Ok(text) => serde_json::from_str::<ReadyInfo>(&text).ok(),
             Err(e) => return super::host::ssh_failed(&e, "read the child daemon's ready file"),
@@ -237,7 +241,9 @@ impl Lifecycle {
                         };
                         match client.put_subtree(&request).await {
                             Ok(answer) => answer.generation,
-                            Err(e) => return self.unreachable(node, m, &e, "hand over the subtree"),
+                            Err(e) => {
+                                return self.unreachable(node, m, &e, "hand over the subtree");
+                            }
                         }
                     }
                 };
@@ -255,6 +261,7 @@ impl Lifecycle {
         };
         match client.manifest_status(&name, false).await {
             Ok(Some(ms)) => {
+                tracing::debug!(node = %node.node, generation, record = ?ms.record, "following the child");
                 if let Some(last) = ms.record.last_reconcile
                     && last.generation >= generation
                     && last.outcome != RunEnd::Interrupted
@@ -295,13 +302,23 @@ impl Lifecycle {
 
     /// A call to the child failed: wait for it (it restarts) until the
     /// delegation's timeout.
-    fn unreachable(&self, node: &NodePlan, m: &mut Memory, err: &ClientError, what: &str) -> Outcome {
+    fn unreachable(
+        &self,
+        node: &NodePlan,
+        m: &mut Memory,
+        err: &ClientError,
+        what: &str,
+    ) -> Outcome {
         let refused = matches!(err, ClientError::Refused { .. } | ClientError::Setup { .. });
         if !refused && !m.expired(self.timeouts.subtree_delegation) {
             return StepOutcome::Requeue(m.next_poll(self));
         }
         m.reset_wait();
-        refuse(format!("{what} to the tier on {}: {}", node.node, chain(err)))
+        refuse(format!(
+            "{what} to the tier on {}: {}",
+            node.node,
+            chain(err)
+        ))
     }
 
     /// `destroy_subtree`: asks the child to destroy what it converged and

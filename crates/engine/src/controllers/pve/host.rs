@@ -68,11 +68,7 @@ fn binary_id(path: &std::path::Path) -> Result<String, std::io::Error> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
-    let id = format!(
-        "{} {} {modified}",
-        env!("CARGO_PKG_VERSION"),
-        meta.len()
-    );
+    let id = format!("{} {} {modified}", env!("CARGO_PKG_VERSION"), meta.len());
     if let Ok(mut known) = cache.lock() {
         known.push((path.to_path_buf(), id.clone()));
     }
@@ -157,19 +153,30 @@ impl Lifecycle {
             }
             Err(err) => {
                 m.reset_wait();
-                Err(refuse(format!("SSH to the inner host {ip}: {}", chain(&err))))
+                Err(refuse(format!(
+                    "SSH to the inner host {ip}: {}",
+                    chain(&err)
+                )))
             }
         }
     }
 }
 
 /// Runs `line` as root; its stdout.
-pub(super) async fn root(session: &dyn ssh::Session, user: &str, line: &str) -> Result<String, ssh::Error> {
+pub(super) async fn root(
+    session: &dyn ssh::Session,
+    user: &str,
+    line: &str,
+) -> Result<String, ssh::Error> {
     Ok(session.exec_ok(&as_root(user, line)).await?.stdout_text())
 }
 
 /// Installs `files` (staged, then moved into place as root).
-pub(super) async fn install(session: &dyn ssh::Session, user: &str, files: &[File]) -> Result<(), ssh::Error> {
+pub(super) async fn install(
+    session: &dyn ssh::Session,
+    user: &str,
+    files: &[File],
+) -> Result<(), ssh::Error> {
     {
         session
             .exec_ok(&Command::shell(format!("mkdir -p {STAGE}")))
@@ -179,7 +186,11 @@ pub(super) async fn install(session: &dyn ssh::Session, user: &str, files: &[Fil
         for (i, file) in files.iter().enumerate() {
             let staged = format!("{STAGE}/{i}");
             session
-                .upload(&Upload::bytes(file.bytes.clone(), staged.clone(), file.mode))
+                .upload(&Upload::bytes(
+                    file.bytes.clone(),
+                    staged.clone(),
+                    file.mode,
+                ))
                 .await?;
             if let Some((dir, _)) = file.path.rsplit_once('/')
                 && !dir.is_empty()
@@ -203,15 +214,23 @@ pub(super) async fn install(session: &dyn ssh::Session, user: &str, files: &[Fil
 }
 
 /// Reads a marker file (empty when absent).
-pub(super) async fn marker(session: &dyn ssh::Session, user: &str, path: &str) -> Result<String, ssh::Error> {
-    let line = format!("if test -f {path}; then cat {path}; fi");
+pub(super) async fn marker(
+    session: &dyn ssh::Session,
+    user: &str,
+    path: &str,
+) -> Result<String, ssh::Error> {
+    let line = format!("test -f {path} && cat {path} || true");
     Ok(root(session, user, &line).await?.trim().to_string())
 }
 
 impl Lifecycle {
-
     /// `wait_ssh`: the inner host answers SSH and takes our key.
-    pub(super) async fn wait_ssh(&self, want: &DesiredVm, vm: &vm::Memory, m: &mut Memory) -> Outcome {
+    pub(super) async fn wait_ssh(
+        &self,
+        want: &DesiredVm,
+        vm: &vm::Memory,
+        m: &mut Memory,
+    ) -> Outcome {
         match self.connect(want, vm, m).await {
             Ok(_) => StepOutcome::Done,
             Err(o) => o,
@@ -272,7 +291,7 @@ impl Lifecycle {
                 return ssh_failed(&e, "install homestak on the inner host");
             }
         }
-        let line = format!("if test -f {0}.pub; then cat {0}.pub; fi", inner::CHILD_KEY);
+        let line = format!("test -f {0}.pub && cat {0}.pub || true", inner::CHILD_KEY);
         match root(&*s, user, &line).await {
             Ok(text) if !text.trim().is_empty() => {}
             Ok(_) => {
@@ -288,8 +307,8 @@ impl Lifecycle {
     /// A fresh key pair for the child tier, made here and installed there
     /// (the host may have no `ssh-keygen`); the private half is not kept.
     async fn make_child_key(&self, s: &dyn ssh::Session, user: &str) -> Result<(), Outcome> {
-        let dir = tempfile::tempdir()
-            .map_err(|e| refuse(format!("make a temporary directory: {e}")))?;
+        let dir =
+            tempfile::tempdir().map_err(|e| refuse(format!("make a temporary directory: {e}")))?;
         let path = dir.path().join("id_ed25519");
         let identity = ssh::Identity::generate_to(&path)
             .map_err(|e| refuse(format!("make the child's SSH key: {}", chain(&e))))?;
@@ -307,7 +326,7 @@ impl Lifecycle {
                 mode: 0o644,
             },
         ];
-        install(&*s, user, &files)
+        install(s, user, &files)
             .await
             .map_err(|e| ssh_failed(&e, "install the child's SSH key"))
     }
@@ -335,7 +354,6 @@ impl Lifecycle {
         m.pve_node = Some(name.clone());
         Ok(name)
     }
-
 }
 
 /// `pvesh get PATH --output-format json`, parsed.
@@ -351,7 +369,6 @@ async fn pvesh_get(s: &dyn ssh::Session, user: &str, path: &str) -> Result<Value
 }
 
 impl Lifecycle {
-
     /// `configure_bridge`: the site's bridge exists on the inner host.
     pub(super) async fn configure_bridge(
         &self,
@@ -393,7 +410,10 @@ impl Lifecycle {
         );
         match root(&*s, user, &line).await {
             Ok(_) => StepOutcome::Done,
-            Err(e) => ssh_failed(&e, &format!("create bridge {} on the inner host", self.bridge)),
+            Err(e) => ssh_failed(
+                &e,
+                &format!("create bridge {} on the inner host", self.bridge),
+            ),
         }
     }
 
@@ -415,7 +435,13 @@ impl Lifecycle {
             Ok(d) => d,
             Err(o) => return o,
         };
-        let listing = match root(&*s, user, "pveum user token list root@pam --output-format json").await {
+        let listing = match root(
+            &*s,
+            user,
+            "pveum user token list root@pam --output-format json",
+        )
+        .await
+        {
             Ok(text) => text,
             Err(_) if !m.expired(self.timeouts.bootstrap) => {
                 return StepOutcome::Requeue(m.next_poll(self));
@@ -444,9 +470,8 @@ impl Lifecycle {
             Ok(text) => text,
             Err(e) => return ssh_failed(&e, "create the inner host's API token"),
         };
-        let parsed: Option<(String, String)> = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| {
+        let parsed: Option<(String, String)> =
+            serde_json::from_str::<Value>(&text).ok().and_then(|v| {
                 Some((
                     v.get("full-tokenid")?.as_str()?.to_string(),
                     v.get("value")?.as_str()?.to_string(),
@@ -614,8 +639,14 @@ mod tests {
             {"storage": "local-lvm", "content": "images,rootdir"},
             {"storage": "local-zfs", "content": "rootdir,images"},
         ]);
-        assert_eq!(pick_datastore(&storages, "local-zfs").as_deref(), Some("local-zfs"));
-        assert_eq!(pick_datastore(&storages, "nfs").as_deref(), Some("local-lvm"));
+        assert_eq!(
+            pick_datastore(&storages, "local-zfs").as_deref(),
+            Some("local-zfs")
+        );
+        assert_eq!(
+            pick_datastore(&storages, "nfs").as_deref(),
+            Some("local-lvm")
+        );
         assert_eq!(pick_datastore(&serde_json::json!([]), "x"), None);
     }
 

@@ -134,7 +134,9 @@ pub fn site_files(
     Ok(files)
 }
 
-fn paths<T>(catalog: &homestak_core::site::loader::Catalog<T>) -> Vec<(String, std::path::PathBuf)> {
+fn paths<T>(
+    catalog: &homestak_core::site::loader::Catalog<T>,
+) -> Vec<(String, std::path::PathBuf)> {
     catalog
         .names()
         .into_iter()
@@ -155,7 +157,12 @@ fn secrets(site: &Site, host: &str, token: &Secret, child_key: &str, parent: &st
     for (name, key) in all.ssh_keys.iter() {
         let _ = writeln!(out, "  {}: {}", scalar(name), scalar(key));
     }
-    let _ = writeln!(out, "  {}: {}", scalar(&format!("homestak-{host}")), scalar(child_key));
+    let _ = writeln!(
+        out,
+        "  {}: {}",
+        scalar(&format!("homestak-{host}")),
+        scalar(child_key)
+    );
     if let Some(root) = all.vm_root_password() {
         let _ = write!(out, "passwords:\n  vm_root: {}\n", scalar(root.expose()));
     }
@@ -286,7 +293,11 @@ mod tests {
         // The child reads back what was written.
         let inner = tempfile::tempdir().unwrap();
         for f in &files {
-            let rel = f.path.strip_prefix(SITE_DIR).unwrap().trim_start_matches('/');
+            let rel = f
+                .path
+                .strip_prefix(SITE_DIR)
+                .unwrap()
+                .trim_start_matches('/');
             let path = inner.path().join(rel);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, &f.bytes).unwrap();

@@ -19,7 +19,7 @@ use homestak_sim::{self as sim, Handle, Simulator, TierView};
 
 use super::case::{
     ApplyStep, CancelAfter, Case, NodeStatus, OneOrMany, Outcome, PlanStep, RequestsStep,
-    SimAction, StatusStep, Step,
+    StatusStep, Step,
 };
 use super::check::{self, Diffs, per_node};
 use super::control::Control;
@@ -120,32 +120,22 @@ pub async fn run(dir: &Path, template: &Path) -> anyhow::Result<Passed> {
     })
 }
 
-/// The vmid of the one VM named `name` on `tier`.
-fn vmid_named(tier: &TierView, name: &str) -> anyhow::Result<u32> {
-    let ids: Vec<u32> = tier
-        .world()
-        .vms
-        .values()
-        .filter(|v| v.config.get("name").map(String::as_str) == Some(name))
-        .map(|v| v.vmid)
-        .collect();
-    match ids.as_slice() {
-        [id] => Ok(*id),
-        [] => bail!("no VM is named {name:?} on that tier"),
-        many => bail!("{} VMs are named {name:?}: {many:?}", many.len()),
-    }
-}
-
 /// The homestak binary `pve` nodes install on inner hosts: the one built
 /// beside this test (`cargo test --workspace` builds it), or
 /// `HOMESTAK_BIN`.
+/// Never this test executable: a missing binary fails `bootstrap_host`
+/// with a path that says what to do.
 pub fn homestak_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("HOMESTAK_BIN") {
         return Some(PathBuf::from(path));
     }
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("homestak");
-    path.is_file().then_some(path)
+    let built = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("homestak")))
+        .filter(|p| p.is_file());
+    Some(built.unwrap_or_else(|| {
+        PathBuf::from("target/debug/homestak (run `cargo build -p homestak` first)")
+    }))
 }
 
 /// Copies `from` into `to`, merging directories and replacing files.
@@ -198,6 +188,8 @@ fn options(
         executor.max_attempts = n;
     }
     reconcile::Options {
+        timeouts: Default::default(),
+        daemon_port: homestak_engine::controllers::pve::DAEMON_PORT,
         allow_replace,
         prune,
         verify_ssh: None,
@@ -385,11 +377,6 @@ impl Ctx {
                     tiers.extend(tier.world().vms.keys().filter_map(|id| tier.nested(*id)));
                 }
                 Ok(())
-            }
-            Step::Sim(SimAction::DeleteVmIn(nested)) => {
-                let tier = self.tier(&nested.tier)?;
-                let vmid = vmid_named(&tier, &nested.vm)?;
-                tier.delete_vm(vmid).map_err(|e| anyhow!(e))
             }
             Step::Sim(action) => self.control.apply(&self.handle, action).await,
             Step::DeleteStore => {
@@ -681,16 +668,8 @@ impl Ctx {
         differences(diffs)
     }
 
-    /// The nested tier below the `pve` VMs named in `path`.
     fn tier(&self, path: &[String]) -> anyhow::Result<TierView> {
-        let mut tier = self.handle.view();
-        for name in path {
-            let vmid = vmid_named(&tier, name)?;
-            tier = tier
-                .nested(vmid)
-                .ok_or_else(|| anyhow!("VM {name:?} (vmid {vmid}) runs no nested PVE tier"))?;
-        }
-        Ok(tier)
+        super::control::tier(&self.handle, path)
     }
 
     fn requests(&mut self, step: &RequestsStep) -> anyhow::Result<()> {
