@@ -30,7 +30,7 @@ struct Tier {
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
-/// A daemon whose startup run (of the git-managed `demo`) is done.
+/// A daemon whose startup run (of the git-managed `demo`) is over.
 async fn tier() -> Tier {
     let site = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
@@ -38,6 +38,15 @@ async fn tier() -> Tier {
     let (engine, mut calls) = FakeEngine::new();
     let d = start(config(site.path(), state.path()), engine.clone()).await;
     assert_eq!(next_call(&mut calls).await.manifest, "demo");
+    // Over, not only called: a test may gate the runs that follow.
+    eventually("demo's startup run on record", || {
+        engine
+            .store
+            .get_manifest("demo")
+            .unwrap()
+            .is_some_and(|r| r.last_reconcile.is_some())
+    })
+    .await;
     let writer = Client::new(&d.url, d.fingerprint, &Secret::new(WRITE_TOKEN)).unwrap();
     let reader = Client::new(&d.url, d.fingerprint, &Secret::new(READ_TOKEN)).unwrap();
     Tier {
@@ -305,8 +314,10 @@ async fn a_restarted_daemon_resumes_a_pending_destroy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_during_a_destroy_run_is_not_forgotten() {
     let mut t = tier().await;
-    t.writer.put_subtree(&subtree("child", "a")).await.unwrap();
+    let first = t.writer.put_subtree(&subtree("child", "a")).await.unwrap();
     next_call(&mut t.calls).await;
+    // Gated only once that run is over (it checks the gate after its call).
+    t.run_at("child", first.generation).await;
     t.engine.gated.store(true, Ordering::SeqCst);
 
     let deleted = t.writer.delete_subtree("child").await.unwrap();
