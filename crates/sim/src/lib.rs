@@ -473,6 +473,25 @@ impl TierView {
         control::remove_vm(&self.shared, vmid)
     }
 
+    /// Kills the main process of service `unit` in VM `vmid` with
+    /// SIGKILL, as a crash would (its `Restart=` then applies).
+    pub fn kill_service(&self, vmid: u32, unit: &str) -> Result<(), String> {
+        let guest = self
+            .shared
+            .guests
+            .get(vmid)
+            .ok_or_else(|| format!("VM {vmid} has not booted"))?;
+        let pid = guest
+            .ctx
+            .units
+            .state(&guest::units::unit_name(unit))
+            .pid
+            .ok_or_else(|| format!("{unit} does not run in VM {vmid}"))?;
+        let pid = i32::try_from(pid).map_err(|_| format!("pid {pid} out of range"))?;
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+            .map_err(|e| format!("kill {unit} (pid {pid}): {e}"))
+    }
+
     /// The nested tier inside this tier's VM `vmid`, while it runs.
     pub fn nested(&self, vmid: u32) -> Option<TierView> {
         let guest = self.shared.guests.get(vmid)?;

@@ -234,6 +234,19 @@ pub struct ApplyStep {
     pub max_attempts: Option<u32>,
     #[serde(default)]
     pub cancel_after: Option<CancelAfter>,
+    /// Kills a child daemon mid-run (a crash; its unit restarts it).
+    #[serde(default)]
+    pub kill_daemon: Option<KillDaemon>,
+}
+
+/// `kill_daemon: {vm: [hv], after: {event, step, count}}`: SIGKILL the
+/// `homestak` service in the VM at the end of `vm` (the `pve` VMs from the
+/// root down) once the event has been seen `count` times.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KillDaemon {
+    pub vm: Vec<String>,
+    pub after: CancelAfter,
 }
 
 /// `status:`

@@ -140,7 +140,7 @@ pub fn tier(handle: &Handle, path: &[String]) -> anyhow::Result<TierView> {
 }
 
 /// The vmid of the one VM named `name` on `tier`.
-fn vmid_named(tier: &TierView, name: &str) -> anyhow::Result<u32> {
+pub fn vmid_named(tier: &TierView, name: &str) -> anyhow::Result<u32> {
     let ids: Vec<u32> = tier
         .world()
         .vms

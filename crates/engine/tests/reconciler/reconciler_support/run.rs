@@ -18,7 +18,7 @@ use homestak_engine::reconcile::{self, Engine, Observer, Planned, Request, Setup
 use homestak_sim::{self as sim, Handle, Simulator, TierView};
 
 use super::case::{
-    ApplyStep, CancelAfter, Case, NodeStatus, OneOrMany, Outcome, PlanStep, RequestsStep,
+    ApplyStep, CancelAfter, Case, KillDaemon, NodeStatus, OneOrMany, Outcome, PlanStep, RequestsStep,
     StatusStep, Step,
 };
 use super::check::{self, Diffs, per_node};
@@ -118,6 +118,16 @@ pub async fn run(dir: &Path, template: &Path) -> anyhow::Result<Passed> {
         steps: case.steps.len(),
         notes,
     })
+}
+
+/// SIGKILLs the child daemon in the VM at the end of `vm`.
+fn kill_daemon(handle: &Handle, vm: &[String]) -> anyhow::Result<()> {
+    let Some((last, above)) = vm.split_last() else {
+        bail!("name the VM: `vm: [hv]`");
+    };
+    let tier = super::control::tier(handle, above)?;
+    let vmid = super::control::vmid_named(&tier, last)?;
+    tier.kill_service(vmid, "homestak").map_err(|e| anyhow!(e))
 }
 
 /// The homestak binary `pve` nodes install on inner hosts: the one built
@@ -293,6 +303,22 @@ struct Watch<'a> {
     cancel_after: Option<&'a CancelAfter>,
     cancel: &'a tokio::sync::Notify,
     seen: std::sync::atomic::AtomicU32,
+    kill: Option<(&'a KillDaemon, &'a Handle)>,
+    kill_seen: std::sync::atomic::AtomicU32,
+    /// Why the kill failed, reported after the run.
+    kill_error: std::sync::Mutex<Option<String>>,
+}
+
+/// Whether `event` is the `count`-th `after` (counted in `seen`).
+fn nth(after: &CancelAfter, event: &Event, seen: &std::sync::atomic::AtomicU32) -> bool {
+    let kind = match event.kind {
+        Kind::StepStarted => "started",
+        Kind::StepRequeued => "requeued",
+        Kind::StepDone => "done",
+        _ => return false,
+    };
+    let Some(name) = event.step else { return false };
+    kind == after.event && name == after.step && seen.fetch_add(1, Ordering::SeqCst) + 1 == after.count
 }
 
 impl Observer for Watch<'_> {
@@ -301,19 +327,15 @@ impl Observer for Watch<'_> {
     }
 
     fn progress(&self, event: &Event) {
-        let Some(after) = self.cancel_after else {
-            return;
-        };
-        let kind = match event.kind {
-            Kind::StepStarted => "started",
-            Kind::StepRequeued => "requeued",
-            Kind::StepDone => "done",
-            _ => return,
-        };
-        let Some(name) = event.step else { return };
-        if kind == after.event
-            && name == after.step
-            && self.seen.fetch_add(1, Ordering::SeqCst) + 1 == after.count
+        if let Some((kill, handle)) = self.kill
+            && nth(&kill.after, event, &self.kill_seen)
+            && let Err(err) = kill_daemon(handle, &kill.vm)
+            && let Ok(mut slot) = self.kill_error.lock()
+        {
+            *slot = Some(format!("{err:#}"));
+        }
+        if let Some(after) = self.cancel_after
+            && nth(after, event, &self.seen)
         {
             self.cancel.notify_one();
         }
@@ -492,11 +514,23 @@ impl Ctx {
             cancel_after: step.cancel_after.as_ref(),
             cancel: &cancel,
             seen: std::sync::atomic::AtomicU32::new(0),
+            kill: step.kill_daemon.as_ref().map(|k| (k, &self.handle)),
+            kill_seen: std::sync::atomic::AtomicU32::new(0),
+            kill_error: std::sync::Mutex::new(None),
         };
         let ran = self
             .engine()?
             .run_once(request, cancel.notified(), &watch)
             .await;
+        if let Some(kill) = &step.kill_daemon {
+            let error = watch.kill_error.lock().ok().and_then(|mut e| e.take());
+            if let Some(error) = error {
+                bail!("kill_daemon: {error}");
+            }
+            if watch.kill_seen.load(Ordering::SeqCst) < kill.after.count {
+                bail!("kill_daemon: the run never reached its event, so nothing was killed");
+            }
+        }
         let run = match (ran, step.expect) {
             (Err(err), Some(Outcome::Error)) => {
                 let message = format!("{:#}", anyhow::Error::from(err));
