@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use super::lifecycle::LifecycleArgs;
 use super::progress::Progress;
 use super::report::RunReport;
 use super::target::{Prepared, Purpose, TargetArgs, prepare};
@@ -52,6 +53,8 @@ pub struct ReconcileArgs {
     /// Do not write report files.
     #[arg(long)]
     pub no_report: bool,
+    #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
 }
 
 /// Arguments of `homestak status`.
@@ -147,7 +150,9 @@ pub async fn reconcile(args: ReconcileArgs, global: &GlobalArgs) -> anyhow::Resu
             "continuous reconciling is the daemon's job: run `homestak serve`, or pass --once"
         );
     }
-    let options = options(args.allow_replace, args.no_prune, args.concurrency);
+    let options =
+        args.lifecycle
+            .options(options(args.allow_replace, args.no_prune, args.concurrency));
     let mut report = RunReport::new("reconcile");
     let run = Run {
         mode: Mode::Apply,

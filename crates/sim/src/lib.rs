@@ -488,8 +488,11 @@ impl TierView {
             .pid
             .ok_or_else(|| format!("{unit} does not run in VM {vmid}"))?;
         let pid = i32::try_from(pid).map_err(|_| format!("pid {pid} out of range"))?;
-        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
-            .map_err(|e| format!("kill {unit} (pid {pid}): {e}"))
+        nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .map_err(|e| format!("kill {unit} (pid {pid}): {e}"))
     }
 
     /// The nested tier inside this tier's VM `vmid`, while it runs.

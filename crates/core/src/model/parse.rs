@@ -12,7 +12,8 @@ use serde_json::{Map, Value};
 
 use super::error::Problem;
 use super::types::{
-    Execution, ExecutionMode, NodeExecution, NodeType, OnError, Pattern, Settings, Version,
+    Execution, ExecutionMode, NodeExecution, NodeType, OnError, Pattern, Settings, Timeouts,
+    Version,
 };
 use super::v1::{self, Level};
 use super::v2::{self, Node};
@@ -68,6 +69,7 @@ const SETTINGS_FIELDS: &[&str] = &[
     "cleanup_on_failure",
     "timeout_buffer",
     "on_error",
+    "timeouts",
 ];
 const EXECUTION_FIELDS: &[&str] = &["default_mode"];
 const NODE_EXECUTION_FIELDS: &[&str] = &["mode"];
@@ -287,9 +289,34 @@ fn settings(map: Option<&Map<String, Value>>) -> Result<Settings, Problem> {
         on_error: fields
             .keyword("on_error", OnError::parse, OnError::KEYWORDS)?
             .unwrap_or(defaults.on_error),
+        timeouts: timeouts(fields.mapping("timeouts")?)?,
     };
     fields.only(SETTINGS_FIELDS)?;
     Ok(settings)
+}
+
+const TIMEOUT_FIELDS: &[&str] = &[
+    "wait_ip",
+    "bootstrap",
+    "configure_bridge",
+    "download_images",
+    "subtree_delegation",
+];
+
+fn timeouts(map: Option<&Map<String, Value>>) -> Result<Timeouts, Problem> {
+    let Some(map) = map else {
+        return Ok(Timeouts::default());
+    };
+    let fields = Fields::new("settings.timeouts".into(), map);
+    let timeouts = Timeouts {
+        wait_ip: fields.count("wait_ip")?,
+        bootstrap: fields.count("bootstrap")?,
+        configure_bridge: fields.count("configure_bridge")?,
+        download_images: fields.count("download_images")?,
+        subtree_delegation: fields.count("subtree_delegation")?,
+    };
+    fields.only(TIMEOUT_FIELDS)?;
+    Ok(timeouts)
 }
 
 fn entry_mapping(item: &Value, place: impl Fn() -> String) -> Result<&Map<String, Value>, Problem> {

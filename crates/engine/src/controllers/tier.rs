@@ -75,6 +75,11 @@ impl TierController {
             .is_some_and(|r| r.delegation.is_some())
     }
 
+    fn destroy_first(&self, node: &NodePlan) -> Planned<TierStep> {
+        let subtree = self.subtrees.get(&node.node).cloned();
+        Planned::new(TierStep::Pve(PveStep::DestroySubtree(subtree)))
+    }
+
     fn lifecycle_steps(&self, node: &NodePlan) -> Vec<Planned<TierStep>> {
         let Some(want) = self.vm.desired.get(&node.node).cloned().map(Arc::new) else {
             return Vec::new();
@@ -85,10 +90,16 @@ impl TierController {
             PveStep::ConfigureBridge(want.clone()),
             PveStep::CreateApiToken(want.clone()),
             PveStep::WriteNodeConfig(want.clone()),
-            PveStep::StartDaemon(want),
         ];
+        let by_ssh = self
+            .pve
+            .as_ref()
+            .is_some_and(|l| l.delegate == super::pve::Delegate::Ssh);
+        if !by_ssh {
+            steps.push(PveStep::StartDaemon(want.clone()));
+        }
         if let Some(subtree) = self.subtrees.get(&node.node) {
-            steps.push(PveStep::DelegateSubtree(subtree.clone()));
+            steps.push(PveStep::DelegateSubtree(want, subtree.clone()));
         }
         steps
             .into_iter()
@@ -106,7 +117,7 @@ impl Controller for TierController {
         if !self.is_pve(node) {
             return steps;
         }
-        let destroy_first = Planned::new(TierStep::Pve(PveStep::DestroySubtree));
+        let destroy_first = self.destroy_first(node);
         match node.action {
             Action::Delete => steps.insert(0, destroy_first),
             Action::Conflict => {}
@@ -152,7 +163,7 @@ impl Controller for TierController {
     fn undo_steps(&self, node: &NodePlan, memory: &TierMemory) -> Vec<Planned<TierStep>> {
         let mut steps = wrap(self.vm.undo_steps(node, &memory.vm));
         if !steps.is_empty() && self.is_pve(node) {
-            steps.insert(0, Planned::new(TierStep::Pve(PveStep::DestroySubtree)));
+            steps.insert(0, self.destroy_first(node));
         }
         steps
     }

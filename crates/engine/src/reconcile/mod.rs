@@ -135,10 +135,13 @@ pub struct Options {
     /// Executor limits; `on_error` comes from the manifest.
     pub executor: executor::Config,
     pub timing: Timing,
-    /// The `pve` lifecycle's timeouts.
-    pub timeouts: pve_node::Timeouts,
+    /// Lifecycle timeouts from flags: each one set overrides the
+    /// manifest's `settings.timeouts`, which override the defaults.
+    pub timeouts: homestak_core::model::Timeouts,
     /// The port of the child daemons this tier starts.
     pub daemon_port: u16,
+    /// How `pve` nodes run their child tiers.
+    pub delegate: pve_node::Delegate,
 }
 
 impl Default for Options {
@@ -149,8 +152,9 @@ impl Default for Options {
             verify_ssh: None,
             executor: executor::Config::default(),
             timing: Timing::default(),
-            timeouts: pve_node::Timeouts::default(),
+            timeouts: homestak_core::model::Timeouts::default(),
             daemon_port: pve_node::DAEMON_PORT,
+            delegate: pve_node::Delegate::Daemon,
         }
     }
 }
@@ -369,6 +373,11 @@ impl Tier {
         } else {
             None
         };
+        let timeouts = planned.settings.timeouts.overridden_by(&options.timeouts);
+        let mut timing = options.timing.clone();
+        if let Some(secs) = timeouts.wait_ip {
+            timing.agent_timeout = std::time::Duration::from_secs(u64::from(secs));
+        }
         let vm = VmController {
             api: self.api.clone(),
             pve_node: self.pve_node.clone(),
@@ -381,7 +390,7 @@ impl Tier {
             ssh,
             known_hosts: self.known_hosts.clone(),
             host_ssh: self.host_ssh.clone(),
-            timing: options.timing.clone(),
+            timing,
             shared: RunState::default(),
         };
         vm.reserve(planned.plan.nodes.iter().filter_map(|n| n.vmid));
@@ -403,10 +412,10 @@ impl Tier {
                 .clone()
                 .unwrap_or_else(|| "vmbr0".into()),
             daemon_port: options.daemon_port,
-            timeouts: options.timeouts.clone(),
+            delegate: options.delegate,
+            timeouts: pve_node::Timeouts::with(&timeouts),
             poll_min: options.timing.poll_min,
             poll_max: options.timing.poll_max,
-            delegate: pve_node::Delegate::Daemon,
         });
         let controller = Arc::new(TierController {
             vm,
@@ -459,7 +468,13 @@ impl Tier {
         }
         let mut report = status::report(planned, &records);
         report.last_applied_commit = commit;
-        status::children(&mut report, planned, self.store.as_deref()).await;
+        status::children(
+            &mut report,
+            planned,
+            self.store.as_deref(),
+            self.ssh.as_ref(),
+        )
+        .await;
         Ok(report)
     }
 }

@@ -263,7 +263,21 @@ impl Engine {
         manifest: &Manifest,
         host: &str,
     ) -> Result<Status, Error> {
-        self.tier(site, host)?.status(manifest).await
+        let mut tier = self.tier(site, host)?;
+        self.ssh_for_children(&mut tier, manifest);
+        tier.status(manifest).await
+    }
+
+    /// A child tier run over SSH is asked over SSH: the key is loaded when
+    /// the manifest nests, and a key that cannot be loaded leaves those
+    /// children unknown (with why), not the report failed.
+    fn ssh_for_children(&self, tier: &mut Tier, manifest: &Manifest) {
+        let nests = manifest
+            .nodes()
+            .is_some_and(|nodes| nodes.iter().any(|n| n.parent.is_some()));
+        if nests && tier.ssh.is_none() {
+            tier.ssh = ssh_check(&tier.host, &self.setup).ok();
+        }
     }
 
     /// Runs `request` once. `cancel` resolving winds the run down at a
@@ -292,6 +306,7 @@ impl Engine {
         planned.settings.verify_ssh = ssh;
         let mut run = RunOutcome::begun(Outcome::Converged, started);
         if request.mode == Mode::ReportOnly {
+            self.ssh_for_children(&mut tier, manifest);
             let status = tier.report(manifest, &planned).await?;
             run.drifted_nodes = status.drifted_nodes();
             run.outcome = if status.in_sync {

@@ -14,6 +14,7 @@ use std::fmt::Write as _;
 use super::Planned;
 use super::desired::Delegated;
 use crate::controllers::pve::{ChildStatus, child_status};
+use crate::controllers::vm::SshCheck;
 use crate::store::{NodeRecord, Store};
 pub use homestak_api::status::{NodeStatus, State, Status};
 use homestak_base::id::{NodeName, VmId};
@@ -83,10 +84,23 @@ fn unknown(d: &Delegated, reason: String) -> NodeStatus {
 /// each `pve` node's child tier is asked for its subtree's report (which
 /// holds the deeper tiers); a tier that cannot answer leaves its nodes
 /// `unknown`, with why.
-pub async fn children(status: &mut Status, planned: &Planned, store: Option<&dyn Store>) {
-    for via in planned.tier.subtrees.keys() {
+pub async fn children(
+    status: &mut Status,
+    planned: &Planned,
+    store: Option<&dyn Store>,
+    ssh: Option<&SshCheck>,
+) {
+    for (via, subtree) in &planned.tier.subtrees {
+        let user = planned
+            .tier
+            .desired
+            .vms
+            .iter()
+            .find(|v| &v.name == via)
+            .map(|v| v.user.as_str());
+        let ssh = ssh.zip(user);
         let answer = match store {
-            Some(store) => child_status(store, &planned.plan.manifest, via).await,
+            Some(store) => child_status(store, &planned.plan.manifest, via, subtree, ssh).await,
             None => ChildStatus::Unknown("no store to find the child tier in".into()),
         };
         let below: Vec<&Delegated> = planned

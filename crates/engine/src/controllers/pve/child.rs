@@ -69,16 +69,41 @@ pub enum ChildStatus {
     Unknown(String),
 }
 
-/// The child tier's drift report of the subtree below `node` of
-/// `manifest`, as its daemon answers it (which includes deeper tiers).
-pub async fn child_status(store: &dyn Store, manifest: &str, node: &NodeName) -> ChildStatus {
+/// The child tier's drift report of `subtree`, the part of `manifest`
+/// below `node`, as the child answers it (with the deeper tiers): its
+/// daemon, or `homestak status` over SSH (with `ssh`: our key and the
+/// cloud-init user) for a child run that way.
+pub async fn child_status(
+    store: &dyn Store,
+    manifest: &str,
+    node: &NodeName,
+    subtree: &Manifest,
+    ssh: Option<(&super::SshCheck, &str)>,
+) -> ChildStatus {
     let record = match store.get_node(&NodeKey::new(manifest, node)) {
         Ok(record) => record,
         Err(e) => return ChildStatus::Unknown(format!("cannot read the store: {}", chain(&e))),
     };
+    let address = record.as_ref().and_then(|r| r.ip.clone());
     let Some(d) = record.and_then(|r| r.delegation) else {
         return ChildStatus::Unknown(format!("{node} is not yet bootstrapped as a PVE host"));
     };
+    if d.mode == crate::store::DelegationMode::Ssh {
+        let (Some((check, user)), Some(address)) = (ssh, address) else {
+            return ChildStatus::Unknown(format!(
+                "the tier on {node} runs over SSH, and no SSH key or address is at hand"
+            ));
+        };
+        let to = super::SshTo {
+            check: check.clone(),
+            user: user.to_string(),
+            address,
+        };
+        return match super::over_ssh::status_over_ssh(&to, node.as_str(), subtree).await {
+            Ok(status) => ChildStatus::Observed(status),
+            Err(why) => ChildStatus::Unknown(format!("the tier on {node}: {why}")),
+        };
+    }
     let (Some(client), Some(name)) = (client_of(&d), d.subtree.as_deref()) else {
         return ChildStatus::Unknown(format!("no child tier runs on {node} yet"));
     };
@@ -324,7 +349,12 @@ impl Lifecycle {
     /// `destroy_subtree`: asks the child to destroy what it converged and
     /// waits until it has, before the VM goes. A child that cannot be
     /// reached is passed over: its VMs live inside the VM about to go.
-    pub(super) async fn destroy_subtree(&self, node: &NodePlan, m: &mut Memory) -> Outcome {
+    pub(super) async fn destroy_subtree(
+        &self,
+        node: &NodePlan,
+        subtree: Option<&Manifest>,
+        m: &mut Memory,
+    ) -> Outcome {
         let key = self.key(node);
         let found = match self.store.get_node(&key) {
             Ok(r) => r.and_then(|r| r.delegation),
@@ -333,6 +363,15 @@ impl Lifecycle {
         let Some(mut d) = found else {
             return StepOutcome::Done;
         };
+        if d.mode == crate::store::DelegationMode::Ssh {
+            let Some(subtree) = subtree else {
+                return StepOutcome::Done;
+            };
+            return match self.destroy_over_ssh(node, &d, subtree, m).await {
+                Ok(_) => self.forgotten(node, d),
+                Err(outcome) => outcome,
+            };
+        }
         let (Some(Ok(client)), Some(name)) = (client_of(&d), d.subtree.clone()) else {
             return StepOutcome::Done;
         };

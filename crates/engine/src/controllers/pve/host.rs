@@ -44,7 +44,7 @@ pub(super) fn ssh_failed(err: &ssh::Error, what: &str) -> Outcome {
 }
 
 /// `line` as root for `user`.
-fn as_root(user: &str, line: &str) -> Command {
+pub(super) fn as_root(user: &str, line: &str) -> Command {
     if user == "root" {
         Command::shell(line)
     } else {
@@ -128,16 +128,26 @@ impl Lifecycle {
         vm: &vm::Memory,
         m: &mut Memory,
     ) -> Result<Arc<dyn ssh::Session>, Outcome> {
+        let ip = Self::address(vm)?;
+        self.connect_to(&ip.to_string(), &want.user, m).await
+    }
+
+    /// The node's SSH session to `user@ip`, connecting unless connected.
+    pub(super) async fn connect_to(
+        &self,
+        ip: &str,
+        user: &str,
+        m: &mut Memory,
+    ) -> Result<Arc<dyn ssh::Session>, Outcome> {
         if let Some(session) = &m.session {
             return Ok(session.clone());
         }
-        let ip = Self::address(vm)?;
         let check = match &self.ssh {
             Ok(check) => check,
             Err(why) => return Err(refuse(format!("a pve node is set up over SSH: {why}"))),
         };
         let target = ssh::Target::new(
-            ssh::Destination::new(&ip.to_string(), check.port, &want.user),
+            ssh::Destination::new(ip, check.port, user),
             check.identity.clone(),
             check.host_key.clone(),
         );
@@ -289,6 +299,18 @@ impl Lifecycle {
             ];
             if let Err(e) = install(&*s, user, &files).await {
                 return ssh_failed(&e, "install homestak on the inner host");
+            }
+        }
+        let mut d = match self.delegation(node, vm) {
+            Ok(d) => d,
+            Err(o) => return o,
+        };
+        let address = vm.ip.map(|ip| ip.to_string());
+        if d.address != address || d.user.as_deref() != Some(user) {
+            d.address = address;
+            d.user = Some(user.to_string());
+            if let Err(o) = self.save(node, &d) {
+                return o;
             }
         }
         let line = format!("test -f {0}.pub && cat {0}.pub || true", inner::CHILD_KEY);
@@ -593,8 +615,13 @@ impl Lifecycle {
             PveStep::CreateApiToken(w) => self.create_api_token(node, w, vm, m).await,
             PveStep::WriteNodeConfig(w) => self.write_node_config(node, w, vm, m).await,
             PveStep::StartDaemon(w) => self.start_daemon(node, w, vm, m).await,
-            PveStep::DelegateSubtree(subtree) => self.delegate_subtree(node, subtree, vm, m).await,
-            PveStep::DestroySubtree => self.destroy_subtree(node, m).await,
+            PveStep::DelegateSubtree(want, subtree) => match self.delegate {
+                super::Delegate::Daemon => self.delegate_subtree(node, subtree, vm, m).await,
+                super::Delegate::Ssh => self.delegate_over_ssh(node, want, subtree, vm, m).await,
+            },
+            PveStep::DestroySubtree(subtree) => {
+                self.destroy_subtree(node, subtree.as_deref(), m).await
+            }
         }
     }
 

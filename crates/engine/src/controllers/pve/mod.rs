@@ -24,6 +24,7 @@
 mod child;
 mod host;
 pub mod inner;
+mod over_ssh;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,17 +41,13 @@ use homestak_core::site::Site;
 use homestak_ssh as ssh;
 
 pub use child::{ChildStatus, child_status};
+pub use over_ssh::SshTo;
 
 /// The child daemons' port (`homestak serve`'s default).
 pub const DAEMON_PORT: u16 = 44443;
 
-/// How the parent hands a subtree to the child tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Delegate {
-    /// `PUT /v1/subtree` to the child daemon, then follow its status.
-    #[default]
-    Daemon,
-}
+/// How the parent runs the child tier (`--delegate daemon|ssh`).
+pub use crate::store::DelegationMode as Delegate;
 
 /// The lifecycle's timeouts (the Python tool's), overridable in
 /// `settings.timeouts` and by flag.
@@ -59,6 +56,21 @@ pub struct Timeouts {
     pub bootstrap: Duration,
     pub configure_bridge: Duration,
     pub subtree_delegation: Duration,
+}
+
+impl Timeouts {
+    /// The defaults with what `set` sets (seconds).
+    pub fn with(set: &homestak_core::model::Timeouts) -> Timeouts {
+        let d = Timeouts::default();
+        let secs = |v: Option<u32>, default: Duration| {
+            v.map_or(default, |s| Duration::from_secs(u64::from(s)))
+        };
+        Timeouts {
+            bootstrap: secs(set.bootstrap, d.bootstrap),
+            configure_bridge: secs(set.configure_bridge, d.configure_bridge),
+            subtree_delegation: secs(set.subtree_delegation, d.subtree_delegation),
+        }
+    }
 }
 
 impl Default for Timeouts {
@@ -102,8 +114,10 @@ pub enum PveStep {
     CreateApiToken(Arc<DesiredVm>),
     WriteNodeConfig(Arc<DesiredVm>),
     StartDaemon(Arc<DesiredVm>),
-    DelegateSubtree(Arc<Manifest>),
-    DestroySubtree,
+    DelegateSubtree(Arc<DesiredVm>, Arc<Manifest>),
+    /// With the subtree when the manifest still has it (a child run over
+    /// SSH is told what to destroy).
+    DestroySubtree(Option<Arc<Manifest>>),
 }
 
 impl PveStep {
@@ -115,8 +129,8 @@ impl PveStep {
             PveStep::CreateApiToken(_) => Step::CreateApiToken,
             PveStep::WriteNodeConfig(_) => Step::WriteNodeConfig,
             PveStep::StartDaemon(_) => Step::StartDaemon,
-            PveStep::DelegateSubtree(_) => Step::DelegateSubtree,
-            PveStep::DestroySubtree => Step::DestroySubtree,
+            PveStep::DelegateSubtree(..) => Step::DelegateSubtree,
+            PveStep::DestroySubtree(_) => Step::DestroySubtree,
         }
     }
 }
@@ -132,6 +146,8 @@ pub struct Memory {
     pve_node: Option<String>,
     /// The child's generation being followed.
     generation: Option<u64>,
+    /// The child's run over SSH (`--delegate ssh`), while it runs.
+    ssh_run: Option<tokio::task::JoinHandle<Result<ssh::ExecOutput, ssh::Error>>>,
 }
 
 impl Memory {

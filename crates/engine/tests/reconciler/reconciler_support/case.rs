@@ -237,6 +237,9 @@ pub struct ApplyStep {
     /// Kills a child daemon mid-run (a crash; its unit restarts it).
     #[serde(default)]
     pub kill_daemon: Option<KillDaemon>,
+    /// How `pve` nodes run their child tiers: `daemon` (default) or `ssh`.
+    #[serde(default)]
+    pub delegate: Option<homestak_engine::controllers::pve::Delegate>,
 }
 
 /// `kill_daemon: {vm: [hv], after: {event, step, count}}`: SIGKILL the

@@ -18,8 +18,8 @@ use homestak_engine::reconcile::{self, Engine, Observer, Planned, Request, Setup
 use homestak_sim::{self as sim, Handle, Simulator, TierView};
 
 use super::case::{
-    ApplyStep, CancelAfter, Case, KillDaemon, NodeStatus, OneOrMany, Outcome, PlanStep, RequestsStep,
-    StatusStep, Step,
+    ApplyStep, CancelAfter, Case, KillDaemon, NodeStatus, OneOrMany, Outcome, PlanStep,
+    RequestsStep, StatusStep, Step,
 };
 use super::check::{self, Diffs, per_node};
 use super::control::Control;
@@ -182,6 +182,7 @@ fn options(
     concurrency: Option<usize>,
     per_storage: Option<usize>,
     max_attempts: Option<u32>,
+    delegate: Option<homestak_engine::controllers::pve::Delegate>,
 ) -> reconcile::Options {
     let mut executor = executor::Config {
         backoff_base: Duration::from_millis(20),
@@ -200,6 +201,7 @@ fn options(
     reconcile::Options {
         timeouts: Default::default(),
         daemon_port: homestak_engine::controllers::pve::DAEMON_PORT,
+        delegate: delegate.unwrap_or_default(),
         allow_replace,
         prune,
         verify_ssh: None,
@@ -318,7 +320,9 @@ fn nth(after: &CancelAfter, event: &Event, seen: &std::sync::atomic::AtomicU32) 
         _ => return false,
     };
     let Some(name) = event.step else { return false };
-    kind == after.event && name == after.step && seen.fetch_add(1, Ordering::SeqCst) + 1 == after.count
+    kind == after.event
+        && name == after.step
+        && seen.fetch_add(1, Ordering::SeqCst) + 1 == after.count
 }
 
 impl Observer for Watch<'_> {
@@ -433,7 +437,7 @@ impl Ctx {
     }
 
     async fn plan(&mut self, step: &PlanStep) -> anyhow::Result<()> {
-        let opts = options(step.allow_replace, step.prune, None, None, None);
+        let opts = options(step.allow_replace, step.prune, None, None, None, None);
         let request = self.request(Mode::Apply, opts)?;
         let keep = KeepPlan::new(false);
         let ran = self
@@ -505,6 +509,7 @@ impl Ctx {
             step.concurrency,
             step.per_storage,
             step.max_attempts,
+            step.delegate,
         );
         let mode = if destroy { Mode::Destroy } else { Mode::Apply };
         let request = self.request(mode, opts)?;
