@@ -12,8 +12,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::v1::{
-    Endpoint, ErrorBody, EventsResponse, ManifestStatus, ReconcileResponse, StatusResponse,
-    SubtreeDeleteResponse, SubtreeRequest, SubtreeResponse,
+    Endpoint, ErrorBody, EventsResponse, ManifestStatus, PlanTree, ReconcileResponse,
+    StatusResponse, SubtreeDeleteResponse, SubtreeRequest, SubtreeResponse,
 };
 
 /// A call to the daemon failed.
@@ -164,6 +164,11 @@ impl Client {
     pub async fn reconcile(&self, manifest: Option<&str>) -> Result<ReconcileResponse, Error> {
         let query: Vec<(&str, &str)> = manifest.map(|m| ("manifest", m)).into_iter().collect();
         self.call(Endpoint::Reconcile, &query, None::<&()>).await
+    }
+
+    /// `POST /v1/plan`: what converging `request` would do there and below.
+    pub async fn plan(&self, request: &SubtreeRequest) -> Result<PlanTree, Error> {
+        self.call(Endpoint::Plan, &[], Some(request)).await
     }
 
     /// `PUT /v1/subtree`.

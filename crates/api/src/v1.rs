@@ -10,6 +10,7 @@
 //! | `POST /v1/reconcile[?manifest=NAME]` | write | [`ReconcileResponse`] (202) |
 //! | `PUT /v1/subtree` | write | [`SubtreeRequest`] → [`SubtreeResponse`] (202) |
 //! | `DELETE /v1/subtree/{name}` | write | [`SubtreeDeleteResponse`] (202) |
+//! | `POST /v1/plan` | read | [`SubtreeRequest`] → [`PlanTree`]: what converging it would do here and below (changes nothing) |
 //!
 //! Every endpoint needs `Authorization: Bearer <token>`; errors answer
 //! [`ErrorBody`].
@@ -58,17 +59,20 @@ pub enum Endpoint {
     Subtree,
     /// `DELETE /v1/subtree/{name}`.
     DeleteSubtree,
+    /// `POST /v1/plan`.
+    Plan,
 }
 
 impl Endpoint {
     /// Every endpoint.
-    pub const ALL: [Endpoint; 6] = [
+    pub const ALL: [Endpoint; 7] = [
         Endpoint::Status,
         Endpoint::Events,
         Endpoint::Metrics,
         Endpoint::Reconcile,
         Endpoint::Subtree,
         Endpoint::DeleteSubtree,
+        Endpoint::Plan,
     ];
 
     /// The endpoint a path (no query, no trailing `/`) names, whatever
@@ -92,6 +96,7 @@ impl Endpoint {
             Endpoint::Reconcile => "/v1/reconcile",
             Endpoint::Subtree => "/v1/subtree",
             Endpoint::DeleteSubtree => "/v1/subtree/{name}",
+            Endpoint::Plan => "/v1/plan",
         }
     }
 
@@ -108,7 +113,7 @@ impl Endpoint {
     pub fn method(self) -> &'static str {
         match self {
             Endpoint::Status | Endpoint::Events | Endpoint::Metrics => "GET",
-            Endpoint::Reconcile => "POST",
+            Endpoint::Reconcile | Endpoint::Plan => "POST",
             Endpoint::Subtree => "PUT",
             Endpoint::DeleteSubtree => "DELETE",
         }
@@ -117,7 +122,7 @@ impl Endpoint {
     /// The smallest scope that may call it.
     pub fn scope(self) -> Scope {
         match self {
-            Endpoint::Status | Endpoint::Events | Endpoint::Metrics => Scope::Read,
+            Endpoint::Status | Endpoint::Events | Endpoint::Metrics | Endpoint::Plan => Scope::Read,
             Endpoint::Reconcile | Endpoint::Subtree | Endpoint::DeleteSubtree => Scope::Write,
         }
     }
@@ -131,6 +136,7 @@ impl Endpoint {
             Endpoint::Reconcile => "v1_reconcile",
             Endpoint::Subtree => "v1_subtree",
             Endpoint::DeleteSubtree => "v1_subtree_delete",
+            Endpoint::Plan => "v1_plan",
         }
     }
 
@@ -270,6 +276,28 @@ pub struct SubtreeDeleteResponse {
     /// the subtree in place, still being destroyed.
     pub generation: u64,
     pub queued: bool,
+}
+
+/// `POST /v1/plan`: a tier's plan of a manifest and its child tiers'
+/// plans of their subtrees, to any depth.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanTree {
+    /// The tier's host (`nodes/<host>.yaml` there).
+    pub host: String,
+    pub plan: homestak_core::plan::Plan,
+    /// The plan as `homestak plan` prints it (no colour).
+    pub text: String,
+    pub children: Vec<ChildPlan>,
+}
+
+/// A `pve` node's child tier in a [`PlanTree`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildPlan {
+    pub node: homestak_base::id::NodeName,
+    /// The child's plan, when it could be asked.
+    pub tree: Option<Box<PlanTree>>,
+    /// Why there is none, or what it will do once it can plan.
+    pub note: Option<String>,
 }
 
 /// Every error answer: `{"error": {"code": "E…", "message": "…"}}`.

@@ -14,15 +14,15 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::auth::{ApiTokens, Caller};
-use super::engine::Engine;
+use super::engine::{Engine, StatusRequest};
 use super::events::EventLog;
 use super::metrics::Metrics;
-use super::reconciler::{Reconciler, subtree_revision};
+use super::reconciler::{Reconciler, error_chain, subtree_revision};
 use super::reply::{self, ApiError, Reply};
 use super::site_cell::SiteCell;
 pub use homestak_api::v1::Endpoint;
 use homestak_api::v1::{
-    EventsResponse, MAX_EVENTS, ReconcileResponse, SubtreeDeleteResponse, SubtreeRequest,
+    EventsResponse, MAX_EVENTS, PlanTree, ReconcileResponse, SubtreeDeleteResponse, SubtreeRequest,
     SubtreeResponse, is_manifest_name,
 };
 use homestak_api::{Reason, Subtree};
@@ -80,6 +80,7 @@ impl Api {
             Endpoint::DeleteSubtree => self
                 .delete_subtree(endpoint.name_in(path), &caller)
                 .and_then(|r| body(&r)),
+            Endpoint::Plan => self.plan(body_bytes).await.and_then(|r| body(&r)),
         };
         match result {
             Ok(value) if endpoint.accepts() => Reply::json_status(202, value),
@@ -127,7 +128,9 @@ impl Api {
         Ok(ReconcileResponse { queued })
     }
 
-    fn subtree(&self, body: &[u8], caller: &Caller) -> Result<SubtreeResponse, ApiError> {
+    /// A subtree request's body, checked: its host has a node file here
+    /// and its manifest is a valid v2 manifest with nodes and a usable name.
+    fn subtree_request(&self, body: &[u8]) -> Result<(SubtreeRequest, Manifest), ApiError> {
         let request: SubtreeRequest = serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!(
                 "Invalid request body: {e}; send {{\"host\": NODE, \"manifest\": {{…}}}}"
@@ -155,6 +158,26 @@ impl Api {
                  and '.', starting and ending with a letter or digit"
             )));
         }
+        Ok((request, manifest))
+    }
+
+    /// `POST /v1/plan`: the plan of a subtree here and below; no change.
+    async fn plan(&self, body: &[u8]) -> Result<PlanTree, ApiError> {
+        let (request, manifest) = self.subtree_request(body)?;
+        let status = StatusRequest {
+            manifest: Arc::new(manifest),
+            host: request.host,
+            site: self.site.get(),
+        };
+        self.engine
+            .plan(status)
+            .await
+            .map_err(|e| ApiError::internal(format!("Cannot plan: {}", error_chain(&e))))
+    }
+
+    fn subtree(&self, body: &[u8], caller: &Caller) -> Result<SubtreeResponse, ApiError> {
+        let (request, manifest) = self.subtree_request(body)?;
+        let name = manifest.name().to_string();
         let revision = subtree_revision(&request.manifest);
         let generation = self.reconciler.accept_subtree(Subtree {
             name: name.clone(),

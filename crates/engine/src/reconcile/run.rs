@@ -268,6 +268,56 @@ impl Engine {
         tier.status(manifest).await
     }
 
+    /// The child tiers' plans of the subtrees `planned` hands over (to any
+    /// depth), in node order.
+    pub async fn child_plans(&self, planned: &Planned) -> Vec<homestak_api::v1::ChildPlan> {
+        let mut out = Vec::new();
+        let mut subtrees: Vec<_> = planned.tier.subtrees.iter().collect();
+        subtrees.sort_by(|a, b| a.0.cmp(b.0));
+        for (node, subtree) in subtrees {
+            out.push(match &self.store {
+                Some(store) => {
+                    crate::controllers::pve::child_plan(
+                        store.as_ref(),
+                        &planned.plan.manifest,
+                        node,
+                        subtree,
+                    )
+                    .await
+                }
+                None => homestak_api::v1::ChildPlan {
+                    node: node.clone(),
+                    tree: None,
+                    note: Some("no store to find the child tier in".into()),
+                },
+            });
+        }
+        out
+    }
+
+    /// This tier's plan of `manifest` and its child tiers', for `POST
+    /// /v1/plan` (nothing changes).
+    pub async fn plan_tree(
+        &self,
+        site: Arc<Site>,
+        manifest: &Manifest,
+        host: &str,
+    ) -> Result<homestak_api::v1::PlanTree, Error> {
+        let tier = self.tier(site, host)?;
+        let planned = tier.plan(manifest, &super::Options::default()).await?;
+        let text = homestak_core::plan::render_human(
+            &planned.plan,
+            &planned.tier.desired,
+            homestak_core::plan::Style { color: false },
+        );
+        Ok(homestak_api::v1::PlanTree {
+            host: host.to_string(),
+            children: self.child_plans(&planned).await,
+            plan: planned.plan,
+            text,
+        })
+    }
+
     /// A child tier run over SSH is asked over SSH: the key is loaded when
     /// the manifest nests, and a key that cannot be loaded leaves those
     /// children unknown (with why), not the report failed.

@@ -19,7 +19,7 @@ use crate::executor::{StepError, StepOutcome};
 use crate::store::{Delegation, DelegationState, NodeKey, Store};
 use homestak_api::client::{Client, Error as ClientError};
 use homestak_api::ready::ReadyInfo;
-use homestak_api::v1::SubtreeRequest;
+use homestak_api::v1::{ChildPlan, SubtreeRequest};
 use homestak_api::{Outcome as RunEnd, Status};
 use homestak_base::digest;
 use homestak_base::error_chain as chain;
@@ -123,6 +123,63 @@ pub async fn child_status(
             "the tier on {node} does not hold subtree {name}; `homestak reconcile --once` hands it over"
         )),
         Err(e) => ChildStatus::Unknown(format!("the tier on {node} is unreachable: {}", chain(&e))),
+    }
+}
+
+/// The child tier's plan of `subtree` (with its own children's), as its
+/// daemon makes it; or a note saying why there is none.
+pub async fn child_plan(
+    store: &dyn Store,
+    manifest: &str,
+    node: &NodeName,
+    subtree: &Manifest,
+) -> ChildPlan {
+    let note = |text: String| ChildPlan {
+        node: node.clone(),
+        tree: None,
+        note: Some(text),
+    };
+    let record = match store.get_node(&NodeKey::new(manifest, node)) {
+        Ok(record) => record,
+        Err(e) => return note(format!("cannot read the store: {}", chain(&e))),
+    };
+    let names: Vec<String> = subtree
+        .nodes()
+        .unwrap_or_default()
+        .iter()
+        .map(|n| n.name.to_string())
+        .collect();
+    let later = || {
+        format!(
+            "{node} is not a PVE host with a child tier yet; once it is, that tier converges: {}",
+            names.join(", ")
+        )
+    };
+    let Some(d) = record.and_then(|r| r.delegation) else {
+        return note(later());
+    };
+    if d.mode == crate::store::DelegationMode::Ssh {
+        return note(format!(
+            "the tier on {node} runs over SSH and plans when it runs: {}",
+            names.join(", ")
+        ));
+    }
+    let client = match client_of(&d) {
+        Some(Ok(client)) => client,
+        Some(Err(why)) => return note(format!("cannot reach the tier on {node}: {why}")),
+        None => return note(later()),
+    };
+    let request = SubtreeRequest {
+        host: node.to_string(),
+        manifest: subtree.to_value(),
+    };
+    match client.plan(&request).await {
+        Ok(tree) => ChildPlan {
+            node: node.clone(),
+            tree: Some(Box::new(tree)),
+            note: None,
+        },
+        Err(e) => note(format!("the tier on {node} could not plan: {}", chain(&e))),
     }
 }
 

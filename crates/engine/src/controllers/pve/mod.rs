@@ -40,7 +40,7 @@ use homestak_core::plan::DesiredVm;
 use homestak_core::site::Site;
 use homestak_ssh as ssh;
 
-pub use child::{ChildStatus, child_status};
+pub use child::{ChildStatus, child_plan, child_status};
 pub use over_ssh::SshTo;
 
 /// The child daemons' port (`homestak serve`'s default).

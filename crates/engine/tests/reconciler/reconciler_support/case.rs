@@ -159,6 +159,14 @@ pub struct PlanStep {
     /// Planning must fail with an error containing this text.
     #[serde(default)]
     pub error: Option<String>,
+    /// `pve` node → the labels of its child tier's plan (as `expect:`),
+    /// for nodes at any depth.
+    #[serde(default)]
+    pub children: Option<BTreeMap<String, BTreeMap<String, OneOrMany>>>,
+    /// `pve` node → text the note about its child tier's plan contains
+    /// (a tier that could not plan, or is not set up yet).
+    #[serde(default)]
+    pub child_notes: Option<BTreeMap<String, String>>,
 }
 
 fn yes() -> bool {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 
+use homestak_api::v1::ChildPlan;
 use homestak_api::{Kind, Mode, Reason};
 use homestak_core::model::{Loader, Manifest};
 use homestak_core::site::Site;
@@ -118,6 +119,16 @@ pub async fn run(dir: &Path, template: &Path) -> anyhow::Result<Passed> {
         steps: case.steps.len(),
         notes,
     })
+}
+
+/// Every child plan of a tree, depth first.
+fn flatten<'a>(children: &'a [ChildPlan], out: &mut Vec<&'a ChildPlan>) {
+    for child in children {
+        out.push(child);
+        if let Some(tree) = &child.tree {
+            flatten(&tree.children, out);
+        }
+    }
 }
 
 /// SIGKILLs the child daemon in the VM at the end of `vm`.
@@ -461,6 +472,36 @@ impl Ctx {
         };
         let plan = &planned;
         let mut diffs = check_labels("plan", &step.expect, plan);
+        if step.children.is_some() || step.child_notes.is_some() {
+            let tree = self
+                .engine()?
+                .plan_tree(self.site.clone(), &self.manifest()?, self.handle.node())
+                .await?;
+            let mut all = Vec::new();
+            flatten(&tree.children, &mut all);
+            for (node, want) in step.children.iter().flatten() {
+                match all.iter().find(|c| c.node.as_str() == node) {
+                    Some(ChildPlan { tree: Some(t), .. }) => {
+                        diffs.extend(check_labels(
+                            &format!("plan of the tier on {node}"),
+                            want,
+                            &t.plan,
+                        ));
+                    }
+                    Some(c) => diffs.push(format!("tier on {node}: no plan ({:?})", c.note)),
+                    None => diffs.push(format!("no child tier on {node} in the plan")),
+                }
+            }
+            for (node, text) in step.child_notes.iter().flatten() {
+                let note = all
+                    .iter()
+                    .find(|c| c.node.as_str() == node)
+                    .and_then(|c| c.note.clone());
+                if !note.as_deref().is_some_and(|n| n.contains(text.as_str())) {
+                    diffs.push(format!("tier on {node}: note {note:?} lacks {text:?}"));
+                }
+            }
+        }
         if let Some(changes) = &step.changes {
             for (node, want) in changes {
                 let mut want = want.clone();
