@@ -146,9 +146,9 @@ impl Api {
         }
         let manifest = Manifest::from_value(&request.manifest, Origin::Json)
             .map_err(|e| ApiError::bad_request(format!("Invalid manifest: {}", e.located())))?;
-        if !manifest.has_nodes() {
+        if !manifest.has_nodes() && manifest.levels().is_empty() {
             return Err(ApiError::bad_request(
-                "Invalid manifest: a subtree must be a schema v2 manifest with nodes",
+                "Invalid manifest: a subtree must have nodes (schema v2) or levels (schema v1)",
             ));
         }
         let name = manifest.name().to_string();

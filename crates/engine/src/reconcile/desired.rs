@@ -44,6 +44,17 @@ pub enum Error {
         #[source]
         source: InvalidNodeName,
     },
+    #[error(
+        "level {level} hosts the levels after it, so it must be one VM (the PVE host); its env \
+         makes {vms}"
+    )]
+    LevelHost { level: String, vms: usize },
+    #[error("level {level}: cannot take the levels after it for its child tier")]
+    Levels {
+        level: String,
+        #[source]
+        source: Box<homestak_core::model::Error>,
+    },
     #[error("node {node}: cannot extract the subtree its child tier converges")]
     Subtree {
         node: String,
@@ -133,7 +144,26 @@ pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Err
             }
         }
     } else if let Some((first, rest)) = manifest.levels().split_first() {
-        vms.extend(resolve_v1_level(site, first, host)?);
+        // A level with `post_scenario: pve-setup`, or hosting further
+        // levels, becomes a PVE host: the next level is its child tier's.
+        let pve = !rest.is_empty() || first.post_scenario.as_deref() == Some("pve-setup");
+        let level = resolve_v1_level(site, first, host, pve)?;
+        if !rest.is_empty() {
+            let [host_vm] = level.as_slice() else {
+                return Err(Error::LevelHost {
+                    level: first.name.to_string(),
+                    vms: level.len(),
+                });
+            };
+            let subtree = manifest
+                .levels_below_first()
+                .map_err(|source| Error::Levels {
+                    level: first.name.to_string(),
+                    source: Box::new(source),
+                })?;
+            subtrees.insert(host_vm.name.clone(), Arc::new(subtree));
+        }
+        vms.extend(level);
         let mut parent = first.name.clone();
         for level in rest {
             delegated.push(Delegated {
@@ -227,6 +257,7 @@ fn resolve_v1_level(
     site: &Site,
     level: &homestak_core::model::Level,
     host: &str,
+    pve: bool,
 ) -> Result<Vec<DesiredVm>, Error> {
     let name = level.name.to_string();
     let wrap = |source| Error::Resolve {
@@ -249,8 +280,7 @@ fn resolve_v1_level(
         })
         .map_err(wrap)?
     };
-    // A v1 level that hosts further levels is a PVE host.
-    to_desired(&vars, Kind::Vm)
+    to_desired(&vars, if pve { Kind::Pve } else { Kind::Vm })
 }
 
 /// Turns resolved tofu variables into the planner's desired VMs.

@@ -143,12 +143,14 @@ pub async fn child_plan(
         Ok(record) => record,
         Err(e) => return note(format!("cannot read the store: {}", chain(&e))),
     };
-    let names: Vec<String> = subtree
-        .nodes()
-        .unwrap_or_default()
-        .iter()
-        .map(|n| n.name.to_string())
-        .collect();
+    let names: Vec<String> = match subtree.nodes() {
+        Some(nodes) => nodes.iter().map(|n| n.name.to_string()).collect(),
+        None => subtree
+            .levels()
+            .iter()
+            .map(|l| l.name.to_string())
+            .collect(),
+    };
     let later = || {
         format!(
             "{node} is not a PVE host with a child tier yet; once it is, that tier converges: {}",
