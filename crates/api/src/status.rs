@@ -19,6 +19,8 @@ pub enum State {
     Orphan,
     /// Not observed: a delegated node whose child tier did not answer
     /// (unreachable, not yet bootstrapped, or failing). Never "in sync".
+    /// Older daemons said `delegated` for the same thing.
+    #[serde(alias = "delegated")]
     Unknown,
 }
 

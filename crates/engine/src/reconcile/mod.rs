@@ -1,5 +1,5 @@
 //! One reconcile of one manifest on one PVE tier, the same path for every
-//! trigger (CLI, daemon timer, commit, restart; next, a parent tier):
+//! trigger (CLI, daemon timer, commit, restart, a parent tier's subtree):
 //! [`Engine::run_once`] does
 //!
 //! 1. [`desired::resolve`]: the manifest through the site-config for the

@@ -1,6 +1,6 @@
 //! [`Engine::run_once`]: one run of one manifest on one tier, the one path
 //! every caller takes — `reconcile --once` and the seed verbs, the daemon's
-//! worker, and (next) a parent tier handing a subtree to its child:
+//! worker, and a child daemon converging the subtree its parent handed over:
 //!
 //! resolve → observe → plan → ask the [`Observer`] → apply → record →
 //! [`RunOutcome`].

@@ -215,7 +215,7 @@ impl Lifecycle {
                 return o;
             }
         }
-        if m.deadline.is_none() {
+        if !m.daemon_checked {
             let files = [
                 inner::tokens_file(&d.daemon_token, &self.parent),
                 inner::unit_file(&ip, self.daemon_port, &self.parent),
@@ -226,8 +226,13 @@ impl Lifecycle {
                     return super::host::ssh_failed(&e, "read the inner site-config's marker");
                 }
             };
-            // The site-config is read at start: a new one restarts the daemon.
-            let id = format!("{} {site}", inner::identity(&files));
+            let binary = match marker(&*s, user, inner::BINARY_MARK).await {
+                Ok(text) => text,
+                Err(e) => return super::host::ssh_failed(&e, "read the installed binary's marker"),
+            };
+            // The site-config is read at start and the binary may be new:
+            // either change restarts the daemon.
+            let id = format!("{} {site} {binary}", inner::identity(&files));
             let current = match marker(&*s, user, inner::UNIT_MARK).await {
                 Ok(text) => text,
                 Err(e) => return super::host::ssh_failed(&e, "read the child daemon's marker"),
@@ -249,6 +254,7 @@ impl Lifecycle {
             if let Err(e) = root(&*s, user, line).await {
                 return super::host::ssh_failed(&e, "start the child daemon");
             }
+            m.daemon_checked = true;
         }
         // Wait until it answers with the parent's token.
         let ready = match root(
@@ -427,7 +433,7 @@ impl Lifecycle {
                 return StepOutcome::Done;
             };
             return match self.destroy_over_ssh(node, &d, subtree, m).await {
-                Ok(_) => self.forgotten(node, d),
+                Ok(()) => self.forgotten(node, d),
                 Err(outcome) => outcome,
             };
         }

@@ -146,6 +146,9 @@ pub struct Memory {
     pve_node: Option<String>,
     /// The child's generation being followed.
     generation: Option<u64>,
+    /// `start_daemon` installed or (re)started the unit this run; what is
+    /// left is waiting for it to answer.
+    daemon_checked: bool,
     /// The child's run over SSH (`--delegate ssh`), while it runs.
     ssh_run: Option<tokio::task::JoinHandle<Result<ssh::ExecOutput, ssh::Error>>>,
 }

@@ -187,16 +187,16 @@ impl Lifecycle {
         d: &crate::store::Delegation,
         subtree: &Manifest,
         m: &mut Memory,
-    ) -> Result<bool, Outcome> {
+    ) -> Result<(), Outcome> {
         if m.ssh_run.is_none() {
             let (Some(address), Some(user)) = (d.address.as_deref(), d.user.as_deref()) else {
-                return Ok(true);
+                return Ok(());
             };
             let session = match self.connect_to(address, user, m).await {
                 Ok(s) => s,
-                Err(StepOutcome::Requeue(_)) | Err(_) => {
+                Err(_) => {
                     tracing::warn!(node = %node.node, "the inner host cannot be reached over SSH; its VMs go with the VM");
-                    return Ok(true);
+                    return Ok(());
                 }
             };
             let reports = format!("--report-dir={}/reports", inner::STATE_DIR);
@@ -210,7 +210,7 @@ impl Lifecycle {
         }
         match self.poll_ssh_run(node, m).await? {
             Ended::Running(after) => Err(StepOutcome::Requeue(after)),
-            Ended::Report(true, _) => Ok(true),
+            Ended::Report(true, _) => Ok(()),
             Ended::Report(false, error) => Err(refuse(format!(
                 "the tier on {} could not destroy its subtree: {}",
                 node.node,
