@@ -68,6 +68,9 @@ pub enum Kind {
     PartsLeft,
     /// A split image was joined on the host.
     ImageJoined,
+    /// The image source gave no clear answer whether an image ships whole
+    /// or in parts; PVE was asked for the whole asset.
+    ImageUnchecked,
 }
 
 impl Kind {
@@ -97,6 +100,7 @@ impl Kind {
             Kind::TaskFailed => "task_failed",
             Kind::PartsLeft => "parts_left",
             Kind::ImageJoined => "image_joined",
+            Kind::ImageUnchecked => "image_unchecked",
         }
     }
 }

@@ -29,6 +29,12 @@ pub struct Case {
     /// Hang guard for the whole case, in seconds.
     #[serde(default = "default_timeout")]
     pub timeout: u64,
+    /// A release on 127.0.0.1 the site's `image_source` points at: asset
+    /// name → the size the simulator's `download-url` gives it. Without
+    /// it, `image_source` stays `https://127.0.0.1:9/images/`, which
+    /// nothing answers.
+    #[serde(default)]
+    pub release: Option<BTreeMap<String, homestak_sim::config::Size>>,
     pub steps: Vec<Step>,
 }
 
@@ -49,7 +55,11 @@ impl Case {
     pub fn load(path: &Path) -> anyhow::Result<Case> {
         let case: Case = homestak_base::yaml::read_file(path)?;
         let asserts = case.steps.iter().any(|s| match s {
-            Step::Plan(_) | Step::Status(_) | Step::Requests(_) | Step::World(_) => true,
+            Step::Plan(_)
+            | Step::Status(_)
+            | Step::Requests(_)
+            | Step::World(_)
+            | Step::ReleaseRequests(_) => true,
             Step::Reconcile(a) | Step::Destroy(a) => a.expect.is_some() || a.nodes.is_some(),
             _ => false,
         });
@@ -89,6 +99,9 @@ pub enum Step {
     DeleteStore,
     /// Checks the simulator's world directly.
     World(WorldStep),
+    /// Asset name → requests the case's `release:` got since the start
+    /// (exact: an asset asked for must be listed).
+    ReleaseRequests(BTreeMap<String, Count>),
 }
 
 impl Step {
@@ -105,6 +118,7 @@ impl Step {
             Step::Sim(_) => "sim",
             Step::DeleteStore => "delete_store",
             Step::World(_) => "world",
+            Step::ReleaseRequests(_) => "release_requests",
         }
     }
 }

@@ -24,6 +24,7 @@ use super::case::{
 };
 use super::check::{self, Diffs, per_node};
 use super::control::Control;
+use super::release::Release;
 
 /// What a passing case leaves to print.
 #[derive(Debug, Default)]
@@ -44,6 +45,8 @@ struct Ctx {
     engine: Option<Engine>,
     manifest: Option<String>,
     notes: Vec<String>,
+    /// The case's `release:`, when it has one.
+    release: Option<Release>,
 }
 
 /// Runs the case in `dir` with the shared site-config `template`.
@@ -68,6 +71,19 @@ pub async fn run(dir: &Path, template: &Path) -> anyhow::Result<Passed> {
     let host_key = tmp.path().join("host_key");
     let identity = homestak_ssh::Identity::generate_to(&host_key)?;
     config.host_ssh_keys.push(identity.public_key_openssh());
+    let release = match &case.release {
+        Some(assets) => {
+            let release = Release::start(assets.keys().cloned()).await?;
+            for (asset, size) in assets {
+                config
+                    .downloads
+                    .sizes
+                    .insert(format!("{}{asset}", release.base_url), *size);
+            }
+            Some(release)
+        }
+        None => None,
+    };
     let ssh_port = config.ssh_port;
     let handle = Simulator::start(config)
         .await
@@ -85,6 +101,12 @@ pub async fn run(dir: &Path, template: &Path) -> anyhow::Result<Passed> {
     let mut secrets: serde_json::Value = homestak_base::yaml::read_file(&secrets_file)?;
     secrets["ssh_keys"]["reconciler-run"] = identity.public_key_openssh().into();
     std::fs::write(&secrets_file, serde_json::to_string_pretty(&secrets)?)?;
+    if let Some(release) = &release {
+        let site_file = site_dir.join("site.yaml");
+        let mut site: serde_json::Value = homestak_base::yaml::read_file(&site_file)?;
+        site["defaults"]["image_source"] = release.base_url.clone().into();
+        std::fs::write(&site_file, serde_json::to_string_pretty(&site)?)?;
+    }
     let site = Arc::new(Site::load(&site_dir)?);
     let control = Control::new(&handle)?;
     let mut ctx = Ctx {
@@ -97,6 +119,7 @@ pub async fn run(dir: &Path, template: &Path) -> anyhow::Result<Passed> {
         engine: None,
         manifest: None,
         notes: Vec::new(),
+        release,
     };
     ctx.open_engine()?;
 
@@ -425,6 +448,13 @@ impl Ctx {
                         .with_context(|| format!("delete {}", store.display()))?;
                 }
                 self.open_engine()
+            }
+            Step::ReleaseRequests(expected) => {
+                let release = self
+                    .release
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("release_requests needs a `release:` in case.yaml"))?;
+                differences(check::release_requests(expected, &release.requests()))
             }
             Step::World(w) => differences(check::world(
                 w,
