@@ -21,6 +21,10 @@ pub struct LifecycleArgs {
     /// How long setting up an inner PVE host (SSH, binary, token, daemon) may take.
     #[arg(long, value_name = "DURATION", value_parser = seconds)]
     pub bootstrap_timeout: Option<u32>,
+    /// How long a missing image may take to download (and join) on the
+    /// import storage.
+    #[arg(long, value_name = "DURATION", value_parser = seconds)]
+    pub download_images_timeout: Option<u32>,
     /// How long an inner host's bridge may take to appear.
     #[arg(long, value_name = "DURATION", value_parser = seconds)]
     pub configure_bridge_timeout: Option<u32>,
@@ -38,7 +42,7 @@ impl LifecycleArgs {
                 wait_ip: self.wait_ip_timeout,
                 bootstrap: self.bootstrap_timeout,
                 configure_bridge: self.configure_bridge_timeout,
-                download_images: None,
+                download_images: self.download_images_timeout,
                 subtree_delegation: self.subtree_delegation_timeout,
             },
             ..base

@@ -608,6 +608,33 @@ mod tests {
     }
 
     #[test]
+    fn lifecycle_timeouts_are_seconds_and_checked() {
+        let Document::V2(doc) = parse(json!({
+            "schema_version": 2, "name": "x", "nodes": [{"name": "a", "type": "vm"}],
+            "settings": {"timeouts": {"bootstrap": 900, "subtree_delegation": 3600}}
+        }))
+        .unwrap() else {
+            panic!("expected v2");
+        };
+        assert_eq!(doc.settings.timeouts.bootstrap, Some(900));
+        assert_eq!(doc.settings.timeouts.subtree_delegation, Some(3600));
+        assert_eq!(doc.settings.timeouts.wait_ip, None);
+        let flags = Timeouts {
+            bootstrap: Some(60),
+            ..Timeouts::default()
+        };
+        let both = doc.settings.timeouts.overridden_by(&flags);
+        assert_eq!(both.bootstrap, Some(60));
+        assert_eq!(both.subtree_delegation, Some(3600));
+        let err = parse(json!({
+            "schema_version": 2, "name": "x", "nodes": [{"name": "a", "type": "vm"}],
+            "settings": {"timeouts": {"bootstrapp": 900}}
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("bootstrapp"), "{err}");
+    }
+
+    #[test]
     fn null_fields_count_as_absent() {
         let Document::V2(doc) = parse(json!({
             "schema_version": 2, "name": "x", "settings": null, "execution": {},

@@ -375,8 +375,12 @@ impl Tier {
         };
         let timeouts = planned.settings.timeouts.overridden_by(&options.timeouts);
         let mut timing = options.timing.clone();
-        if let Some(secs) = timeouts.wait_ip {
-            timing.agent_timeout = std::time::Duration::from_secs(u64::from(secs));
+        let secs = |s: u32| std::time::Duration::from_secs(u64::from(s));
+        if let Some(s) = timeouts.wait_ip {
+            timing.agent_timeout = secs(s);
+        }
+        if let Some(s) = timeouts.download_images {
+            timing.download_timeout = secs(s);
         }
         let vm = VmController {
             api: self.api.clone(),

@@ -88,6 +88,9 @@ pub struct Timing {
     pub ssh_timeout: Duration,
     /// How long a PVE task may run before we give up on it.
     pub task_timeout: Duration,
+    /// How long an image may take to reach the import storage
+    /// (`download_images`).
+    pub download_timeout: Duration,
 }
 
 impl Default for Timing {
@@ -100,6 +103,7 @@ impl Default for Timing {
             agent_timeout: Duration::from_secs(300),
             ssh_timeout: Duration::from_secs(180),
             task_timeout: Duration::from_secs(1800),
+            download_timeout: Duration::from_secs(300),
         }
     }
 }

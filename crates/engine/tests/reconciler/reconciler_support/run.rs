@@ -246,6 +246,7 @@ fn options(
             agent_timeout: Duration::from_secs(30),
             ssh_timeout: Duration::from_secs(30),
             task_timeout: Duration::from_secs(60),
+            download_timeout: Duration::from_secs(60),
         },
     }
 }

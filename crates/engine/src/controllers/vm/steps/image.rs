@@ -167,6 +167,24 @@ impl VmController {
         }
     }
 
+    /// Waits for an image being downloaded (or joined), at most the
+    /// `download_images` timeout.
+    fn await_image(&self, want: &DesiredVm, m: &mut Memory) -> Outcome {
+        let limit = self.timing.download_timeout;
+        let deadline = *m.deadline.get_or_insert_with(|| Instant::now() + limit);
+        if Instant::now() < deadline {
+            return StepOutcome::Requeue(m.next_poll(&self.timing));
+        }
+        m.reset_wait();
+        refuse(format!(
+            "image {} did not reach storage {} within {} (download_images); raise \
+             settings.timeouts.download_images or --download-images-timeout for a slow link",
+            want.image,
+            self.image_storage,
+            humantime::format_duration(limit)
+        ))
+    }
+
     pub(super) async fn ensure_image(&self, want: &DesiredVm, m: &mut Memory) -> Outcome {
         let listed_at = Instant::now();
         let files = match self.import_files().await {
@@ -281,7 +299,7 @@ impl VmController {
             self.fetch(&volume, url, file, listing.listed_at).await,
             unchecked,
         ) {
-            (Fetch::Pending, _) => StepOutcome::Requeue(m.next_poll(&self.timing)),
+            (Fetch::Pending, _) => self.await_image(want, m),
             (Fetch::Soon, _) => StepOutcome::Requeue(self.timing.poll_min),
             (Fetch::Failed(StepOutcome::Failed(mut err)), Some(why)) => {
                 err.message = format!(
@@ -360,11 +378,11 @@ impl VmController {
             return StepOutcome::Requeue(self.timing.poll_min);
         }
         if pending {
-            return StepOutcome::Requeue(m.next_poll(&self.timing));
+            return self.await_image(want, m);
         }
         // Every part is there: one node joins, the others wait for it.
         if !self.claim(&joined, Download::Joining) {
-            return StepOutcome::Requeue(m.next_poll(&self.timing));
+            return self.await_image(want, m);
         }
         let expected = parts
             .iter()

@@ -792,3 +792,27 @@ async fn nodes_asking_at_the_same_time_share_one_question() {
     );
     assert_eq!(downloads(&rig.api).len(), 2);
 }
+
+#[tokio::test]
+async fn a_download_still_running_after_download_images_fails_the_node() {
+    let release = Release::start(&[("debian-13-pve.qcow2", Serve::Found)]).await;
+    let mut rig = rig_with("root", true, &release.base_url, None);
+    rig.controller.timing.download_timeout = std::time::Duration::from_millis(50);
+    let t = upid("pve", "download", "debian-13-pve.qcow2");
+    rig.api
+        .always(Method::GET, CONTENT, content(vec![]))
+        .once(Method::POST, DOWNLOAD, PveReply::Data(json!(t.to_string())))
+        .data(Method::GET, &task_status_path(&t), task_status(&t, None));
+    let mut m = Memory::default();
+    // Started, then waited on while the task runs.
+    assert!(requeued(&pass(&rig, "a", &mut m).await));
+    assert!(requeued(&pass(&rig, "a", &mut m).await));
+    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    match pass(&rig, "a", &mut m).await {
+        StepOutcome::Failed(err) => {
+            assert!(!err.transient, "{}", err.message);
+            assert!(err.message.contains("download_images"), "{}", err.message);
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
