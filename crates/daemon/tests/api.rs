@@ -430,7 +430,8 @@ async fn reconciler_api_drives_the_engine() {
             "E101",
         ),
         (
-            json!({"host": "father", "manifest": {"schema_version": 1, "name": "x", "levels": [{"name": "a", "env": "e"}]}}),
+            // v1 subtrees are accepted (levels nest); an empty one is not.
+            json!({"host": "father", "manifest": {"schema_version": 1, "name": "x", "levels": []}}),
             "E101",
         ),
         (
