@@ -22,7 +22,8 @@ use homestak_ssh::{self as ssh, Command, Upload, quote};
 
 type Outcome = StepOutcome;
 
-const STAGE: &str = "/tmp/homestak-stage";
+/// Relative: in the SSH user's home directory.
+const STAGE: &str = ".homestak-stage";
 /// The inner PVE's certificate.
 const PVE_CERT: &str = "/etc/pve/local/pve-ssl.pem";
 
@@ -181,46 +182,48 @@ pub(super) async fn root(
     Ok(session.exec_ok(&as_root(user, line)).await?.stdout_text())
 }
 
-/// Installs `files` (staged, then moved into place as root).
+/// Installs `files`: staged in a private directory of the SSH user's home
+/// (never a shared `/tmp`: tokens and keys pass through it), then moved
+/// into place in one root command.
 pub(super) async fn install(
     session: &dyn ssh::Session,
     user: &str,
     files: &[File],
 ) -> Result<(), ssh::Error> {
-    {
+    session
+        .exec_ok(&Command::shell(format!(
+            "mkdir -p {STAGE} && chmod 700 {STAGE}"
+        )))
+        .await?;
+    let mut dirs: Vec<String> = Vec::new();
+    let mut moves = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let staged = format!("{STAGE}/{i}");
         session
-            .exec_ok(&Command::shell(format!("mkdir -p {STAGE}")))
+            .upload(&Upload::bytes(
+                file.bytes.clone(),
+                staged.clone(),
+                file.mode,
+            ))
             .await?;
-        let mut dirs: Vec<String> = Vec::new();
-        let mut moves = Vec::new();
-        for (i, file) in files.iter().enumerate() {
-            let staged = format!("{STAGE}/{i}");
-            session
-                .upload(&Upload::bytes(
-                    file.bytes.clone(),
-                    staged.clone(),
-                    file.mode,
-                ))
-                .await?;
-            if let Some((dir, _)) = file.path.rsplit_once('/')
-                && !dir.is_empty()
-                && !dirs.iter().any(|d| d == dir)
-            {
-                dirs.push(dir.to_string());
-            }
-            moves.push(format!("mv -f {staged} {}", quote(&file.path)));
+        if let Some((dir, _)) = file.path.rsplit_once('/')
+            && !dir.is_empty()
+            && !dirs.iter().any(|d| d == dir)
+        {
+            dirs.push(dir.to_string());
         }
-        let mut line = format!(
-            "mkdir -p {}",
-            dirs.iter().map(|d| quote(d)).collect::<Vec<_>>().join(" ")
-        );
-        for m in moves {
-            line.push_str(" && ");
-            line.push_str(&m);
-        }
-        session.exec_ok(&as_root(user, &line)).await?;
-        Ok(())
+        moves.push(format!("mv -f {staged} {}", quote(&file.path)));
     }
+    let mut line = format!(
+        "mkdir -p {}",
+        dirs.iter().map(|d| quote(d)).collect::<Vec<_>>().join(" ")
+    );
+    for m in moves {
+        line.push_str(" && ");
+        line.push_str(&m);
+    }
+    session.exec_ok(&as_root(user, &line)).await?;
+    Ok(())
 }
 
 /// Reads a marker file (empty when absent).
