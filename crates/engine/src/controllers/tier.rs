@@ -4,7 +4,7 @@
 //! `destroy_subtree` before its VM is destroyed, replaced or rolled back:
 //! children first.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::pve::{Lifecycle, PveStep};
@@ -45,7 +45,7 @@ pub struct TierController {
     /// delegation must be remembered).
     pub pve: Option<Lifecycle>,
     /// The subtree each `pve` node hands to its child tier.
-    pub subtrees: HashMap<NodeName, Arc<Manifest>>,
+    pub subtrees: BTreeMap<NodeName, Arc<Manifest>>,
 }
 
 fn wrap(steps: Vec<Planned<VmStep>>) -> Vec<Planned<TierStep>> {

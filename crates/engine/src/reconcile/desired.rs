@@ -10,7 +10,7 @@
 //! `disk`; network, user and keys from the site-config as the Python tool
 //! resolved them (`resolve_inline_vm` / `resolve_env`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use homestak_core::graph::ManifestGraph;
@@ -81,7 +81,7 @@ pub struct Tier {
     pub delegated: Vec<Delegated>,
     /// The subtree each `pve` node of this tier hands to its child tier
     /// (the manifest below it, its children as roots).
-    pub subtrees: HashMap<NodeName, Arc<Manifest>>,
+    pub subtrees: BTreeMap<NodeName, Arc<Manifest>>,
 }
 
 /// A node another tier converges.
@@ -99,7 +99,7 @@ pub struct Delegated {
 pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Error> {
     let mut vms = Vec::new();
     let mut delegated = Vec::new();
-    let mut subtrees = HashMap::new();
+    let mut subtrees = BTreeMap::new();
     if let Some(nodes) = manifest.nodes_in_creation_order() {
         // The root above a nested node: the `pve` node of this tier that
         // hosts it. Validation made every parent a node of the manifest.

@@ -472,13 +472,7 @@ impl Tier {
         }
         let mut report = status::report(planned, &records);
         report.last_applied_commit = commit;
-        status::children(
-            &mut report,
-            planned,
-            self.store.as_deref(),
-            self.ssh.as_ref(),
-        )
-        .await;
+        status::children(&mut report, planned, self.store.clone(), self.ssh.as_ref()).await;
         Ok(report)
     }
 }

@@ -272,9 +272,7 @@ impl Engine {
     /// depth), in node order.
     pub async fn child_plans(&self, planned: &Planned) -> Vec<homestak_api::v1::ChildPlan> {
         let mut out = Vec::new();
-        let mut subtrees: Vec<_> = planned.tier.subtrees.iter().collect();
-        subtrees.sort_by(|a, b| a.0.cmp(b.0));
-        for (node, subtree) in subtrees {
+        for (node, subtree) in &planned.tier.subtrees {
             out.push(match &self.store {
                 Some(store) => {
                     crate::controllers::pve::child_plan(

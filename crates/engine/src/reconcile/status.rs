@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use super::Planned;
 use super::desired::Delegated;
@@ -87,27 +88,47 @@ fn unknown(d: &Delegated, reason: String) -> NodeStatus {
 pub async fn children(
     status: &mut Status,
     planned: &Planned,
-    store: Option<&dyn Store>,
+    store: Option<Arc<dyn Store>>,
     ssh: Option<&SshCheck>,
 ) {
-    for (via, subtree) in &planned.tier.subtrees {
+    // Sibling tiers are asked at the same time.
+    let mut asks = tokio::task::JoinSet::new();
+    for (i, (via, subtree)) in planned.tier.subtrees.iter().enumerate() {
         let user = planned
             .tier
             .desired
             .vms
             .iter()
             .find(|v| &v.name == via)
-            .map(|v| v.user.as_str());
-        let ssh = ssh.zip(user);
-        let answer = match store {
-            Some(store) => child_status(store, &planned.plan.manifest, via, subtree, ssh).await,
-            None => ChildStatus::Unknown("no store to find the child tier in".into()),
-        };
+            .map(|v| v.user.clone());
+        let ssh = ssh.cloned().zip(user);
+        let (store, manifest) = (store.clone(), planned.plan.manifest.clone());
+        let (via, subtree) = (via.clone(), subtree.clone());
+        asks.spawn(async move {
+            let answer = match &store {
+                Some(store) => {
+                    let ssh = ssh.as_ref().map(|(c, u)| (c, u.as_str()));
+                    child_status(store.as_ref(), &manifest, &via, &subtree, ssh).await
+                }
+                None => ChildStatus::Unknown("no store to find the child tier in".into()),
+            };
+            (i, via, answer)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(joined) = asks.join_next().await {
+        match joined {
+            Ok(answer) => answers.push(answer),
+            Err(e) => tracing::warn!(error = %e, "asking a child tier failed"),
+        }
+    }
+    answers.sort_by_key(|(i, _, _)| *i);
+    for (_, via, answer) in answers {
         let below: Vec<&Delegated> = planned
             .tier
             .delegated
             .iter()
-            .filter(|d| &d.via == via)
+            .filter(|d| d.via == via)
             .collect();
         status
             .nodes
