@@ -131,6 +131,8 @@ impl Controller for TierController {
                     .is_some_and(|s| s.work.as_step() == Step::MarkConverged)
                     .then(|| steps.pop())
                     .flatten();
+                // The lifecycle's own wait_ssh opens the session its steps use.
+                steps.retain(|s| !matches!(s.work, TierStep::Vm(VmStep::WaitSsh(_))));
                 if !steps.iter().any(|s| s.work.as_step() == Step::WaitAgentIp) {
                     steps.push(Planned::new(TierStep::Vm(VmStep::WaitAgentIp)));
                 }
@@ -166,5 +168,137 @@ impl Controller for TierController {
             steps.insert(0, self.destroy_first(node));
         }
         steps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::controllers::pve::{Delegate, Timeouts};
+    use crate::controllers::vm::tests::{controller, want};
+    use crate::store::{self, Delegation, Durability, NodeKey, Store};
+    use homestak_core::site::Site;
+    use homestak_pve::fake::Scripted;
+
+    fn plan(action: Action) -> NodePlan {
+        NodePlan {
+            node: "web".parse().unwrap(),
+            action,
+            vmid: Some(homestak_base::id::VmId::new(100).unwrap()),
+            changes: Vec::new(),
+            reason: None,
+            blocked: None,
+        }
+    }
+
+    /// A tier whose node `web` is a `pve` node (or a VM) with a subtree.
+    fn tier(
+        kind: Kind,
+        delegate: Delegate,
+        store: Arc<dyn Store>,
+    ) -> (TierController, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let site = Arc::new(Site::load(dir.path()).unwrap());
+        let mut node = want(None);
+        node.kind = kind;
+        let script = Arc::new(Scripted::new());
+        let subtree = Manifest::from_json(
+            r#"{"schema_version": 2, "name": "web-subtree", "nodes": [{"name": "app", "type": "vm"}]}"#,
+        )
+        .unwrap();
+        let controller = TierController {
+            vm: controller(&script, node),
+            pve: Some(Lifecycle {
+                ssh: Err("no key in this test".into()),
+                binary: "/nonexistent".into(),
+                parent: "pve".into(),
+                site,
+                manifest: "demo".into(),
+                store,
+                bridge: "vmbr0".into(),
+                daemon_port: crate::controllers::pve::DAEMON_PORT,
+                timeouts: Timeouts::default(),
+                poll_min: Duration::from_millis(1),
+                poll_max: Duration::from_millis(5),
+                delegate,
+            }),
+            subtrees: BTreeMap::from([("web".parse().unwrap(), Arc::new(subtree))]),
+        };
+        (controller, dir)
+    }
+
+    fn names(c: &TierController, node: &NodePlan) -> Vec<&'static str> {
+        c.steps(node)
+            .iter()
+            .map(|s| s.work.as_step().as_str())
+            .collect()
+    }
+
+    const LIFECYCLE: [&str; 7] = [
+        "wait_ssh",
+        "bootstrap_host",
+        "configure_bridge",
+        "create_api_token",
+        "write_node_config",
+        "start_daemon",
+        "delegate_subtree",
+    ];
+
+    #[test]
+    fn a_pve_node_runs_its_lifecycle_before_it_is_marked_converged() {
+        let (c, _dir) = tier(Kind::Pve, Delegate::Daemon, Arc::new(store::memory()));
+        let mut want: Vec<&str> = vec![
+            "ensure_image",
+            "create_vm",
+            "resize_disk",
+            "start_vm",
+            "wait_agent_ip",
+        ];
+        want.extend(LIFECYCLE);
+        want.push("mark_converged");
+        assert_eq!(names(&c, &plan(Action::Create)), want);
+        // A no-op still looks: the child tier converges what is below.
+        let mut noop = vec!["wait_agent_ip"];
+        noop.extend(LIFECYCLE);
+        assert_eq!(names(&c, &plan(Action::NoOp)), noop);
+        // A replace asks the child to destroy its subtree first.
+        assert_eq!(
+            names(&c, &plan(Action::Replace))[..3],
+            ["destroy_subtree", "stop_vm", "destroy_vm"]
+        );
+    }
+
+    #[test]
+    fn over_ssh_no_daemon_is_started() {
+        let (c, _dir) = tier(Kind::Pve, Delegate::Ssh, Arc::new(store::memory()));
+        let steps = names(&c, &plan(Action::NoOp));
+        assert!(!steps.contains(&"start_daemon"), "{steps:?}");
+        assert_eq!(steps.last(), Some(&"delegate_subtree"));
+    }
+
+    #[test]
+    fn a_vm_gets_no_lifecycle_and_a_deleted_host_destroys_its_subtree_first() {
+        let (c, _dir) = tier(Kind::Vm, Delegate::Daemon, Arc::new(store::memory()));
+        assert!(names(&c, &plan(Action::NoOp)).is_empty());
+        assert!(!names(&c, &plan(Action::Create)).contains(&"bootstrap_host"));
+
+        // Deleted (no longer desired): known as a host by its record.
+        let store: Arc<dyn Store> = Arc::new(store::memory());
+        let (mut c, _dir) = tier(Kind::Pve, Delegate::Daemon, store.clone());
+        c.vm.desired.clear();
+        assert_eq!(names(&c, &plan(Action::Delete))[0], "stop_vm");
+        store
+            .update_node(
+                &NodeKey::new("demo", &"web".parse().unwrap()),
+                Durability::Flush,
+                &mut |r| r.delegation = Some(Delegation::default()),
+            )
+            .unwrap();
+        assert_eq!(
+            names(&c, &plan(Action::Delete)),
+            ["destroy_subtree", "stop_vm", "destroy_vm", "forget_vm"]
+        );
     }
 }

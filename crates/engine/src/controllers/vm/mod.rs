@@ -27,7 +27,7 @@ pub mod mapping;
 pub mod source;
 mod steps;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
