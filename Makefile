@@ -64,6 +64,8 @@ demo: build
 ## bench: converge speed against the simulator (ratios measured in one run)
 bench:
 	$(CARGO) bench -p homestak-engine --bench converge
+	$(CARGO) build -p homestak
+	HOMESTAK_BIN=$(CURDIR)/target/debug/homestak $(CARGO) bench -p homestak-engine --bench nested
 
 ## crds: regenerate the JSON Schemas in crds/
 crds: build

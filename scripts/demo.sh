@@ -5,7 +5,10 @@
 #   2. converge manifests-examples/demo-flat.yaml with live progress;
 #   3. `homestak status`;
 #   4. change the manifest (demo-2 grows) and converge again;
-#   5. destroy everything.
+#   5. destroy everything;
+#   6. converge manifests-examples/tiered.yaml: a VM that becomes a PVE
+#      host, with two VMs inside converged by a child homestak on it; show
+#      the whole tree's status; destroy it, children first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,5 +59,15 @@ step "homestak status"
 
 step "homestak destroy --yes"
 "$H" "${sc[@]}" destroy --yes "${target[@]}" --report-dir "$work/reports"
+
+step "Nested PVE: manifests-examples/tiered.yaml (hv becomes a PVE host; app and worker run inside it)"
+tiered=(--manifest-file manifests-examples/tiered.yaml -H pve)
+"$H" "${sc[@]}" reconcile --once "${tiered[@]}" --report-dir "$work/reports"
+
+step "homestak status (one tree: each row says which tier observed it)"
+"$H" "${sc[@]}" status "${tiered[@]}"
+
+step "homestak destroy --yes (children first)"
+"$H" "${sc[@]}" destroy --yes "${tiered[@]}" --report-dir "$work/reports"
 
 step "Done"

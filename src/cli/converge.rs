@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use super::lifecycle::LifecycleArgs;
 use super::progress::Progress;
 use super::report::RunReport;
 use super::target::{Prepared, Purpose, TargetArgs, prepare};
 use super::{GlobalArgs, Outcome, output};
+use homestak_api::v1::ChildPlan;
 use homestak_api::{Event, Mode, Reason};
 use homestak_base::id::NodeName;
 use homestak_core::plan::{Style, render_human};
@@ -52,6 +54,8 @@ pub struct ReconcileArgs {
     /// Do not write report files.
     #[arg(long)]
     pub no_report: bool,
+    #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
 }
 
 /// Arguments of `homestak status`.
@@ -79,26 +83,25 @@ pub async fn plan(args: PlanArgs, global: &GlobalArgs) -> anyhow::Result<Outcome
     // The run stops once planned: it never loads the SSH key nor talks to VMs.
     let options = options(args.allow_replace, args.no_prune, None);
     let request = request(&prepared, &args.target, Mode::Apply, options);
-    /// Shows the plan and stops the run there.
-    struct Show {
-        json: bool,
-        shown: Mutex<anyhow::Result<()>>,
-    }
-    impl Observer for Show {
+    /// Keeps the plan and stops the run there.
+    struct Keep(Mutex<Option<Planned>>);
+    impl Observer for Keep {
         fn planned(&self, planned: &Planned) -> bool {
-            *lock(&self.shown) = show_plan(planned, self.json);
+            *lock(&self.0) = Some(planned.clone());
             false
         }
     }
-    let show = Show {
-        json: global.json,
-        shown: Mutex::new(Ok(())),
-    };
+    let keep = Keep(Mutex::new(None));
     let run = prepared
         .engine
-        .run_once(request, std::future::pending(), &show)
+        .run_once(request, std::future::pending(), &keep)
         .await?;
-    std::mem::replace(&mut *lock(&show.shown), Ok(()))?;
+    let planned = lock(&keep.0).take();
+    if let Some(planned) = planned {
+        // The child tiers' plans too: a tree is planned from its root.
+        let children = prepared.engine.child_plans(&planned).await;
+        show_plan(&planned, &children, global.json)?;
+    }
     Ok(
         if args.detailed_exitcode && run.outcome == Outcome::Drifted {
             Outcome::Drifted
@@ -108,16 +111,44 @@ pub async fn plan(args: PlanArgs, global: &GlobalArgs) -> anyhow::Result<Outcome
     )
 }
 
-fn show_plan(planned: &Planned, json: bool) -> anyhow::Result<()> {
+fn show_plan(planned: &Planned, children: &[ChildPlan], json: bool) -> anyhow::Result<()> {
     if json {
-        output::print_json(&planned.plan.to_json())
+        let mut doc = planned.plan.to_json();
+        if !children.is_empty() {
+            doc["children"] = serde_json::to_value(children)?;
+        }
+        output::print_json(&doc)
     } else {
-        output::print_text(&render_human(
-            &planned.plan,
-            &planned.tier.desired,
-            Style::for_stdout(),
-        ));
+        let mut text = render_human(&planned.plan, &planned.tier.desired, Style::for_stdout());
+        render_children(&mut text, children, 1);
+        output::print_text(&text);
         Ok(())
+    }
+}
+
+/// The child tiers' plans under the parent's, indented by tier.
+fn render_children(out: &mut String, children: &[ChildPlan], depth: usize) {
+    use std::fmt::Write as _;
+    let pad = "    ".repeat(depth);
+    for child in children {
+        let _ = writeln!(out);
+        match (&child.tree, &child.note) {
+            (Some(tree), _) => {
+                let _ = writeln!(out, "{pad}Tier on {} (child of this tier):", child.node);
+                for line in tree.text.lines() {
+                    let _ = writeln!(out, "{pad}{line}");
+                }
+                render_children(out, &tree.children, depth + 1);
+            }
+            (None, note) => {
+                let _ = writeln!(
+                    out,
+                    "{pad}Tier on {}: {}",
+                    child.node,
+                    note.as_deref().unwrap_or("no plan")
+                );
+            }
+        }
     }
 }
 
@@ -136,6 +167,7 @@ fn request(
         reason: Reason::Cli,
         mode,
         options,
+        generation: 0,
     }
 }
 
@@ -146,7 +178,9 @@ pub async fn reconcile(args: ReconcileArgs, global: &GlobalArgs) -> anyhow::Resu
             "continuous reconciling is the daemon's job: run `homestak serve`, or pass --once"
         );
     }
-    let options = options(args.allow_replace, args.no_prune, args.concurrency);
+    let options =
+        args.lifecycle
+            .options(options(args.allow_replace, args.no_prune, args.concurrency));
     let mut report = RunReport::new("reconcile");
     let run = Run {
         mode: Mode::Apply,
@@ -189,7 +223,7 @@ impl Observer for Terminal {
     fn planned(&self, planned: &Planned) -> bool {
         if self.json {
             *lock(&self.plan) = Some(planned.plan.to_json());
-        } else if let Err(err) = show_plan(planned, false) {
+        } else if let Err(err) = show_plan(planned, &[], false) {
             *lock(&self.refused) = Some(err);
             return false;
         }

@@ -20,6 +20,7 @@ pub mod config;
 mod converge;
 pub mod crds;
 mod daemon;
+mod lifecycle;
 pub mod manifest;
 pub mod output;
 mod progress;

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use super::converge::{self, Run};
+use super::lifecycle::LifecycleArgs;
 use super::report::RunReport;
 use super::target::TargetArgs;
 use super::{GlobalArgs, Outcome};
@@ -25,6 +26,8 @@ pub struct SeedArgs {
     /// Directory for run reports.
     #[arg(long, value_name = "DIR", default_value = "reports")]
     pub report_dir: PathBuf,
+    #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
 }
 
 /// Arguments of `homestak create`.
@@ -63,10 +66,10 @@ fn json_global(global: &GlobalArgs, seed: &SeedArgs) -> GlobalArgs {
 /// `create`: converge without pruning (the verb only adds).
 pub async fn create(args: CreateArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     let global = json_global(global, &args.seed);
-    let options = reconcile::Options {
+    let options = args.seed.lifecycle.options(reconcile::Options {
         prune: false,
         ..reconcile::Options::default()
-    };
+    });
     let mut report = RunReport::new("create");
     let run = Run {
         mode: Mode::Apply,
@@ -90,7 +93,7 @@ pub async fn destroy(args: DestroyArgs, global: &GlobalArgs) -> anyhow::Result<O
     let outcome = converge::converge(
         &args.seed.target,
         &global,
-        reconcile::Options::default(),
+        args.seed.lifecycle.options(reconcile::Options::default()),
         run,
         &mut report,
     )
@@ -109,12 +112,12 @@ pub async fn test(args: TestArgs, global: &GlobalArgs) -> anyhow::Result<Outcome
         dry_run: args.seed.dry_run,
         confirm: false,
     };
-    let options = reconcile::Options {
+    let options = args.seed.lifecycle.options(reconcile::Options {
         prune: false,
         // `test` checks SSH whatever the manifest says.
         verify_ssh: Some(true),
         ..reconcile::Options::default()
-    };
+    });
     let created =
         converge::converge(&args.seed.target, &global, options, create, &mut report).await;
     let created_ok = matches!(created, Ok(Outcome::Converged));
@@ -133,7 +136,7 @@ pub async fn test(args: TestArgs, global: &GlobalArgs) -> anyhow::Result<Outcome
         let destroyed = converge::converge(
             &args.seed.target,
             &global,
-            reconcile::Options::default(),
+            args.seed.lifecycle.options(reconcile::Options::default()),
             destroy,
             &mut destroy_report,
         )

@@ -163,6 +163,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
             state_dir: state.clone(),
             open_store: true,
             ssh_key: args.ssh_key.clone(),
+            binary: None,
         })
         .context("homestak serve cannot open its store")?,
     );

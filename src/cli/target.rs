@@ -70,6 +70,7 @@ pub fn prepare(
         state_dir: state_dir(args.state_dir.as_ref()),
         open_store: true,
         ssh_key: args.ssh_key.clone(),
+        binary: None,
     };
     let engine = match Engine::open(setup.clone()) {
         // Plan and status only read the store; when the daemon holds it,

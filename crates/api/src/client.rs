@@ -12,14 +12,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::v1::{
-    Endpoint, ErrorBody, EventsResponse, ReconcileResponse, StatusResponse, SubtreeRequest,
-    SubtreeResponse,
+    Endpoint, ErrorBody, EventsResponse, ManifestStatus, PlanTree, ReconcileResponse,
+    StatusResponse, SubtreeDeleteResponse, SubtreeRequest, SubtreeResponse,
 };
 
 /// A call to the daemon failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The client could not be built (the token is not a header value).
+    /// The client could not be set up (the token is not a header value,
+    /// the base URL is not a URL).
     #[error("cannot set up the client of {url}")]
     Setup {
         url: String,
@@ -53,6 +54,26 @@ pub enum Error {
         #[source]
         source: Option<serde_json::Error>,
     },
+}
+
+impl Error {
+    /// The HTTP status the daemon answered; `None` when it did not answer
+    /// (or the client could not be set up). Tells a refused token (401,
+    /// 403) from a daemon that is not there.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Refused { status, .. } | Error::Unexpected { status, .. } => Some(*status),
+            Error::Setup { .. } | Error::Unreachable { .. } => None,
+        }
+    }
+
+    /// The daemon's error code (`E302`), when it refused the request.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Refused { code, .. } => Some(code),
+            _ => None,
+        }
+    }
 }
 
 /// A daemon's API, reached at one URL with one token.
@@ -113,6 +134,21 @@ impl Client {
         self.call(Endpoint::Status, &query, None::<&()>).await
     }
 
+    /// `GET /v1/status?manifest=NAME`: the one manifest, or `None` when
+    /// the daemon holds none of that name (its 404; how a parent learns
+    /// that a subtree it deleted is gone).
+    pub async fn manifest_status(
+        &self,
+        name: &str,
+        observe: bool,
+    ) -> Result<Option<ManifestStatus>, Error> {
+        match self.status(Some(name), observe).await {
+            Ok(status) => Ok(status.manifests.into_iter().find(|m| m.name == name)),
+            Err(Error::Refused { status: 404, .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     /// `GET /v1/events` after `since`, at most `limit`.
     pub async fn events(&self, since: u64, limit: usize) -> Result<EventsResponse, Error> {
         let (since, limit) = (since.to_string(), limit.to_string());
@@ -130,9 +166,21 @@ impl Client {
         self.call(Endpoint::Reconcile, &query, None::<&()>).await
     }
 
+    /// `POST /v1/plan`: what converging `request` would do there and below.
+    pub async fn plan(&self, request: &SubtreeRequest) -> Result<PlanTree, Error> {
+        self.call(Endpoint::Plan, &[], Some(request)).await
+    }
+
     /// `PUT /v1/subtree`.
     pub async fn put_subtree(&self, request: &SubtreeRequest) -> Result<SubtreeResponse, Error> {
         self.call(Endpoint::Subtree, &[], Some(request)).await
+    }
+
+    /// `DELETE /v1/subtree/{name}`: asks the daemon to destroy the
+    /// subtree it holds under `name` (then forget it).
+    pub async fn delete_subtree(&self, name: &str) -> Result<SubtreeDeleteResponse, Error> {
+        self.call_at(Endpoint::DeleteSubtree, Some(name), &[], None::<&()>)
+            .await
     }
 
     async fn call<T: DeserializeOwned>(
@@ -141,21 +189,34 @@ impl Client {
         query: &[(&str, &str)],
         body: Option<&impl Serialize>,
     ) -> Result<T, Error> {
+        self.call_at(endpoint, None, query, body).await
+    }
+
+    /// Calls `endpoint`, with `name` in its path when it has one.
+    async fn call_at<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        name: Option<&str>,
+        query: &[(&str, &str)],
+        body: Option<&impl Serialize>,
+    ) -> Result<T, Error> {
         let method = endpoint.method();
-        let url = format!("{}{}", self.base, endpoint.path());
+        let url = self.url(endpoint, name)?;
         let verb = match method {
             "POST" => reqwest::Method::POST,
             "PUT" => reqwest::Method::PUT,
+            "DELETE" => reqwest::Method::DELETE,
             _ => reqwest::Method::GET,
         };
         let mut request = self
             .http
-            .request(verb, &url)
+            .request(verb, url.as_str())
             .header(AUTHORIZATION, self.auth.clone())
             .query(query);
         if let Some(body) = body {
             request = request.json(body);
         }
+        let url = url.to_string();
         let unreachable = |source| Error::Unreachable {
             method,
             url: url.clone(),
@@ -187,5 +248,84 @@ impl Client {
                 source: None,
             }),
         }
+    }
+
+    /// The URL of `endpoint`, its `{name}` (the last segment of a path
+    /// that has one) filled with `name` as one percent-encoded segment;
+    /// the daemon refuses a name that needs encoding.
+    fn url(&self, endpoint: Endpoint, name: Option<&str>) -> Result<reqwest::Url, Error> {
+        let setup = |source: Box<dyn std::error::Error + Send + Sync>| Error::Setup {
+            url: self.base.clone(),
+            source,
+        };
+        let path = endpoint.path();
+        let (path, named) = match path.strip_suffix("{name}") {
+            Some(prefix) => (prefix, true),
+            None => (path, false),
+        };
+        let mut url =
+            reqwest::Url::parse(&format!("{}{path}", self.base)).map_err(|e| setup(Box::new(e)))?;
+        if let (true, Some(name)) = (named, name) {
+            url.path_segments_mut()
+                .map_err(|()| setup("the base URL cannot take a path".into()))?
+                .pop_if_empty()
+                .push(name);
+        }
+        Ok(url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(base: &str) -> Client {
+        let fingerprint = Fingerprint::of_der(b"test");
+        Client::new(base, fingerprint, &Secret::new("token")).unwrap()
+    }
+
+    #[test]
+    fn urls_carry_a_name_as_one_segment() {
+        let c = client("https://10.0.12.1:44443/");
+        let url = |e, n| c.url(e, n).unwrap().to_string();
+        assert_eq!(
+            url(Endpoint::Status, None),
+            "https://10.0.12.1:44443/v1/status"
+        );
+        assert_eq!(
+            url(Endpoint::DeleteSubtree, Some("hv-subtree")),
+            "https://10.0.12.1:44443/v1/subtree/hv-subtree"
+        );
+        // Never a path of its own: the daemon sees one (refused) segment.
+        assert_eq!(
+            url(Endpoint::DeleteSubtree, Some("../x")),
+            "https://10.0.12.1:44443/v1/subtree/..%2Fx"
+        );
+        assert!(matches!(
+            client("not a url").url(Endpoint::Status, None),
+            Err(Error::Setup { .. })
+        ));
+    }
+
+    #[test]
+    fn errors_tell_their_http_status() {
+        let refused = Error::Refused {
+            method: "DELETE",
+            url: "u".into(),
+            status: 403,
+            code: "E302".into(),
+            message: "m".into(),
+        };
+        assert_eq!(
+            (refused.status(), refused.code()),
+            (Some(403), Some("E302"))
+        );
+        let odd = Error::Unexpected {
+            method: "GET",
+            url: "u".into(),
+            status: 502,
+            source: None,
+        };
+        assert_eq!((odd.status(), odd.code()), (Some(502), None));
     }
 }

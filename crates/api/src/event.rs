@@ -41,6 +41,10 @@ pub enum Kind {
     ReconcileFinished,
     /// A parent tier handed over a subtree.
     SubtreeAccepted,
+    /// A parent tier asked for a subtree to be destroyed.
+    SubtreeDestroyRequested,
+    /// A destroyed subtree was forgotten.
+    SubtreeForgotten,
     // A run, as the executor drives it.
     /// A step of a node started.
     StepStarted,
@@ -64,6 +68,9 @@ pub enum Kind {
     PartsLeft,
     /// A split image was joined on the host.
     ImageJoined,
+    /// The image source gave no clear answer whether an image ships whole
+    /// or in parts; PVE was asked for the whole asset.
+    ImageUnchecked,
 }
 
 impl Kind {
@@ -79,6 +86,8 @@ impl Kind {
             Kind::ReconcileSkipped => "reconcile_skipped",
             Kind::ReconcileFinished => "reconcile_finished",
             Kind::SubtreeAccepted => "subtree_accepted",
+            Kind::SubtreeDestroyRequested => "subtree_destroy_requested",
+            Kind::SubtreeForgotten => "subtree_forgotten",
             Kind::StepStarted => "step_started",
             Kind::StepRequeued => "step_requeued",
             Kind::StepDone => "step_done",
@@ -91,6 +100,7 @@ impl Kind {
             Kind::TaskFailed => "task_failed",
             Kind::PartsLeft => "parts_left",
             Kind::ImageJoined => "image_joined",
+            Kind::ImageUnchecked => "image_unchecked",
         }
     }
 }

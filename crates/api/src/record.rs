@@ -37,12 +37,20 @@ pub struct LastReconcile {
     /// Why it did not converge, in a line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The manifest's [`ManifestRecord::generation`] when the run started:
+    /// a parent that was answered generation G waits for a run with
+    /// `generation >= G`.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// What is kept per manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ManifestRecord {
+    /// Bumped each time a parent tier asks for a change of the manifest
+    /// (`PUT /v1/subtree`, `DELETE /v1/subtree/{name}`); 0 until then.
+    pub generation: u64,
     pub last_applied: Option<Applied>,
     pub last_reconcile: Option<LastReconcile>,
 }
@@ -61,4 +69,53 @@ pub struct Subtree {
     pub received_at: Timestamp,
     /// The API token name that sent it.
     pub from: String,
+    /// The parent asked for it to be destroyed (`DELETE /v1/subtree/{name}`):
+    /// runs remove its VMs until one converges, then it is forgotten.
+    #[serde(default)]
+    pub destroy: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_written_before_generations_read_as_generation_0() {
+        let old = r#"{"last_reconcile": {"at": "1970-01-01T00:00:01Z", "reason": "subtree",
+            "mode": "apply", "outcome": "converged", "duration_ms": 3,
+            "changed_nodes": 1, "drifted_nodes": 0}}"#;
+        let record: ManifestRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.generation, 0);
+        assert_eq!(record.last_reconcile.as_ref().unwrap().generation, 0);
+
+        let record = ManifestRecord {
+            generation: 7,
+            last_reconcile: record.last_reconcile.map(|last| LastReconcile {
+                generation: 6,
+                ..last
+            }),
+            ..ManifestRecord::default()
+        };
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["generation"], 7);
+        assert_eq!(json["last_reconcile"]["generation"], 6);
+        assert_eq!(
+            serde_json::from_value::<ManifestRecord>(json).unwrap(),
+            record
+        );
+    }
+
+    #[test]
+    fn a_subtree_kept_before_destroy_existed_is_not_being_destroyed() {
+        let old = r#"{"name": "inner", "host": "pve", "manifest": {}, "revision": "subtree:1",
+            "received_at": "1970-01-01T00:00:00Z", "from": "parent"}"#;
+        let subtree: Subtree = serde_json::from_str(old).unwrap();
+        assert!(!subtree.destroy);
+        let json = serde_json::to_value(Subtree {
+            destroy: true,
+            ..subtree
+        })
+        .unwrap();
+        assert_eq!(json["destroy"], true);
+    }
 }

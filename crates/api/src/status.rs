@@ -17,8 +17,11 @@ pub enum State {
     Conflict,
     /// An owned VM whose node left the manifest.
     Orphan,
-    /// Converged by a child reconciler on an inner host.
-    Delegated,
+    /// Not observed: a delegated node whose child tier did not answer
+    /// (unreachable, not yet bootstrapped, or failing). Never "in sync".
+    /// Older daemons said `delegated` for the same thing.
+    #[serde(alias = "delegated")]
+    Unknown,
 }
 
 impl State {
@@ -30,13 +33,14 @@ impl State {
             State::Missing => "missing",
             State::Conflict => "conflict",
             State::Orphan => "orphan",
-            State::Delegated => "delegated",
+            State::Unknown => "unknown",
         }
     }
 
-    /// True when this node counts as drift for the exit code.
+    /// True when this node counts as drift for the exit code: anything
+    /// not observed to match.
     pub fn is_drift(self) -> bool {
-        !matches!(self, State::InSync | State::Delegated)
+        self != State::InSync
     }
 }
 
@@ -46,6 +50,10 @@ pub struct NodeStatus {
     pub node: NodeName,
     /// `pve` node hosting it, for delegated nodes.
     pub parent: Option<NodeName>,
+    /// The host whose tier observed it (`nodes/<host>.yaml` there); `None`
+    /// when no tier did.
+    #[serde(default)]
+    pub tier: Option<String>,
     pub vmid: Option<VmId>,
     pub ip: Option<String>,
     pub power: Option<Power>,

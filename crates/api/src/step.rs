@@ -24,10 +24,17 @@ pub enum Step {
     StopVm,
     DestroyVm,
     ForgetVm,
+    BootstrapHost,
+    ConfigureBridge,
+    CreateApiToken,
+    WriteNodeConfig,
+    StartDaemon,
+    DelegateSubtree,
+    DestroySubtree,
 }
 
 impl Step {
-    pub const ALL: [Step; 12] = [
+    pub const ALL: [Step; 19] = [
         Step::EnsureImage,
         Step::CreateVm,
         Step::AdoptVm,
@@ -40,6 +47,13 @@ impl Step {
         Step::StopVm,
         Step::DestroyVm,
         Step::ForgetVm,
+        Step::BootstrapHost,
+        Step::ConfigureBridge,
+        Step::CreateApiToken,
+        Step::WriteNodeConfig,
+        Step::StartDaemon,
+        Step::DelegateSubtree,
+        Step::DestroySubtree,
     ];
 
     /// The verb_noun name, as in reports, events and the store.
@@ -57,6 +71,13 @@ impl Step {
             Step::StopVm => "stop_vm",
             Step::DestroyVm => "destroy_vm",
             Step::ForgetVm => "forget_vm",
+            Step::BootstrapHost => "bootstrap_host",
+            Step::ConfigureBridge => "configure_bridge",
+            Step::CreateApiToken => "create_api_token",
+            Step::WriteNodeConfig => "write_node_config",
+            Step::StartDaemon => "start_daemon",
+            Step::DelegateSubtree => "delegate_subtree",
+            Step::DestroySubtree => "destroy_subtree",
         }
     }
 }
@@ -132,13 +153,10 @@ mod tests {
     fn a_stored_name_this_build_does_not_know_reads_and_writes_back_as_is() {
         let known: StepName = serde_json::from_str(r#""create_vm""#).unwrap();
         assert_eq!(known, Step::CreateVm);
-        let unknown: StepName = serde_json::from_str(r#""configure_bridge""#).unwrap();
-        assert_eq!(unknown, StepName::Unknown("configure_bridge".into()));
+        let unknown: StepName = serde_json::from_str(r#""install_pve""#).unwrap();
+        assert_eq!(unknown, StepName::Unknown("install_pve".into()));
         assert_eq!(unknown.step(), None);
-        assert_eq!(
-            serde_json::to_string(&unknown).unwrap(),
-            r#""configure_bridge""#
-        );
+        assert_eq!(serde_json::to_string(&unknown).unwrap(), r#""install_pve""#);
         assert_eq!(StepName::default().step(), None);
     }
 }

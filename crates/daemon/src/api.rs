@@ -3,7 +3,9 @@
 //! an API token (`Authorization: Bearer`, see [`super::auth::ApiTokens`]).
 //!
 //! `PUT /v1/subtree` takes a [`SubtreeRequest`]; the manifest is validated
-//! with [`homestak_core::model::Manifest`] and must have a node tree.
+//! with [`homestak_core::model::Manifest`], must have a node tree, and
+//! must be named so that `DELETE /v1/subtree/{name}` can name it
+//! ([`is_manifest_name`]).
 
 use std::sync::Arc;
 
@@ -12,15 +14,16 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::auth::{ApiTokens, Caller};
-use super::engine::Engine;
+use super::engine::{Engine, StatusRequest};
 use super::events::EventLog;
 use super::metrics::Metrics;
-use super::reconciler::{Reconciler, subtree_revision};
+use super::reconciler::{Reconciler, error_chain, subtree_revision};
 use super::reply::{self, ApiError, Reply};
 use super::site_cell::SiteCell;
 pub use homestak_api::v1::Endpoint;
 use homestak_api::v1::{
-    EventsResponse, MAX_EVENTS, ReconcileResponse, SubtreeRequest, SubtreeResponse,
+    EventsResponse, MAX_EVENTS, PlanTree, ReconcileResponse, SubtreeDeleteResponse, SubtreeRequest,
+    SubtreeResponse, is_manifest_name,
 };
 use homestak_api::{Reason, Subtree};
 use homestak_base::time::Timestamp;
@@ -38,11 +41,13 @@ pub struct Api {
 }
 
 impl Api {
-    /// Answers a request to `endpoint`: method, token and scope first,
-    /// then the endpoint itself.
+    /// Answers a request to `endpoint` at `path` (normalised, as
+    /// [`Endpoint::of`] matched it): method, token and scope first, then
+    /// the endpoint itself.
     pub async fn handle(
         &self,
         endpoint: Endpoint,
+        path: &str,
         method: &Method,
         query: Option<&str>,
         authorization: Option<&str>,
@@ -72,11 +77,13 @@ impl Api {
             }
             Endpoint::Reconcile => self.reconcile(query, &caller).and_then(|r| body(&r)),
             Endpoint::Subtree => self.subtree(body_bytes, &caller).and_then(|r| body(&r)),
+            Endpoint::DeleteSubtree => self
+                .delete_subtree(endpoint.name_in(path), &caller)
+                .and_then(|r| body(&r)),
+            Endpoint::Plan => self.plan(body_bytes).await.and_then(|r| body(&r)),
         };
         match result {
-            Ok(value) if matches!(endpoint, Endpoint::Reconcile | Endpoint::Subtree) => {
-                Reply::json_status(202, value)
-            }
+            Ok(value) if endpoint.accepts() => Reply::json_status(202, value),
             Ok(value) => Reply::json(value),
             Err(err) => err.reply(),
         }
@@ -121,7 +128,9 @@ impl Api {
         Ok(ReconcileResponse { queued })
     }
 
-    fn subtree(&self, body: &[u8], caller: &Caller) -> Result<SubtreeResponse, ApiError> {
+    /// A subtree request's body, checked: its host has a node file here
+    /// and its manifest is a valid v2 manifest with nodes and a usable name.
+    fn subtree_request(&self, body: &[u8]) -> Result<(SubtreeRequest, Manifest), ApiError> {
         let request: SubtreeRequest = serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!(
                 "Invalid request body: {e}; send {{\"host\": NODE, \"manifest\": {{…}}}}"
@@ -137,26 +146,72 @@ impl Api {
         }
         let manifest = Manifest::from_value(&request.manifest, Origin::Json)
             .map_err(|e| ApiError::bad_request(format!("Invalid manifest: {}", e.located())))?;
-        if !manifest.has_nodes() {
+        if !manifest.has_nodes() && manifest.levels().is_empty() {
             return Err(ApiError::bad_request(
-                "Invalid manifest: a subtree must be a schema v2 manifest with nodes",
+                "Invalid manifest: a subtree must have nodes (schema v2) or levels (schema v1)",
             ));
         }
         let name = manifest.name().to_string();
+        if !is_manifest_name(&name) {
+            return Err(ApiError::bad_request(format!(
+                "Invalid manifest: a subtree's name ('{name}') must be letters, digits, '-' \
+                 and '.', starting and ending with a letter or digit"
+            )));
+        }
+        Ok((request, manifest))
+    }
+
+    /// `POST /v1/plan`: the plan of a subtree here and below; no change.
+    async fn plan(&self, body: &[u8]) -> Result<PlanTree, ApiError> {
+        let (request, manifest) = self.subtree_request(body)?;
+        let status = StatusRequest {
+            manifest: Arc::new(manifest),
+            host: request.host,
+            site: self.site.get(),
+        };
+        self.engine
+            .plan(status)
+            .await
+            .map_err(|e| ApiError::internal(format!("Cannot plan: {}", error_chain(&e))))
+    }
+
+    fn subtree(&self, body: &[u8], caller: &Caller) -> Result<SubtreeResponse, ApiError> {
+        let (request, manifest) = self.subtree_request(body)?;
+        let name = manifest.name().to_string();
         let revision = subtree_revision(&request.manifest);
-        self.reconciler.accept_subtree(Subtree {
+        let generation = self.reconciler.accept_subtree(Subtree {
             name: name.clone(),
             host: request.host.clone(),
             manifest: request.manifest,
             revision: revision.clone(),
             received_at: Timestamp::now(),
             from: caller.name.clone(),
+            destroy: false,
         })?;
-        tracing::info!(caller = %caller.name, manifest = %name, "subtree accepted");
+        tracing::info!(caller = %caller.name, manifest = %name, generation, "subtree accepted");
         Ok(SubtreeResponse {
             accepted: name,
             host: request.host,
             revision,
+            queued: true,
+            generation,
+        })
+    }
+
+    fn delete_subtree(
+        &self,
+        name: Option<&str>,
+        caller: &Caller,
+    ) -> Result<SubtreeDeleteResponse, ApiError> {
+        // Never used as a path: checked, then only a key of the store.
+        let name = name
+            .filter(|n| is_manifest_name(n))
+            .ok_or_else(|| ApiError::bad_request("Invalid subtree name in the path"))?;
+        let generation = self.reconciler.destroy_subtree(name, &caller.name)?;
+        tracing::info!(caller = %caller.name, manifest = %name, generation, "subtree destroy requested");
+        Ok(SubtreeDeleteResponse {
+            name: name.to_string(),
+            generation,
             queued: true,
         })
     }
@@ -208,5 +263,9 @@ mod tests {
         assert_eq!(Endpoint::Subtree.scope(), homestak_api::v1::Scope::Write);
         assert_eq!(Endpoint::Metrics.scope(), homestak_api::v1::Scope::Read);
         assert_eq!(Endpoint::of("/v1/other"), None);
+        assert_eq!(
+            Endpoint::of("/v1/subtree/child"),
+            Some(Endpoint::DeleteSubtree)
+        );
     }
 }

@@ -10,6 +10,7 @@ use homestak_engine::store::Store;
 
 use super::engine::{BoxFuture, Engine, Error, StatusRequest};
 use super::shutdown::Shutdown;
+use homestak_api::v1::PlanTree;
 
 /// The engine the daemon runs: a [`reconcile::Engine`] with a store.
 pub struct ConvergeEngine {
@@ -59,6 +60,15 @@ impl Engine for ConvergeEngine {
                 .status(request.site, &request.manifest, &request.host)
                 .await
                 .map_err(|e| failed("report drift", e))
+        })
+    }
+
+    fn plan(&self, request: StatusRequest) -> BoxFuture<'_, Result<PlanTree, Error>> {
+        Box::pin(async move {
+            self.engine
+                .plan_tree(request.site, &request.manifest, &request.host)
+                .await
+                .map_err(|e| failed("plan", e))
         })
     }
 

@@ -20,6 +20,7 @@ use homestak_engine::store::Store;
 
 use super::shutdown::Shutdown;
 
+use homestak_api::v1::PlanTree;
 pub use homestak_base::BoxFuture;
 
 /// A status query for one manifest.
@@ -59,6 +60,18 @@ pub trait Engine: Send + Sync + 'static {
     /// Observes one manifest's nodes and compares them with the manifest
     /// (no changes). May run concurrently with a reconcile.
     fn status(&self, request: StatusRequest) -> BoxFuture<'_, Result<Status, Error>>;
+
+    /// What converging one manifest would do on this tier and its child
+    /// tiers (no changes).
+    fn plan(&self, request: StatusRequest) -> BoxFuture<'_, Result<PlanTree, Error>> {
+        let _ = request;
+        Box::pin(async {
+            Err(Error {
+                action: "plan",
+                source: "this engine cannot plan".into(),
+            })
+        })
+    }
 
     /// A snapshot of the engine's counters.
     fn metrics(&self) -> Metrics {

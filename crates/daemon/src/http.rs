@@ -106,13 +106,14 @@ async fn dispatch(
     authorization: Option<&str>,
     body: &[u8],
 ) -> Reply {
+    let path = seed::normalise(target);
     if let Some(endpoint) = endpoint {
         return app
             .api
-            .handle(endpoint, method, query, authorization, body)
+            .handle(endpoint, path, method, query, authorization, body)
             .await;
     }
-    let route = seed::route(seed::normalise(target));
+    let route = seed::route(path);
     if matches!(route, Route::Unknown(_)) {
         return seed::unknown_endpoint(target);
     }

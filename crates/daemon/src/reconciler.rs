@@ -11,6 +11,14 @@
 //!
 //! So a commit is an instruction to converge, and `drift: report` only
 //! stops the daemon from undoing out-of-band changes between commits.
+//!
+//! A subtree a parent asked to destroy (`DELETE /v1/subtree/{name}`) runs
+//! [`Mode::Destroy`] until a run converges; then it is forgotten. The
+//! mark is kept with the subtree, so a restart resumes it.
+//!
+//! Each request of a parent bumps the manifest's generation after it
+//! changed the subtree, and a run reads the generation before the entry:
+//! a run that records generation G saw what request G asked for.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -48,6 +56,8 @@ pub struct Entry {
     pub revision: String,
     /// The manifest, or why it cannot be used.
     pub manifest: Result<Arc<Manifest>, String>,
+    /// A delegated manifest its parent asked to destroy.
+    pub destroying: bool,
 }
 
 /// A manifest the daemon manages is known by one name: its records, events,
@@ -101,6 +111,9 @@ pub struct Reconciler {
     desired: RwLock<Desired>,
     queue: Queue,
     running: Mutex<Option<Running>>,
+    /// Held while a parent's request (or forgetting a destroyed subtree)
+    /// changes a subtree, so the store and the entries move together.
+    subtree_change: Mutex<()>,
     shutdown: Shutdown,
 }
 
@@ -163,6 +176,7 @@ impl Reconciler {
             desired: RwLock::new(Desired::default()),
             queue: Queue::default(),
             running: Mutex::new(None),
+            subtree_change: Mutex::new(()),
             shutdown: parts.shutdown,
         }
     }
@@ -237,6 +251,7 @@ impl Reconciler {
                         suspended: policy.suspend,
                         revision: s.revision.clone(),
                         manifest,
+                        destroying: false,
                     },
                 );
             }
@@ -263,6 +278,7 @@ impl Reconciler {
                     suspended: false,
                     revision: sub.revision,
                     manifest,
+                    destroying: sub.destroy,
                 },
             );
         }
@@ -282,28 +298,25 @@ impl Reconciler {
             .is_some_and(|e| e.origin == Origin::Git)
     }
 
-    /// Stores a delegated subtree and queues it.
-    pub fn accept_subtree(&self, subtree: Subtree) -> Result<(), ApiError> {
+    /// Stores a delegated subtree (replacing one of its name, even one
+    /// being destroyed) and queues it. Returns the manifest's new
+    /// generation.
+    pub fn accept_subtree(&self, subtree: Subtree) -> Result<u64, ApiError> {
         let name = subtree.name.clone();
-        if self.is_git_managed(&name) {
-            return Err(ApiError::new(
-                409,
-                "E103",
-                format!("Manifest '{name}' is managed from this tier's site-config"),
-            ));
-        }
+        let _one = self
+            .subtree_change
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.refuse_git_managed(&name)?;
         let revision = subtree.revision.clone();
         let from = subtree.from.clone();
-        self.store
-            .put_subtree(&subtree, Durability::Flush)
-            .map_err(|e| {
-                tracing::error!(error = %error_chain(&e), "cannot store a subtree");
-                ApiError::internal("Cannot store the subtree")
-            })?;
-        {
-            let mut d = self.write_desired();
-            d.entries = self.entries_of(d.snapshot.as_ref());
-        }
+        let subtree = Subtree {
+            destroy: false,
+            ..subtree
+        };
+        self.keep_subtree(&subtree)?;
+        self.reload_entries();
+        let generation = self.bump_generation(&name)?;
         self.events.emit(
             Event::info(
                 Kind::SubtreeAccepted,
@@ -311,7 +324,115 @@ impl Reconciler {
             )
             .manifest(&name),
         );
-        self.enqueue(&name, Reason::Subtree)
+        self.enqueue(&name, Reason::Subtree)?;
+        Ok(generation)
+    }
+
+    /// Marks the delegated subtree `name` for destruction and queues its
+    /// destroy run (again, if one failed). Returns the manifest's new
+    /// generation.
+    pub fn destroy_subtree(&self, name: &str, from: &str) -> Result<u64, ApiError> {
+        let _one = self
+            .subtree_change
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.refuse_git_managed(name)?;
+        let kept = self.store.get_subtree(name).map_err(|e| {
+            tracing::error!(error = %error_chain(&e), manifest = name, "cannot read a subtree");
+            ApiError::internal("Cannot read the subtree")
+        })?;
+        let Some(subtree) = kept else {
+            return Err(ApiError::not_found(format!("No subtree here: {name}")));
+        };
+        if !subtree.destroy {
+            self.keep_subtree(&Subtree {
+                destroy: true,
+                ..subtree
+            })?;
+            self.reload_entries();
+        }
+        let generation = self.bump_generation(name)?;
+        self.events.emit(
+            Event::info(
+                Kind::SubtreeDestroyRequested,
+                format!("destroy asked by '{from}'"),
+            )
+            .manifest(name),
+        );
+        self.enqueue(name, Reason::Subtree)?;
+        Ok(generation)
+    }
+
+    fn refuse_git_managed(&self, name: &str) -> Result<(), ApiError> {
+        if self.is_git_managed(name) {
+            return Err(ApiError::new(
+                409,
+                "E103",
+                format!("Manifest '{name}' is managed from this tier's site-config"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn keep_subtree(&self, subtree: &Subtree) -> Result<(), ApiError> {
+        self.store
+            .put_subtree(subtree, Durability::Flush)
+            .map_err(|e| {
+                tracing::error!(error = %error_chain(&e), "cannot store a subtree");
+                ApiError::internal("Cannot store the subtree")
+            })
+    }
+
+    /// Durably counts a parent's request; returns the new generation.
+    fn bump_generation(&self, name: &str) -> Result<u64, ApiError> {
+        self.store
+            .update_manifest(name, Durability::Flush, &mut |r| {
+                r.generation = r.generation.saturating_add(1);
+            })
+            .map(|r| r.generation)
+            .map_err(|e| {
+                tracing::error!(error = %error_chain(&e), manifest = name, "cannot record a request");
+                ApiError::internal("Cannot record the request")
+            })
+    }
+
+    /// Re-reads the subtrees into the entries.
+    fn reload_entries(&self) {
+        let mut d = self.write_desired();
+        d.entries = self.entries_of(d.snapshot.as_ref());
+        let entries = &d.entries;
+        self.metrics
+            .drifted_nodes
+            .retain_first_label(|name| entries.contains_key(name));
+    }
+
+    /// Forgets a subtree whose destroy run converged, unless a request
+    /// came after the run started (its own run is queued).
+    fn forget_destroyed(&self, name: &str, generation: u64) {
+        let _one = self
+            .subtree_change
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.record(name).generation != generation {
+            return;
+        }
+        match self.store.get_subtree(name) {
+            Ok(Some(subtree)) if subtree.destroy => {}
+            Ok(_) => return,
+            Err(err) => {
+                tracing::error!(error = %error_chain(&err), manifest = name, "cannot read a destroyed subtree; it is kept");
+                return;
+            }
+        }
+        // Kept on failure: the next resync destroys (nothing) and tries again.
+        if let Err(err) = self.store.delete_subtree(name, Durability::Flush) {
+            tracing::error!(error = %error_chain(&err), manifest = name, "cannot forget a destroyed subtree");
+            return;
+        }
+        self.reload_entries();
+        tracing::info!(manifest = name, "destroyed subtree forgotten");
+        self.events
+            .emit(Event::info(Kind::SubtreeForgotten, "destroyed").manifest(name));
     }
 
     /// Queues every managed, unsuspended manifest. Returns the names.
@@ -414,6 +535,8 @@ impl Reconciler {
     }
 
     async fn run_job(&self, job: Job) {
+        // The record (and its generation) before the entry: see the module docs.
+        let record = self.record(&job.name);
         let Some(entry) = self.read_desired().entries.get(&job.name).cloned() else {
             self.events
                 .emit(Event::info(Kind::ReconcileSkipped, "no longer managed").manifest(&job.name));
@@ -424,13 +547,17 @@ impl Reconciler {
                 .emit(Event::info(Kind::ReconcileSkipped, "suspended").manifest(&job.name));
             return;
         }
-        let record = self.record(&entry.name);
-        let mode = decide_mode(
-            job.reason,
-            entry.drift,
-            &entry.revision,
-            record.last_applied.as_ref(),
-        );
+        let generation = record.generation;
+        let mode = if entry.destroying {
+            Mode::Destroy
+        } else {
+            decide_mode(
+                job.reason,
+                entry.drift,
+                &entry.revision,
+                record.last_applied.as_ref(),
+            )
+        };
         let started = Timestamp::now();
         let clock = Instant::now();
         let ran = match (&entry.manifest, &entry.host) {
@@ -464,6 +591,7 @@ impl Reconciler {
                     reason: job.reason,
                     mode,
                     options: Options::default(),
+                    generation,
                 };
                 // On its own task, so a panicking engine fails this job
                 // instead of killing the worker.
@@ -498,6 +626,7 @@ impl Reconciler {
                 revision: Some(&entry.revision),
                 reason: job.reason,
                 mode,
+                generation,
             };
             let run = RunOutcome::failed(why.clone(), started, clock.elapsed());
             if let Err(err) = reconcile::record_run(self.store.as_ref(), &what, &run) {
@@ -524,6 +653,9 @@ impl Reconciler {
         tracing::info!(manifest = %entry.name, outcome = outcome.as_str(), "reconcile finished");
         self.events
             .emit(Event::new(level, Kind::ReconcileFinished, text).manifest(&entry.name));
+        if mode == Mode::Destroy && outcome == Outcome::Converged {
+            self.forget_destroyed(&entry.name, generation);
+        }
     }
 
     /// What the store keeps about `manifest` (nothing, if it cannot be read:
@@ -621,6 +753,7 @@ impl Reconciler {
             revision: entry.revision.clone(),
             in_sync: status.as_ref().map(|s| s.in_sync),
             record,
+            destroying: entry.destroying,
             status,
             error,
         }

@@ -169,6 +169,8 @@ async fn auth_matrix_over_tls() {
     for (method, path) in [
         (Method::POST, "/v1/reconcile"),
         (Method::PUT, "/v1/subtree"),
+        // After the PUT above: `child` is held.
+        (Method::DELETE, "/v1/subtree/child"),
     ] {
         rows.push(row(method.clone(), path, "none", None, 401, Some("E300")));
         rows.push(row(
@@ -428,7 +430,8 @@ async fn reconciler_api_drives_the_engine() {
             "E101",
         ),
         (
-            json!({"host": "father", "manifest": {"schema_version": 1, "name": "x", "levels": [{"name": "a", "env": "e"}]}}),
+            // v1 subtrees are accepted (levels nest); an empty one is not.
+            json!({"host": "father", "manifest": {"schema_version": 1, "name": "x", "levels": []}}),
             "E101",
         ),
         (
@@ -580,6 +583,7 @@ async fn the_typed_client_speaks_the_daemons_api() {
         .unwrap();
     assert_eq!(accepted.accepted, "child");
     assert!(accepted.revision.starts_with("subtree:"));
+    assert_eq!(accepted.generation, 1);
 
     let events = reader.events(0, 500).await.unwrap();
     assert!(

@@ -7,4 +7,5 @@ mod api;
 mod reconcile_loop;
 mod repos;
 mod secrets;
+mod subtrees;
 mod support;

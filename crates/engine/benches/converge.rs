@@ -100,6 +100,7 @@ async fn converge(
         reason: Reason::Cli,
         mode: Mode::Apply,
         options,
+        generation: 0,
     };
     let started = Instant::now();
     let run = engine

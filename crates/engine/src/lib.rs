@@ -4,16 +4,17 @@
 //!
 //! - [`reconcile`]: one reconcile of one manifest on one tier (resolve
 //!   desired, observe, plan, apply, record): the one path the CLI and the
-//!   daemon share (and, next, a parent tier handing a subtree over); also
-//!   `status`.
+//!   daemon share (a subtree a parent tier hands over runs it too); also
+//!   `status`, one tree across tiers, and `plan` with the child tiers'.
 //! - [`executor`]: runs a plan as a DAG with bounded concurrency, backoff
 //!   and requeue instead of holding workers across PVE tasks.
-//! - [`controllers`]: one per node kind; idempotent verb_noun steps, named
-//!   by [`homestak_api::step::Step`].
+//! - [`controllers`]: one per node kind (`vm`; `pve`: an inner PVE host and
+//!   its child tier); idempotent verb_noun steps, named by
+//!   [`homestak_api::step::Step`].
 //! - [`state_dir`]: where a tier keeps its state (store, known hosts, the
 //!   daemon's certificate and tokens), decided in one place.
 //! - [`store`]: durable records (sled behind a small trait): node records,
-//!   conditions, events, leases.
+//!   conditions, events, leases, and each `pve` node's delegation.
 
 pub mod controllers;
 pub mod executor;

@@ -325,6 +325,7 @@ both!(leases_have_one_holder_until_expiry);
 fn manifest_records_round_trip(store: &dyn Store) {
     assert_eq!(store.get_manifest("n2-quick").unwrap(), None);
     let record = ManifestRecord {
+        generation: 4,
         last_applied: Some(Applied {
             revision: "0123abcd".into(),
             at: Timestamp::from_millis(2),
@@ -340,6 +341,7 @@ fn manifest_records_round_trip(store: &dyn Store) {
             drifted_nodes: 1,
             summary: "1 converged, 1 failed".into(),
             message: Some("1 converged, 1 failed".into()),
+            generation: 3,
         }),
     };
     store
@@ -360,7 +362,17 @@ fn manifest_records_round_trip(store: &dyn Store) {
         })
         .unwrap();
     assert_eq!(changed.last_reconcile, record.last_reconcile);
+    assert_eq!(changed.generation, 4);
     assert_eq!(store.get_manifest("n2-quick").unwrap(), Some(changed));
+    // A generation bump, as a parent's request makes one.
+    let bumped = store
+        .update_manifest("n2-quick", Durability::Flush, &mut |r| r.generation += 1)
+        .unwrap();
+    assert_eq!(bumped.generation, 5);
+    assert_eq!(
+        store.get_manifest("n2-quick").unwrap().unwrap().generation,
+        5
+    );
     let fresh = store
         .update_manifest("new", Durability::Lazy, &mut |_| {})
         .unwrap();
@@ -377,6 +389,7 @@ fn subtrees_are_kept_by_name(store: &dyn Store) {
         revision: revision.into(),
         received_at: Timestamp::from_millis(7),
         from: "parent".into(),
+        destroy: false,
     };
     store
         .put_subtree(&subtree("inner", "subtree:1"), Durability::Flush)
@@ -395,9 +408,22 @@ fn subtrees_are_kept_by_name(store: &dyn Store) {
             .collect::<Vec<_>>(),
         [("another", "subtree:2"), ("inner", "subtree:3")]
     );
+    assert_eq!(
+        store.get_subtree("inner").unwrap().unwrap().revision,
+        "subtree:3"
+    );
+    // Marked for destruction: the mark is kept with it.
+    let doomed = Subtree {
+        destroy: true,
+        ..subtree("inner", "subtree:3")
+    };
+    store.put_subtree(&doomed, Durability::Flush).unwrap();
+    assert_eq!(store.get_subtree("inner").unwrap(), Some(doomed));
     assert!(store.delete_subtree("inner", Durability::Flush).unwrap());
     assert!(!store.delete_subtree("inner", Durability::Flush).unwrap());
+    assert_eq!(store.get_subtree("inner").unwrap(), None);
     assert_eq!(store.list_subtrees().unwrap().len(), 1);
+    assert!(store.get_subtree("").is_err());
     assert!(
         store
             .put_subtree(&subtree("", "subtree:4"), Durability::Lazy)

@@ -232,7 +232,8 @@ impl Default for Downloads {
 
 /// The PVE host a VM booted from a PVE image becomes (a nested tier). Its
 /// node is named after the VM and has the VM's CPUs and memory; latency,
-/// downloads, SSH port, faults, version and time scale are this tier's.
+/// downloads, SSH port, version and time scale are this tier's, and so are
+/// faults unless `faults` is given.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NestedConfig {
@@ -242,6 +243,8 @@ pub struct NestedConfig {
     /// Images present on the inner node. Default: the images of this tier
     /// (so a PVE image can nest again); `[]` starts the inner host empty.
     pub images: Option<Vec<ImageConfig>>,
+    /// Fault rates inside (and deeper); default: this tier's.
+    pub faults: Option<FaultRates>,
 }
 
 /// Where a simulator keeps its TLS certificate, as PVE keeps

@@ -205,17 +205,10 @@ pub async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body
             let Ok(vmid) = id.parse::<u32>() else {
                 return fail(StatusCode::BAD_REQUEST, "bad vmid");
             };
-            let mut w = shared.world_mut();
-            let Some(vm) = w.vms.remove(&vmid) else {
-                return fail(StatusCode::NOT_FOUND, format!("VM {vmid} does not exist"));
-            };
-            for vol in vm.volumes() {
-                w.free_volume(&vm.node, &vol);
+            match remove_vm(&shared, vmid) {
+                Ok(()) => ok(Value::Null),
+                Err(e) => fail(StatusCode::NOT_FOUND, e),
             }
-            if let Some(dir) = &vm.workdir {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            ok(Value::Null)
         }
         ("GET", ["_sim", "host"]) => ok(shared.host.view()),
         ("POST", ["_sim", "images"]) => match parse::<Image>(&body) {
@@ -227,6 +220,21 @@ pub async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body
             format!("no control endpoint {method} {path}"),
         ),
     }
+}
+
+/// Removes a VM and its volumes at once (out of band).
+pub(crate) fn remove_vm(shared: &Shared, vmid: u32) -> Result<(), String> {
+    let mut w = shared.world_mut();
+    let Some(vm) = w.vms.remove(&vmid) else {
+        return Err(format!("VM {vmid} does not exist"));
+    };
+    for vol in vm.volumes() {
+        w.free_volume(&vm.node, &vol);
+    }
+    if let Some(dir) = &vm.workdir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(())
 }
 
 /// Adds what runs inside the VM (`null` until it has booted).

@@ -439,6 +439,70 @@ impl fmt::Debug for Handle {
     }
 }
 
+/// A running tier of the simulator, nested any depth: its world and
+/// request counters (for tests and benchmarks of nested trees).
+#[derive(Clone)]
+pub struct TierView {
+    shared: Arc<Shared>,
+}
+
+impl TierView {
+    fn of(shared: &Arc<Shared>) -> TierView {
+        TierView {
+            shared: shared.clone(),
+        }
+    }
+
+    /// A snapshot of this tier's world.
+    pub fn world(&self) -> World {
+        self.shared.world().clone()
+    }
+
+    /// Requests by method and path template since the last reset.
+    pub fn requests(&self) -> BTreeMap<String, u64> {
+        self.shared.counters.snapshot()
+    }
+
+    pub fn reset_requests(&self) {
+        self.shared.counters.reset();
+    }
+
+    /// Removes VM `vmid` and its volumes at once, as `DELETE
+    /// /_sim/vms/{vmid}` does.
+    pub fn delete_vm(&self, vmid: u32) -> Result<(), String> {
+        control::remove_vm(&self.shared, vmid)
+    }
+
+    /// Kills the main process of service `unit` in VM `vmid` with
+    /// SIGKILL, as a crash would (its `Restart=` then applies).
+    pub fn kill_service(&self, vmid: u32, unit: &str) -> Result<(), String> {
+        let guest = self
+            .shared
+            .guests
+            .get(vmid)
+            .ok_or_else(|| format!("VM {vmid} has not booted"))?;
+        let pid = guest
+            .ctx
+            .units
+            .state(&guest::units::unit_name(unit))
+            .pid
+            .ok_or_else(|| format!("{unit} does not run in VM {vmid}"))?;
+        let pid = i32::try_from(pid).map_err(|_| format!("pid {pid} out of range"))?;
+        nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .map_err(|e| format!("kill {unit} (pid {pid}): {e}"))
+    }
+
+    /// The nested tier inside this tier's VM `vmid`, while it runs.
+    pub fn nested(&self, vmid: u32) -> Option<TierView> {
+        let guest = self.shared.guests.get(vmid)?;
+        let inner = guest.ctx.pve.as_ref()?.shared()?;
+        Some(TierView { shared: inner })
+    }
+}
+
 impl Handle {
     /// `https://127.0.0.1:PORT`
     pub fn url(&self) -> &str {
@@ -508,6 +572,16 @@ impl Handle {
     /// A snapshot of the world (for tests and the nested-tier seam).
     pub fn world(&self) -> World {
         self.shared.world().clone()
+    }
+
+    /// This tier as a [`TierView`].
+    pub fn view(&self) -> TierView {
+        TierView::of(&self.shared)
+    }
+
+    /// The nested PVE tier inside VM `vmid`, while it runs.
+    pub fn nested(&self, vmid: u32) -> Option<TierView> {
+        self.view().nested(vmid)
     }
 
     /// What the API handlers share (the guest shims act on a nested

@@ -266,6 +266,20 @@ impl Manifest {
         Ok(self.levels_only(format!("{}[1:]", self.name), self.levels[1..].to_vec()))
     }
 
+    /// The levels after the first, as the manifest the first level's host
+    /// converges (`FIRST-subtree`, a name a child tier can key it by).
+    pub fn levels_below_first(&self) -> Result<Manifest, Error> {
+        if self.is_leaf() {
+            return Err(Error::AlreadyLeaf {
+                name: self.name.clone(),
+            });
+        }
+        Ok(self.levels_only(
+            format!("{}-subtree", self.levels[0].name),
+            self.levels[1..].to_vec(),
+        ))
+    }
+
     fn levels_only(&self, name: String, levels: Vec<Level>) -> Manifest {
         Manifest {
             schema_version: self.schema_version,

@@ -12,7 +12,8 @@ use serde_json::{Map, Value};
 
 use super::error::Problem;
 use super::types::{
-    Execution, ExecutionMode, NodeExecution, NodeType, OnError, Pattern, Settings, Version,
+    Execution, ExecutionMode, NodeExecution, NodeType, OnError, Pattern, Settings, Timeouts,
+    Version,
 };
 use super::v1::{self, Level};
 use super::v2::{self, Node};
@@ -68,6 +69,7 @@ const SETTINGS_FIELDS: &[&str] = &[
     "cleanup_on_failure",
     "timeout_buffer",
     "on_error",
+    "timeouts",
 ];
 const EXECUTION_FIELDS: &[&str] = &["default_mode"];
 const NODE_EXECUTION_FIELDS: &[&str] = &["mode"];
@@ -287,9 +289,34 @@ fn settings(map: Option<&Map<String, Value>>) -> Result<Settings, Problem> {
         on_error: fields
             .keyword("on_error", OnError::parse, OnError::KEYWORDS)?
             .unwrap_or(defaults.on_error),
+        timeouts: timeouts(fields.mapping("timeouts")?)?,
     };
     fields.only(SETTINGS_FIELDS)?;
     Ok(settings)
+}
+
+const TIMEOUT_FIELDS: &[&str] = &[
+    "wait_ip",
+    "bootstrap",
+    "configure_bridge",
+    "download_images",
+    "subtree_delegation",
+];
+
+fn timeouts(map: Option<&Map<String, Value>>) -> Result<Timeouts, Problem> {
+    let Some(map) = map else {
+        return Ok(Timeouts::default());
+    };
+    let fields = Fields::new("settings.timeouts".into(), map);
+    let timeouts = Timeouts {
+        wait_ip: fields.count("wait_ip")?,
+        bootstrap: fields.count("bootstrap")?,
+        configure_bridge: fields.count("configure_bridge")?,
+        download_images: fields.count("download_images")?,
+        subtree_delegation: fields.count("subtree_delegation")?,
+    };
+    fields.only(TIMEOUT_FIELDS)?;
+    Ok(timeouts)
 }
 
 fn entry_mapping(item: &Value, place: impl Fn() -> String) -> Result<&Map<String, Value>, Problem> {
@@ -578,6 +605,33 @@ mod tests {
             err.to_string(),
             "settings: field 'verify_ssh' must be true or false, got a string"
         );
+    }
+
+    #[test]
+    fn lifecycle_timeouts_are_seconds_and_checked() {
+        let Document::V2(doc) = parse(json!({
+            "schema_version": 2, "name": "x", "nodes": [{"name": "a", "type": "vm"}],
+            "settings": {"timeouts": {"bootstrap": 900, "subtree_delegation": 3600}}
+        }))
+        .unwrap() else {
+            panic!("expected v2");
+        };
+        assert_eq!(doc.settings.timeouts.bootstrap, Some(900));
+        assert_eq!(doc.settings.timeouts.subtree_delegation, Some(3600));
+        assert_eq!(doc.settings.timeouts.wait_ip, None);
+        let flags = Timeouts {
+            bootstrap: Some(60),
+            ..Timeouts::default()
+        };
+        let both = doc.settings.timeouts.overridden_by(&flags);
+        assert_eq!(both.bootstrap, Some(60));
+        assert_eq!(both.subtree_delegation, Some(3600));
+        let err = parse(json!({
+            "schema_version": 2, "name": "x", "nodes": [{"name": "a", "type": "vm"}],
+            "settings": {"timeouts": {"bootstrapp": 900}}
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("bootstrapp"), "{err}");
     }
 
     #[test]

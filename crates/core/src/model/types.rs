@@ -136,6 +136,10 @@ pub struct Settings {
     // Kept for v1 manifests too, although the reference's v1 serialisation
     // drops it.
     pub on_error: OnError,
+    /// Lifecycle timeouts in seconds; unset ones keep their defaults
+    /// (flags override both).
+    #[serde(skip_serializing_if = "Timeouts::is_empty")]
+    pub timeouts: Timeouts,
 }
 
 impl Default for Settings {
@@ -145,6 +149,43 @@ impl Default for Settings {
             cleanup_on_failure: true,
             timeout_buffer: 60,
             on_error: OnError::Stop,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// The lifecycle timeouts a manifest may set, in seconds (the Python
+/// tool's phases: `wait_ip` 300, `bootstrap` 600, `configure_bridge` 120,
+/// `download_images` 300, `subtree_delegation` 1200).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_ip: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub configure_bridge: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download_images: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subtree_delegation: Option<u32>,
+}
+
+impl Timeouts {
+    /// True when none is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Timeouts::default()
+    }
+
+    /// Each one `other` sets replaces this one's.
+    pub fn overridden_by(&self, other: &Timeouts) -> Timeouts {
+        Timeouts {
+            wait_ip: other.wait_ip.or(self.wait_ip),
+            bootstrap: other.bootstrap.or(self.bootstrap),
+            configure_bridge: other.configure_bridge.or(self.configure_bridge),
+            download_images: other.download_images.or(self.download_images),
+            subtree_delegation: other.subtree_delegation.or(self.subtree_delegation),
         }
     }
 }

@@ -90,9 +90,11 @@ pub struct SiteDefaults {
     /// Where VM images are downloaded from when a PVE storage lacks them:
     /// a URL prefix to which `<image>.qcow2` is appended (default: the
     /// packer release, `https://github.com/<packer_release_repo>/releases/download/<packer_release>/`).
+    /// An image not there whole is looked for in parts,
+    /// `<image>.qcow2.partaa`, `.partab`, … (coreutils `split`'s names).
     pub image_source: Option<String>,
-    /// Images a release ships in parts (too big for one release asset):
-    /// image name → number of parts (`<image>.qcow2.part00`, `part01`, …),
+    /// Images a release ships in parts, so the source need not be asked:
+    /// image name → number of parts (`<image>.qcow2.partaa`, `.partab`, …),
     /// joined on the PVE host after download.
     pub image_parts: Option<BTreeMap<String, u32>>,
     /// Remove the PVE subscription nag (default true).

@@ -138,11 +138,15 @@ pub struct Call {
     pub revision: String,
     pub reason: Reason,
     pub mode: Mode,
+    /// The manifest's generation the daemon read when the run started.
+    pub generation: u64,
 }
 
 /// An engine that records calls and converges at once, or, when `hold`
 /// is set, waits for shutdown and reports the reconcile interrupted. It
 /// records its runs in its (in-memory) store as the real engine does.
+/// When `gated`, each run waits for a permit of `gate` once it is
+/// called; `fail_destroy` makes destroy runs fail.
 pub struct FakeEngine {
     pub store: Arc<dyn Store>,
     pub calls: Mutex<Vec<Call>>,
@@ -152,6 +156,9 @@ pub struct FakeEngine {
     pub interrupted_seen: AtomicBool,
     /// Panic in the next reconcile (once).
     pub panic_next: AtomicBool,
+    pub gated: AtomicBool,
+    pub gate: tokio::sync::Semaphore,
+    pub fail_destroy: AtomicBool,
 }
 
 impl FakeEngine {
@@ -166,6 +173,9 @@ impl FakeEngine {
                 drifted: AtomicU64::new(0),
                 interrupted_seen: AtomicBool::new(false),
                 panic_next: AtomicBool::new(false),
+                gated: AtomicBool::new(false),
+                gate: tokio::sync::Semaphore::new(0),
+                fail_destroy: AtomicBool::new(false),
             }),
             rx,
         )
@@ -180,6 +190,7 @@ impl FakeEngine {
             revision: request.revision.as_deref(),
             reason: request.reason,
             mode: request.mode,
+            generation: request.generation,
         };
         reconcile::record_run(self.store.as_ref(), &what, &run)
             .expect("the fake engine records its run");
@@ -218,13 +229,25 @@ impl Engine for FakeEngine {
                 revision: request.revision.clone().unwrap_or_default(),
                 reason: request.reason,
                 mode: request.mode,
+                generation: request.generation,
             };
             self.calls.lock().unwrap().push(call.clone());
             let _ = self.tx.send(call);
             if self.panic_next.swap(false, Ordering::SeqCst) {
                 panic!("fake engine: deliberate panic");
             }
+            if self.gated.load(Ordering::SeqCst) {
+                self.gate
+                    .acquire()
+                    .await
+                    .expect("the gate is open")
+                    .forget();
+            }
             let nodes = request.manifest.nodes().unwrap_or_default().len() as u64;
+            if request.mode == Mode::Destroy && self.fail_destroy.load(Ordering::SeqCst) {
+                let failed = run(Outcome::Failed, 0, nodes, Some("cannot delete a VM"));
+                return Ok(self.finish(&request, failed));
+            }
             if self.hold.load(Ordering::SeqCst) {
                 let mut shutdown = shutdown;
                 shutdown.triggered().await;
@@ -254,6 +277,7 @@ impl Engine for FakeEngine {
                 .map(|i| NodeStatus {
                     node: homestak_core::model::NodeName::new(format!("vm{i}")).unwrap(),
                     parent: None,
+                    tier: Some(request.host.clone()),
                     vmid: None,
                     ip: None,
                     power: None,

@@ -44,7 +44,10 @@ pub async fn execute<C: Controller>(
                     .into_iter()
                     .collect()
             };
-            let steps = if n.is_actionable() {
+            // A no-op node may still have looking to do (a `pve` node asks
+            // its child tier to converge); a controller plans none otherwise.
+            let looks = n.action == Action::NoOp && n.blocked.is_none();
+            let steps = if n.is_actionable() || looks {
                 controller.steps(n)
             } else {
                 Vec::new()

@@ -361,7 +361,14 @@ impl<'a, C: Controller> Scheduler<'a, C> {
                 run.attempts = 0;
                 run.cursor += 1;
                 if run.cursor == run.steps.len() {
-                    self.finish(i, NodeState::Converged);
+                    // A no-op node's steps only looked (a `pve` node's
+                    // child tier): nothing changed on this tier.
+                    let end = if run.plan.action == homestak_core::plan::Action::NoOp {
+                        NodeState::Unchanged
+                    } else {
+                        NodeState::Converged
+                    };
+                    self.finish(i, end);
                 } else {
                     run.phase = Phase::Ready;
                 }

@@ -67,6 +67,10 @@ impl Controller for Fake {
             .get(node.node.as_str())
             .cloned()
             .unwrap_or_else(|| {
+                // As the real controllers: nothing to do for a no-op.
+                if node.action == Action::NoOp {
+                    return Vec::new();
+                }
                 vec![
                     Planned::on_storage(Step::CreateVm, "s"),
                     Planned::new(Step::StartVm),
@@ -347,6 +351,29 @@ async fn on_error_rollback_undoes_created_nodes_children_first() {
     let root_undo = fake.starts("root", Step::DestroyVm);
     assert_eq!((child_undo.len(), root_undo.len()), (1, 1));
     assert!(child_undo[0] < root_undo[0], "children are undone first");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_no_op_node_runs_the_looks_its_controller_plans_and_stays_unchanged() {
+    let mut fake = Fake::default();
+    fake.steps
+        .insert("n".into(), vec![Planned::new(Step::DelegateSubtree)]);
+    let fake = Arc::new(fake);
+    let plan = Plan {
+        manifest: "m".into(),
+        host: "pve".into(),
+        nodes: vec![node("n", Action::NoOp)],
+    };
+    let report = run(
+        fake.clone(),
+        &plan,
+        &BTreeMap::new(),
+        &config(2, OnError::Stop),
+    )
+    .await;
+    assert_eq!(report.nodes["n"], NodeState::Unchanged);
+    assert_eq!(fake.log.lock().unwrap().len(), 1);
+    assert!(report.success());
 }
 
 #[tokio::test(start_paused = true)]

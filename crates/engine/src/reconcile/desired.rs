@@ -11,7 +11,9 @@
 //! resolved them (`resolve_inline_vm` / `resolve_env`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use homestak_core::graph::ManifestGraph;
 use homestak_core::model::{InvalidNodeName, InvalidVmId, Manifest, NodeName, NodeType, VmId};
 use homestak_core::plan::{Desired, DesiredVm, IpConfig, Kind};
 use homestak_core::site::{self, InlineVm, Site, TofuVars, VmSettings};
@@ -42,6 +44,23 @@ pub enum Error {
         #[source]
         source: InvalidNodeName,
     },
+    #[error(
+        "level {level} hosts the levels after it, so it must be one VM (the PVE host); its env \
+         makes {vms}"
+    )]
+    LevelHost { level: String, vms: usize },
+    #[error("level {level}: cannot take the levels after it for its child tier")]
+    Levels {
+        level: String,
+        #[source]
+        source: Box<homestak_core::model::Error>,
+    },
+    #[error("node {node}: cannot extract the subtree its child tier converges")]
+    Subtree {
+        node: String,
+        #[source]
+        source: Box<homestak_core::graph::Error>,
+    },
     #[error("VM {node}: its resolved vmid cannot be used; fix vmid_base or vmid in the env file")]
     VmId {
         node: String,
@@ -56,15 +75,31 @@ pub struct Tier {
     pub desired: Desired,
     /// Child → parent, among this tier's nodes.
     pub parents: BTreeMap<NodeName, NodeName>,
-    /// Nodes converged by child reconcilers on inner hosts, with the `pve`
-    /// node that hosts them.
-    pub delegated: Vec<(NodeName, NodeName)>,
+    /// Nodes converged by child reconcilers on inner hosts: each with its
+    /// parent in the manifest and the `pve` node of this tier below which it
+    /// sits.
+    pub delegated: Vec<Delegated>,
+    /// The subtree each `pve` node of this tier hands to its child tier
+    /// (the manifest below it, its children as roots).
+    pub subtrees: BTreeMap<NodeName, Arc<Manifest>>,
+}
+
+/// A node another tier converges.
+#[derive(Debug, Clone)]
+pub struct Delegated {
+    pub node: NodeName,
+    /// Its parent in the manifest.
+    pub parent: NodeName,
+    /// The `pve` node of this tier whose child tier (or a deeper one)
+    /// converges it.
+    pub via: NodeName,
 }
 
 /// Resolves `manifest` for target `host` (a `nodes/<host>.yaml`).
 pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Error> {
     let mut vms = Vec::new();
     let mut delegated = Vec::new();
+    let mut subtrees = BTreeMap::new();
     if let Some(nodes) = manifest.nodes_in_creation_order() {
         // The root above a nested node: the `pve` node of this tier that
         // hosts it. Validation made every parent a node of the manifest.
@@ -76,18 +111,67 @@ pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Err
             Some(current.name.clone())
         };
         for node in nodes {
-            if node.parent.is_some() {
-                if let Some(host_node) = root_of(&node.name) {
-                    delegated.push((node.name.clone(), host_node));
+            if let Some(parent) = &node.parent {
+                if let Some(via) = root_of(&node.name) {
+                    delegated.push(Delegated {
+                        node: node.name.clone(),
+                        parent: parent.clone(),
+                        via,
+                    });
                 }
                 continue;
             }
             vms.push(resolve_v2_node(site, node, host)?);
         }
+        let has_children: Vec<&NodeName> = vms
+            .iter()
+            .filter(|v| v.kind == Kind::Pve)
+            .map(|v| &v.name)
+            .filter(|name| delegated.iter().any(|d| &d.parent == *name))
+            .collect();
+        if !has_children.is_empty() {
+            let wrap = |node: &NodeName| {
+                let node = node.to_string();
+                move |source| Error::Subtree {
+                    node,
+                    source: Box::new(source),
+                }
+            };
+            let graph = ManifestGraph::new(manifest).map_err(wrap(has_children[0]))?;
+            for name in has_children {
+                let subtree = graph.subtree(name.as_str()).map_err(wrap(name))?;
+                subtrees.insert(name.clone(), Arc::new(subtree));
+            }
+        }
     } else if let Some((first, rest)) = manifest.levels().split_first() {
-        vms.extend(resolve_v1_level(site, first, host)?);
+        // A level with `post_scenario: pve-setup`, or hosting further
+        // levels, becomes a PVE host: the next level is its child tier's.
+        let pve = !rest.is_empty() || first.post_scenario.as_deref() == Some("pve-setup");
+        let level = resolve_v1_level(site, first, host, pve)?;
+        if !rest.is_empty() {
+            let [host_vm] = level.as_slice() else {
+                return Err(Error::LevelHost {
+                    level: first.name.to_string(),
+                    vms: level.len(),
+                });
+            };
+            let subtree = manifest
+                .levels_below_first()
+                .map_err(|source| Error::Levels {
+                    level: first.name.to_string(),
+                    source: Box::new(source),
+                })?;
+            subtrees.insert(host_vm.name.clone(), Arc::new(subtree));
+        }
+        vms.extend(level);
+        let mut parent = first.name.clone();
         for level in rest {
-            delegated.push((level.name.clone(), first.name.clone()));
+            delegated.push(Delegated {
+                node: level.name.clone(),
+                parent: parent.clone(),
+                via: first.name.clone(),
+            });
+            parent = level.name.clone();
         }
     }
     Ok(Tier {
@@ -100,6 +184,7 @@ pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Err
         // tiers bring their own.
         parents: BTreeMap::new(),
         delegated,
+        subtrees,
     })
 }
 
@@ -172,6 +257,7 @@ fn resolve_v1_level(
     site: &Site,
     level: &homestak_core::model::Level,
     host: &str,
+    pve: bool,
 ) -> Result<Vec<DesiredVm>, Error> {
     let name = level.name.to_string();
     let wrap = |source| Error::Resolve {
@@ -194,8 +280,7 @@ fn resolve_v1_level(
         })
         .map_err(wrap)?
     };
-    // A v1 level that hosts further levels is a PVE host.
-    to_desired(&vars, Kind::Vm)
+    to_desired(&vars, if pve { Kind::Pve } else { Kind::Vm })
 }
 
 /// Turns resolved tofu variables into the planner's desired VMs.

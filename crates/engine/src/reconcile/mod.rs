@@ -1,5 +1,5 @@
 //! One reconcile of one manifest on one PVE tier, the same path for every
-//! trigger (CLI, daemon timer, commit, restart; next, a parent tier):
+//! trigger (CLI, daemon timer, commit, restart, a parent tier's subtree):
 //! [`Engine::run_once`] does
 //!
 //! 1. [`desired::resolve`]: the manifest through the site-config for the
@@ -28,6 +28,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::controllers::pve::{self as pve_node, Lifecycle};
+use crate::controllers::tier::TierController;
 use crate::controllers::vm::{
     HostSsh, ImageSource, KnownHostsFile, RunState, SshCheck, Timing, VmController,
 };
@@ -133,6 +135,13 @@ pub struct Options {
     /// Executor limits; `on_error` comes from the manifest.
     pub executor: executor::Config,
     pub timing: Timing,
+    /// Lifecycle timeouts from flags: each one set overrides the
+    /// manifest's `settings.timeouts`, which override the defaults.
+    pub timeouts: homestak_core::model::Timeouts,
+    /// The port of the child daemons this tier starts.
+    pub daemon_port: u16,
+    /// How `pve` nodes run their child tiers.
+    pub delegate: pve_node::Delegate,
 }
 
 impl Default for Options {
@@ -143,6 +152,9 @@ impl Default for Options {
             verify_ssh: None,
             executor: executor::Config::default(),
             timing: Timing::default(),
+            timeouts: homestak_core::model::Timeouts::default(),
+            daemon_port: pve_node::DAEMON_PORT,
+            delegate: pve_node::Delegate::Daemon,
         }
     }
 }
@@ -157,6 +169,10 @@ pub struct Tier {
     pub api: Arc<dyn Api>,
     pub store: Option<Arc<dyn Store>>,
     pub ssh: Option<SshCheck>,
+    /// Why `ssh` could not be set up, when a `pve` node needs it.
+    pub ssh_error: Option<String>,
+    /// The homestak binary installed on inner PVE hosts.
+    pub binary: PathBuf,
     /// Where VM host keys are recorded (dropped when a VM is destroyed).
     pub known_hosts: Option<KnownHostsFile>,
     /// SSH to the host itself (joining images shipped in parts).
@@ -357,7 +373,16 @@ impl Tier {
         } else {
             None
         };
-        let controller = Arc::new(VmController {
+        let timeouts = planned.settings.timeouts.overridden_by(&options.timeouts);
+        let mut timing = options.timing.clone();
+        let secs = |s: u32| std::time::Duration::from_secs(u64::from(s));
+        if let Some(s) = timeouts.wait_ip {
+            timing.agent_timeout = secs(s);
+        }
+        if let Some(s) = timeouts.download_images {
+            timing.download_timeout = secs(s);
+        }
+        let vm = VmController {
             api: self.api.clone(),
             pve_node: self.pve_node.clone(),
             manifest: planned.tier.desired.manifest.clone(),
@@ -369,10 +394,38 @@ impl Tier {
             ssh,
             known_hosts: self.known_hosts.clone(),
             host_ssh: self.host_ssh.clone(),
-            timing: options.timing.clone(),
+            timing,
             shared: RunState::default(),
+        };
+        vm.reserve(planned.plan.nodes.iter().filter_map(|n| n.vmid));
+        let pve = self.store.clone().map(|store| Lifecycle {
+            ssh: self.ssh.clone().ok_or_else(|| {
+                self.ssh_error
+                    .clone()
+                    .unwrap_or_else(|| "no SSH key is loaded".into())
+            }),
+            binary: self.binary.clone(),
+            parent: self.host.name.clone(),
+            site: self.site.clone(),
+            manifest: planned.tier.desired.manifest.clone(),
+            store,
+            bridge: self
+                .site
+                .defaults()
+                .bridge
+                .clone()
+                .unwrap_or_else(|| "vmbr0".into()),
+            daemon_port: options.daemon_port,
+            delegate: options.delegate,
+            timeouts: pve_node::Timeouts::with(&timeouts),
+            poll_min: options.timing.poll_min,
+            poll_max: options.timing.poll_max,
         });
-        controller.reserve(planned.plan.nodes.iter().filter_map(|n| n.vmid));
+        let controller = Arc::new(TierController {
+            vm,
+            pve,
+            subtrees: planned.tier.subtrees.clone(),
+        });
         let mut config = options.executor.clone();
         config.on_error = planned.settings.on_error;
         executor::execute(
@@ -391,12 +444,17 @@ impl Tier {
     /// The drift report for `manifest`.
     pub async fn status(&self, manifest: &Manifest) -> Result<status::Status, Error> {
         let planned = self.plan(manifest, &Options::default()).await?;
-        self.report(manifest, &planned)
+        self.report(manifest, &planned).await
     }
 
     /// The drift report `planned` makes, with what the store knows
-    /// (addresses, the last applied revision).
-    pub fn report(&self, manifest: &Manifest, planned: &Planned) -> Result<status::Status, Error> {
+    /// (addresses, the last applied revision) and what the child tiers
+    /// report of their subtrees.
+    pub async fn report(
+        &self,
+        manifest: &Manifest,
+        planned: &Planned,
+    ) -> Result<status::Status, Error> {
         let mut records = std::collections::HashMap::new();
         let mut commit = None;
         if let Some(store) = &self.store {
@@ -414,6 +472,7 @@ impl Tier {
         }
         let mut report = status::report(planned, &records);
         report.last_applied_commit = commit;
+        status::children(&mut report, planned, self.store.clone(), self.ssh.as_ref()).await;
         Ok(report)
     }
 }

@@ -1,6 +1,6 @@
 //! [`Engine::run_once`]: one run of one manifest on one tier, the one path
 //! every caller takes — `reconcile --once` and the seed verbs, the daemon's
-//! worker, and (next) a parent tier handing a subtree to its child:
+//! worker, and a child daemon converging the subtree its parent handed over:
 //!
 //! resolve → observe → plan → ask the [`Observer`] → apply → record →
 //! [`RunOutcome`].
@@ -39,6 +39,10 @@ pub struct Request {
     pub reason: Reason,
     pub mode: Mode,
     pub options: Options,
+    /// The manifest's generation as read when the run was asked for (a
+    /// delegated manifest's, see `ManifestRecord::generation`); kept in
+    /// its last run. 0 where none applies (the command line).
+    pub generation: u64,
 }
 
 /// Sees a run as it goes. Every method has a default, so an observer
@@ -240,6 +244,8 @@ impl Engine {
         let pve_node = super::pve_node(&host_config)?;
         Ok(Tier {
             ssh: None,
+            ssh_error: None,
+            binary: self.setup.binary(),
             known_hosts: Some(known_hosts(&host_config, &self.setup)),
             host_ssh: host_ssh(&host_config, &self.setup),
             site,
@@ -257,7 +263,69 @@ impl Engine {
         manifest: &Manifest,
         host: &str,
     ) -> Result<Status, Error> {
-        self.tier(site, host)?.status(manifest).await
+        let mut tier = self.tier(site, host)?;
+        self.ssh_for_children(&mut tier, manifest);
+        tier.status(manifest).await
+    }
+
+    /// The child tiers' plans of the subtrees `planned` hands over (to any
+    /// depth), in node order.
+    pub async fn child_plans(&self, planned: &Planned) -> Vec<homestak_api::v1::ChildPlan> {
+        let mut out = Vec::new();
+        for (node, subtree) in &planned.tier.subtrees {
+            out.push(match &self.store {
+                Some(store) => {
+                    crate::controllers::pve::child_plan(
+                        store.as_ref(),
+                        &planned.plan.manifest,
+                        node,
+                        subtree,
+                    )
+                    .await
+                }
+                None => homestak_api::v1::ChildPlan {
+                    node: node.clone(),
+                    tree: None,
+                    note: Some("no store to find the child tier in".into()),
+                },
+            });
+        }
+        out
+    }
+
+    /// This tier's plan of `manifest` and its child tiers', for `POST
+    /// /v1/plan` (nothing changes).
+    pub async fn plan_tree(
+        &self,
+        site: Arc<Site>,
+        manifest: &Manifest,
+        host: &str,
+    ) -> Result<homestak_api::v1::PlanTree, Error> {
+        let tier = self.tier(site, host)?;
+        let planned = tier.plan(manifest, &super::Options::default()).await?;
+        let text = homestak_core::plan::render_human(
+            &planned.plan,
+            &planned.tier.desired,
+            homestak_core::plan::Style { color: false },
+        );
+        Ok(homestak_api::v1::PlanTree {
+            host: host.to_string(),
+            children: self.child_plans(&planned).await,
+            plan: planned.plan,
+            text,
+        })
+    }
+
+    /// A child tier run over SSH is asked over SSH: the key is loaded when
+    /// the manifest nests, and a key that cannot be loaded leaves those
+    /// children unknown (with why), not the report failed.
+    fn ssh_for_children(&self, tier: &mut Tier, manifest: &Manifest) {
+        let nests = manifest
+            .nodes()
+            .is_some_and(|nodes| nodes.iter().any(|n| n.parent.is_some()));
+        if nests && tier.ssh.is_none() {
+            tier.ssh = ssh_check(&tier.host, &self.setup).ok();
+        }
     }
 
     /// Runs `request` once. `cancel` resolving winds the run down at a
@@ -286,7 +354,8 @@ impl Engine {
         planned.settings.verify_ssh = ssh;
         let mut run = RunOutcome::begun(Outcome::Converged, started);
         if request.mode == Mode::ReportOnly {
-            let status = tier.report(manifest, &planned)?;
+            self.ssh_for_children(&mut tier, manifest);
+            let status = tier.report(manifest, &planned).await?;
             run.drifted_nodes = status.drifted_nodes();
             run.outcome = if status.in_sync {
                 Outcome::Converged
@@ -304,8 +373,20 @@ impl Engine {
             run.duration = clock.elapsed();
             return Ok(run);
         } else {
-            if ssh {
-                tier.ssh = Some(ssh_check(&tier.host, &self.setup)?);
+            // A `pve` node is set up over SSH whatever verify_ssh says.
+            let pve = request.mode == Mode::Apply
+                && planned
+                    .tier
+                    .desired
+                    .vms
+                    .iter()
+                    .any(|v| v.kind == homestak_core::plan::Kind::Pve);
+            if ssh || pve {
+                match ssh_check(&tier.host, &self.setup) {
+                    Ok(check) => tier.ssh = Some(check),
+                    Err(err) if ssh => return Err(err),
+                    Err(err) => tier.ssh_error = Some(homestak_base::error_chain(&err)),
+                }
             }
             let name = manifest.name();
             let progress = |event: Event| {
@@ -333,7 +414,7 @@ impl Engine {
                 .filter(|s| !matches!(s, NodeState::Converged | NodeState::Unchanged))
                 .count() as u64;
             run.summary = summarize(&report);
-            run.message = (!report.success()).then(|| run.summary.clone());
+            run.message = (!report.success()).then(|| why_not(&report, &run.summary));
             run.report = Some(report);
         }
         run.duration = clock.elapsed();
@@ -364,6 +445,7 @@ impl Engine {
             revision: request.revision.as_deref(),
             reason: request.reason,
             mode: request.mode,
+            generation: request.generation,
         };
         if let Err(err) = record_run(store.as_ref(), &what, run) {
             tracing::warn!(error = %homestak_base::error_chain(&err), manifest = name, "cannot record the run");
@@ -406,6 +488,8 @@ pub struct RunOf<'a> {
     pub revision: Option<&'a str>,
     pub reason: Reason,
     pub mode: Mode,
+    /// The manifest's generation when the run started.
+    pub generation: u64,
 }
 
 /// Keeps `run` as the manifest's last run and, when it converged applying
@@ -428,6 +512,7 @@ pub fn record_run(
         drifted_nodes: run.drifted_nodes,
         summary: run.summary.clone(),
         message: run.message.clone(),
+        generation: what.generation,
     };
     let applied = (what.mode == Mode::Apply && run.outcome == Outcome::Converged)
         .then_some(what.revision)
@@ -444,6 +529,24 @@ pub fn record_run(
             record.last_reconcile = Some(last.clone());
         })
         .map(|_| ())
+}
+
+/// Why a run did not converge: its summary and each failed node's error
+/// (a parent tier shows this for its child).
+fn why_not(report: &Report, summary: &str) -> String {
+    let failed: Vec<String> = report
+        .nodes
+        .iter()
+        .filter_map(|(node, state)| match state {
+            NodeState::Failed(why) => Some(format!("{node}: {why}")),
+            _ => None,
+        })
+        .collect();
+    if failed.is_empty() {
+        summary.to_string()
+    } else {
+        format!("{summary} ({})", failed.join("; "))
+    }
 }
 
 /// One line summing up a run, for the store and logs.

@@ -21,6 +21,18 @@ pub struct Setup {
     pub open_store: bool,
     /// The private key; default: the node's `ssh_key`, else `~/.ssh/id_rsa`.
     pub ssh_key: Option<PathBuf>,
+    /// The homestak binary to install on inner PVE hosts; default: this
+    /// process's own executable.
+    pub binary: Option<PathBuf>,
+}
+
+impl Setup {
+    /// The binary inner PVE hosts get.
+    pub fn binary(&self) -> PathBuf {
+        self.binary.clone().unwrap_or_else(|| {
+            std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/local/bin/homestak"))
+        })
+    }
 }
 
 /// The known-hosts file of the VMs on `host` (in the state directory).

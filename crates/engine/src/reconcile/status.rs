@@ -3,14 +3,20 @@
 //! `homestak status` and the daemon's `GET /v1/status` print the same
 //! document. A node is `in_sync`, `drifted` (with field diffs), `missing`,
 //! `conflict` (its vmid is held by a VM we do not own), `orphan` (an owned
-//! VM whose node left the manifest) or `delegated` (converged by a child
-//! reconciler on an inner host).
+//! VM whose node left the manifest) or `unknown` (a node of a child tier
+//! that did not answer). A child tier's nodes come from its own report
+//! ([`children`]), so the tree is one view, each row saying which tier
+//! observed it.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use super::Planned;
-use crate::store::NodeRecord;
+use super::desired::Delegated;
+use crate::controllers::pve::{ChildStatus, child_status};
+use crate::controllers::vm::SshCheck;
+use crate::store::{NodeRecord, Store};
 pub use homestak_api::status::{NodeStatus, State, Status};
 use homestak_base::id::{NodeName, VmId};
 use homestak_core::plan::{Action, Style};
@@ -39,6 +45,7 @@ pub fn report(planned: &Planned, records: &HashMap<NodeName, NodeRecord>) -> Sta
         nodes.push(NodeStatus {
             node: n.node.clone(),
             parent: None,
+            tier: Some(planned.plan.host.clone()),
             vmid: n.vmid,
             ip: records.get(&n.node).and_then(|r| r.ip.clone()),
             power: vm.map(|vm| vm.power),
@@ -47,17 +54,8 @@ pub fn report(planned: &Planned, records: &HashMap<NodeName, NodeRecord>) -> Sta
             reason: n.reason.clone(),
         });
     }
-    for (node, host_node) in &planned.tier.delegated {
-        nodes.push(NodeStatus {
-            node: node.clone(),
-            parent: Some(host_node.clone()),
-            vmid: None,
-            ip: None,
-            power: None,
-            state: State::Delegated,
-            changes: Vec::new(),
-            reason: Some(format!("converged by the reconciler on {host_node}")),
-        });
+    for d in &planned.tier.delegated {
+        nodes.push(unknown(d, format!("the tier on {} was not asked", d.via)));
     }
     Status {
         manifest: planned.plan.manifest.clone(),
@@ -68,28 +66,107 @@ pub fn report(planned: &Planned, records: &HashMap<NodeName, NodeRecord>) -> Sta
     }
 }
 
-/// The report as a table, nested nodes under their host.
-pub fn render_human(status: &Status, style: Style) -> String {
-    let mut rows: Vec<[String; 5]> = Vec::new();
-    let mut details: Vec<Vec<String>> = Vec::new();
-    let roots = status.nodes.iter().filter(|n| n.parent.is_none());
-    for root in roots {
-        push_row(&mut rows, &mut details, root, "");
-        let children: Vec<&NodeStatus> = status
-            .nodes
+/// A delegated node no tier observed.
+fn unknown(d: &Delegated, reason: String) -> NodeStatus {
+    NodeStatus {
+        node: d.node.clone(),
+        parent: Some(d.parent.clone()),
+        tier: None,
+        vmid: None,
+        ip: None,
+        power: None,
+        state: State::Unknown,
+        changes: Vec::new(),
+        reason: Some(reason),
+    }
+}
+
+/// What the child tiers report replaces the placeholders for their nodes:
+/// each `pve` node's child tier is asked for its subtree's report (which
+/// holds the deeper tiers); a tier that cannot answer leaves its nodes
+/// `unknown`, with why.
+pub async fn children(
+    status: &mut Status,
+    planned: &Planned,
+    store: Option<Arc<dyn Store>>,
+    ssh: Option<&SshCheck>,
+) {
+    // Sibling tiers are asked at the same time.
+    let mut asks = tokio::task::JoinSet::new();
+    for (i, (via, subtree)) in planned.tier.subtrees.iter().enumerate() {
+        let user = planned
+            .tier
+            .desired
+            .vms
             .iter()
-            .filter(|n| n.parent.as_ref() == Some(&root.node))
-            .collect();
-        for (i, child) in children.iter().enumerate() {
-            let glyph = if i + 1 == children.len() {
-                "└─ "
-            } else {
-                "├─ "
+            .find(|v| &v.name == via)
+            .map(|v| v.user.clone());
+        let ssh = ssh.cloned().zip(user);
+        let (store, manifest) = (store.clone(), planned.plan.manifest.clone());
+        let (via, subtree) = (via.clone(), subtree.clone());
+        asks.spawn(async move {
+            let answer = match &store {
+                Some(store) => {
+                    let ssh = ssh.as_ref().map(|(c, u)| (c, u.as_str()));
+                    child_status(store.as_ref(), &manifest, &via, &subtree, ssh).await
+                }
+                None => ChildStatus::Unknown("no store to find the child tier in".into()),
             };
-            push_row(&mut rows, &mut details, child, glyph);
+            (i, via, answer)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(joined) = asks.join_next().await {
+        match joined {
+            Ok(answer) => answers.push(answer),
+            Err(e) => tracing::warn!(error = %e, "asking a child tier failed"),
         }
     }
-    let header = ["NODE", "VMID", "IP", "POWER", "STATUS"];
+    answers.sort_by_key(|(i, _, _)| *i);
+    for (_, via, answer) in answers {
+        let below: Vec<&Delegated> = planned
+            .tier
+            .delegated
+            .iter()
+            .filter(|d| d.via == via)
+            .collect();
+        status
+            .nodes
+            .retain(|n| !below.iter().any(|d| d.node == n.node && n.tier.is_none()));
+        match answer {
+            ChildStatus::Observed(child) => {
+                for mut n in child.nodes {
+                    if n.parent.is_none() {
+                        n.parent = Some(via.clone());
+                    }
+                    status.nodes.push(n);
+                }
+            }
+            ChildStatus::Unknown(why) => {
+                for d in below {
+                    status.nodes.push(unknown(d, why.clone()));
+                }
+            }
+        }
+    }
+    status.in_sync = status.nodes.iter().all(|n| !n.state.is_drift());
+}
+
+/// The report as a table, nested nodes under their host, any depth.
+pub fn render_human(status: &Status, style: Style) -> String {
+    let mut rows: Vec<[String; 6]> = Vec::new();
+    let mut details: Vec<Vec<String>> = Vec::new();
+    let mut shown = vec![false; status.nodes.len()];
+    walk(status, None, "", &mut shown, &mut rows, &mut details, 0);
+    // Rows whose parent is not in the report (a child's answer out of
+    // step): shown at the top level rather than lost.
+    for (node, seen) in status.nodes.iter().zip(shown.iter_mut()) {
+        if !*seen {
+            *seen = true;
+            push_row(&mut rows, &mut details, node, "");
+        }
+    }
+    let header = ["NODE", "VMID", "IP", "POWER", "STATUS", "TIER"];
     let mut widths = header.map(str::len);
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -108,7 +185,7 @@ pub fn render_human(status: &Status, style: Style) -> String {
             .map(|c| format!(" (last applied {c})"))
             .unwrap_or_default()
     );
-    let line = |cells: &[String; 5]| {
+    let line = |cells: &[String; 6]| {
         let mut text = String::new();
         for (i, cell) in cells.iter().enumerate() {
             let pad = widths[i].saturating_sub(cell.chars().count());
@@ -122,7 +199,7 @@ pub fn render_human(status: &Status, style: Style) -> String {
     let _ = writeln!(out, "{}", line(&header.map(String::from)).trim_end());
     for (row, extra) in rows.iter().zip(&details) {
         let text = line(row);
-        let calm = row[4] == State::InSync.label() || row[4] == State::Delegated.label();
+        let calm = row[4] == State::InSync.label();
         let painted = if style.color && !calm {
             format!("\x1b[33m{text}\x1b[0m")
         } else {
@@ -147,8 +224,50 @@ pub fn render_human(status: &Status, style: Style) -> String {
     out
 }
 
+/// Rows of the nodes under `parent`, depth first.
+fn walk(
+    status: &Status,
+    parent: Option<&NodeName>,
+    prefix: &str,
+    shown: &mut [bool],
+    rows: &mut Vec<[String; 6]>,
+    details: &mut Vec<Vec<String>>,
+    depth: usize,
+) {
+    // Reports come from other tiers: never trust them to be a tree.
+    if depth > 64 {
+        return;
+    }
+    let children: Vec<usize> = (0..status.nodes.len())
+        .filter(|&i| !shown[i] && status.nodes[i].parent.as_ref() == parent)
+        .collect();
+    for (k, &i) in children.iter().enumerate() {
+        if shown[i] {
+            continue;
+        }
+        shown[i] = true;
+        let last = k + 1 == children.len();
+        let (glyph, next) = match parent {
+            None => (String::new(), String::new()),
+            Some(_) if last => (format!("{prefix}└─ "), format!("{prefix}   ")),
+            Some(_) => (format!("{prefix}├─ "), format!("{prefix}│  ")),
+        };
+        let node = &status.nodes[i];
+        push_row(rows, details, node, &glyph);
+        walk(
+            status,
+            Some(&node.node),
+            &next,
+            shown,
+            rows,
+            details,
+            depth + 1,
+        );
+    }
+}
+
 fn push_row(
-    rows: &mut Vec<[String; 5]>,
+    rows: &mut Vec<[String; 6]>,
     details: &mut Vec<Vec<String>>,
     n: &NodeStatus,
     glyph: &str,
@@ -159,13 +278,14 @@ fn push_row(
         n.ip.clone().unwrap_or_else(|| "-".into()),
         n.power.map_or("-".into(), |p| p.to_string()),
         n.state.label().to_string(),
+        n.tier.clone().unwrap_or_else(|| "-".into()),
     ]);
     let mut extra: Vec<String> = n
         .changes
         .iter()
         .map(|c| format!("{}: {} (manifest: {})", c.field, c.from, c.to))
         .collect();
-    if matches!(n.state, State::Conflict | State::Orphan)
+    if matches!(n.state, State::Conflict | State::Orphan | State::Unknown)
         && let Some(reason) = &n.reason
     {
         extra.push(reason.clone());

@@ -126,6 +126,7 @@ fn manifest_v2(data: Value) -> Option<Value> {
         .last_reconcile
         .map_or(Timestamp::EPOCH, |r| r.finished.max(r.started));
     let record = ManifestRecord {
+        generation: 0,
         last_applied: old
             .last_applied_commit
             .map(|revision| Applied { revision, at }),

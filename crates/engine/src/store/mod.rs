@@ -40,8 +40,8 @@ use homestak_base::id::NodeName;
 pub use self::sled::{SledStore, open};
 pub use records::{KvStore, Options, SCHEMA_VERSION};
 pub use types::{
-    Condition, ConditionStatus, Durability, EventFilter, InFlight, Lease, LeaseOutcome, NodeKey,
-    NodeRecord, PowerState, Timestamp,
+    Condition, ConditionStatus, Delegation, DelegationMode, DelegationState, Durability,
+    EventFilter, InFlight, Lease, LeaseOutcome, NodeKey, NodeRecord, PowerState, Timestamp,
 };
 
 /// The in-memory store.
@@ -238,6 +238,9 @@ pub trait Store: Send + Sync {
     /// Keeps a subtree a parent tier handed over (replacing one of that
     /// name).
     fn put_subtree(&self, subtree: &Subtree, durability: Durability) -> Result<()>;
+
+    /// The subtree kept under `name`.
+    fn get_subtree(&self, name: &str) -> Result<Option<Subtree>>;
 
     /// Forgets a subtree; returns whether it was kept.
     fn delete_subtree(&self, name: &str, durability: Durability) -> Result<bool>;

@@ -484,6 +484,14 @@ impl<B: Backend> Store for KvStore<B> {
         self.done(durability)
     }
 
+    fn get_subtree(&self, name: &str) -> Result<Option<Subtree>> {
+        check_name("subtree name", name)?;
+        self.backend
+            .get(Tree::Subtrees, name.as_bytes())?
+            .map(|b| decode("subtree", name, &b))
+            .transpose()
+    }
+
     fn delete_subtree(&self, name: &str, durability: Durability) -> Result<bool> {
         check_name("subtree name", name)?;
         let existed = self.backend.remove(Tree::Subtrees, name.as_bytes())?;

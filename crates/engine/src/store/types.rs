@@ -14,6 +14,7 @@ pub use homestak_base::time::Timestamp;
 
 use homestak_api::step::StepName;
 use homestak_base::id::{NodeName, PveNode, VmId};
+use homestak_base::secret::Secret;
 
 /// Identifies a node record: the manifest and the node's name in it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -103,8 +104,94 @@ pub struct NodeRecord {
     /// Failures in a row, reset on success; drives backoff across restarts.
     pub consecutive_failures: u32,
     pub in_flight: Option<InFlight>,
+    /// A `pve` node's inner host and the child tier running on it.
+    pub delegation: Option<Delegation>,
     /// Set by the store on every write.
     pub updated: Timestamp,
+}
+
+/// What a parent tier set up on a `pve` node's inner host, and the subtree
+/// it handed to the child daemon there. Kept so a restarted parent resumes
+/// following instead of starting over, and reaches the child with the
+/// pinned fingerprints and the token it minted. Tokens are stored here (the
+/// state directory is private) and never printed: `Debug` redacts them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Delegation {
+    /// The VM this was set up on: a new VM starts the lifecycle over.
+    pub vmid: Option<VmId>,
+    /// How the child tier is run.
+    pub mode: DelegationMode,
+    /// The inner host's address and the SSH user set it up with (a
+    /// destroy, which plans no agent read, reaches it there).
+    pub address: Option<String>,
+    pub user: Option<String>,
+    /// The inner PVE API token (`root@pam!homestak=…`), from `pveum`.
+    #[serde(serialize_with = "Secret::serialize_exposed")]
+    pub pve_token: Secret,
+    /// The inner PVE certificate's SHA-256 fingerprint, read over SSH.
+    pub pve_fingerprint: Option<String>,
+    /// The child daemon: its URL and certificate fingerprint (from its
+    /// ready file, read over SSH) and the write token the parent minted.
+    pub daemon_url: Option<String>,
+    pub daemon_fingerprint: Option<String>,
+    #[serde(serialize_with = "Secret::serialize_exposed")]
+    pub daemon_token: Secret,
+    /// The subtree handed over: its manifest name, the digest of what was
+    /// sent, the generation the child answered, and how it went.
+    pub subtree: Option<String>,
+    pub digest: Option<String>,
+    pub generation: Option<u64>,
+    pub state: DelegationState,
+    /// Why the last delegation did not converge.
+    pub message: Option<String>,
+}
+
+/// How a parent runs its child tier.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DelegationMode {
+    /// A child daemon (`homestak serve`): `PUT /v1/subtree`, then follow.
+    #[default]
+    Daemon,
+    /// No daemon: `homestak reconcile --once --manifest-json … --json`
+    /// over SSH (the Python tool's way).
+    Ssh,
+}
+
+impl DelegationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DelegationMode::Daemon => "daemon",
+            DelegationMode::Ssh => "ssh",
+        }
+    }
+}
+
+impl std::str::FromStr for DelegationMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "daemon" => Ok(DelegationMode::Daemon),
+            "ssh" => Ok(DelegationMode::Ssh),
+            other => Err(format!("{other:?} is not a delegation mode: daemon or ssh")),
+        }
+    }
+}
+
+/// Where a delegation stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DelegationState {
+    /// The inner host is being set up; nothing handed over yet.
+    #[default]
+    Bootstrapping,
+    /// The subtree was handed over; the parent follows the child's run.
+    Following,
+    Converged,
+    Failed,
+    /// The child was asked to destroy the subtree.
+    Destroying,
 }
 
 impl NodeRecord {

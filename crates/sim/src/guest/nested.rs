@@ -76,7 +76,11 @@ pub(crate) fn inner_config(parent: &Config, boot: &Boot, root: &VmRoot) -> Confi
         ssh_port: parent.ssh_port,
         host_ssh_port: None,
         host_ssh_keys: Vec::new(),
-        faults: parent.faults.clone(),
+        faults: parent
+            .nested
+            .faults
+            .clone()
+            .unwrap_or_else(|| parent.faults.clone()),
         token_id: parent.token_id.clone(),
         pve_version: parent.pve_version.clone(),
         nested: parent.nested.clone(),

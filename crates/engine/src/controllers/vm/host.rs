@@ -2,7 +2,7 @@
 //! image a release ships in parts.
 //!
 //! Release assets are limited in size, so big images ship as
-//! `<image>.qcow2.part00`, `.part01`, …. PVE's `download-url` fetches each
+//! `<image>.qcow2.partaa`, `.partab`, …. PVE's `download-url` fetches each
 //! part, but no API call concatenates files, so homestak logs in to the host
 //! (`ssh_host`, `ssh_port`, `ssh_user` and `ssh_key` of `nodes/<host>.yaml`;
 //! the host key is trusted on first use and recorded in the state

@@ -6,7 +6,7 @@
 //!
 //! | step | does |
 //! |---|---|
-//! | `ensure_image` | the image is on the import storage, else `download-url` (parts joined over SSH on the host, see [`host`]) |
+//! | `ensure_image` | the image is on the import storage, else `download-url`: whole, or in parts (found by asking the source, see [`source`]) joined over SSH on the host (see [`host`]) |
 //! | `create_vm` | `import-from` + cloud-init (user, keys, ip, DNS), marks |
 //! | `adopt_vm` | record an owned VM the store did not know |
 //! | `update_config` | cores, memory, name, tags, network, cloud-init, marks |
@@ -24,15 +24,17 @@
 
 pub mod host;
 pub mod mapping;
+pub mod source;
 mod steps;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use crate::executor::{AsStep, BoxFuture, Controller, Planned, StepOutcome};
@@ -63,12 +65,14 @@ pub struct KnownHostsFile {
     pub port: u16,
 }
 
-/// Where images come from when a storage lacks them.
+/// Where images come from when a storage lacks them (see [`source`]).
 #[derive(Debug, Clone)]
 pub struct ImageSource {
-    /// URL prefix; `<image>.qcow2` is appended.
+    /// URL prefix; `<image>.qcow2` (or `<image>.qcow2.partaa`, …) is
+    /// appended.
     pub base_url: String,
-    /// Images shipped in parts: name → number of parts.
+    /// Images whose number of parts the site-config gives (`image_parts`):
+    /// name → number of parts. The source is not asked about these.
     pub parts: HashMap<String, u32>,
 }
 
@@ -84,6 +88,9 @@ pub struct Timing {
     pub ssh_timeout: Duration,
     /// How long a PVE task may run before we give up on it.
     pub task_timeout: Duration,
+    /// How long an image may take to reach the import storage
+    /// (`download_images`).
+    pub download_timeout: Duration,
 }
 
 impl Default for Timing {
@@ -96,6 +103,7 @@ impl Default for Timing {
             agent_timeout: Duration::from_secs(300),
             ssh_timeout: Duration::from_secs(180),
             task_timeout: Duration::from_secs(1800),
+            download_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -131,6 +139,11 @@ pub struct RunState {
     downloads: Mutex<HashMap<String, Download>>,
     /// vmids handed out by this run, so parallel creates never collide.
     reserved: Mutex<HashSet<VmId>>,
+    /// What the image source holds, by image: asked once per run however
+    /// many nodes need the image (a failed question is not kept).
+    layouts: Mutex<HashMap<String, Arc<OnceCell<source::Layout>>>>,
+    /// The client that asks, made when first needed.
+    http: OnceCell<reqwest::Client>,
 }
 
 /// A download of an image, shared by the nodes that need it.

@@ -18,7 +18,7 @@ fn id(vmid: u32) -> VmId {
     VmId::new(vmid.into()).unwrap()
 }
 
-fn want(vmid: Option<u32>) -> DesiredVm {
+pub(crate) fn want(vmid: Option<u32>) -> DesiredVm {
     DesiredVm {
         name: "web".parse().unwrap(),
         kind: Kind::Vm,
@@ -38,7 +38,7 @@ fn want(vmid: Option<u32>) -> DesiredVm {
     }
 }
 
-fn controller(script: &Arc<Scripted>, want: DesiredVm) -> VmController {
+pub(crate) fn controller(script: &Arc<Scripted>, want: DesiredVm) -> VmController {
     VmController {
         api: Arc::new(script.client()),
         pve_node: "pve".parse().unwrap(),

@@ -29,6 +29,12 @@ pub struct Case {
     /// Hang guard for the whole case, in seconds.
     #[serde(default = "default_timeout")]
     pub timeout: u64,
+    /// A release on 127.0.0.1 the site's `image_source` points at: asset
+    /// name → the size the simulator's `download-url` gives it. Without
+    /// it, `image_source` stays `https://127.0.0.1:9/images/`, which
+    /// nothing answers.
+    #[serde(default)]
+    pub release: Option<BTreeMap<String, homestak_sim::config::Size>>,
     pub steps: Vec<Step>,
 }
 
@@ -49,7 +55,11 @@ impl Case {
     pub fn load(path: &Path) -> anyhow::Result<Case> {
         let case: Case = homestak_base::yaml::read_file(path)?;
         let asserts = case.steps.iter().any(|s| match s {
-            Step::Plan(_) | Step::Status(_) | Step::Requests(_) | Step::World(_) => true,
+            Step::Plan(_)
+            | Step::Status(_)
+            | Step::Requests(_)
+            | Step::World(_)
+            | Step::ReleaseRequests(_) => true,
             Step::Reconcile(a) | Step::Destroy(a) => a.expect.is_some() || a.nodes.is_some(),
             _ => false,
         });
@@ -89,6 +99,9 @@ pub enum Step {
     DeleteStore,
     /// Checks the simulator's world directly.
     World(WorldStep),
+    /// Asset name → requests the case's `release:` got since the start
+    /// (exact: an asset asked for must be listed).
+    ReleaseRequests(BTreeMap<String, Count>),
 }
 
 impl Step {
@@ -105,6 +118,7 @@ impl Step {
             Step::Sim(_) => "sim",
             Step::DeleteStore => "delete_store",
             Step::World(_) => "world",
+            Step::ReleaseRequests(_) => "release_requests",
         }
     }
 }
@@ -159,6 +173,14 @@ pub struct PlanStep {
     /// Planning must fail with an error containing this text.
     #[serde(default)]
     pub error: Option<String>,
+    /// `pve` node → the labels of its child tier's plan (as `expect:`),
+    /// for nodes at any depth.
+    #[serde(default)]
+    pub children: Option<BTreeMap<String, BTreeMap<String, OneOrMany>>>,
+    /// `pve` node → text the note about its child tier's plan contains
+    /// (a tier that could not plan, or is not set up yet).
+    #[serde(default)]
+    pub child_notes: Option<BTreeMap<String, String>>,
 }
 
 fn yes() -> bool {
@@ -234,6 +256,22 @@ pub struct ApplyStep {
     pub max_attempts: Option<u32>,
     #[serde(default)]
     pub cancel_after: Option<CancelAfter>,
+    /// Kills a child daemon mid-run (a crash; its unit restarts it).
+    #[serde(default)]
+    pub kill_daemon: Option<KillDaemon>,
+    /// How `pve` nodes run their child tiers: `daemon` (default) or `ssh`.
+    #[serde(default)]
+    pub delegate: Option<homestak_engine::controllers::pve::Delegate>,
+}
+
+/// `kill_daemon: {vm: [hv], after: {event, step, count}}`: SIGKILL the
+/// `homestak` service in the VM at the end of `vm` (the `pve` VMs from the
+/// root down) once the event has been seen `count` times.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KillDaemon {
+    pub vm: Vec<String>,
+    pub after: CancelAfter,
 }
 
 /// `status:`
@@ -285,6 +323,9 @@ impl NodeStatus {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestsStep {
+    /// The nested tier whose counters to check (as in `world:`).
+    #[serde(default)]
+    pub tier: Vec<String>,
     /// Requests other than GET.
     #[serde(default)]
     pub writes: Option<Count>,
@@ -323,6 +364,17 @@ pub enum SimAction {
     ClearVmFaults(VmRef),
     /// `POST /_sim/images`.
     AddImage(Value),
+    /// A VM of a nested tier vanishes at once: `{tier: [hv], vm: app}`.
+    DeleteVmIn(NestedVm),
+}
+
+/// A VM of a nested tier, by name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NestedVm {
+    /// The `pve` VMs from the root down to the tier (`[hv]`, `[hv, hv2]`).
+    pub tier: Vec<String>,
+    pub vm: String,
 }
 
 /// A VM by vmid or by name.
@@ -346,6 +398,10 @@ impl std::fmt::Display for VmRef {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorldStep {
+    /// The nested tier to look at: the `pve` VMs from the root down
+    /// (`[hv]`); the root tier when empty.
+    #[serde(default)]
+    pub tier: Vec<String>,
     /// Each entry names exactly one VM (by `name` and/or `vmid`) and checks
     /// the fields it gives.
     #[serde(default)]

@@ -47,6 +47,29 @@ impl Count {
     }
 }
 
+/// Compares a release's requests by asset with what a case expects:
+/// every asset asked for must be expected (`"*"` is not special here).
+pub fn release_requests(
+    expected: &BTreeMap<String, Count>,
+    actual: &BTreeMap<String, u64>,
+) -> Diffs {
+    let mut diffs = Vec::new();
+    for (asset, want) in expected {
+        let got = actual.get(asset).copied().unwrap_or(0);
+        if let Err(why) = want.check(got) {
+            diffs.push(format!("release requests for {asset}: {why}"));
+        }
+    }
+    for (asset, got) in actual {
+        if !expected.contains_key(asset) {
+            diffs.push(format!(
+                "release requests for {asset}: {got}, but the case does not list it"
+            ));
+        }
+    }
+    diffs
+}
+
 /// Compares per-node expectations with what happened. Every node in
 /// `actual` must be expected, by name or through `"*"`; every named node
 /// must exist. `check` returns a difference for one node.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use homestak_sim::Handle;
+use homestak_sim::{Handle, TierView};
 use serde_json::Value;
 
 use super::case::{SimAction, VmRef};
@@ -91,6 +91,11 @@ impl Control {
             SimAction::AddImage(body) => {
                 self.send(Method::POST, "/images", Some(body)).await?;
             }
+            SimAction::DeleteVmIn(nested) => {
+                let tier = tier(handle, &nested.tier)?;
+                let vmid = vmid_named(&tier, &nested.vm)?;
+                tier.delete_vm(vmid).map_err(|e| anyhow::anyhow!(e))?;
+            }
         }
         Ok(())
     }
@@ -118,6 +123,35 @@ pub fn resolve(handle: &Handle, vm: &VmRef) -> anyhow::Result<u32> {
                 ),
             }
         }
+    }
+}
+
+/// The nested tier below the `pve` VMs named in `path` (the root tier
+/// when empty).
+pub fn tier(handle: &Handle, path: &[String]) -> anyhow::Result<TierView> {
+    let mut tier = handle.view();
+    for name in path {
+        let vmid = vmid_named(&tier, name)?;
+        tier = tier
+            .nested(vmid)
+            .ok_or_else(|| anyhow::anyhow!("VM {name:?} (vmid {vmid}) runs no nested PVE tier"))?;
+    }
+    Ok(tier)
+}
+
+/// The vmid of the one VM named `name` on `tier`.
+pub fn vmid_named(tier: &TierView, name: &str) -> anyhow::Result<u32> {
+    let ids: Vec<u32> = tier
+        .world()
+        .vms
+        .values()
+        .filter(|v| v.config.get("name").map(String::as_str) == Some(name))
+        .map(|v| v.vmid)
+        .collect();
+    match ids.as_slice() {
+        [id] => Ok(*id),
+        [] => bail!("no VM is named {name:?} on that tier"),
+        many => bail!("{} VMs are named {name:?}: {many:?}", many.len()),
     }
 }
 

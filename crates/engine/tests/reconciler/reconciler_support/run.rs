@@ -10,19 +10,21 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 
+use homestak_api::v1::ChildPlan;
 use homestak_api::{Kind, Mode, Reason};
 use homestak_core::model::{Loader, Manifest};
 use homestak_core::site::Site;
 use homestak_engine::executor::{self, Event, NodeState};
 use homestak_engine::reconcile::{self, Engine, Observer, Planned, Request, Setup};
-use homestak_sim::{self as sim, Handle, Simulator};
+use homestak_sim::{self as sim, Handle, Simulator, TierView};
 
 use super::case::{
-    ApplyStep, CancelAfter, Case, NodeStatus, OneOrMany, Outcome, PlanStep, RequestsStep,
-    StatusStep, Step,
+    ApplyStep, CancelAfter, Case, KillDaemon, NodeStatus, OneOrMany, Outcome, PlanStep,
+    RequestsStep, StatusStep, Step,
 };
 use super::check::{self, Diffs, per_node};
 use super::control::Control;
+use super::release::Release;
 
 /// What a passing case leaves to print.
 #[derive(Debug, Default)]
@@ -43,6 +45,8 @@ struct Ctx {
     engine: Option<Engine>,
     manifest: Option<String>,
     notes: Vec<String>,
+    /// The case's `release:`, when it has one.
+    release: Option<Release>,
 }
 
 /// Runs the case in `dir` with the shared site-config `template`.
@@ -67,6 +71,19 @@ pub async fn run(dir: &Path, template: &Path) -> anyhow::Result<Passed> {
     let host_key = tmp.path().join("host_key");
     let identity = homestak_ssh::Identity::generate_to(&host_key)?;
     config.host_ssh_keys.push(identity.public_key_openssh());
+    let release = match &case.release {
+        Some(assets) => {
+            let release = Release::start(assets.keys().cloned()).await?;
+            for (asset, size) in assets {
+                config
+                    .downloads
+                    .sizes
+                    .insert(format!("{}{asset}", release.base_url), *size);
+            }
+            Some(release)
+        }
+        None => None,
+    };
     let ssh_port = config.ssh_port;
     let handle = Simulator::start(config)
         .await
@@ -79,6 +96,17 @@ pub async fn run(dir: &Path, template: &Path) -> anyhow::Result<Passed> {
     let mut node = std::fs::read_to_string(&node_file)?;
     node.push_str(&format!("ssh_key: {:?}\n", host_key.display().to_string()));
     std::fs::write(&node_file, node)?;
+    // VMs accept the run's key too: `pve` nodes are set up over SSH.
+    let secrets_file = site_dir.join("secrets.yaml");
+    let mut secrets: serde_json::Value = homestak_base::yaml::read_file(&secrets_file)?;
+    secrets["ssh_keys"]["reconciler-run"] = identity.public_key_openssh().into();
+    std::fs::write(&secrets_file, serde_json::to_string_pretty(&secrets)?)?;
+    if let Some(release) = &release {
+        let site_file = site_dir.join("site.yaml");
+        let mut site: serde_json::Value = homestak_base::yaml::read_file(&site_file)?;
+        site["defaults"]["image_source"] = release.base_url.clone().into();
+        std::fs::write(&site_file, serde_json::to_string_pretty(&site)?)?;
+    }
     let site = Arc::new(Site::load(&site_dir)?);
     let control = Control::new(&handle)?;
     let mut ctx = Ctx {
@@ -91,6 +119,7 @@ pub async fn run(dir: &Path, template: &Path) -> anyhow::Result<Passed> {
         engine: None,
         manifest: None,
         notes: Vec::new(),
+        release,
     };
     ctx.open_engine()?;
 
@@ -113,6 +142,44 @@ pub async fn run(dir: &Path, template: &Path) -> anyhow::Result<Passed> {
         steps: case.steps.len(),
         notes,
     })
+}
+
+/// Every child plan of a tree, depth first.
+fn flatten<'a>(children: &'a [ChildPlan], out: &mut Vec<&'a ChildPlan>) {
+    for child in children {
+        out.push(child);
+        if let Some(tree) = &child.tree {
+            flatten(&tree.children, out);
+        }
+    }
+}
+
+/// SIGKILLs the child daemon in the VM at the end of `vm`.
+fn kill_daemon(handle: &Handle, vm: &[String]) -> anyhow::Result<()> {
+    let Some((last, above)) = vm.split_last() else {
+        bail!("name the VM: `vm: [hv]`");
+    };
+    let tier = super::control::tier(handle, above)?;
+    let vmid = super::control::vmid_named(&tier, last)?;
+    tier.kill_service(vmid, "homestak").map_err(|e| anyhow!(e))
+}
+
+/// The homestak binary `pve` nodes install on inner hosts: the one built
+/// beside this test (`cargo test --workspace` builds it), or
+/// `HOMESTAK_BIN`.
+/// Never this test executable: a missing binary fails `bootstrap_host`
+/// with a path that says what to do.
+pub fn homestak_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("HOMESTAK_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let built = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("homestak")))
+        .filter(|p| p.is_file());
+    Some(built.unwrap_or_else(|| {
+        PathBuf::from("target/debug/homestak (run `cargo build -p homestak` first)")
+    }))
 }
 
 /// Copies `from` into `to`, merging directories and replacing files.
@@ -149,6 +216,7 @@ fn options(
     concurrency: Option<usize>,
     per_storage: Option<usize>,
     max_attempts: Option<u32>,
+    delegate: Option<homestak_engine::controllers::pve::Delegate>,
 ) -> reconcile::Options {
     let mut executor = executor::Config {
         backoff_base: Duration::from_millis(20),
@@ -165,6 +233,9 @@ fn options(
         executor.max_attempts = n;
     }
     reconcile::Options {
+        timeouts: Default::default(),
+        daemon_port: homestak_engine::controllers::pve::DAEMON_PORT,
+        delegate: delegate.unwrap_or_default(),
         allow_replace,
         prune,
         verify_ssh: None,
@@ -175,6 +246,7 @@ fn options(
             agent_timeout: Duration::from_secs(30),
             ssh_timeout: Duration::from_secs(30),
             task_timeout: Duration::from_secs(60),
+            download_timeout: Duration::from_secs(60),
         },
     }
 }
@@ -268,6 +340,24 @@ struct Watch<'a> {
     cancel_after: Option<&'a CancelAfter>,
     cancel: &'a tokio::sync::Notify,
     seen: std::sync::atomic::AtomicU32,
+    kill: Option<(&'a KillDaemon, &'a Handle)>,
+    kill_seen: std::sync::atomic::AtomicU32,
+    /// Why the kill failed, reported after the run.
+    kill_error: std::sync::Mutex<Option<String>>,
+}
+
+/// Whether `event` is the `count`-th `after` (counted in `seen`).
+fn nth(after: &CancelAfter, event: &Event, seen: &std::sync::atomic::AtomicU32) -> bool {
+    let kind = match event.kind {
+        Kind::StepStarted => "started",
+        Kind::StepRequeued => "requeued",
+        Kind::StepDone => "done",
+        _ => return false,
+    };
+    let Some(name) = event.step else { return false };
+    kind == after.event
+        && name == after.step
+        && seen.fetch_add(1, Ordering::SeqCst) + 1 == after.count
 }
 
 impl Observer for Watch<'_> {
@@ -276,19 +366,15 @@ impl Observer for Watch<'_> {
     }
 
     fn progress(&self, event: &Event) {
-        let Some(after) = self.cancel_after else {
-            return;
-        };
-        let kind = match event.kind {
-            Kind::StepStarted => "started",
-            Kind::StepRequeued => "requeued",
-            Kind::StepDone => "done",
-            _ => return,
-        };
-        let Some(name) = event.step else { return };
-        if kind == after.event
-            && name == after.step
-            && self.seen.fetch_add(1, Ordering::SeqCst) + 1 == after.count
+        if let Some((kill, handle)) = self.kill
+            && nth(&kill.after, event, &self.kill_seen)
+            && let Err(err) = kill_daemon(handle, &kill.vm)
+            && let Ok(mut slot) = self.kill_error.lock()
+        {
+            *slot = Some(format!("{err:#}"));
+        }
+        if let Some(after) = self.cancel_after
+            && nth(after, event, &self.seen)
         {
             self.cancel.notify_one();
         }
@@ -302,6 +388,7 @@ impl Ctx {
             state_dir: self.state_dir.clone(),
             open_store: true,
             ssh_key: None,
+            binary: homestak_binary(),
         };
         self.engine = Some(Engine::open(setup)?);
         Ok(())
@@ -323,6 +410,7 @@ impl Ctx {
             reason: Reason::Cli,
             mode,
             options,
+            generation: 0,
         })
     }
 
@@ -343,7 +431,12 @@ impl Ctx {
             Step::Status(s) => self.status(s).await,
             Step::Requests(r) => self.requests(r),
             Step::ResetRequests => {
-                self.handle.reset_requests();
+                // Every tier, any depth.
+                let mut tiers = vec![self.handle.view()];
+                while let Some(tier) = tiers.pop() {
+                    tier.reset_requests();
+                    tiers.extend(tier.world().vms.keys().filter_map(|id| tier.nested(*id)));
+                }
                 Ok(())
             }
             Step::Sim(action) => self.control.apply(&self.handle, action).await,
@@ -357,9 +450,16 @@ impl Ctx {
                 }
                 self.open_engine()
             }
+            Step::ReleaseRequests(expected) => {
+                let release = self
+                    .release
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("release_requests needs a `release:` in case.yaml"))?;
+                differences(check::release_requests(expected, &release.requests()))
+            }
             Step::World(w) => differences(check::world(
                 w,
-                &self.handle.world(),
+                &self.tier(&w.tier)?.world(),
                 &self.handle.host_commands(),
             )),
         }
@@ -379,7 +479,7 @@ impl Ctx {
     }
 
     async fn plan(&mut self, step: &PlanStep) -> anyhow::Result<()> {
-        let opts = options(step.allow_replace, step.prune, None, None, None);
+        let opts = options(step.allow_replace, step.prune, None, None, None, None);
         let request = self.request(Mode::Apply, opts)?;
         let keep = KeepPlan::new(false);
         let ran = self
@@ -403,6 +503,36 @@ impl Ctx {
         };
         let plan = &planned;
         let mut diffs = check_labels("plan", &step.expect, plan);
+        if step.children.is_some() || step.child_notes.is_some() {
+            let tree = self
+                .engine()?
+                .plan_tree(self.site.clone(), &self.manifest()?, self.handle.node())
+                .await?;
+            let mut all = Vec::new();
+            flatten(&tree.children, &mut all);
+            for (node, want) in step.children.iter().flatten() {
+                match all.iter().find(|c| c.node.as_str() == node) {
+                    Some(ChildPlan { tree: Some(t), .. }) => {
+                        diffs.extend(check_labels(
+                            &format!("plan of the tier on {node}"),
+                            want,
+                            &t.plan,
+                        ));
+                    }
+                    Some(c) => diffs.push(format!("tier on {node}: no plan ({:?})", c.note)),
+                    None => diffs.push(format!("no child tier on {node} in the plan")),
+                }
+            }
+            for (node, text) in step.child_notes.iter().flatten() {
+                let note = all
+                    .iter()
+                    .find(|c| c.node.as_str() == node)
+                    .and_then(|c| c.note.clone());
+                if !note.as_deref().is_some_and(|n| n.contains(text.as_str())) {
+                    diffs.push(format!("tier on {node}: note {note:?} lacks {text:?}"));
+                }
+            }
+        }
         if let Some(changes) = &step.changes {
             for (node, want) in changes {
                 let mut want = want.clone();
@@ -451,6 +581,7 @@ impl Ctx {
             step.concurrency,
             step.per_storage,
             step.max_attempts,
+            step.delegate,
         );
         let mode = if destroy { Mode::Destroy } else { Mode::Apply };
         let request = self.request(mode, opts)?;
@@ -460,11 +591,23 @@ impl Ctx {
             cancel_after: step.cancel_after.as_ref(),
             cancel: &cancel,
             seen: std::sync::atomic::AtomicU32::new(0),
+            kill: step.kill_daemon.as_ref().map(|k| (k, &self.handle)),
+            kill_seen: std::sync::atomic::AtomicU32::new(0),
+            kill_error: std::sync::Mutex::new(None),
         };
         let ran = self
             .engine()?
             .run_once(request, cancel.notified(), &watch)
             .await;
+        if let Some(kill) = &step.kill_daemon {
+            let error = watch.kill_error.lock().ok().and_then(|mut e| e.take());
+            if let Some(error) = error {
+                bail!("kill_daemon: {error}");
+            }
+            if watch.kill_seen.load(Ordering::SeqCst) < kill.after.count {
+                bail!("kill_daemon: the run never reached its event, so nothing was killed");
+            }
+        }
         let run = match (ran, step.expect) {
             (Err(err), Some(Outcome::Error)) => {
                 let message = format!("{:#}", anyhow::Error::from(err));
@@ -636,8 +779,12 @@ impl Ctx {
         differences(diffs)
     }
 
+    fn tier(&self, path: &[String]) -> anyhow::Result<TierView> {
+        super::control::tier(&self.handle, path)
+    }
+
     fn requests(&mut self, step: &RequestsStep) -> anyhow::Result<()> {
-        let counts = self.handle.requests();
+        let counts = self.tier(&step.tier)?.requests();
         if let Some(title) = &step.print {
             let total: u64 = counts.values().sum();
             let writes: u64 = counts

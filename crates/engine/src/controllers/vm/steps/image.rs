@@ -3,26 +3,32 @@
 //! A missing image is downloaded with `download-url`, once for all the
 //! nodes that need it: the first node claims the volume in the
 //! controller's download table before it asks PVE, the others follow that
-//! task. An image listed in `image_parts` is downloaded part by part (each
-//! part once, all at the same time), then joined on the host over SSH (see
-//! [`crate::controllers::vm::host`]) by one node while the others wait, and
-//! checked through the API before the parts are removed.
+//! task. Whether the source holds the image whole or in parts is asked
+//! once per run (see [`crate::controllers::vm::source`]), unless
+//! `image_parts` gives the number of parts. An image in parts is
+//! downloaded part by part (each part once, all at the same time), then
+//! joined on the host over SSH (see [`crate::controllers::vm::host`]) by
+//! one node while the others wait, and checked through the API before the
+//! parts are removed.
 //!
-//! Parts are stored as `<image>.partNN.raw`, not under the release's name
-//! `<image>.qcow2.partNN`: PVE accepts `import` downloads only with an
+//! Parts are stored as `<image>.partaa.raw`, not under the release's name
+//! `<image>.qcow2.partaa`: PVE accepts `import` downloads only with an
 //! `.ova`, `.qcow2`, `.raw` or `.vmdk` name, and since 8.3 checks the file
 //! against that format (`qemu-img info -f <format>`, untrusted mode) before
 //! keeping it. Only the first part starts with a qcow2 header, so a part
 //! named `.qcow2` would be refused; any bytes are a valid raw image.
 //!
 //! Every pass looks at the storage first, so the step resumes wherever an
-//! earlier run stopped: parts already there are not downloaded again, and
-//! parts left next to a joined image are removed.
+//! earlier run stopped: an image there is used as it is (the source is not
+//! asked), parts already there are not downloaded again, and parts left
+//! next to a joined image are removed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::*;
 use crate::controllers::vm::host;
+use crate::controllers::vm::source::{self, Layout};
 
 /// Where one download stands after a look.
 enum Fetch {
@@ -42,22 +48,12 @@ struct Listing {
 
 /// One part of a split image.
 struct Part {
-    /// `local:import/debian-13-pve.part00.raw`
+    /// `local:import/debian-13-pve.partaa.raw`
     volume: String,
-    /// `debian-13-pve.part00.raw`
+    /// `debian-13-pve.partaa.raw`
     file: String,
-    /// `<image_source>debian-13-pve.qcow2.part00`
+    /// `<image_source>debian-13-pve.qcow2.partaa`
     url: String,
-}
-
-/// The file a part is stored as in an `import` directory.
-pub(crate) fn part_file(image: &str, index: u32) -> String {
-    format!("{image}.part{index:02}.raw")
-}
-
-/// The release asset of a part.
-pub(crate) fn part_asset(image: &str, index: u32) -> String {
-    format!("{}.part{index:02}", mapping::image_file(image))
 }
 
 fn host_failure(err: &host::Error) -> Outcome {
@@ -171,6 +167,24 @@ impl VmController {
         }
     }
 
+    /// Waits for an image being downloaded (or joined), at most the
+    /// `download_images` timeout.
+    fn await_image(&self, want: &DesiredVm, m: &mut Memory) -> Outcome {
+        let limit = self.timing.download_timeout;
+        let deadline = *m.deadline.get_or_insert_with(|| Instant::now() + limit);
+        if Instant::now() < deadline {
+            return StepOutcome::Requeue(m.next_poll(&self.timing));
+        }
+        m.reset_wait();
+        refuse(format!(
+            "image {} did not reach storage {} within {} (download_images); raise \
+             settings.timeouts.download_images or --download-images-timeout for a slow link",
+            want.image,
+            self.image_storage,
+            humantime::format_duration(limit)
+        ))
+    }
+
     pub(super) async fn ensure_image(&self, want: &DesiredVm, m: &mut Memory) -> Outcome {
         let listed_at = Instant::now();
         let files = match self.import_files().await {
@@ -178,33 +192,124 @@ impl VmController {
             Err(out) => return out,
         };
         let listing = Listing { files, listed_at };
-        let out = match self.images.parts.get(&want.image) {
-            None => self.ensure_whole_image(want, &listing, m).await,
-            Some(&parts) => self.ensure_split_image(want, parts, &listing, m).await,
-        };
+        let out = self.ensure_listed(want, &listing, m).await;
         if matches!(out, StepOutcome::Done) {
             m.reset_wait();
         }
         out
     }
 
+    async fn ensure_listed(&self, want: &DesiredVm, listing: &Listing, m: &mut Memory) -> Outcome {
+        let image = &want.image;
+        let joined = mapping::image_volume(&self.image_storage, image);
+        if listing.files.contains_key(&joined) {
+            let prefix = format!("{}:import/", self.image_storage);
+            let mut leftover: Vec<String> = listing
+                .files
+                .keys()
+                .filter_map(|volid| volid.strip_prefix(&prefix))
+                .filter(|file| source::is_part_file(image, file))
+                .map(String::from)
+                .collect();
+            leftover.sort();
+            if !leftover.is_empty() {
+                self.remove_leftover_parts(want, &joined, leftover).await;
+            }
+            return StepOutcome::Done;
+        }
+        match self.layout(want).await {
+            Ok(Layout::Whole) => self.ensure_whole_image(want, listing, m, None).await,
+            Ok(Layout::Unchecked(why)) => {
+                self.ensure_whole_image(want, listing, m, Some(&why)).await
+            }
+            Ok(Layout::Parts(count)) => self.ensure_split_image(want, count, listing, m).await,
+            Ok(Layout::Missing(tried)) => refuse(format!(
+                "image {image} is not at its source: neither the whole asset nor a first part \
+                 is there ({}); check image_source (or packer_release) in site.yaml, or the \
+                 image name",
+                tried.join(", ")
+            )),
+            Err(err) => {
+                let message = format!("cannot find out how image {image} ships: {}", chain(&err));
+                if err.is_transient() {
+                    StepOutcome::Failed(StepError::transient(message))
+                } else {
+                    StepOutcome::Failed(StepError::permanent(message))
+                }
+            }
+        }
+    }
+
+    /// How the source holds `want`'s image: as `image_parts` says, else
+    /// asked once for the run (the first node asks, the others wait for
+    /// its answer).
+    async fn layout(&self, want: &DesiredVm) -> Result<Layout, source::Error> {
+        let image = &want.image;
+        if let Some(&count) = self.images.parts.get(image) {
+            return Ok(Layout::Parts(count));
+        }
+        let cell = match self.shared.layouts.lock() {
+            Ok(mut layouts) => layouts.entry(image.clone()).or_default().clone(),
+            // A poisoned table only costs asking again.
+            Err(_) => Arc::default(),
+        };
+        let layout = cell
+            .get_or_try_init(|| async {
+                let client = self
+                    .shared
+                    .http
+                    .get_or_try_init(|| async { source::client() })
+                    .await?;
+                let layout = source::discover(client, &self.images.base_url, image).await?;
+                match &layout {
+                    Layout::Parts(count) => tracing::info!(
+                        image = %image, parts = count, source = %self.images.base_url,
+                        "the image ships in parts"
+                    ),
+                    Layout::Unchecked(why) => self.event(
+                        &want.name,
+                        Level::Warning,
+                        Kind::ImageUnchecked,
+                        format!(
+                            "cannot tell whether image {image} ships whole or in parts ({why}); \
+                             asking PVE for the whole asset"
+                        ),
+                    ),
+                    Layout::Whole | Layout::Missing(_) => {}
+                }
+                Ok::<_, source::Error>(layout)
+            })
+            .await?;
+        Ok(layout.clone())
+    }
+
+    /// `unchecked`: why the source could not be asked, for the hint when
+    /// PVE cannot download the whole asset either.
     async fn ensure_whole_image(
         &self,
         want: &DesiredVm,
         listing: &Listing,
         m: &mut Memory,
+        unchecked: Option<&str>,
     ) -> Outcome {
-        let files = &listing.files;
         let volume = mapping::image_volume(&self.image_storage, &want.image);
-        if files.contains_key(&volume) {
-            return StepOutcome::Done;
-        }
         let file = mapping::image_file(&want.image);
         let url = format!("{}{file}", self.images.base_url);
-        match self.fetch(&volume, url, file, listing.listed_at).await {
-            Fetch::Pending => StepOutcome::Requeue(m.next_poll(&self.timing)),
-            Fetch::Soon => StepOutcome::Requeue(self.timing.poll_min),
-            Fetch::Failed(out) => out,
+        match (
+            self.fetch(&volume, url, file, listing.listed_at).await,
+            unchecked,
+        ) {
+            (Fetch::Pending, _) => self.await_image(want, m),
+            (Fetch::Soon, _) => StepOutcome::Requeue(self.timing.poll_min),
+            (Fetch::Failed(StepOutcome::Failed(mut err)), Some(why)) => {
+                err.message = format!(
+                    "{}; homestak could not ask the source itself ({why}), so if the release \
+                     ships image {} in parts, list it in site.yaml image_parts",
+                    err.message, want.image
+                );
+                StepOutcome::Failed(err)
+            }
+            (Fetch::Failed(out), _) => out,
         }
     }
 
@@ -217,35 +322,31 @@ impl VmController {
     ) -> Outcome {
         let files = &listing.files;
         let image = &want.image;
-        if count == 0 {
+        if count == 0 || count > source::MAX_PARTS {
             return refuse(format!(
-                "site.yaml image_parts gives image {image} 0 parts: give the number of \
-                 {}.partNN files its release ships",
-                mapping::image_file(image)
+                "site.yaml image_parts gives image {image} {count} parts: give the number of \
+                 {}.partaa, .partab, … files its release ships (1 to {}), or leave it out to \
+                 have homestak find them",
+                mapping::image_file(image),
+                source::MAX_PARTS
             ));
         }
         let joined = mapping::image_volume(&self.image_storage, image);
-        let parts: Vec<Part> = (0..count)
+        let named: Option<Vec<Part>> = (0..count)
             .map(|i| {
-                let file = part_file(image, i);
-                Part {
+                let file = source::part_file(image, i)?;
+                let asset = source::part_asset(image, i)?;
+                Some(Part {
                     volume: format!("{}:import/{file}", self.image_storage),
-                    url: format!("{}{}", self.images.base_url, part_asset(image, i)),
+                    url: format!("{}{asset}", self.images.base_url),
                     file,
-                }
+                })
             })
             .collect();
-        if files.contains_key(&joined) {
-            let leftover: Vec<&Part> = parts
-                .iter()
-                .filter(|p| files.contains_key(&p.volume))
-                .collect();
-            if !leftover.is_empty() {
-                self.remove_leftover_parts(want, count, &joined, &leftover)
-                    .await;
-            }
-            return StepOutcome::Done;
-        }
+        // Unreachable: count was checked against MAX_PARTS above.
+        let Some(parts) = named else {
+            return refuse(format!("image {image}: cannot name {count} parts"));
+        };
         let Some(host) = &self.host_ssh else {
             return refuse(format!(
                 "image {image} ships in {count} parts; joining them needs SSH to the PVE host \
@@ -277,11 +378,11 @@ impl VmController {
             return StepOutcome::Requeue(self.timing.poll_min);
         }
         if pending {
-            return StepOutcome::Requeue(m.next_poll(&self.timing));
+            return self.await_image(want, m);
         }
         // Every part is there: one node joins, the others wait for it.
         if !self.claim(&joined, Download::Joining) {
-            return StepOutcome::Requeue(m.next_poll(&self.timing));
+            return self.await_image(want, m);
         }
         let expected = parts
             .iter()
@@ -375,21 +476,15 @@ impl VmController {
         out
     }
 
-    /// Removes parts an interrupted run left next to the joined image.
-    /// Best effort: the image is usable either way.
-    async fn remove_leftover_parts(
-        &self,
-        want: &DesiredVm,
-        count: u32,
-        joined: &str,
-        leftover: &[&Part],
-    ) {
+    /// Removes parts (file names) an interrupted run left next to the
+    /// joined image. Best effort: the image is usable either way.
+    async fn remove_leftover_parts(&self, want: &DesiredVm, joined: &str, files: Vec<String>) {
         let Some(host) = &self.host_ssh else { return };
         // Another node may be cleaning up right now.
         if !self.claim(joined, Download::Joining) {
             return;
         }
-        let files: Vec<String> = leftover.iter().map(|p| p.file.clone()).collect();
+        let count = u32::try_from(files.len()).unwrap_or(u32::MAX);
         let file = mapping::image_file(&want.image);
         let result = async {
             let session = host.connect(&want.image, count).await?;
@@ -409,8 +504,7 @@ impl VmController {
                 Level::Warning,
                 Kind::PartsLeft,
                 format!(
-                    "{} parts of {} are left next to {joined}: {}",
-                    files.len(),
+                    "{count} parts of {} are left next to {joined}: {}",
                     want.image,
                     chain(&err)
                 ),

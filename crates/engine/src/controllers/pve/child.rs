@@ -1,0 +1,510 @@
+//! The `pve` steps that deal with the child tier: `start_daemon`,
+//! `delegate_subtree` and `destroy_subtree`, and reading the child's drift
+//! report for `status`.
+//!
+//! The child is reached over HTTPS pinned to the fingerprint its daemon
+//! wrote in its ready file (read over SSH), with the write token the parent
+//! minted. Following is Kubernetes-style: the child answers a hand-over
+//! with a generation, and records the generation each run started with;
+//! the run the parent asked for is the first with a generation at least
+//! that high.
+
+use std::sync::Arc;
+
+use super::host::{install, marker, root};
+use super::inner::{self, File};
+use super::{Lifecycle, Memory};
+use crate::controllers::vm;
+use crate::executor::{StepError, StepOutcome};
+use crate::store::{Delegation, DelegationState, NodeKey, Store};
+use homestak_api::client::{Client, Error as ClientError};
+use homestak_api::ready::ReadyInfo;
+use homestak_api::v1::{ChildPlan, SubtreeRequest};
+use homestak_api::{Outcome as RunEnd, Status};
+use homestak_base::digest;
+use homestak_base::error_chain as chain;
+use homestak_base::id::NodeName;
+use homestak_base::secret::Secret;
+use homestak_core::model::Manifest;
+use homestak_core::plan::{DesiredVm, NodePlan};
+use homestak_tls::Fingerprint;
+
+type Outcome = StepOutcome;
+
+fn refuse(message: String) -> Outcome {
+    StepOutcome::Failed(StepError::permanent(message))
+}
+
+/// A client of the child daemon a delegation record describes.
+fn client_of(d: &Delegation) -> Option<Result<Client, String>> {
+    let url = d.daemon_url.as_deref()?;
+    let fingerprint = d.daemon_fingerprint.as_deref()?;
+    if d.daemon_token.is_empty() {
+        return None;
+    }
+    Some(
+        fingerprint
+            .parse::<Fingerprint>()
+            .map_err(|e| chain(&e))
+            .and_then(|fp| Client::new(url, fp, &d.daemon_token).map_err(|e| chain(&e))),
+    )
+}
+
+/// A digest of the subtree as sent, to tell a resumed hand-over from a new one.
+fn subtree_digest(subtree: &Manifest) -> String {
+    digest::hex(&digest::sha256(subtree.to_json().as_bytes()))
+}
+
+/// A fresh random token.
+fn mint() -> Secret {
+    Secret::new(digest::hex(&rand::random::<[u8; 32]>()))
+}
+
+/// What a parent knows of a child tier's view of a subtree.
+#[derive(Debug, Clone)]
+pub enum ChildStatus {
+    /// The child observed it.
+    Observed(Status),
+    /// It could not be observed, and why.
+    Unknown(String),
+}
+
+/// The child tier's drift report of `subtree`, the part of `manifest`
+/// below `node`, as the child answers it (with the deeper tiers): its
+/// daemon, or `homestak status` over SSH (with `ssh`: our key and the
+/// cloud-init user) for a child run that way.
+pub async fn child_status(
+    store: &dyn Store,
+    manifest: &str,
+    node: &NodeName,
+    subtree: &Manifest,
+    ssh: Option<(&super::SshCheck, &str)>,
+) -> ChildStatus {
+    let record = match store.get_node(&NodeKey::new(manifest, node)) {
+        Ok(record) => record,
+        Err(e) => return ChildStatus::Unknown(format!("cannot read the store: {}", chain(&e))),
+    };
+    let address = record.as_ref().and_then(|r| r.ip.clone());
+    let Some(d) = record.and_then(|r| r.delegation) else {
+        return ChildStatus::Unknown(format!("{node} is not yet bootstrapped as a PVE host"));
+    };
+    if d.mode == crate::store::DelegationMode::Ssh {
+        let (Some((check, user)), Some(address)) = (ssh, address) else {
+            return ChildStatus::Unknown(format!(
+                "the tier on {node} runs over SSH, and no SSH key or address is at hand"
+            ));
+        };
+        let to = super::SshTo {
+            check: check.clone(),
+            user: user.to_string(),
+            address,
+        };
+        return match super::over_ssh::status_over_ssh(&to, node.as_str(), subtree).await {
+            Ok(status) => ChildStatus::Observed(status),
+            Err(why) => ChildStatus::Unknown(format!("the tier on {node}: {why}")),
+        };
+    }
+    let (Some(client), Some(name)) = (client_of(&d), d.subtree.as_deref()) else {
+        return ChildStatus::Unknown(format!("no child tier runs on {node} yet"));
+    };
+    let client = match client {
+        Ok(c) => c,
+        Err(why) => return ChildStatus::Unknown(format!("cannot reach the tier on {node}: {why}")),
+    };
+    match client.manifest_status(name, true).await {
+        Ok(Some(ms)) => match ms.status {
+            Some(status) => ChildStatus::Observed(status),
+            None => ChildStatus::Unknown(format!(
+                "the tier on {node} reports: {}",
+                ms.error.unwrap_or_else(|| "no drift report".into())
+            )),
+        },
+        Ok(None) => ChildStatus::Unknown(format!(
+            "the tier on {node} does not hold subtree {name}; `homestak reconcile --once` hands it over"
+        )),
+        Err(e) => ChildStatus::Unknown(format!("the tier on {node} is unreachable: {}", chain(&e))),
+    }
+}
+
+/// The child tier's plan of `subtree` (with its own children's), as its
+/// daemon makes it; or a note saying why there is none.
+pub async fn child_plan(
+    store: &dyn Store,
+    manifest: &str,
+    node: &NodeName,
+    subtree: &Manifest,
+) -> ChildPlan {
+    let note = |text: String| ChildPlan {
+        node: node.clone(),
+        tree: None,
+        note: Some(text),
+    };
+    let record = match store.get_node(&NodeKey::new(manifest, node)) {
+        Ok(record) => record,
+        Err(e) => return note(format!("cannot read the store: {}", chain(&e))),
+    };
+    let names: Vec<String> = match subtree.nodes() {
+        Some(nodes) => nodes.iter().map(|n| n.name.to_string()).collect(),
+        None => subtree
+            .levels()
+            .iter()
+            .map(|l| l.name.to_string())
+            .collect(),
+    };
+    let later = || {
+        format!(
+            "{node} is not a PVE host with a child tier yet; once it is, that tier converges: {}",
+            names.join(", ")
+        )
+    };
+    let Some(d) = record.and_then(|r| r.delegation) else {
+        return note(later());
+    };
+    if d.mode == crate::store::DelegationMode::Ssh {
+        return note(format!(
+            "the tier on {node} runs over SSH and plans when it runs: {}",
+            names.join(", ")
+        ));
+    }
+    let client = match client_of(&d) {
+        Some(Ok(client)) => client,
+        Some(Err(why)) => return note(format!("cannot reach the tier on {node}: {why}")),
+        None => return note(later()),
+    };
+    let request = SubtreeRequest {
+        host: node.to_string(),
+        manifest: subtree.to_value(),
+    };
+    match client.plan(&request).await {
+        Ok(tree) => ChildPlan {
+            node: node.clone(),
+            tree: Some(Box::new(tree)),
+            note: None,
+        },
+        Err(e) => note(format!("the tier on {node} could not plan: {}", chain(&e))),
+    }
+}
+
+impl Lifecycle {
+    /// `start_daemon`: the child daemon runs as a systemd unit with the
+    /// parent's token and answers; a daemon that is gone is brought back.
+    pub(super) async fn start_daemon(
+        &self,
+        node: &NodePlan,
+        want: &DesiredVm,
+        vm: &vm::Memory,
+        m: &mut Memory,
+    ) -> Outcome {
+        let s = match self.connect(want, vm, m).await {
+            Ok(s) => s,
+            Err(o) => return o,
+        };
+        let user = want.user.as_str();
+        let ip = match vm.ip {
+            Some(ip) => ip.to_string(),
+            None => return refuse("the inner host's address is unknown".into()),
+        };
+        let mut d = match self.delegation(node, vm) {
+            Ok(d) => d,
+            Err(o) => return o,
+        };
+        if d.daemon_token.is_empty() {
+            // Kept before it is installed, so it is never lost.
+            d.daemon_token = mint();
+            if let Err(o) = self.save(node, &d) {
+                return o;
+            }
+        }
+        if !m.daemon_checked {
+            let files = [
+                inner::tokens_file(&d.daemon_token, &self.parent),
+                inner::unit_file(&ip, self.daemon_port, &self.parent),
+            ];
+            let site = match marker(&*s, user, inner::SITE_MARK).await {
+                Ok(text) => text,
+                Err(e) => {
+                    return super::host::ssh_failed(&e, "read the inner site-config's marker");
+                }
+            };
+            let binary = match marker(&*s, user, inner::BINARY_MARK).await {
+                Ok(text) => text,
+                Err(e) => return super::host::ssh_failed(&e, "read the installed binary's marker"),
+            };
+            // The site-config is read at start and the binary may be new:
+            // either change restarts the daemon.
+            let id = format!("{} {site} {binary}", inner::identity(&files));
+            let current = match marker(&*s, user, inner::UNIT_MARK).await {
+                Ok(text) => text,
+                Err(e) => return super::host::ssh_failed(&e, "read the child daemon's marker"),
+            };
+            let line = if current != id {
+                let mut files = files.to_vec();
+                files.push(File {
+                    path: inner::UNIT_MARK.into(),
+                    bytes: id.into_bytes(),
+                    mode: 0o644,
+                });
+                if let Err(e) = install(&*s, user, &files).await {
+                    return super::host::ssh_failed(&e, "install the child daemon");
+                }
+                "systemctl daemon-reload && systemctl enable homestak && systemctl restart homestak"
+            } else {
+                "systemctl is-active homestak || systemctl restart homestak"
+            };
+            if let Err(e) = root(&*s, user, line).await {
+                return super::host::ssh_failed(&e, "start the child daemon");
+            }
+            m.daemon_checked = true;
+        }
+        // Wait until it answers with the parent's token.
+        let ready = match root(
+            &*s,
+            user,
+            &format!("test -f {0} && cat {0} || true", inner::READY),
+        )
+        .await
+        {
+            Ok(text) => serde_json::from_str::<ReadyInfo>(&text).ok(),
+            Err(e) => return super::host::ssh_failed(&e, "read the child daemon's ready file"),
+        };
+        if let Some(info) = ready {
+            let candidate = Delegation {
+                daemon_url: Some(info.url.clone()),
+                daemon_fingerprint: Some(info.fingerprint.to_string()),
+                ..d.clone()
+            };
+            if let Some(Ok(client)) = client_of(&candidate)
+                && client.status(None, false).await.is_ok()
+            {
+                m.reset_wait();
+                if candidate != d
+                    && let Err(o) = self.save(node, &candidate)
+                {
+                    return o;
+                }
+                return StepOutcome::Done;
+            }
+        }
+        if m.expired(self.timeouts.bootstrap) {
+            m.reset_wait();
+            return refuse(format!(
+                "the child daemon on {} did not answer within {}; see `journalctl -u homestak` there",
+                node.node,
+                humantime::format_duration(self.timeouts.bootstrap)
+            ));
+        }
+        StepOutcome::Requeue(m.next_poll(self))
+    }
+
+    /// `delegate_subtree`: hands the subtree to the child daemon (unless a
+    /// restarted parent is resuming the same hand-over), then follows it.
+    pub(super) async fn delegate_subtree(
+        &self,
+        node: &NodePlan,
+        subtree: &Arc<Manifest>,
+        vm: &vm::Memory,
+        m: &mut Memory,
+    ) -> Outcome {
+        let mut d = match self.delegation(node, vm) {
+            Ok(d) => d,
+            Err(o) => return o,
+        };
+        let client = match client_of(&d) {
+            Some(Ok(c)) => c,
+            Some(Err(why)) => return refuse(format!("reach the tier on {}: {why}", node.node)),
+            None => return refuse(format!("no child daemon runs on {} yet", node.node)),
+        };
+        let name = subtree.name().to_string();
+        let sent = subtree_digest(subtree);
+        let generation = match m.generation {
+            Some(g) => g,
+            None => {
+                let resumable = d.state == DelegationState::Following
+                    && d.subtree.as_deref() == Some(name.as_str())
+                    && d.digest.as_deref() == Some(sent.as_str());
+                let g = match d.generation {
+                    Some(g) if resumable => g,
+                    _ => {
+                        let request = SubtreeRequest {
+                            host: node.node.to_string(),
+                            manifest: subtree.to_value(),
+                        };
+                        match client.put_subtree(&request).await {
+                            Ok(answer) => answer.generation,
+                            Err(e) => {
+                                return self.unreachable(node, m, &e, "hand over the subtree");
+                            }
+                        }
+                    }
+                };
+                d.subtree = Some(name.clone());
+                d.digest = Some(sent);
+                d.generation = Some(g);
+                d.state = DelegationState::Following;
+                d.message = None;
+                if let Err(o) = self.save(node, &d) {
+                    return o;
+                }
+                m.generation = Some(g);
+                g
+            }
+        };
+        match client.manifest_status(&name, false).await {
+            Ok(Some(ms)) => {
+                tracing::debug!(node = %node.node, generation, record = ?ms.record, "following the child");
+                if let Some(last) = ms.record.last_reconcile
+                    && last.generation >= generation
+                    && last.outcome != RunEnd::Interrupted
+                {
+                    m.generation = None;
+                    m.reset_wait();
+                    if last.outcome == RunEnd::Converged {
+                        d.state = DelegationState::Converged;
+                        d.message = None;
+                        return match self.save(node, &d) {
+                            Ok(()) => StepOutcome::Done,
+                            Err(o) => o,
+                        };
+                    }
+                    let why = last.message.unwrap_or(last.summary);
+                    d.state = DelegationState::Failed;
+                    d.message = Some(why.clone());
+                    let _ = self.save(node, &d);
+                    return refuse(format!("the tier on {} did not converge: {why}", node.node));
+                }
+            }
+            // The child lost it (a new store): hand it over again.
+            Ok(None) => m.generation = None,
+            Err(e) => return self.unreachable(node, m, &e, "follow the subtree"),
+        }
+        if m.expired(self.timeouts.subtree_delegation) {
+            m.reset_wait();
+            let why = format!(
+                "the tier on {} did not finish within {}",
+                node.node,
+                humantime::format_duration(self.timeouts.subtree_delegation)
+            );
+            self.record_failure(node, vm, &why);
+            return refuse(why);
+        }
+        StepOutcome::Requeue(m.next_poll(self))
+    }
+
+    /// A call to the child failed: wait for it (it restarts) until the
+    /// delegation's timeout.
+    fn unreachable(
+        &self,
+        node: &NodePlan,
+        m: &mut Memory,
+        err: &ClientError,
+        what: &str,
+    ) -> Outcome {
+        let refused = matches!(err, ClientError::Refused { .. } | ClientError::Setup { .. });
+        if !refused && !m.expired(self.timeouts.subtree_delegation) {
+            return StepOutcome::Requeue(m.next_poll(self));
+        }
+        m.reset_wait();
+        refuse(format!(
+            "{what} to the tier on {}: {}",
+            node.node,
+            chain(err)
+        ))
+    }
+
+    /// `destroy_subtree`: asks the child to destroy what it converged and
+    /// waits until it has, before the VM goes. A child that cannot be
+    /// reached is passed over: its VMs live inside the VM about to go.
+    pub(super) async fn destroy_subtree(
+        &self,
+        node: &NodePlan,
+        subtree: Option<&Manifest>,
+        m: &mut Memory,
+    ) -> Outcome {
+        let key = self.key(node);
+        let found = match self.store.get_node(&key) {
+            Ok(r) => r.and_then(|r| r.delegation),
+            Err(e) => return refuse(format!("read the store: {}", chain(&e))),
+        };
+        let Some(mut d) = found else {
+            return StepOutcome::Done;
+        };
+        if d.mode == crate::store::DelegationMode::Ssh {
+            let Some(subtree) = subtree else {
+                return StepOutcome::Done;
+            };
+            return match self.destroy_over_ssh(node, &d, subtree, m).await {
+                Ok(()) => self.forgotten(node, d),
+                Err(outcome) => outcome,
+            };
+        }
+        let (Some(Ok(client)), Some(name)) = (client_of(&d), d.subtree.clone()) else {
+            return StepOutcome::Done;
+        };
+        let generation = match m.generation {
+            Some(g) => g,
+            None => match client.delete_subtree(&name).await {
+                Ok(answer) => {
+                    d.state = DelegationState::Destroying;
+                    d.generation = Some(answer.generation);
+                    if let Err(o) = self.save(node, &d) {
+                        return o;
+                    }
+                    m.generation = Some(answer.generation);
+                    answer.generation
+                }
+                Err(ClientError::Refused { status: 404, .. }) => return self.forgotten(node, d),
+                Err(e) => {
+                    tracing::warn!(node = %node.node, error = %chain(&e), "the child tier cannot be reached; its VMs go with the VM");
+                    return self.forgotten(node, d);
+                }
+            },
+        };
+        match client.manifest_status(&name, false).await {
+            Ok(None) => {
+                m.generation = None;
+                m.reset_wait();
+                return self.forgotten(node, d);
+            }
+            Ok(Some(ms)) => {
+                if let Some(last) = ms.record.last_reconcile
+                    && last.generation >= generation
+                    && last.outcome == RunEnd::Failed
+                {
+                    m.generation = None;
+                    m.reset_wait();
+                    let why = last.message.unwrap_or(last.summary);
+                    return refuse(format!(
+                        "the tier on {} could not destroy subtree {name}: {why}",
+                        node.node
+                    ));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(node = %node.node, error = %chain(&e), "the child tier went away while destroying; its VMs go with the VM");
+                return self.forgotten(node, d);
+            }
+        }
+        if m.expired(self.timeouts.subtree_delegation) {
+            m.reset_wait();
+            return refuse(format!(
+                "the tier on {} did not destroy subtree {name} within {}",
+                node.node,
+                humantime::format_duration(self.timeouts.subtree_delegation)
+            ));
+        }
+        StepOutcome::Requeue(m.next_poll(self))
+    }
+
+    /// The subtree is gone from the child: the record forgets it.
+    fn forgotten(&self, node: &NodePlan, mut d: Delegation) -> Outcome {
+        d.subtree = None;
+        d.digest = None;
+        d.generation = None;
+        d.state = DelegationState::Bootstrapping;
+        d.message = None;
+        match self.save(node, &d) {
+            Ok(()) => StepOutcome::Done,
+            Err(o) => o,
+        }
+    }
+}

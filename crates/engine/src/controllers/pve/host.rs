@@ -1,0 +1,691 @@
+//! The `pve` steps done over SSH on the inner host: `wait_ssh`,
+//! `bootstrap_host`, `configure_bridge`, `create_api_token` and
+//! `write_node_config`. Commands that need root run through `sudo -n sh -c`
+//! unless the cloud-init user is root; files are uploaded to a staging
+//! directory, then moved into place in one root command, so a file is
+//! either old or complete.
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, OnceLock};
+
+use serde_json::Value;
+
+use super::inner::{self, File};
+use super::{Lifecycle, Memory, PveStep};
+use crate::controllers::vm;
+use crate::executor::{StepError, StepOutcome};
+use crate::store::{Delegation, DelegationState, Durability, NodeKey};
+use homestak_base::error_chain as chain;
+use homestak_base::secret::Secret;
+use homestak_core::plan::{DesiredVm, NodePlan};
+use homestak_ssh::{self as ssh, Command, Upload, quote};
+
+type Outcome = StepOutcome;
+
+/// Relative: in the SSH user's home directory.
+const STAGE: &str = ".homestak-stage";
+/// The inner PVE's certificate.
+const PVE_CERT: &str = "/etc/pve/local/pve-ssl.pem";
+
+fn refuse(message: String) -> Outcome {
+    StepOutcome::Failed(StepError::permanent(message))
+}
+
+/// A failed SSH call: retried when the connection was the problem.
+pub(super) fn ssh_failed(err: &ssh::Error, what: &str) -> Outcome {
+    let message = format!("{what}: {}", chain(err));
+    if matches!(
+        err.kind(),
+        ssh::ErrorKind::Session | ssh::ErrorKind::Timeout | ssh::ErrorKind::Unreachable
+    ) {
+        StepOutcome::Failed(StepError::transient(message))
+    } else {
+        StepOutcome::Failed(StepError::permanent(message))
+    }
+}
+
+/// `line` as root for `user`.
+pub(super) fn as_root(user: &str, line: &str) -> Command {
+    if user == "root" {
+        Command::shell(line)
+    } else {
+        Command::shell(format!("sudo -n sh -c {}", quote(line)))
+    }
+}
+
+/// Identifies the binary to install: version, size and modification time
+/// (hashing tens of megabytes on every run would cost more than it saves).
+fn binary_id(path: &std::path::Path) -> Result<String, std::io::Error> {
+    static CACHE: OnceLock<std::sync::Mutex<Vec<(std::path::PathBuf, String)>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Ok(known) = cache.lock()
+        && let Some((_, id)) = known.iter().find(|(p, _)| p == path)
+    {
+        return Ok(id.clone());
+    }
+    let meta = std::fs::metadata(path)?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let id = format!("{} {} {modified}", env!("CARGO_PKG_VERSION"), meta.len());
+    if let Ok(mut known) = cache.lock() {
+        known.push((path.to_path_buf(), id.clone()));
+    }
+    Ok(id)
+}
+
+impl Lifecycle {
+    pub(crate) fn key(&self, node: &NodePlan) -> NodeKey {
+        NodeKey::new(&self.manifest, &node.node)
+    }
+
+    /// The node's delegation record (a fresh one when the VM changed).
+    pub(super) fn delegation(
+        &self,
+        node: &NodePlan,
+        vm: &vm::Memory,
+    ) -> Result<Delegation, Outcome> {
+        let record = self
+            .store
+            .get_node(&self.key(node))
+            .map_err(|e| refuse(format!("read the store: {}", chain(&e))))?;
+        let found = record.and_then(|r| r.delegation).unwrap_or_default();
+        Ok(if found.vmid.is_some() && found.vmid != vm.vmid {
+            Delegation {
+                vmid: vm.vmid,
+                ..Delegation::default()
+            }
+        } else {
+            Delegation {
+                vmid: vm.vmid.or(found.vmid),
+                ..found
+            }
+        })
+    }
+
+    /// Writes the node's delegation record durably.
+    pub(super) fn save(&self, node: &NodePlan, delegation: &Delegation) -> Result<(), Outcome> {
+        self.store
+            .update_node(&self.key(node), Durability::Flush, &mut |r| {
+                r.delegation = Some(delegation.clone());
+            })
+            .map(|_| ())
+            .map_err(|e| refuse(format!("record the delegation in the store: {}", chain(&e))))
+    }
+
+    /// The address of the node's VM, as the guest agent reported it.
+    fn address(vm: &vm::Memory) -> Result<Ipv4Addr, Outcome> {
+        vm.ip
+            .ok_or_else(|| refuse("the inner host's address is unknown".into()))
+    }
+
+    /// The node's SSH session, connecting (waiting up to the bootstrap
+    /// timeout) unless already connected.
+    pub(super) async fn connect(
+        &self,
+        want: &DesiredVm,
+        vm: &vm::Memory,
+        m: &mut Memory,
+    ) -> Result<Arc<dyn ssh::Session>, Outcome> {
+        let ip = Self::address(vm)?;
+        self.connect_to(&ip.to_string(), &want.user, m).await
+    }
+
+    /// The node's SSH session to `user@ip`, connecting unless connected.
+    pub(super) async fn connect_to(
+        &self,
+        ip: &str,
+        user: &str,
+        m: &mut Memory,
+    ) -> Result<Arc<dyn ssh::Session>, Outcome> {
+        if let Some(session) = &m.session {
+            return Ok(session.clone());
+        }
+        let check = match &self.ssh {
+            Ok(check) => check,
+            Err(why) => return Err(refuse(format!("a pve node is set up over SSH: {why}"))),
+        };
+        let target = ssh::Target::new(
+            ssh::Destination::new(ip, check.port, user),
+            check.identity.clone(),
+            check.host_key.clone(),
+        );
+        match check.transport.connect(&target).await {
+            Ok(session) => {
+                let session: Arc<dyn ssh::Session> = Arc::from(session);
+                m.session = Some(session.clone());
+                m.reset_wait();
+                Ok(session)
+            }
+            Err(err) if err.is_transient() && !m.expired(self.timeouts.bootstrap) => {
+                Err(StepOutcome::Requeue(m.next_poll(self)))
+            }
+            Err(err) => {
+                m.reset_wait();
+                Err(refuse(format!(
+                    "SSH to the inner host {ip}: {}",
+                    chain(&err)
+                )))
+            }
+        }
+    }
+}
+
+/// Runs `line` as root; its stdout.
+pub(super) async fn root(
+    session: &dyn ssh::Session,
+    user: &str,
+    line: &str,
+) -> Result<String, ssh::Error> {
+    Ok(session.exec_ok(&as_root(user, line)).await?.stdout_text())
+}
+
+/// Installs `files`: staged in a private directory of the SSH user's home
+/// (never a shared `/tmp`: tokens and keys pass through it), then moved
+/// into place in one root command.
+pub(super) async fn install(
+    session: &dyn ssh::Session,
+    user: &str,
+    files: &[File],
+) -> Result<(), ssh::Error> {
+    session
+        .exec_ok(&Command::shell(format!(
+            "mkdir -p {STAGE} && chmod 700 {STAGE}"
+        )))
+        .await?;
+    let mut dirs: Vec<String> = Vec::new();
+    let mut moves = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let staged = format!("{STAGE}/{i}");
+        session
+            .upload(&Upload::bytes(
+                file.bytes.clone(),
+                staged.clone(),
+                file.mode,
+            ))
+            .await?;
+        if let Some((dir, _)) = file.path.rsplit_once('/')
+            && !dir.is_empty()
+            && !dirs.iter().any(|d| d == dir)
+        {
+            dirs.push(dir.to_string());
+        }
+        moves.push(format!("mv -f {staged} {}", quote(&file.path)));
+    }
+    let mut line = format!(
+        "mkdir -p {}",
+        dirs.iter().map(|d| quote(d)).collect::<Vec<_>>().join(" ")
+    );
+    for m in moves {
+        line.push_str(" && ");
+        line.push_str(&m);
+    }
+    session.exec_ok(&as_root(user, &line)).await?;
+    Ok(())
+}
+
+/// Reads a marker file (empty when absent).
+pub(super) async fn marker(
+    session: &dyn ssh::Session,
+    user: &str,
+    path: &str,
+) -> Result<String, ssh::Error> {
+    let line = format!("test -f {path} && cat {path} || true");
+    Ok(root(session, user, &line).await?.trim().to_string())
+}
+
+impl Lifecycle {
+    /// `wait_ssh`: the inner host answers SSH and takes our key.
+    pub(super) async fn wait_ssh(
+        &self,
+        want: &DesiredVm,
+        vm: &vm::Memory,
+        m: &mut Memory,
+    ) -> Outcome {
+        match self.connect(want, vm, m).await {
+            Ok(_) => StepOutcome::Done,
+            Err(o) => o,
+        }
+    }
+
+    /// `bootstrap_host`: the homestak binary (when not the same build) and
+    /// the child's own SSH key (made once, kept on the host).
+    pub(super) async fn bootstrap_host(
+        &self,
+        node: &NodePlan,
+        want: &DesiredVm,
+        vm: &vm::Memory,
+        m: &mut Memory,
+    ) -> Outcome {
+        let s = match self.connect(want, vm, m).await {
+            Ok(s) => s,
+            Err(o) => return o,
+        };
+        let user = want.user.as_str();
+        let id = match binary_id(&self.binary) {
+            Ok(id) => id,
+            Err(e) => {
+                return refuse(format!(
+                    "read the homestak binary {} to install on {}: {e}",
+                    self.binary.display(),
+                    node.node
+                ));
+            }
+        };
+        let installed = match marker(&*s, user, inner::BINARY_MARK).await {
+            Ok(text) => text,
+            Err(e) => return ssh_failed(&e, "read what is installed on the inner host"),
+        };
+        if installed != id {
+            let bytes = match std::fs::read(&self.binary) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    return refuse(format!(
+                        "read the homestak binary {}: {e}",
+                        self.binary.display()
+                    ));
+                }
+            };
+            let files = [
+                File {
+                    path: inner::BINARY.into(),
+                    bytes,
+                    mode: 0o755,
+                },
+                File {
+                    path: inner::BINARY_MARK.into(),
+                    bytes: id.into_bytes(),
+                    mode: 0o644,
+                },
+            ];
+            if let Err(e) = install(&*s, user, &files).await {
+                return ssh_failed(&e, "install homestak on the inner host");
+            }
+        }
+        let mut d = match self.delegation(node, vm) {
+            Ok(d) => d,
+            Err(o) => return o,
+        };
+        let address = vm.ip.map(|ip| ip.to_string());
+        if d.address != address || d.user.as_deref() != Some(user) {
+            d.address = address;
+            d.user = Some(user.to_string());
+            if let Err(o) = self.save(node, &d) {
+                return o;
+            }
+        }
+        let line = format!("test -f {0}.pub && cat {0}.pub || true", inner::CHILD_KEY);
+        match root(&*s, user, &line).await {
+            Ok(text) if !text.trim().is_empty() => {}
+            Ok(_) => {
+                if let Err(outcome) = self.make_child_key(&*s, user).await {
+                    return outcome;
+                }
+            }
+            Err(e) => return ssh_failed(&e, "read the child's SSH key"),
+        }
+        StepOutcome::Done
+    }
+
+    /// A fresh key pair for the child tier, made here and installed there
+    /// (the host may have no `ssh-keygen`); the private half is not kept.
+    async fn make_child_key(&self, s: &dyn ssh::Session, user: &str) -> Result<(), Outcome> {
+        let dir =
+            tempfile::tempdir().map_err(|e| refuse(format!("make a temporary directory: {e}")))?;
+        let path = dir.path().join("id_ed25519");
+        let identity = ssh::Identity::generate_to(&path)
+            .map_err(|e| refuse(format!("make the child's SSH key: {}", chain(&e))))?;
+        let private =
+            std::fs::read(&path).map_err(|e| refuse(format!("read the new SSH key: {e}")))?;
+        let files = [
+            File {
+                path: inner::CHILD_KEY.into(),
+                bytes: private,
+                mode: 0o600,
+            },
+            File {
+                path: format!("{}.pub", inner::CHILD_KEY),
+                bytes: format!("{}\n", identity.public_key_openssh()).into_bytes(),
+                mode: 0o644,
+            },
+        ];
+        install(s, user, &files)
+            .await
+            .map_err(|e| ssh_failed(&e, "install the child's SSH key"))
+    }
+
+    /// The inner PVE node's name.
+    async fn pve_node(
+        &self,
+        s: &dyn ssh::Session,
+        user: &str,
+        m: &mut Memory,
+    ) -> Result<String, Outcome> {
+        if let Some(name) = &m.pve_node {
+            return Ok(name.clone());
+        }
+        let name = root(s, user, "hostname")
+            .await
+            .map_err(|e| ssh_failed(&e, "read the inner host's name"))?
+            .trim()
+            .to_string();
+        if name.is_empty() || name.contains(['/', ' ']) {
+            return Err(refuse(format!(
+                "the inner host's name {name:?} cannot be a PVE node name"
+            )));
+        }
+        m.pve_node = Some(name.clone());
+        Ok(name)
+    }
+}
+
+/// `pvesh get PATH --output-format json`, parsed.
+async fn pvesh_get(s: &dyn ssh::Session, user: &str, path: &str) -> Result<Value, Outcome> {
+    let line = format!("pvesh get {} --output-format json", quote(path));
+    {
+        let text = root(s, user, &line)
+            .await
+            .map_err(|e| ssh_failed(&e, &format!("pvesh get {path}")))?;
+        serde_json::from_str(&text)
+            .map_err(|e| refuse(format!("pvesh get {path} printed no JSON: {e}")))
+    }
+}
+
+impl Lifecycle {
+    /// `configure_bridge`: the site's bridge exists on the inner host.
+    pub(super) async fn configure_bridge(
+        &self,
+        want: &DesiredVm,
+        vm: &vm::Memory,
+        m: &mut Memory,
+    ) -> Outcome {
+        let s = match self.connect(want, vm, m).await {
+            Ok(s) => s,
+            Err(o) => return o,
+        };
+        let user = want.user.as_str();
+        let pve_node = match self.pve_node(&*s, user, m).await {
+            Ok(n) => n,
+            Err(o) => return o,
+        };
+        let path = format!("/nodes/{pve_node}/network");
+        let listing = match pvesh_get(&*s, user, &path).await {
+            Ok(v) => v,
+            // The inner PVE may still be starting.
+            Err(_) if !m.expired(self.timeouts.configure_bridge) => {
+                return StepOutcome::Requeue(m.next_poll(self));
+            }
+            Err(o) => return o,
+        };
+        m.reset_wait();
+        let has = listing.as_array().is_some_and(|ifaces| {
+            ifaces
+                .iter()
+                .any(|i| i.get("iface").and_then(Value::as_str) == Some(self.bridge.as_str()))
+        });
+        if has {
+            return StepOutcome::Done;
+        }
+        let line = format!(
+            "pvesh create {0} --iface {1} --type bridge --autostart 1 && pvesh set {0}",
+            quote(&path),
+            quote(&self.bridge)
+        );
+        match root(&*s, user, &line).await {
+            Ok(_) => StepOutcome::Done,
+            Err(e) => ssh_failed(
+                &e,
+                &format!("create bridge {} on the inner host", self.bridge),
+            ),
+        }
+    }
+
+    /// `create_api_token`: the inner PVE API token homestak uses there,
+    /// kept in the store; made again when the host lost it.
+    pub(super) async fn create_api_token(
+        &self,
+        node: &NodePlan,
+        want: &DesiredVm,
+        vm: &vm::Memory,
+        m: &mut Memory,
+    ) -> Outcome {
+        let s = match self.connect(want, vm, m).await {
+            Ok(s) => s,
+            Err(o) => return o,
+        };
+        let user = want.user.as_str();
+        let mut delegation = match self.delegation(node, vm) {
+            Ok(d) => d,
+            Err(o) => return o,
+        };
+        let listing = match root(
+            &*s,
+            user,
+            "pveum user token list root@pam --output-format json",
+        )
+        .await
+        {
+            Ok(text) => text,
+            Err(_) if !m.expired(self.timeouts.bootstrap) => {
+                return StepOutcome::Requeue(m.next_poll(self));
+            }
+            Err(e) => return ssh_failed(&e, "list the inner host's API tokens"),
+        };
+        m.reset_wait();
+        let exists = serde_json::from_str::<Value>(&listing)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .is_some_and(|tokens| {
+                tokens
+                    .iter()
+                    .any(|t| t.get("tokenid").and_then(Value::as_str) == Some("homestak"))
+            });
+        if exists && !delegation.pve_token.is_empty() {
+            return StepOutcome::Done;
+        }
+        // A token whose secret we lost cannot be read back: make it anew.
+        let mut line = String::new();
+        if exists {
+            line.push_str("pveum user token remove root@pam homestak && ");
+        }
+        line.push_str("pveum user token add root@pam homestak --privsep 0 --output-format json");
+        let text = match root(&*s, user, &line).await {
+            Ok(text) => text,
+            Err(e) => return ssh_failed(&e, "create the inner host's API token"),
+        };
+        let parsed: Option<(String, String)> =
+            serde_json::from_str::<Value>(&text).ok().and_then(|v| {
+                Some((
+                    v.get("full-tokenid")?.as_str()?.to_string(),
+                    v.get("value")?.as_str()?.to_string(),
+                ))
+            });
+        let Some((id, value)) = parsed else {
+            return refuse("pveum user token add printed no token".into());
+        };
+        delegation.pve_token = Secret::new(format!("{id}={value}"));
+        match self.save(node, &delegation) {
+            Ok(()) => StepOutcome::Done,
+            Err(o) => o,
+        }
+    }
+
+    /// `write_node_config`: the inner PVE's fingerprint and datastore, then
+    /// the inner site-config with its `nodes/<host>.yaml`.
+    pub(super) async fn write_node_config(
+        &self,
+        node: &NodePlan,
+        want: &DesiredVm,
+        vm: &vm::Memory,
+        m: &mut Memory,
+    ) -> Outcome {
+        let s = match self.connect(want, vm, m).await {
+            Ok(s) => s,
+            Err(o) => return o,
+        };
+        let user = want.user.as_str();
+        let ip = match Self::address(vm) {
+            Ok(ip) => ip.to_string(),
+            Err(o) => return o,
+        };
+        let mut delegation = match self.delegation(node, vm) {
+            Ok(d) => d,
+            Err(o) => return o,
+        };
+        let line = format!("openssl x509 -noout -fingerprint -sha256 -in {PVE_CERT}");
+        let fingerprint = match root(&*s, user, &line).await {
+            Ok(text) => text
+                .trim()
+                .split_once('=')
+                .map(|(_, fp)| fp.trim().to_string())
+                .unwrap_or_default(),
+            Err(e) => return ssh_failed(&e, "read the inner PVE's certificate fingerprint"),
+        };
+        if fingerprint.parse::<homestak_tls::Fingerprint>().is_err() {
+            return refuse(format!(
+                "the inner PVE's certificate fingerprint {fingerprint:?} is not SHA-256"
+            ));
+        }
+        let pve_node = match self.pve_node(&*s, user, m).await {
+            Ok(n) => n,
+            Err(o) => return o,
+        };
+        let storages = match pvesh_get(&*s, user, &format!("/nodes/{pve_node}/storage")).await {
+            Ok(v) => v,
+            Err(o) => return o,
+        };
+        let Some(datastore) = pick_datastore(&storages, &want.storage) else {
+            return refuse(format!(
+                "the inner host {} has no storage for VM disks (content `images`)",
+                node.node
+            ));
+        };
+        let key = match root(&*s, user, &format!("cat {}.pub", inner::CHILD_KEY)).await {
+            Ok(text) => text.trim().to_string(),
+            Err(e) => return ssh_failed(&e, "read the child's SSH key"),
+        };
+        let file = inner::NodeFile {
+            host: node.node.as_str(),
+            pve_node: &pve_node,
+            address: &ip,
+            fingerprint: &fingerprint,
+            datastore: &datastore,
+            vm_ssh_port: self.ssh.as_ref().map_or(22, |c| c.port),
+        };
+        let mut files =
+            match inner::site_files(&self.site, &file, &delegation.pve_token, &key, &self.parent) {
+                Ok(files) => files,
+                Err(e) => return refuse(chain(&e)),
+            };
+        let id = inner::identity(&files);
+        let current = match marker(&*s, user, inner::SITE_MARK).await {
+            Ok(text) => text,
+            Err(e) => return ssh_failed(&e, "read the inner site-config's marker"),
+        };
+        if current != id {
+            files.push(File {
+                path: inner::SITE_MARK.into(),
+                bytes: id.into_bytes(),
+                mode: 0o644,
+            });
+            if let Err(e) = install(&*s, user, &files).await {
+                return ssh_failed(&e, "write the inner site-config");
+            }
+        }
+        if delegation.pve_fingerprint.as_deref() != Some(fingerprint.as_str()) {
+            delegation.pve_fingerprint = Some(fingerprint);
+            if let Err(o) = self.save(node, &delegation) {
+                return o;
+            }
+        }
+        StepOutcome::Done
+    }
+
+    /// Runs one `pve` step.
+    pub(crate) async fn run(
+        &self,
+        node: &NodePlan,
+        step: &PveStep,
+        vm: &vm::Memory,
+        m: &mut Memory,
+    ) -> Outcome {
+        match step {
+            PveStep::WaitSsh(w) => self.wait_ssh(w, vm, m).await,
+            PveStep::BootstrapHost(w) => self.bootstrap_host(node, w, vm, m).await,
+            PveStep::ConfigureBridge(w) => self.configure_bridge(w, vm, m).await,
+            PveStep::CreateApiToken(w) => self.create_api_token(node, w, vm, m).await,
+            PveStep::WriteNodeConfig(w) => self.write_node_config(node, w, vm, m).await,
+            PveStep::StartDaemon(w) => self.start_daemon(node, w, vm, m).await,
+            PveStep::DelegateSubtree(want, subtree) => match self.delegate {
+                super::Delegate::Daemon => self.delegate_subtree(node, subtree, vm, m).await,
+                super::Delegate::Ssh => self.delegate_over_ssh(node, want, subtree, vm, m).await,
+            },
+            PveStep::DestroySubtree(subtree) => {
+                self.destroy_subtree(node, subtree.as_deref(), m).await
+            }
+        }
+    }
+
+    /// Marks the delegation as failed with `why` (kept for `status`).
+    pub(super) fn record_failure(&self, node: &NodePlan, vm: &vm::Memory, why: &str) {
+        if let Ok(mut d) = self.delegation(node, vm) {
+            d.state = DelegationState::Failed;
+            d.message = Some(why.to_string());
+            let _ = self.save(node, &d);
+        }
+    }
+}
+
+/// The inner host's datastore: the parent's choice when the inner host has
+/// it for VM disks, else its first storage for VM disks.
+fn pick_datastore(storages: &Value, preferred: &str) -> Option<String> {
+    let usable: Vec<&str> = storages
+        .as_array()?
+        .iter()
+        .filter(|s| {
+            s.get("content")
+                .and_then(Value::as_str)
+                .is_some_and(|c| c.split(',').any(|c| c.trim() == "images"))
+        })
+        .filter_map(|s| s.get("storage").and_then(Value::as_str))
+        .collect();
+    usable
+        .iter()
+        .find(|s| **s == preferred)
+        .or(usable.first())
+        .map(|s| s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_datastore_is_the_parents_when_the_inner_host_has_it() {
+        let storages = serde_json::json!([
+            {"storage": "local", "content": "iso,vztmpl,import"},
+            {"storage": "local-lvm", "content": "images,rootdir"},
+            {"storage": "local-zfs", "content": "rootdir,images"},
+        ]);
+        assert_eq!(
+            pick_datastore(&storages, "local-zfs").as_deref(),
+            Some("local-zfs")
+        );
+        assert_eq!(
+            pick_datastore(&storages, "nfs").as_deref(),
+            Some("local-lvm")
+        );
+        assert_eq!(pick_datastore(&serde_json::json!([]), "x"), None);
+    }
+
+    #[test]
+    fn root_commands_go_through_sudo_for_other_users() {
+        assert_eq!(as_root("root", "hostname").line(), "hostname");
+        assert_eq!(
+            as_root("ops", "mkdir -p /etc/x").line(),
+            "sudo -n sh -c 'mkdir -p /etc/x'"
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! Flags of the `pve` node lifecycle, shared by `reconcile --once` and the
+//! seed verbs: how child tiers run, and the lifecycle's timeouts (each
+//! overrides the manifest's `settings.timeouts`).
+
+use std::time::Duration;
+
+use homestak_core::model::Timeouts;
+use homestak_engine::controllers::pve::Delegate;
+use homestak_engine::reconcile;
+
+/// Lifecycle flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LifecycleArgs {
+    /// How `pve` nodes run their child tiers: a child daemon (`PUT
+    /// /v1/subtree`, then follow) or `homestak reconcile --once` over SSH.
+    #[arg(long, value_name = "daemon|ssh", default_value = "daemon", value_parser = delegate)]
+    pub delegate: Delegate,
+    /// How long a VM's guest agent may take to report an address.
+    #[arg(long, value_name = "DURATION", value_parser = seconds)]
+    pub wait_ip_timeout: Option<u32>,
+    /// How long setting up an inner PVE host (SSH, binary, token, daemon) may take.
+    #[arg(long, value_name = "DURATION", value_parser = seconds)]
+    pub bootstrap_timeout: Option<u32>,
+    /// How long a missing image may take to download (and join) on the
+    /// import storage.
+    #[arg(long, value_name = "DURATION", value_parser = seconds)]
+    pub download_images_timeout: Option<u32>,
+    /// How long an inner host's bridge may take to appear.
+    #[arg(long, value_name = "DURATION", value_parser = seconds)]
+    pub configure_bridge_timeout: Option<u32>,
+    /// How long a child tier may take to converge its subtree.
+    #[arg(long, value_name = "DURATION", value_parser = seconds)]
+    pub subtree_delegation_timeout: Option<u32>,
+}
+
+impl LifecycleArgs {
+    /// `base` with these flags.
+    pub fn options(&self, base: reconcile::Options) -> reconcile::Options {
+        reconcile::Options {
+            delegate: self.delegate,
+            timeouts: Timeouts {
+                wait_ip: self.wait_ip_timeout,
+                bootstrap: self.bootstrap_timeout,
+                configure_bridge: self.configure_bridge_timeout,
+                download_images: self.download_images_timeout,
+                subtree_delegation: self.subtree_delegation_timeout,
+            },
+            ..base
+        }
+    }
+}
+
+fn delegate(text: &str) -> Result<Delegate, String> {
+    text.parse()
+}
+
+/// A `DURATION` (`90s`, `20m`) in whole seconds, at least one.
+fn seconds(text: &str) -> Result<u32, String> {
+    let value = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if value < Duration::from_secs(1) {
+        return Err(format!("{text:?} is shorter than a second"));
+    }
+    u32::try_from(value.as_secs()).map_err(|_| format!("{text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_become_seconds_and_modes_parse() {
+        assert_eq!(seconds("20m"), Ok(1200));
+        assert!(seconds("10ms").is_err());
+        assert_eq!(delegate("ssh"), Ok(Delegate::Ssh));
+        assert!(delegate("carrier-pigeon").is_err());
+    }
+}
