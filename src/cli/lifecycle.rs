@@ -51,7 +51,7 @@ impl LifecycleArgs {
 }
 
 fn delegate(text: &str) -> Result<Delegate, String> {
-    text.parse()
+    Delegate::parse(text).ok_or_else(|| format!("{text:?} is not a delegation mode: daemon or ssh"))
 }
 
 /// A `DURATION` (`90s`, `20m`) in whole seconds, at least one.

@@ -31,8 +31,8 @@ pub use homestak_base::id::{InvalidNodeName, InvalidVmId, NodeName, PveNode, VmI
 pub use loader::{DEFAULT_MANIFEST, Loader};
 pub use manifest::{Manifest, SchemaVersion};
 pub use types::{
-    Execution, ExecutionMode, NodeExecution, NodeType, OnError, Pattern, Settings, Timeouts,
-    Version,
+    Delegate, Execution, ExecutionMode, NodeExecution, NodeType, OnError, Pattern, Settings,
+    Timeouts, Version,
 };
 pub use v1::Level;
 pub use v2::Node;

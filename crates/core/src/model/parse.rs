@@ -12,8 +12,8 @@ use serde_json::{Map, Value};
 
 use super::error::Problem;
 use super::types::{
-    Execution, ExecutionMode, NodeExecution, NodeType, OnError, Pattern, Settings, Timeouts,
-    Version,
+    Delegate, Execution, ExecutionMode, NodeExecution, NodeType, OnError, Pattern, Settings,
+    Timeouts, Version,
 };
 use super::v1::{self, Level};
 use super::v2::{self, Node};
@@ -72,7 +72,7 @@ const SETTINGS_FIELDS: &[&str] = &[
     "timeouts",
 ];
 const EXECUTION_FIELDS: &[&str] = &["default_mode"];
-const NODE_EXECUTION_FIELDS: &[&str] = &["mode"];
+const NODE_EXECUTION_FIELDS: &[&str] = &["mode", "delegate"];
 
 /// Parses a manifest mapping (the caller has checked it is one).
 pub fn document(map: &Map<String, Value>) -> Result<Document, Problem> {
@@ -253,6 +253,7 @@ fn node_execution(node: &Fields<'_>) -> Result<NodeExecution, Problem> {
     let fields = Fields::new(format!("{} execution", node.place), map);
     let execution = NodeExecution {
         mode: fields.keyword("mode", ExecutionMode::parse, ExecutionMode::KEYWORDS)?,
+        delegate: fields.keyword("delegate", Delegate::parse, Delegate::KEYWORDS)?,
     };
     fields.only(NODE_EXECUTION_FIELDS)?;
     Ok(execution)
@@ -605,6 +606,26 @@ mod tests {
             err.to_string(),
             "settings: field 'verify_ssh' must be true or false, got a string"
         );
+    }
+
+    #[test]
+    fn a_node_may_say_how_its_child_tier_runs() {
+        let Document::V2(doc) = parse(json!({
+            "schema_version": 2, "name": "x", "nodes": [
+                {"name": "hv", "type": "pve", "execution": {"delegate": "ssh"}}
+            ]
+        }))
+        .unwrap() else {
+            panic!("expected v2");
+        };
+        assert_eq!(doc.nodes[0].execution.delegate, Some(Delegate::Ssh));
+        let err = parse(json!({
+            "schema_version": 2, "name": "x", "nodes": [
+                {"name": "hv", "type": "pve", "execution": {"delegate": "pigeon"}}
+            ]
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("daemon"), "{err}");
     }
 
     #[test]

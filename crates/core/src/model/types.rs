@@ -81,6 +81,19 @@ keyword_enum! {
 }
 
 keyword_enum! {
+    /// How a `pve` node's child tier is run (`--delegate`, or per node in
+    /// `execution.delegate`).
+    #[derive(Default)]
+    pub enum Delegate {
+        /// A child daemon (`homestak serve`) is handed the subtree.
+        #[default]
+        Daemon => "daemon",
+        /// `homestak reconcile --once --manifest-json … --json` over SSH.
+        Ssh => "ssh",
+    }
+}
+
+keyword_enum! {
     /// Topology shape of a v2 manifest (informative).
     #[derive(Default)]
     pub enum Pattern {
@@ -220,12 +233,16 @@ pub struct NodeExecution {
     /// Overrides the manifest's default mode for this node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<ExecutionMode>,
+    /// For a `pve` node: how its child tier is run (default: the
+    /// `--delegate` flag's, itself `daemon` by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delegate: Option<Delegate>,
 }
 
 impl NodeExecution {
     /// True when nothing is set (the reference then omits the mapping).
     pub fn is_empty(&self) -> bool {
-        self.mode.is_none()
+        self.mode.is_none() && self.delegate.is_none()
     }
 }
 

@@ -46,6 +46,8 @@ pub struct TierController {
     pub pve: Option<Lifecycle>,
     /// The subtree each `pve` node hands to its child tier.
     pub subtrees: BTreeMap<NodeName, Arc<Manifest>>,
+    /// Nodes whose child tier runs otherwise than the lifecycle's default.
+    pub delegates: BTreeMap<NodeName, super::pve::Delegate>,
 }
 
 fn wrap(steps: Vec<Planned<VmStep>>) -> Vec<Planned<TierStep>> {
@@ -91,15 +93,15 @@ impl TierController {
             PveStep::CreateApiToken(want.clone()),
             PveStep::WriteNodeConfig(want.clone()),
         ];
-        let by_ssh = self
-            .pve
-            .as_ref()
-            .is_some_and(|l| l.delegate == super::pve::Delegate::Ssh);
-        if !by_ssh {
+        let mode = match self.delegates.get(&node.node) {
+            Some(mode) => *mode,
+            None => self.pve.as_ref().map(|l| l.delegate).unwrap_or_default(),
+        };
+        if mode == super::pve::Delegate::Daemon {
             steps.push(PveStep::StartDaemon(want.clone()));
         }
         if let Some(subtree) = self.subtrees.get(&node.node) {
-            steps.push(PveStep::DelegateSubtree(want, subtree.clone()));
+            steps.push(PveStep::DelegateSubtree(want, subtree.clone(), mode));
         }
         steps
             .into_iter()
@@ -225,6 +227,7 @@ mod tests {
                 delegate,
             }),
             subtrees: BTreeMap::from([("web".parse().unwrap(), Arc::new(subtree))]),
+            delegates: BTreeMap::new(),
         };
         (controller, dir)
     }
@@ -271,11 +274,18 @@ mod tests {
     }
 
     #[test]
-    fn over_ssh_no_daemon_is_started() {
+    fn over_ssh_no_daemon_is_started_by_flag_or_per_node() {
         let (c, _dir) = tier(Kind::Pve, Delegate::Ssh, Arc::new(store::memory()));
         let steps = names(&c, &plan(Action::NoOp));
         assert!(!steps.contains(&"start_daemon"), "{steps:?}");
         assert_eq!(steps.last(), Some(&"delegate_subtree"));
+        // A node's own `execution.delegate` wins over the flag.
+        let (mut c, _dir) = tier(Kind::Pve, Delegate::Daemon, Arc::new(store::memory()));
+        c.delegates.insert("web".parse().unwrap(), Delegate::Ssh);
+        assert!(!names(&c, &plan(Action::NoOp)).contains(&"start_daemon"));
+        let (mut c, _dir) = tier(Kind::Pve, Delegate::Ssh, Arc::new(store::memory()));
+        c.delegates.insert("web".parse().unwrap(), Delegate::Daemon);
+        assert!(names(&c, &plan(Action::NoOp)).contains(&"start_daemon"));
     }
 
     #[test]

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use homestak_core::graph::ManifestGraph;
-use homestak_core::model::{InvalidNodeName, InvalidVmId, Manifest, NodeName, NodeType, VmId};
+use homestak_core::model::{
+    Delegate, InvalidNodeName, InvalidVmId, Manifest, NodeName, NodeType, VmId,
+};
 use homestak_core::plan::{Desired, DesiredVm, IpConfig, Kind};
 use homestak_core::site::{self, InlineVm, Site, TofuVars, VmSettings};
 
@@ -82,6 +84,9 @@ pub struct Tier {
     /// The subtree each `pve` node of this tier hands to its child tier
     /// (the manifest below it, its children as roots).
     pub subtrees: BTreeMap<NodeName, Arc<Manifest>>,
+    /// `pve` nodes whose `execution.delegate` says how their child tier
+    /// runs (the others follow `--delegate`).
+    pub delegates: BTreeMap<NodeName, Delegate>,
 }
 
 /// A node another tier converges.
@@ -100,6 +105,7 @@ pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Err
     let mut vms = Vec::new();
     let mut delegated = Vec::new();
     let mut subtrees = BTreeMap::new();
+    let mut delegates = BTreeMap::new();
     if let Some(nodes) = manifest.nodes_in_creation_order() {
         // The root above a nested node: the `pve` node of this tier that
         // hosts it. Validation made every parent a node of the manifest.
@@ -120,6 +126,9 @@ pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Err
                     });
                 }
                 continue;
+            }
+            if let Some(delegate) = node.execution.delegate {
+                delegates.insert(node.name.clone(), delegate);
             }
             vms.push(resolve_v2_node(site, node, host)?);
         }
@@ -185,6 +194,7 @@ pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Err
         parents: BTreeMap::new(),
         delegated,
         subtrees,
+        delegates,
     })
 }
 

@@ -425,6 +425,7 @@ impl Tier {
             vm,
             pve,
             subtrees: planned.tier.subtrees.clone(),
+            delegates: planned.tier.delegates.clone(),
         });
         let mut config = options.executor.clone();
         config.on_error = planned.settings.on_error;

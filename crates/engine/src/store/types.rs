@@ -15,6 +15,7 @@ pub use homestak_base::time::Timestamp;
 use homestak_api::step::StepName;
 use homestak_base::id::{NodeName, PveNode, VmId};
 use homestak_base::secret::Secret;
+use homestak_core::model::Delegate;
 
 /// Identifies a node record: the manifest and the node's name in it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -121,7 +122,7 @@ pub struct Delegation {
     /// The VM this was set up on: a new VM starts the lifecycle over.
     pub vmid: Option<VmId>,
     /// How the child tier is run.
-    pub mode: DelegationMode,
+    pub mode: Delegate,
     /// The inner host's address and the SSH user set it up with (a
     /// destroy, which plans no agent read, reaches it there).
     pub address: Option<String>,
@@ -145,38 +146,6 @@ pub struct Delegation {
     pub state: DelegationState,
     /// Why the last delegation did not converge.
     pub message: Option<String>,
-}
-
-/// How a parent runs its child tier.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DelegationMode {
-    /// A child daemon (`homestak serve`): `PUT /v1/subtree`, then follow.
-    #[default]
-    Daemon,
-    /// No daemon: `homestak reconcile --once --manifest-json … --json`
-    /// over SSH (the Python tool's way).
-    Ssh,
-}
-
-impl DelegationMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DelegationMode::Daemon => "daemon",
-            DelegationMode::Ssh => "ssh",
-        }
-    }
-}
-
-impl std::str::FromStr for DelegationMode {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "daemon" => Ok(DelegationMode::Daemon),
-            "ssh" => Ok(DelegationMode::Ssh),
-            other => Err(format!("{other:?} is not a delegation mode: daemon or ssh")),
-        }
-    }
 }
 
 /// Where a delegation stands.

@@ -88,7 +88,7 @@ pub async fn child_status(
     let Some(d) = record.and_then(|r| r.delegation) else {
         return ChildStatus::Unknown(format!("{node} is not yet bootstrapped as a PVE host"));
     };
-    if d.mode == crate::store::DelegationMode::Ssh {
+    if d.mode == super::Delegate::Ssh {
         let (Some((check, user)), Some(address)) = (ssh, address) else {
             return ChildStatus::Unknown(format!(
                 "the tier on {node} runs over SSH, and no SSH key or address is at hand"
@@ -160,7 +160,7 @@ pub async fn child_plan(
     let Some(d) = record.and_then(|r| r.delegation) else {
         return note(later());
     };
-    if d.mode == crate::store::DelegationMode::Ssh {
+    if d.mode == super::Delegate::Ssh {
         return note(format!(
             "the tier on {node} runs over SSH and plans when it runs: {}",
             names.join(", ")
@@ -428,7 +428,7 @@ impl Lifecycle {
         let Some(mut d) = found else {
             return StepOutcome::Done;
         };
-        if d.mode == crate::store::DelegationMode::Ssh {
+        if d.mode == super::Delegate::Ssh {
             let Some(subtree) = subtree else {
                 return StepOutcome::Done;
             };

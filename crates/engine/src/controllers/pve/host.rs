@@ -618,7 +618,7 @@ impl Lifecycle {
             PveStep::CreateApiToken(w) => self.create_api_token(node, w, vm, m).await,
             PveStep::WriteNodeConfig(w) => self.write_node_config(node, w, vm, m).await,
             PveStep::StartDaemon(w) => self.start_daemon(node, w, vm, m).await,
-            PveStep::DelegateSubtree(want, subtree) => match self.delegate {
+            PveStep::DelegateSubtree(want, subtree, mode) => match mode {
                 super::Delegate::Daemon => self.delegate_subtree(node, subtree, vm, m).await,
                 super::Delegate::Ssh => self.delegate_over_ssh(node, want, subtree, vm, m).await,
             },

@@ -47,7 +47,7 @@ pub use over_ssh::SshTo;
 pub const DAEMON_PORT: u16 = 44443;
 
 /// How the parent runs the child tier (`--delegate daemon|ssh`).
-pub use crate::store::DelegationMode as Delegate;
+pub use homestak_core::model::Delegate;
 
 /// The lifecycle's timeouts (the Python tool's), overridable in
 /// `settings.timeouts` and by flag.
@@ -102,6 +102,7 @@ pub struct Lifecycle {
     pub timeouts: Timeouts,
     pub poll_min: Duration,
     pub poll_max: Duration,
+    /// How child tiers run unless a node's `execution.delegate` says.
     pub delegate: Delegate,
 }
 
@@ -114,7 +115,7 @@ pub enum PveStep {
     CreateApiToken(Arc<DesiredVm>),
     WriteNodeConfig(Arc<DesiredVm>),
     StartDaemon(Arc<DesiredVm>),
-    DelegateSubtree(Arc<DesiredVm>, Arc<Manifest>),
+    DelegateSubtree(Arc<DesiredVm>, Arc<Manifest>, Delegate),
     /// With the subtree when the manifest still has it (a child run over
     /// SSH is told what to destroy).
     DestroySubtree(Option<Arc<Manifest>>),

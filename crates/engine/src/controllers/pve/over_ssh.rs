@@ -11,7 +11,7 @@ use super::inner;
 use super::{Lifecycle, Memory};
 use crate::controllers::vm;
 use crate::executor::{StepError, StepOutcome};
-use crate::store::{DelegationMode, DelegationState};
+use crate::store::DelegationState;
 use homestak_api::Status;
 use homestak_base::error_chain as chain;
 use homestak_core::model::Manifest;
@@ -135,7 +135,7 @@ impl Lifecycle {
                 Ok(d) => d,
                 Err(o) => return o,
             };
-            d.mode = DelegationMode::Ssh;
+            d.mode = super::Delegate::Ssh;
             d.subtree = Some(subtree.name().to_string());
             d.state = DelegationState::Following;
             d.message = None;
