@@ -27,19 +27,8 @@ use homestak_core::site::Site;
 use homestak_engine::executor;
 use homestak_engine::reconcile::{self, Engine, Request, Setup};
 
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn write(path: &Path, text: &str) {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).expect("create dir");
-    }
-    std::fs::write(path, text).expect("write");
-}
+mod support;
+use support::{env, write};
 
 fn manifest(vms: usize) -> String {
     let mut text = String::from("schema_version: 2\nname: bench\nnodes:\n");

@@ -32,12 +32,8 @@ const NODES: [&str; 4] = [
     "  - { name: deep, type: vm, parent: hv2, preset: vm-small, image: debian-12, vmid: 99904 }\n",
 ];
 
-fn write(path: &Path, text: &str) {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).expect("create dir");
-    }
-    std::fs::write(path, text).expect("write");
-}
+mod support;
+use support::{env, write};
 
 /// The tree's first `n` nodes.
 fn manifest(n: usize) -> Manifest {
@@ -190,10 +186,7 @@ fn main() {
         println!("nested bench: run with `make bench`");
         return;
     }
-    let scale: f64 = std::env::var("BENCH_TIME_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.01);
+    let scale: f64 = env("BENCH_TIME_SCALE", 0.01);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let w = world(scale).await;

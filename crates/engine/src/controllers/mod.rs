@@ -9,3 +9,17 @@
 pub mod pve;
 pub mod tier;
 pub mod vm;
+
+use std::time::Duration;
+
+/// The next poll delay after `last`: growing by half from `min` to `max`,
+/// so a task is seen done soon after it ends without polling a long one
+/// often.
+pub(crate) fn next_poll(last: &mut Option<Duration>, min: Duration, max: Duration) -> Duration {
+    let next = match *last {
+        None => min,
+        Some(p) => (p * 3 / 2).min(max),
+    };
+    *last = Some(next);
+    next
+}

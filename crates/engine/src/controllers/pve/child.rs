@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use super::host::{install, marker, root};
+use super::host::{Step, install, marker, root, ssh_failed};
 use super::inner::{self, File};
 use super::{Lifecycle, Memory};
 use crate::controllers::vm;
@@ -194,49 +194,45 @@ impl Lifecycle {
         want: &DesiredVm,
         vm: &vm::Memory,
         m: &mut Memory,
-    ) -> Outcome {
-        let s = match self.connect(want, vm, m).await {
-            Ok(s) => s,
-            Err(o) => return o,
-        };
+    ) -> Step {
+        let s = self.connect(want, vm, m).await?;
         let user = want.user.as_str();
-        let ip = match vm.ip {
-            Some(ip) => ip.to_string(),
-            None => return refuse("the inner host's address is unknown".into()),
-        };
-        let mut d = match self.delegation(node, vm) {
-            Ok(d) => d,
-            Err(o) => return o,
-        };
+        let ip = vm
+            .ip
+            .ok_or_else(|| refuse("the inner host's address is unknown".into()))?
+            .to_string();
+        let mut d = self.delegation(node, vm)?;
         if d.daemon_token.is_empty() {
             // Kept before it is installed, so it is never lost.
             d.daemon_token = mint();
-            if let Err(o) = self.save(node, &d) {
-                return o;
-            }
+            self.save(node, &d)?;
         }
         if !m.daemon_checked {
             let files = [
                 inner::tokens_file(&d.daemon_token, &self.parent),
                 inner::unit_file(&ip, self.daemon_port, &self.parent),
             ];
-            let site = match marker(&*s, user, inner::SITE_MARK).await {
-                Ok(text) => text,
-                Err(e) => {
-                    return super::host::ssh_failed(&e, "read the inner site-config's marker");
+            // The site-config is read at start and the binary may be new:
+            // either change restarts the daemon. This run's earlier steps
+            // know both.
+            let installed = |known: &Option<String>, path: &'static str| {
+                let known = known.clone();
+                let s = s.clone();
+                async move {
+                    match known {
+                        Some(id) => Ok(id),
+                        None => marker(&*s, user, path).await.map_err(|e| {
+                            ssh_failed(&e, "read what is installed on the inner host")
+                        }),
+                    }
                 }
             };
-            let binary = match marker(&*s, user, inner::BINARY_MARK).await {
-                Ok(text) => text,
-                Err(e) => return super::host::ssh_failed(&e, "read the installed binary's marker"),
-            };
-            // The site-config is read at start and the binary may be new:
-            // either change restarts the daemon.
+            let site = installed(&m.site_id, inner::SITE_MARK).await?;
+            let binary = installed(&m.binary_id, inner::BINARY_MARK).await?;
             let id = format!("{} {site} {binary}", inner::identity(&files));
-            let current = match marker(&*s, user, inner::UNIT_MARK).await {
-                Ok(text) => text,
-                Err(e) => return super::host::ssh_failed(&e, "read the child daemon's marker"),
-            };
+            let current = marker(&*s, user, inner::UNIT_MARK)
+                .await
+                .map_err(|e| ssh_failed(&e, "read the child daemon's marker"))?;
             let line = if current != id {
                 let mut files = files.to_vec();
                 files.push(File {
@@ -244,30 +240,24 @@ impl Lifecycle {
                     bytes: id.into_bytes(),
                     mode: 0o644,
                 });
-                if let Err(e) = install(&*s, user, &files).await {
-                    return super::host::ssh_failed(&e, "install the child daemon");
-                }
+                install(&*s, user, &files)
+                    .await
+                    .map_err(|e| ssh_failed(&e, "install the child daemon"))?;
                 "systemctl daemon-reload && systemctl enable homestak && systemctl restart homestak"
             } else {
                 "systemctl is-active homestak || systemctl restart homestak"
             };
-            if let Err(e) = root(&*s, user, line).await {
-                return super::host::ssh_failed(&e, "start the child daemon");
-            }
+            root(&*s, user, line)
+                .await
+                .map_err(|e| ssh_failed(&e, "start the child daemon"))?;
             m.daemon_checked = true;
         }
         // Wait until it answers with the parent's token.
-        let ready = match root(
-            &*s,
-            user,
-            &format!("test -f {0} && cat {0} || true", inner::READY),
-        )
-        .await
-        {
-            Ok(text) => serde_json::from_str::<ReadyInfo>(&text).ok(),
-            Err(e) => return super::host::ssh_failed(&e, "read the child daemon's ready file"),
-        };
-        if let Some(info) = ready {
+        let line = format!("test -f {0} && cat {0} || true", inner::READY);
+        let ready = root(&*s, user, &line)
+            .await
+            .map_err(|e| ssh_failed(&e, "read the child daemon's ready file"))?;
+        if let Ok(info) = serde_json::from_str::<ReadyInfo>(&ready) {
             let candidate = Delegation {
                 daemon_url: Some(info.url.clone()),
                 daemon_fingerprint: Some(info.fingerprint.to_string()),
@@ -277,23 +267,21 @@ impl Lifecycle {
                 && client.status(None, false).await.is_ok()
             {
                 m.reset_wait();
-                if candidate != d
-                    && let Err(o) = self.save(node, &candidate)
-                {
-                    return o;
+                if candidate != d {
+                    self.save(node, &candidate)?;
                 }
-                return StepOutcome::Done;
+                return Ok(StepOutcome::Done);
             }
         }
         if m.expired(self.timeouts.bootstrap) {
             m.reset_wait();
-            return refuse(format!(
+            return Err(refuse(format!(
                 "the child daemon on {} did not answer within {}; see `journalctl -u homestak` there",
                 node.node,
                 humantime::format_duration(self.timeouts.bootstrap)
-            ));
+            )));
         }
-        StepOutcome::Requeue(m.next_poll(self))
+        Ok(StepOutcome::Requeue(m.next_poll(self)))
     }
 
     /// `delegate_subtree`: hands the subtree to the child daemon (unless a
@@ -304,21 +292,20 @@ impl Lifecycle {
         subtree: &Arc<Manifest>,
         vm: &vm::Memory,
         m: &mut Memory,
-    ) -> Outcome {
-        let mut d = match self.delegation(node, vm) {
-            Ok(d) => d,
-            Err(o) => return o,
-        };
+    ) -> Step {
+        let mut d = self.delegation(node, vm)?;
         let client = match client_of(&d) {
             Some(Ok(c)) => c,
-            Some(Err(why)) => return refuse(format!("reach the tier on {}: {why}", node.node)),
-            None => return refuse(format!("no child daemon runs on {} yet", node.node)),
+            Some(Err(why)) => {
+                return Err(refuse(format!("reach the tier on {}: {why}", node.node)));
+            }
+            None => return Err(refuse(format!("no child daemon runs on {} yet", node.node))),
         };
         let name = subtree.name().to_string();
-        let sent = subtree_digest(subtree);
         let generation = match m.generation {
             Some(g) => g,
             None => {
+                let sent = subtree_digest(subtree);
                 let resumable = d.state == DelegationState::Following
                     && d.subtree.as_deref() == Some(name.as_str())
                     && d.digest.as_deref() == Some(sent.as_str());
@@ -329,12 +316,11 @@ impl Lifecycle {
                             host: node.node.to_string(),
                             manifest: subtree.to_value(),
                         };
-                        match client.put_subtree(&request).await {
-                            Ok(answer) => answer.generation,
-                            Err(e) => {
-                                return self.unreachable(node, m, &e, "hand over the subtree");
-                            }
-                        }
+                        client
+                            .put_subtree(&request)
+                            .await
+                            .map_err(|e| self.unreachable(node, m, &e, "hand over the subtree"))?
+                            .generation
                     }
                 };
                 d.subtree = Some(name.clone());
@@ -342,15 +328,17 @@ impl Lifecycle {
                 d.generation = Some(g);
                 d.state = DelegationState::Following;
                 d.message = None;
-                if let Err(o) = self.save(node, &d) {
-                    return o;
-                }
+                self.save(node, &d)?;
                 m.generation = Some(g);
                 g
             }
         };
-        match client.manifest_status(&name, false).await {
-            Ok(Some(ms)) => {
+        let answer = client
+            .manifest_status(&name, false)
+            .await
+            .map_err(|e| self.unreachable(node, m, &e, "follow the subtree"))?;
+        match answer {
+            Some(ms) => {
                 tracing::debug!(node = %node.node, generation, record = ?ms.record, "following the child");
                 if let Some(last) = ms.record.last_reconcile
                     && last.generation >= generation
@@ -361,21 +349,21 @@ impl Lifecycle {
                     if last.outcome == RunEnd::Converged {
                         d.state = DelegationState::Converged;
                         d.message = None;
-                        return match self.save(node, &d) {
-                            Ok(()) => StepOutcome::Done,
-                            Err(o) => o,
-                        };
+                        self.save(node, &d)?;
+                        return Ok(StepOutcome::Done);
                     }
                     let why = last.message.unwrap_or(last.summary);
                     d.state = DelegationState::Failed;
                     d.message = Some(why.clone());
                     let _ = self.save(node, &d);
-                    return refuse(format!("the tier on {} did not converge: {why}", node.node));
+                    return Err(refuse(format!(
+                        "the tier on {} did not converge: {why}",
+                        node.node
+                    )));
                 }
             }
             // The child lost it (a new store): hand it over again.
-            Ok(None) => m.generation = None,
-            Err(e) => return self.unreachable(node, m, &e, "follow the subtree"),
+            None => m.generation = None,
         }
         if m.expired(self.timeouts.subtree_delegation) {
             m.reset_wait();
@@ -385,9 +373,9 @@ impl Lifecycle {
                 humantime::format_duration(self.timeouts.subtree_delegation)
             );
             self.record_failure(node, vm, &why);
-            return refuse(why);
+            return Err(refuse(why));
         }
-        StepOutcome::Requeue(m.next_poll(self))
+        Ok(StepOutcome::Requeue(m.next_poll(self)))
     }
 
     /// A call to the child failed: wait for it (it restarts) until the
@@ -419,26 +407,23 @@ impl Lifecycle {
         node: &NodePlan,
         subtree: Option<&Manifest>,
         m: &mut Memory,
-    ) -> Outcome {
-        let key = self.key(node);
-        let found = match self.store.get_node(&key) {
-            Ok(r) => r.and_then(|r| r.delegation),
-            Err(e) => return refuse(format!("read the store: {}", chain(&e))),
-        };
+    ) -> Step {
+        let found = self
+            .store
+            .get_node(&self.key(node))
+            .map_err(|e| refuse(format!("read the store: {}", chain(&e))))?
+            .and_then(|r| r.delegation);
         let Some(mut d) = found else {
-            return StepOutcome::Done;
+            return Ok(StepOutcome::Done);
         };
         if d.mode == super::Delegate::Ssh {
-            let Some(subtree) = subtree else {
-                return StepOutcome::Done;
-            };
-            return match self.destroy_over_ssh(node, &d, subtree, m).await {
-                Ok(()) => self.forgotten(node, d),
-                Err(outcome) => outcome,
-            };
+            if let Some(subtree) = subtree {
+                self.destroy_over_ssh(node, &d, subtree, m).await?;
+            }
+            return self.forgotten(node, d, m);
         }
         let (Some(Ok(client)), Some(name)) = (client_of(&d), d.subtree.clone()) else {
-            return StepOutcome::Done;
+            return Ok(StepOutcome::Done);
         };
         let generation = match m.generation {
             Some(g) => g,
@@ -446,25 +431,19 @@ impl Lifecycle {
                 Ok(answer) => {
                     d.state = DelegationState::Destroying;
                     d.generation = Some(answer.generation);
-                    if let Err(o) = self.save(node, &d) {
-                        return o;
-                    }
+                    self.save(node, &d)?;
                     m.generation = Some(answer.generation);
                     answer.generation
                 }
-                Err(ClientError::Refused { status: 404, .. }) => return self.forgotten(node, d),
+                Err(ClientError::Refused { status: 404, .. }) => return self.forgotten(node, d, m),
                 Err(e) => {
                     tracing::warn!(node = %node.node, error = %chain(&e), "the child tier cannot be reached; its VMs go with the VM");
-                    return self.forgotten(node, d);
+                    return self.forgotten(node, d, m);
                 }
             },
         };
         match client.manifest_status(&name, false).await {
-            Ok(None) => {
-                m.generation = None;
-                m.reset_wait();
-                return self.forgotten(node, d);
-            }
+            Ok(None) => return self.forgotten(node, d, m),
             Ok(Some(ms)) => {
                 if let Some(last) = ms.record.last_reconcile
                     && last.generation >= generation
@@ -473,38 +452,39 @@ impl Lifecycle {
                     m.generation = None;
                     m.reset_wait();
                     let why = last.message.unwrap_or(last.summary);
-                    return refuse(format!(
+                    return Err(refuse(format!(
                         "the tier on {} could not destroy subtree {name}: {why}",
                         node.node
-                    ));
+                    )));
                 }
             }
             Err(e) => {
                 tracing::warn!(node = %node.node, error = %chain(&e), "the child tier went away while destroying; its VMs go with the VM");
-                return self.forgotten(node, d);
+                return self.forgotten(node, d, m);
             }
         }
         if m.expired(self.timeouts.subtree_delegation) {
             m.reset_wait();
-            return refuse(format!(
+            return Err(refuse(format!(
                 "the tier on {} did not destroy subtree {name} within {}",
                 node.node,
                 humantime::format_duration(self.timeouts.subtree_delegation)
-            ));
+            )));
         }
-        StepOutcome::Requeue(m.next_poll(self))
+        Ok(StepOutcome::Requeue(m.next_poll(self)))
     }
 
-    /// The subtree is gone from the child: the record forgets it.
-    fn forgotten(&self, node: &NodePlan, mut d: Delegation) -> Outcome {
+    /// The subtree is gone from the child: the record forgets it, and so
+    /// does this run (a replace hands the new VM's subtree over afresh).
+    fn forgotten(&self, node: &NodePlan, mut d: Delegation, m: &mut Memory) -> Step {
+        m.generation = None;
+        m.reset_wait();
         d.subtree = None;
         d.digest = None;
         d.generation = None;
         d.state = DelegationState::Bootstrapping;
         d.message = None;
-        match self.save(node, &d) {
-            Ok(()) => StepOutcome::Done,
-            Err(o) => o,
-        }
+        self.save(node, &d)?;
+        Ok(StepOutcome::Done)
     }
 }

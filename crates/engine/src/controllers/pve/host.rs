@@ -21,6 +21,9 @@ use homestak_core::plan::{DesiredVm, NodePlan};
 use homestak_ssh::{self as ssh, Command, Upload, quote};
 
 type Outcome = StepOutcome;
+/// A step's end: `Err` is an early end (a failure or a requeue), so the
+/// steps read top to bottom with `?`.
+pub(super) type Step = Result<Outcome, Outcome>;
 
 /// Relative: in the SSH user's home directory.
 const STAGE: &str = ".homestak-stage";
@@ -236,18 +239,21 @@ pub(super) async fn marker(
     Ok(root(session, user, &line).await?.trim().to_string())
 }
 
+/// `pvesh get PATH --output-format json`, parsed.
+async fn pvesh_get(s: &dyn ssh::Session, user: &str, path: &str) -> Result<Value, Outcome> {
+    let line = format!("pvesh get {} --output-format json", quote(path));
+    let text = root(s, user, &line)
+        .await
+        .map_err(|e| ssh_failed(&e, &format!("pvesh get {path}")))?;
+    serde_json::from_str(&text)
+        .map_err(|e| refuse(format!("pvesh get {path} printed no JSON: {e}")))
+}
+
 impl Lifecycle {
     /// `wait_ssh`: the inner host answers SSH and takes our key.
-    pub(super) async fn wait_ssh(
-        &self,
-        want: &DesiredVm,
-        vm: &vm::Memory,
-        m: &mut Memory,
-    ) -> Outcome {
-        match self.connect(want, vm, m).await {
-            Ok(_) => StepOutcome::Done,
-            Err(o) => o,
-        }
+    pub(super) async fn wait_ssh(&self, want: &DesiredVm, vm: &vm::Memory, m: &mut Memory) -> Step {
+        self.connect(want, vm, m).await?;
+        Ok(StepOutcome::Done)
     }
 
     /// `bootstrap_host`: the homestak binary (when not the same build) and
@@ -258,75 +264,53 @@ impl Lifecycle {
         want: &DesiredVm,
         vm: &vm::Memory,
         m: &mut Memory,
-    ) -> Outcome {
-        let s = match self.connect(want, vm, m).await {
-            Ok(s) => s,
-            Err(o) => return o,
-        };
+    ) -> Step {
+        let s = self.connect(want, vm, m).await?;
         let user = want.user.as_str();
-        let id = match binary_id(&self.binary) {
-            Ok(id) => id,
-            Err(e) => {
-                return refuse(format!(
-                    "read the homestak binary {} to install on {}: {e}",
-                    self.binary.display(),
-                    node.node
-                ));
-            }
+        let unreadable = |e: std::io::Error| {
+            refuse(format!(
+                "read the homestak binary {} to install on {}: {e}",
+                self.binary.display(),
+                node.node
+            ))
         };
-        let installed = match marker(&*s, user, inner::BINARY_MARK).await {
-            Ok(text) => text,
-            Err(e) => return ssh_failed(&e, "read what is installed on the inner host"),
-        };
+        let id = binary_id(&self.binary).map_err(unreadable)?;
+        let installed = marker(&*s, user, inner::BINARY_MARK)
+            .await
+            .map_err(|e| ssh_failed(&e, "read what is installed on the inner host"))?;
         if installed != id {
-            let bytes = match std::fs::read(&self.binary) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    return refuse(format!(
-                        "read the homestak binary {}: {e}",
-                        self.binary.display()
-                    ));
-                }
-            };
             let files = [
                 File {
                     path: inner::BINARY.into(),
-                    bytes,
+                    bytes: std::fs::read(&self.binary).map_err(unreadable)?,
                     mode: 0o755,
                 },
                 File {
                     path: inner::BINARY_MARK.into(),
-                    bytes: id.into_bytes(),
+                    bytes: id.clone().into_bytes(),
                     mode: 0o644,
                 },
             ];
-            if let Err(e) = install(&*s, user, &files).await {
-                return ssh_failed(&e, "install homestak on the inner host");
-            }
+            install(&*s, user, &files)
+                .await
+                .map_err(|e| ssh_failed(&e, "install homestak on the inner host"))?;
         }
-        let mut d = match self.delegation(node, vm) {
-            Ok(d) => d,
-            Err(o) => return o,
-        };
+        m.binary_id = Some(id);
+        let mut d = self.delegation(node, vm)?;
         let address = vm.ip.map(|ip| ip.to_string());
         if d.address != address || d.user.as_deref() != Some(user) {
             d.address = address;
             d.user = Some(user.to_string());
-            if let Err(o) = self.save(node, &d) {
-                return o;
-            }
+            self.save(node, &d)?;
         }
         let line = format!("test -f {0}.pub && cat {0}.pub || true", inner::CHILD_KEY);
-        match root(&*s, user, &line).await {
-            Ok(text) if !text.trim().is_empty() => {}
-            Ok(_) => {
-                if let Err(outcome) = self.make_child_key(&*s, user).await {
-                    return outcome;
-                }
-            }
-            Err(e) => return ssh_failed(&e, "read the child's SSH key"),
+        let key = root(&*s, user, &line)
+            .await
+            .map_err(|e| ssh_failed(&e, "read the child's SSH key"))?;
+        if key.trim().is_empty() {
+            self.make_child_key(&*s, user).await?;
         }
-        StepOutcome::Done
+        Ok(StepOutcome::Done)
     }
 
     /// A fresh key pair for the child tier, made here and installed there
@@ -379,45 +363,25 @@ impl Lifecycle {
         m.pve_node = Some(name.clone());
         Ok(name)
     }
-}
 
-/// `pvesh get PATH --output-format json`, parsed.
-async fn pvesh_get(s: &dyn ssh::Session, user: &str, path: &str) -> Result<Value, Outcome> {
-    let line = format!("pvesh get {} --output-format json", quote(path));
-    {
-        let text = root(s, user, &line)
-            .await
-            .map_err(|e| ssh_failed(&e, &format!("pvesh get {path}")))?;
-        serde_json::from_str(&text)
-            .map_err(|e| refuse(format!("pvesh get {path} printed no JSON: {e}")))
-    }
-}
-
-impl Lifecycle {
     /// `configure_bridge`: the site's bridge exists on the inner host.
     pub(super) async fn configure_bridge(
         &self,
         want: &DesiredVm,
         vm: &vm::Memory,
         m: &mut Memory,
-    ) -> Outcome {
-        let s = match self.connect(want, vm, m).await {
-            Ok(s) => s,
-            Err(o) => return o,
-        };
+    ) -> Step {
+        let s = self.connect(want, vm, m).await?;
         let user = want.user.as_str();
-        let pve_node = match self.pve_node(&*s, user, m).await {
-            Ok(n) => n,
-            Err(o) => return o,
-        };
+        let pve_node = self.pve_node(&*s, user, m).await?;
         let path = format!("/nodes/{pve_node}/network");
         let listing = match pvesh_get(&*s, user, &path).await {
             Ok(v) => v,
             // The inner PVE may still be starting.
             Err(_) if !m.expired(self.timeouts.configure_bridge) => {
-                return StepOutcome::Requeue(m.next_poll(self));
+                return Err(StepOutcome::Requeue(m.next_poll(self)));
             }
-            Err(o) => return o,
+            Err(o) => return Err(o),
         };
         m.reset_wait();
         let has = listing.as_array().is_some_and(|ifaces| {
@@ -425,21 +389,20 @@ impl Lifecycle {
                 .iter()
                 .any(|i| i.get("iface").and_then(Value::as_str) == Some(self.bridge.as_str()))
         });
-        if has {
-            return StepOutcome::Done;
+        if !has {
+            let line = format!(
+                "pvesh create {0} --iface {1} --type bridge --autostart 1 && pvesh set {0}",
+                quote(&path),
+                quote(&self.bridge)
+            );
+            root(&*s, user, &line).await.map_err(|e| {
+                ssh_failed(
+                    &e,
+                    &format!("create bridge {} on the inner host", self.bridge),
+                )
+            })?;
         }
-        let line = format!(
-            "pvesh create {0} --iface {1} --type bridge --autostart 1 && pvesh set {0}",
-            quote(&path),
-            quote(&self.bridge)
-        );
-        match root(&*s, user, &line).await {
-            Ok(_) => StepOutcome::Done,
-            Err(e) => ssh_failed(
-                &e,
-                &format!("create bridge {} on the inner host", self.bridge),
-            ),
-        }
+        Ok(StepOutcome::Done)
     }
 
     /// `create_api_token`: the inner PVE API token homestak uses there,
@@ -450,28 +413,17 @@ impl Lifecycle {
         want: &DesiredVm,
         vm: &vm::Memory,
         m: &mut Memory,
-    ) -> Outcome {
-        let s = match self.connect(want, vm, m).await {
-            Ok(s) => s,
-            Err(o) => return o,
-        };
+    ) -> Step {
+        let s = self.connect(want, vm, m).await?;
         let user = want.user.as_str();
-        let mut delegation = match self.delegation(node, vm) {
-            Ok(d) => d,
-            Err(o) => return o,
-        };
-        let listing = match root(
-            &*s,
-            user,
-            "pveum user token list root@pam --output-format json",
-        )
-        .await
-        {
+        let mut delegation = self.delegation(node, vm)?;
+        let list = "pveum user token list root@pam --output-format json";
+        let listing = match root(&*s, user, list).await {
             Ok(text) => text,
             Err(_) if !m.expired(self.timeouts.bootstrap) => {
-                return StepOutcome::Requeue(m.next_poll(self));
+                return Err(StepOutcome::Requeue(m.next_poll(self)));
             }
-            Err(e) => return ssh_failed(&e, "list the inner host's API tokens"),
+            Err(e) => return Err(ssh_failed(&e, "list the inner host's API tokens")),
         };
         m.reset_wait();
         let exists = serde_json::from_str::<Value>(&listing)
@@ -483,7 +435,7 @@ impl Lifecycle {
                     .any(|t| t.get("tokenid").and_then(Value::as_str) == Some("homestak"))
             });
         if exists && !delegation.pve_token.is_empty() {
-            return StepOutcome::Done;
+            return Ok(StepOutcome::Done);
         }
         // A token whose secret we lost cannot be read back: make it anew.
         let mut line = String::new();
@@ -491,10 +443,9 @@ impl Lifecycle {
             line.push_str("pveum user token remove root@pam homestak && ");
         }
         line.push_str("pveum user token add root@pam homestak --privsep 0 --output-format json");
-        let text = match root(&*s, user, &line).await {
-            Ok(text) => text,
-            Err(e) => return ssh_failed(&e, "create the inner host's API token"),
-        };
+        let text = root(&*s, user, &line)
+            .await
+            .map_err(|e| ssh_failed(&e, "create the inner host's API token"))?;
         let parsed: Option<(String, String)> =
             serde_json::from_str::<Value>(&text).ok().and_then(|v| {
                 Some((
@@ -503,13 +454,11 @@ impl Lifecycle {
                 ))
             });
         let Some((id, value)) = parsed else {
-            return refuse("pveum user token add printed no token".into());
+            return Err(refuse("pveum user token add printed no token".into()));
         };
         delegation.pve_token = Secret::new(format!("{id}={value}"));
-        match self.save(node, &delegation) {
-            Ok(()) => StepOutcome::Done,
-            Err(o) => o,
-        }
+        self.save(node, &delegation)?;
+        Ok(StepOutcome::Done)
     }
 
     /// `write_node_config`: the inner PVE's fingerprint and datastore, then
@@ -520,52 +469,37 @@ impl Lifecycle {
         want: &DesiredVm,
         vm: &vm::Memory,
         m: &mut Memory,
-    ) -> Outcome {
-        let s = match self.connect(want, vm, m).await {
-            Ok(s) => s,
-            Err(o) => return o,
-        };
+    ) -> Step {
+        let s = self.connect(want, vm, m).await?;
         let user = want.user.as_str();
-        let ip = match Self::address(vm) {
-            Ok(ip) => ip.to_string(),
-            Err(o) => return o,
-        };
-        let mut delegation = match self.delegation(node, vm) {
-            Ok(d) => d,
-            Err(o) => return o,
-        };
+        let ip = Self::address(vm)?.to_string();
+        let mut delegation = self.delegation(node, vm)?;
         let line = format!("openssl x509 -noout -fingerprint -sha256 -in {PVE_CERT}");
-        let fingerprint = match root(&*s, user, &line).await {
-            Ok(text) => text
-                .trim()
-                .split_once('=')
-                .map(|(_, fp)| fp.trim().to_string())
-                .unwrap_or_default(),
-            Err(e) => return ssh_failed(&e, "read the inner PVE's certificate fingerprint"),
-        };
+        let fingerprint = root(&*s, user, &line)
+            .await
+            .map_err(|e| ssh_failed(&e, "read the inner PVE's certificate fingerprint"))?
+            .trim()
+            .split_once('=')
+            .map(|(_, fp)| fp.trim().to_string())
+            .unwrap_or_default();
         if fingerprint.parse::<homestak_tls::Fingerprint>().is_err() {
-            return refuse(format!(
+            return Err(refuse(format!(
                 "the inner PVE's certificate fingerprint {fingerprint:?} is not SHA-256"
-            ));
+            )));
         }
-        let pve_node = match self.pve_node(&*s, user, m).await {
-            Ok(n) => n,
-            Err(o) => return o,
-        };
-        let storages = match pvesh_get(&*s, user, &format!("/nodes/{pve_node}/storage")).await {
-            Ok(v) => v,
-            Err(o) => return o,
-        };
+        let pve_node = self.pve_node(&*s, user, m).await?;
+        let storages = pvesh_get(&*s, user, &format!("/nodes/{pve_node}/storage")).await?;
         let Some(datastore) = pick_datastore(&storages, &want.storage) else {
-            return refuse(format!(
+            return Err(refuse(format!(
                 "the inner host {} has no storage for VM disks (content `images`)",
                 node.node
-            ));
+            )));
         };
-        let key = match root(&*s, user, &format!("cat {}.pub", inner::CHILD_KEY)).await {
-            Ok(text) => text.trim().to_string(),
-            Err(e) => return ssh_failed(&e, "read the child's SSH key"),
-        };
+        let key = root(&*s, user, &format!("cat {}.pub", inner::CHILD_KEY))
+            .await
+            .map_err(|e| ssh_failed(&e, "read the child's SSH key"))?
+            .trim()
+            .to_string();
         let file = inner::NodeFile {
             host: node.node.as_str(),
             pve_node: &pve_node,
@@ -575,32 +509,28 @@ impl Lifecycle {
             vm_ssh_port: self.ssh.as_ref().map_or(22, |c| c.port),
         };
         let mut files =
-            match inner::site_files(&self.site, &file, &delegation.pve_token, &key, &self.parent) {
-                Ok(files) => files,
-                Err(e) => return refuse(chain(&e)),
-            };
+            inner::site_files(&self.site, &file, &delegation.pve_token, &key, &self.parent)
+                .map_err(|e| refuse(chain(&e)))?;
         let id = inner::identity(&files);
-        let current = match marker(&*s, user, inner::SITE_MARK).await {
-            Ok(text) => text,
-            Err(e) => return ssh_failed(&e, "read the inner site-config's marker"),
-        };
+        let current = marker(&*s, user, inner::SITE_MARK)
+            .await
+            .map_err(|e| ssh_failed(&e, "read the inner site-config's marker"))?;
         if current != id {
             files.push(File {
                 path: inner::SITE_MARK.into(),
-                bytes: id.into_bytes(),
+                bytes: id.clone().into_bytes(),
                 mode: 0o644,
             });
-            if let Err(e) = install(&*s, user, &files).await {
-                return ssh_failed(&e, "write the inner site-config");
-            }
+            install(&*s, user, &files)
+                .await
+                .map_err(|e| ssh_failed(&e, "write the inner site-config"))?;
         }
+        m.site_id = Some(id);
         if delegation.pve_fingerprint.as_deref() != Some(fingerprint.as_str()) {
             delegation.pve_fingerprint = Some(fingerprint);
-            if let Err(o) = self.save(node, &delegation) {
-                return o;
-            }
+            self.save(node, &delegation)?;
         }
-        StepOutcome::Done
+        Ok(StepOutcome::Done)
     }
 
     /// Runs one `pve` step.
@@ -611,7 +541,7 @@ impl Lifecycle {
         vm: &vm::Memory,
         m: &mut Memory,
     ) -> Outcome {
-        match step {
+        let ran = match step {
             PveStep::WaitSsh(w) => self.wait_ssh(w, vm, m).await,
             PveStep::BootstrapHost(w) => self.bootstrap_host(node, w, vm, m).await,
             PveStep::ConfigureBridge(w) => self.configure_bridge(w, vm, m).await,
@@ -625,7 +555,8 @@ impl Lifecycle {
             PveStep::DestroySubtree(subtree) => {
                 self.destroy_subtree(node, subtree.as_deref(), m).await
             }
-        }
+        };
+        ran.unwrap_or_else(|early| early)
     }
 
     /// Marks the delegation as failed with `why` (kept for `status`).

@@ -145,6 +145,10 @@ pub struct Memory {
     poll: Option<Duration>,
     /// The inner PVE node's name (its hostname).
     pve_node: Option<String>,
+    /// What `bootstrap_host` and `write_node_config` installed this run
+    /// (markers `start_daemon` restarts the daemon on).
+    binary_id: Option<String>,
+    site_id: Option<String>,
     /// The child's generation being followed.
     generation: Option<u64>,
     /// `start_daemon` installed or (re)started the unit this run; what is
@@ -156,12 +160,7 @@ pub struct Memory {
 
 impl Memory {
     fn next_poll(&mut self, lifecycle: &Lifecycle) -> Duration {
-        let next = match self.poll {
-            None => lifecycle.poll_min,
-            Some(p) => (p * 3 / 2).min(lifecycle.poll_max),
-        };
-        self.poll = Some(next);
-        next
+        super::next_poll(&mut self.poll, lifecycle.poll_min, lifecycle.poll_max)
     }
 
     /// Starts (or continues) a wait of at most `limit`; true once it passed.

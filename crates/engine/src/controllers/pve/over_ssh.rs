@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::host::{as_root, ssh_failed};
+use super::host::{Step, as_root, ssh_failed};
 use super::inner;
 use super::{Lifecycle, Memory};
 use crate::controllers::vm;
@@ -76,6 +76,7 @@ impl Lifecycle {
             let mut sink = |_: ssh::Stream, _: &[u8]| {};
             session.exec(&command, &mut sink).await
         }));
+        // The run's deadline starts now.
         m.reset_wait();
         let _ = m.expired(self.timeouts.subtree_delegation);
     }
@@ -125,57 +126,47 @@ impl Lifecycle {
         subtree: &Arc<Manifest>,
         vm: &vm::Memory,
         m: &mut Memory,
-    ) -> Outcome {
+    ) -> Step {
         if m.ssh_run.is_none() {
-            let session = match self.connect(want, vm, m).await {
-                Ok(s) => s,
-                Err(o) => return o,
-            };
-            let mut d = match self.delegation(node, vm) {
-                Ok(d) => d,
-                Err(o) => return o,
-            };
+            let session = self.connect(want, vm, m).await?;
+            let mut d = self.delegation(node, vm)?;
             d.mode = super::Delegate::Ssh;
             d.subtree = Some(subtree.name().to_string());
             d.state = DelegationState::Following;
             d.message = None;
-            if let Err(o) = self.save(node, &d) {
-                return o;
-            }
+            self.save(node, &d)?;
             let line = command_line(
                 node.node.as_str(),
                 subtree,
                 &["reconcile", "--once", "--no-report", "--delegate", "ssh"],
             );
             self.start_ssh_run(session, &want.user, &line, m);
-            return StepOutcome::Requeue(m.next_poll(self));
+            return Ok(StepOutcome::Requeue(m.next_poll(self)));
         }
         let (success, error) = match self.poll_ssh_run(node, m).await {
-            Ok(Ended::Running(after)) => return StepOutcome::Requeue(after),
+            Ok(Ended::Running(after)) => return Ok(StepOutcome::Requeue(after)),
             Ok(Ended::Report(success, error)) => (success, error),
             Err(outcome) => {
                 if let StepOutcome::Failed(e) = &outcome {
                     self.record_failure(node, vm, &e.message);
                 }
-                return outcome;
+                return Err(outcome);
             }
         };
-        let mut d = match self.delegation(node, vm) {
-            Ok(d) => d,
-            Err(o) => return o,
-        };
+        let mut d = self.delegation(node, vm)?;
         if success {
             d.state = DelegationState::Converged;
-            return match self.save(node, &d) {
-                Ok(()) => StepOutcome::Done,
-                Err(o) => o,
-            };
+            self.save(node, &d)?;
+            return Ok(StepOutcome::Done);
         }
         let why = error.unwrap_or_else(|| "the run failed".into());
         d.state = DelegationState::Failed;
         d.message = Some(why.clone());
         let _ = self.save(node, &d);
-        refuse(format!("the tier on {} did not converge: {why}", node.node))
+        Err(refuse(format!(
+            "the tier on {} did not converge: {why}",
+            node.node
+        )))
     }
 
     /// `destroy_subtree` over SSH: `homestak destroy --yes` on the inner

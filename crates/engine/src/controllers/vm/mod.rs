@@ -190,15 +190,8 @@ pub struct Memory {
 }
 
 impl Memory {
-    /// The next poll delay: growing by half from `min` to `max`, so a task
-    /// is seen done soon after it ends without polling a long one often.
     fn next_poll(&mut self, timing: &Timing) -> Duration {
-        let next = match self.poll {
-            None => timing.poll_min,
-            Some(p) => (p * 3 / 2).min(timing.poll_max),
-        };
-        self.poll = Some(next);
-        next
+        super::next_poll(&mut self.poll, timing.poll_min, timing.poll_max)
     }
 
     fn reset_wait(&mut self) {

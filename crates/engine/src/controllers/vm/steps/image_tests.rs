@@ -161,6 +161,21 @@ fn downloads(api: &Scripted) -> Vec<(String, String)> {
         .collect()
 }
 
+/// PVE answers the download of each of the first `parts` parts with a
+/// task that is still running.
+fn script_part_downloads(rig: &Rig, parts: u32) {
+    for i in 0..parts {
+        let t = upid(
+            "pve",
+            "download",
+            &source::part_file("debian-13-pve", i).unwrap(),
+        );
+        rig.api
+            .once(Method::POST, DOWNLOAD, PveReply::Data(json!(t.to_string())))
+            .data(Method::GET, &task_status_path(&t), task_status(&t, None));
+    }
+}
+
 fn requeued(out: &StepOutcome) -> bool {
     matches!(out, StepOutcome::Requeue(_))
 }
@@ -567,16 +582,7 @@ async fn parts_are_found_in_order_until_one_is_missing() {
     ])
     .await;
     let rig = rig_with("root", true, &release.base_url, None);
-    for i in 0..3 {
-        let t = upid(
-            "pve",
-            "download",
-            &source::part_file("debian-13-pve", i).unwrap(),
-        );
-        rig.api
-            .once(Method::POST, DOWNLOAD, PveReply::Data(json!(t.to_string())))
-            .data(Method::GET, &task_status_path(&t), task_status(&t, None));
-    }
+    script_part_downloads(&rig, 3);
     rig.api.always(Method::GET, CONTENT, content(vec![]));
     let (mut ma, mut mb) = (Memory::default(), Memory::default());
     assert!(requeued(&pass(&rig, "a", &mut ma).await));
@@ -768,16 +774,7 @@ async fn nodes_asking_at_the_same_time_share_one_question() {
     .await;
     let rig = rig_with("root", true, &release.base_url, None);
     rig.api.always(Method::GET, CONTENT, content(vec![]));
-    for i in 0..2 {
-        let t = upid(
-            "pve",
-            "download",
-            &source::part_file("debian-13-pve", i).unwrap(),
-        );
-        rig.api
-            .once(Method::POST, DOWNLOAD, PveReply::Data(json!(t.to_string())))
-            .data(Method::GET, &task_status_path(&t), task_status(&t, None));
-    }
+    script_part_downloads(&rig, 2);
     let (mut ma, mut mb) = (Memory::default(), Memory::default());
     let (a, b) = tokio::join!(pass(&rig, "a", &mut ma), pass(&rig, "b", &mut mb));
     assert!(requeued(&a) && requeued(&b), "{a:?} {b:?}");
