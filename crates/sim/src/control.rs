@@ -6,20 +6,22 @@
 //! |---|---|---|
 //! | GET | `/_sim/requests` | `{"total": N, "requests": {"GET /version": 3, …}}` |
 //! | DELETE | `/_sim/requests` | reset the counters (also `POST /_sim/requests/reset`) |
-//! | GET | `/_sim/faults` | `{"global": Rates, "vms": {"100": Rates}}` |
+//! | GET | `/_sim/faults` | `{"global": Rates, "vms": {"100": Rates}, "injected": Injected}` |
 //! | PUT | `/_sim/faults` | set global rates (missing fields take defaults) |
 //! | PUT / DELETE | `/_sim/faults/vms/{vmid}` | set / clear one VM's rates |
 //! | GET | `/_sim/vms`, `/_sim/vms/{vmid}` | VM internals: address, agent, ciuser, keys, workdir, and `guest` (SSH, nested tier, services once booted) |
 //! | GET | `/_sim/vms/{vmid}/nested` | the VM's nested PVE tier: `{running, url, node, fingerprint, root_password, error}` |
-//! | POST | `/_sim/vms` | create a foreign VM at once, without tasks or marks |
+//! | POST | `/_sim/vms` | create a foreign VM at once, without tasks or marks (or, with `placeholder: true`, someone's create in progress: only `lock: create`) |
 //! | PATCH | `/_sim/vms/{vmid}` | out-of-band change: cores, sockets, memory, name, tags, description, power |
 //! | DELETE | `/_sim/vms/{vmid}` | remove a VM and its volumes at once |
 //! | POST | `/_sim/images` | add an image (`{"volid": "local:import/x.qcow2", "size": "1G"}`) |
 //! | GET | `/_sim/host` | the node's own SSH server `{ssh: {address, user, host_key, error}, commands: [...]}` |
 //!
 //! `Rates` is [`FaultRates`]: `read_error_rate`, `write_error_rate`,
-//! `error_status`, `reset_rate`, `task_failure_rate`,
-//! `agent_never_ready_rate`, `agent_delay_factor`.
+//! `error_status`, `reset_rate`, `reset_after_rate`,
+//! `read_error_after_rate`, `write_error_after_rate`, `task_failure_rate`,
+//! `agent_never_ready_rate`, `agent_delay_factor`. `Injected` counts the
+//! faults injected so far by kind (`crate::faults::Injected`).
 
 use std::sync::Arc;
 
@@ -85,6 +87,11 @@ struct ForeignVm {
     running: bool,
     disk_size: Option<Size>,
     storage: Option<String>,
+    /// Someone else's create in progress: a config holding only
+    /// `lock: create`, as PVE writes before the import (the other fields
+    /// but `vmid` and `node` must be left out).
+    #[serde(default)]
+    placeholder: bool,
 }
 
 #[derive(Deserialize)]
@@ -307,7 +314,11 @@ fn faults_json(shared: &Shared) -> Value {
             )
         })
         .collect();
-    json!({ "global": shared.faults.global(), "vms": vms })
+    json!({
+        "global": shared.faults.global(),
+        "vms": vms,
+        "injected": shared.faults.injected(),
+    })
 }
 
 fn with_vm(
@@ -351,6 +362,26 @@ fn foreign_vm(shared: &Shared, f: ForeignVm) -> Response<Body> {
         Err(e) => return fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let mut vm = Vm::new(vmid, &node, address);
+    if f.placeholder {
+        let extra = f.name.is_some()
+            || f.cores.is_some()
+            || f.memory.is_some()
+            || f.tags.is_some()
+            || f.description.is_some()
+            || f.running
+            || f.disk_size.is_some()
+            || f.storage.is_some();
+        if extra {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "a placeholder holds only `lock: create`: give just vmid and node",
+            );
+        }
+        vm.config.insert("lock".into(), "create".into());
+        let view = vm_view(&vm, Clock::now_ms());
+        w.vms.insert(vmid, vm);
+        return ok(view);
+    }
     let name = f.name.unwrap_or_else(|| format!("foreign-{vmid}"));
     vm.config.insert("name".into(), name);
     vm.config

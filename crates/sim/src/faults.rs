@@ -1,6 +1,11 @@
 //! Injected faults: error answers, dropped connections, failed tasks and
 //! slow or dead guest agents, globally or per VM, drawn from one seeded RNG
 //! so a sequential client sees the same faults for the same `--seed`.
+//!
+//! Request faults strike at one of two moments: *before* the work (the
+//! handler never runs: nothing changed) or *after* it (the handler ran, a
+//! create's task is started, but the client gets no answer or an error), the
+//! way a proxy timeout or a dropped connection looks to a real client.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -19,8 +24,17 @@ pub struct FaultRates {
     pub write_error_rate: f64,
     /// Status of injected errors: 500, 503, or pveproxy's 595/596.
     pub error_status: u16,
-    /// Requests whose connection is dropped without an answer.
+    /// Requests whose connection is dropped without an answer, before the
+    /// work is done.
     pub reset_rate: f64,
+    /// Requests whose connection is dropped without an answer after the
+    /// work is done (the change is made; the client cannot know).
+    pub reset_after_rate: f64,
+    /// GET requests answered with `error_status` after the work is done.
+    pub read_error_after_rate: f64,
+    /// POST/PUT/DELETE requests answered with `error_status` after the work
+    /// is done (a create's task runs on).
+    pub write_error_after_rate: f64,
     /// Tasks that end with an error instead of doing their work.
     pub task_failure_rate: f64,
     /// Started VMs whose guest agent never answers.
@@ -36,6 +50,9 @@ impl Default for FaultRates {
             write_error_rate: 0.0,
             error_status: 500,
             reset_rate: 0.0,
+            reset_after_rate: 0.0,
+            read_error_after_rate: 0.0,
+            write_error_after_rate: 0.0,
             task_failure_rate: 0.0,
             agent_never_ready_rate: 0.0,
             agent_delay_factor: 1.0,
@@ -50,6 +67,9 @@ impl FaultRates {
             ("read_error_rate", self.read_error_rate),
             ("write_error_rate", self.write_error_rate),
             ("reset_rate", self.reset_rate),
+            ("reset_after_rate", self.reset_after_rate),
+            ("read_error_after_rate", self.read_error_after_rate),
+            ("write_error_after_rate", self.write_error_after_rate),
             ("task_failure_rate", self.task_failure_rate),
             ("agent_never_ready_rate", self.agent_never_ready_rate),
         ] {
@@ -79,6 +99,36 @@ pub enum RequestFault {
     Error(u16),
 }
 
+/// How many faults were injected since the simulator started, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Injected {
+    /// Error answers before the work (reads and writes).
+    pub read_errors: u64,
+    pub write_errors: u64,
+    /// Connections dropped before the work.
+    pub resets: u64,
+    /// Connections dropped after the work.
+    pub resets_after: u64,
+    /// Error answers after the work (reads and writes).
+    pub read_errors_after: u64,
+    pub write_errors_after: u64,
+    /// Tasks made to fail.
+    pub failed_tasks: u64,
+}
+
+impl Injected {
+    /// Every injected fault.
+    pub fn total(&self) -> u64 {
+        self.read_errors
+            + self.write_errors
+            + self.resets
+            + self.resets_after
+            + self.read_errors_after
+            + self.write_errors_after
+            + self.failed_tasks
+    }
+}
+
 /// How a VM's guest agent behaves after a start.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AgentFault {
@@ -97,6 +147,7 @@ struct Inner {
     global: FaultRates,
     per_vm: BTreeMap<u32, FaultRates>,
     rng: StdRng,
+    injected: Injected,
 }
 
 impl Faults {
@@ -110,6 +161,7 @@ impl Faults {
                 global,
                 per_vm: BTreeMap::new(),
                 rng,
+                injected: Injected::default(),
             }),
         }
     }
@@ -143,14 +195,13 @@ impl Faults {
         });
     }
 
-    /// Decides whether a request (about `vmid`, if any) fails.
+    /// Decides whether a request (about `vmid`, if any) fails before its
+    /// work is done.
     pub fn request(&self, write: bool, vmid: Option<u32>) -> Option<RequestFault> {
         self.with(|i| {
-            let rates = vmid
-                .and_then(|v| i.per_vm.get(&v))
-                .unwrap_or(&i.global)
-                .clone();
-            if rates.reset_rate > 0.0 && i.rng.random::<f64>() < rates.reset_rate {
+            let rates = i.rates(vmid);
+            if i.draw(rates.reset_rate) {
+                i.injected.resets += 1;
                 return Some(RequestFault::Reset);
             }
             let rate = if write {
@@ -158,28 +209,66 @@ impl Faults {
             } else {
                 rates.read_error_rate
             };
-            (rate > 0.0 && i.rng.random::<f64>() < rate)
-                .then_some(RequestFault::Error(rates.error_status))
+            if !i.draw(rate) {
+                return None;
+            }
+            if write {
+                i.injected.write_errors += 1;
+            } else {
+                i.injected.read_errors += 1;
+            }
+            Some(RequestFault::Error(rates.error_status))
+        })
+    }
+
+    /// Decides whether the answer to a request whose work is done is lost:
+    /// the connection dropped, or an error in place of the answer.
+    pub fn answer(&self, write: bool, vmid: Option<u32>) -> Option<RequestFault> {
+        self.with(|i| {
+            let rates = i.rates(vmid);
+            if i.draw(rates.reset_after_rate) {
+                i.injected.resets_after += 1;
+                return Some(RequestFault::Reset);
+            }
+            let rate = if write {
+                rates.write_error_after_rate
+            } else {
+                rates.read_error_after_rate
+            };
+            if !i.draw(rate) {
+                return None;
+            }
+            if write {
+                i.injected.write_errors_after += 1;
+            } else {
+                i.injected.read_errors_after += 1;
+            }
+            Some(RequestFault::Error(rates.error_status))
         })
     }
 
     /// Decides whether a task of `vmid` fails.
     pub fn task_fails(&self, vmid: Option<u32>) -> bool {
         self.with(|i| {
-            let rate = vmid
-                .and_then(|v| i.per_vm.get(&v))
-                .unwrap_or(&i.global)
-                .task_failure_rate;
-            rate > 0.0 && i.rng.random::<f64>() < rate
+            let rate = i.rates(vmid).task_failure_rate;
+            let fails = i.draw(rate);
+            if fails {
+                i.injected.failed_tasks += 1;
+            }
+            fails
         })
+    }
+
+    /// The faults injected so far.
+    pub fn injected(&self) -> Injected {
+        self.with(|i| i.injected)
     }
 
     /// Decides how the agent of `vmid` behaves after this start.
     pub fn agent(&self, vmid: u32) -> AgentFault {
         self.with(|i| {
-            let rates = i.per_vm.get(&vmid).unwrap_or(&i.global).clone();
-            let never_ready = rates.agent_never_ready_rate > 0.0
-                && i.rng.random::<f64>() < rates.agent_never_ready_rate;
+            let rates = i.rates(Some(vmid));
+            let never_ready = i.draw(rates.agent_never_ready_rate);
             AgentFault {
                 never_ready,
                 delay_factor: rates.agent_delay_factor,
@@ -191,6 +280,21 @@ impl Faults {
     /// drawn elsewhere from the OS; this is for reproducible choices).
     pub fn draw(&self) -> u64 {
         self.with(|i| i.rng.random())
+    }
+}
+
+impl Inner {
+    /// The rates that apply to `vmid`: its own, else the global ones.
+    fn rates(&self, vmid: Option<u32>) -> FaultRates {
+        vmid.and_then(|v| self.per_vm.get(&v))
+            .unwrap_or(&self.global)
+            .clone()
+    }
+
+    /// One draw against `rate`; no draw at all for a zero rate, so adding
+    /// a kind of fault leaves the stream of the others as it was.
+    fn draw(&mut self, rate: f64) -> bool {
+        rate > 0.0 && self.rng.random::<f64>() < rate
     }
 }
 
@@ -213,6 +317,59 @@ mod tests {
         assert!(seq_a.contains(&None));
         // Writes are untouched by the read rate.
         assert!((0..64).all(|_| a.request(true, None).is_none()));
+    }
+
+    #[test]
+    fn answers_are_lost_only_after_the_work_and_are_counted() {
+        let rates = FaultRates {
+            reset_after_rate: 0.3,
+            write_error_after_rate: 0.3,
+            error_status: 503,
+            ..FaultRates::default()
+        };
+        let f = Faults::new(rates, Some(9));
+        // Nothing strikes before the work.
+        assert!((0..64).all(|_| f.request(true, None).is_none()));
+        let after: Vec<_> = (0..200).map(|_| f.answer(true, None)).collect();
+        assert!(after.contains(&Some(RequestFault::Reset)));
+        assert!(after.contains(&Some(RequestFault::Error(503))));
+        assert!(after.contains(&None));
+        // Reads only meet the resets: no read rate is set.
+        let reads: Vec<_> = (0..200).map(|_| f.answer(false, None)).collect();
+        assert!(!reads.contains(&Some(RequestFault::Error(503))));
+        let injected = f.injected();
+        let count = |v: &[Option<RequestFault>], x| v.iter().filter(|a| **a == Some(x)).count() as u64;
+        assert_eq!(
+            injected.resets_after,
+            count(&after, RequestFault::Reset) + count(&reads, RequestFault::Reset)
+        );
+        assert_eq!(injected.write_errors_after, count(&after, RequestFault::Error(503)));
+        assert_eq!(injected.resets + injected.read_errors + injected.write_errors, 0);
+        assert_eq!(
+            injected.total(),
+            injected.resets_after + injected.write_errors_after
+        );
+    }
+
+    #[test]
+    fn unset_answer_faults_leave_the_fault_stream_as_it_was() {
+        // A case seeded before answer faults existed meets the same faults.
+        let rates = FaultRates {
+            read_error_rate: 0.5,
+            reset_rate: 0.1,
+            ..FaultRates::default()
+        };
+        let a = Faults::new(rates.clone(), Some(13));
+        let b = Faults::new(rates, Some(13));
+        let plain: Vec<_> = (0..64).map(|_| a.request(false, None)).collect();
+        let with_answers: Vec<_> = (0..64)
+            .map(|_| {
+                let before = b.request(false, None);
+                assert_eq!(b.answer(false, None), None);
+                before
+            })
+            .collect();
+        assert_eq!(plain, with_answers);
     }
 
     #[test]

@@ -467,6 +467,11 @@ impl TierView {
         self.shared.counters.reset();
     }
 
+    /// The faults this tier injected so far, by kind.
+    pub fn faults_injected(&self) -> faults::Injected {
+        self.shared.faults.injected()
+    }
+
     /// Removes VM `vmid` and its volumes at once, as `DELETE
     /// /_sim/vms/{vmid}` does.
     pub fn delete_vm(&self, vmid: u32) -> Result<(), String> {
@@ -567,6 +572,18 @@ impl Handle {
 
     pub fn reset_requests(&self) {
         self.shared.counters.reset();
+    }
+
+    /// The faults injected so far, by kind.
+    pub fn faults_injected(&self) -> faults::Injected {
+        self.shared.faults.injected()
+    }
+
+    /// Sets the global fault rates, as `PUT /_sim/faults` does.
+    pub fn set_faults(&self, rates: faults::FaultRates) -> Result<(), String> {
+        rates.check()?;
+        self.shared.faults.set_global(rates);
+        Ok(())
     }
 
     /// A snapshot of the world (for tests and the nested-tier seam).

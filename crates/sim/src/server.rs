@@ -4,7 +4,8 @@
 //! bodies on GET/DELETE refused (501), authentication (401 with empty body
 //! after the scaled delay), then routing (501 for unknown method+path),
 //! parameter validation (400) and the handler. Injected faults strike after
-//! authentication. Replies carry PVE's headers, reason phrases and
+//! authentication, before the handler (nothing done) or after it (the work
+//! done, the answer lost). Replies carry PVE's headers, reason phrases and
 //! `{"data": …}` envelopes; errors carry `message` (http-server ≥ 5.2.0).
 //!
 //! The service is a plain `tower_service::Service` so that an injected
@@ -212,12 +213,13 @@ async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         Some((e, _)) => e.key(),
         None => format!("{} (unmatched)", method.as_str()),
     });
+    let vmid: Option<u32> = route
+        .as_ref()
+        .and_then(|(_, vars)| vars.iter().find(|(k, _)| k == "vmid"))
+        .and_then(|(_, v)| v.parse().ok());
+    let write = method != Method::Get;
     if !no_auth {
-        let vmid = route
-            .as_ref()
-            .and_then(|(_, vars)| vars.iter().find(|(k, _)| k == "vmid"))
-            .and_then(|(_, v)| v.parse().ok());
-        match shared.faults.request(method != Method::Get, vmid) {
+        match shared.faults.request(write, vmid) {
             Some(RequestFault::Reset) => return Err(Dropped),
             Some(RequestFault::Error(status)) => return Ok(injected(status)),
             None => {}
@@ -254,7 +256,19 @@ async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         shared: shared.clone(),
         user: identity.map(|i| i.user).unwrap_or_default(),
     };
-    Ok(match api::handle(&ctx, endpoint, &p).await {
+    let result = api::handle(&ctx, endpoint, &p).await;
+    // The work is done (a create's task is running): the answer may still
+    // be lost on the way back.
+    if !no_auth {
+        // A create names its vmid in the body, not the path.
+        let vmid = vmid.or_else(|| p.int("vmid").and_then(|v| u32::try_from(v).ok()));
+        match shared.faults.answer(write, vmid) {
+            Some(RequestFault::Reset) => return Err(Dropped),
+            Some(RequestFault::Error(status)) => return Ok(injected(status)),
+            None => {}
+        }
+    }
+    Ok(match result {
         Ok(r) => reply_response(r),
         Err(e) if e.status == 401 => {
             shared

@@ -5,6 +5,7 @@
 
 mod api;
 mod control;
+mod create_order;
 mod guest;
 mod host;
 mod nested;

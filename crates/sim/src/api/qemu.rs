@@ -191,6 +191,13 @@ pub fn register_vm(ctx: &Ctx, mut vm: Vm, fresh_ids: bool) -> Result<u32, Error>
         vm.config.remove("vmgenid");
     }
     disks::fresh_identity(shared, &mut vm.config);
+    insert_vm(ctx, vm)
+}
+
+/// Adds `vm` to the world as it is, with an address and a working
+/// directory; fails like PVE when the vmid is taken.
+fn insert_vm(ctx: &Ctx, mut vm: Vm) -> Result<u32, Error> {
+    let shared = &ctx.shared;
     let workdir = shared.vm_workdir(vm.vmid);
     let _ = std::fs::create_dir_all(&workdir);
     vm.workdir = Some(workdir);
@@ -255,9 +262,15 @@ pub async fn create(ctx: &Ctx, endpoint: &Endpoint, p: &Params) -> Result<Reply,
         "meta".into(),
         format!("creation-qemu=9.2.0,ctime={}", Clock::now()),
     );
-    values.insert("lock".into(), "create".into());
+    // PVE fills in MACs before it reserves the vmid, and the worker adds the
+    // SMBIOS UUID and generation id; the VM shows none of them until the
+    // worker writes the whole config.
+    disks::fresh_identity(&ctx.shared, &mut values);
+    // PVE's `create_and_lock_config`: the vmid is taken at once by a config
+    // holding only `lock: create` (no name, tags or description), visible in
+    // every read while the worker imports the disks.
     let mut new = Vm::new(vmid, &node, std::net::Ipv4Addr::UNSPECIFIED);
-    new.config = values;
+    new.config = BTreeMap::from([("lock".to_string(), "create".to_string())]);
     // The boot disk's image decides whether this VM can become a PVE host.
     if let Some(src) = disk_plans.iter().find_map(|(_, a)| match a {
         DiskAction::Import { source, .. } => Some(source.clone()),
@@ -274,7 +287,7 @@ pub async fn create(ctx: &Ctx, endpoint: &Endpoint, p: &Params) -> Result<Reply,
             .unwrap_or(false);
         new.image = Some(src);
     }
-    register_vm(ctx, new, false)?;
+    insert_vm(ctx, new)?;
     let start = p.flag("start");
     let user = ctx.user.clone();
     let n = node.clone();
@@ -287,6 +300,17 @@ pub async fn create(ctx: &Ctx, endpoint: &Endpoint, p: &Params) -> Result<Reply,
         move |shared, upid, inject| async move {
             shared.clock.sleep(shared.config.latency.create).await;
             let res = create_disks(&shared, &n, vmid, disk_plans, &upid, inject).await;
+            // Then every option at once, replacing the placeholder and its
+            // lock (`write_config` of the request); on failure the
+            // placeholder is removed.
+            let res = res.map(|(disks, allocated)| {
+                if let Some(vm) = shared.world_mut().vms.get_mut(&vmid) {
+                    let mut config = values;
+                    config.extend(disks);
+                    vm.config = config;
+                }
+                allocated
+            });
             disks::finish_new_vm(&shared, &n, vmid, res)
                 .map_err(|e| format!("unable to create VM {vmid} - {e}"))?;
             if start {
@@ -298,6 +322,9 @@ pub async fn create(ctx: &Ctx, endpoint: &Endpoint, p: &Params) -> Result<Reply,
     Ok(Reply::Data(Value::String(upid)))
 }
 
+/// The disks' config values and the volumes allocated for them.
+type CreatedDisks = (Vec<(String, String)>, Vec<String>);
+
 async fn create_disks(
     shared: &Arc<Shared>,
     node: &str,
@@ -305,15 +332,14 @@ async fn create_disks(
     plans: Vec<(String, DiskAction)>,
     upid: &str,
     inject: bool,
-) -> Result<Vec<String>, (String, Vec<String>)> {
+) -> Result<CreatedDisks, (String, Vec<String>)> {
+    let mut values = Vec::new();
     let mut allocated = Vec::new();
     for (key, action) in plans {
         match disks::realize(shared, node, vmid, &key, action, Some(upid)).await {
             Ok((value, vol)) => {
                 allocated.extend(vol);
-                if let Some(vm) = shared.world_mut().vms.get_mut(&vmid) {
-                    vm.config.insert(key, value);
-                }
+                values.push((key, value));
             }
             Err(e) => return Err((e, allocated)),
         }
@@ -321,7 +347,7 @@ async fn create_disks(
     if inject {
         return Err(("injected fault (homestak sim)".into(), allocated));
     }
-    Ok(allocated)
+    Ok((values, allocated))
 }
 
 /// Applies deletions to a config: disks become `unusedN`, cloud-init
