@@ -14,13 +14,13 @@ use super::error::Error;
 use super::form::Form;
 use super::http::{Config, Http};
 use super::params::{
-    ConfigUpdate, CreateVm, DeleteVm, DownloadUrl, PowerAction, Resize, TokenOptions,
+    ConfigUpdate, CreateVm, DeleteVm, DownloadUrl, PowerAction, Resize, TaskQuery, TokenOptions,
 };
 use super::transport::{BoxFuture, Envelope, Request, Transport};
 use super::types::{
     AgentInterface, AgentResult, ClusterResource, CreatedToken, NodeEntry, NodeStatus,
-    QemuListEntry, ResourceKind, StorageContent, StorageEntry, TaskLog, TaskLogLine, TaskStatus,
-    Version, VmConfig, VmStatus,
+    QemuListEntry, ResourceKind, StorageContent, StorageEntry, TaskListEntry, TaskLog, TaskLogLine,
+    TaskStatus, Version, VmConfig, VmStatus,
 };
 use super::upid::Upid;
 use super::{Api, Result};
@@ -269,6 +269,17 @@ impl Api for Client {
             &[node.as_str(), storage],
         )
         .with_form(download.form());
+        Box::pin(self.call(req))
+    }
+
+    fn node_tasks<'a>(
+        &'a self,
+        node: &'a PveNode,
+        query: &'a TaskQuery,
+    ) -> BoxFuture<'a, Result<Vec<TaskListEntry>>> {
+        let mut req =
+            Request::get("/nodes/{node}/tasks", &[node.as_str()]).with_form(query.form());
+        req.vmid = query.vmid;
         Box::pin(self.call(req))
     }
 

@@ -46,7 +46,7 @@ pub use http::{Config, DEFAULT_PORT, Http, Trust};
 pub use limits::{Backoff, HostLimits, RateLimit, RetryPolicy};
 pub use params::{
     ConfigUpdate, CreateVm, DeleteVm, Disk, DownloadUrl, IpConfig, Ipv4, Net, PowerAction, Resize,
-    TokenOptions, VmOptions,
+    TaskQuery, TaskSource, TokenOptions, VmOptions,
 };
 #[cfg(feature = "testing")]
 pub use recorder::Recorder;
@@ -54,8 +54,8 @@ pub use recorder::{Observer, RecordedRequest};
 pub use transport::{BoxFuture, Envelope, Request, Transport};
 pub use types::{
     AgentInterface, ClusterResource, CreatedToken, NodeEntry, NodeStatus, PowerState,
-    QemuListEntry, ResourceKind, StorageContent, StorageEntry, TaskExit, TaskLog, TaskStatus,
-    Version, VmConfig, VmStatus,
+    QemuListEntry, ResourceKind, StorageContent, StorageEntry, TaskExit, TaskListEntry, TaskLog,
+    TaskStatus, Version, VmConfig, VmStatus,
 };
 pub use upid::Upid;
 
@@ -212,6 +212,16 @@ pub trait Api: Send + Sync {
         _download: &'a DownloadUrl,
     ) -> BoxFuture<'a, Result<Upid>> {
         not_implemented("download_url")
+    }
+
+    /// `GET /nodes/{node}/tasks[?source=…&vmid=…&typefilter=…]`: the node's
+    /// tasks, newest first.
+    fn node_tasks<'a>(
+        &'a self,
+        _node: &'a PveNode,
+        _query: &'a TaskQuery,
+    ) -> BoxFuture<'a, Result<Vec<TaskListEntry>>> {
+        not_implemented("node_tasks")
     }
 
     /// `GET /nodes/{upid.node}/tasks/{upid}/status`.

@@ -437,6 +437,57 @@ impl DeleteVm {
     }
 }
 
+/// Which tasks `GET /nodes/{node}/tasks` lists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TaskSource {
+    /// Finished tasks only (PVE's default).
+    #[default]
+    Archive,
+    /// Running tasks only.
+    Active,
+    /// Both.
+    All,
+}
+
+impl TaskSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskSource::Archive => "archive",
+            TaskSource::Active => "active",
+            TaskSource::All => "all",
+        }
+    }
+}
+
+/// `GET /nodes/{node}/tasks` (query parameters): the node's task list,
+/// newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskQuery {
+    /// `None` is PVE's default, finished tasks only: a running create is
+    /// found only with [`TaskSource::Active`] or [`TaskSource::All`].
+    pub source: Option<TaskSource>,
+    /// Only tasks of this VM.
+    pub vmid: Option<VmId>,
+    /// Only tasks of this type (`qmcreate`, `qmstart`, …).
+    pub typefilter: Option<String>,
+    /// Only tasks started at or after this UNIX time.
+    pub since: Option<i64>,
+    /// At most this many (PVE's default is 50).
+    pub limit: Option<u32>,
+}
+
+impl TaskQuery {
+    pub(crate) fn form(&self) -> Form {
+        let mut form = Form::new();
+        form.push_opt("source", self.source.map(TaskSource::as_str))
+            .push_opt("vmid", self.vmid)
+            .push_opt("typefilter", self.typefilter.as_deref())
+            .push_opt("since", self.since)
+            .push_opt("limit", self.limit);
+        form
+    }
+}
+
 /// `POST /nodes/{node}/storage/{storage}/download-url`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DownloadUrl {

@@ -482,6 +482,20 @@ pub struct TaskStatus {
     pub pstart: Option<u64>,
 }
 
+/// One entry of `GET /nodes/{node}/tasks`. Its `status` is the exit
+/// status of a finished task (absent while it runs, in PVE's list of active
+/// tasks); ask [`crate::Api::task_status`] for the authoritative state.
+#[derive(Clone, Debug, Deserialize)]
+pub struct TaskListEntry {
+    pub upid: Upid,
+    #[serde(default, deserialize_with = "de::opt_string")]
+    pub status: Option<String>,
+    #[serde(default, deserialize_with = "de::opt_u64")]
+    pub endtime: Option<u64>,
+    #[serde(default, deserialize_with = "de::opt_u64")]
+    pub starttime: Option<u64>,
+}
+
 /// How a stopped task ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TaskExit {

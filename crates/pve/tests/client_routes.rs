@@ -14,7 +14,8 @@ use std::sync::Mutex;
 use homestak_pve::schema::{self, endpoints};
 use homestak_pve::{
     self as pve, Api, BoxFuture, Client, ConfigUpdate, CreateVm, DeleteVm, DownloadUrl, Envelope,
-    PowerAction, Request, Resize, ResourceKind, TokenOptions, Transport, Upid, VmOptions,
+    PowerAction, Request, Resize, ResourceKind, TaskQuery, TaskSource, TokenOptions, Transport,
+    Upid, VmOptions,
 };
 
 use crate::ids::{pn, vmid};
@@ -112,14 +113,22 @@ async fn call_everything(client: &Client) -> usize {
         .storage_content(node, storage, Some("import"), Some(vmid))
         .await;
     let _ = client.download_url(node, storage, &download).await;
+    let tasks = TaskQuery {
+        source: Some(TaskSource::All),
+        vmid: Some(vmid),
+        typefilter: Some("qmcreate".into()),
+        since: Some(1_700_000_000),
+        limit: Some(10),
+    };
+    let _ = client.node_tasks(node, &tasks).await;
     let _ = client.task_status(&upid).await;
     let _ = client.task_log(&upid, 0, 50).await;
     let _ = client.agent_network_interfaces(node, vmid).await;
     let _ = client
         .token_create("root@pam", "homestak", &TokenOptions::default())
         .await;
-    // 20 methods besides `qemu_power`.
-    20 + actions.len()
+    // 21 methods besides `qemu_power`.
+    21 + actions.len()
 }
 
 #[tokio::test]
