@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod client_schema;
+mod create_intent;
 mod store_sled;
 mod store_suite;
 

@@ -87,6 +87,14 @@ fn plan_node(
         (!preferred, vm.vmid)
     });
     let current = owned.first().copied();
+    // PVE's placeholder at the vmid this node's create intent names: our
+    // own create, still importing. Not someone else's VM.
+    let in_progress = remembered.and_then(|r| r.intent).filter(|id| {
+        observed
+            .vms
+            .iter()
+            .any(|vm| vm.vmid == *id && vm.is_create_placeholder())
+    });
 
     let mut base = NodePlan {
         node: want.name.clone(),
@@ -101,6 +109,7 @@ fn plan_node(
     if let Some(vmid) = want.vmid
         && let Some(holder) = observed.vms.iter().find(|vm| vm.vmid == vmid)
         && !holder.owned_by(manifest, &want.name)
+        && in_progress != Some(vmid)
     {
         base.action = Action::Conflict;
         base.reason = Some(match &holder.name {
@@ -122,6 +131,16 @@ fn plan_node(
 
     let Some(vm) = current else {
         base.action = Action::Create;
+        if let Some(id) = in_progress.filter(|id| want.vmid.is_none_or(|w| w == *id)) {
+            // The create step follows the running task instead of sending
+            // another create.
+            base.vmid = Some(id);
+            base.reason = Some(format!(
+                "the create of vmid {id} is in progress (PVE's `lock: create` placeholder); \
+                 its task is followed"
+            ));
+            return base;
+        }
         // A remembered vmid that now holds someone else's VM is not reused.
         if want.vmid.is_none()
             && base

@@ -18,6 +18,8 @@ mod render;
 pub mod state;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_intent;
 
 use std::fmt;
 

@@ -166,6 +166,15 @@ impl ObservedVm {
         self.tags.contains(marks::TAG)
             && self.marks.as_ref().is_some_and(|m| m.manifest == manifest)
     }
+
+    /// True when this is PVE's placeholder of a create in progress: a
+    /// config holding `lock: create` and nothing that names an owner (no
+    /// tags, no marks). PVE writes every option only once the disks are
+    /// imported, so whose create it is cannot be read from the VM: only a
+    /// recorded create intent for this vmid makes it ours.
+    pub fn is_create_placeholder(&self) -> bool {
+        self.lock.as_deref() == Some("create") && self.tags.is_empty() && self.marks.is_none()
+    }
 }
 
 /// What the store remembers about a node; absence means "never applied
@@ -175,6 +184,10 @@ pub struct Remembered {
     pub node: NodeName,
     pub vmid: VmId,
     pub spec_hash: Option<String>,
+    /// The vmid of a create recorded before it was sent and not yet seen
+    /// through: PVE's placeholder there is this node's create in progress.
+    #[serde(default)]
+    pub intent: Option<VmId>,
 }
 
 /// The world as observed for one tier.

@@ -10,7 +10,7 @@ use super::marks::{Marks, TAG};
 use super::*;
 use homestak_base::id::PveNode;
 
-fn id(vmid: u32) -> VmId {
+pub(super) fn id(vmid: u32) -> VmId {
     VmId::new(vmid.into()).unwrap()
 }
 
@@ -18,7 +18,7 @@ fn name(node: &str) -> NodeName {
     NodeName::new(node).unwrap()
 }
 
-fn want(name: &str, vmid: Option<u32>) -> DesiredVm {
+pub(super) fn want(name: &str, vmid: Option<u32>) -> DesiredVm {
     DesiredVm {
         name: NodeName::new(name).unwrap(),
         kind: Kind::Vm,
@@ -38,7 +38,7 @@ fn want(name: &str, vmid: Option<u32>) -> DesiredVm {
     }
 }
 
-fn desired(vms: Vec<DesiredVm>) -> Desired {
+pub(super) fn desired(vms: Vec<DesiredVm>) -> Desired {
     Desired {
         manifest: "demo".into(),
         host: "pve".into(),
@@ -47,7 +47,7 @@ fn desired(vms: Vec<DesiredVm>) -> Desired {
 }
 
 /// The VM homestak would have created for `w`.
-fn built(w: &DesiredVm, vmid: u32) -> ObservedVm {
+pub(super) fn built(w: &DesiredVm, vmid: u32) -> ObservedVm {
     ObservedVm {
         vmid: id(vmid),
         name: Some(w.name.to_string()),
@@ -70,7 +70,7 @@ fn built(w: &DesiredVm, vmid: u32) -> ObservedVm {
     }
 }
 
-fn foreign(vmid: u32, name: &str) -> ObservedVm {
+pub(super) fn foreign(vmid: u32, name: &str) -> ObservedVm {
     ObservedVm {
         vmid: id(vmid),
         name: Some(name.into()),
@@ -88,15 +88,16 @@ fn foreign(vmid: u32, name: &str) -> ObservedVm {
     }
 }
 
-fn remember(node: &str, vmid: u32) -> Remembered {
+pub(super) fn remember(node: &str, vmid: u32) -> Remembered {
     Remembered {
         node: name(node),
         vmid: id(vmid),
         spec_hash: None,
+        intent: None,
     }
 }
 
-const ON: Options = Options {
+pub(super) const ON: Options = Options {
     allow_replace: false,
     prune: true,
 };

@@ -257,10 +257,12 @@ impl Tier {
         Ok(nodes
             .into_iter()
             .filter_map(|(node, record)| {
+                let intent = record.create_intent.and_then(|i| i.vmid);
                 Some(Remembered {
                     node,
-                    vmid: record.vmid?,
+                    vmid: record.vmid.or(intent)?,
                     spec_hash: record.spec_hash,
+                    intent,
                 })
             })
             .collect())

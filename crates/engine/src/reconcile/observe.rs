@@ -4,7 +4,7 @@
 //! `/cluster/resources?type=vm` lists every guest with its tags. A VM's
 //! config (description marks, disk, network) is read only when the VM is a
 //! candidate: it carries the homestak tag, or holds a vmid the manifest or
-//! the store points at. Every other guest is kept from the bulk read alone,
+//! the store points at (including the vmid of a create intent). Every other guest is kept from the bulk read alone,
 //! which is enough to see that its vmid is taken.
 
 use std::collections::HashSet;
@@ -30,6 +30,9 @@ pub async fn observe(
         .iter()
         .filter_map(|v| v.vmid)
         .chain(remembered.iter().map(|r| r.vmid))
+        // A create in progress shows as PVE's bare placeholder: only its
+        // config (`lock: create`, no marks) tells it from someone's VM.
+        .chain(remembered.iter().filter_map(|r| r.intent))
         .collect();
 
     let mut reads = JoinSet::new();

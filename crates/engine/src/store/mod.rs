@@ -40,8 +40,8 @@ use homestak_base::id::NodeName;
 pub use self::sled::{SledStore, open};
 pub use records::{KvStore, Options, SCHEMA_VERSION};
 pub use types::{
-    Condition, ConditionStatus, Delegation, DelegationState, Durability, EventFilter, InFlight,
-    Lease, LeaseOutcome, NodeKey, NodeRecord, PowerState, Timestamp,
+    Condition, ConditionStatus, CreateIntent, Delegation, DelegationState, Durability, EventFilter,
+    InFlight, Lease, LeaseOutcome, NodeKey, NodeRecord, PowerState, Timestamp,
 };
 
 /// The in-memory store.

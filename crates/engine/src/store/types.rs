@@ -86,6 +86,24 @@ pub struct InFlight {
     pub started: Timestamp,
 }
 
+/// A create homestak is about to ask PVE for, recorded (flushed) before
+/// the POST: a crash or a lost answer between the POST and the recorded
+/// task would otherwise leave a VM nobody remembers making. The next
+/// attempt, in this process or the next, looks at this vmid first: PVE's
+/// `lock: create` placeholder there is our create in progress.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CreateIntent {
+    pub vmid: Option<VmId>,
+    /// The PVE node the create was sent to.
+    pub pve_node: Option<PveNode>,
+    /// When the intent was recorded (before the POST).
+    pub recorded: Timestamp,
+    /// What was asked for: the VM name and the hash of its spec.
+    pub name: Option<NodeName>,
+    pub spec_hash: Option<String>,
+}
+
 /// What homestak knows about one manifest node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -105,6 +123,8 @@ pub struct NodeRecord {
     /// Failures in a row, reset on success; drives backoff across restarts.
     pub consecutive_failures: u32,
     pub in_flight: Option<InFlight>,
+    /// A create asked for (or about to be) and not yet seen through.
+    pub create_intent: Option<CreateIntent>,
     /// A `pve` node's inner host and the child tier running on it.
     pub delegation: Option<Delegation>,
     /// Set by the store on every write.

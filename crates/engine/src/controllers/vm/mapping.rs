@@ -153,6 +153,9 @@ pub fn observed(resource: &ClusterResource, config: Option<&VmConfig>) -> Option
         ip: None,
     };
     if let Some(config) = config {
+        // The config is the later read: a create may have finished (and
+        // dropped its lock) since the bulk read.
+        vm.lock = config.get("lock").filter(|l| !l.is_empty());
         vm.name = config.name().or(vm.name);
         vm.marks = config
             .description()

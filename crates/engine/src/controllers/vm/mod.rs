@@ -7,7 +7,7 @@
 //! | step | does |
 //! |---|---|
 //! | `ensure_image` | the image is on the import storage, else `download-url`: whole, or in parts (found by asking the source, see [`source`]) joined over SSH on the host (see [`host`]) |
-//! | `create_vm` | `import-from` + cloud-init (user, keys, ip, DNS), marks |
+//! | `create_vm` | records the create intent (vmid, flushed), then `import-from` + cloud-init (user, keys, ip, DNS), marks; PVE's `lock: create` placeholder at the intended vmid is our create in progress: its task is followed |
 //! | `adopt_vm` | record an owned VM the store did not know |
 //! | `update_config` | cores, memory, name, tags, network, cloud-init, marks |
 //! | `resize_disk` | grow the boot disk |
@@ -28,6 +28,8 @@ pub mod source;
 mod steps;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_intent;
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -184,6 +186,8 @@ pub struct Memory {
     pub ip: Option<Ipv4Addr>,
     /// This run created the VM (rollback may destroy it).
     pub created: bool,
+    /// The vmid of the create intent this run recorded (before its POST).
+    pub intent: Option<VmId>,
     /// `vmid` was seeded from the plan. Only once: a step may give the
     /// plan's vmid up (taken by someone else, or replaced) for a fresh one.
     pub seeded: bool,

@@ -227,6 +227,7 @@ impl VmController {
                 r.last_error = None;
                 r.consecutive_failures = 0;
                 r.in_flight = None;
+                r.create_intent = None;
                 r.set_condition(
                     "Ready",
                     ConditionStatus::True,

@@ -3,7 +3,8 @@
 //! - this file: dispatch and what every step shares (task tracking,
 //!   ownership checks, events);
 //! - [`image`]: `ensure_image`, for whole and split images;
-//! - [`create`]: `create_vm`, `adopt_vm`;
+//! - [`create`]: `create_vm` (intent first; a placeholder of ours is
+//!   followed), `adopt_vm`;
 //! - [`change`]: `update_config`, `resize_disk`, `start_vm`, `wait_agent_ip`,
 //!   `wait_ssh`, `mark_converged`;
 //! - [`delete`]: `stop_vm`, `destroy_vm`, `forget_vm`.
@@ -20,7 +21,9 @@ use tokio::time::Instant;
 use super::mapping::{self, BOOT_DISK};
 use super::{Download, Memory, VmController, VmStep};
 use crate::executor::{StepError, StepOutcome};
-use crate::store::{ConditionStatus, Durability, InFlight, NodeKey, PowerState, Timestamp};
+use crate::store::{
+    ConditionStatus, CreateIntent, Durability, InFlight, NodeKey, PowerState, Timestamp,
+};
 use homestak_api::step::Step;
 use homestak_api::{Event, Kind, Level};
 use homestak_base::error_chain as chain;
@@ -30,7 +33,7 @@ use homestak_core::plan::{DesiredVm, NodePlan};
 use homestak_pve::tasks::{self, Check};
 use homestak_pve::{
     self as pve, ConfigUpdate, CreateVm, DeleteVm, DownloadUrl, ErrorKind, PowerAction, Resize,
-    Upid, VmConfig,
+    TaskQuery, TaskSource, Upid, VmConfig,
 };
 use homestak_ssh as ssh;
 
