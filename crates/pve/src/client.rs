@@ -277,8 +277,7 @@ impl Api for Client {
         node: &'a PveNode,
         query: &'a TaskQuery,
     ) -> BoxFuture<'a, Result<Vec<TaskListEntry>>> {
-        let mut req =
-            Request::get("/nodes/{node}/tasks", &[node.as_str()]).with_form(query.form());
+        let mut req = Request::get("/nodes/{node}/tasks", &[node.as_str()]).with_form(query.form());
         req.vmid = query.vmid;
         Box::pin(self.call(req))
     }

@@ -338,13 +338,20 @@ mod tests {
         let reads: Vec<_> = (0..200).map(|_| f.answer(false, None)).collect();
         assert!(!reads.contains(&Some(RequestFault::Error(503))));
         let injected = f.injected();
-        let count = |v: &[Option<RequestFault>], x| v.iter().filter(|a| **a == Some(x)).count() as u64;
+        let count =
+            |v: &[Option<RequestFault>], x| v.iter().filter(|a| **a == Some(x)).count() as u64;
         assert_eq!(
             injected.resets_after,
             count(&after, RequestFault::Reset) + count(&reads, RequestFault::Reset)
         );
-        assert_eq!(injected.write_errors_after, count(&after, RequestFault::Error(503)));
-        assert_eq!(injected.resets + injected.read_errors + injected.write_errors, 0);
+        assert_eq!(
+            injected.write_errors_after,
+            count(&after, RequestFault::Error(503))
+        );
+        assert_eq!(
+            injected.resets + injected.read_errors + injected.write_errors,
+            0
+        );
         assert_eq!(
             injected.total(),
             injected.resets_after + injected.write_errors_after

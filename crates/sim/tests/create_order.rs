@@ -72,14 +72,16 @@ async fn a_create_shows_only_its_lock_until_the_import_is_done() {
         .ok(
             "GET",
             "/nodes/pve/tasks",
-            &[("source", "active"), ("vmid", "100"), ("typefilter", "qmcreate")],
+            &[
+                ("source", "active"),
+                ("vmid", "100"),
+                ("typefilter", "qmcreate"),
+            ],
         )
         .await;
     assert_eq!(active.as_array().unwrap().len(), 1, "{active}");
     assert_eq!(active[0]["upid"], upid.as_str());
-    let archive = sim
-        .ok("GET", "/nodes/pve/tasks", &[("vmid", "100")])
-        .await;
+    let archive = sim.ok("GET", "/nodes/pve/tasks", &[("vmid", "100")]).await;
     assert!(archive.as_array().unwrap().is_empty(), "{archive}");
 
     // Once the task is done: every option at once, the lock gone.
@@ -91,8 +93,14 @@ async fn a_create_shows_only_its_lock_until_the_import_is_done() {
     assert_eq!(cfg["tags"], "homestak");
     assert_eq!(cfg["description"], "homestak.manifest: demo");
     assert_eq!(cfg["scsi0"], "local-zfs:vm-100-disk-0,size=2G");
-    assert!(cfg["net0"].as_str().unwrap().contains("bridge=vmbr0"), "{cfg}");
-    assert!(cfg.get("smbios1").is_some() && cfg.get("meta").is_some(), "{cfg}");
+    assert!(
+        cfg["net0"].as_str().unwrap().contains("bridge=vmbr0"),
+        "{cfg}"
+    );
+    assert!(
+        cfg.get("smbios1").is_some() && cfg.get("meta").is_some(),
+        "{cfg}"
+    );
     let listed = resource(&sim.get("/cluster/resources?type=vm").await, 100);
     assert!(listed.get("lock").is_none(), "{listed}");
     assert_eq!(listed["name"], "vm100");
@@ -111,21 +119,33 @@ async fn a_failed_create_removes_its_placeholder() {
     let upid = sim
         .ok("POST", "/nodes/pve/qemu", &pairs(&create_form("100")))
         .await;
-    assert_eq!(sim.get("/nodes/pve/qemu/100/config").await["lock"], "create");
+    assert_eq!(
+        sim.get("/nodes/pve/qemu/100/config").await["lock"],
+        "create"
+    );
     let status = sim.wait_task(upid.as_str().unwrap()).await;
     assert_ne!(status["exitstatus"], "OK");
     let gone = sim.call("GET", "/nodes/pve/qemu/100/config", &[]).await;
     assert_eq!(gone.status, 500, "{}", gone.body);
     let faults = sim.control("GET", "/_sim/faults", None).await;
-    assert_eq!(faults.data()["injected"]["failed_tasks"], 1, "{}", faults.body);
+    assert_eq!(
+        faults.data()["injected"]["failed_tasks"],
+        1,
+        "{}",
+        faults.body
+    );
     sim.handle.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn an_answer_dropped_after_the_work_leaves_the_work_done() {
     let sim = slow_creates().await;
-    sim.control("PUT", "/_sim/faults", Some(json!({"reset_after_rate": 1.0})))
-        .await;
+    sim.control(
+        "PUT",
+        "/_sim/faults",
+        Some(json!({"reset_after_rate": 1.0})),
+    )
+    .await;
     let sent = sim
         .client
         .post(sim.url("/nodes/pve/qemu"))
@@ -136,12 +156,19 @@ async fn an_answer_dropped_after_the_work_leaves_the_work_done() {
     assert!(sent.is_err(), "the connection should be dropped: {sent:?}");
     sim.control("PUT", "/_sim/faults", Some(json!({}))).await;
     // The create went through: its placeholder and its running task.
-    assert_eq!(sim.get("/nodes/pve/qemu/100/config").await["lock"], "create");
+    assert_eq!(
+        sim.get("/nodes/pve/qemu/100/config").await["lock"],
+        "create"
+    );
     let tasks = sim
         .ok(
             "GET",
             "/nodes/pve/tasks",
-            &[("source", "all"), ("vmid", "100"), ("typefilter", "qmcreate")],
+            &[
+                ("source", "all"),
+                ("vmid", "100"),
+                ("typefilter", "qmcreate"),
+            ],
         )
         .await;
     let upid = tasks[0]["upid"].as_str().unwrap().to_string();
@@ -165,10 +192,16 @@ async fn an_answer_dropped_after_the_work_leaves_the_work_done() {
     let injected = &faults.data()["injected"];
     assert_eq!(injected["resets_after"], 1, "{injected}");
     assert_eq!(injected["write_errors_after"], 1, "{injected}");
-    assert!(injected["read_errors_after"].as_u64().unwrap() >= 1, "{injected}");
+    assert!(
+        injected["read_errors_after"].as_u64().unwrap() >= 1,
+        "{injected}"
+    );
     assert_eq!(injected["resets"], 0, "{injected}");
     sim.control("PUT", "/_sim/faults", Some(json!({}))).await;
-    assert_eq!(sim.get("/nodes/pve/qemu/101/config").await["lock"], "create");
+    assert_eq!(
+        sim.get("/nodes/pve/qemu/101/config").await["lock"],
+        "create"
+    );
     sim.handle.shutdown().await.unwrap();
 }
 

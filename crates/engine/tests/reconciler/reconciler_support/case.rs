@@ -491,4 +491,7 @@ pub struct VmExpect {
     /// Image its boot disk was imported from (`debian-12`).
     #[serde(default)]
     pub image: Option<String>,
+    /// Its config lock (`create`, …); `""` for none.
+    #[serde(default)]
+    pub lock: Option<String>,
 }

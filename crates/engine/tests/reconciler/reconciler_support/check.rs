@@ -158,6 +158,7 @@ struct SeenVm {
     tags: String,
     marks: Option<Marks>,
     image: Option<String>,
+    lock: String,
 }
 
 fn seen(world: &World) -> Vec<SeenVm> {
@@ -189,6 +190,7 @@ fn seen(world: &World) -> Vec<SeenVm> {
                 tags,
                 marks,
                 image: vm.image.clone(),
+                lock: vm.lock().unwrap_or_default().to_string(),
             }
         })
         .collect()
@@ -242,6 +244,7 @@ fn vm_diffs(want: &VmExpect, vm: &SeenVm) -> Diffs {
     );
     field("power", want.power.clone(), vm.power.clone());
     field("tags", want.tags.clone(), vm.tags.clone());
+    field("lock", want.lock.clone(), vm.lock.clone());
     field(
         "owned",
         want.owned.map(|v| v.to_string()),
