@@ -67,6 +67,19 @@ bench:
 	$(CARGO) build -p homestak
 	HOMESTAK_BIN=$(CURDIR)/target/debug/homestak $(CARGO) bench -p homestak-engine --bench nested
 
+## reliability: the full-size reliability proofs, each printing its figures
+## (CI runs them at a reduced size through `cargo test --all-targets`).
+.PHONY: reliability
+reliability: reliability-faults
+
+## reliability-faults: R2, 12 VMs converging under 10 % 5xx on reads and
+## writes, 5 % connection resets before and after the work and 5 % failed
+## tasks, over FAULTS_SEEDS seeds (5): at most 3x the fault-free time, no
+## duplicate VM, no marked VM without a node
+.PHONY: reliability-faults
+reliability-faults:
+	$(CARGO) bench -p homestak-engine --bench faults
+
 ## crds: regenerate the JSON Schemas in crds/
 crds: build
 	$(CARGO) run --quiet -- crds --out crds
