@@ -21,7 +21,7 @@ mod tests;
 
 use std::fmt;
 
-use homestak_base::id::{NodeName, VmId};
+use homestak_base::id::{NodeName, PveNode, VmId};
 use serde::{Deserialize, Serialize};
 
 pub use decide::plan;
@@ -35,6 +35,10 @@ pub struct Options {
     pub allow_replace: bool,
     /// Delete owned VMs whose node is no longer in the manifest.
     pub prune: bool,
+    /// Also delete a second VM of ours for a node that already has one (a
+    /// duplicate left by a lost store). Off by default: duplicates are
+    /// reported and kept.
+    pub prune_duplicates: bool,
 }
 
 /// What happens to one node.
@@ -117,6 +121,11 @@ pub struct NodePlan {
     /// Set when the action will not run (a replace without
     /// `--allow-replace`); says what to do.
     pub blocked: Option<String>,
+    /// The PVE node the VM sits on, as `/cluster/resources` showed it
+    /// (it may have migrated off the tier's own node); `None` before the
+    /// VM exists. Steps on an existing VM act there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pve_node: Option<PveNode>,
 }
 
 impl NodePlan {
@@ -220,6 +229,7 @@ impl Plan {
                     "changes": n.changes,
                     "reason": n.reason,
                     "blocked": n.blocked,
+                    "pve_node": n.pve_node,
                 })
             })
             .collect();

@@ -192,6 +192,7 @@ mod tests {
             changes: Vec::new(),
             reason: None,
             blocked: None,
+            pve_node: None,
         }
     }
 

@@ -133,6 +133,7 @@ fn node(name: &str, action: Action) -> NodePlan {
         changes: Vec::new(),
         reason: None,
         blocked: None,
+        pve_node: None,
     }
 }
 
