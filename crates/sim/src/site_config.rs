@@ -474,6 +474,12 @@ mod tests {
         update(dir.path(), &info(), "local-zfs", 22).unwrap();
         let v: Value = homestak_base::yaml::read_file(&dir.path().join("secrets.yaml")).unwrap();
         assert_eq!(v["api_tokens"]["father"], info().token);
+        let key = v["ownership_key"].as_str().unwrap().to_string();
+        assert_eq!(key.len(), 64, "a fresh random key: {key}");
+        // The key is kept on the next update: the VMs' marks are bound to it.
+        update(dir.path(), &info(), "local-zfs", 22).unwrap();
+        let v: Value = homestak_base::yaml::read_file(&dir.path().join("secrets.yaml")).unwrap();
+        assert_eq!(v["ownership_key"], key.as_str());
         let n: Value =
             homestak_base::yaml::read_file(&dir.path().join("nodes/father.yaml")).unwrap();
         assert_eq!(n["api_token"], "father");
@@ -481,7 +487,7 @@ mod tests {
         // A secrets file with other tokens gains one entry.
         std::fs::write(
             dir.path().join("secrets.yaml"),
-            "api_tokens:\n    pve: x # keep\nother: 1\n",
+            "api_tokens:\n    pve: x # keep\nother: 1\nownership_key: \"k\"\n",
         )
         .unwrap();
         update(dir.path(), &info(), "local-zfs", 22).unwrap();
@@ -489,7 +495,7 @@ mod tests {
         assert_eq!(
             s,
             format!(
-                "api_tokens:\n    pve: x # keep\n    father: \"{}\"\nother: 1\n",
+                "api_tokens:\n    pve: x # keep\n    father: \"{}\"\nother: 1\nownership_key: \"k\"\n",
                 info().token
             )
         );
