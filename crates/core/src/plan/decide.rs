@@ -67,6 +67,7 @@ pub fn plan(desired: &Desired, observed: &Observed, options: Options) -> Plan {
             }),
             blocked: None,
             pve_node: Some(vm.node.clone()),
+            foreign: false,
         });
     }
 
@@ -87,6 +88,7 @@ pub fn plan(desired: &Desired, observed: &Observed, options: Options) -> Plan {
             )),
             blocked: None,
             pve_node: Some(vm.node.clone()),
+            foreign: true,
         });
     }
 
@@ -126,6 +128,7 @@ fn plan_node(
         reason: None,
         blocked: None,
         pve_node: None,
+        foreign: false,
     };
 
     // A vmid the manifest asks for but someone else holds.

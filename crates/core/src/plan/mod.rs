@@ -126,6 +126,10 @@ pub struct NodePlan {
     /// VM exists. Steps on an existing VM act there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pve_node: Option<PveNode>,
+    /// A VM carrying this manifest's marks that is not ours (a clone, a
+    /// restore, a template, forged marks): shown, never touched, not drift.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub foreign: bool,
 }
 
 impl NodePlan {
@@ -230,6 +234,7 @@ impl Plan {
                     "reason": n.reason,
                     "blocked": n.blocked,
                     "pve_node": n.pve_node,
+                    "foreign": n.foreign,
                 })
             })
             .collect();

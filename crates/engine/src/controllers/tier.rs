@@ -193,6 +193,7 @@ mod tests {
             reason: None,
             blocked: None,
             pve_node: None,
+            foreign: false,
         }
     }
 

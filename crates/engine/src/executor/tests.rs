@@ -134,6 +134,7 @@ fn node(name: &str, action: Action) -> NodePlan {
         reason: None,
         blocked: None,
         pve_node: None,
+        foreign: false,
     }
 }
 

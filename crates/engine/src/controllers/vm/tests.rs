@@ -77,6 +77,7 @@ fn create(vmid: Option<u32>) -> NodePlan {
         reason: None,
         blocked: None,
         pve_node: None,
+        foreign: false,
     }
 }
 

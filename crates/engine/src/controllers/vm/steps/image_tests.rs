@@ -121,6 +121,7 @@ fn create(node: &str) -> NodePlan {
         reason: None,
         blocked: None,
         pve_node: None,
+        foreign: false,
     }
 }
 
