@@ -20,12 +20,8 @@ use homestak_engine::reconcile::{self, Observer, Planned, Request, status};
 pub struct PlanArgs {
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Plan destroy-and-recreate for changes PVE cannot make in place.
-    #[arg(long)]
-    pub allow_replace: bool,
-    /// Keep owned VMs whose node left the manifest.
-    #[arg(long)]
-    pub no_prune: bool,
+    #[command(flatten)]
+    pub changes: ChangeArgs,
     /// Exit 2 when the plan has changes (like `terraform plan -detailed-exitcode`).
     #[arg(long)]
     pub detailed_exitcode: bool,
@@ -42,12 +38,8 @@ pub struct ReconcileArgs {
     /// Steps running at once across all nodes.
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
-    /// Allow destroy-and-recreate for changes PVE cannot make in place.
-    #[arg(long)]
-    pub allow_replace: bool,
-    /// Keep owned VMs whose node left the manifest.
-    #[arg(long)]
-    pub no_prune: bool,
+    #[command(flatten)]
+    pub changes: ChangeArgs,
     /// Directory for run reports.
     #[arg(long, value_name = "DIR", default_value = "reports")]
     pub report_dir: PathBuf,
@@ -58,6 +50,21 @@ pub struct ReconcileArgs {
     pub lifecycle: LifecycleArgs,
 }
 
+/// What a plan may do beyond in-place changes (`plan`, `reconcile`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChangeArgs {
+    /// Allow destroy-and-recreate for changes PVE cannot make in place.
+    #[arg(long)]
+    pub allow_replace: bool,
+    /// Keep owned VMs whose node left the manifest.
+    #[arg(long)]
+    pub no_prune: bool,
+    /// Also destroy a second VM of ours for a node that already has one
+    /// (left by a lost store); without it duplicates are reported and kept.
+    #[arg(long)]
+    pub prune_duplicates: bool,
+}
+
 /// Arguments of `homestak status`.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -65,10 +72,11 @@ pub struct StatusArgs {
     pub target: TargetArgs,
 }
 
-fn options(allow_replace: bool, no_prune: bool, concurrency: Option<usize>) -> reconcile::Options {
+fn options(changes: &ChangeArgs, concurrency: Option<usize>) -> reconcile::Options {
     let mut options = reconcile::Options {
-        allow_replace,
-        prune: !no_prune,
+        allow_replace: changes.allow_replace,
+        prune: !changes.no_prune,
+        prune_duplicates: changes.prune_duplicates,
         ..reconcile::Options::default()
     };
     if let Some(n) = concurrency {
@@ -81,7 +89,7 @@ fn options(allow_replace: bool, no_prune: bool, concurrency: Option<usize>) -> r
 pub async fn plan(args: PlanArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     let prepared = prepare(&args.target, global, Purpose::Read)?;
     // The run stops once planned: it never loads the SSH key nor talks to VMs.
-    let options = options(args.allow_replace, args.no_prune, None);
+    let options = options(&args.changes, None);
     let request = request(&prepared, &args.target, Mode::Apply, options);
     /// Keeps the plan and stops the run there.
     struct Keep(Mutex<Option<Planned>>);
@@ -178,9 +186,9 @@ pub async fn reconcile(args: ReconcileArgs, global: &GlobalArgs) -> anyhow::Resu
             "continuous reconciling is the daemon's job: run `homestak serve`, or pass --once"
         );
     }
-    let options =
-        args.lifecycle
-            .options(options(args.allow_replace, args.no_prune, args.concurrency));
+    let options = args
+        .lifecycle
+        .options(options(&args.changes, args.concurrency));
     let mut report = RunReport::new("reconcile");
     let run = Run {
         mode: Mode::Apply,

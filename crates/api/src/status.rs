@@ -22,6 +22,9 @@ pub enum State {
     /// Older daemons said `delegated` for the same thing.
     #[serde(alias = "delegated")]
     Unknown,
+    /// A VM carrying the manifest's marks that is not homestak's (a clone,
+    /// a restore, a template, forged marks): left untouched, not drift.
+    Foreign,
 }
 
 impl State {
@@ -34,13 +37,14 @@ impl State {
             State::Conflict => "conflict",
             State::Orphan => "orphan",
             State::Unknown => "unknown",
+            State::Foreign => "foreign",
         }
     }
 
     /// True when this node counts as drift for the exit code: anything
-    /// not observed to match.
+    /// not observed to match, except VMs that are not ours.
     pub fn is_drift(self) -> bool {
-        self != State::InSync
+        !matches!(self, State::InSync | State::Foreign)
     }
 }
 

@@ -41,6 +41,27 @@ pub fn parse_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// HMAC-SHA-256 of `data` under `key`.
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let tag = ring::hmac::sign(&key, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// Checks `tag` against the HMAC-SHA-256 of `data` under `key`, in
+/// constant time. A tag shorter than the full MAC is compared as a prefix
+/// (at least 8 bytes; anything shorter never verifies).
+pub fn hmac_sha256_verify(key: &[u8], data: &[u8], tag: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    if tag.len() < 8 || tag.len() > 32 {
+        return false;
+    }
+    let mac = hmac_sha256(key, data);
+    bool::from(mac[..tag.len()].ct_eq(tag))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +74,23 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(short_hex(&d), "ba7816bf8f01cfea");
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231_case_2_and_verifies_in_full_or_prefix() {
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            hex(&mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let data = b"what do ya want for nothing?";
+        assert!(hmac_sha256_verify(b"Jefe", data, &mac));
+        assert!(hmac_sha256_verify(b"Jefe", data, &mac[..8]));
+        assert!(!hmac_sha256_verify(b"Jefe", data, &mac[..7]));
+        assert!(!hmac_sha256_verify(b"jefe", data, &mac));
+        let mut bad = mac;
+        bad[31] ^= 1;
+        assert!(!hmac_sha256_verify(b"Jefe", data, &bad));
     }
 
     #[test]

@@ -39,13 +39,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use homestak_base::id::VmId;
 use homestak_core::model::Manifest;
-use homestak_core::plan::marks::{Marks, TAG};
+use homestak_core::plan::marks::Claim;
 use homestak_core::site::Site;
 use homestak_engine::executor;
 use homestak_engine::reconcile::{self, Engine, Setup, Tier};
 use homestak_pve::{self as pve, ApiToken, Backoff, RateLimit, RetryPolicy, Trust};
 use homestak_sim::faults::{FaultRates, Injected};
+use std::collections::BTreeSet;
 
 mod support;
 use support::{env, write};
@@ -180,6 +182,7 @@ async fn converge(
     homestak_sim::site_config::update(&site, &sim.ready_info(), "local-zfs", 22)
         .expect("site-config update");
     let site = Arc::new(Site::load(&site).expect("site loads"));
+    let key = reconcile::owner_key(&site).expect("the site's ownership key");
     let engine = Engine::open(Setup {
         state_dir: dir.path().join("state"),
         open_store: true,
@@ -188,7 +191,7 @@ async fn converge(
     .expect("engine");
     let tier = Tier {
         api: client(&sim, scale),
-        ..engine.tier(site, "pve").expect("tier")
+        ..engine.tier(site.clone(), "pve").expect("tier")
     };
     let manifest = manifest(vms);
     let options = options(scale);
@@ -251,16 +254,26 @@ async fn converge(
         (0..vms).map(|i| (format!("vm-{i:02}"), 0)).collect();
     let mut strays = 0;
     for vm in world.vms.values() {
-        let tagged = vm
+        // Every claim counts, not only verified ones: a second VM with
+        // this node's marks is a duplicate whatever it claims.
+        let tags: BTreeSet<String> = vm
             .config
             .get("tags")
-            .is_some_and(|t| t.split(';').any(|t| t == TAG));
-        let marks = vm
-            .config
-            .get("description")
-            .and_then(|d| Marks::from_description(d))
-            .filter(|m| tagged && m.manifest == MANIFEST);
-        if let Some(marks) = marks {
+            .map(|t| t.split(';').map(String::from).collect())
+            .unwrap_or_default();
+        let claim = VmId::new(vm.vmid.into()).ok().and_then(|vmid| {
+            Claim::read(
+                &key,
+                vmid,
+                vm.config.get("description").map(String::as_str),
+                &tags,
+                vm.is_template(),
+            )
+        });
+        if let Some(marks) = claim.as_ref().map(Claim::marks) {
+            if marks.manifest != MANIFEST {
+                continue;
+            }
             match per_node.get_mut(marks.node.as_str()) {
                 Some(n) => *n += 1,
                 None => strays += 1,

@@ -103,7 +103,13 @@ async fn crash_after_sending(fixed: Option<u32>, at: u32) {
         .unwrap();
     let create = CreateVm {
         vmid: vmid(at),
-        options: mapping::create_options("intent", &want, &tier.host.image_storage),
+        options: mapping::create_options(
+            "intent",
+            &want,
+            &tier.host.image_storage,
+            &reconcile::owner_key(&site).unwrap(),
+            vmid(at),
+        ),
         start: None,
         pool: None,
     };

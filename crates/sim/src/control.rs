@@ -11,7 +11,7 @@
 //! | PUT / DELETE | `/_sim/faults/vms/{vmid}` | set / clear one VM's rates |
 //! | GET | `/_sim/vms`, `/_sim/vms/{vmid}` | VM internals: address, agent, ciuser, keys, workdir, and `guest` (SSH, nested tier, services once booted) |
 //! | GET | `/_sim/vms/{vmid}/nested` | the VM's nested PVE tier: `{running, url, node, fingerprint, root_password, error}` |
-//! | POST | `/_sim/vms` | create a foreign VM at once, without tasks or marks (or, with `placeholder: true`, someone's create in progress: only `lock: create`) |
+//! | POST | `/_sim/vms` | create a VM at once, without tasks (`template: true` makes a template; `placeholder: true` leaves someone else's create in progress: only `lock: create`) |
 //! | PATCH | `/_sim/vms/{vmid}` | out-of-band change: cores, sockets, memory, name, tags, description, power |
 //! | DELETE | `/_sim/vms/{vmid}` | remove a VM and its volumes at once |
 //! | POST | `/_sim/images` | add an image (`{"volid": "local:import/x.qcow2", "size": "1G"}`) |
@@ -85,6 +85,9 @@ struct ForeignVm {
     description: Option<String>,
     #[serde(default)]
     running: bool,
+    /// A template (as `qm template` leaves one): never running.
+    #[serde(default)]
+    template: bool,
     disk_size: Option<Size>,
     storage: Option<String>,
     /// Someone else's create in progress: a config holding only
@@ -369,6 +372,7 @@ fn foreign_vm(shared: &Shared, f: ForeignVm) -> Response<Body> {
             || f.tags.is_some()
             || f.description.is_some()
             || f.running
+            || f.template
             || f.disk_size.is_some()
             || f.storage.is_some();
         if extra {
@@ -401,6 +405,9 @@ fn foreign_vm(shared: &Shared, f: ForeignVm) -> Response<Body> {
     if let Some(d) = f.description {
         vm.config
             .insert("description".into(), super::vm::normalize_description(&d));
+    }
+    if f.template {
+        vm.config.insert("template".into(), "1".into());
     }
     let storage = f.storage.unwrap_or_else(|| {
         w.node(&node)

@@ -7,8 +7,9 @@
 //!   is already there); when the node's own SSH server runs, `ip`,
 //!   `ssh_user: root` and `ssh_port` (unless 22) point at it; other keys
 //!   and comments stay.
-//! - `secrets.yaml`: `api_tokens.<node>` is set to the token; the rest of
-//!   the file (other tokens, passwords, keys, comments) stays byte for byte.
+//! - `secrets.yaml`: `api_tokens.<node>` is set to the token, and a random
+//!   `ownership_key` is added when the file has none; the rest of the file
+//!   (other tokens, passwords, keys, comments) stays byte for byte.
 //!
 //! Edits are textual to keep comments; each result is parsed again and
 //! compared with the intended data before it is written.
@@ -263,6 +264,22 @@ pub fn update(dir: &Path, info: &ReadyInfo, datastore: &str, ssh_port: u16) -> R
             }
         }
     })?;
+    // homestak needs the site's ownership key; a site without one gets a
+    // fresh random key (an existing one is never replaced: the VMs' marks
+    // are bound to it).
+    let text = if before.get("ownership_key").is_some_and(|k| k.is_string()) {
+        text
+    } else {
+        let key = homestak_base::digest::hex(&rand::random::<[u8; 32]>());
+        let with_key = set_top_level(&text, &[("ownership_key", quote(&key))]);
+        let tokens_before = parse(&text, &secrets_path)?;
+        check(&secrets_path, &tokens_before, &with_key, |v| {
+            if let Some(m) = v.as_object_mut() {
+                m.insert("ownership_key".into(), Value::String(key.clone()));
+            }
+        })?;
+        with_key
+    };
     write(&secrets_path, &text)
 }
 
@@ -457,6 +474,12 @@ mod tests {
         update(dir.path(), &info(), "local-zfs", 22).unwrap();
         let v: Value = homestak_base::yaml::read_file(&dir.path().join("secrets.yaml")).unwrap();
         assert_eq!(v["api_tokens"]["father"], info().token);
+        let key = v["ownership_key"].as_str().unwrap().to_string();
+        assert_eq!(key.len(), 64, "a fresh random key: {key}");
+        // The key is kept on the next update: the VMs' marks are bound to it.
+        update(dir.path(), &info(), "local-zfs", 22).unwrap();
+        let v: Value = homestak_base::yaml::read_file(&dir.path().join("secrets.yaml")).unwrap();
+        assert_eq!(v["ownership_key"], key.as_str());
         let n: Value =
             homestak_base::yaml::read_file(&dir.path().join("nodes/father.yaml")).unwrap();
         assert_eq!(n["api_token"], "father");
@@ -464,7 +487,7 @@ mod tests {
         // A secrets file with other tokens gains one entry.
         std::fs::write(
             dir.path().join("secrets.yaml"),
-            "api_tokens:\n    pve: x # keep\nother: 1\n",
+            "api_tokens:\n    pve: x # keep\nother: 1\nownership_key: \"k\"\n",
         )
         .unwrap();
         update(dir.path(), &info(), "local-zfs", 22).unwrap();
@@ -472,7 +495,7 @@ mod tests {
         assert_eq!(
             s,
             format!(
-                "api_tokens:\n    pve: x # keep\n    father: \"{}\"\nother: 1\n",
+                "api_tokens:\n    pve: x # keep\n    father: \"{}\"\nother: 1\nownership_key: \"k\"\n",
                 info().token
             )
         );

@@ -8,9 +8,12 @@ use super::marks::TAG;
 use super::state::{Desired, DesiredVm, Observed, ObservedVm, Power};
 use super::{Action, Change, Field, NodePlan, Options, Plan};
 
-/// The tag set homestak manages on every VM it owns.
-pub(crate) fn desired_tags() -> BTreeSet<String> {
-    BTreeSet::from([TAG.to_string()])
+/// The tag set homestak manages on `vm` when it is ours: the plain tag
+/// and the VM's keyed tag.
+pub(crate) fn desired_tags(vm: &ObservedVm) -> BTreeSet<String> {
+    let mut tags = BTreeSet::from([TAG.to_string()]);
+    tags.extend(vm.owner_tag.clone());
+    tags
 }
 
 /// Decides one action per desired node, then deletions for owned VMs that
@@ -34,29 +37,58 @@ pub fn plan(desired: &Desired, observed: &Observed, options: Options) -> Plan {
     leftovers.sort_by_key(|vm| std::cmp::Reverse(vm.vmid));
     for vm in leftovers {
         // Owned by the manifest means marked, so marks are there.
-        let Some(node) = vm.marks.as_ref().map(|m| m.node.clone()) else {
+        let Some(node) = vm.marks().map(|m| m.node.clone()) else {
             continue;
         };
-        let reason = if wanted.contains(node.as_str()) {
-            format!("duplicate VM for node {node}: another VM already serves it")
+        // A second VM for a node that has one is reported, and destroyed
+        // only on request: a lost store, not the manifest, made it.
+        let (reason, delete, kept) = if wanted.contains(node.as_str()) {
+            (
+                format!("duplicate VM for node {node}: another VM already serves it"),
+                options.prune_duplicates,
+                "kept (destroy it with --prune-duplicates)",
+            )
         } else {
-            format!("node {node} is no longer in manifest {}", desired.manifest)
+            (
+                format!("node {node} is no longer in manifest {}", desired.manifest),
+                options.prune,
+                "kept (pruning is off)",
+            )
         };
         nodes.push(NodePlan {
             node,
-            action: if options.prune {
-                Action::Delete
-            } else {
-                Action::NoOp
-            },
+            action: if delete { Action::Delete } else { Action::NoOp },
             vmid: Some(vm.vmid),
             changes: Vec::new(),
-            reason: Some(if options.prune {
+            reason: Some(if delete {
                 reason
             } else {
-                format!("{reason}; kept (pruning is off)")
+                format!("{reason}; {kept}")
             }),
             blocked: None,
+            pve_node: Some(vm.node.clone()),
+            foreign: false,
+        });
+    }
+
+    // VMs carrying this manifest's marks that are not ours (clones,
+    // restores, templates, forged marks): shown, never touched.
+    for vm in &observed.vms {
+        let Some((marks, why)) = vm.stray_of(&desired.manifest) else {
+            continue;
+        };
+        nodes.push(NodePlan {
+            node: marks.node.clone(),
+            action: Action::NoOp,
+            vmid: Some(vm.vmid),
+            changes: Vec::new(),
+            reason: Some(format!(
+                "vmid {} {why}; not homestak's, left untouched",
+                vm.vmid
+            )),
+            blocked: None,
+            pve_node: Some(vm.node.clone()),
+            foreign: true,
         });
     }
 
@@ -103,6 +135,8 @@ fn plan_node(
         changes: Vec::new(),
         reason: None,
         blocked: None,
+        pve_node: None,
+        foreign: false,
     };
 
     // A vmid the manifest asks for but someone else holds.
@@ -153,6 +187,7 @@ fn plan_node(
     };
     claimed.insert(vm.vmid);
     base.vmid = Some(vm.vmid);
+    base.pve_node = Some(vm.node.clone());
 
     let replace_reasons = replace_reasons(want, vm);
     if !replace_reasons.is_empty() {
@@ -188,7 +223,7 @@ fn replace_reasons(want: &DesiredVm, vm: &ObservedVm) -> Vec<Change> {
     {
         out.push(change(Field::Vmid, vm.vmid, vmid));
     }
-    if let Some(marks) = &vm.marks
+    if let Some(marks) = vm.marks()
         && marks.image != want.image
     {
         out.push(change(Field::Image, &marks.image, &want.image));
@@ -244,7 +279,7 @@ fn in_place_changes(want: &DesiredVm, vm: &ObservedVm) -> Vec<Change> {
         }),
         Some(_) => {}
     }
-    let tags = desired_tags();
+    let tags = desired_tags(vm);
     if vm.tags != tags {
         out.push(change(Field::Tags, join(&vm.tags), join(&tags)));
     }
@@ -270,7 +305,7 @@ fn in_place_changes(want: &DesiredVm, vm: &ObservedVm) -> Vec<Change> {
     // start do not, so without one a stale hash is a change of its own
     // (else the marks stay behind and the next run sees drift).
     let hash = want.spec_hash();
-    let seen = vm.marks.as_ref().map(|m| m.spec_hash.as_str());
+    let seen = vm.marks().map(|m| m.spec_hash.as_str());
     let rewrites_config = out
         .iter()
         .any(|c| !matches!(c.field, Field::Disk | Field::Power));

@@ -23,7 +23,7 @@ mod tests_intent;
 
 use std::fmt;
 
-use homestak_base::id::{NodeName, VmId};
+use homestak_base::id::{NodeName, PveNode, VmId};
 use serde::{Deserialize, Serialize};
 
 pub use decide::plan;
@@ -37,6 +37,10 @@ pub struct Options {
     pub allow_replace: bool,
     /// Delete owned VMs whose node is no longer in the manifest.
     pub prune: bool,
+    /// Also delete a second VM of ours for a node that already has one (a
+    /// duplicate left by a lost store). Off by default: duplicates are
+    /// reported and kept.
+    pub prune_duplicates: bool,
 }
 
 /// What happens to one node.
@@ -119,6 +123,15 @@ pub struct NodePlan {
     /// Set when the action will not run (a replace without
     /// `--allow-replace`); says what to do.
     pub blocked: Option<String>,
+    /// The PVE node the VM sits on, as `/cluster/resources` showed it
+    /// (it may have migrated off the tier's own node); `None` before the
+    /// VM exists. Steps on an existing VM act there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pve_node: Option<PveNode>,
+    /// A VM carrying this manifest's marks that is not ours (a clone, a
+    /// restore, a template, forged marks): shown, never touched, not drift.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub foreign: bool,
 }
 
 impl NodePlan {
@@ -222,6 +235,8 @@ impl Plan {
                     "changes": n.changes,
                     "reason": n.reason,
                     "blocked": n.blocked,
+                    "pve_node": n.pve_node,
+                    "foreign": n.foreign,
                 })
             })
             .collect();

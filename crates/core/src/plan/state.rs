@@ -9,7 +9,7 @@ use std::fmt;
 use homestak_base::id::{NodeName, PveNode, VmId};
 use serde::{Deserialize, Serialize};
 
-use super::marks::{self, Marks};
+use super::marks::{Claim, Marks};
 
 /// What kind of manifest node a VM backs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,8 +141,13 @@ pub struct ObservedVm {
     pub template: bool,
     /// Normalised (lowercase, sorted, unique).
     pub tags: BTreeSet<String>,
-    /// Ownership marks decoded from the description; `None` when absent.
-    pub marks: Option<Marks>,
+    /// What the tags and description claim, checked against the vmid and
+    /// the site's key (and, for legacy marks, the store); `None` for a VM
+    /// without homestak's tag and marks, or whose config was not read.
+    pub claim: Option<Claim>,
+    /// The keyed tag ([`super::marks::owner_tag`]) this VM should carry
+    /// when it is ours.
+    pub owner_tag: Option<String>,
     pub cores: Option<u32>,
     pub memory_mib: Option<u64>,
     pub disk_gib: Option<u64>,
@@ -151,20 +156,31 @@ pub struct ObservedVm {
 }
 
 impl ObservedVm {
-    /// True when this VM carries homestak's marks for `manifest`/`node`.
-    /// A vmid or name match alone never counts.
-    pub fn owned_by(&self, manifest: &str, node: &NodeName) -> bool {
-        self.tags.contains(marks::TAG)
-            && self
-                .marks
-                .as_ref()
-                .is_some_and(|m| m.manifest == manifest && m.node == *node)
+    /// Our marks, when the VM is ours (see [`Claim::owned`]).
+    pub fn marks(&self) -> Option<&Marks> {
+        self.claim.as_ref().and_then(Claim::owned)
     }
 
-    /// True when the VM carries homestak marks for `manifest` (any node).
+    /// True when this VM is ours for `manifest`/`node`. A vmid or name
+    /// match alone never counts, nor do copied, forged or template marks.
+    pub fn owned_by(&self, manifest: &str, node: &NodeName) -> bool {
+        self.marks()
+            .is_some_and(|m| m.manifest == manifest && m.node == *node)
+    }
+
+    /// True when the VM is ours for `manifest` (any node).
     pub fn owned_by_manifest(&self, manifest: &str) -> bool {
-        self.tags.contains(marks::TAG)
-            && self.marks.as_ref().is_some_and(|m| m.manifest == manifest)
+        self.marks().is_some_and(|m| m.manifest == manifest)
+    }
+
+    /// A VM carrying marks for `manifest` that are not ours: the marks and
+    /// why (a clone, a restore, a template, forged marks).
+    pub fn stray_of(&self, manifest: &str) -> Option<(&Marks, String)> {
+        let claim = self.claim.as_ref()?;
+        let marks = claim.marks();
+        (marks.manifest == manifest)
+            .then(|| claim.why_foreign().map(|why| (marks, why)))
+            .flatten()
     }
 
     /// True when this is PVE's placeholder of a create in progress: a
@@ -173,7 +189,7 @@ impl ObservedVm {
     /// imported, so whose create it is cannot be read from the VM: only a
     /// recorded create intent for this vmid makes it ours.
     pub fn is_create_placeholder(&self) -> bool {
-        self.lock.as_deref() == Some("create") && self.tags.is_empty() && self.marks.is_none()
+        self.lock.as_deref() == Some("create") && self.tags.is_empty() && self.claim.is_none()
     }
 }
 

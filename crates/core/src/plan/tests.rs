@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use super::marks::{Marks, TAG};
+use super::marks::{Claim, Marks, TAG};
 use super::*;
 use homestak_base::id::PveNode;
 
@@ -55,13 +55,14 @@ pub(super) fn built(w: &DesiredVm, vmid: u32) -> ObservedVm {
         power: Power::Running,
         lock: None,
         template: false,
-        tags: BTreeSet::from([TAG.to_string()]),
-        marks: Some(Marks {
+        tags: BTreeSet::from([TAG.to_string(), owner_tag(vmid)]),
+        claim: Some(Claim::Owned(Marks {
             manifest: "demo".into(),
             node: w.name.clone(),
             image: w.image.clone(),
             spec_hash: w.spec_hash(),
-        }),
+        })),
+        owner_tag: Some(owner_tag(vmid)),
         cores: Some(w.cores),
         memory_mib: Some(w.memory_mib),
         disk_gib: Some(w.disk_gib),
@@ -79,13 +80,19 @@ pub(super) fn foreign(vmid: u32, name: &str) -> ObservedVm {
         lock: None,
         template: false,
         tags: BTreeSet::new(),
-        marks: None,
+        claim: None,
+        owner_tag: None,
         cores: Some(1),
         memory_mib: Some(512),
         disk_gib: Some(4),
         bridge: Some("vmbr0".into()),
         ip: None,
     }
+}
+
+/// A stand-in for the keyed tag the adapter computes.
+fn owner_tag(vmid: u32) -> String {
+    format!("homestak-{vmid:016x}")
 }
 
 pub(super) fn remember(node: &str, vmid: u32) -> Remembered {
@@ -100,6 +107,7 @@ pub(super) fn remember(node: &str, vmid: u32) -> Remembered {
 pub(super) const ON: Options = Options {
     allow_replace: false,
     prune: true,
+    prune_duplicates: false,
 };
 
 #[test]
@@ -183,7 +191,7 @@ fn tag_without_description_marks_is_not_ownership() {
 fn marks_of_another_manifest_are_not_ours() {
     let a = want("a", None);
     let mut other = built(&a, 140);
-    if let Some(m) = other.marks.as_mut() {
+    if let Some(Claim::Owned(m)) = other.claim.as_mut() {
         m.manifest = "other".into();
     }
     let p = plan(
@@ -222,7 +230,7 @@ fn growth_is_an_update_and_shrink_needs_replace() {
         &o,
         Options {
             allow_replace: true,
-            prune: true,
+            ..ON
         },
     );
     assert!(p.nodes[0].blocked.is_none() && p.nodes[0].is_actionable());
@@ -459,4 +467,164 @@ fn color_codes_only_when_asked() {
     let p = plan(&d, &o, ON);
     assert!(render_human(&p, &d, Style { color: true }).contains("\x1b["));
     assert!(!render_human(&p, &d, Style { color: false }).contains("\x1b["));
+}
+
+/// `vm` with its marks judged `claim` (the adapter's verdict).
+fn judged(mut vm: ObservedVm, claim: impl FnOnce(Marks) -> Claim) -> ObservedVm {
+    let marks = vm.claim.take().map(|c| c.marks().clone()).unwrap();
+    vm.claim = Some(claim(marks));
+    if vm.marks().is_none() {
+        vm.owner_tag = None;
+    }
+    vm
+}
+
+#[test]
+fn clones_restores_templates_and_forged_marks_are_never_touched() {
+    let a = want("a", None);
+    let gone = want("gone", None);
+    let strays = vec![
+        judged(built(&a, 105), |marks| Claim::Copied {
+            marks,
+            written_for: id(101),
+        }),
+        judged(built(&a, 106), Claim::Template),
+        judged(built(&gone, 107), Claim::Forged),
+        judged(built(&gone, 108), Claim::Unproven),
+    ];
+    // The store lost: only copies of `a` remain, so `a` is created anew.
+    let mut vms = strays.clone();
+    vms.push(foreign(109, "x"));
+    let p = plan(
+        &desired(vec![a.clone()]),
+        &Observed {
+            vms,
+            remembered: vec![],
+        },
+        Options {
+            prune_duplicates: true,
+            ..ON
+        },
+    );
+    assert_eq!(p.nodes[0].action, Action::Create);
+    assert_eq!(p.nodes.len(), 5, "{p:#?}");
+    for n in &p.nodes[1..] {
+        assert_eq!(n.action, Action::NoOp, "{n:?}");
+        assert!(!n.is_actionable());
+        let reason = n.reason.as_deref().unwrap();
+        assert!(reason.contains("left untouched"), "{reason}");
+    }
+    assert!(
+        p.nodes[1]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("written for vmid 101")
+    );
+    assert!(p.nodes[2].reason.as_deref().unwrap().contains("template"));
+
+    // With the original present, a copy is no duplicate to prune either.
+    let mut vms = vec![built(&a, 101)];
+    vms.extend(strays);
+    let p = plan(
+        &desired(vec![a]),
+        &Observed {
+            vms,
+            remembered: vec![remember("a", 101)],
+        },
+        Options {
+            prune_duplicates: true,
+            ..ON
+        },
+    );
+    assert_eq!(p.nodes[0].action, Action::NoOp);
+    assert_eq!(p.nodes[0].vmid, Some(id(101)));
+    assert!(p.nodes.iter().all(|n| n.action != Action::Delete), "{p:#?}");
+}
+
+#[test]
+fn a_copy_on_the_manifest_vmid_is_a_conflict() {
+    let a = want("a", Some(105));
+    let copy = judged(built(&a, 105), |marks| Claim::Copied {
+        marks,
+        written_for: id(101),
+    });
+    let p = plan(
+        &desired(vec![a]),
+        &Observed {
+            vms: vec![copy],
+            remembered: vec![],
+        },
+        ON,
+    );
+    assert_eq!(p.nodes[0].action, Action::Conflict);
+}
+
+#[test]
+fn duplicates_are_reported_and_destroyed_only_on_request() {
+    let a = want("a", None);
+    let o = Observed {
+        vms: vec![built(&a, 101), built(&a, 102)],
+        remembered: vec![remember("a", 101)],
+    };
+    let p = plan(&desired(vec![a.clone()]), &o, ON);
+    assert_eq!(p.nodes.len(), 2);
+    assert_eq!(
+        (p.nodes[1].action, p.nodes[1].vmid),
+        (Action::NoOp, Some(id(102)))
+    );
+    assert!(
+        p.nodes[1]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("--prune-duplicates")
+    );
+    let p = plan(
+        &desired(vec![a]),
+        &o,
+        Options {
+            prune_duplicates: true,
+            ..ON
+        },
+    );
+    assert_eq!(
+        (p.nodes[1].action, p.nodes[1].vmid),
+        (Action::Delete, Some(id(102)))
+    );
+}
+
+#[test]
+fn a_legacy_vm_the_store_vouches_for_is_rekeyed_by_a_tag_update() {
+    let a = want("a", Some(101));
+    let mut vm = judged(built(&a, 101), Claim::Legacy);
+    vm.owner_tag = Some(owner_tag(101));
+    vm.tags = BTreeSet::from([TAG.to_string()]);
+    let p = plan(
+        &desired(vec![a]),
+        &Observed {
+            vms: vec![vm],
+            remembered: vec![remember("a", 101)],
+        },
+        ON,
+    );
+    assert_eq!(p.nodes[0].action, Action::Update);
+    assert_eq!(p.nodes[0].changes[0].field, Field::Tags);
+}
+
+#[test]
+fn steps_act_on_the_pve_node_the_vm_sits_on() {
+    let a = want("a", Some(101));
+    let mut vm = built(&a, 101);
+    vm.node = PveNode::new("pve2").unwrap();
+    vm.power = Power::Stopped;
+    let p = plan(
+        &desired(vec![a]),
+        &Observed {
+            vms: vec![vm],
+            remembered: vec![remember("a", 101)],
+        },
+        ON,
+    );
+    assert_eq!(p.nodes[0].pve_node, Some(PveNode::new("pve2").unwrap()));
 }

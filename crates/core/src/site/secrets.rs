@@ -32,6 +32,11 @@ pub struct Secrets {
     /// Tokens VMs present when they fetch their spec.
     #[serde(default)]
     pub auth: Option<SecretsAuth>,
+    /// The site's key for ownership marks: a MAC under it binds each VM's
+    /// marks to its vmid (`openssl rand -hex 32`). Every homestak that
+    /// converges this site's hosts needs the same key.
+    #[serde(default)]
+    pub ownership_key: Option<Secret>,
 }
 
 /// The `auth` section of `secrets.yaml`.
@@ -59,6 +64,11 @@ impl Secrets {
     /// Every SSH public key, in file order.
     pub fn ssh_key_list(&self) -> Vec<String> {
         self.ssh_keys.values().cloned().collect()
+    }
+
+    /// `ownership_key`, when set and not empty.
+    pub fn ownership_key(&self) -> Option<&Secret> {
+        self.ownership_key.as_ref().filter(|k| !k.is_empty())
     }
 
     /// `auth.site_token`, when set.

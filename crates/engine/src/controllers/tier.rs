@@ -192,6 +192,8 @@ mod tests {
             changes: Vec::new(),
             reason: None,
             blocked: None,
+            pve_node: None,
+            foreign: false,
         }
     }
 

@@ -133,6 +133,8 @@ fn node(name: &str, action: Action) -> NodePlan {
         changes: Vec::new(),
         reason: None,
         blocked: None,
+        pve_node: None,
+        foreign: false,
     }
 }
 

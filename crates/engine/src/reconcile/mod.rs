@@ -37,6 +37,7 @@ use crate::executor::{self, Event, Report};
 use crate::store::{self, Store};
 use homestak_base::id::{InvalidPveNode, NodeName, PveNode};
 use homestak_core::model::{Manifest, Settings};
+use homestak_core::plan::marks::OwnerKey;
 use homestak_core::plan::{self, Observed, Plan, Remembered};
 use homestak_core::site::{HostConfig, Site};
 use homestak_pve::{self as pve, Api};
@@ -115,6 +116,20 @@ pub enum Error {
         source: store::Error,
     },
     #[error(
+        "{} has no ownership_key: homestak binds each VM's marks to its vmid under this key, \
+         so it cannot tell its VMs from clones without it. Add `ownership_key: <64 hex digits>` \
+         (make one with `openssl rand -hex 32`) and use the same key everywhere this site is \
+         reconciled",
+        secrets.display()
+    )]
+    NoOwnershipKey { secrets: PathBuf },
+    #[error("{} ownership_key cannot be used", secrets.display())]
+    OwnershipKey {
+        secrets: PathBuf,
+        #[source]
+        source: homestak_core::plan::marks::WeakOwnerKey,
+    },
+    #[error(
         "host {host}: its PVE node name cannot be used in API paths; fix `node:` in nodes/{host}.yaml"
     )]
     PveNode {
@@ -129,6 +144,9 @@ pub enum Error {
 pub struct Options {
     pub allow_replace: bool,
     pub prune: bool,
+    /// Destroy a second VM of ours for a node that has one
+    /// (`--prune-duplicates`); otherwise duplicates are reported and kept.
+    pub prune_duplicates: bool,
     /// Check that VMs answer on SSH: `Some` overrides the manifest's
     /// `verify_ssh` (`test` forces it on).
     pub verify_ssh: Option<bool>,
@@ -149,6 +167,7 @@ impl Default for Options {
         Options {
             allow_replace: false,
             prune: true,
+            prune_duplicates: false,
             verify_ssh: None,
             executor: executor::Config::default(),
             timing: Timing::default(),
@@ -177,6 +196,21 @@ pub struct Tier {
     pub known_hosts: Option<KnownHostsFile>,
     /// SSH to the host itself (joining images shipped in parts).
     pub host_ssh: Option<HostSsh>,
+    /// The site's key for ownership marks.
+    pub owner_key: OwnerKey,
+}
+
+/// The site's ownership key from `secrets.yaml`.
+pub fn owner_key(site: &Site) -> Result<OwnerKey, Error> {
+    let secrets = site.secrets();
+    let path = secrets.path().to_path_buf();
+    let Some(secret) = secrets.lenient().ownership_key() else {
+        return Err(Error::NoOwnershipKey { secrets: path });
+    };
+    OwnerKey::new(secret).map_err(|source| Error::OwnershipKey {
+        secrets: path,
+        source,
+    })
 }
 
 /// Builds the PVE client for `host`: pinned by `api_fingerprint` when set,
@@ -278,7 +312,7 @@ impl Tier {
 
     async fn observe(&self, manifest: &Manifest, tier: &desired::Tier) -> Result<Observed, Error> {
         let remembered = self.remembered(manifest.name())?;
-        observe::observe(self.api.clone(), &tier.desired, remembered)
+        observe::observe(self.api.clone(), &tier.desired, remembered, &self.owner_key)
             .await
             .map_err(|source| Error::Observe {
                 host: self.host.name.clone(),
@@ -296,6 +330,7 @@ impl Tier {
             plan::Options {
                 allow_replace: options.allow_replace,
                 prune: options.prune,
+                prune_duplicates: options.prune_duplicates,
             },
         );
         Ok(Planned {
@@ -320,6 +355,8 @@ impl Tier {
             plan::Options {
                 allow_replace: false,
                 prune: true,
+                // Destroy removes every VM of the manifest, duplicates too.
+                prune_duplicates: true,
             },
         );
         for node in &mut plan.nodes {
@@ -396,6 +433,7 @@ impl Tier {
             ssh,
             known_hosts: self.known_hosts.clone(),
             host_ssh: self.host_ssh.clone(),
+            owner_key: self.owner_key.clone(),
             timing,
             shared: RunState::default(),
         };

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use crate::controllers::vm::mapping;
 use homestak_base::id::VmId;
-use homestak_core::plan::marks::TAG;
+use homestak_core::plan::marks::{OwnerKey, TAG};
 use homestak_core::plan::{Desired, Observed, Remembered};
 use homestak_pve::{self as pve, Api, ErrorKind, ResourceKind};
 
@@ -23,7 +23,11 @@ pub async fn observe(
     api: Arc<dyn Api>,
     desired: &Desired,
     remembered: Vec<Remembered>,
+    key: &OwnerKey,
 ) -> Result<Observed, pve::Error> {
+    let vouched = |node: &homestak_base::id::NodeName| {
+        remembered.iter().find(|r| r.node == *node).map(|r| r.vmid)
+    };
     let resources = api.cluster_resources(Some(ResourceKind::Vm)).await?;
     let interesting: HashSet<VmId> = desired
         .vms
@@ -39,7 +43,7 @@ pub async fn observe(
     let mut vms = Vec::new();
     for (index, resource) in resources.into_iter().enumerate() {
         // Without a vmid and node PVE could have made it is nothing of ours.
-        let Some(vm) = mapping::observed(&resource, None) else {
+        let Some(vm) = mapping::observed(&resource, None, key, &vouched) else {
             continue;
         };
         let candidate = resource.is_qemu()
@@ -59,9 +63,9 @@ pub async fn observe(
             continue;
         };
         match config {
-            Ok(config) => {
-                vms.extend(mapping::observed(&resource, Some(&config)).map(|vm| (index, vm)))
-            }
+            Ok(config) => vms.extend(
+                mapping::observed(&resource, Some(&config), key, &vouched).map(|vm| (index, vm)),
+            ),
             // Deleted between the two reads: it is gone.
             Err(err) if err.kind() == ErrorKind::VmNotFound => {}
             Err(err) => return Err(err),

@@ -242,7 +242,9 @@ impl Engine {
         })?;
         let api = self.api(&host_config)?;
         let pve_node = super::pve_node(&host_config)?;
+        let owner_key = super::owner_key(&site)?;
         Ok(Tier {
+            owner_key,
             ssh: None,
             ssh_error: None,
             binary: self.setup.binary(),

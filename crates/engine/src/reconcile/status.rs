@@ -29,6 +29,7 @@ pub fn report(planned: &Planned, records: &HashMap<NodeName, NodeRecord>) -> Sta
     let mut nodes = Vec::new();
     for n in &planned.plan.nodes {
         let state = match n.action {
+            Action::NoOp if n.foreign => State::Foreign,
             Action::NoOp if n.reason.is_some() => State::Orphan,
             Action::NoOp => State::InSync,
             Action::Adopt if n.changes.is_empty() => State::InSync,

@@ -166,6 +166,11 @@ fn secrets(site: &Site, host: &str, token: &Secret, child_key: &str, parent: &st
     if let Some(root) = all.vm_root_password() {
         let _ = write!(out, "passwords:\n  vm_root: {}\n", scalar(root.expose()));
     }
+    // The child marks its VMs with the site's key, so every tier (and a
+    // root `status`) tells the site's VMs from copies the same way.
+    if let Some(key) = all.ownership_key() {
+        let _ = writeln!(out, "ownership_key: {}", scalar(key.expose()));
+    }
     out
 }
 
@@ -255,7 +260,7 @@ mod tests {
         std::fs::write(root.join("nodes/other.yaml"), "api_endpoint: https://x\n").unwrap();
         std::fs::write(
             root.join("secrets.yaml"),
-            "api_tokens:\n  other: \"root@pam!x=OTHER-SECRET\"\nssh_keys:\n  ops: \"ssh-ed25519 AAAA ops\"\npasswords:\n  vm_root: \"$6$hash\"\n",
+            "api_tokens:\n  other: \"root@pam!x=OTHER-SECRET\"\nssh_keys:\n  ops: \"ssh-ed25519 AAAA ops\"\npasswords:\n  vm_root: \"$6$hash\"\nownership_key: \"site-key-0123456789abcdef0123456789\"\n",
         )
         .unwrap();
         let site = Site::load(root).unwrap();
@@ -318,6 +323,10 @@ mod tests {
         assert_eq!(
             secrets.vm_root_password().map(|p| p.expose().to_string()),
             Some("$6$hash".into())
+        );
+        assert_eq!(
+            secrets.ownership_key().map(|k| k.expose().to_string()),
+            Some("site-key-0123456789abcdef0123456789".into())
         );
     }
 

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use homestak_base::id::{PveNode, VmId};
-use homestak_core::plan::marks::{Marks, TAG};
+use homestak_base::id::{NodeName, PveNode, VmId};
+use homestak_core::plan::marks::{self, Claim, Marks, OwnerKey, TAG};
 use homestak_core::plan::{DesiredVm, IpConfig, ObservedVm, Power};
 use homestak_pve::{self as pve, ClusterResource, Disk, Net, VmConfig, VmOptions};
 
@@ -39,13 +39,22 @@ fn ip_option(ip: &IpConfig) -> pve::IpConfig {
     }
 }
 
+/// The tags of our VM at `vmid`: the plain tag and the keyed one.
+pub fn tags_for(key: &OwnerKey, vmid: VmId, manifest: &str, want: &DesiredVm) -> Vec<String> {
+    vec![
+        TAG.to_string(),
+        marks::owner_tag(key, vmid, manifest, &want.name),
+    ]
+}
+
 /// Options every update rewrites: everything managed except disks and NICs
-/// (a NIC rewrite would change its MAC; see [`net_update`]).
-pub fn managed_options(manifest: &str, want: &DesiredVm) -> VmOptions {
+/// (a NIC rewrite would change its MAC; see [`net_update`]). The marks are
+/// bound to `vmid` under `key`.
+pub fn managed_options(manifest: &str, want: &DesiredVm, key: &OwnerKey, vmid: VmId) -> VmOptions {
     VmOptions {
         name: Some(want.name.to_string()),
-        description: Some(marks_for(manifest, want).to_description()),
-        tags: Some(vec![TAG.to_string()]),
+        description: Some(marks_for(manifest, want).to_description(key, vmid)),
+        tags: Some(tags_for(key, vmid, manifest, want)),
         cores: Some(want.cores),
         memory: Some(want.memory_mib),
         ipconfigs: vec![(0, ip_option(&want.ip))],
@@ -59,8 +68,14 @@ pub fn managed_options(manifest: &str, want: &DesiredVm) -> VmOptions {
 
 /// Options of a new VM: imported boot disk, cloud-init drive, serial
 /// console, guest agent, and the managed options.
-pub fn create_options(manifest: &str, want: &DesiredVm, image_storage: &str) -> VmOptions {
-    let mut options = managed_options(manifest, want);
+pub fn create_options(
+    manifest: &str,
+    want: &DesiredVm,
+    image_storage: &str,
+    key: &OwnerKey,
+    vmid: VmId,
+) -> VmOptions {
+    let mut options = managed_options(manifest, want, key, vmid);
     options.ostype = Some("l26".into());
     options.scsihw = Some("virtio-scsi-single".into());
     options.agent = Some("1".into());
@@ -122,9 +137,37 @@ pub fn bytes_to_gib(bytes: u64) -> u64 {
     bytes.saturating_add(1 << 29) >> 30
 }
 
-/// The observed view of a VM from its bulk entry and, when read, its config;
-/// `None` for an entry without a vmid and node PVE could have made.
-pub fn observed(resource: &ClusterResource, config: Option<&VmConfig>) -> Option<ObservedVm> {
+/// What the store remembers: the vmid of a node, for settling legacy
+/// marks ([`Claim::vouch`]).
+pub type Remembered<'a> = &'a dyn Fn(&NodeName) -> Option<VmId>;
+
+/// The claim of the VM at `vmid` with `config`, judged under `key`.
+pub fn claim(
+    key: &OwnerKey,
+    vmid: VmId,
+    config: &VmConfig,
+    remembered: Remembered<'_>,
+) -> Option<Claim> {
+    let template = config.get("template").as_deref() == Some("1");
+    Claim::read(
+        key,
+        vmid,
+        config.description().as_deref(),
+        &config.tag_set(),
+        template,
+    )
+    .map(|c| c.vouch(vmid, remembered))
+}
+
+/// The observed view of a VM from its bulk entry and, when read, its config
+/// (its marks judged under `key`); `None` for an entry without a vmid and
+/// node PVE could have made.
+pub fn observed(
+    resource: &ClusterResource,
+    config: Option<&VmConfig>,
+    key: &OwnerKey,
+    remembered: Remembered<'_>,
+) -> Option<ObservedVm> {
     let vmid = VmId::new(resource.vmid?.into()).ok()?;
     let node = PveNode::new(resource.node.clone()?).ok()?;
     let power = match resource.status.as_deref() {
@@ -144,7 +187,8 @@ pub fn observed(resource: &ClusterResource, config: Option<&VmConfig>) -> Option
         lock: resource.lock.clone().filter(|l| !l.is_empty()),
         template: resource.template,
         tags,
-        marks: None,
+        claim: None,
+        owner_tag: None,
         // `as` saturates (and maps NaN to 0): a float from PVE cannot wrap.
         cores: resource.maxcpu.map(|c| c as u32),
         memory_mib: resource.maxmem.map(|m| m >> 20),
@@ -157,10 +201,13 @@ pub fn observed(resource: &ClusterResource, config: Option<&VmConfig>) -> Option
         // dropped its lock) since the bulk read.
         vm.lock = config.get("lock").filter(|l| !l.is_empty());
         vm.name = config.name().or(vm.name);
-        vm.marks = config
-            .description()
-            .as_deref()
-            .and_then(Marks::from_description);
+        vm.template |= config.get("template").as_deref() == Some("1");
+        vm.claim = claim(key, vmid, config, remembered);
+        vm.owner_tag = vm
+            .claim
+            .as_ref()
+            .and_then(Claim::owned)
+            .map(|m| marks::owner_tag(key, vmid, &m.manifest, &m.node));
         // PVE's default when `cores` is absent is 1.
         vm.cores = Some(u32::try_from(config.cores().unwrap_or(1)).unwrap_or(u32::MAX));
         vm.memory_mib = config.memory_mib().or(vm.memory_mib);

@@ -43,6 +43,7 @@ use crate::executor::{AsStep, BoxFuture, Controller, Planned, StepOutcome};
 use crate::store::Store;
 use homestak_api::step::Step;
 use homestak_base::id::{NodeName, PveNode, VmId};
+use homestak_core::plan::marks::OwnerKey;
 use homestak_core::plan::{Action, DesiredVm, Field, NodePlan};
 use homestak_pve::{Api, Upid};
 use homestak_ssh as ssh;
@@ -128,6 +129,8 @@ pub struct VmController {
     pub known_hosts: Option<KnownHostsFile>,
     /// SSH to the PVE host, for joining images shipped in parts.
     pub host_ssh: Option<HostSsh>,
+    /// The site's key for ownership marks.
+    pub owner_key: OwnerKey,
     pub timing: Timing,
     /// What the nodes of one run share; start with `RunState::default()`.
     pub shared: RunState,
@@ -178,6 +181,9 @@ impl VmController {
 #[derive(Debug, Default)]
 pub struct Memory {
     pub vmid: Option<VmId>,
+    /// The PVE node the VM sits on, when not the tier's own (a migrated
+    /// VM): seeded from the plan, corrected when a read finds it moved.
+    pub pve_node: Option<PveNode>,
     /// The task the current step waits for.
     pub upid: Option<Upid>,
     pub poll: Option<Duration>,

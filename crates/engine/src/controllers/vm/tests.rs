@@ -38,6 +38,14 @@ pub(crate) fn want(vmid: Option<u32>) -> DesiredVm {
     }
 }
 
+/// The ownership key of the tests' site.
+pub(crate) fn owner_key() -> homestak_core::plan::marks::OwnerKey {
+    homestak_core::plan::marks::OwnerKey::new(&homestak_base::secret::Secret::new(
+        "test-ownership-key-0123456789abcdef",
+    ))
+    .unwrap()
+}
+
 pub(crate) fn controller(script: &Arc<Scripted>, want: DesiredVm) -> VmController {
     VmController {
         api: Arc::new(script.client()),
@@ -54,6 +62,7 @@ pub(crate) fn controller(script: &Arc<Scripted>, want: DesiredVm) -> VmControlle
         ssh: None,
         known_hosts: None,
         host_ssh: None,
+        owner_key: crate::controllers::vm::tests::owner_key(),
         timing: Timing::default(),
         shared: RunState::default(),
     }
@@ -67,6 +76,8 @@ fn create(vmid: Option<u32>) -> NodePlan {
         changes: Vec::new(),
         reason: None,
         blocked: None,
+        pve_node: None,
+        foreign: false,
     }
 }
 
@@ -257,4 +268,121 @@ fn every_vm_step_is_named_by_its_own_step() {
         let variant = variant.split('(').next().unwrap_or_default();
         assert_eq!(variant, format!("{:?}", step.as_step()));
     }
+}
+
+/// The config of our `web` VM with marks written for `written_for`.
+fn marked(written_for: u32) -> Reply {
+    let key = owner_key();
+    let want = want(None);
+    let vmid = id(written_for);
+    Reply::Data(json!({
+        "name": "web",
+        "tags": super::mapping::tags_for(&key, vmid, "demo", &want).join(";"),
+        "description": super::mapping::marks_for("demo", &want).to_description(&key, vmid),
+        "digest": "abc",
+    }))
+}
+
+fn delete_plan(vmid: u32) -> NodePlan {
+    NodePlan {
+        action: Action::Delete,
+        ..create(Some(vmid))
+    }
+}
+
+#[tokio::test]
+async fn a_clone_carrying_our_marks_is_never_destroyed() {
+    let script = Scripted::new();
+    // vmid 105 is a clone of 101: PVE copied its tags and notes.
+    script.always(Method::GET, "/nodes/pve/qemu/105/config", marked(101));
+    let c = controller(&script, want(None));
+    for step in [VmStep::StopVm, VmStep::DestroyVm] {
+        match c
+            .run(&delete_plan(105), &step, &mut Memory::default())
+            .await
+        {
+            StepOutcome::Failed(e) => {
+                assert!(!e.transient, "{e:?}");
+                assert!(e.message.contains("vmid 105"), "{e:?}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    assert_eq!(script.writes(), 0, "the clone is never touched");
+}
+
+#[tokio::test]
+async fn a_template_made_from_our_vm_is_never_destroyed() {
+    let script = Scripted::new();
+    let Reply::Data(mut config) = marked(101) else {
+        unreachable!()
+    };
+    config["template"] = json!(1);
+    script.always(
+        Method::GET,
+        "/nodes/pve/qemu/101/config",
+        Reply::Data(config),
+    );
+    let c = controller(&script, want(None));
+    let out = c
+        .run(
+            &delete_plan(101),
+            &VmStep::DestroyVm,
+            &mut Memory::default(),
+        )
+        .await;
+    assert!(
+        matches!(out, StepOutcome::Failed(ref e) if !e.transient),
+        "{out:?}"
+    );
+    assert_eq!(script.writes(), 0);
+}
+
+#[tokio::test]
+async fn a_vm_that_migrated_is_destroyed_on_its_new_node() {
+    let script = Scripted::new();
+    script
+        .always(Method::GET, "/nodes/pve/qemu/101/config", missing(101))
+        .always(
+            Method::GET,
+            "/cluster/resources",
+            Reply::Data(json!([
+                {"id": "qemu/101", "type": "qemu", "vmid": 101, "node": "pve2", "status": "stopped"}
+            ])),
+        )
+        .always(Method::GET, "/nodes/pve2/qemu/101/config", marked(101))
+        .always(
+            Method::DELETE,
+            "/nodes/pve2/qemu/101",
+            Reply::Data(json!(upid("pve2", "qmdestroy", "101").to_string())),
+        );
+    let c = controller(&script, want(None));
+    let mut m = Memory::default();
+    let out = c.run(&delete_plan(101), &VmStep::DestroyVm, &mut m).await;
+    assert!(matches!(out, StepOutcome::Requeue(_)), "{out:?}");
+    let deletes: Vec<String> = script
+        .requests()
+        .iter()
+        .filter(|r| r.method == Method::DELETE)
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(deletes, ["/nodes/pve2/qemu/101"]);
+}
+
+#[tokio::test]
+async fn a_vm_gone_from_the_whole_cluster_is_done() {
+    let script = Scripted::new();
+    script
+        .always(Method::GET, "/nodes/pve/qemu/101/config", missing(101))
+        .always(Method::GET, "/cluster/resources", Reply::Data(json!([])));
+    let c = controller(&script, want(None));
+    let out = c
+        .run(
+            &delete_plan(101),
+            &VmStep::DestroyVm,
+            &mut Memory::default(),
+        )
+        .await;
+    assert!(matches!(out, StepOutcome::Done), "{out:?}");
+    assert_eq!(script.writes(), 0);
 }

@@ -14,7 +14,6 @@ use super::{Memory, VmController, VmStep};
 use crate::executor::{Controller, StepOutcome};
 use crate::store::{CreateIntent, Durability, NodeKey, NodeRecord, Store};
 use homestak_base::id::VmId;
-use homestak_core::plan::marks::Marks;
 use homestak_core::plan::{Action, NodePlan};
 use homestak_pve::fake::{self, Reply, Scripted, upid};
 use homestak_pve::{Envelope, Upid};
@@ -31,6 +30,8 @@ fn create(vmid: Option<u32>) -> NodePlan {
         changes: Vec::new(),
         reason: None,
         blocked: None,
+        pve_node: None,
+        foreign: false,
     }
 }
 
@@ -50,19 +51,14 @@ fn placeholder() -> Reply {
     Reply::Data(json!({"lock": "create", "digest": "0123"}))
 }
 
-/// The VM once the create wrote every option: ours.
-fn finished(c: &VmController) -> Reply {
-    let w = &c.desired["web"];
-    let marks = Marks {
-        manifest: "demo".into(),
-        node: w.name.clone(),
-        image: w.image.clone(),
-        spec_hash: w.spec_hash(),
-    };
+/// The VM at `vmid` once the create wrote every option: ours.
+fn finished(c: &VmController, vmid: u32) -> Reply {
+    let key = super::tests::owner_key();
+    let want = &c.desired["web"];
     Reply::Data(json!({
         "name": "web",
-        "tags": "homestak",
-        "description": marks.to_description(),
+        "tags": super::mapping::tags_for(&key, id(vmid), "demo", want).join(";"),
+        "description": super::mapping::marks_for("demo", want).to_description(&key, id(vmid)),
         "digest": "4567",
     }))
 }
@@ -158,7 +154,7 @@ async fn a_create_whose_answer_was_lost_is_followed_not_sent_again() {
         .always(Method::GET, "/cluster/nextid", Reply::Data(json!("120")))
         .once(Method::GET, &config_path(120), missing(120))
         .once(Method::GET, &config_path(120), placeholder())
-        .always(Method::GET, &config_path(120), finished(&c))
+        .always(Method::GET, &config_path(120), finished(&c, 120))
         // The create is done by PVE, but its answer never arrives.
         .always(Method::POST, "/nodes/pve/qemu", Reply::Timeout)
         .always(Method::GET, "/nodes/pve/tasks", listing(&[&task]))
@@ -211,7 +207,7 @@ async fn a_create_a_dead_process_sent_is_followed_by_the_next_one() {
     let c = with_store(controller(&script, want(None)), &store);
     script
         .once(Method::GET, &config_path(130), placeholder())
-        .always(Method::GET, &config_path(130), finished(&c))
+        .always(Method::GET, &config_path(130), finished(&c, 130))
         .always(
             Method::GET,
             "/nodes/pve/tasks",

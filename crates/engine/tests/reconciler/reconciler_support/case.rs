@@ -170,6 +170,12 @@ pub struct PlanStep {
     pub allow_replace: bool,
     #[serde(default = "yes")]
     pub prune: bool,
+    /// `--prune-duplicates`.
+    #[serde(default)]
+    pub prune_duplicates: bool,
+    /// Node → text one of its rows' reasons contains.
+    #[serde(default)]
+    pub reasons: Option<BTreeMap<String, String>>,
     /// Planning must fail with an error containing this text.
     #[serde(default)]
     pub error: Option<String>,
@@ -248,6 +254,9 @@ pub struct ApplyStep {
     pub allow_replace: bool,
     #[serde(default = "yes")]
     pub prune: bool,
+    /// `--prune-duplicates`.
+    #[serde(default)]
+    pub prune_duplicates: bool,
     #[serde(default)]
     pub concurrency: Option<usize>,
     #[serde(default)]

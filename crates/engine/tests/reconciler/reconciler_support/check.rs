@@ -2,9 +2,10 @@
 //! `"*"` default, request counters and the simulator's world. Every check
 //! returns the list of differences, so a failing step names all of them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use homestak_core::plan::marks::{Marks, TAG};
+use homestak_base::id::VmId;
+use homestak_core::plan::marks::{Claim, Marks, OwnerKey, owner_tag};
 use homestak_sim::world::World;
 
 use super::case::{Count, RequestsStep, VmExpect, VolumeExpect, WorldStep};
@@ -161,18 +162,43 @@ struct SeenVm {
     lock: String,
 }
 
-fn seen(world: &World) -> Vec<SeenVm> {
+/// The world's VMs; `owned` means marks that verify under `key` for the
+/// VM's own vmid (a clone's or a template's do not).
+fn seen(world: &World, key: &OwnerKey) -> Vec<SeenVm> {
     world
         .vms
         .values()
         .map(|vm| {
             let tags = vm.config.get("tags").cloned().unwrap_or_default();
-            let tagged = tags.split(';').any(|t| t == TAG);
-            let marks = vm
-                .config
-                .get("description")
-                .and_then(|d| Marks::from_description(d))
-                .filter(|_| tagged);
+            let tag_set: BTreeSet<String> = tags.split(';').map(String::from).collect();
+            let template = vm.config.get("template").is_some_and(|t| t == "1");
+            let marks = VmId::try_from(u64::from(vm.vmid))
+                .ok()
+                .and_then(|vmid| {
+                    Claim::read(
+                        key,
+                        vmid,
+                        vm.config.get("description").map(String::as_str),
+                        &tag_set,
+                        template,
+                    )
+                })
+                .and_then(|c| match c {
+                    // Legacy marks count only where a store vouches.
+                    Claim::Owned(m) => Some(m),
+                    _ => None,
+                });
+            // An owned VM's own keyed tag is implied by `owned`; cases
+            // write the tags a user would (a wrong keyed tag still shows).
+            let own_tag = marks.as_ref().and_then(|m| {
+                let vmid = VmId::try_from(u64::from(vm.vmid)).ok()?;
+                Some(owner_tag(key, vmid, &m.manifest, &m.node))
+            });
+            let tags = tags
+                .split(';')
+                .filter(|t| Some(*t) != own_tag.as_deref())
+                .collect::<Vec<_>>()
+                .join(";");
             SeenVm {
                 vmid: vm.vmid,
                 name: vm.config.get("name").cloned().unwrap_or_default(),
@@ -318,8 +344,8 @@ fn storage_and_host(step: &WorldStep, world: &World, host_commands: &[String]) -
     diffs
 }
 
-pub fn world(step: &WorldStep, world: &World, host_commands: &[String]) -> Diffs {
-    let vms = seen(world);
+pub fn world(step: &WorldStep, world: &World, host_commands: &[String], key: &OwnerKey) -> Diffs {
+    let vms = seen(world, key);
     let mut diffs = storage_and_host(step, world, host_commands);
     let mut matched = Vec::new();
     for want in &step.vms {

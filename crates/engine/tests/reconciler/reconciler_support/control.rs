@@ -9,6 +9,8 @@ use homestak_sim::{Handle, TierView};
 use serde_json::Value;
 
 use super::case::{SimAction, VmRef};
+use homestak_base::id::{NodeName, VmId};
+use homestak_core::plan::marks::{Marks, OwnerKey, TAG, owner_tag};
 
 /// A client for one simulator's control endpoints.
 pub struct Control {
@@ -58,8 +60,14 @@ impl Control {
         Ok(json["data"].clone())
     }
 
-    /// Carries out one `sim:` action.
-    pub async fn apply(&self, handle: &Handle, action: &SimAction) -> anyhow::Result<()> {
+    /// Carries out one `sim:` action; `key` is the site's ownership key,
+    /// for `create_vm` bodies with `marks:`.
+    pub async fn apply(
+        &self,
+        handle: &Handle,
+        action: &SimAction,
+        key: &OwnerKey,
+    ) -> anyhow::Result<()> {
         use reqwest::Method;
         match action {
             SimAction::DeleteVm(vm) => {
@@ -73,7 +81,8 @@ impl Control {
                     .await?;
             }
             SimAction::CreateVm(body) => {
-                self.send(Method::POST, "/vms", Some(body)).await?;
+                let body = with_marks(body, key)?;
+                self.send(Method::POST, "/vms", Some(&body)).await?;
             }
             SimAction::Faults(body) => {
                 self.send(Method::PUT, "/faults", Some(body)).await?;
@@ -99,6 +108,58 @@ impl Control {
         }
         Ok(())
     }
+}
+
+/// Expands `marks: {manifest, node, image, written_for?, key?}` in a
+/// `create_vm` body into the `tags` and `description` homestak writes:
+/// bound to the body's `vmid` (or to `written_for`, as a clone's copy is),
+/// under the site's key (or under `key:` text, as another site's are).
+fn with_marks(body: &Value, key: &OwnerKey) -> anyhow::Result<Value> {
+    let Some(marks) = body.get("marks") else {
+        return Ok(body.clone());
+    };
+    let text = |field: &str| -> anyhow::Result<String> {
+        marks
+            .get(field)
+            .and_then(Value::as_str)
+            .map(String::from)
+            .with_context(|| format!("create_vm marks need `{field}`"))
+    };
+    let vmid = body
+        .get("vmid")
+        .and_then(Value::as_u64)
+        .context("create_vm with marks needs a vmid")?;
+    let bound = marks
+        .get("written_for")
+        .and_then(Value::as_u64)
+        .unwrap_or(vmid);
+    let bound = VmId::try_from(bound)?;
+    let other;
+    let key = match marks.get("key").and_then(Value::as_str) {
+        Some(k) => {
+            other = OwnerKey::new(&homestak_base::secret::Secret::new(k))?;
+            &other
+        }
+        None => key,
+    };
+    let node = NodeName::new(text("node")?)?;
+    let manifest = text("manifest")?;
+    let m = Marks {
+        manifest: manifest.clone(),
+        node: node.clone(),
+        image: text("image")?,
+        spec_hash: "sha256:0000000000000000".into(),
+    };
+    let mut out = body.clone();
+    if let Some(o) = out.as_object_mut() {
+        o.remove("marks");
+        o.insert(
+            "tags".into(),
+            format!("{TAG};{}", owner_tag(key, bound, &manifest, &node)).into(),
+        );
+        o.insert("description".into(), m.to_description(key, bound).into());
+    }
+    Ok(out)
 }
 
 /// The vmid of a VM named by vmid (taken as is: it may not exist yet, as

@@ -212,7 +212,7 @@ fn differences(diffs: Diffs) -> anyhow::Result<()> {
 /// to match a simulator running 100× faster than a real host.
 fn options(
     allow_replace: bool,
-    prune: bool,
+    (prune, prune_duplicates): (bool, bool),
     concurrency: Option<usize>,
     per_storage: Option<usize>,
     max_attempts: Option<u32>,
@@ -238,6 +238,7 @@ fn options(
         delegate: delegate.unwrap_or_default(),
         allow_replace,
         prune,
+        prune_duplicates,
         verify_ssh: None,
         executor,
         timing: homestak_engine::controllers::vm::Timing {
@@ -439,7 +440,10 @@ impl Ctx {
                 }
                 Ok(())
             }
-            Step::Sim(action) => self.control.apply(&self.handle, action).await,
+            Step::Sim(action) => {
+                let key = reconcile::owner_key(&self.site)?;
+                self.control.apply(&self.handle, action, &key).await
+            }
             Step::DeleteStore => {
                 // Every handle on the store goes with the engine.
                 self.engine = None;
@@ -461,6 +465,7 @@ impl Ctx {
                 w,
                 &self.tier(&w.tier)?.world(),
                 &self.handle.host_commands(),
+                &reconcile::owner_key(&self.site)?,
             )),
         }
     }
@@ -479,7 +484,14 @@ impl Ctx {
     }
 
     async fn plan(&mut self, step: &PlanStep) -> anyhow::Result<()> {
-        let opts = options(step.allow_replace, step.prune, None, None, None, None);
+        let opts = options(
+            step.allow_replace,
+            (step.prune, step.prune_duplicates),
+            None,
+            None,
+            None,
+            None,
+        );
         let request = self.request(Mode::Apply, opts)?;
         let keep = KeepPlan::new(false);
         let ran = self
@@ -533,6 +545,19 @@ impl Ctx {
                 }
             }
         }
+        for (node, text) in step.reasons.iter().flatten() {
+            let reasons: Vec<&str> = plan
+                .nodes
+                .iter()
+                .filter(|n| n.node == *node)
+                .filter_map(|n| n.reason.as_deref())
+                .collect();
+            if !reasons.iter().any(|r| r.contains(text.as_str())) {
+                diffs.push(format!(
+                    "plan: node {node}: no reason contains {text:?} ({reasons:?})"
+                ));
+            }
+        }
         if let Some(changes) = &step.changes {
             for (node, want) in changes {
                 let mut want = want.clone();
@@ -577,7 +602,7 @@ impl Ctx {
     async fn apply(&mut self, step: &ApplyStep, destroy: bool) -> anyhow::Result<()> {
         let opts = options(
             step.allow_replace,
-            step.prune,
+            (step.prune, step.prune_duplicates),
             step.concurrency,
             step.per_storage,
             step.max_attempts,

@@ -12,12 +12,12 @@ impl VmController {
         let Some(vmid) = m.vmid else {
             return refuse("update: no vmid".into());
         };
-        let config = match self.owned_config(node, vmid).await {
+        let config = match self.owned_config(node, vmid, m).await {
             Ok(Some(c)) => c,
             Ok(None) => return refuse(format!("vmid {vmid} disappeared; run reconcile again")),
             Err(out) => return out,
         };
-        let mut options = mapping::managed_options(&self.manifest, want);
+        let mut options = mapping::managed_options(&self.manifest, want, &self.owner_key, vmid);
         let current_net = config.get("net0");
         let current_bridge = config
             .property("net0")
@@ -34,11 +34,7 @@ impl VmController {
             digest: config.digest.clone(),
             background_delay: None,
         };
-        match self
-            .api
-            .qemu_config_put(&self.pve_node, vmid, &update)
-            .await
-        {
+        match self.api.qemu_config_put(self.at(m), vmid, &update).await {
             Ok(()) => StepOutcome::Done,
             Err(err) if err.kind() == ErrorKind::DigestMismatch => StepOutcome::Failed(
                 StepError::transient(format!("update vmid {vmid}: changed meanwhile; retrying")),
@@ -63,7 +59,7 @@ impl VmController {
         let Some(vmid) = m.vmid else {
             return refuse("resize: no vmid".into());
         };
-        let config = match self.owned_config(node, vmid).await {
+        let config = match self.owned_config(node, vmid, m).await {
             Ok(Some(c)) => c,
             Ok(None) => return refuse(format!("vmid {vmid} disappeared; run reconcile again")),
             Err(out) => return out,
@@ -78,7 +74,7 @@ impl VmController {
         }
         let mut resize = Resize::to_gib(BOOT_DISK, want.disk_gib);
         resize.digest = config.digest.clone();
-        match self.api.qemu_resize(&self.pve_node, vmid, &resize).await {
+        match self.api.qemu_resize(self.at(m), vmid, &resize).await {
             Ok(Some(upid)) => {
                 self.record_task(node, Step::ResizeDisk, &upid, None);
                 m.upid = Some(upid);
@@ -107,19 +103,19 @@ impl VmController {
         let Some(vmid) = m.vmid else {
             return refuse("start: no vmid".into());
         };
-        match self.owned_config(node, vmid).await {
+        match self.owned_config(node, vmid, m).await {
             Ok(Some(_)) => {}
             Ok(None) => return refuse(format!("vmid {vmid} disappeared; run reconcile again")),
             Err(out) => return out,
         }
-        match self.api.qemu_status(&self.pve_node, vmid).await {
+        match self.api.qemu_status(self.at(m), vmid).await {
             Ok(status) if status.power() == pve::PowerState::Running => return StepOutcome::Done,
             Ok(_) => {}
             Err(err) => return fail(&err, &format!("status of vmid {vmid}")),
         }
         match self
             .api
-            .qemu_power(&self.pve_node, vmid, &PowerAction::Start)
+            .qemu_power(self.at(m), vmid, &PowerAction::Start)
             .await
         {
             Ok(upid) => {
@@ -138,11 +134,7 @@ impl VmController {
         let deadline = *m
             .deadline
             .get_or_insert_with(|| Instant::now() + self.timing.agent_timeout);
-        match self
-            .api
-            .agent_network_interfaces(&self.pve_node, vmid)
-            .await
-        {
+        match self.api.agent_network_interfaces(self.at(m), vmid).await {
             Ok(interfaces) => {
                 if let Some(ip) = pve::types::reachable_ipv4(&interfaces) {
                     m.ip = Some(ip);
@@ -215,7 +207,7 @@ impl VmController {
             let vmid = m.vmid;
             let ip = m.ip.map(|ip| ip.to_string());
             let hash = want.spec_hash();
-            let pve_node = self.pve_node.clone();
+            let pve_node = self.at(m).clone();
             let result = store.update_node(&self.key(node), Durability::Flush, &mut |r| {
                 r.vmid = vmid;
                 r.pve_node = Some(pve_node.clone());

@@ -72,7 +72,7 @@ impl VmController {
         };
         m.vmid = Some(vmid);
         match self.read_config(vmid).await {
-            Ok(Some(config)) if self.is_ours(node, &config) => {
+            Ok(Some(config)) if self.is_ours(node, vmid, &config) => {
                 m.created = true;
                 self.clear_intent(node);
                 return StepOutcome::Done;
@@ -97,7 +97,13 @@ impl VmController {
         }
         let create = CreateVm {
             vmid,
-            options: mapping::create_options(&self.manifest, want, &self.image_storage),
+            options: mapping::create_options(
+                &self.manifest,
+                want,
+                &self.image_storage,
+                &self.owner_key,
+                vmid,
+            ),
             start: None,
             pool: None,
         };
@@ -124,7 +130,7 @@ impl VmController {
             return refuse("a create task finished for a VM whose vmid is not known".into());
         };
         match self.read_config(vmid).await {
-            Ok(Some(config)) if self.is_ours(node, &config) => {
+            Ok(Some(config)) if self.is_ours(node, vmid, &config) => {
                 m.created = true;
                 self.clear_intent(node);
                 self.event(
@@ -289,7 +295,7 @@ impl VmController {
     pub(super) fn adopt_vm(&self, node: &NodePlan, m: &mut Memory) -> Outcome {
         if let Some(store) = &self.store {
             let vmid = m.vmid;
-            let pve_node = self.pve_node.clone();
+            let pve_node = self.at(m).clone();
             if let Err(err) = store.update_node(&self.key(node), Durability::Flush, &mut |r| {
                 r.vmid = vmid;
                 r.pve_node = Some(pve_node.clone());

@@ -15,7 +15,7 @@ impl VmController {
             Ok(vmid) => vmid,
             Err(out) => return out,
         };
-        match self.api.qemu_status(&self.pve_node, vmid).await {
+        match self.api.qemu_status(self.at(m), vmid).await {
             Ok(status) if status.power() == pve::PowerState::Stopped => return StepOutcome::Done,
             Ok(_) => {}
             Err(err) if err.kind() == ErrorKind::VmNotFound => return StepOutcome::Done,
@@ -25,7 +25,7 @@ impl VmController {
             timeout: None,
             overrule_shutdown: None,
         };
-        match self.api.qemu_power(&self.pve_node, vmid, &stop).await {
+        match self.api.qemu_power(self.at(m), vmid, &stop).await {
             Ok(upid) => {
                 m.upid = Some(upid);
                 StepOutcome::Requeue(m.next_poll(&self.timing))
@@ -52,6 +52,8 @@ impl VmController {
                         m.vmid = self.desired.get(&node.node).and_then(|w| w.vmid);
                     }
                     m.created = false;
+                    // A replacement is made on the tier's own node.
+                    m.pve_node = None;
                     StepOutcome::Done
                 }
                 Err(failed) => failed,
@@ -65,7 +67,7 @@ impl VmController {
             purge: true,
             destroy_unreferenced_disks: true,
         };
-        match self.api.qemu_delete(&self.pve_node, vmid, &delete).await {
+        match self.api.qemu_delete(self.at(m), vmid, &delete).await {
             Ok(upid) => {
                 m.upid = Some(upid);
                 StepOutcome::Requeue(m.next_poll(&self.timing))
@@ -77,11 +79,11 @@ impl VmController {
 
     /// The vmid of the owned VM to delete, or the outcome that ends the
     /// step: nothing to delete (done), or a VM that is not ours (refused).
-    async fn owned_victim(&self, node: &NodePlan, m: &Memory) -> Result<VmId, Outcome> {
+    async fn owned_victim(&self, node: &NodePlan, m: &mut Memory) -> Result<VmId, Outcome> {
         let Some(vmid) = Self::victim(node, m) else {
             return Err(StepOutcome::Done);
         };
-        match self.owned_config(node, vmid).await? {
+        match self.owned_config(node, vmid, m).await? {
             Some(_) => Ok(vmid),
             None => Err(StepOutcome::Done),
         }

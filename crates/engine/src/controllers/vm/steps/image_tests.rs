@@ -100,6 +100,7 @@ fn rig_with(user: &str, key: bool, base_url: &str, parts: Option<u32>) -> Rig {
             host_key: HostKeyPolicy::InsecureAcceptAny,
             host: "pve".into(),
         }),
+        owner_key: crate::controllers::vm::tests::owner_key(),
         timing: Timing::default(),
         shared: RunState::default(),
     };
@@ -119,6 +120,8 @@ fn create(node: &str) -> NodePlan {
         changes: Vec::new(),
         reason: None,
         blocked: None,
+        pve_node: None,
+        foreign: false,
     }
 }
 

@@ -27,8 +27,7 @@ use crate::store::{
 use homestak_api::step::Step;
 use homestak_api::{Event, Kind, Level};
 use homestak_base::error_chain as chain;
-use homestak_base::id::{NodeName, VmId};
-use homestak_core::plan::marks::Marks;
+use homestak_base::id::{NodeName, PveNode, VmId};
 use homestak_core::plan::{DesiredVm, NodePlan};
 use homestak_pve::tasks::{self, Check};
 use homestak_pve::{
@@ -67,6 +66,7 @@ impl VmController {
             if m.vmid.is_none() {
                 m.vmid = node.vmid;
             }
+            m.pve_node = node.pve_node.clone();
         }
         match step {
             VmStep::EnsureImage(w) => self.ensure_image(w, m).await,
@@ -232,14 +232,19 @@ impl VmController {
         }
     }
 
-    /// True when `config` carries our marks for this manifest and node.
-    pub(super) fn is_ours(&self, node: &NodePlan, config: &VmConfig) -> bool {
-        let marks = config
-            .description()
-            .as_deref()
-            .and_then(Marks::from_description);
-        config.tag_set().contains(homestak_core::plan::marks::TAG)
-            && marks.is_some_and(|m| m.manifest == self.manifest && m.node == node.node)
+    /// True when `config` (the VM at `vmid`) is ours for this manifest and
+    /// node: marks bound to this vmid under the site's key, not a template
+    /// (legacy marks only where the store remembers this vmid).
+    pub(super) fn is_ours(&self, node: &NodePlan, vmid: VmId, config: &VmConfig) -> bool {
+        let remembered = |name: &NodeName| {
+            let store = self.store.as_ref()?;
+            let key = NodeKey::new(&self.manifest, name);
+            store.get_node(&key).ok().flatten().and_then(|r| r.vmid)
+        };
+        mapping::claim(&self.owner_key, vmid, config, &remembered)
+            .as_ref()
+            .and_then(|c| c.owned())
+            .is_some_and(|m| m.manifest == self.manifest && m.node == node.node)
     }
 
     pub(super) fn not_ours(&self, node: &NodePlan, vmid: VmId) -> Outcome {
@@ -250,15 +255,54 @@ impl VmController {
         ))
     }
 
+    /// The PVE node an existing VM's calls go to.
+    pub(super) fn at<'a>(&'a self, m: &'a Memory) -> &'a PveNode {
+        m.pve_node.as_ref().unwrap_or(&self.pve_node)
+    }
+
+    /// Where `vmid` sits in the cluster now, from `/cluster/resources`.
+    async fn locate(&self, vmid: VmId) -> Result<Option<PveNode>, Outcome> {
+        let resources = self
+            .api
+            .cluster_resources(Some(pve::ResourceKind::Vm))
+            .await
+            .map_err(|err| fail(&err, &format!("find vmid {vmid} in the cluster")))?;
+        Ok(resources
+            .iter()
+            .find(|r| r.vmid == Some(vmid.get()))
+            .and_then(|r| r.node.clone())
+            .and_then(|n| PveNode::new(n).ok()))
+    }
+
     /// Reads the VM's config and proves it is still ours. `Ok(None)` when
-    /// the VM does not exist.
+    /// the VM does not exist anywhere in the cluster: a VM missing on the
+    /// node it was seen on is looked for on the others (it may have
+    /// migrated), and later calls go where it is (`m.pve_node`).
     pub(super) async fn owned_config(
         &self,
         node: &NodePlan,
         vmid: VmId,
+        m: &mut Memory,
     ) -> Result<Option<VmConfig>, Outcome> {
-        match self.read_config(vmid).await? {
-            Some(config) if self.is_ours(node, &config) => Ok(Some(config)),
+        let read = |at: PveNode| async move {
+            match self.api.qemu_config(&at, vmid).await {
+                Ok(config) => Ok(Some((at, config))),
+                Err(err) if err.kind() == ErrorKind::VmNotFound => Ok(None),
+                Err(err) => Err(fail(&err, &format!("read config of vmid {vmid}"))),
+            }
+        };
+        let mut found = read(self.at(m).clone()).await?;
+        if found.is_none()
+            && let Some(elsewhere) = self.locate(vmid).await?
+            && elsewhere != *self.at(m)
+        {
+            found = read(elsewhere).await?;
+        }
+        match found {
+            Some((at, config)) if self.is_ours(node, vmid, &config) => {
+                m.pve_node = Some(at);
+                Ok(Some(config))
+            }
             Some(_) => Err(self.not_ours(node, vmid)),
             None => Ok(None),
         }
