@@ -34,9 +34,11 @@
 pub mod api;
 pub mod auth;
 pub mod cert;
+pub mod conn;
 pub mod converge;
 pub mod engine;
 pub mod events;
+pub mod fds;
 pub mod git;
 pub mod http;
 pub mod lease;

@@ -311,29 +311,35 @@ async fn repeated_wrong_tokens_are_slowed_down_per_address() {
     for _ in 0..6 {
         assert_eq!(get(Some("guess")).await, (403, None));
     }
-    // Locked: even the right token waits, with Retry-After.
+    // Locked: a wrong token waits (each one doubling the lock), with
+    // Retry-After; the right token, from the same address, is served.
     let mut locks = Vec::new();
-    let (status, retry) = get(Some(SITE_TOKEN)).await;
-    assert_eq!(status, 429);
-    locks.push(retry.unwrap());
-    // Requests without a token are not held back.
-    assert_eq!(d.get("/health", None).await.0, 200);
-    assert_eq!(d.get("/spec/base", None).await.0, 200);
-    assert_eq!(get(None).await.0, 401);
     for _ in 0..3 {
-        clock.advance(Duration::from_secs(locks[locks.len() - 1]));
-        assert_eq!(get(Some("guess")).await.0, 403, "unlocked, still wrong");
-        let (status, retry) = get(Some(SITE_TOKEN)).await;
+        let (status, retry) = get(Some("guess")).await;
         assert_eq!(status, 429);
         locks.push(retry.unwrap());
+        assert_eq!(
+            get(Some(SITE_TOKEN)).await,
+            (200, None),
+            "a valid token is served while its address is locked"
+        );
+        assert_eq!(d.get("/v1/status", Some(READ_TOKEN)).await.0, 200);
+        // Requests without a token are not held back.
+        assert_eq!(d.get("/health", None).await.0, 200);
+        assert_eq!(d.get("/spec/base", None).await.0, 200);
+        assert_eq!(get(None).await.0, 401);
+        clock.advance(Duration::from_secs(locks[locks.len() - 1]));
+        assert_eq!(get(Some("guess")).await.0, 403, "unlocked, still wrong");
     }
-    assert_eq!(locks, [1, 2, 4, 8], "the lock doubles with each failure");
-    clock.advance(Duration::from_secs(8));
-    assert_eq!(get(Some(SITE_TOKEN)).await.0, 200);
+    assert_eq!(locks, [2, 8, 32], "the lock doubles with each failure");
 
     let (_, metrics) = d.get("/metrics", Some(READ_TOKEN)).await;
     assert!(
-        metrics.contains("homestak_auth_failures_total 9"),
+        metrics.contains("homestak_auth_failures_total 12"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("homestak_auth_throttled_total 3"),
         "{metrics}"
     );
     d.stop().await.unwrap();

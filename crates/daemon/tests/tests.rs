@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod hardening;
 mod reconcile_loop;
 mod repos;
 mod secrets;
