@@ -75,7 +75,9 @@ fn shown_user(text: &str) -> String {
         Some((user, _))
             if user.len() <= 64
                 && user.contains('@')
-                && !user.chars().any(|c| c == '=' || c.is_whitespace() || c.is_control()) =>
+                && !user
+                    .chars()
+                    .any(|c| c == '=' || c.is_whitespace() || c.is_control()) =>
         {
             user.to_string()
         }
