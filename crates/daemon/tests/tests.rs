@@ -5,6 +5,8 @@
 
 mod api;
 mod hardening;
+mod load;
+mod matrix;
 mod reconcile_loop;
 mod repos;
 mod secrets;
