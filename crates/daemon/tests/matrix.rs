@@ -144,6 +144,13 @@ async fn run_matrix(locked: bool) -> usize {
     };
     let (engine, _calls) = FakeEngine::new();
     let d = start(config, engine).await;
+    // Once the daemon has read its manifests (`demo` is one).
+    for _ in 0..600 {
+        if d.get("/v1/status?manifest=demo", Some(READ_TOKEN)).await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     if locked {
         for _ in 0..6 {
             d.get("/v1/status", Some("lock-me-out")).await;
