@@ -14,6 +14,7 @@ use anyhow::Context as _;
 
 use super::{GlobalArgs, Outcome, output};
 use homestak_core::site::{Secret, discover};
+use homestak_daemon::conn::Limits;
 use homestak_daemon::converge::ConvergeEngine;
 use homestak_daemon::repos::RepoSpec;
 use homestak_daemon::server::{ApiTokenSource, Config, DEFAULT_PORT, RepoToken};
@@ -23,10 +24,10 @@ use homestak_engine::reconcile::Setup;
 /// Arguments of `homestak serve`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Address to listen on. The default, all IPv4 addresses, lets VMs on
-    /// this host's bridges fetch specs and repos, like pveproxy on 8006;
-    /// give the bridge address (e.g. 10.0.12.1) to narrow it.
-    #[arg(long, default_value = "0.0.0.0", value_name = "IP")]
+    /// Address to listen on. The default, loopback, serves only this
+    /// machine; give the bridge address VMs reach (e.g. 10.0.12.1) to serve
+    /// their specs and repos, or 0.0.0.0 for every address.
+    #[arg(long, default_value = "127.0.0.1", value_name = "IP")]
     pub bind: IpAddr,
     /// Port to listen on.
     #[arg(long, default_value_t = DEFAULT_PORT)]
@@ -99,6 +100,27 @@ pub struct Args {
     /// node file).
     #[arg(long, value_name = "PATH", env = "HOMESTAK_SSH_KEY")]
     pub ssh_key: Option<PathBuf>,
+    /// Most connections held at once. Lowered at start when the open-file
+    /// limit would leave fewer than 512 descriptors to the reconciler.
+    #[arg(long, default_value_t = Limits::default().max_connections, value_name = "N")]
+    pub max_connections: usize,
+    /// Most connections from one client address (an IPv6 /64 counts as one).
+    #[arg(long, default_value_t = Limits::default().max_connections_per_address, value_name = "N")]
+    pub max_connections_per_address: usize,
+    /// A new connection must finish TLS and send its first request head
+    /// within this.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = duration)]
+    pub first_request_timeout: Duration,
+    /// A later request head must be complete this long after its first byte.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = duration)]
+    pub header_timeout: Duration,
+    /// A kept-alive connection with no request, or a write the client does
+    /// not read, is closed after this; a request body must arrive within it.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = duration)]
+    pub idle_timeout: Duration,
+    /// Largest request body in bytes (PUT /v1/subtree, POST /v1/plan).
+    #[arg(long, default_value_t = Limits::default().max_body, value_name = "BYTES")]
+    pub max_body: usize,
     /// Write {url, fingerprint, cert, pid, ...} as JSON to FILE once listening.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
@@ -124,11 +146,26 @@ fn secret(text: &str) -> Result<Secret, std::convert::Infallible> {
     Ok(Secret::new(text))
 }
 
+/// The connection limits the flags give; zero timeouts or caps are raised
+/// to the smallest that still serves.
+fn limits(args: &Args) -> Limits {
+    let at_least = |d: Duration| d.max(Duration::from_millis(100));
+    Limits {
+        first_request_timeout: at_least(args.first_request_timeout),
+        header_timeout: at_least(args.header_timeout),
+        idle_timeout: at_least(args.idle_timeout),
+        max_connections: args.max_connections.max(1),
+        max_connections_per_address: args.max_connections_per_address.max(1),
+        max_body: args.max_body,
+    }
+}
+
 /// Runs `homestak serve`.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     let site_config = discover::find(global.site_config.as_deref())?;
     let state = super::target::state_dir(args.state_dir.as_ref());
     let mut config = Config::new(&site_config, &state);
+    config.limits = limits(&args);
     config.bind = args.bind;
     config.port = args.port;
     config.cert = args.cert;
@@ -241,6 +278,22 @@ mod tests {
             panic!("parsed as another command");
         };
         assert_eq!(args.repo_token.unwrap().expose(), "hunter2-repo");
+    }
+
+    /// Loopback unless told otherwise, and the limits' defaults are the
+    /// daemon's own.
+    #[test]
+    fn defaults_are_loopback_and_the_daemons_limits() {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from(["homestak", "serve"]).unwrap();
+        let crate::cli::Command::Serve(args) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(args.bind, homestak_daemon::server::DEFAULT_BIND);
+        assert!(args.bind.is_loopback());
+        assert_eq!(limits(&args), Limits::default());
+        let config = Config::new(std::path::Path::new("s"), std::path::Path::new("t"));
+        assert!(config.bind.is_loopback());
     }
 
     #[test]

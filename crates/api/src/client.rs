@@ -110,6 +110,9 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
+            // Below the daemon's idle timeout (60 s by default): a pooled
+            // connection is dropped here before the daemon closes it.
+            .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("homestak/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| setup(Box::new(e)))?;

@@ -45,6 +45,17 @@ pub enum Error {
         #[source]
         source: Box<serde_saphyr::Error>,
     },
+    /// A file that holds secrets could not be parsed. What the parser said
+    /// is dropped, since it may quote a value; the position stays.
+    #[error(
+        "invalid YAML in {}{} (the parser's message is not shown: the file holds secrets)",
+        path.display(),
+        Position(*position)
+    )]
+    Redacted {
+        path: PathBuf,
+        position: Option<(u64, u64)>,
+    },
 }
 
 impl Error {
@@ -53,7 +64,8 @@ impl Error {
         match self {
             Error::Read { path, .. }
             | Error::Parse { path, .. }
-            | Error::DuplicateKey { path, .. } => path,
+            | Error::DuplicateKey { path, .. }
+            | Error::Redacted { path, .. } => path,
         }
     }
 
@@ -61,7 +73,20 @@ impl Error {
     pub fn position(&self) -> Option<(u64, u64)> {
         match self {
             Error::Read { .. } => None,
-            Error::Parse { position, .. } | Error::DuplicateKey { position, .. } => *position,
+            Error::Parse { position, .. }
+            | Error::DuplicateKey { position, .. }
+            | Error::Redacted { position, .. } => *position,
+        }
+    }
+
+    /// The same error without anything the file said (a value or a key),
+    /// for files that hold secrets.
+    pub fn redacted(self) -> Error {
+        match self {
+            Error::Parse { path, position, .. } | Error::DuplicateKey { path, position, .. } => {
+                Error::Redacted { path, position }
+            }
+            other => other,
         }
     }
 }

@@ -8,7 +8,9 @@
 //! ([`is_manifest_name`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::http::Method;
 use serde::Serialize;
 use serde_json::Value;
@@ -29,6 +31,50 @@ use homestak_api::{Reason, Subtree};
 use homestak_base::time::Timestamp;
 use homestak_core::model::{Manifest, NodeName, Origin};
 
+/// A request body not read yet. Only [`Api::handle`] reads it, after the
+/// token proved valid for the endpoint, and only for the endpoints that
+/// take one: at most `max` bytes, within `timeout`.
+#[derive(Debug)]
+pub struct Unread {
+    pub body: Body,
+    /// `Content-Length`, when the client gave one.
+    pub declared: Option<u64>,
+    pub max: usize,
+    pub timeout: Duration,
+}
+
+impl Unread {
+    /// Reads the whole body: 413 `E104` past `max` bytes (at once when
+    /// `Content-Length` says so), 408 `E105` when it does not arrive in
+    /// time.
+    pub async fn read(self) -> Result<Bytes, ApiError> {
+        let too_large = || {
+            ApiError::new(
+                413,
+                "E104",
+                format!("Request body larger than {} bytes", self.max),
+            )
+        };
+        if self.declared.is_some_and(|n| n > self.max as u64) {
+            return Err(too_large());
+        }
+        match tokio::time::timeout(self.timeout, axum::body::to_bytes(self.body, self.max)).await {
+            Ok(Ok(bytes)) => Ok(bytes),
+            // Over the limit, or the client stopped sending: either way
+            // there is no request to answer.
+            Ok(Err(_)) => Err(too_large()),
+            Err(_) => Err(ApiError::new(
+                408,
+                "E105",
+                format!(
+                    "The request body did not arrive within {} s",
+                    self.timeout.as_secs()
+                ),
+            )),
+        }
+    }
+}
+
 /// What the API needs.
 #[derive(Clone)]
 pub struct Api {
@@ -43,7 +89,7 @@ pub struct Api {
 impl Api {
     /// Answers a request to `endpoint` at `path` (normalised, as
     /// [`Endpoint::of`] matched it): method, token and scope first, then
-    /// the endpoint itself.
+    /// the body (only for the endpoints that take one), then the endpoint.
     pub async fn handle(
         &self,
         endpoint: Endpoint,
@@ -51,7 +97,7 @@ impl Api {
         method: &Method,
         query: Option<&str>,
         authorization: Option<&str>,
-        body_bytes: &[u8],
+        unread: Unread,
     ) -> Reply {
         let allowed = endpoint.method();
         if method.as_str() != allowed && !(allowed == "GET" && *method == Method::HEAD) {
@@ -60,6 +106,14 @@ impl Api {
         let caller = match self.tokens.authorize(authorization, endpoint.scope()) {
             Ok(caller) => caller,
             Err(err) => return err.reply(),
+        };
+        let body_bytes = if matches!(endpoint, Endpoint::Subtree | Endpoint::Plan) {
+            match unread.read().await {
+                Ok(bytes) => bytes,
+                Err(err) => return err.reply(),
+            }
+        } else {
+            Bytes::new()
         };
         let result = match endpoint {
             Endpoint::Status => match flag(query, "observe") {
@@ -76,11 +130,11 @@ impl Api {
                 return Reply::bytes(reply::PROMETHEUS, text.into_bytes());
             }
             Endpoint::Reconcile => self.reconcile(query, &caller).and_then(|r| body(&r)),
-            Endpoint::Subtree => self.subtree(body_bytes, &caller).and_then(|r| body(&r)),
+            Endpoint::Subtree => self.subtree(&body_bytes, &caller).and_then(|r| body(&r)),
             Endpoint::DeleteSubtree => self
                 .delete_subtree(endpoint.name_in(path), &caller)
                 .and_then(|r| body(&r)),
-            Endpoint::Plan => self.plan(body_bytes).await.and_then(|r| body(&r)),
+            Endpoint::Plan => self.plan(&body_bytes).await.and_then(|r| body(&r)),
         };
         match result {
             Ok(value) if endpoint.accepts() => Reply::json_status(202, value),

@@ -164,10 +164,11 @@ impl ApiTokens {
     ///     token: s3cret      # or the token itself
     /// ```
     pub fn from_file(path: &Path) -> Result<ApiTokens, TokenFileError> {
+        // The file may hold tokens in clear: errors keep only a position.
         let file: TokenFile =
             homestak_base::yaml::read_file(path).map_err(|source| TokenFileError::Yaml {
                 path: path.to_path_buf(),
-                source,
+                source: source.redacted(),
             })?;
         let mut tokens = Vec::new();
         for entry in file.tokens {
@@ -369,5 +370,10 @@ mod tests {
             std::fs::write(&path, bad).unwrap();
             assert!(ApiTokens::from_file(&path).is_err(), "{bad}");
         }
+        // A token where the list belongs: the error never quotes it.
+        std::fs::write(&path, "tokens: \"s3cret-TOKENVALUE\"\n").unwrap();
+        let err = ApiTokens::from_file(&path).unwrap_err();
+        let shown = format!("{} {err:?}", homestak_base::error_chain(&err));
+        assert!(!shown.contains("TOKENVALUE"), "{shown}");
     }
 }

@@ -3,26 +3,31 @@
 //! are not a router's. Around every request it applies the auth-failure
 //! throttle, counts the request, and logs method, path (never the query or
 //! any header), status and peer address.
+//!
+//! The body is never read here: it goes unread to the handler, and only
+//! the API reads it, once the token proved valid for the endpoint and
+//! within [`super::conn::Limits::max_body`] (see [`super::api::Unread`]).
+//! So a client without a valid token cannot make the daemon buffer
+//! anything.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, Method, Uri, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, Method, header};
 use axum::response::Response;
 
-use super::api::{Api, Endpoint};
+use super::api::{Api, Endpoint, Unread};
 use super::auth::RepoAuth;
 use super::metrics::Metrics;
 use super::reply::{self, ApiError, Reply};
 use super::repos::RepoSet;
 use super::seed::{self, Route};
 use super::site_cell::SiteCell;
-use super::throttle::Throttle;
+use super::throttle::{Admission, Throttle};
 
 /// Everything a request may touch.
 pub struct App {
@@ -32,6 +37,10 @@ pub struct App {
     pub api: Api,
     pub throttle: Throttle,
     pub metrics: Arc<Metrics>,
+    /// Largest request body read, in bytes.
+    pub max_body: usize,
+    /// Time a request body has to arrive in.
+    pub body_timeout: Duration,
 }
 
 /// The axum router: every path goes to one handler, which routes by itself.
@@ -42,13 +51,13 @@ pub fn router(app: Arc<App>) -> Router {
 async fn entry(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Response {
     let started = Instant::now();
-    let authorization = headers
+    let (parts, body) = request.into_parts();
+    let (method, uri) = (&parts.method, &parts.uri);
+    let authorization = parts
+        .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -56,33 +65,46 @@ async fn entry(
     let endpoint = Endpoint::of(path);
     let label = endpoint.map_or_else(|| seed_label(&seed::route(path)), Endpoint::label);
 
-    let reply = match app.throttle.check(peer.ip()) {
-        // Only requests that present a token are held back: the others
-        // cannot be guessing.
-        Err(wait) if authorization.is_some() => {
-            let mut reply = ApiError::throttled(wait).reply();
-            reply.retry_after = Some(reply::retry_after_secs(wait));
-            reply
-        }
-        _ => {
-            dispatch(
-                &app,
-                endpoint,
-                &method,
-                target,
-                uri.query(),
-                authorization,
-                &body,
-            )
-            .await
-        }
+    // Only requests that present a token can guess; the others are never
+    // held back. Admitting reserves the guess before the token is checked.
+    let admission = authorization.map(|_| app.throttle.admit(peer.ip()));
+    let body = Unread {
+        body,
+        declared: declared_length(&parts.headers),
+        max: app.max_body,
+        timeout: app.body_timeout,
     };
+    let mut reply = dispatch(
+        &app,
+        endpoint,
+        method,
+        target,
+        uri.query(),
+        authorization,
+        body,
+    )
+    .await;
 
-    if reply.bad_token {
-        let lock = app.throttle.record_failure(peer.ip());
-        app.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(peer = %peer.ip(), route = label, lock_secs = lock.as_secs(), "wrong token");
+    match admission {
+        Some(Admission::Guess(guess)) if reply.bad_token => {
+            let lock = guess.failed();
+            app.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = %peer.ip(), route = label, lock_secs = lock.as_secs(), "wrong token");
+        }
+        Some(Admission::Guess(guess)) => guess.valid(),
+        // A valid token is served whatever the lock; a wrong one learns
+        // only that it must wait.
+        Some(Admission::Locked(_)) if reply.bad_token => {
+            let lock = app.throttle.failed_while_locked(peer.ip());
+            app.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+            app.metrics.auth_throttled.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = %peer.ip(), route = label, lock_secs = lock.as_secs(), "wrong token from a locked address");
+            reply = ApiError::throttled(lock).reply();
+            reply.retry_after = Some(reply::retry_after_secs(lock));
+        }
+        Some(Admission::Locked(_)) | None => {}
     }
+
     app.metrics
         .http_requests
         .inc(&[label, &reply.status.to_string()]);
@@ -94,7 +116,15 @@ async fn entry(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "request"
     );
-    reply.into_response(&method)
+    reply.into_response(method)
+}
+
+/// `Content-Length`, when given and a number.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 async fn dispatch(
@@ -104,7 +134,7 @@ async fn dispatch(
     target: &str,
     query: Option<&str>,
     authorization: Option<&str>,
-    body: &[u8],
+    body: Unread,
 ) -> Reply {
     let path = seed::normalise(target);
     if let Some(endpoint) = endpoint {

@@ -27,16 +27,20 @@
 //! # Lifecycle
 //! [`server::Daemon::start`] prepares everything that can fail;
 //! [`server::Daemon::run`] serves until a shutdown future resolves
-//! ([`shutdown`]), then stops in order. Every request goes through
-//! [`http`]: the auth-failure [`throttle`], metrics and logs that never
-//! carry a token.
+//! ([`shutdown`]), then stops in order. Every connection goes through
+//! [`conn`] first (caps at accept, before TLS, and timeouts; [`fds`] keeps
+//! descriptors for the reconciler), every request through [`http`]: the
+//! auth-failure [`throttle`], bodies read only after auth, metrics and logs
+//! that never carry a token.
 
 pub mod api;
 pub mod auth;
 pub mod cert;
+pub mod conn;
 pub mod converge;
 pub mod engine;
 pub mod events;
+pub mod fds;
 pub mod git;
 pub mod http;
 pub mod lease;

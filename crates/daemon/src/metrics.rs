@@ -12,6 +12,11 @@
 //! | `homestak_pve_api_requests_total` | counter | `method`, `endpoint` (template) |
 //! | `homestak_http_requests_total` | counter | `route`, `code` |
 //! | `homestak_auth_failures_total` | counter | |
+//! | `homestak_auth_throttled_total` | counter | |
+//! | `homestak_connections_open` | gauge | |
+//! | `homestak_connections_limit` | gauge | |
+//! | `homestak_connections_refused_total` | counter | `reason` (max_connections, max_per_address) |
+//! | `homestak_connections_timed_out_total` | counter | `phase` (first_request, header, idle, write) |
 //!
 //! Label values are bounded: routes and endpoints are templates, results
 //! an enum, manifests the managed set.
@@ -271,7 +276,20 @@ pub struct Metrics {
     pub source_checks: Family,
     pub http_requests: Family,
     pub auth_failures: AtomicU64,
+    /// Wrong tokens from a locked address, answered 429.
+    pub auth_throttled: AtomicU64,
+    /// Connections held now (accepted and under the caps).
+    pub connections_open: AtomicU64,
+    /// The connection cap in force (after the file-descriptor headroom).
+    pub connections_limit: AtomicU64,
+    pub connections_refused: Family,
+    pub connections_timed_out: Family,
 }
+
+/// `reason` values of `homestak_connections_refused_total`.
+pub const REFUSED_REASONS: [&str; 2] = ["max_connections", "max_per_address"];
+/// `phase` values of `homestak_connections_timed_out_total`.
+pub const TIMEOUT_PHASES: [&str; 4] = ["first_request", "header", "idle", "write"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -283,6 +301,22 @@ impl Default for Metrics {
         // Every result is exported from the start, so rate() works at once.
         for outcome in Outcome::ALL {
             reconciles.add(&[outcome.as_str()], 0.0);
+        }
+        let connections_refused = Family::counter(
+            "homestak_connections_refused_total",
+            "Connections closed at accept, before TLS, because a cap was reached.",
+            &["reason"],
+        );
+        for reason in REFUSED_REASONS {
+            connections_refused.add(&[reason], 0.0);
+        }
+        let connections_timed_out = Family::counter(
+            "homestak_connections_timed_out_total",
+            "Connections closed by a timeout, by the phase they were in.",
+            &["phase"],
+        );
+        for phase in TIMEOUT_PHASES {
+            connections_timed_out.add(&[phase], 0.0);
         }
         Metrics {
             reconciles,
@@ -308,6 +342,11 @@ impl Default for Metrics {
                 &["route", "code"],
             ),
             auth_failures: AtomicU64::new(0),
+            auth_throttled: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+            connections_limit: AtomicU64::new(0),
+            connections_refused,
+            connections_timed_out,
         }
     }
 }
@@ -351,6 +390,29 @@ impl Metrics {
         );
         auth.set(&[], self.auth_failures.load(Ordering::Relaxed) as f64);
         auth.render(&mut out);
+        let throttled = Family::counter(
+            "homestak_auth_throttled_total",
+            "Wrong tokens from an address locked after repeated failures (answered 429).",
+            &[],
+        );
+        throttled.set(&[], self.auth_throttled.load(Ordering::Relaxed) as f64);
+        throttled.render(&mut out);
+        let open = Family::gauge(
+            "homestak_connections_open",
+            "HTTPS connections held now.",
+            &[],
+        );
+        open.set(&[], self.connections_open.load(Ordering::Relaxed) as f64);
+        open.render(&mut out);
+        let limit = Family::gauge(
+            "homestak_connections_limit",
+            "Most HTTPS connections held at once (the cap after file-descriptor headroom).",
+            &[],
+        );
+        limit.set(&[], self.connections_limit.load(Ordering::Relaxed) as f64);
+        limit.render(&mut out);
+        self.connections_refused.render(&mut out);
+        self.connections_timed_out.render(&mut out);
         out
     }
 }
@@ -397,6 +459,10 @@ mod tests {
             "homestak_pve_api_requests_total{method=\"GET\",endpoint=\"/cluster/resources\"} 7",
             "homestak_http_requests_total{route=\"spec\",code=\"200\"} 1",
             "homestak_auth_failures_total 0",
+            "homestak_auth_throttled_total 0",
+            "homestak_connections_open 0",
+            "homestak_connections_refused_total{reason=\"max_per_address\"} 0",
+            "homestak_connections_timed_out_total{phase=\"header\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

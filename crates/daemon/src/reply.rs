@@ -13,6 +13,8 @@
 //! | E101 | 400 | invalid request body or parameter |
 //! | E102 | 405 | method not allowed |
 //! | E103 | 409 | conflict (e.g. a subtree named like a git-managed manifest) |
+//! | E104 | 413 | request body larger than `--max-body` |
+//! | E105 | 408 | request body not received within `--idle-timeout` |
 //! | E200 | 404 | spec, repository, file or manifest not found |
 //! | E201, E202 | 500 | the spec's posture or an SSH key is missing (site-config defect) |
 //! | E300 | 401 | authorization required (no `Bearer` token) |

@@ -24,15 +24,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use homestak_api::ready::{self, ReadyInfo};
 use tokio::sync::mpsc;
 
 use super::api::Api;
 use super::auth::{self, ApiTokens, RepoAuth, Scope};
 use super::cert::{self, Material};
+use super::conn::{self, Gate, Limits};
 use super::engine::Engine;
 use super::events::EventLog;
+use super::fds;
 use super::http::{self, App};
 use super::lease::{self, Lease};
 use super::metrics::Metrics;
@@ -50,6 +52,11 @@ use homestak_engine::store::{self, Store};
 
 /// The default port.
 pub const DEFAULT_PORT: u16 = 44443;
+
+/// The default address: loopback only. Serving VMs on a bridge is a
+/// choice the operator makes with `--bind` (child tiers are started with
+/// their VM's address).
+pub const DEFAULT_BIND: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// How the repo token is chosen.
 #[derive(Debug, Clone)]
@@ -100,6 +107,8 @@ pub struct Config {
     pub debounce: Duration,
     pub resync: Duration,
     pub throttle: throttle::Policy,
+    /// Connection caps, timeouts and the body cap.
+    pub limits: Limits,
     pub clock: Arc<dyn Clock>,
     pub shutdown_grace: Duration,
 }
@@ -111,18 +120,20 @@ impl std::fmt::Debug for Config {
             .field("state_dir", &self.state_dir)
             .field("bind", &self.bind)
             .field("port", &self.port)
+            .field("limits", &self.limits)
             .field("source", &self.source)
             .finish_non_exhaustive()
     }
 }
 
 impl Config {
-    /// Defaults for everything but the two directories.
+    /// Defaults for everything but the two directories. It listens on
+    /// loopback ([`DEFAULT_BIND`]) unless told where VMs reach it.
     pub fn new(site_config: &Path, state_dir: &Path) -> Config {
         Config {
             site_config: site_config.to_path_buf(),
             state_dir: state_dir.to_path_buf(),
-            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            bind: DEFAULT_BIND,
             port: DEFAULT_PORT,
             cert: None,
             key: None,
@@ -137,6 +148,7 @@ impl Config {
             debounce: Duration::from_secs(2),
             resync: Duration::from_secs(300),
             throttle: throttle::Policy::default(),
+            limits: Limits::default(),
             clock: Arc::new(TokioClock),
             shutdown_grace: Duration::from_secs(30),
         }
@@ -227,6 +239,8 @@ pub struct Daemon {
     control_rx: mpsc::UnboundedReceiver<ControlMessage>,
     repo_token_file: Option<PathBuf>,
     api_token_file: Option<PathBuf>,
+    /// Connections held at once, at most (the fd headroom applied).
+    connection_cap: usize,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -265,6 +279,18 @@ impl Daemon {
         )
         .map_err(Error::Cert)?;
         let tls = material.server_config().map_err(Error::Cert)?;
+
+        // Before the socket: every connection is a descriptor, and the
+        // reconciler keeps its own (see `fds`).
+        let nofile = fds::raise_nofile();
+        let connection_cap =
+            fds::connection_cap(config.limits.max_connections, nofile.map(|l| l.0));
+        tracing::info!(
+            nofile = nofile.map(|l| l.0),
+            connection_cap,
+            per_address = config.limits.max_connections_per_address,
+            "connection limits"
+        );
 
         let addr = SocketAddr::new(config.bind, config.port);
         let listener =
@@ -306,6 +332,8 @@ impl Daemon {
             },
             throttle: Throttle::new(config.throttle, Arc::clone(&config.clock)),
             metrics,
+            max_body: config.limits.max_body,
+            body_timeout: config.limits.idle_timeout,
         });
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let daemon = Daemon {
@@ -326,6 +354,7 @@ impl Daemon {
             control_rx,
             repo_token_file,
             api_token_file,
+            connection_cap,
         };
         // Commands on this machine find the daemon (and its token) here.
         let mut info = serde_json::to_vec_pretty(&daemon.ready_info()).unwrap_or_default();
@@ -399,14 +428,29 @@ impl Daemon {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let handle: axum_server::Handle<SocketAddr> = axum_server::Handle::new();
         let listener = self.listener.try_clone().map_err(Error::Serve)?;
-        let server =
-            axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(self.tls.clone()))
-                .map_err(Error::Serve)?
-                .handle(handle.clone())
-                .serve(
-                    http::router(Arc::clone(&self.app))
-                        .into_make_service_with_connect_info::<SocketAddr>(),
-                );
+        let limits = self.config.limits;
+        // Caps and timeouts first, on the bare TCP stream; TLS over it.
+        let gate = Gate::new(limits, self.connection_cap, Arc::clone(&self.app.metrics));
+        let acceptor = RustlsAcceptor::new(RustlsConfig::from_config(self.tls.clone()))
+            .handshake_timeout(limits.first_request_timeout)
+            .acceptor(conn::Acceptor::new(gate));
+        let mut server = axum_server::from_tcp(listener)
+            .map_err(Error::Serve)?
+            .acceptor(acceptor)
+            .http1_only()
+            .handle(handle.clone());
+        server
+            .http_builder()
+            .http1()
+            // Timeouts are conn.rs's: hyper's would also cut idle
+            // keep-alive at the header timeout.
+            .header_read_timeout(None)
+            // Heads are small; the default buffer (about 400 KiB) times
+            // the connection cap would be a lot of memory to hand out.
+            .max_buf_size(64 * 1024);
+        let server = server.serve(
+            http::router(Arc::clone(&self.app)).into_make_service_with_connect_info::<SocketAddr>(),
+        );
         let mut server_task = tokio::spawn(server);
         let worker = tokio::spawn(Arc::clone(&self.reconciler).run_worker());
         tracing::info!(url = %self.url(), fingerprint = %self.material.fingerprint, "serving");

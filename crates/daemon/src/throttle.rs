@@ -1,18 +1,37 @@
-//! Slowing down token guessing: per-client-address backoff.
+//! Slowing down token guessing: per-client-address backoff that never
+//! refuses a valid token.
 //!
-//! Each wrong token (a 403 `E301` reply) from an address counts as a
-//! failure. The first [`Policy::free_failures`] cost nothing (a VM whose
+//! Every request that presents a token is admitted in one step, under the
+//! table's lock ([`Throttle::admit`]): either the address is locked, or a
+//! guess is reserved and counted as a failure at once, before the token
+//! is checked. So N guesses sent in parallel cannot all pass a check
+//! before any failure is recorded: the `free_failures + 1`-th reservation
+//! locks the address for the ones after it. A [`Guess`] whose token proves
+//! valid is refunded ([`Guess::valid`], or on drop); a wrong one stays
+//! counted ([`Guess::failed`], a 403 `E301`).
+//!
+//! The first [`Policy::free_failures`] failures cost nothing (a VM whose
 //! token is being rotated retries a few times); after that the address is
-//! locked for `base · 2^(n-free-1)`, capped at [`Policy::max_delay`]. While
-//! locked, any request from it that carries an `Authorization` header is
-//! answered 429 `E303` with `Retry-After`, without looking at the token, so
-//! parallel guesses gain nothing. Requests without a header (health checks,
-//! network-posture specs) are never held back: they cannot guess.
+//! locked for `base · 2^(n-free-1)`, capped at [`Policy::max_delay`].
+//! While locked, a request's token is still checked, in constant time like
+//! every check: a valid one is served (a NAT or a bridge shared with one
+//! guesser does not lock everyone out), a wrong one is answered 429 `E303`
+//! with `Retry-After` instead of 403 and counts as one more failure
+//! ([`Throttle::failed_while_locked`]). Requests without a token (health
+//! checks, network-posture specs) are never held back: they cannot guess.
+//!
+//! What a lock does not do: since valid tokens are served while locked, a
+//! 429 still tells a guesser its guess was wrong. Guessing stays bounded by
+//! the tokens' entropy (API and repo tokens are 256 random bits) and by
+//! the per-address connection cap ([`super::conn`]); site and node tokens
+//! chosen by hand should be long random strings.
 //!
 //! A success does not reset the count (a caller holding one valid token
 //! must not be able to interleave guesses for another); failures are
-//! forgotten [`Policy::forget_after`] after the last one. The table is
-//! bounded ([`Policy::max_clients`]) so a flood of addresses cannot grow it.
+//! forgotten [`Policy::forget_after`] after the last one. Addresses are
+//! grouped as [`super::conn::client_key`] does (an IPv6 /64 is one
+//! client). The table is bounded ([`Policy::max_clients`]) so a flood of
+//! addresses cannot grow it.
 //!
 //! Time comes from a [`Clock`], so tests drive it by hand.
 
@@ -22,6 +41,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::conn::client_key;
 
 /// A source of "now".
 pub trait Clock: Send + Sync + 'static {
@@ -108,9 +129,16 @@ impl Policy {
 
 #[derive(Debug, Clone, Copy)]
 struct Record {
+    /// Failures counted, reserved guesses included.
     failures: u32,
     last_failure: Instant,
     locked_until: Instant,
+}
+
+impl Record {
+    fn relock(&mut self, policy: &Policy) {
+        self.locked_until = self.last_failure + policy.delay(self.failures);
+    }
 }
 
 /// The per-address failure table.
@@ -128,6 +156,44 @@ impl std::fmt::Debug for Throttle {
     }
 }
 
+/// What [`Throttle::admit`] decided for a request that presents a token.
+#[derive(Debug)]
+pub enum Admission<'a> {
+    /// Not locked: a guess is reserved (counted as a failure until refunded).
+    Guess(Guess<'a>),
+    /// Locked for this long: served only when the token is valid.
+    Locked(Duration),
+}
+
+/// A reserved guess: counted as a failure unless [`Guess::valid`] (or drop,
+/// when the request ended before its token was judged) refunds it.
+#[derive(Debug)]
+pub struct Guess<'a> {
+    throttle: &'a Throttle,
+    key: IpAddr,
+    settled: bool,
+}
+
+impl Guess<'_> {
+    /// The token was wrong: the failure stays counted. Returns the lock the
+    /// address now has.
+    pub fn failed(mut self) -> Duration {
+        self.settled = true;
+        self.throttle.lock_of(self.key)
+    }
+
+    /// The token was valid (or not judged): the reservation is refunded.
+    pub fn valid(self) {}
+}
+
+impl Drop for Guess<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.throttle.refund(self.key);
+        }
+    }
+}
+
 impl Throttle {
     pub fn new(policy: Policy, clock: Arc<dyn Clock>) -> Throttle {
         Throttle {
@@ -137,24 +203,49 @@ impl Throttle {
         }
     }
 
-    /// `Err(wait)` while `ip` is locked.
-    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        let now = self.clock.now();
-        let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        match table.get(&ip) {
-            Some(r) if r.locked_until > now => Err(r.locked_until - now),
-            _ => Ok(()),
-        }
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Record>> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts a failure from `ip`; returns the lock it now has.
-    pub fn record_failure(&self, ip: IpAddr) -> Duration {
+    /// Checks and records in one step (module docs): `Locked` while `ip` is
+    /// locked, else a reserved [`Guess`].
+    pub fn admit(&self, ip: IpAddr) -> Admission<'_> {
+        let key = client_key(ip);
         let now = self.clock.now();
-        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        if !table.contains_key(&ip) && table.len() >= self.policy.max_clients {
-            self.evict(&mut table, now);
+        let mut table = self.table();
+        if let Some(r) = table.get(&key)
+            && r.locked_until > now
+        {
+            return Admission::Locked(r.locked_until - now);
         }
-        let record = table.entry(ip).or_insert(Record {
+        self.count_failure(&mut table, key, now);
+        Admission::Guess(Guess {
+            throttle: self,
+            key,
+            settled: false,
+        })
+    }
+
+    /// A wrong token from a locked address: one more failure. Returns the
+    /// lock the address now has.
+    pub fn failed_while_locked(&self, ip: IpAddr) -> Duration {
+        let key = client_key(ip);
+        let now = self.clock.now();
+        let mut table = self.table();
+        let record = self.count_failure(&mut table, key, now);
+        record.locked_until.saturating_duration_since(now)
+    }
+
+    fn count_failure<'t>(
+        &self,
+        table: &'t mut HashMap<IpAddr, Record>,
+        key: IpAddr,
+        now: Instant,
+    ) -> &'t mut Record {
+        if !table.contains_key(&key) && table.len() >= self.policy.max_clients {
+            self.evict(table, now);
+        }
+        let record = table.entry(key).or_insert(Record {
             failures: 0,
             last_failure: now,
             locked_until: now,
@@ -164,15 +255,44 @@ impl Throttle {
         }
         record.failures = record.failures.saturating_add(1);
         record.last_failure = now;
-        let delay = self.policy.delay(record.failures);
-        record.locked_until = now + delay;
-        delay
+        let before = record.locked_until;
+        record.relock(&self.policy);
+        // A failure never shortens a lock already in force.
+        record.locked_until = record.locked_until.max(before);
+        record
+    }
+
+    fn refund(&self, key: IpAddr) {
+        let mut table = self.table();
+        if let Some(record) = table.get_mut(&key) {
+            record.failures = record.failures.saturating_sub(1);
+            if record.failures == 0 {
+                table.remove(&key);
+            } else {
+                record.relock(&self.policy);
+            }
+        }
+    }
+
+    fn lock_of(&self, key: IpAddr) -> Duration {
+        let now = self.clock.now();
+        self.table().get(&key).map_or(Duration::ZERO, |r| {
+            r.locked_until.saturating_duration_since(now)
+        })
+    }
+
+    /// `Err(wait)` while `ip` is locked (no side effect).
+    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        let now = self.clock.now();
+        match self.table().get(&client_key(ip)) {
+            Some(r) if r.locked_until > now => Err(r.locked_until - now),
+            _ => Ok(()),
+        }
     }
 
     /// Failures currently counted for `ip`.
     pub fn failures(&self, ip: IpAddr) -> u32 {
-        let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        table.get(&ip).map_or(0, |r| r.failures)
+        self.table().get(&client_key(ip)).map_or(0, |r| r.failures)
     }
 
     fn evict(&self, table: &mut HashMap<IpAddr, Record>, now: Instant) {
@@ -197,6 +317,14 @@ mod tests {
         IpAddr::from([127, 0, 0, n])
     }
 
+    /// One wrong guess from `ip`, as the HTTP front judges it.
+    fn wrong(t: &Throttle, ip: IpAddr) -> Result<Duration, Duration> {
+        match t.admit(ip) {
+            Admission::Guess(guess) => Ok(guess.failed()),
+            Admission::Locked(wait) => Err(wait),
+        }
+    }
+
     #[test]
     fn delay_grows_exponentially_after_the_free_failures_and_is_capped() {
         let p = Policy::default();
@@ -213,25 +341,86 @@ mod tests {
         let clock = ManualClock::default();
         let t = Throttle::new(Policy::default(), Arc::new(clock.clone()));
         let mut applied = Vec::new();
-        for _ in 0..8 {
-            applied.push(t.record_failure(ip(1)));
+        for _ in 0..6 {
+            applied.push(wrong(&t, ip(1)).unwrap());
         }
         assert_eq!(
             applied.iter().map(Duration::as_secs).collect::<Vec<_>>(),
-            [0, 0, 0, 0, 0, 1, 2, 4]
+            [0, 0, 0, 0, 0, 1]
         );
-        assert_eq!(t.check(ip(1)), Err(Duration::from_secs(4)));
-        assert_eq!(t.check(ip(2)), Ok(()), "other addresses are not affected");
-        clock.advance(Duration::from_secs(3));
         assert_eq!(t.check(ip(1)), Err(Duration::from_secs(1)));
-        clock.advance(Duration::from_secs(1));
+        assert_eq!(t.check(ip(2)), Ok(()), "other addresses are not affected");
+        // A wrong guess while locked is not a guess slot, but counts.
+        assert_eq!(wrong(&t, ip(1)), Err(Duration::from_secs(1)));
+        assert_eq!(t.failed_while_locked(ip(1)), Duration::from_secs(2));
+        assert_eq!(t.failures(ip(1)), 7);
+        clock.advance(Duration::from_secs(2));
         assert_eq!(t.check(ip(1)), Ok(()));
         // The next failure doubles the lock again.
-        assert_eq!(t.record_failure(ip(1)), Duration::from_secs(8));
+        assert_eq!(wrong(&t, ip(1)), Ok(Duration::from_secs(4)));
         // Forgotten after a quiet period.
         clock.advance(Duration::from_secs(901));
-        assert_eq!(t.record_failure(ip(1)), Duration::ZERO);
+        assert_eq!(wrong(&t, ip(1)), Ok(Duration::ZERO));
         assert_eq!(t.failures(ip(1)), 1);
+    }
+
+    /// Check and record are one step: of many guesses admitted before any
+    /// is judged, only `free_failures + 1` get a slot.
+    #[test]
+    fn parallel_guesses_reserve_their_slots_before_any_is_judged() {
+        let clock = ManualClock::default();
+        let t = Throttle::new(Policy::default(), Arc::new(clock));
+        let admitted: Vec<Admission<'_>> = (0..50).map(|_| t.admit(ip(1))).collect();
+        let slots = admitted
+            .iter()
+            .filter(|a| matches!(a, Admission::Guess(_)))
+            .count();
+        assert_eq!(slots, 6);
+        for a in admitted {
+            if let Admission::Guess(g) = a {
+                g.failed();
+            }
+        }
+        assert_eq!(t.failures(ip(1)), 6);
+    }
+
+    /// A valid token refunds its reservation, so a busy address with
+    /// valid tokens never locks itself, and dropping an unjudged guess
+    /// refunds it too.
+    #[test]
+    fn valid_tokens_refund_their_reservation() {
+        let clock = ManualClock::default();
+        let t = Throttle::new(Policy::default(), Arc::new(clock));
+        for _ in 0..100 {
+            match t.admit(ip(1)) {
+                Admission::Guess(g) => g.valid(),
+                Admission::Locked(_) => panic!("valid tokens locked the address"),
+            }
+        }
+        assert_eq!(t.failures(ip(1)), 0);
+        for _ in 0..5 {
+            wrong(&t, ip(1)).unwrap();
+        }
+        // The 6th reservation locks; refunded, the lock is gone again.
+        let Admission::Guess(g) = t.admit(ip(1)) else {
+            panic!("locked too early")
+        };
+        assert!(t.check(ip(1)).is_err());
+        drop(g);
+        assert_eq!(t.check(ip(1)), Ok(()));
+        assert_eq!(t.failures(ip(1)), 5);
+    }
+
+    #[test]
+    fn ipv6_neighbours_in_one_prefix_share_a_record() {
+        let clock = ManualClock::default();
+        let t = Throttle::new(Policy::default(), Arc::new(clock));
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::2".parse().unwrap();
+        for _ in 0..6 {
+            wrong(&t, a).unwrap();
+        }
+        assert!(t.check(b).is_err());
     }
 
     #[test]
@@ -244,7 +433,7 @@ mod tests {
         let t = Throttle::new(policy, Arc::new(clock.clone()));
         for n in 1..=5 {
             clock.advance(Duration::from_secs(1));
-            t.record_failure(ip(n));
+            wrong(&t, ip(n)).unwrap();
         }
         let tracked = (1..=5).filter(|n| t.failures(ip(*n)) > 0).count();
         assert_eq!(tracked, 3);

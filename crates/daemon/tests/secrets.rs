@@ -161,3 +161,60 @@ async fn secrets_never_appear_in_logs_or_responses() {
         logs.lines().count()
     );
 }
+
+/// A PVE token in secrets.yaml whose `=` was typed as `-`: the real
+/// engine cannot use it, and says so in `/v1/status` and the events, but
+/// no answer carries the secret part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_pve_token_never_reaches_status_or_events() {
+    use homestak_daemon::converge::ConvergeEngine;
+    use homestak_engine::reconcile::Setup;
+
+    let site = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    site_config(site.path());
+    std::fs::write(
+        site.path().join("secrets.yaml"),
+        "api_tokens:\n  father: \"user@pam!tok-SECRETVALUE\"\n",
+    )
+    .unwrap();
+    let engine = ConvergeEngine::open(Setup {
+        insecure: false,
+        state_dir: state.path().to_path_buf(),
+        open_store: true,
+        ssh_key: None,
+        binary: None,
+    })
+    .unwrap();
+    let d = start(config(site.path(), state.path()), Arc::new(engine)).await;
+
+    // Once the daemon has read its manifests.
+    let mut text = String::new();
+    for _ in 0..600 {
+        let (status, body) = d.get("/v1/status", Some(READ_TOKEN)).await;
+        assert_eq!(status, 200, "{body}");
+        text = body;
+        if text.contains("\"error\":\"") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        text.contains("malformed"),
+        "the status names the problem: {text}"
+    );
+    assert!(text.contains("user@pam"), "and whose token it is: {text}");
+    assert!(!text.contains("SECRETVALUE"), "{text}");
+
+    eventually("the startup reconcile to finish", || {
+        d.events
+            .since(0, usize::MAX)
+            .iter()
+            .any(|e| e.kind == homestak_api::Kind::ReconcileFinished)
+    })
+    .await;
+    let (status, text) = d.get("/v1/events", Some(READ_TOKEN)).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(!text.contains("SECRETVALUE"), "{text}");
+    d.stop().await.unwrap();
+}

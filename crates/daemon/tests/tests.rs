@@ -4,6 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod hardening;
+mod load;
+mod matrix;
 mod reconcile_loop;
 mod repos;
 mod secrets;

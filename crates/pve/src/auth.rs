@@ -42,26 +42,54 @@ impl fmt::Display for TokenId {
     }
 }
 
-/// A token id or token string was malformed. Carries no secret text.
+/// A token id or token string was malformed. Carries no secret text: only
+/// the user part (`user@realm`) of what was given is kept, since a
+/// malformed entry may hold the secret anywhere after the `!` (a `-` or a
+/// space typed for the `=`, a secret pasted without its id).
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "invalid PVE API token {shown:?}: {problem}; expected user@realm!tokenid \
+    "invalid PVE API token for user {user:?}: {problem}; expected user@realm!tokenid=secret \
      (token name: a letter, then letters, digits, '.', '-' or '_')"
 )]
 pub struct TokenParseError {
-    /// The id part only; the secret is never echoed.
-    shown: String,
+    /// Up to the first `!` (or nothing when there is none, or it would be
+    /// too long to be a user name): never the token name or the secret.
+    user: String,
     problem: &'static str,
+}
+
+impl TokenParseError {
+    fn new(text: &str, problem: &'static str) -> Self {
+        TokenParseError {
+            user: shown_user(text),
+            problem,
+        }
+    }
+}
+
+/// What of a malformed token text may be shown: the user part before `!`,
+/// when it looks like one (short, no `=`, no whitespace). Anything else
+/// might be a secret pasted on its own.
+fn shown_user(text: &str) -> String {
+    match text.split_once('!') {
+        Some((user, _))
+            if user.len() <= 64
+                && user.contains('@')
+                && !user
+                    .chars()
+                    .any(|c| c == '=' || c.is_whitespace() || c.is_control()) =>
+        {
+            user.to_string()
+        }
+        _ => String::from("<not shown>"),
+    }
 }
 
 impl FromStr for TokenId {
     type Err = TokenParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |problem| TokenParseError {
-            shown: s.to_string(),
-            problem,
-        };
+        let err = |problem| TokenParseError::new(s, problem);
         let bang = s.find('!').ok_or_else(|| err("missing '!'"))?;
         let (user, name) = (&s[..bang], &s[bang + 1..]);
         let at = user.find('@').ok_or_else(|| err("user has no '@realm'"))?;
@@ -110,16 +138,13 @@ impl ApiToken {
     /// that operators paste from `pveum user token add`. Splits on the first
     /// `=`, since the id cannot contain one while a secret might.
     pub fn parse(text: &str) -> Result<Self, TokenParseError> {
-        let (id, secret) = text.split_once('=').ok_or(TokenParseError {
-            // Without '=' the whole text is the id; nothing secret to hide.
-            shown: text.to_string(),
-            problem: "missing '=secret'",
-        })?;
+        // Without '=' the secret may be anywhere in the text: nothing past
+        // the user is shown.
+        let (id, secret) = text
+            .split_once('=')
+            .ok_or_else(|| TokenParseError::new(text, "missing '=secret'"))?;
         if secret.is_empty() {
-            return Err(TokenParseError {
-                shown: id.to_string(),
-                problem: "empty secret",
-            });
+            return Err(TokenParseError::new(id, "empty secret"));
         }
         Ok(ApiToken {
             id: id.parse()?,
@@ -179,6 +204,32 @@ mod tests {
         let err = ApiToken::parse("root@pam=s3cr3t-value").unwrap_err();
         assert!(!err.to_string().contains("s3cr3t"), "{err}");
         assert!(!format!("{err:?}").contains("s3cr3t"));
+    }
+
+    /// An entry whose `=` was typed as something else, or a secret pasted
+    /// alone: the error (Display and Debug) shows the user at most.
+    #[test]
+    fn malformed_tokens_never_echo_what_may_be_the_secret() {
+        for text in [
+            "user@pam!tok-SECRETVALUE",
+            "user@pam!tok SECRETVALUE",
+            "user@pam!tok:SECRETVALUE",
+            "user@pam!SECRETVALUE",
+            "SECRETVALUE",
+            "SECRETVALUE!x",
+            "user@pam!1SECRETVALUE=x",
+            "user@pam!tok.SECRETVALUE=",
+        ] {
+            let err = ApiToken::parse(text).unwrap_err();
+            for shown in [err.to_string(), format!("{err:?}")] {
+                assert!(!shown.contains("SECRETVALUE"), "{text}: {shown}");
+            }
+        }
+        let err = ApiToken::parse("user@pam!tok-SECRETVALUE").unwrap_err();
+        assert!(err.to_string().contains("\"user@pam\""), "{err}");
+        assert!(err.to_string().contains("missing '=secret'"), "{err}");
+        let err = "root@pam!1abc".parse::<TokenId>().unwrap_err();
+        assert!(!err.to_string().contains("1abc"), "{err}");
     }
 
     #[test]

@@ -121,6 +121,9 @@ impl SecretsFile {
                 values: values.unwrap_or_default(),
             },
             Err(err) => {
+                // The parser's message may quote a value ("invalid type:
+                // string \"root@pam!t=SECRET\""): only the position stays.
+                let err = err.redacted();
                 tracing::warn!(
                     error = %err,
                     "secrets.yaml is unusable; tokens, passwords and keys resolve as empty"
@@ -194,6 +197,31 @@ mod tests {
         let err = f.strict().unwrap_err();
         assert!(err.position().is_some(), "{err}");
         assert!(f.lenient().api_tokens.is_empty());
+    }
+
+    /// A value where a mapping belongs, or the like: the error says where,
+    /// never what the value was.
+    #[test]
+    fn a_malformed_file_never_shows_its_values() {
+        for text in [
+            "api_tokens: \"root@pam!x=SECRETVALUE\"\n",
+            "api_tokens:\n  pve: [SECRETVALUE]\n",
+            "auth: SECRETVALUE\n",
+            "auth:\n  node_tokens: SECRETVALUE\n",
+            "passwords: SECRETVALUE\n",
+            "api_tokens:\n  SECRETVALUE: a\n  SECRETVALUE: b\n",
+            "api_tokens:\n  pve: 'SECRETVALUE\n",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            write(dir.path(), text);
+            let f = SecretsFile::load(dir.path());
+            let err = f.strict().unwrap_err();
+            let chain = homestak_base::error_chain(err.as_ref());
+            for shown in [chain, format!("{err:?}"), format!("{f:?}")] {
+                assert!(!shown.contains("SECRETVALUE"), "{text:?}: {shown}");
+            }
+            assert!(err.position().is_some(), "{text:?}: {err}");
+        }
     }
 
     #[test]

@@ -296,6 +296,24 @@ impl Engine for FakeEngine {
         })
     }
 
+    fn plan(
+        &self,
+        request: StatusRequest,
+    ) -> BoxFuture<'_, Result<homestak_api::v1::PlanTree, EngineError>> {
+        Box::pin(async move {
+            Ok(homestak_api::v1::PlanTree {
+                host: request.host.clone(),
+                plan: homestak_core::plan::Plan {
+                    manifest: request.manifest.name().to_string(),
+                    host: request.host,
+                    nodes: Vec::new(),
+                },
+                text: "nothing to do\n".into(),
+                children: Vec::new(),
+            })
+        })
+    }
+
     fn metrics(&self) -> Metrics {
         Metrics {
             pve_requests: vec![PveRequestCount {
@@ -498,3 +516,101 @@ pub async fn wait_lease_free(state: &Path) {
 
 /// The name of the daemon's lease in the store.
 pub use homestak_daemon::lease::NAME as LEASE;
+
+/// A TCP connection to `addr` from the loopback address `from` (so tests
+/// can be many clients: the daemon caps connections per address).
+pub async fn tcp_from(
+    addr: SocketAddr,
+    from: std::net::IpAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(addr).await
+}
+
+/// A TLS connection to the daemon from `from`, handshake done.
+pub async fn tls_from(
+    addr: SocketAddr,
+    fingerprint: Fingerprint,
+    from: std::net::IpAddr,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let config = Arc::new(homestak_tls::pinned_client_config(fingerprint));
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tcp = tcp_from(addr, from).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await
+}
+
+/// Reads one HTTP/1.1 response (head and a `Content-Length` body) from a
+/// kept-alive stream: status and body text.
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> std::io::Result<(u16, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&bytes[..head_end]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while bytes.len() < head_end + length {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+    }
+    Ok((
+        status,
+        String::from_utf8_lossy(&bytes[head_end..head_end + length]).into_owned(),
+    ))
+}
+
+/// Waits until the peer closes `stream` (EOF or an error); `None` when it
+/// is still open after `limit`. Any bytes the peer sends are dropped.
+pub async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = tokio::time::Instant::now();
+    let mut chunk = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| started.elapsed())
+}
+
+/// The value of one sample line of `/metrics` (0 when absent).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
