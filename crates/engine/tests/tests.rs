@@ -6,6 +6,7 @@
 mod client_schema;
 mod store_sled;
 mod store_suite;
+mod trust;
 
 /// Checked identities from test literals.
 mod ids {
