@@ -187,6 +187,10 @@ pub struct Memory {
     /// `vmid` was seeded from the plan. Only once: a step may give the
     /// plan's vmid up (taken by someone else, or replaced) for a fresh one.
     pub seeded: bool,
+    /// A task an earlier, interrupted run left in flight for this node
+    /// under a step this run does not resume (its create, when this run
+    /// plans an update): it must end before any step acts on the VM.
+    pub earlier: Option<Upid>,
 }
 
 impl Memory {
