@@ -3,7 +3,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: all build test lint deny fmt demo bench crds conformance venv clean
+.PHONY: all build test lint deny fmt demo bench crds conformance venv clean fuzz reliability-input
 
 all: build
 
@@ -68,6 +68,21 @@ bench:
 	HOMESTAK_BIN=$(CURDIR)/target/debug/homestak $(CARGO) bench -p homestak-engine --bench nested
 
 ## crds: regenerate the JSON Schemas in crds/
+## fuzz: the property-based fuzzing of the parsers (manifest, site-config,
+## PVE form and property strings, UPIDs, known_hosts) with a large budget.
+## `make test` runs the same properties with PROPTEST_CASES' default, 256.
+FUZZ_CASES ?= 100000
+FUZZ_CRATES := -p homestak-core -p homestak-pve -p homestak-ssh
+
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test $(FUZZ_CRATES) --test tests fuzz_
+
+## reliability-input: proof R3 at full size (part of `make reliability`):
+## the corpus of malformed inputs, which prints its count, then `fuzz`.
+reliability-input:
+	$(CARGO) test -p homestak --test tests bad_input -- --nocapture
+	$(MAKE) fuzz
+
 crds: build
 	$(CARGO) run --quiet -- crds --out crds
 
