@@ -32,10 +32,9 @@ fn also(case: &str, text: &str, words: &[&str]) {
     let lower = text.to_lowercase();
     for word in words {
         if !lower.contains(&word.to_lowercase()) {
-            UNCLEAR
-                .lock()
-                .unwrap()
-                .push(format!("case {case}: {word:?} missing from the error: {text}"));
+            UNCLEAR.lock().unwrap().push(format!(
+                "case {case}: {word:?} missing from the error: {text}"
+            ));
         }
     }
 }
@@ -149,7 +148,12 @@ fn site_errors(dir: &Path) -> String {
 fn malformed_site_config_files() {
     let cases: Vec<(&str, &str, &str, &[&str])> = vec![
         ("site.yaml list", "site.yaml", "- a\n", &["site.yaml"]),
-        ("site.yaml bad yaml", "site.yaml", "defaults: {a\n", &["site.yaml", ":"]),
+        (
+            "site.yaml bad yaml",
+            "site.yaml",
+            "defaults: {a\n",
+            &["site.yaml", ":"],
+        ),
         (
             "site.yaml wrong type",
             "site.yaml",
@@ -211,7 +215,11 @@ fn malformed_secrets() {
     // The values are secrets: no error may print them.
     let cases: Vec<(&str, &str, &[&str])> = vec![
         ("a list", "- hunter2-secret\n", &["secrets.yaml"]),
-        ("bad yaml", "api_tokens: {a: hunter2-secret\n", &["secrets.yaml", ":"]),
+        (
+            "bad yaml",
+            "api_tokens: {a: hunter2-secret\n",
+            &["secrets.yaml", ":"],
+        ),
         (
             "tokens a list",
             "api_tokens: [hunter2-secret]\n",
@@ -432,7 +440,12 @@ async fn malformed_daemon_requests() {
         (
             "repo traversal",
             // The client resolves the dots: it asks for /secrets.yaml.
-            raw(Method::GET, "/site-config.git/../secrets.yaml", Vec::new(), json),
+            raw(
+                Method::GET,
+                "/site-config.git/../secrets.yaml",
+                Vec::new(),
+                json,
+            ),
             400,
             &["unknown endpoint"],
         ),
@@ -482,7 +495,11 @@ async fn r3_malformed_inputs_get_clear_errors_and_no_panic() {
         before = total;
     }
     let unclear = UNCLEAR.lock().unwrap().clone();
-    assert!(unclear.is_empty(), "unclear errors:\n{}", unclear.join("\n"));
+    assert!(
+        unclear.is_empty(),
+        "unclear errors:\n{}",
+        unclear.join("\n")
+    );
     println!("R3 bad input: {before} malformed inputs, each a clear error, 0 panics");
     assert!(before >= 50, "only {before} malformed inputs checked");
 }

@@ -43,7 +43,9 @@ fn slow_sim(dir: &Path, answer: f64) -> (Guard, PathBuf, Value) {
     let config = dir.join("sim.yaml");
     std::fs::write(
         &config,
-        format!("ssh_port: 2222\nlatency: {{create: 3.0, start: 2.0, config: 0.5, answer: {answer}}}\n"),
+        format!(
+            "ssh_port: 2222\nlatency: {{create: 3.0, start: 2.0, config: 0.5, answer: {answer}}}\n"
+        ),
     )
     .unwrap();
     let ready = dir.join("ready.json");
@@ -192,7 +194,10 @@ async fn a_second_signal_stops_at_once() {
     let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = lines_tx.send(line);
         }
     });

@@ -371,7 +371,11 @@ async fn a_chosen_state_directory_is_left_as_its_owner_made_it() {
     std::fs::write(state.path().join("repos.list"), "mine").unwrap();
     let (engine, _calls) = FakeEngine::new();
     let d = start(config(site.path(), state.path()), Arc::clone(&engine) as _).await;
-    assert_eq!(mode(state.path()), 0o755, "a directory the user chose is not chmodded");
+    assert_eq!(
+        mode(state.path()),
+        0o755,
+        "a directory the user chose is not chmodded"
+    );
     // The clones are in a directory homestak made and marked.
     let ours: Vec<_> = std::fs::read_dir(state.path())
         .unwrap()

@@ -32,7 +32,10 @@ async fn a_pinned_fingerprint_is_checked_even_with_insecure() {
     };
     let tier = Engine::open(setup).unwrap().tier(site, "pve").unwrap();
     let good = tier.host.clone();
-    assert!(good.api_fingerprint.is_some(), "the simulator pins its cert");
+    assert!(
+        good.api_fingerprint.is_some(),
+        "the simulator pins its cert"
+    );
 
     // The right pin works, with or without --insecure.
     for insecure in [false, true] {
@@ -42,7 +45,8 @@ async fn a_pinned_fingerprint_is_checked_even_with_insecure() {
 
     // A wrong pin is refused, with or without --insecure.
     let mut wrong = good.clone();
-    wrong.api_fingerprint = Some(homestak_tls::Fingerprint::of_der(b"another certificate").to_string());
+    wrong.api_fingerprint =
+        Some(homestak_tls::Fingerprint::of_der(b"another certificate").to_string());
     for insecure in [false, true] {
         assert!(matches!(
             reconcile::trust(&wrong, insecure).unwrap(),
@@ -51,7 +55,10 @@ async fn a_pinned_fingerprint_is_checked_even_with_insecure() {
         let api = reconcile::connect(&wrong, insecure, None).unwrap();
         let err = api.version().await.unwrap_err();
         let text = homestak_base::error_chain(&err);
-        assert!(text.to_lowercase().contains("certificate"), "insecure={insecure}: {text}");
+        assert!(
+            text.to_lowercase().contains("certificate"),
+            "insecure={insecure}: {text}"
+        );
     }
 
     // No pin: --insecure accepts the self-signed certificate, the system

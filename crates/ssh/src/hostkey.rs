@@ -18,11 +18,11 @@
 //! `host:port`, a key of another algorithm is a mismatch too, so a server
 //! cannot downgrade us to a key type we have not seen.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, Weak};
 
 use base64::Engine as _;

@@ -92,10 +92,9 @@ impl<'de> Deserialize<'de> for AuthMethod {
     /// posture whose specs are then served to anyone.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<AuthMethod, D::Error> {
         match AuthMethod::from(String::deserialize(d)?) {
-            AuthMethod::Unknown(other) => Err(serde::de::Error::unknown_variant(
-                &other,
-                AUTH_METHODS,
-            )),
+            AuthMethod::Unknown(other) => {
+                Err(serde::de::Error::unknown_variant(&other, AUTH_METHODS))
+            }
             known => Ok(known),
         }
     }
@@ -235,7 +234,11 @@ mod tests {
         // Each loaded before as a posture without a method: network trust.
         let cases = [
             ("auth:\n  methd: site_token\n", "methd", "method"),
-            ("ssh:\n  port: 22\nauth:\n  method: site-token\n", "site-token", "node_token"),
+            (
+                "ssh:\n  port: 22\nauth:\n  method: site-token\n",
+                "site-token",
+                "node_token",
+            ),
             ("auth:\n  method: kerberos\n", "kerberos", "site_token"),
         ];
         for (text, bad, allowed) in cases {
@@ -243,7 +246,10 @@ mod tests {
                 homestak_base::yaml::from_str::<PostureV2>(text, Path::new("v2/postures/p.yaml"))
                     .unwrap_err();
             let shown = homestak_base::error_chain(&err);
-            assert!(shown.starts_with("invalid YAML in v2/postures/p.yaml:"), "{shown}");
+            assert!(
+                shown.starts_with("invalid YAML in v2/postures/p.yaml:"),
+                "{shown}"
+            );
             assert!(err.position().is_some(), "{shown}");
             assert!(shown.contains(bad) && shown.contains(allowed), "{shown}");
         }

@@ -61,15 +61,23 @@ fn bad_names_are_refused_at_their_line_and_column() {
         "{shown}"
     );
     let path = fixture("invalid-node-name.yaml");
-    let shown = Manifest::from_file(&path).unwrap_err().located().to_string();
+    let shown = Manifest::from_file(&path)
+        .unwrap_err()
+        .located()
+        .to_string();
     assert!(
         shown.starts_with(&format!("{}:5:11: Node 0 (my_vm)", path.display())),
         "{shown}"
     );
     // JSON has no lines: the message alone.
-    let err = Manifest::from_json(r#"{"schema_version":2,"name":"a b","nodes":[{"name":"x","type":"vm"}]}"#)
-        .unwrap_err();
-    assert!(matches!(err, Error::Invalid { position: None, .. }), "{err:?}");
+    let err = Manifest::from_json(
+        r#"{"schema_version":2,"name":"a b","nodes":[{"name":"x","type":"vm"}]}"#,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::Invalid { position: None, .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
