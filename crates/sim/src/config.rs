@@ -223,6 +223,10 @@ pub struct Downloads {
     pub default_virtual_size: Size,
     /// Exact sizes by URL.
     pub sizes: std::collections::BTreeMap<String, Size>,
+    /// The SHA-256 (hex) of a downloaded file, by the URL's file name: a
+    /// download-url whose `checksum` differs fails as PVE's does and keeps
+    /// no file. A file not listed passes any checksum.
+    pub sha256: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Downloads {
@@ -231,6 +235,7 @@ impl Default for Downloads {
             default_size: Size(400 << 20),
             default_virtual_size: Size(3 << 30),
             sizes: Default::default(),
+            sha256: Default::default(),
         }
     }
 }

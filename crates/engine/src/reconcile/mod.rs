@@ -375,6 +375,12 @@ impl Tier {
                 .unwrap_or_default()
                 .into_iter()
                 .collect(),
+            sha256: d
+                .image_sha256
+                .iter()
+                .flatten()
+                .map(|(image, digest)| (image.clone(), digest.as_str().to_string()))
+                .collect(),
         };
         let ssh = if planned.settings.verify_ssh {
             self.ssh.clone()

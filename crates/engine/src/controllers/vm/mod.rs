@@ -74,6 +74,9 @@ pub struct ImageSource {
     /// Images whose number of parts the site-config gives (`image_parts`):
     /// name → number of parts. The source is not asked about these.
     pub parts: HashMap<String, u32>,
+    /// SHA-256 digests the site-config gives (`image_sha256`): name →
+    /// lowercase hex. The source's checksum file is not asked for these.
+    pub sha256: HashMap<String, String>,
 }
 
 /// Waits and polls.
@@ -142,6 +145,9 @@ pub struct RunState {
     /// What the image source holds, by image: asked once per run however
     /// many nodes need the image (a failed question is not kept).
     layouts: Mutex<HashMap<String, Arc<OnceCell<source::Layout>>>>,
+    /// The SHA-256 each image is downloaded against, by image (`None`:
+    /// unverified, warned once): found once per run.
+    checksums: Mutex<HashMap<String, Arc<OnceCell<Option<String>>>>>,
     /// The client that asks, made when first needed.
     http: OnceCell<reqwest::Client>,
 }
