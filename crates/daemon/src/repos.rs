@@ -62,21 +62,24 @@ pub fn remove_stale(state: &Path) {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if entry.file_name().to_string_lossy().starts_with(ROOT_PREFIX) && is_ours(&path) {
-            if let Err(err) = std::fs::remove_dir_all(&path) {
-                tracing::warn!(path = %path.display(), error = %err, "cannot remove stale clones");
-            }
+        if entry.file_name().to_string_lossy().starts_with(ROOT_PREFIX)
+            && is_ours(&path)
+            && let Err(err) = std::fs::remove_dir_all(&path)
+        {
+            tracing::warn!(path = %path.display(), error = %err, "cannot remove stale clones");
         }
     }
 }
 
 /// Makes `root` (0700) with [`MARKER`] in it. One left by an earlier
 /// process of the same pid is replaced; anything else there is refused.
-fn create_root(root: &Path) -> Result<(), Error> {
+fn create_root(root: &Path) -> Result<(), Box<Error>> {
     use std::os::unix::fs::DirBuilderExt;
-    let io = |source| Error::Io {
-        path: root.to_path_buf(),
-        source,
+    let io = |source| {
+        Box::new(Error::Io {
+            path: root.to_path_buf(),
+            source,
+        })
     };
     let make = || {
         std::fs::DirBuilder::new()
@@ -87,9 +90,9 @@ fn create_root(root: &Path) -> Result<(), Error> {
         Ok(()) => {}
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
             if !is_ours(root) {
-                return Err(Error::NotOurs {
+                return Err(Box::new(Error::NotOurs {
                     path: root.to_path_buf(),
-                });
+                }));
             }
             std::fs::remove_dir_all(root).map_err(io)?;
             make().map_err(io)?;
@@ -242,7 +245,7 @@ impl RepoSet {
             }
             repos.insert(spec.name.clone(), ());
         }
-        create_root(root)?;
+        create_root(root).map_err(|e| *e)?;
         let mut set = RepoSet {
             repos: BTreeMap::new(),
             root: std::sync::Mutex::new(Some(root.to_path_buf())),
@@ -571,7 +574,10 @@ mod tests {
         assert!(state.path().join("repos.txt").is_file());
         assert!(elsewhere.path().join("c").join(MARKER).is_file());
         // A directory that is not ours is refused, not replaced.
-        assert!(matches!(create_root(&theirs), Err(Error::NotOurs { .. })));
+        assert!(matches!(
+            create_root(&theirs).map_err(|e| *e),
+            Err(Error::NotOurs { .. })
+        ));
         assert!(theirs.join("important").is_file());
         // One of ours left at our path is replaced.
         create_root(&ours).unwrap();

@@ -100,7 +100,9 @@ pub enum Error {
     #[error("{problem}")]
     Invalid {
         origin: Origin,
-        problem: Problem,
+        /// Boxed: a problem carries names and places, and errors travel
+        /// in `Result`s everywhere.
+        problem: Box<Problem>,
         position: Option<(u64, u64)>,
     },
     /// `remaining()` on a manifest with a single level.
@@ -337,7 +339,7 @@ mod tests {
     fn located_prefixes_only_problems() {
         let invalid = Error::Invalid {
             origin: Origin::File(PathBuf::from("/s/manifests/x.yaml")),
-            problem: Problem::DuplicateName { name: "a".into() },
+            problem: Box::new(Problem::DuplicateName { name: "a".into() }),
             position: None,
         };
         assert_eq!(invalid.to_string(), "Duplicate node name: 'a'");
@@ -347,9 +349,9 @@ mod tests {
         );
         let placed = Error::Invalid {
             origin: Origin::File(PathBuf::from("/s/m.yaml")),
-            problem: Problem::InvalidManifestName {
+            problem: Box::new(Problem::InvalidManifestName {
                 name: " demo".into(),
-            },
+            }),
             position: Some((2, 7)),
         };
         assert!(

@@ -127,7 +127,7 @@ impl Manifest {
         };
         let invalid = |problem| Error::Invalid {
             origin: origin.clone(),
-            problem,
+            problem: Box::new(problem),
             position: None,
         };
         match parse::document(map).map_err(invalid)? {
