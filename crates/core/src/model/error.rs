@@ -281,21 +281,23 @@ pub enum Problem {
 }
 
 /// What a manifest name may be, as [`Problem::InvalidManifestName`] says it.
-pub const MANIFEST_NAME_RULE: &str = "use 1 to 64 letters, digits, '.', '_' and '-', starting \
-     with a letter or digit (the name is written into every VM's ownership marks, which carry \
-     no spaces or other characters)";
+pub const MANIFEST_NAME_RULE: &str = "use 1 to 64 letters, digits and '.', '_', '-', ':', '[', \
+     ']', starting with a letter or digit (the name is written into every VM's ownership marks, \
+     which carry no spaces or other characters)";
 
 /// Longest manifest name.
 pub const MANIFEST_NAME_MAX: usize = 64;
 
-/// Whether `name` follows [`MANIFEST_NAME_RULE`].
+/// Whether `name` follows [`MANIFEST_NAME_RULE`]. `:`, `[` and `]` are
+/// there for the names the reference gives a part of a manifest
+/// (`NAME[:2]`, `NAME[1:]`), which travel as JSON; the marks carry them.
 pub fn is_manifest_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     bytes.first().is_some_and(u8::is_ascii_alphanumeric)
         && bytes.len() <= MANIFEST_NAME_MAX
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && bytes.iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'[' | b']')
+        })
 }
 
 impl Problem {
@@ -323,11 +325,19 @@ mod tests {
 
     #[test]
     fn manifest_names_are_what_marks_carry() {
-        for ok in ["n2-quick", "demo", "a", "site_1.v2", "X"] {
+        for ok in [
+            "n2-quick",
+            "demo",
+            "a",
+            "site_1.v2",
+            "X",
+            "lab[:2]",
+            "lab[1:]",
+        ] {
             assert!(is_manifest_name(ok), "{ok:?}");
         }
         for bad in [
-            "", " demo", "demo ", "-x", ".x", "_x", "a b", "a:b", "a\nb", "é", "a/b",
+            "", " demo", "demo ", "-x", ".x", "_x", "a b", "a\tb", "a\nb", "é", "a/b", "[x]",
         ] {
             assert!(!is_manifest_name(bad), "{bad:?}");
         }
