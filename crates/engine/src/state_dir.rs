@@ -87,11 +87,18 @@ fn is_root() -> bool {
 
 /// Prepares the state directory `path`: created 0700 (with its missing
 /// parents) when it is not there. A directory that exists keeps its mode
-/// unless it is the default one ([`default()`]): a directory the user chose
-/// (`--state-dir ~/work`) is theirs, and homestak's secrets in it are 0600
+/// unless it is homestak's own default (`/var/lib/homestak`, else the XDG
+/// one): a directory the user chose (`--state-dir ~/work`, or
+/// `$HOMESTAK_STATE_DIR`) is theirs, and homestak's secrets in it are 0600
 /// files anyway. A warning says when others can read it.
 pub fn ensure_dir(path: &Path) -> Result<(), Error> {
-    ensure_dir_as(path, path == default())
+    let builtin = from_env(
+        None,
+        is_root(),
+        std::env::var_os("XDG_STATE_HOME").map(PathBuf::from),
+        std::env::var_os("HOME").map(PathBuf::from),
+    );
+    ensure_dir_as(path, path == builtin)
 }
 
 /// [`ensure_dir`], told whether `path` is the default directory.
