@@ -3,7 +3,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: all build test lint deny fmt demo bench crds conformance venv clean reliability-load
+.PHONY: all build test lint deny fmt demo bench crds conformance venv clean fuzz reliability-load reliability-input
 
 all: build
 
@@ -72,6 +72,7 @@ bench:
 .PHONY: reliability
 reliability: reliability-faults
 reliability: reliability-load
+reliability: reliability-input
 
 ## reliability-faults: R2, 12 VMs converging under 10 % 5xx on reads and
 ## writes, 5 % connection resets before and after the work and 5 % failed
@@ -87,6 +88,21 @@ reliability-faults:
 ## auth matrix. CI runs the same tests at a reduced size.
 reliability-load:
 	HOMESTAK_LOAD=full $(CARGO) test -p homestak-daemon --test tests -- r4_ --nocapture --test-threads 1
+
+## fuzz: the property-based fuzzing of the parsers (manifest, site-config,
+## PVE form and property strings, UPIDs, known_hosts) with a large budget.
+## `make test` runs the same properties with PROPTEST_CASES' default, 256.
+FUZZ_CASES ?= 100000
+FUZZ_CRATES := -p homestak-core -p homestak-pve -p homestak-ssh
+
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test $(FUZZ_CRATES) --test tests fuzz_
+
+## reliability-input: proof R3 at full size (part of `make reliability`):
+## the corpus of malformed inputs, which prints its count, then `fuzz`.
+reliability-input:
+	$(CARGO) test -p homestak --test tests bad_input -- --nocapture
+	$(MAKE) fuzz
 
 ## crds: regenerate the JSON Schemas in crds/
 crds: build

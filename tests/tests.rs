@@ -12,6 +12,8 @@ mod daemon_support;
 #[path = "../crates/sim/tests/support/mod.rs"]
 mod sim_support;
 
+mod bad_input;
+mod cli_interrupt;
 mod cli_seed;
 mod daemon_converge;
 mod daemon_process;

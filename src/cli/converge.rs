@@ -304,10 +304,9 @@ pub(super) async fn converge(
         refused: Mutex::new(None),
     };
     let request = request(&prepared, target, run.mode, options);
-    let cancel = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    let (cancel, signals) = interruption()?;
     let result = prepared.engine.run_once(request, cancel, &terminal).await;
+    signals.abort();
     if let Some(progress) = lock(&terminal.progress).take() {
         progress.finish();
     }
@@ -333,6 +332,47 @@ pub(super) async fn converge(
     }
     Ok(result.outcome)
 }
+
+/// SIGINT or SIGTERM winds the run down: no step starts after it, the
+/// steps in flight reach their safe point and are recorded, and the report
+/// is written (exit 130). A second signal exits at once, as a kill would:
+/// the store is made to survive that, and the next run resumes. Listening
+/// starts here, before planning, so a signal then is not the default kill.
+/// Returns what resolves on the first signal, and the listener to stop
+/// once the run is over.
+fn interruption() -> anyhow::Result<(
+    impl std::future::Future<Output = ()>,
+    tokio::task::JoinHandle<()>,
+)> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let listener = tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!(
+            "interrupted: no new step starts; waiting for the steps in flight (signal again to \
+             stop at once)"
+        );
+        let _ = tx.send(true);
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("stopped at once: run again to resume where this run stopped");
+        std::process::exit(EXIT_INTERRUPTED);
+    });
+    let cancel = async move {
+        let _ = rx.wait_for(|fired| *fired).await;
+    };
+    Ok((cancel, listener))
+}
+
+/// The exit code of an interrupted run (as [`super::Outcome::Interrupted`]).
+const EXIT_INTERRUPTED: i32 = 130;
 
 /// Asks on the terminal; refuses without one (scripts pass `--yes`).
 fn confirm_destroy(plan: &homestak_core::plan::Plan) -> anyhow::Result<bool> {

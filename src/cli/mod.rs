@@ -9,7 +9,7 @@
 //! | 1 | an error: the message says what failed and what to do next |
 //! | 2 | drift: `status` found the world differs from the manifest |
 //! | 64 | usage error (bad flags or arguments) |
-//! | 130 | interrupted (SIGINT) |
+//! | 130 | interrupted (SIGINT or SIGTERM): steps in flight finished and were recorded; a second signal stops at once |
 
 use std::path::PathBuf;
 use std::process::ExitCode;

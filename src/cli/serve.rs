@@ -93,7 +93,8 @@ pub struct Args {
     /// How long shutdown waits for requests and the reconcile in flight.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = duration)]
     pub shutdown_grace: Duration,
-    /// Accept any PVE certificate (labs only; prefer api_fingerprint).
+    /// Accept any PVE certificate of a host without api_fingerprint (a pin
+    /// is always checked; labs only).
     #[arg(long)]
     pub insecure: bool,
     /// Private key for SSH to VMs and to the host (default: ssh_key in the

@@ -19,7 +19,8 @@ pub struct TargetArgs {
     /// The PVE host to converge: nodes/HOST.yaml in the site-config.
     #[arg(short = 'H', long = "host", value_name = "HOST")]
     pub host: String,
-    /// Accept any TLS certificate from the PVE API. For throw-away labs
+    /// Accept any TLS certificate from the PVE API of a host without
+    /// `api_fingerprint:` (a pin is always checked). For throw-away labs
     /// only; prefer `api_fingerprint:` in nodes/HOST.yaml.
     #[arg(long)]
     pub insecure: bool,

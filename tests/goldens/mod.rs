@@ -51,6 +51,19 @@ fn check(case: &Case) -> Option<Verdict> {
         .or_else(|| daemon::check(case))
 }
 
+/// Cases where homestak refuses on purpose what the reference accepted:
+/// (case id prefix, text our failure must contain, why). Such a case
+/// passes only when it fails in exactly that way.
+const DEVIATIONS: &[(&str, &str, &str)] = &[];
+
+/// Why `id` may fail with `why`, when it is a listed deviation.
+fn deviation(id: &str, why: &str) -> Option<&'static str> {
+    DEVIATIONS
+        .iter()
+        .find(|(prefix, text, _)| id.starts_with(prefix) && why.contains(text))
+        .map(|(_, _, reason)| *reason)
+}
+
 #[test]
 fn reference_goldens() {
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -73,10 +86,16 @@ fn reference_goldens() {
     // kind -> (passed, failed, skipped)
     let mut counts: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
     let mut failures = Vec::new();
+    let mut deviated = Vec::new();
     for case in &cases {
         let entry = counts.entry(case.kind.clone()).or_default();
         match check(case) {
             Some(Verdict::Pass) => entry.0 += 1,
+            Some(Verdict::Fail(why)) if deviation(&case.id, &why).is_some() => {
+                entry.0 += 1;
+                let reason = deviation(&case.id, &why).unwrap_or_default();
+                deviated.push(format!("{}: {reason}", case.id));
+            }
             Some(Verdict::Fail(why)) => {
                 entry.1 += 1;
                 failures.push(format!("{}: {why}", case.id));
@@ -99,6 +118,9 @@ fn reference_goldens() {
         } else {
             println!("{kind:<24} {p:>3} passed {f:>3} failed");
         }
+    }
+    for case in &deviated {
+        println!("DEVIATES (on purpose) {case}");
     }
     for failure in &failures {
         println!("FAIL {failure}");

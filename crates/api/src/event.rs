@@ -71,6 +71,8 @@ pub enum Kind {
     /// The image source gave no clear answer whether an image ships whole
     /// or in parts; PVE was asked for the whole asset.
     ImageUnchecked,
+    /// An image was downloaded without a checksum to check it against.
+    ImageUnverified,
 }
 
 impl Kind {
@@ -101,6 +103,7 @@ impl Kind {
             Kind::PartsLeft => "parts_left",
             Kind::ImageJoined => "image_joined",
             Kind::ImageUnchecked => "image_unchecked",
+            Kind::ImageUnverified => "image_unverified",
         }
     }
 }

@@ -144,6 +144,120 @@ pub fn read_file<T: DeserializeOwned>(path: &Path) -> Result<T, Error> {
     from_str(&text, path)
 }
 
+/// One step of a path into a document: a mapping key or a list index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// The 1-based `(line, column)` of the value at `path` in YAML `text`,
+/// when the text parses and the path exists. Validation runs on a plain
+/// value tree; this second, span-aware read lets an error about a value
+/// point at it without carrying spans through every check.
+pub fn locate(text: &str, path: &[Step]) -> Option<(u64, u64)> {
+    let tree: serde_saphyr::Spanned<Tree> =
+        serde_saphyr::from_str_with_options(text, options()).ok()?;
+    let mut here = &tree;
+    for step in path {
+        here = match (&here.value, step) {
+            (Tree::Map(entries), Step::Key(key)) => {
+                entries.iter().find(|(k, _)| k == key).map(|(_, v)| v)?
+            }
+            (Tree::Seq(items), Step::Index(index)) => items.get(*index)?,
+            _ => return None,
+        };
+    }
+    let at = here.referenced;
+    (at.line() > 0).then(|| (at.line(), at.column()))
+}
+
+/// A document with the location of every value (for [`locate`]).
+enum Tree {
+    Map(Vec<(String, serde_saphyr::Spanned<Tree>)>),
+    Seq(Vec<serde_saphyr::Spanned<Tree>>),
+    Leaf,
+}
+
+impl<'de> serde::Deserialize<'de> for Tree {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Tree, D::Error> {
+        d.deserialize_any(TreeVisitor)
+    }
+}
+
+struct TreeVisitor;
+
+/// Any scalar key as text (`1:` and `true:` are keys too).
+struct Key(String);
+
+impl<'de> serde::Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        Ok(Key(match value {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        }))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for TreeVisitor {
+    type Value = Tree;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Tree, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(Key(key)) = map.next_key()? {
+            entries.push((key, map.next_value()?));
+        }
+        Ok(Tree::Map(entries))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Tree, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Tree::Seq(items))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+    fn visit_i128<E>(self, _: i128) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+    fn visit_u128<E>(self, _: u128) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+    fn visit_bytes<E>(self, _: &[u8]) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+    fn visit_unit<E>(self) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+    fn visit_none<E>(self) -> Result<Tree, E> {
+        Ok(Tree::Leaf)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Tree, D::Error> {
+        d.deserialize_any(TreeVisitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +303,20 @@ mod tests {
             ));
         }
         assert!(from_str::<serde_json::Value>(&doc, Path::new("bomb.yaml")).is_err());
+    }
+
+    #[test]
+    fn locate_points_at_values_by_path() {
+        let text = "schema_version: 2\nname: \" demo\"\nnodes:\n  - name: a\n    type: vm\n  - name: \"b c\"\n";
+        let key = |k: &str| Step::Key(k.to_string());
+        assert_eq!(locate(text, &[key("name")]), Some((2, 7)));
+        assert_eq!(
+            locate(text, &[key("nodes"), Step::Index(1), key("name")]),
+            Some((6, 11))
+        );
+        assert_eq!(locate(text, &[key("nodes"), Step::Index(5)]), None);
+        assert_eq!(locate(text, &[key("name"), key("x")]), None);
+        assert_eq!(locate("a: [", &[key("a")]), None);
     }
 
     #[test]

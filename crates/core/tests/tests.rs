@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod crds;
+mod fuzz;
 mod manifest_examples;
 mod manifest_robustness;
 mod site_resolver;

@@ -34,6 +34,78 @@ use super::reply::{self, ApiError, Reply};
 /// The branch holding the snapshot of uncommitted changes.
 pub const WORKING_BRANCH: &str = "_working";
 
+/// The file in a directory of temporary clones (`<state>/repos.<pid>`)
+/// that says homestak made it, so only such directories are ever deleted.
+pub const MARKER: &str = ".homestak-repos";
+
+/// Prefix of the directories of temporary clones in the state directory.
+const ROOT_PREFIX: &str = "repos.";
+
+/// Where this process keeps its clones: `<state>/repos.<pid>`.
+pub fn root_in(state: &Path) -> PathBuf {
+    state.join(format!("{ROOT_PREFIX}{}", std::process::id()))
+}
+
+/// Whether `dir` is a directory (not a symlink) homestak made for clones.
+fn is_ours(dir: &Path) -> bool {
+    let real_dir = std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir());
+    real_dir && std::fs::symlink_metadata(dir.join(MARKER)).is_ok_and(|m| m.is_file())
+}
+
+/// Deletes the clone directories a process that died left in `state`:
+/// `repos.*` directories holding [`MARKER`]. Nothing else is touched, so a
+/// user's `repos.backup` in a state directory they chose stays. Only call
+/// it holding the store's lease (no live process uses them then).
+pub fn remove_stale(state: &Path) {
+    let Ok(entries) = std::fs::read_dir(state) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with(ROOT_PREFIX)
+            && is_ours(&path)
+            && let Err(err) = std::fs::remove_dir_all(&path)
+        {
+            tracing::warn!(path = %path.display(), error = %err, "cannot remove stale clones");
+        }
+    }
+}
+
+/// Makes `root` (0700) with [`MARKER`] in it. One left by an earlier
+/// process of the same pid is replaced; anything else there is refused.
+fn create_root(root: &Path) -> Result<(), Box<Error>> {
+    use std::os::unix::fs::DirBuilderExt;
+    let io = |source| {
+        Box::new(Error::Io {
+            path: root.to_path_buf(),
+            source,
+        })
+    };
+    let make = || {
+        std::fs::DirBuilder::new()
+            .mode(homestak_engine::state_dir::DIR_MODE)
+            .create(root)
+    };
+    match make() {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            if !is_ours(root) {
+                return Err(Box::new(Error::NotOurs {
+                    path: root.to_path_buf(),
+                }));
+            }
+            std::fs::remove_dir_all(root).map_err(io)?;
+            make().map_err(io)?;
+        }
+        Err(err) => return Err(io(err)),
+    }
+    std::fs::write(
+        root.join(MARKER),
+        "Temporary clones of a homestak daemon; deleted when it stops.\n",
+    )
+    .map_err(io)
+}
+
 /// A repository could not be prepared or refreshed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -57,6 +129,20 @@ pub enum Error {
         name: String,
         #[source]
         source: git::Error,
+    },
+    /// The directory for the clones exists and homestak did not make it.
+    #[error(
+        "{} exists and is not a directory of homestak's clones (no {MARKER} in it); homestak \
+         leaves it alone: move it away",
+        path.display()
+    )]
+    NotOurs { path: PathBuf },
+    /// The state directory lies inside a served repository.
+    #[error("cannot serve {name}.git")]
+    StateInside {
+        name: String,
+        #[source]
+        source: homestak_engine::state_dir::Error,
     },
     /// A directory could not be created or removed.
     #[error("cannot prepare the repository directory {}", path.display())]
@@ -146,8 +232,9 @@ impl RepoSet {
         }
     }
 
-    /// Clones every spec into `<root>/<name>.git` (creating `root`, 0700)
-    /// and snapshots its working tree.
+    /// Clones every spec into `<root>/<name>.git` and snapshots its
+    /// working tree. `root` is created 0700 and marked as homestak's
+    /// ([`MARKER`]); a directory there that is not is refused.
     pub async fn prepare(root: &Path, specs: &[RepoSpec]) -> Result<RepoSet, Error> {
         let mut repos = BTreeMap::new();
         for spec in specs {
@@ -158,10 +245,7 @@ impl RepoSet {
             }
             repos.insert(spec.name.clone(), ());
         }
-        homestak_engine::state_dir::ensure_dir(root).map_err(|e| Error::Io {
-            path: root.to_path_buf(),
-            source: std::io::Error::other(e),
-        })?;
+        create_root(root).map_err(|e| *e)?;
         let mut set = RepoSet {
             repos: BTreeMap::new(),
             root: std::sync::Mutex::new(Some(root.to_path_buf())),
@@ -208,10 +292,12 @@ impl RepoSet {
         Ok(())
     }
 
-    /// Deletes the clones (shutdown). Idempotent.
+    /// Deletes the clones (shutdown). Idempotent; a directory without
+    /// [`MARKER`] is never deleted.
     pub async fn remove(&self) {
         let root = self.root.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(root) = root
+            && is_ours(&root)
             && let Err(err) = tokio::fs::remove_dir_all(&root).await
         {
             tracing::warn!(path = %root.display(), error = %err, "cannot remove temporary repos");
@@ -465,6 +551,38 @@ mod tests {
         for bad in ["x", "=/p", "../x=/p", ".h=/p", "a/b=/p", "a=", "a b=/p"] {
             assert!(bad.parse::<RepoSpec>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_marked_clone_directories_are_removed() {
+        let state = tempfile::tempdir().unwrap();
+        let ours = state.path().join("repos.1");
+        create_root(&ours).unwrap();
+        std::fs::write(ours.join("x"), "x").unwrap();
+        let theirs = state.path().join("repos.backup");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::write(theirs.join("important"), "keep").unwrap();
+        std::fs::write(state.path().join("repos.txt"), "keep").unwrap();
+        // A symlink to a marked directory is not a directory of ours.
+        let elsewhere = tempfile::tempdir().unwrap();
+        create_root(&elsewhere.path().join("c")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("c"), state.path().join("repos.link"))
+            .unwrap();
+        remove_stale(state.path());
+        assert!(!ours.exists());
+        assert!(theirs.join("important").is_file());
+        assert!(state.path().join("repos.txt").is_file());
+        assert!(elsewhere.path().join("c").join(MARKER).is_file());
+        // A directory that is not ours is refused, not replaced.
+        assert!(matches!(
+            create_root(&theirs).map_err(|e| *e),
+            Err(Error::NotOurs { .. })
+        ));
+        assert!(theirs.join("important").is_file());
+        // One of ours left at our path is replaced.
+        create_root(&ours).unwrap();
+        create_root(&ours).unwrap();
+        assert!(ours.join(MARKER).is_file());
     }
 
     #[test]

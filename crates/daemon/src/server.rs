@@ -257,6 +257,8 @@ impl Daemon {
     pub async fn start(config: Config, engine: Arc<dyn Engine>) -> Result<Daemon, Error> {
         let state = config.state_dir.clone();
         state_dir::ensure_dir(&state).map_err(Error::StateDir)?;
+        // Served as a git snapshot: a state directory inside would be too.
+        state_dir::check_outside(&state, &config.site_config).map_err(Error::StateDir)?;
         let store = engine.store();
         let lease = Lease::acquire(Arc::clone(&store)).map_err(Error::Lease)?;
         legacy::import(&state, store.as_ref()).map_err(|source| Error::Legacy {
@@ -683,15 +685,18 @@ async fn prepare_repos(config: &Config, state: &Path) -> Result<Option<Arc<RepoS
             }
         }
     };
-    // Clones left by a process that died: we hold the lease, so none is live.
-    if let Ok(entries) = std::fs::read_dir(state) {
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with("repos.") {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
+    // The state directory's tokens and keys must never be in a snapshot.
+    for spec in &specs {
+        state_dir::check_outside(state, &spec.source).map_err(|source| {
+            Error::Repos(Box::new(super::repos::Error::StateInside {
+                name: spec.name.clone(),
+                source,
+            }))
+        })?;
     }
-    let root = state.join(format!("repos.{}", std::process::id()));
+    // Clones left by a process that died: we hold the lease, so none is live.
+    super::repos::remove_stale(state);
+    let root = super::repos::root_in(state);
     let set = RepoSet::prepare(&root, &specs)
         .await
         .map_err(|e| Error::Repos(Box::new(e)))?;

@@ -359,6 +359,63 @@ async fn state_directory_and_generated_secrets_are_private() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chosen_state_directory_is_left_as_its_owner_made_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let site = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    site_config(site.path());
+    std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Entries named like ours that homestak did not make.
+    std::fs::create_dir(state.path().join("repos.backup")).unwrap();
+    std::fs::write(state.path().join("repos.backup/notes"), "mine").unwrap();
+    std::fs::write(state.path().join("repos.list"), "mine").unwrap();
+    let (engine, _calls) = FakeEngine::new();
+    let d = start(config(site.path(), state.path()), Arc::clone(&engine) as _).await;
+    assert_eq!(
+        mode(state.path()),
+        0o755,
+        "a directory the user chose is not chmodded"
+    );
+    // The clones are in a directory homestak made and marked.
+    let ours: Vec<_> = std::fs::read_dir(state.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join(homestak_daemon::repos::MARKER).is_file())
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(mode(&ours[0]), 0o700);
+    d.stop().await.unwrap();
+    assert!(!ours[0].exists(), "the clones go at stop");
+    // A restart (and its clean-up of stale clones) spares them too.
+    let d = start(config(site.path(), state.path()), engine).await;
+    d.stop().await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(state.path().join("repos.backup/notes")).unwrap(),
+        "mine"
+    );
+    assert!(state.path().join("repos.list").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_directory_inside_the_site_config_is_refused() {
+    // Its tokens and keys would be in the served snapshot.
+    let site = tempfile::tempdir().unwrap();
+    site_config(site.path());
+    let state = site.path().join(".homestak");
+    let (engine, _calls) = FakeEngine::new();
+    let err = Daemon::start(config(site.path(), &state), engine)
+        .await
+        .map(drop)
+        .unwrap_err();
+    let text = homestak_daemon::reconciler::error_chain(&err);
+    assert!(
+        text.contains("inside") && text.contains("--state-dir"),
+        "{text}"
+    );
+    assert!(!state.join("api-token").exists(), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_engine_fails_the_job_not_the_daemon() {
     let site = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();

@@ -27,6 +27,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The state directory lies inside a tree the daemon serves a
+    /// snapshot of (the site-config): its tokens and keys would be served.
+    #[error(
+        "state directory {} is inside {}, which the daemon serves as a git snapshot: its tokens \
+         and keys would be served too; pass --state-dir DIR outside it",
+        state.display(),
+        tree.display()
+    )]
+    InsideServedTree { state: PathBuf, tree: PathBuf },
     /// A file in it could not be written.
     #[error("cannot write {}", path.display())]
     Write {
@@ -76,12 +85,61 @@ fn is_root() -> bool {
     fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-/// Creates `path` (and parents) if needed and sets it to 0700.
+/// Prepares the state directory `path`: created 0700 (with its missing
+/// parents) when it is not there. A directory that exists keeps its mode
+/// unless it is homestak's own default (`/var/lib/homestak`, else the XDG
+/// one): a directory the user chose (`--state-dir ~/work`, or
+/// `$HOMESTAK_STATE_DIR`) is theirs, and homestak's secrets in it are 0600
+/// files anyway. A warning says when others can read it.
 pub fn ensure_dir(path: &Path) -> Result<(), Error> {
-    create_private(path).map_err(|source| Error::Create {
+    let builtin = from_env(
+        None,
+        is_root(),
+        std::env::var_os("XDG_STATE_HOME").map(PathBuf::from),
+        std::env::var_os("HOME").map(PathBuf::from),
+    );
+    ensure_dir_as(path, path == builtin)
+}
+
+/// [`ensure_dir`], told whether `path` is the default directory.
+fn ensure_dir_as(path: &Path, is_default: bool) -> Result<(), Error> {
+    let err = |source| Error::Create {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    match fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            let mode = meta.permissions().mode() & 0o777;
+            if is_default {
+                fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE)).map_err(err)?;
+            } else if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(), mode = format!("{mode:o}"),
+                    "the state directory is open to other users; homestak leaves a directory \
+                     it did not create as it is (its secrets are 0600 files): chmod 700 it to \
+                     hide the store too"
+                );
+            }
+            Ok(())
+        }
+        _ => create_private(path).map_err(err),
+    }
+}
+
+/// Refuses a state directory inside `tree` (a directory whose snapshot is
+/// served), comparing canonical paths. Either may be missing: a missing
+/// path cannot hold the other.
+pub fn check_outside(state: &Path, tree: &Path) -> Result<(), Error> {
+    let (Ok(state_real), Ok(tree_real)) = (fs::canonicalize(state), fs::canonicalize(tree)) else {
+        return Ok(());
+    };
+    if state_real.starts_with(&tree_real) {
+        return Err(Error::InsideServedTree {
+            state: state.to_path_buf(),
+            tree: tree.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 /// Creates `path` (and parents) if needed, readable by its owner only.
@@ -132,17 +190,55 @@ mod tests {
         );
     }
 
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
     #[test]
-    fn ensure_dir_tightens_mode_and_write_atomic_sets_mode() {
+    fn only_a_directory_homestak_creates_or_its_default_is_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Chosen by the user and already there: left as it is.
+        let chosen = tmp.path().join("chosen");
+        fs::create_dir(&chosen).unwrap();
+        fs::set_permissions(&chosen, fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_dir(&chosen).unwrap();
+        assert_eq!(mode(&chosen), 0o755);
+        // Created by homestak: private.
+        let made = tmp.path().join("new/state");
+        ensure_dir(&made).unwrap();
+        assert_eq!(mode(&made), 0o700);
+        // The default directory is homestak's, even when it exists.
+        let default = tmp.path().join("default");
+        fs::create_dir(&default).unwrap();
+        fs::set_permissions(&default, fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_dir_as(&default, true).unwrap();
+        assert_eq!(mode(&default), 0o700);
+    }
+
+    #[test]
+    fn a_state_directory_inside_a_served_tree_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let site = tmp.path().join("site-config");
+        fs::create_dir_all(site.join("state")).unwrap();
+        fs::create_dir_all(tmp.path().join("state")).unwrap();
+        let err = check_outside(&site.join("state"), &site).unwrap_err();
+        assert!(matches!(err, Error::InsideServedTree { .. }));
+        assert!(err.to_string().contains("--state-dir"), "{err}");
+        // Spelled another way, still inside.
+        assert!(check_outside(&site.join("../site-config/state"), &site).is_err());
+        assert!(check_outside(&site, &site).is_err());
+        check_outside(&tmp.path().join("state"), &site).unwrap();
+        // A sibling whose name starts the same is outside.
+        fs::create_dir_all(tmp.path().join("site-config-state")).unwrap();
+        check_outside(&tmp.path().join("site-config-state"), &site).unwrap();
+    }
+
+    #[test]
+    fn write_atomic_sets_mode() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("state");
-        fs::create_dir(&dir).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         ensure_dir(&dir).unwrap();
-        assert_eq!(
-            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
-            0o700
-        );
+        assert_eq!(mode(&dir), 0o700);
 
         let file = dir.join("secret");
         write_atomic(&file, b"one", SECRET_MODE).unwrap();

@@ -7,6 +7,7 @@ mod client_schema;
 mod create_intent;
 mod store_sled;
 mod store_suite;
+mod trust;
 
 /// Checked identities from test literals.
 mod ids {

@@ -75,6 +75,14 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// The answer's body is larger than the client reads (see
+    /// [`super::Config::max_body`]): not a PVE answer homestak can use.
+    #[error(
+        "PVE's answer to {target} is larger than {limit} bytes, far beyond any real PVE answer; \
+         homestak stopped reading it: check that the address is a PVE API"
+    )]
+    TooLarge { target: Box<Target>, limit: usize },
+
     /// A task ended with an error exit status.
     #[error(
         "PVE task {} on node {}{} failed: {exitstatus}",
@@ -186,7 +194,7 @@ impl Error {
             } => classify(*status, message, errors),
             Error::Unreachable { .. } => ErrorKind::Unreachable,
             Error::Timeout { .. } => ErrorKind::Timeout,
-            Error::Decode { .. } => ErrorKind::Protocol,
+            Error::Decode { .. } | Error::TooLarge { .. } => ErrorKind::Protocol,
             Error::TaskFailed { .. } => ErrorKind::TaskFailed,
             Error::TaskTimeout { .. } => ErrorKind::TaskTimeout,
             Error::NotImplemented { .. } => ErrorKind::NotImplemented,
@@ -217,7 +225,8 @@ impl Error {
             Error::Api { target, .. }
             | Error::Unreachable { target, .. }
             | Error::Timeout { target, .. }
-            | Error::Decode { target, .. } => Some(target),
+            | Error::Decode { target, .. }
+            | Error::TooLarge { target, .. } => Some(target),
             _ => None,
         }
     }

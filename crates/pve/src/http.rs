@@ -54,6 +54,9 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// Requests in flight to this host at once.
     pub max_concurrent: usize,
+    /// Largest answer body read, in bytes; a larger one is an error, so a
+    /// hostile or wrong server cannot exhaust memory.
+    pub max_body: usize,
     pub rate: Option<RateLimit>,
     /// Sees every attempt (tests, schema validation).
     pub observer: Option<Arc<dyn Observer>>,
@@ -76,6 +79,10 @@ impl std::fmt::Debug for Config {
 /// PVE's API port.
 pub const DEFAULT_PORT: u16 = 8006;
 
+/// Default [`Config::max_body`]: 32 MiB, about a hundred times the
+/// `/cluster/resources` answer of a thousand VMs.
+pub const DEFAULT_MAX_BODY: usize = 32 << 20;
+
 impl Config {
     /// Settings for `host` with defaults: 30 s timeout, 10 s connect, 4
     /// attempts for reads, 8 concurrent requests, 50 req/s (burst 20).
@@ -92,6 +99,7 @@ impl Config {
             connect_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             max_concurrent: 8,
+            max_body: DEFAULT_MAX_BODY,
             rate: Some(RateLimit::default()),
             observer: None,
         })
@@ -132,6 +140,7 @@ pub struct Http {
     timeout: Duration,
     retry: RetryPolicy,
     limits: HostLimits,
+    max_body: usize,
     observer: Option<Arc<dyn Observer>>,
 }
 
@@ -187,6 +196,7 @@ impl Http {
             timeout: config.timeout,
             retry: config.retry,
             limits: HostLimits::new(config.max_concurrent, config.rate),
+            max_body: config.max_body,
             observer: config.observer,
         })
     }
@@ -259,10 +269,7 @@ impl Http {
             .extensions()
             .get::<hyper::ext::ReasonPhrase>()
             .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(request, e))?;
+        let body = self.read_body(request, response).await?;
         if status.is_success() {
             return decode_envelope(&body).map_err(|source| Error::Decode {
                 target: request.target(&self.host),
@@ -276,6 +283,35 @@ impl Http {
             message,
             errors,
         })
+    }
+
+    /// The body, at most `max_body` bytes (checked against the declared
+    /// length first, then while reading).
+    async fn read_body(
+        &self,
+        request: &Request,
+        mut response: reqwest::Response,
+    ) -> Result<Vec<u8>, Error> {
+        let too_large = || Error::TooLarge {
+            target: request.target(&self.host),
+            limit: self.max_body,
+        };
+        let declared = response.content_length().unwrap_or(0);
+        if usize::try_from(declared).map_or(true, |n| n > self.max_body) {
+            return Err(too_large());
+        }
+        let mut body = Vec::with_capacity(usize::try_from(declared).unwrap_or(0));
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(request, e))?
+        {
+            if body.len() + chunk.len() > self.max_body {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     fn transport_error(&self, request: &Request, source: reqwest::Error) -> Error {

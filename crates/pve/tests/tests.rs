@@ -5,6 +5,7 @@
 
 mod client_routes;
 mod fake;
+mod fuzz;
 mod http;
 mod recorded;
 mod schema;

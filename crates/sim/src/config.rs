@@ -18,6 +18,7 @@
 //! host_ssh_port: 2222            # the node's own SSH (default: ssh_port)
 //! host_ssh_keys: ["ssh-ed25519 AAAA… me@laptop"]   # may log in as root
 //! faults: { read_error_rate: 0.01 }
+//! hostile: { answer: truncated_json }  # spoiled answers (see `hostile`)
 //! nested:                      # what a VM booted from a PVE image serves
 //!   storages: [ { id: local, type: dir, content: [import, iso], size: 50G } ]
 //!   images: []                 # default: the same images as this tier
@@ -159,6 +160,9 @@ pub struct ImageConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Latency {
+    /// How long every API answer takes (0: at once); a slow link or a
+    /// loaded host.
+    pub answer: f64,
     pub create: f64,
     pub config: f64,
     pub resize: f64,
@@ -187,6 +191,7 @@ pub struct Latency {
 impl Default for Latency {
     fn default() -> Self {
         Latency {
+            answer: 0.0,
             create: 1.0,
             config: 0.3,
             resize: 0.5,
@@ -218,6 +223,10 @@ pub struct Downloads {
     pub default_virtual_size: Size,
     /// Exact sizes by URL.
     pub sizes: std::collections::BTreeMap<String, Size>,
+    /// The SHA-256 (hex) of a downloaded file, by the URL's file name: a
+    /// download-url whose `checksum` differs fails as PVE's does and keeps
+    /// no file. A file not listed passes any checksum.
+    pub sha256: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Downloads {
@@ -226,6 +235,7 @@ impl Default for Downloads {
             default_size: Size(400 << 20),
             default_virtual_size: Size(3 << 30),
             sizes: Default::default(),
+            sha256: Default::default(),
         }
     }
 }
@@ -279,6 +289,8 @@ pub struct Config {
     pub pve_version: String,
     /// What VMs booted from a PVE image serve.
     pub nested: NestedConfig,
+    /// Spoiled answers, for clients' robustness tests.
+    pub hostile: super::hostile::Hostile,
 
     /// Where to listen (loopback only).
     #[serde(skip)]
@@ -330,6 +342,7 @@ impl Default for Config {
             token_id: "root@pam!homestak".into(),
             pve_version: "8.4.1".into(),
             nested: NestedConfig::default(),
+            hostile: Default::default(),
             listen: None,
             time_scale: 1.0,
             seed: None,

@@ -29,6 +29,7 @@ pub mod control;
 pub mod faults;
 pub mod guest;
 pub mod host;
+pub mod hostile;
 pub mod runtime;
 pub mod server;
 pub mod site_config;

@@ -135,13 +135,26 @@ fn error_response(e: &api::Error) -> Response<Body> {
     respond(e.status, &e.message, Some(Value::Object(m)))
 }
 
-fn reply_response(r: Reply) -> Response<Body> {
-    let body = match r {
+fn reply_json(r: Reply) -> Value {
+    match r {
         Reply::Data(d) => json!({ "data": d }),
         Reply::WithTotal(d, total) => json!({ "data": d, "total": total }),
         Reply::WithChanges(d, changes) => json!({ "data": d, "changes": changes }),
-    };
-    respond(200, "OK", Some(body))
+    }
+}
+
+fn reply_response(r: Reply) -> Response<Body> {
+    respond(200, "OK", Some(reply_json(r)))
+}
+
+/// A successful answer as a hostile server sends it (`hostile:`).
+fn spoiled(answer: super::hostile::Answer, r: Reply) -> Response<Body> {
+    let (mut parts, _) = respond(200, "OK", None).into_parts();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json;charset=UTF-8"),
+    );
+    Response::from_parts(parts, super::hostile::body(answer, reply_json(r)))
 }
 
 /// 501 without a body (errors raised before the API handler layer).
@@ -256,6 +269,7 @@ async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         shared: shared.clone(),
         user: identity.map(|i| i.user).unwrap_or_default(),
     };
+    shared.clock.sleep(shared.config.latency.answer).await;
     let result = api::handle(&ctx, endpoint, &p).await;
     // The work is done (a create's task is running): the answer may still
     // be lost on the way back.
@@ -269,7 +283,10 @@ async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<B
         }
     }
     Ok(match result {
-        Ok(r) => reply_response(r),
+        Ok(r) => match shared.config.hostile.answer.filter(|_| !no_auth) {
+            Some(answer) => spoiled(answer, r),
+            None => reply_response(r),
+        },
         Err(e) if e.status == 401 => {
             shared
                 .clock

@@ -3,7 +3,7 @@
 //! simulators, `--state` persistence, download-url, tokens and network.
 
 use crate::support::{Sim, config};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn storage_lock_times_out_under_contention() {
@@ -248,6 +248,68 @@ async fn state_survives_a_restart() {
         (Some("keep"), Some("a;b"))
     );
     sim.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_download_whose_checksum_differs_fails_and_keeps_nothing() {
+    let good = "ab".repeat(32);
+    let mut config = config(0.001);
+    config
+        .downloads
+        .sha256
+        .insert("noble.qcow2".into(), good.clone());
+    let sim = Sim::start_with(config).await;
+    let download = |digest: String| {
+        let sim = &sim;
+        async move {
+            let upid = sim
+                .ok(
+                    "POST",
+                    "/nodes/pve/storage/local/download-url",
+                    &[
+                        ("url", "https://example.invalid/rel/noble.qcow2"),
+                        ("content", "import"),
+                        ("filename", "noble.qcow2"),
+                        ("checksum", &digest),
+                        ("checksum-algorithm", "sha256"),
+                    ],
+                )
+                .await;
+            sim.wait_task(upid.as_str().unwrap()).await
+        }
+    };
+    let status = download("cd".repeat(32)).await;
+    let exit = status["exitstatus"].as_str().unwrap();
+    assert!(
+        exit.starts_with(&format!("checksum mismatch: got '{good}' != expect '")),
+        "{exit}"
+    );
+    let listed = |content: &Value| {
+        content
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["volid"] == "local:import/noble.qcow2")
+    };
+    let content = sim
+        .call(
+            "GET",
+            "/nodes/pve/storage/local/content",
+            &[("content", "import")],
+        )
+        .await;
+    assert!(!listed(content.data()), "no file is kept");
+    // The right digest (either case) passes.
+    let status = download(good.to_uppercase()).await;
+    assert_eq!(status["exitstatus"], "OK");
+    let content = sim
+        .call(
+            "GET",
+            "/nodes/pve/storage/local/content",
+            &[("content", "import")],
+        )
+        .await;
+    assert!(listed(content.data()));
 }
 
 #[tokio::test]

@@ -18,17 +18,17 @@
 //! `host:port`, a key of another algorithm is a mismatch too, so a server
 //! cannot downgrade us to a key type we have not seen.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use russh::keys::{PublicKey, PublicKeyBase64};
 use subtle::ConstantTimeEq;
-use tokio::io::AsyncWriteExt;
 
 use super::{Destination, Error, TrustedKey};
 
@@ -169,11 +169,51 @@ impl HostKeyPolicy {
     }
 }
 
-/// A known-hosts file in OpenSSH format. Cheap to clone; clones share the
-/// lock that serializes recording new keys.
+/// A known-hosts file in OpenSSH format. Cheap to clone. Every handle on
+/// one file in a process shares one lock, however it was made (see
+/// [`KnownHosts::new`]): recording and forgetting are read-modify-write
+/// under that lock, with the file replaced atomically, so concurrent
+/// callers never lose each other's keys.
 #[derive(Clone)]
 pub struct KnownHosts {
     inner: Arc<KnownHostsInner>,
+}
+
+/// The live known-hosts files of this process, by canonical path.
+fn registry() -> &'static std::sync::Mutex<HashMap<PathBuf, Weak<KnownHostsInner>>> {
+    static FILES: OnceLock<std::sync::Mutex<HashMap<PathBuf, Weak<KnownHostsInner>>>> =
+        OnceLock::new();
+    FILES.get_or_init(Default::default)
+}
+
+/// One name per file: the nearest existing ancestor resolved (symlinks,
+/// `..`), the rest, which does not exist yet, normalised as written.
+fn canonical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut rest = Vec::new();
+    let mut base = absolute.as_path();
+    loop {
+        if let Ok(mut out) = std::fs::canonicalize(base) {
+            for part in rest.iter().rev() {
+                match part {
+                    Component::ParentDir => {
+                        out.pop();
+                    }
+                    Component::CurDir => {}
+                    other => out.push(other),
+                }
+            }
+            return out;
+        }
+        match (base.parent(), base.components().next_back()) {
+            (Some(parent), Some(last)) => {
+                rest.push(last);
+                base = parent;
+            }
+            _ => return absolute,
+        }
+    }
 }
 
 struct KnownHostsInner {
@@ -197,14 +237,24 @@ enum Lookup {
 }
 
 impl KnownHosts {
-    /// Uses the file at `path`; it need not exist yet.
+    /// Uses the file at `path`; it need not exist yet. A handle on a file
+    /// this process already has one for shares its lock: two handles made
+    /// in different places (a tier's SSH check, its host SSH, a destroy)
+    /// never race each other.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        KnownHosts {
-            inner: Arc::new(KnownHostsInner {
-                path: path.into(),
-                write_lock: tokio::sync::Mutex::new(()),
-            }),
+        let path = path.into();
+        let key = canonical(&path);
+        let mut files = registry().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(inner) = files.get(&key).and_then(Weak::upgrade) {
+            return KnownHosts { inner };
         }
+        files.retain(|_, file| file.strong_count() > 0);
+        let inner = Arc::new(KnownHostsInner {
+            path,
+            write_lock: tokio::sync::Mutex::new(()),
+        });
+        files.insert(key, Arc::downgrade(&inner));
+        KnownHosts { inner }
     }
 
     pub fn path(&self) -> &Path {
@@ -244,24 +294,30 @@ impl KnownHosts {
             }
         }
         if removed > 0 {
-            // The rewrite keeps the file's mode.
-            let mode = tokio::fs::metadata(path)
+            self.replace(kept)
                 .await
-                .map_or(0o644, |m| m.permissions().mode() & 0o7777);
-            let target = path.to_path_buf();
-            let write = tokio::task::spawn_blocking(move || {
-                homestak_base::fsutil::write_atomic(&target, kept.as_bytes(), mode)
-            });
-            let written = write
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            written.map_err(|source| Error::KnownHostsWrite {
-                path: path.to_path_buf(),
-                host_port: format!("{host}:{port}"),
-                source,
-            })?;
+                .map_err(|source| Error::KnownHostsWrite {
+                    path: path.to_path_buf(),
+                    host_port: format!("{host}:{port}"),
+                    source,
+                })?;
         }
         Ok(removed)
+    }
+
+    /// Replaces the file with `text` atomically, keeping its mode (0644
+    /// for a new file, as OpenSSH's). The caller holds the write lock.
+    async fn replace(&self, text: String) -> std::io::Result<()> {
+        let path = self.path();
+        let mode = tokio::fs::metadata(path)
+            .await
+            .map_or(0o644, |m| m.permissions().mode() & 0o7777);
+        let target = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            homestak_base::fsutil::write_atomic(&target, text.as_bytes(), mode)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
     /// The fingerprints recorded for `host:port`, in file order.
@@ -372,6 +428,8 @@ impl KnownHosts {
         Ok(entries)
     }
 
+    /// Adds a line for `destination`: read, append, replace atomically.
+    /// The caller holds the write lock, so nothing is lost in between.
     async fn append(&self, destination: &Destination, key: &PublicKey) -> Result<(), Error> {
         let path = self.path();
         let write_err = |source| Error::KnownHostsWrite {
@@ -382,29 +440,26 @@ impl KnownHosts {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(parent).await.map_err(write_err)?;
         }
-        let needs_newline = match tokio::fs::read(path).await {
-            Ok(bytes) => bytes.last().is_some_and(|b| *b != b'\n'),
-            Err(_) => false,
+        let mut text = match tokio::fs::read_to_string(path).await {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(Error::KnownHostsRead {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         };
-        let mut line = String::new();
-        if needs_newline {
-            line.push('\n');
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
         }
-        line.push_str(&format!(
+        text.push_str(&format!(
             "{} {} {}\n",
             host_pattern(&destination.host, destination.port),
             key.algorithm().as_str(),
             key.public_key_base64()
         ));
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await
-            .map_err(write_err)?;
-        file.write_all(line.as_bytes()).await.map_err(write_err)?;
-        file.flush().await.map_err(write_err)?;
-        Ok(())
+        self.replace(text).await.map_err(write_err)
     }
 }
 
@@ -570,6 +625,95 @@ mod tests {
             matches!(err, Error::KnownHostsParse { line: 2, .. }),
             "{err}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_records_from_separate_handles_are_all_kept() {
+        // Handles made independently (as the engine's setup does for each
+        // use) on one file, recording new hosts while others forget old
+        // ones: before handles shared one lock, a forget's rewrite from a
+        // stale read dropped keys recorded meanwhile.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        let stale: Vec<(u16, PublicKey)> = (3000..3040).map(|p| (p, key())).collect();
+        let setup = HostKeyPolicy::AcceptNew(KnownHosts::new(&path));
+        for (port, k) in &stale {
+            setup.verify(&dest(*port), k).await.unwrap();
+        }
+        let fresh: Vec<(u16, PublicKey)> = (4000..4080).map(|p| (p, key())).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (port, k) in fresh.clone() {
+            let path = path.clone();
+            tasks.spawn(async move {
+                let policy = HostKeyPolicy::AcceptNew(KnownHosts::new(&path));
+                policy.verify(&dest(port), &k).await
+            });
+        }
+        for (port, _) in stale {
+            // Another spelling of the same file is the same file.
+            let path = dir.path().join(".").join("known_hosts");
+            tasks.spawn(async move {
+                KnownHosts::new(&path)
+                    .forget("127.0.0.7", port)
+                    .await
+                    .map(drop)
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap().unwrap();
+        }
+        let known = KnownHosts::new(&path);
+        for (port, k) in &fresh {
+            assert_eq!(
+                known.recorded("127.0.0.7", *port).await.unwrap(),
+                [Fingerprint::of(k)],
+                "port {port}"
+            );
+        }
+        for port in 3000..3040 {
+            assert!(known.recorded("127.0.0.7", port).await.unwrap().is_empty());
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), fresh.len(), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_handles_never_record_two_keys_for_one_new_host() {
+        // Trust on first use means one first use: of many different keys
+        // offered at once for one new host through separate handles,
+        // exactly one is recorded and every other is a mismatch.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let path = path.clone();
+            tasks.spawn(async move {
+                HostKeyPolicy::AcceptNew(KnownHosts::new(&path))
+                    .verify(&dest(2222), &key())
+                    .await
+            });
+        }
+        let mut accepted = 0;
+        while let Some(done) = tasks.join_next().await {
+            match done.unwrap() {
+                Ok(()) => accepted += 1,
+                Err(Error::HostKeyMismatch { .. }) => {}
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert_eq!(accepted, 1);
+        let known = KnownHosts::new(&path);
+        assert_eq!(known.recorded("127.0.0.7", 2222).await.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn one_file_is_one_handle_however_it_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = KnownHosts::new(dir.path().join("sub/known_hosts"));
+        let b = KnownHosts::new(dir.path().join("sub/../sub/known_hosts"));
+        assert!(Arc::ptr_eq(&a.inner, &b.inner));
+        let other = KnownHosts::new(dir.path().join("other"));
+        assert!(!Arc::ptr_eq(&a.inner, &other.inner));
     }
 
     #[tokio::test]

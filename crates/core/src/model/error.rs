@@ -94,9 +94,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The document parsed but is not a valid manifest.
+    /// The document parsed but is not a valid manifest. `position` is the
+    /// 1-based `(line, column)` of the offending value, when the problem
+    /// names one and the manifest came from a file.
     #[error("{problem}")]
-    Invalid { origin: Origin, problem: Problem },
+    Invalid {
+        origin: Origin,
+        /// Boxed: a problem carries names and places, and errors travel
+        /// in `Result`s everywhere.
+        problem: Box<Problem>,
+        position: Option<(u64, u64)>,
+    },
     /// `remaining()` on a manifest with a single level.
     #[error("Cannot get remaining manifest: already at leaf level")]
     AlreadyLeaf { name: String },
@@ -144,7 +152,11 @@ pub struct Located<'a>(&'a Error);
 impl fmt::Display for Located<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Error::Invalid { origin, problem } => write!(f, "{origin}: {problem}"),
+            Error::Invalid {
+                origin,
+                problem,
+                position,
+            } => write!(f, "{origin}{}: {problem}", Position(*position)),
             other => write!(f, "{other}"),
         }
     }
@@ -191,6 +203,11 @@ pub enum Problem {
     UnsupportedSchemaVersion { shown: String },
     #[error("Manifest missing required field: name")]
     MissingName,
+    /// A manifest name the ownership marks cannot carry as it is (our
+    /// check): refused, never trimmed, so a VM's marks always name the
+    /// manifest that made it.
+    #[error("manifest name {name:?} is not valid: {MANIFEST_NAME_RULE}")]
+    InvalidManifestName { name: String },
     #[error("Manifest missing required field: levels")]
     MissingLevels,
     #[error("Manifest must have at least one level")]
@@ -247,10 +264,59 @@ pub enum Problem {
         field: String,
         known: &'static [&'static str],
     },
-    /// A value the format or PVE refuses (a bad name, a vmid out of
-    /// range); `reason` says why.
+    /// A node's `name` or `parent` that is not a DNS name (PVE's VM name).
+    #[error("{place}: {reason}")]
+    InvalidNodeName {
+        place: String,
+        /// Where the value is: `nodes`/`levels`, the index, `name`/`parent`.
+        list: &'static str,
+        index: usize,
+        field: &'static str,
+        reason: homestak_base::id::InvalidNodeName,
+    },
+    /// A value the format or PVE refuses (a vmid out of range, a zero
+    /// disk); `reason` says why.
     #[error("{place}: {reason}")]
     InvalidValue { place: String, reason: String },
+}
+
+/// What a manifest name may be, as [`Problem::InvalidManifestName`] says it.
+pub const MANIFEST_NAME_RULE: &str = "use 1 to 64 letters, digits and '.', '_', '-', ':', '[', \
+     ']', starting with a letter or digit (the name is written into every VM's ownership marks, \
+     which carry no spaces or other characters)";
+
+/// Longest manifest name.
+pub const MANIFEST_NAME_MAX: usize = 64;
+
+/// Whether `name` follows [`MANIFEST_NAME_RULE`]. `:`, `[` and `]` are
+/// there for the names the reference gives a part of a manifest
+/// (`NAME[:2]`, `NAME[1:]`), which travel as JSON; the marks carry them.
+pub fn is_manifest_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.len() <= MANIFEST_NAME_MAX
+        && bytes.iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'[' | b']')
+        })
+}
+
+impl Problem {
+    /// Where in the document the offending value is, for problems about
+    /// one value.
+    pub fn path(&self) -> Option<Vec<homestak_base::yaml::Step>> {
+        use homestak_base::yaml::Step;
+        match self {
+            Problem::InvalidManifestName { .. } => Some(vec![Step::Key("name".into())]),
+            Problem::InvalidNodeName {
+                list, index, field, ..
+            } => Some(vec![
+                Step::Key((*list).into()),
+                Step::Index(*index),
+                Step::Key((*field).into()),
+            ]),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -258,15 +324,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn manifest_names_are_what_marks_carry() {
+        for ok in [
+            "n2-quick",
+            "demo",
+            "a",
+            "site_1.v2",
+            "X",
+            "lab[:2]",
+            "lab[1:]",
+        ] {
+            assert!(is_manifest_name(ok), "{ok:?}");
+        }
+        for bad in [
+            "", " demo", "demo ", "-x", ".x", "_x", "a b", "a\tb", "a\nb", "é", "a/b", "[x]",
+        ] {
+            assert!(!is_manifest_name(bad), "{bad:?}");
+        }
+        assert!(is_manifest_name(&"a".repeat(64)));
+        assert!(!is_manifest_name(&"a".repeat(65)));
+    }
+
+    #[test]
     fn located_prefixes_only_problems() {
         let invalid = Error::Invalid {
             origin: Origin::File(PathBuf::from("/s/manifests/x.yaml")),
-            problem: Problem::DuplicateName { name: "a".into() },
+            problem: Box::new(Problem::DuplicateName { name: "a".into() }),
+            position: None,
         };
         assert_eq!(invalid.to_string(), "Duplicate node name: 'a'");
         assert_eq!(
             invalid.located().to_string(),
             "/s/manifests/x.yaml: Duplicate node name: 'a'"
+        );
+        let placed = Error::Invalid {
+            origin: Origin::File(PathBuf::from("/s/m.yaml")),
+            problem: Box::new(Problem::InvalidManifestName {
+                name: " demo".into(),
+            }),
+            position: Some((2, 7)),
+        };
+        assert!(
+            placed
+                .located()
+                .to_string()
+                .starts_with("/s/m.yaml:2:7: manifest name \" demo\" is not valid: use 1 to 64"),
+            "{}",
+            placed.located()
         );
         let not_map = Error::NotAMapping {
             origin: Origin::File(PathBuf::from("/s/m.yaml")),

@@ -86,7 +86,24 @@ impl Manifest {
             homestak_base::yaml::Error::Read { path, source } => Error::Read { path, source },
             other => Error::YamlOther(other),
         })?;
-        Manifest::from_value(&value, Origin::File(path.to_path_buf()))
+        Manifest::from_value(&value, Origin::File(path.to_path_buf())).map_err(|err| match err {
+            // Point at the offending value when the problem names one.
+            Error::Invalid {
+                origin,
+                problem,
+                position: None,
+            } => {
+                let position = problem
+                    .path()
+                    .and_then(|path| homestak_base::yaml::locate(text, &path));
+                Error::Invalid {
+                    origin,
+                    problem,
+                    position,
+                }
+            }
+            other => other,
+        })
     }
 
     /// Parses and validates a manifest serialised as JSON (the
@@ -110,7 +127,8 @@ impl Manifest {
         };
         let invalid = |problem| Error::Invalid {
             origin: origin.clone(),
-            problem,
+            problem: Box::new(problem),
+            position: None,
         };
         match parse::document(map).map_err(invalid)? {
             Document::V1(doc) => Ok(Manifest::from_v1(doc)),

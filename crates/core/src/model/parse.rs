@@ -10,7 +10,7 @@
 
 use serde_json::{Map, Value};
 
-use super::error::Problem;
+use super::error::{Problem, is_manifest_name};
 use super::types::{
     Delegate, Execution, ExecutionMode, NodeExecution, NodeType, OnError, Pattern, Settings,
     Timeouts, Version,
@@ -92,6 +92,7 @@ pub fn document(map: &Map<String, Value>) -> Result<Document, Problem> {
             settings: settings(top.mapping("settings")?)?,
         };
         top.only(V1_FIELDS)?;
+        checked_name(&doc.name)?;
         Ok(Document::V1(doc))
     } else {
         let nodes = nodes(map.get("nodes"))?;
@@ -107,7 +108,20 @@ pub fn document(map: &Map<String, Value>) -> Result<Document, Problem> {
             execution: execution(top.mapping("execution")?)?,
         };
         top.only(V2_FIELDS)?;
+        checked_name(&doc.name)?;
         Ok(Document::V2(doc))
+    }
+}
+
+/// Our check of the manifest name, after the reference's checks of the
+/// whole document: refused, never trimmed (see [`is_manifest_name`]).
+fn checked_name(name: &str) -> Result<(), Problem> {
+    if is_manifest_name(name) {
+        Ok(())
+    } else {
+        Err(Problem::InvalidManifestName {
+            name: name.to_string(),
+        })
     }
 }
 
@@ -158,7 +172,7 @@ fn level(index: usize, item: &Value) -> Result<Level, Problem> {
         Some(name) if !name.is_empty() => name,
         _ => return Err(Problem::LevelMissingName { index }),
     };
-    let fields = Fields::new(format!("Level {index} ({name})"), map);
+    let fields = Fields::new(format!("Level {index} ({name})"), map).at("levels", index);
     let has_mode = ["vm_preset", "template", "env"]
         .iter()
         .any(|k| fields.get(k).is_some());
@@ -166,7 +180,7 @@ fn level(index: usize, item: &Value) -> Result<Level, Problem> {
         return Err(Problem::LevelWithoutMode { index, name });
     }
     let level = Level {
-        name: fields.node_name(name)?,
+        name: fields.node_name("name", name)?,
         post_scenario: fields.string("post_scenario")?,
         post_scenario_args: fields.strings("post_scenario_args")?.unwrap_or_default(),
         env: fields.string("env")?,
@@ -208,7 +222,7 @@ fn node(index: usize, item: &Value) -> Result<Node, Problem> {
         Some(name) if !name.is_empty() => name,
         _ => return Err(Problem::NodeMissingName { index }),
     };
-    let fields = Fields::new(format!("Node {index} ({name})"), map);
+    let fields = Fields::new(format!("Node {index} ({name})"), map).at("nodes", index);
     if fields.string("type")?.is_none_or(|t| t.is_empty()) {
         return Err(Problem::NodeMissingType { index, name });
     }
@@ -219,7 +233,7 @@ fn node(index: usize, item: &Value) -> Result<Node, Problem> {
             name: name.clone(),
         })?;
     let parent = match fields.string("parent")? {
-        Some(parent) if !parent.is_empty() => Some(fields.node_name(parent)?),
+        Some(parent) if !parent.is_empty() => Some(fields.node_name("parent", parent)?),
         _ => None,
     };
     let disk = match fields.count("disk")? {
@@ -232,7 +246,7 @@ fn node(index: usize, item: &Value) -> Result<Node, Problem> {
         other => other,
     };
     let node = Node {
-        name: fields.node_name(name)?,
+        name: fields.node_name("name", name)?,
         kind,
         spec: fields.string("spec")?,
         preset: fields.string("preset")?,
@@ -344,11 +358,24 @@ pub fn kind_of(value: &Value) -> &'static str {
 struct Fields<'a> {
     place: String,
     map: &'a Map<String, Value>,
+    /// The list and index of a node or level, for locating bad names.
+    entry: Option<(&'static str, usize)>,
 }
 
 impl<'a> Fields<'a> {
     fn new(place: String, map: &'a Map<String, Value>) -> Self {
-        Fields { place, map }
+        Fields {
+            place,
+            map,
+            entry: None,
+        }
+    }
+
+    fn at(self, list: &'static str, index: usize) -> Self {
+        Fields {
+            entry: Some((list, index)),
+            ..self
+        }
     }
 
     fn get(&self, key: &str) -> Option<&'a Value> {
@@ -459,10 +486,15 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn node_name(&self, name: String) -> Result<NodeName, Problem> {
-        NodeName::new(name).map_err(|e| Problem::InvalidValue {
+    /// `field` (`name` or `parent`) of a node or level as a node name.
+    fn node_name(&self, field: &'static str, name: String) -> Result<NodeName, Problem> {
+        let (list, index) = self.entry.unwrap_or(("nodes", 0));
+        NodeName::new(name).map_err(|reason| Problem::InvalidNodeName {
             place: self.place.clone(),
-            reason: e.to_string(),
+            list,
+            index,
+            field,
+            reason,
         })
     }
 

@@ -97,11 +97,60 @@ pub struct SiteDefaults {
     /// image name → number of parts (`<image>.qcow2.partaa`, `.partab`, …),
     /// joined on the PVE host after download.
     pub image_parts: Option<BTreeMap<String, u32>>,
+    /// SHA-256 digests of images, by image name (64 hex digits): PVE
+    /// checks a downloaded image against it and removes a file that
+    /// differs. For an image not listed, homestak asks the source for
+    /// `<image>.qcow2.sha256` (`sha256sum`'s format, as the packer release
+    /// makes it); with neither, the download is recorded as unverified.
+    pub image_sha256: Option<BTreeMap<String, ImageDigest>>,
     /// Remove the PVE subscription nag (default true).
     pub pve_remove_subscription_nag: Option<bool>,
     /// Keys homestak does not interpret.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// A SHA-256 digest as 64 hex digits (kept lowercase).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(transparent)]
+pub struct ImageDigest(String);
+
+impl ImageDigest {
+    /// Checks `text`: 64 hex digits, either case.
+    pub fn new(text: &str) -> Option<ImageDigest> {
+        (text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| ImageDigest(text.to_ascii_lowercase()))
+    }
+
+    /// The digest in lowercase hex.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for ImageDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ImageDigest, D::Error> {
+        let text = String::deserialize(d)?;
+        ImageDigest::new(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a SHA-256 digest: give the 64 hex digits `sha256sum` prints"
+            ))
+        })
+    }
+}
+
+impl JsonSchema for ImageDigest {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ImageDigest".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9a-fA-F]{64}$",
+            "description": "SHA-256 digest (64 hex digits)"
+        })
+    }
 }
 
 /// One document of a [`Catalog`].
@@ -322,5 +371,26 @@ impl Site {
         out.extend(self.presets_v2.problems());
         out.extend(self.specs.problems());
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_digests_are_64_hex_digits() {
+        let hex = "AB".repeat(32);
+        let text = format!("defaults:\n  image_sha256:\n    debian-13: {hex}\n");
+        let file: SiteFile = yaml::from_str(&text, Path::new("site.yaml")).unwrap();
+        let digests = file.defaults.unwrap().image_sha256.unwrap();
+        assert_eq!(digests["debian-13"].as_str(), "ab".repeat(32));
+        for bad in ["abc", "g".repeat(64).as_str(), "sha256:00"] {
+            let text = format!("defaults:\n  image_sha256:\n    debian-13: \"{bad}\"\n");
+            let err = yaml::from_str::<SiteFile>(&text, Path::new("site.yaml")).unwrap_err();
+            let shown = homestak_base::error_chain(&err);
+            assert!(shown.starts_with("invalid YAML in site.yaml:3:"), "{shown}");
+            assert!(shown.contains("64 hex digits"), "{shown}");
+        }
     }
 }

@@ -32,7 +32,7 @@ pub mod vm;
 
 pub use homestak_base::secret::Secret;
 pub use host::{HostConfig, HostFile, NodeConfig};
-pub use loader::{Catalog, Entry, Site, SiteDefaults, SiteFile};
+pub use loader::{Catalog, Entry, ImageDigest, Site, SiteDefaults, SiteFile};
 pub use posture::{AuthMethod, PostureV1, PostureV2};
 pub use resolver::{AnsibleVars, InlineVm, TofuVars};
 pub use secrets::{Secrets, SecretsFile, SecretsStatus};

@@ -85,6 +85,8 @@ impl From<String> for AuthMethod {
 }
 
 impl<'de> Deserialize<'de> for AuthMethod {
+    /// A method homestak does not know loads (as the reference did) and
+    /// fails closed: every spec request under it is refused (E500).
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<AuthMethod, D::Error> {
         String::deserialize(d).map(AuthMethod::from)
     }
@@ -147,15 +149,16 @@ impl PostureV2 {
     }
 }
 
-/// `auth` of a v2 posture.
+/// `auth` of a v2 posture. Unlike the other sections, it takes no keys
+/// but its own: a misspelt `method` would otherwise leave the method unset,
+/// which means `network`, and serve the specs to anyone. (A misspelt
+/// method value is safe: it loads as unknown and fails closed.)
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct PostureAuth {
     /// The method; absent means `network`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<AuthMethod>,
-    /// Keys homestak does not interpret, passed through.
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
 }
 
 /// `ssh` of a v2 posture.
@@ -204,17 +207,52 @@ mod tests {
 
     #[test]
     fn v2_posture_round_trips_its_shape() {
-        let p: PostureV2 =
-            homestak_base::yaml::from_str("auth:\n  method: kerberos\n", Path::new("p.yaml"))
-                .unwrap();
-        assert_eq!(p.auth_method(), AuthMethod::Unknown("kerberos".into()));
+        let p: PostureV2 = homestak_base::yaml::from_str(
+            "auth:\n  method: site_token\nlabel: x\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        assert_eq!(p.auth_method(), AuthMethod::SiteToken);
         assert_eq!(
             serde_json::to_value(&p).unwrap(),
-            serde_json::json!({"auth": {"method": "kerberos"}})
+            serde_json::json!({"auth": {"method": "site_token"}, "label": "x"})
         );
         let none: PostureV2 =
             homestak_base::yaml::from_str("ssh:\n  port: 2200\n", Path::new("p")).unwrap();
         assert_eq!(none.auth_method(), AuthMethod::Network);
+    }
+
+    #[test]
+    fn an_unknown_method_loads_and_fails_closed() {
+        let p: PostureV2 =
+            homestak_base::yaml::from_str("auth:\n  method: kerberos\n", Path::new("p.yaml"))
+                .unwrap();
+        assert_eq!(p.auth_method(), AuthMethod::Unknown("kerberos".into()));
+    }
+
+    #[test]
+    fn auth_typos_are_errors_naming_the_place_and_the_choices() {
+        // Each loaded before as a posture without a method: network trust.
+        let cases = [
+            ("auth:\n  methd: site_token\n", "methd", "method"),
+            (
+                "ssh:\n  port: 22\nauth:\n  method: node_token\n  tokn: x\n",
+                "tokn",
+                "method",
+            ),
+        ];
+        for (text, bad, allowed) in cases {
+            let err =
+                homestak_base::yaml::from_str::<PostureV2>(text, Path::new("v2/postures/p.yaml"))
+                    .unwrap_err();
+            let shown = homestak_base::error_chain(&err);
+            assert!(
+                shown.starts_with("invalid YAML in v2/postures/p.yaml:"),
+                "{shown}"
+            );
+            assert!(err.position().is_some(), "{shown}");
+            assert!(shown.contains(bad) && shown.contains(allowed), "{shown}");
+        }
     }
 
     #[test]

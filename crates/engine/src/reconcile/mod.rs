@@ -213,8 +213,27 @@ pub fn owner_key(site: &Site) -> Result<OwnerKey, Error> {
     })
 }
 
-/// Builds the PVE client for `host`: pinned by `api_fingerprint` when set,
-/// insecure only when asked, else verified against the system roots.
+/// How `host`'s certificate is trusted: a pinned `api_fingerprint` is
+/// always checked, `--insecure` or not; `insecure` only turns verification
+/// off where nothing is pinned, else the system roots verify.
+pub fn trust(host: &HostConfig, insecure: bool) -> Result<pve::Trust, Error> {
+    if let Some(text) = &host.api_fingerprint {
+        let fingerprint: Fingerprint = text.parse().map_err(|source| Error::Fingerprint {
+            host: host.name.clone(),
+            value: text.clone(),
+            source,
+        })?;
+        return Ok(pve::Trust::Pinned(fingerprint));
+    }
+    Ok(if insecure {
+        pve::Trust::Insecure
+    } else {
+        pve::Trust::System
+    })
+}
+
+/// Builds the PVE client for `host`, trusting its certificate as
+/// [`trust`] says.
 pub fn connect(
     host: &HostConfig,
     insecure: bool,
@@ -231,18 +250,7 @@ pub fn connect(
             host: host.name.clone(),
         });
     };
-    let trust = if insecure {
-        pve::Trust::Insecure
-    } else if let Some(text) = &host.api_fingerprint {
-        let fingerprint: Fingerprint = text.parse().map_err(|source| Error::Fingerprint {
-            host: host.name.clone(),
-            value: text.clone(),
-            source,
-        })?;
-        pve::Trust::Pinned(fingerprint)
-    } else {
-        pve::Trust::System
-    };
+    let trust = trust(host, insecure)?;
     let client_err = |source| Error::Client {
         host: host.name.clone(),
         source,
@@ -405,6 +413,12 @@ impl Tier {
                 .clone()
                 .unwrap_or_default()
                 .into_iter()
+                .collect(),
+            sha256: d
+                .image_sha256
+                .iter()
+                .flatten()
+                .map(|(image, digest)| (image.clone(), digest.as_str().to_string()))
                 .collect(),
         };
         let ssh = if planned.settings.verify_ssh {

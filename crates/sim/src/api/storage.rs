@@ -1,6 +1,7 @@
 //! `/nodes/{node}/storage…`: list, status, content, and `download-url`,
 //! a `download` task whose length grows with the file size. The simulator
-//! never fetches the URL; sizes come from the config's `downloads`.
+//! never fetches the URL; sizes come from the config's `downloads`, and so
+//! do the digests a `checksum` is compared with.
 
 use serde_json::{Value, json};
 
@@ -119,6 +120,16 @@ pub fn download_url(ctx: &Ctx, p: &Params) -> Result<Reply, Error> {
         .get(&url)
         .map_or(downloads.default_size.0, |s| s.0);
     let virtual_size = (content == "import").then_some(downloads.default_virtual_size.0.max(size));
+    // What PVE's download_file_from_url says when the digest differs.
+    let mismatch = p
+        .str("checksum")
+        .filter(|_| p.str("checksum-algorithm") == Some("sha256"))
+        .and_then(|expect| {
+            let file = url.rsplit('/').next().unwrap_or_default();
+            let got = downloads.sha256.get(file)?;
+            (!got.eq_ignore_ascii_case(expect))
+                .then(|| format!("checksum mismatch: got '{got}' != expect '{expect}'"))
+        });
     let pve = filename.contains("-pve");
     let n = node.clone();
     let upid = ctx.shared.spawn_task(
@@ -138,6 +149,10 @@ pub fn download_url(ctx: &Ctx, p: &Params) -> Result<Reply, Error> {
                 return Err(
                     "download failed: 500 Can't connect (injected fault, homestak sim)".to_string(),
                 );
+            }
+            // PVE removes the temporary file; nothing is stored.
+            if let Some(mismatch) = mismatch {
+                return Err(mismatch);
             }
             let mut w = shared.world_mut();
             let s = w.storage_mut(&node, &sid).map_err(|e| e.message)?;

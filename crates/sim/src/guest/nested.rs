@@ -84,6 +84,8 @@ pub(crate) fn inner_config(parent: &Config, boot: &Boot, root: &VmRoot) -> Confi
         token_id: parent.token_id.clone(),
         pve_version: parent.pve_version.clone(),
         nested: parent.nested.clone(),
+        // Inner tiers answer honestly: the test aims at one client.
+        hostile: Default::default(),
         listen: Some(SocketAddr::from((boot.address, API_PORT))),
         time_scale: parent.time_scale,
         seed: parent.seed.map(|s| {

@@ -46,6 +46,41 @@ fn every_invalid_fixture_fails_with_its_expected_message() {
 }
 
 #[test]
+fn bad_names_are_refused_at_their_line_and_column() {
+    // A name the marks would trim never matched its own VMs: every
+    // reconcile made another. It is refused where it is written.
+    let path = fixture("invalid-manifest-name.yaml");
+    let err = Manifest::from_file(&path).unwrap_err();
+    assert!(matches!(
+        err.problem(),
+        Some(Problem::InvalidManifestName { name }) if name == " demo"
+    ));
+    let shown = err.located().to_string();
+    assert!(
+        shown.starts_with(&format!("{}:3:7: manifest name \" demo\"", path.display())),
+        "{shown}"
+    );
+    let path = fixture("invalid-node-name.yaml");
+    let shown = Manifest::from_file(&path)
+        .unwrap_err()
+        .located()
+        .to_string();
+    assert!(
+        shown.starts_with(&format!("{}:5:11: Node 0 (my_vm)", path.display())),
+        "{shown}"
+    );
+    // JSON has no lines: the message alone.
+    let err = Manifest::from_json(
+        r#"{"schema_version":2,"name":"a b","nodes":[{"name":"x","type":"vm"}]}"#,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::Invalid { position: None, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn validation_errors_carry_the_file_for_located_messages() {
     let path = fixture("invalid-duplicate.yaml");
     let err = Manifest::from_file(&path).unwrap_err();

@@ -77,6 +77,9 @@ pub struct ImageSource {
     /// Images whose number of parts the site-config gives (`image_parts`):
     /// name → number of parts. The source is not asked about these.
     pub parts: HashMap<String, u32>,
+    /// SHA-256 digests the site-config gives (`image_sha256`): name →
+    /// lowercase hex. The source's checksum file is not asked for these.
+    pub sha256: HashMap<String, String>,
 }
 
 /// Waits and polls.
@@ -147,6 +150,9 @@ pub struct RunState {
     /// What the image source holds, by image: asked once per run however
     /// many nodes need the image (a failed question is not kept).
     layouts: Mutex<HashMap<String, Arc<OnceCell<source::Layout>>>>,
+    /// The SHA-256 each image is downloaded against, by image (`None`:
+    /// unverified, warned once): found once per run.
+    checksums: Mutex<HashMap<String, Arc<OnceCell<Option<String>>>>>,
     /// The client that asks, made when first needed.
     http: OnceCell<reqwest::Client>,
 }
@@ -197,6 +203,10 @@ pub struct Memory {
     /// `vmid` was seeded from the plan. Only once: a step may give the
     /// plan's vmid up (taken by someone else, or replaced) for a fresh one.
     pub seeded: bool,
+    /// A task an earlier, interrupted run left in flight for this node
+    /// under a step this run does not resume (its create, when this run
+    /// plans an update): it must end before any step acts on the VM.
+    pub earlier: Option<Upid>,
 }
 
 impl Memory {

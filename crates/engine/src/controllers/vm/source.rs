@@ -180,9 +180,112 @@ pub async fn discover(
     })
 }
 
+/// Largest checksum file read: a `sha256sum` line is under 200 bytes.
+const MAX_CHECKSUM_FILE: usize = 64 << 10;
+
+/// What the source says an image's SHA-256 is (`<image>.qcow2.sha256`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checksum {
+    /// The digest, lowercase hex.
+    Found(String),
+    /// No checksum file: the URL asked (404 or 410).
+    Missing(String),
+    /// No clear answer: the URL and why.
+    Unclear(String, String),
+    /// A file that names no digest for the image: the URL.
+    Malformed(String),
+}
+
+/// The checksum file of `image` at the source: `<image>.qcow2.sha256`, in
+/// `sha256sum`'s format (`DIGEST  FILE`, or `DIGEST *FILE`), or the bare
+/// digest. A line naming another file does not count.
+pub async fn checksum(client: &reqwest::Client, base_url: &str, image: &str) -> Checksum {
+    let file = mapping::image_file(image);
+    let url = format!("{base_url}{file}.sha256");
+    let response = match client.get(&url).send().await {
+        Ok(response) => response,
+        Err(err) => return Checksum::Unclear(url, chain(&err)),
+    };
+    let status = response.status();
+    if matches!(status.as_u16(), 404 | 410) {
+        return Checksum::Missing(url);
+    }
+    if !status.is_success() {
+        return Checksum::Unclear(url, format!("it answered {status}"));
+    }
+    let text = match read_capped(response, MAX_CHECKSUM_FILE).await {
+        Ok(Some(text)) => text,
+        Ok(None) => return Checksum::Malformed(url),
+        Err(why) => return Checksum::Unclear(url, why),
+    };
+    match digest_for(&text, &file) {
+        Some(digest) => Checksum::Found(digest),
+        None => Checksum::Malformed(url),
+    }
+}
+
+/// The body as text; `None` when it is larger than `limit` or not UTF-8.
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Option<String>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| chain(&e))? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8(body).ok())
+}
+
+/// The digest `text` (a checksum file) gives `file`.
+pub fn digest_for(text: &str, file: &str) -> Option<String> {
+    let is_digest = |d: &str| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit());
+    text.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let digest = fields.next().filter(|d| is_digest(d))?;
+        match fields.next() {
+            // sha256sum marks binary mode with `*`; a path keeps its name.
+            Some(named) => {
+                let named = named.strip_prefix('*').unwrap_or(named);
+                let name = named.rsplit('/').next().unwrap_or(named);
+                (name == file).then(|| digest.to_ascii_lowercase())
+            }
+            None => Some(digest.to_ascii_lowercase()),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checksum_files_name_the_image() {
+        let d = "ab".repeat(32);
+        let file = "debian-13.qcow2";
+        assert_eq!(digest_for(&format!("{d}  {file}\n"), file), Some(d.clone()));
+        assert_eq!(digest_for(&format!("{d} *{file}"), file), Some(d.clone()));
+        assert_eq!(
+            digest_for(&format!("{d}  images/debian-13/{file}"), file),
+            Some(d.clone())
+        );
+        assert_eq!(digest_for(&d.to_uppercase(), file), Some(d.clone()));
+        let other = "cd".repeat(32);
+        assert_eq!(
+            digest_for(&format!("{other}  debian-12.qcow2\n{d}  {file}\n"), file),
+            Some(d.clone())
+        );
+        for bad in [
+            "",
+            "Q",
+            "abc  debian-13.qcow2",
+            &format!("{d}  debian-12.qcow2"),
+        ] {
+            assert_eq!(digest_for(bad, file), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn suffixes_follow_split() {

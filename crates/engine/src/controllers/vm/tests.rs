@@ -56,6 +56,7 @@ pub(crate) fn controller(script: &Arc<Scripted>, want: DesiredVm) -> VmControlle
         images: ImageSource {
             base_url: "https://127.0.0.1:9/".into(),
             parts: HashMap::new(),
+            sha256: HashMap::new(),
         },
         desired: HashMap::from([(want.name.clone(), want)]),
         store: None,

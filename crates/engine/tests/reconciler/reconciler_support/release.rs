@@ -1,8 +1,11 @@
 //! A release on 127.0.0.1 that the site's `image_source` points at, for
 //! cases where homestak asks the source how an image ships (`release:` in
 //! `case.yaml`). The listed assets answer a GET with 206, anything else
-//! with 404; every request is counted by asset name. The simulator's
-//! `download-url` still never fetches: the case's sizes are given to it.
+//! with 404; every request is counted by asset name. A listed
+//! `<file>.sha256` answers 200 with `sha256sum`'s line for `<file>`, whose
+//! digest is [`digest_of`]`(file)`. The simulator's `download-url` still
+//! never fetches: the case's sizes are given to it (and digests, when the
+//! case lists them under `sim: downloads: sha256:`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -10,6 +13,14 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use axum::http::{StatusCode, Uri};
 use axum::response::IntoResponse;
+
+/// The SHA-256 a release's checksum file gives `file`:
+/// sha256("homestak-release:" + file), in hex.
+pub fn digest_of(file: &str) -> String {
+    homestak_base::digest::hex(&homestak_base::digest::sha256(
+        format!("homestak-release:{file}").as_bytes(),
+    ))
+}
 
 /// Requests by asset name.
 type Hits = Arc<Mutex<BTreeMap<String, u64>>>;
@@ -35,7 +46,11 @@ impl Release {
                 if let Ok(mut hits) = seen.lock() {
                     *hits.entry(name.to_string()).or_default() += 1;
                 }
-                if assets.iter().any(|a| a == name) {
+                if let Some(file) = name.strip_suffix(".sha256")
+                    && assets.iter().any(|a| a == name)
+                {
+                    (StatusCode::OK, format!("{}  {file}\n", digest_of(file))).into_response()
+                } else if assets.iter().any(|a| a == name) {
                     (StatusCode::PARTIAL_CONTENT, "Q").into_response()
                 } else {
                     StatusCode::NOT_FOUND.into_response()

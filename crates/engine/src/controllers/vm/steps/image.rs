@@ -56,6 +56,12 @@ struct Part {
     url: String,
 }
 
+/// PVE's words when a download's checksum differs (`download_file_from_url`:
+/// "checksum mismatch: got 'X' != expect 'Y'").
+fn is_checksum_mismatch(exitstatus: &str) -> bool {
+    exitstatus.contains("checksum mismatch")
+}
+
 fn host_failure(err: &host::Error) -> Outcome {
     let message = chain(err);
     if err.is_transient() {
@@ -105,6 +111,7 @@ impl VmController {
         url: String,
         filename: String,
         listed_at: Instant,
+        sha256: Option<&str>,
     ) -> Fetch {
         match self.download_state(volume) {
             None => {}
@@ -118,6 +125,15 @@ impl VmController {
                     Ok(Check::Succeeded(_)) => {
                         self.set_download(volume, Download::Done(Instant::now()));
                         Fetch::Soon
+                    }
+                    Ok(Check::Failed { exitstatus, .. }) if is_checksum_mismatch(&exitstatus) => {
+                        self.release_download(volume);
+                        // Downloading again fetches the same bytes.
+                        Fetch::Failed(refuse(format!(
+                            "download of {volume} failed its SHA-256 check ({exitstatus}); PVE \
+                             removed the file. The source's image is not the one its checksum \
+                             names: check the release, or site.yaml image_sha256"
+                        )))
                     }
                     Ok(Check::Failed { exitstatus, .. }) => {
                         self.release_download(volume);
@@ -136,7 +152,8 @@ impl VmController {
             url,
             content: "import".into(),
             filename,
-            checksum: None,
+            // PVE checks the file and removes it when it differs.
+            checksum: sha256.map(|digest| ("sha256".to_string(), digest.to_string())),
             verify_certificates: Some(true),
         };
         match self
@@ -295,8 +312,13 @@ impl VmController {
         let volume = mapping::image_volume(&self.image_storage, &want.image);
         let file = mapping::image_file(&want.image);
         let url = format!("{}{file}", self.images.base_url);
+        let sha256 = match self.expected_sha256(want).await {
+            Ok(sha256) => sha256,
+            Err(out) => return out,
+        };
         match (
-            self.fetch(&volume, url, file, listing.listed_at).await,
+            self.fetch(&volume, url, file, listing.listed_at, sha256.as_deref())
+                .await,
             unchecked,
         ) {
             (Fetch::Pending, _) => self.await_image(want, m),
@@ -311,6 +333,75 @@ impl VmController {
             }
             (Fetch::Failed(out), _) => out,
         }
+    }
+
+    /// The SHA-256 `want`'s image must have: site.yaml's `image_sha256`,
+    /// else the source's `<image>.qcow2.sha256`, found once per run. No
+    /// checksum anywhere is `None`, with one `image_unverified` warning per
+    /// run; a checksum file that names no digest for the image refuses the
+    /// download.
+    async fn expected_sha256(&self, want: &DesiredVm) -> Result<Option<String>, Outcome> {
+        let image = &want.image;
+        if let Some(digest) = self.images.sha256.get(image) {
+            return Ok(Some(digest.clone()));
+        }
+        let cell = match self.shared.checksums.lock() {
+            Ok(mut checksums) => checksums.entry(image.clone()).or_default().clone(),
+            Err(_) => Arc::default(),
+        };
+        let found = cell
+            .get_or_try_init(|| async {
+                let client = self
+                    .shared
+                    .http
+                    .get_or_try_init(|| async { source::client() })
+                    .await
+                    .map_err(|err| refuse(chain(&err)))?;
+                let why = match source::checksum(client, &self.images.base_url, image).await {
+                    source::Checksum::Found(digest) => return Ok(Some(digest)),
+                    source::Checksum::Malformed(url) => {
+                        return Err(refuse(format!(
+                            "{url} names no SHA-256 digest for {}: fix the release's checksum \
+                             file, or give the digest in site.yaml image_sha256",
+                            mapping::image_file(image)
+                        )));
+                    }
+                    source::Checksum::Missing(url) => format!("{url} is not there"),
+                    source::Checksum::Unclear(url, why) => format!("{url} gave no answer: {why}"),
+                };
+                self.event(
+                    &want.name,
+                    Level::Warning,
+                    Kind::ImageUnverified,
+                    format!(
+                        "image {image} is downloaded unverified: site.yaml image_sha256 does not \
+                         list it and {why}"
+                    ),
+                );
+                Ok(None)
+            })
+            .await?;
+        Ok(found.clone())
+    }
+
+    /// Records, once per run, that an image in parts is downloaded
+    /// without a checksum (parts have none to check against).
+    async fn parts_unverified(&self, want: &DesiredVm) {
+        let image = &want.image;
+        let cell = match self.shared.checksums.lock() {
+            Ok(mut checksums) => checksums.entry(image.clone()).or_default().clone(),
+            Err(_) => return,
+        };
+        cell.get_or_init(|| async {
+            self.event(
+                &want.name,
+                Level::Warning,
+                Kind::ImageUnverified,
+                format!("image {image} ships in parts, which are downloaded unverified"),
+            );
+            None
+        })
+        .await;
     }
 
     async fn ensure_split_image(
@@ -358,6 +449,9 @@ impl VmController {
         if let Err(err) = host.check(image, count) {
             return host_failure(&err);
         }
+        if parts.iter().any(|p| !files.contains_key(&p.volume)) {
+            self.parts_unverified(want).await;
+        }
         let (mut pending, mut soon) = (false, false);
         for part in parts.iter().filter(|p| !files.contains_key(&p.volume)) {
             match self
@@ -366,6 +460,7 @@ impl VmController {
                     part.url.clone(),
                     part.file.clone(),
                     listing.listed_at,
+                    None,
                 )
                 .await
             {

@@ -85,6 +85,7 @@ fn rig_with(user: &str, key: bool, base_url: &str, parts: Option<u32>) -> Rig {
             parts: parts
                 .map(|n| HashMap::from([("debian-13-pve".to_string(), n)]))
                 .unwrap_or_default(),
+            sha256: HashMap::new(),
         },
         desired: HashMap::from([
             ("a".parse().unwrap(), want("a")),
@@ -461,10 +462,15 @@ async fn a_downloaded_file_that_went_away_is_fetched_again() {
 
 // How an image ships, asked of a release on 127.0.0.1.
 
+/// The SHA-256 an image is downloaded against (same rig and release).
+mod checksum;
+
 /// How the test release answers for a path.
 #[derive(Clone, Copy)]
 enum Serve {
     Found,
+    /// 200 with this body (a checksum file).
+    Body(&'static str),
     Status(u16),
     /// A redirect (302) to another path, as GitHub's release downloads do.
     To(&'static str),
@@ -510,6 +516,7 @@ impl Release {
                 seen.lock().unwrap().push((uri.path().to_string(), range));
                 match table.get(uri.path()) {
                     Some(Serve::Found) => (StatusCode::PARTIAL_CONTENT, "Q").into_response(),
+                    Some(Serve::Body(text)) => (StatusCode::OK, *text).into_response(),
                     Some(Serve::Status(code)) => {
                         StatusCode::from_u16(*code).unwrap().into_response()
                     }
@@ -562,12 +569,17 @@ async fn a_whole_asset_is_asked_about_once_and_downloaded_whole() {
             format!("{}debian-13-pve.qcow2", release.base_url)
         )]
     );
-    // One question for the run, for the first byte only.
+    // One question for the run, for the first byte only; one for the
+    // checksum file, which this release lacks.
     assert_eq!(
         *release.hits.lock().unwrap(),
-        [(WHOLE.to_string(), Some("bytes=0-0".to_string()))]
+        [
+            (WHOLE.to_string(), Some("bytes=0-0".to_string())),
+            (format!("{WHOLE}.sha256"), None)
+        ]
     );
     assert_eq!(rig.ssh.connect_attempts(), 0);
+    assert_eq!(checksum::checksums(&rig.api), [None]);
 }
 
 #[tokio::test]
@@ -716,7 +728,11 @@ async fn no_clear_answer_leaves_the_whole_asset_to_pve() {
         }
         other => panic!("expected a failure, got {other:?}"),
     }
-    assert_eq!(release.paths(), [WHOLE], "the answer is kept for the run");
+    assert_eq!(
+        release.paths(),
+        [WHOLE.to_string(), format!("{WHOLE}.sha256")],
+        "the answers are kept for the run"
+    );
 }
 
 #[tokio::test]

@@ -67,6 +67,12 @@ impl VmController {
                 m.vmid = node.vmid;
             }
             m.pve_node = node.pve_node.clone();
+            m.earlier = self.earlier_task(node, step);
+        }
+        if let Some(upid) = m.earlier.clone()
+            && let Some(requeue) = self.await_earlier(node, &upid, m).await
+        {
+            return requeue;
         }
         match step {
             VmStep::EnsureImage(w) => self.ensure_image(w, m).await,
@@ -155,6 +161,51 @@ impl VmController {
                 r.in_flight = None;
             });
         }
+    }
+
+    /// The task an earlier run left in flight for `node` under another
+    /// step than `first`, the first this run takes for it (which resumes
+    /// its own task itself).
+    fn earlier_task(&self, node: &NodePlan, first: &VmStep) -> Option<Upid> {
+        use crate::executor::AsStep;
+        let record = self.store.as_ref()?.get_node(&self.key(node)).ok()??;
+        let flight = record.in_flight?;
+        if flight.step == first.as_step() {
+            return None;
+        }
+        flight.upid.parse().ok()
+    }
+
+    /// Lets an earlier run's task end before this run acts on the VM (PVE
+    /// would refuse with "VM is locked", or the plan's view be stale): a
+    /// requeue while it runs, `None` once it ended, however it ended (the
+    /// steps observe the VM afresh). Bounded by the task timeout.
+    async fn await_earlier(&self, node: &NodePlan, upid: &Upid, m: &mut Memory) -> Option<Outcome> {
+        let deadline = *m
+            .deadline
+            .get_or_insert_with(|| Instant::now() + self.timing.task_timeout);
+        let running = match tasks::check(self.api.as_ref(), upid, 20).await {
+            Ok(Check::Running(_)) => true,
+            Err(err) if err.is_transient() => true,
+            Ok(_) | Err(_) => false,
+        };
+        if running && Instant::now() < deadline {
+            return Some(StepOutcome::Requeue(m.next_poll(&self.timing)));
+        }
+        if running {
+            m.earlier = None;
+            m.reset_wait();
+            return Some(refuse(format!(
+                "task {upid}, left in flight by an earlier run, still runs after {}; check it in \
+                 the PVE task log",
+                humantime::format_duration(self.timing.task_timeout)
+            )));
+        }
+        // Ended, failed, or unknown to PVE (its log rotated): done waiting.
+        m.earlier = None;
+        m.reset_wait();
+        self.clear_task(node);
+        None
     }
 
     /// A task this step started in an earlier (crashed) run.
