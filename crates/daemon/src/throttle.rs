@@ -7,8 +7,10 @@
 //! is checked. So N guesses sent in parallel cannot all pass a check
 //! before any failure is recorded: the `free_failures + 1`-th reservation
 //! locks the address for the ones after it. A [`Guess`] whose token proves
-//! valid is refunded ([`Guess::valid`], or on drop); a wrong one stays
-//! counted ([`Guess::failed`], a 403 `E301`).
+//! valid is refunded ([`Guess::valid`], or on drop): the record is put
+//! back as it was, so a valid token neither relocks the address nor
+//! delays forgetting its failures; a wrong one stays counted
+//! ([`Guess::failed`], a 403 `E301`).
 //!
 //! The first [`Policy::free_failures`] failures cost nothing (a VM whose
 //! token is being rotated retries a few times); after that the address is
@@ -127,7 +129,7 @@ impl Policy {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Record {
     /// Failures counted, reserved guesses included.
     failures: u32,
@@ -172,6 +174,12 @@ pub struct Guess<'a> {
     throttle: &'a Throttle,
     key: IpAddr,
     settled: bool,
+    /// The record before the reservation (`None`: there was none) and
+    /// right after it: a refund puts `before` back when nothing else
+    /// changed the record meanwhile, so a valid token neither relocks the
+    /// address nor keeps its failures from being forgotten.
+    before: Option<Record>,
+    reserved: Record,
 }
 
 impl Guess<'_> {
@@ -189,7 +197,7 @@ impl Guess<'_> {
 impl Drop for Guess<'_> {
     fn drop(&mut self) {
         if !self.settled {
-            self.throttle.refund(self.key);
+            self.throttle.refund(self.key, self.before, self.reserved);
         }
     }
 }
@@ -218,11 +226,14 @@ impl Throttle {
         {
             return Admission::Locked(r.locked_until - now);
         }
-        self.count_failure(&mut table, key, now);
+        let before = table.get(&key).copied();
+        let reserved = *self.count_failure(&mut table, key, now);
         Admission::Guess(Guess {
             throttle: self,
             key,
             settled: false,
+            before,
+            reserved,
         })
     }
 
@@ -262,15 +273,26 @@ impl Throttle {
         record
     }
 
-    fn refund(&self, key: IpAddr) {
+    fn refund(&self, key: IpAddr, before: Option<Record>, reserved: Record) {
         let mut table = self.table();
-        if let Some(record) = table.get_mut(&key) {
-            record.failures = record.failures.saturating_sub(1);
-            if record.failures == 0 {
-                table.remove(&key);
-            } else {
-                record.relock(&self.policy);
+        let Some(record) = table.get_mut(&key) else {
+            return;
+        };
+        if *record == reserved {
+            match before {
+                Some(before) => *record = before,
+                None => {
+                    table.remove(&key);
+                }
             }
+            return;
+        }
+        // Other failures came since: they keep their time and lock.
+        record.failures = record.failures.saturating_sub(1);
+        if record.failures == 0 {
+            table.remove(&key);
+        } else {
+            record.relock(&self.policy);
         }
     }
 
@@ -409,6 +431,34 @@ mod tests {
         drop(g);
         assert_eq!(t.check(ip(1)), Ok(()));
         assert_eq!(t.failures(ip(1)), 5);
+    }
+
+    /// A valid token once the lock has passed leaves the record as it
+    /// was: no new lock from its refunded reservation, and the failures
+    /// are still forgotten `forget_after` after the last real one.
+    #[test]
+    fn a_valid_token_neither_relocks_nor_keeps_failures_alive() {
+        let clock = ManualClock::default();
+        let t = Throttle::new(Policy::default(), Arc::new(clock.clone()));
+        for _ in 0..6 {
+            wrong(&t, ip(1)).unwrap();
+        }
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(t.check(ip(1)), Ok(()));
+        for _ in 0..10 {
+            clock.advance(Duration::from_secs(60));
+            match t.admit(ip(1)) {
+                Admission::Guess(g) => g.valid(),
+                Admission::Locked(_) => panic!("locked by a valid token"),
+            }
+            assert_eq!(t.check(ip(1)), Ok(()), "a valid token relocked the address");
+        }
+        assert_eq!(t.failures(ip(1)), 6);
+        // 902 s after the last wrong token: forgotten, a valid client's
+        // requests in between notwithstanding.
+        clock.advance(Duration::from_secs(300));
+        assert_eq!(wrong(&t, ip(1)), Ok(Duration::ZERO));
+        assert_eq!(t.failures(ip(1)), 1);
     }
 
     #[test]
