@@ -26,6 +26,13 @@
 //!   [`super::api::Unread`]). Each timeout counts in
 //!   `homestak_connections_timed_out_total{phase}`.
 //!
+//! A connection's place in its address's cap is a [`Place`], which every
+//! request carries (an extension): the tarpit ([`super::tarpit`]) keeps a
+//! held guess's place taken until the hold ends, even once the client
+//! has hung up, so hanging up does not buy a guesser a new connection.
+//! A kept place is not a file descriptor: the total cap counts only open
+//! connections.
+//!
 //! hyper's own `header_read_timeout` is off: it runs from the moment hyper
 //! waits for a head, so it would also close kept-alive connections after
 //! the header timeout and leave no separate idle timeout.
@@ -153,32 +160,58 @@ impl Gate {
             .store(table.total as u64, Ordering::Relaxed);
         Ok(Permit {
             gate: Arc::clone(self),
-            key,
+            place: Place {
+                _shared: Arc::new(AddressPlace {
+                    gate: Arc::clone(self),
+                    key,
+                }),
+            },
         })
     }
 }
 
-/// A connection's place in the [`Gate`], given back when it closes.
+/// An open connection's place in the [`Gate`]'s total, given back when it
+/// closes; its [`Place`] in the address's count may outlive it.
 #[derive(Debug)]
 struct Permit {
     gate: Arc<Gate>,
-    key: IpAddr,
+    place: Place,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut table = lock(&self.gate.table);
         table.total = table.total.saturating_sub(1);
+        self.gate
+            .metrics
+            .connections_open
+            .store(table.total as u64, Ordering::Relaxed);
+    }
+}
+
+/// A connection's place in its address's cap: given back when the
+/// connection has closed and every clone is gone (module docs).
+#[derive(Debug, Clone)]
+pub struct Place {
+    /// Held for its `Drop`, which gives the place back.
+    _shared: Arc<AddressPlace>,
+}
+
+#[derive(Debug)]
+struct AddressPlace {
+    gate: Arc<Gate>,
+    key: IpAddr,
+}
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let mut table = lock(&self.gate.table);
         if let Some(n) = table.per_address.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 table.per_address.remove(&self.key);
             }
         }
-        self.gate
-            .metrics
-            .connections_open
-            .store(table.total as u64, Ordering::Relaxed);
     }
 }
 
@@ -216,11 +249,13 @@ impl<S> Accept<TcpStream, S> for Acceptor {
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
         std::future::ready(self.guard(stream).map(|(stream, phase)| {
+            let place = stream.permit.place.clone();
             (
                 stream,
                 Arrival {
                     inner: service,
                     phase,
+                    place,
                 },
             )
         }))
@@ -264,7 +299,7 @@ impl Acceptor {
             write_stalled: None,
             timed_out: false,
             metrics: Arc::clone(&self.gate.metrics),
-            _permit: permit,
+            permit,
         };
         Ok((guarded, phase))
     }
@@ -285,7 +320,7 @@ pub struct Guarded<S> {
     write_stalled: Option<Instant>,
     timed_out: bool,
     metrics: Arc<Metrics>,
-    _permit: Permit,
+    permit: Permit,
 }
 
 impl<S> std::fmt::Debug for Guarded<S> {
@@ -416,11 +451,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
 }
 
 /// A connection's service: tells its [`Guarded`] stream when a request
-/// arrives and when its answer is ready.
+/// arrives and when its answer is ready, and gives each request the
+/// connection's [`Place`].
 #[derive(Debug, Clone)]
 pub struct Arrival<S> {
     inner: S,
     phase: Shared,
+    place: Place,
 }
 
 /// Marks a request in flight until dropped.
@@ -447,7 +484,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        request.extensions_mut().insert(self.place.clone());
         {
             let mut phase = lock(&self.phase);
             phase.started = true;
@@ -502,5 +540,25 @@ mod tests {
             gate.admit(ip(3)).is_ok(),
             "a closed connection frees its place"
         );
+    }
+
+    /// A place kept past its connection (a tarpit hold) still counts for
+    /// its address, not in the total, and frees when the last clone goes.
+    #[test]
+    fn a_kept_place_counts_for_its_address_until_released() {
+        let metrics = Arc::new(Metrics::default());
+        let limits = Limits {
+            max_connections_per_address: 1,
+            ..Limits::default()
+        };
+        let gate = Gate::new(limits, 10, Arc::clone(&metrics));
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let permit = gate.admit(ip).unwrap();
+        let kept = permit.place.clone();
+        drop(permit);
+        assert_eq!(gate.open(), 0, "the connection itself is closed");
+        assert_eq!(gate.admit(ip).unwrap_err(), "max_per_address");
+        drop(kept);
+        assert!(gate.admit(ip).is_ok(), "the released place is free again");
     }
 }

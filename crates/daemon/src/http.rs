@@ -1,7 +1,9 @@
 //! The HTTP front: one axum handler that routes by hand, because the seed's
 //! path rules (no decoding, trailing slashes stripped, `/{repo}.git/...`)
 //! are not a router's. Around every request it applies the auth-failure
-//! throttle, counts the request, and logs method, path (never the query or
+//! throttle and its tarpit (a wrong token that leaves its address locked
+//! is answered only when the lock has passed, [`super::tarpit`]), counts
+//! the request, and logs method, path (never the query or
 //! any header), status and peer address.
 //!
 //! The body is never read here: it goes unread to the handler, and only
@@ -22,11 +24,13 @@ use axum::response::Response;
 
 use super::api::{Api, Endpoint, Unread};
 use super::auth::RepoAuth;
+use super::conn::Place;
 use super::metrics::Metrics;
 use super::reply::{self, ApiError, Reply};
 use super::repos::RepoSet;
 use super::seed::{self, Route};
 use super::site_cell::SiteCell;
+use super::tarpit::Tarpit;
 use super::throttle::{Admission, Throttle};
 
 /// Everything a request may touch.
@@ -36,6 +40,7 @@ pub struct App {
     pub repo_auth: RepoAuth,
     pub api: Api,
     pub throttle: Throttle,
+    pub tarpit: Tarpit,
     pub metrics: Arc<Metrics>,
     /// Largest request body read, in bytes.
     pub max_body: usize,
@@ -64,6 +69,9 @@ async fn entry(
     let path = seed::normalise(target);
     let endpoint = Endpoint::of(path);
     let label = endpoint.map_or_else(|| seed_label(&seed::route(path)), Endpoint::label);
+    // The connection's place in its address's cap (absent when served
+    // without the `conn` acceptor): a held guess keeps it to the end.
+    let place = parts.extensions.get::<Place>().cloned();
 
     // Only requests that present a token can guess; the others are never
     // held back. Admitting reserves the guess before the token is checked.
@@ -85,22 +93,36 @@ async fn entry(
     )
     .await;
 
+    // A valid token is served at once whatever the lock. A wrong one that
+    // leaves its address locked is held until that lock has passed (the
+    // tarpit), then answered: 403 when it was judged unlocked, 429 when
+    // it came while locked.
     match admission {
         Some(Admission::Guess(guess)) if reply.bad_token => {
             let lock = guess.failed();
             app.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(peer = %peer.ip(), route = label, lock_secs = lock.as_secs(), "wrong token");
+            let hold = app.throttle.policy().hold(lock);
+            tracing::warn!(peer = %peer.ip(), route = label, lock_secs = lock.as_secs(), hold_ms = hold.as_millis() as u64, "wrong token");
+            app.tarpit.hold(hold, place).await;
         }
         Some(Admission::Guess(guess)) => guess.valid(),
-        // A valid token is served whatever the lock; a wrong one learns
-        // only that it must wait.
         Some(Admission::Locked(_)) if reply.bad_token => {
             let lock = app.throttle.failed_while_locked(peer.ip());
             app.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
             app.metrics.auth_throttled.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(peer = %peer.ip(), route = label, lock_secs = lock.as_secs(), "wrong token from a locked address");
-            reply = ApiError::throttled(lock).reply();
-            reply.retry_after = Some(reply::retry_after_secs(lock));
+            let hold = app.throttle.policy().hold(lock);
+            tracing::warn!(peer = %peer.ip(), route = label, lock_secs = lock.as_secs(), hold_ms = hold.as_millis() as u64, "wrong token from a locked address");
+            app.tarpit.hold(hold, place).await;
+            // What is left of the lock now (other guesses may have grown
+            // it); at least a second, never "retry after 0".
+            let left = app
+                .throttle
+                .check(peer.ip())
+                .err()
+                .unwrap_or_default()
+                .max(Duration::from_secs(1));
+            reply = ApiError::throttled(left).reply();
+            reply.retry_after = Some(reply::retry_after_secs(left));
         }
         Some(Admission::Locked(_)) | None => {}
     }

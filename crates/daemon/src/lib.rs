@@ -30,7 +30,7 @@
 //! ([`shutdown`]), then stops in order. Every connection goes through
 //! [`conn`] first (caps at accept, before TLS, and timeouts; [`fds`] keeps
 //! descriptors for the reconciler), every request through [`http`]: the
-//! auth-failure [`throttle`], bodies read only after auth, metrics and logs
+//! auth-failure [`throttle`] and its [`tarpit`], bodies read only after auth, metrics and logs
 //! that never carry a token.
 
 pub mod api;
@@ -55,6 +55,7 @@ pub mod server;
 pub mod shutdown;
 pub mod site_cell;
 pub mod source;
+pub mod tarpit;
 pub mod throttle;
 pub mod watch;
 

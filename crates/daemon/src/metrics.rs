@@ -278,6 +278,12 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     /// Wrong tokens from a locked address, answered 429.
     pub auth_throttled: AtomicU64,
+    /// Wrong tokens being held by the tarpit now, hung-up ones included.
+    pub auth_held: AtomicU64,
+    /// Wrong tokens held by the tarpit before their answer.
+    pub auth_held_total: AtomicU64,
+    /// Held wrong tokens whose client hung up before the answer.
+    pub auth_held_abandoned: AtomicU64,
     /// Connections held now (accepted and under the caps).
     pub connections_open: AtomicU64,
     /// The connection cap in force (after the file-descriptor headroom).
@@ -343,6 +349,9 @@ impl Default for Metrics {
             ),
             auth_failures: AtomicU64::new(0),
             auth_throttled: AtomicU64::new(0),
+            auth_held: AtomicU64::new(0),
+            auth_held_total: AtomicU64::new(0),
+            auth_held_abandoned: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
             connections_limit: AtomicU64::new(0),
             connections_refused,
@@ -397,6 +406,27 @@ impl Metrics {
         );
         throttled.set(&[], self.auth_throttled.load(Ordering::Relaxed) as f64);
         throttled.render(&mut out);
+        let held = Family::gauge(
+            "homestak_auth_held",
+            "Wrong tokens held now before their answer (tarpit), each keeping its connection's place in the per-address cap.",
+            &[],
+        );
+        held.set(&[], self.auth_held.load(Ordering::Relaxed) as f64);
+        held.render(&mut out);
+        let held_total = Family::counter(
+            "homestak_auth_held_total",
+            "Wrong tokens held before their answer until their address's lock passed (tarpit).",
+            &[],
+        );
+        held_total.set(&[], self.auth_held_total.load(Ordering::Relaxed) as f64);
+        held_total.render(&mut out);
+        let abandoned = Family::counter(
+            "homestak_auth_held_abandoned_total",
+            "Held wrong tokens whose client hung up before the answer (the hold kept its place to the end).",
+            &[],
+        );
+        abandoned.set(&[], self.auth_held_abandoned.load(Ordering::Relaxed) as f64);
+        abandoned.render(&mut out);
         let open = Family::gauge(
             "homestak_connections_open",
             "HTTPS connections held now.",
@@ -460,6 +490,11 @@ mod tests {
             "homestak_http_requests_total{route=\"spec\",code=\"200\"} 1",
             "homestak_auth_failures_total 0",
             "homestak_auth_throttled_total 0",
+            "# TYPE homestak_auth_held gauge",
+            "homestak_auth_held 0",
+            "# TYPE homestak_auth_held_total counter",
+            "homestak_auth_held_total 0",
+            "homestak_auth_held_abandoned_total 0",
             "homestak_connections_open 0",
             "homestak_connections_refused_total{reason=\"max_per_address\"} 0",
             "homestak_connections_timed_out_total{phase=\"header\"} 0",

@@ -4,7 +4,9 @@
 //! serves until the given shutdown future resolves (or the lease is lost),
 //! then stops in order:
 //! 1. stop accepting connections and let requests in flight finish
-//!    (bounded by [`Config::shutdown_grace`]);
+//!    (bounded by [`Config::shutdown_grace`]); wrong tokens held by the
+//!    tarpit are answered at once ([`super::tarpit`]), so holds never
+//!    delay it;
 //! 2. signal the reconcile worker and the engine, and wait for the
 //!    reconcile in flight to reach a safe point (same bound);
 //! 3. remove the temporary repos and `daemon.json`, release the lease;
@@ -43,6 +45,7 @@ use super::repos::{self, RepoSet, RepoSpec};
 use super::shutdown;
 use super::site_cell::SiteCell;
 use super::source::{self, Source};
+use super::tarpit::Tarpit;
 use super::throttle::{self, Clock, Throttle, TokioClock};
 use super::{legacy, watch};
 use homestak_api::{Event, Kind, Reason};
@@ -333,6 +336,11 @@ impl Daemon {
                 site: site.clone(),
             },
             throttle: Throttle::new(config.throttle, Arc::clone(&config.clock)),
+            tarpit: Tarpit::new(
+                Arc::clone(&config.clock),
+                trigger.subscribe(),
+                Arc::clone(&metrics),
+            ),
             metrics,
             max_body: config.limits.max_body,
             body_timeout: config.limits.idle_timeout,

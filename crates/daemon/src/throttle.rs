@@ -7,24 +7,29 @@
 //! is checked. So N guesses sent in parallel cannot all pass a check
 //! before any failure is recorded: the `free_failures + 1`-th reservation
 //! locks the address for the ones after it. A [`Guess`] whose token proves
-//! valid is refunded ([`Guess::valid`], or on drop); a wrong one stays
-//! counted ([`Guess::failed`], a 403 `E301`).
+//! valid is refunded ([`Guess::valid`], or on drop): the record is put
+//! back as it was, so a valid token neither relocks the address nor
+//! delays forgetting its failures; a wrong one stays counted
+//! ([`Guess::failed`], a 403 `E301`).
 //!
 //! The first [`Policy::free_failures`] failures cost nothing (a VM whose
 //! token is being rotated retries a few times); after that the address is
 //! locked for `base · 2^(n-free-1)`, capped at [`Policy::max_delay`].
 //! While locked, a request's token is still checked, in constant time like
-//! every check: a valid one is served (a NAT or a bridge shared with one
-//! guesser does not lock everyone out), a wrong one is answered 429 `E303`
-//! with `Retry-After` instead of 403 and counts as one more failure
-//! ([`Throttle::failed_while_locked`]). Requests without a token (health
-//! checks, network-posture specs) are never held back: they cannot guess.
+//! every check: a valid one is served at once (a NAT or a bridge shared
+//! with one guesser does not lock everyone out), a wrong one counts as one
+//! more failure ([`Throttle::failed_while_locked`]) and is answered 429
+//! `E303` instead of 403. Requests without a token (health checks,
+//! network-posture specs) are never held back: they cannot guess.
 //!
-//! What a lock does not do: since valid tokens are served while locked, a
-//! 429 still tells a guesser its guess was wrong. Guessing stays bounded by
-//! the tokens' entropy (API and repo tokens are 256 random bits) and by
-//! the per-address connection cap ([`super::conn`]); site and node tokens
-//! chosen by hand should be long random strings.
+//! What slows guessing is not the lock itself (a 429 tells "wrong" as
+//! well as a 403 does) but the tarpit ([`super::tarpit`]): a wrong token
+//! that leaves its address locked is answered only when that lock has
+//! passed, at most [`Policy::max_hold`] later ([`Policy::hold`]), and the
+//! hold keeps its connection's place in the per-address connection cap
+//! even if the client hangs up. So one address gets at most
+//! `max_connections_per_address / max_hold` verdicts a second once
+//! locked (64 / 30 s ≈ 2 by default), while a valid token is never held.
 //!
 //! A success does not reset the count (a caller holding one valid token
 //! must not be able to interleave guesses for another); failures are
@@ -33,10 +38,12 @@
 //! client). The table is bounded ([`Policy::max_clients`]) so a flood of
 //! addresses cannot grow it.
 //!
-//! Time comes from a [`Clock`], so tests drive it by hand.
+//! Time comes from a [`Clock`], holds included, so tests drive it by hand.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,9 +51,15 @@ use tokio::time::Instant;
 
 use super::conn::client_key;
 
-/// A source of "now".
+/// What [`Clock::sleep_until`] returns.
+pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// A source of "now", and of waiting for a later one.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Instant;
+    /// Resolves once [`Clock::now`] has reached `deadline`, without
+    /// blocking a thread.
+    fn sleep_until(&self, deadline: Instant) -> Sleep;
 }
 
 /// Tokio's clock (paused in tests that pause it).
@@ -57,32 +70,44 @@ impl Clock for TokioClock {
     fn now(&self) -> Instant {
         Instant::now()
     }
+
+    fn sleep_until(&self, deadline: Instant) -> Sleep {
+        Box::pin(tokio::time::sleep_until(deadline))
+    }
 }
 
-/// A clock moved by hand (tests).
+/// A clock moved by hand (tests); [`ManualClock::advance`] wakes the
+/// sleepers whose deadline it reaches.
 #[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Clone)]
-pub struct ManualClock(Arc<Mutex<Instant>>);
+pub struct ManualClock(Arc<tokio::sync::watch::Sender<Instant>>);
 
 #[cfg(any(test, feature = "testing"))]
 impl Default for ManualClock {
     fn default() -> Self {
-        ManualClock(Arc::new(Mutex::new(Instant::now())))
+        ManualClock(Arc::new(tokio::sync::watch::Sender::new(Instant::now())))
     }
 }
 
 #[cfg(any(test, feature = "testing"))]
 impl ManualClock {
     pub fn advance(&self, by: Duration) {
-        let mut now = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *now += by;
+        self.0.send_modify(|now| *now += by);
     }
 }
 
 #[cfg(any(test, feature = "testing"))]
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+        *self.0.borrow()
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Sleep {
+        let mut now = self.0.subscribe();
+        Box::pin(async move {
+            // An error means the clock is gone: nothing will move it again.
+            let _ = now.wait_for(|now| *now >= deadline).await;
+        })
     }
 }
 
@@ -99,6 +124,10 @@ pub struct Policy {
     pub forget_after: Duration,
     /// Most addresses tracked at once.
     pub max_clients: usize,
+    /// Longest a wrong token is held before its answer (the tarpit, see
+    /// [`super::tarpit`]); below the 60 s timeout of homestak's own client,
+    /// so a misconfigured client still sees the 429.
+    pub max_hold: Duration,
 }
 
 impl Default for Policy {
@@ -109,6 +138,7 @@ impl Default for Policy {
             max_delay: Duration::from_secs(300),
             forget_after: Duration::from_secs(900),
             max_clients: 4096,
+            max_hold: Duration::from_secs(30),
         }
     }
 }
@@ -125,9 +155,16 @@ impl Policy {
             .unwrap_or(self.max_delay)
             .min(self.max_delay)
     }
+
+    /// How long a wrong token that leaves its address locked for `lock`
+    /// is held before its answer: until the lock has passed, at most
+    /// [`Policy::max_hold`]. Zero while the failures are free.
+    pub fn hold(&self, lock: Duration) -> Duration {
+        lock.min(self.max_hold)
+    }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Record {
     /// Failures counted, reserved guesses included.
     failures: u32,
@@ -172,6 +209,12 @@ pub struct Guess<'a> {
     throttle: &'a Throttle,
     key: IpAddr,
     settled: bool,
+    /// The record before the reservation (`None`: there was none) and
+    /// right after it: a refund puts `before` back when nothing else
+    /// changed the record meanwhile, so a valid token neither relocks the
+    /// address nor keeps its failures from being forgotten.
+    before: Option<Record>,
+    reserved: Record,
 }
 
 impl Guess<'_> {
@@ -189,7 +232,7 @@ impl Guess<'_> {
 impl Drop for Guess<'_> {
     fn drop(&mut self) {
         if !self.settled {
-            self.throttle.refund(self.key);
+            self.throttle.refund(self.key, self.before, self.reserved);
         }
     }
 }
@@ -201,6 +244,11 @@ impl Throttle {
             clock,
             table: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The backoff in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Record>> {
@@ -218,11 +266,14 @@ impl Throttle {
         {
             return Admission::Locked(r.locked_until - now);
         }
-        self.count_failure(&mut table, key, now);
+        let before = table.get(&key).copied();
+        let reserved = *self.count_failure(&mut table, key, now);
         Admission::Guess(Guess {
             throttle: self,
             key,
             settled: false,
+            before,
+            reserved,
         })
     }
 
@@ -262,15 +313,26 @@ impl Throttle {
         record
     }
 
-    fn refund(&self, key: IpAddr) {
+    fn refund(&self, key: IpAddr, before: Option<Record>, reserved: Record) {
         let mut table = self.table();
-        if let Some(record) = table.get_mut(&key) {
-            record.failures = record.failures.saturating_sub(1);
-            if record.failures == 0 {
-                table.remove(&key);
-            } else {
-                record.relock(&self.policy);
+        let Some(record) = table.get_mut(&key) else {
+            return;
+        };
+        if *record == reserved {
+            match before {
+                Some(before) => *record = before,
+                None => {
+                    table.remove(&key);
+                }
             }
+            return;
+        }
+        // Other failures came since: they keep their time and lock.
+        record.failures = record.failures.saturating_sub(1);
+        if record.failures == 0 {
+            table.remove(&key);
+        } else {
+            record.relock(&self.policy);
         }
     }
 
@@ -334,6 +396,60 @@ mod tests {
             [0, 0, 0, 0, 0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
         );
         assert_eq!(p.delay(u32::MAX), p.max_delay);
+    }
+
+    /// A wrong token is held until the lock it leaves has passed, never
+    /// longer than `max_hold`, and not at all while failures are free.
+    #[test]
+    fn hold_waits_out_the_lock_up_to_max_hold() {
+        let p = Policy::default();
+        assert_eq!(p.max_hold, Duration::from_secs(30));
+        assert!(
+            p.max_hold < Duration::from_secs(60),
+            "under the client timeout"
+        );
+        let holds: Vec<u64> = (1..=12).map(|n| p.hold(p.delay(n)).as_secs()).collect();
+        assert_eq!(holds, [0, 0, 0, 0, 0, 1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(p.hold(Duration::MAX), p.max_hold);
+
+        // As the HTTP front computes it: from the lock the failure leaves.
+        let clock = ManualClock::default();
+        let t = Throttle::new(p, Arc::new(clock.clone()));
+        let mut seen = Vec::new();
+        for _ in 0..7 {
+            let lock = match t.admit(ip(1)) {
+                Admission::Guess(g) => g.failed(),
+                Admission::Locked(_) => t.failed_while_locked(ip(1)),
+            };
+            seen.push(t.policy().hold(lock).as_secs());
+        }
+        assert_eq!(seen, [0, 0, 0, 0, 0, 1, 2]);
+        // Parallel wrong guesses while locked grow the lock to the cap: each
+        // of them is held the longest hold.
+        for _ in 0..10 {
+            t.failed_while_locked(ip(1));
+        }
+        let lock = t.failed_while_locked(ip(1));
+        assert_eq!(t.policy().hold(lock), p.max_hold);
+    }
+
+    /// The hand-moved clock wakes a sleeper when it reaches its deadline,
+    /// and not before.
+    #[tokio::test]
+    async fn manual_clock_sleeps_until_advanced_to_the_deadline() {
+        let clock = ManualClock::default();
+        let deadline = clock.now() + Duration::from_secs(10);
+        let mut sleep = tokio::spawn(clock.sleep_until(deadline));
+        clock.advance(Duration::from_secs(9));
+        let early = tokio::time::timeout(Duration::from_millis(100), &mut sleep).await;
+        assert!(early.is_err(), "woke before the deadline");
+        clock.advance(Duration::from_secs(1));
+        tokio::time::timeout(Duration::from_secs(10), sleep)
+            .await
+            .expect("woke at the deadline (hang guard)")
+            .unwrap();
+        // A deadline already passed does not wait.
+        clock.sleep_until(deadline).await;
     }
 
     #[test]
@@ -409,6 +525,34 @@ mod tests {
         drop(g);
         assert_eq!(t.check(ip(1)), Ok(()));
         assert_eq!(t.failures(ip(1)), 5);
+    }
+
+    /// A valid token once the lock has passed leaves the record as it
+    /// was: no new lock from its refunded reservation, and the failures
+    /// are still forgotten `forget_after` after the last real one.
+    #[test]
+    fn a_valid_token_neither_relocks_nor_keeps_failures_alive() {
+        let clock = ManualClock::default();
+        let t = Throttle::new(Policy::default(), Arc::new(clock.clone()));
+        for _ in 0..6 {
+            wrong(&t, ip(1)).unwrap();
+        }
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(t.check(ip(1)), Ok(()));
+        for _ in 0..10 {
+            clock.advance(Duration::from_secs(60));
+            match t.admit(ip(1)) {
+                Admission::Guess(g) => g.valid(),
+                Admission::Locked(_) => panic!("locked by a valid token"),
+            }
+            assert_eq!(t.check(ip(1)), Ok(()), "a valid token relocked the address");
+        }
+        assert_eq!(t.failures(ip(1)), 6);
+        // 902 s after the last wrong token: forgotten, a valid client's
+        // requests in between notwithstanding.
+        clock.advance(Duration::from_secs(300));
+        assert_eq!(wrong(&t, ip(1)), Ok(Duration::ZERO));
+        assert_eq!(t.failures(ip(1)), 1);
     }
 
     #[test]

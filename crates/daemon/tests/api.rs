@@ -95,41 +95,57 @@ async fn repeated_wrong_tokens_are_slowed_down_per_address() {
             (resp.status().as_u16(), retry)
         }
     };
-    // The free failures and the first counted one answer 403.
-    for _ in 0..6 {
+    // The free failures answer 403 at once.
+    for _ in 0..5 {
         assert_eq!(get(Some("guess")).await, (403, None));
     }
-    // Locked: a wrong token waits (each one doubling the lock), with
-    // Retry-After; the right token, from the same address, is served.
-    let mut locks = Vec::new();
-    for _ in 0..3 {
-        let (status, retry) = get(Some("guess")).await;
-        assert_eq!(status, 429);
-        locks.push(retry.unwrap());
-        assert_eq!(
-            get(Some(SITE_TOKEN)).await,
-            (200, None),
-            "a valid token is served while its address is locked"
-        );
-        assert_eq!(d.get("/v1/status", Some(READ_TOKEN)).await.0, 200);
-        // Requests without a token are not held back.
-        assert_eq!(d.get("/health", None).await.0, 200);
-        assert_eq!(d.get("/spec/base", None).await.0, 200);
-        assert_eq!(get(None).await.0, 401);
-        clock.advance(Duration::from_secs(locks[locks.len() - 1]));
-        assert_eq!(get(Some("guess")).await.0, 403, "unlocked, still wrong");
-    }
-    assert_eq!(locks, [2, 8, 32], "the lock doubles with each failure");
+    // The first counted one locks the address for 1 s and is held until
+    // the lock has passed (the tarpit); another guess while locked grows
+    // the lock to 2 s and is held for that.
+    let mut sixth = tokio::spawn(get(Some("guess")));
+    wait_metric(&d, "homestak_auth_held", 1.0).await;
+    let mut seventh = tokio::spawn(get(Some("guess")));
+    wait_metric(&d, "homestak_auth_held", 2.0).await;
+    // Meanwhile the right token, from the same address, is served at once,
+    // and requests without a token are not held back.
+    assert_eq!(
+        get(Some(SITE_TOKEN)).await,
+        (200, None),
+        "a valid token is served while its address is locked"
+    );
+    assert_eq!(d.get("/v1/status", Some(READ_TOKEN)).await.0, 200);
+    assert_eq!(d.get("/health", None).await.0, 200);
+    assert_eq!(d.get("/spec/base", None).await.0, 200);
+    assert_eq!(get(None).await.0, 401);
+    let chance = Duration::from_millis(300);
+    assert!(tokio::time::timeout(chance, &mut sixth).await.is_err());
 
-    let (_, metrics) = d.get("/metrics", Some(READ_TOKEN)).await;
+    clock.advance(Duration::from_secs(1));
+    // Judged while unlocked: the 403 it always got, only later.
+    assert_eq!(sixth.await.unwrap(), (403, None));
+    assert!(tokio::time::timeout(chance, &mut seventh).await.is_err());
+    clock.advance(Duration::from_secs(1));
+    // Came while locked: 429, `Retry-After` never 0.
+    assert_eq!(seventh.await.unwrap(), (429, Some(1)));
+
+    // The lock has passed; the next failure doubles it, and is held as long.
+    let mut eighth = tokio::spawn(get(Some("guess")));
+    wait_metric(&d, "homestak_auth_held", 1.0).await;
+    clock.advance(Duration::from_secs(3));
+    assert!(tokio::time::timeout(chance, &mut eighth).await.is_err());
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(eighth.await.unwrap(), (403, None), "unlocked, still wrong");
+
+    let metrics = wait_metric(&d, "homestak_auth_held", 0.0).await;
     assert!(
-        metrics.contains("homestak_auth_failures_total 12"),
+        metrics.contains("homestak_auth_failures_total 8"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("homestak_auth_throttled_total 3"),
+        metrics.contains("homestak_auth_throttled_total 1"),
         "{metrics}"
     );
+    assert!(metrics.contains("homestak_auth_held_total 3"), "{metrics}");
     d.stop().await.unwrap();
 }
 

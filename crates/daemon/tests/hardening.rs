@@ -1,7 +1,8 @@
 //! A daemon that cannot be starved without a login: connections that
 //! never finish a request are closed on time, caps refuse floods at
 //! accept, bodies are read only after auth, the throttle reserves each
-//! guess before judging it and never refuses a valid token, and a
+//! guess before judging it and never refuses a valid token (its tarpit
+//! has tests of its own, `tarpit`), and a
 //! malformed PVE token never reaches an answer.
 //!
 //! Timeouts here are short (1 to 2 s) so the tests are quick; every wait
@@ -362,24 +363,29 @@ async fn bodies_are_read_only_after_auth_and_within_limits() {
 
 /// Check and record are one step: 50 wrong guesses sent at once from one
 /// address get at most `free_failures + 1` judged (403); the rest wait
-/// (429), while a valid token from that address is served.
+/// (429). Those that leave the address locked are held until the clock
+/// moves, while a valid token from that address is served at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_guesses_cannot_pass_the_throttle_together() {
     let site = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     site_config(site.path());
     let mut config = config(site.path(), state.path());
-    // The clock does not move: no lock expires during the test.
-    config.clock = Arc::new(ManualClock::default());
+    // The clock moves only when the test says: no lock or hold expires
+    // on its own.
+    let clock = ManualClock::default();
+    config.clock = Arc::new(clock.clone());
     config.throttle = Policy::default();
     let free = config.throttle.free_failures;
+    let max_hold = config.throttle.max_hold;
     let (engine, _calls) = FakeEngine::new();
     let d = Arc::new(start(config, engine).await);
 
     let barrier = Arc::new(tokio::sync::Barrier::new(50));
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for n in 0..50 {
-        let (d, barrier) = (Arc::clone(&d), Arc::clone(&barrier));
+        let (d, barrier, answered) = (Arc::clone(&d), Arc::clone(&barrier), Arc::clone(&answered));
         tasks.push(tokio::spawn(async move {
             // Its own connection each, so all are in flight at once.
             let client = client(d.fingerprint);
@@ -387,9 +393,31 @@ async fn parallel_guesses_cannot_pass_the_throttle_together() {
                 .get(d.url("/v1/status?observe=false"))
                 .bearer_auth(format!("guess-{n}"));
             barrier.wait().await;
-            request.send().await.unwrap().status().as_u16()
+            let status = request.send().await.unwrap().status().as_u16();
+            answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            status
         }));
     }
+    // Every guess is either answered (a free failure) or held.
+    let mut held = 0.0;
+    for _ in 0..600 {
+        held = metric(&metrics(&d).await, "homestak_auth_held");
+        let done = answered.load(std::sync::atomic::Ordering::SeqCst);
+        if held + done as f64 == 50.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        held >= 44.0,
+        "{held} guesses held; every one that came while locked must be"
+    );
+    assert_eq!(
+        d.get("/v1/status?observe=false", Some(READ_TOKEN)).await.0,
+        200,
+        "a valid token is served from the locked address while guesses are held"
+    );
+    clock.advance(max_hold);
     let mut judged = 0;
     let mut waited = 0;
     for t in tasks {
@@ -399,23 +427,21 @@ async fn parallel_guesses_cannot_pass_the_throttle_together() {
             other => panic!("unexpected status {other}"),
         }
     }
-    println!("50 parallel guesses: {judged} judged (403), {waited} told to wait (429)");
+    println!(
+        "50 parallel guesses: {judged} judged (403), {waited} told to wait (429), {held} of them held"
+    );
     assert!(
         judged <= free + 1,
         "{judged} guesses reached a verdict; at most {} may",
         free + 1
     );
     assert_eq!(judged + waited, 50);
-    assert_eq!(
-        d.get("/v1/status?observe=false", Some(READ_TOKEN)).await.0,
-        200,
-        "a valid token is served from the locked address"
-    );
     let text = metrics(&d).await;
     assert_eq!(
         metric(&text, "homestak_auth_throttled_total"),
         f64::from(waited)
     );
+    assert_eq!(metric(&text, "homestak_auth_held_total"), held);
     let d = Arc::into_inner(d).expect("no task holds the daemon");
     d.stop().await.unwrap();
 }

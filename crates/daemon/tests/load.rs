@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 use homestak_daemon::conn::Limits;
+use homestak_daemon::throttle::Policy;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -89,8 +90,8 @@ fn child() -> Value {
 
 /// The mix: public, spec, API reads (status, a subtree's status, events,
 /// metrics, plan), repo reads, and refusals (no token, a wrong token, too
-/// small a scope). A wrong token may be told to wait (429) once its
-/// address is locked; nothing else may.
+/// small a scope). A wrong token may be told to wait (429, after the
+/// tarpit's hold) once its address is locked; nothing else may.
 fn mix() -> Vec<Kind> {
     let get = Method::GET;
     let mut plan = kind(Method::POST, "/v1/plan", Some(READ_TOKEN), &[200]);
@@ -159,6 +160,12 @@ async fn r4_load_mixed_requests_while_idle_connections_are_held() {
         first_request_timeout: Duration::from_secs(600),
         idle_timeout: Duration::from_secs(600),
         ..Limits::default()
+    };
+    // The mix's wrong tokens lock their addresses: the tarpit holds them
+    // (kept short so no hold nears the 30 s error bound).
+    config.throttle = Policy {
+        max_hold: Duration::from_millis(100),
+        ..Policy::default()
     };
     let (engine, _calls) = FakeEngine::new();
     let d = Arc::new(start(config, engine).await);

@@ -4,20 +4,23 @@
 //! directories; every refusal is the bare error shape and nothing more.
 //!
 //! The matrix runs twice: from a clean address, and from an address the
-//! throttle has locked, where every wrong token is answered 429 and every
-//! valid one exactly as before.
+//! throttle has locked, where every wrong token is held (the tarpit, a
+//! short hold here so the run stays quick) and then answered 429, and
+//! every valid one exactly as before.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::support::*;
-use homestak_daemon::throttle::{ManualClock, Policy};
+use homestak_daemon::throttle::{ManualClock, Policy, TokioClock};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 /// A token valid at another tier (a parent's or a child's): unknown here.
 const OTHER_TIER: &str = "other-tier-token-51c0de";
 const WRONG: &str = "wrong-token-guess-8e1f";
+/// The tarpit's hold in the locked run.
+const HOLD: Duration = Duration::from_millis(20);
 
 /// The kinds of credential a request may present.
 const TOKENS: &[(&str, Option<&str>)] = &[
@@ -132,10 +135,17 @@ async fn run_matrix(locked: bool) -> usize {
     let state = tempfile::tempdir().unwrap();
     site_config(site.path());
     let mut config = config(site.path(), state.path());
-    config.clock = std::sync::Arc::new(ManualClock::default());
     config.throttle = if locked {
-        Policy::default()
+        // Real time: a held wrong token is answered after 20 ms, while the
+        // lock (5 min) lasts the whole run.
+        config.clock = std::sync::Arc::new(TokioClock);
+        Policy {
+            base_delay: Duration::from_secs(300),
+            max_hold: HOLD,
+            ..Policy::default()
+        }
     } else {
+        config.clock = std::sync::Arc::new(ManualClock::default());
         // The matrix presents many wrong tokens on purpose.
         Policy {
             free_failures: 10_000,
@@ -168,13 +178,16 @@ async fn run_matrix(locked: bool) -> usize {
 
     let mut failures = Vec::new();
     let mut cells = 0;
+    let mut throttled = 0;
     for e in endpoints() {
         for (who, token) in TOKENS {
             cells += 1;
             let (mut status, mut code) = expected(e.needs, e.ok, who, token.is_some());
             if locked && code == Some("E301") {
                 (status, code) = (429, Some("E303"));
+                throttled += 1;
             }
+            let sent = std::time::Instant::now();
             let mut request = d.client.request(e.method.clone(), d.url(e.path));
             if let Some(t) = token {
                 let header = if t.starts_with("Basic ") {
@@ -189,8 +202,12 @@ async fn run_matrix(locked: bool) -> usize {
             }
             let resp = request.send().await.unwrap();
             let got = resp.status().as_u16();
+            let took = sent.elapsed();
             let text = resp.text().await.unwrap();
             let cell = format!("{} {} as {who}", e.method, e.path);
+            if code == Some("E303") && took < HOLD {
+                failures.push(format!("{cell}: answered after {took:?}, before its hold"));
+            }
             let got_code = error_code(&text);
             if got != status || got_code.as_deref() != code {
                 failures.push(format!(
@@ -225,6 +242,18 @@ async fn run_matrix(locked: bool) -> usize {
                     ));
                 }
             }
+        }
+    }
+    if locked {
+        // Every wrong token was held: those of the matrix and the two
+        // that locked the address and found it locked.
+        let (_, text) = d.get("/metrics", Some(READ_TOKEN)).await;
+        let held = metric(&text, "homestak_auth_held_total");
+        if held != f64::from(throttled + 2) {
+            failures.push(format!(
+                "{held} wrong tokens held, expected {}",
+                throttled + 2
+            ));
         }
     }
     // Give the destroy run its moment before stopping (not asserted).

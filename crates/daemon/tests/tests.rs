@@ -12,3 +12,4 @@ mod repos;
 mod secrets;
 mod subtrees;
 mod support;
+mod tarpit;

@@ -614,3 +614,30 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Waits until the `/metrics` sample `series` is `value` (hang guard
+/// only); returns the exposition it saw.
+pub async fn wait_metric(d: &Running, series: &str, value: f64) -> String {
+    let mut last = 0.0;
+    for _ in 0..600 {
+        let (status, text) = d.get("/metrics", Some(READ_TOKEN)).await;
+        assert_eq!(status, 200, "{text}");
+        last = metric(&text, series);
+        if last == value {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {series} = {value} (last {last})");
+}
+
+/// An HTTPS client pinned to the daemon whose connections come from the
+/// loopback address `from`.
+pub fn client_from(fingerprint: Fingerprint, from: std::net::IpAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(homestak_tls::pinned_client_config(fingerprint))
+        .local_address(from)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
