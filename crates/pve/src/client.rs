@@ -14,11 +14,12 @@ use super::error::Error;
 use super::form::Form;
 use super::http::{Config, Http};
 use super::params::{
-    ConfigUpdate, CreateVm, DeleteVm, DownloadUrl, PowerAction, Resize, TaskQuery, TokenOptions,
+    ConfigUpdate, CreateVm, DeleteVm, DownloadUrl, NodeConfigUpdate, PowerAction, Resize,
+    TaskQuery, TokenOptions,
 };
 use super::transport::{BoxFuture, Envelope, Request, Transport};
 use super::types::{
-    AgentInterface, AgentResult, ClusterResource, CreatedToken, NodeEntry, NodeStatus,
+    AgentInterface, AgentResult, ClusterResource, CreatedToken, NodeConfig, NodeEntry, NodeStatus,
     QemuListEntry, ResourceKind, StorageContent, StorageEntry, TaskListEntry, TaskLog, TaskLogLine,
     TaskStatus, Version, VmConfig, VmStatus,
 };
@@ -101,6 +102,22 @@ impl Api for Client {
 
     fn node_status<'a>(&'a self, node: &'a PveNode) -> BoxFuture<'a, Result<NodeStatus>> {
         Box::pin(self.call(Request::get("/nodes/{node}/status", &[node.as_str()])))
+    }
+
+    fn node_config<'a>(&'a self, node: &'a PveNode) -> BoxFuture<'a, Result<NodeConfig>> {
+        Box::pin(self.call(Request::get("/nodes/{node}/config", &[node.as_str()])))
+    }
+
+    fn node_config_put<'a>(
+        &'a self,
+        node: &'a PveNode,
+        update: &'a NodeConfigUpdate,
+    ) -> BoxFuture<'a, Result<()>> {
+        let req = Request::put("/nodes/{node}/config", &[node.as_str()]).with_form(update.form());
+        Box::pin(async move {
+            // PUT answers {"data":null}.
+            self.transport.send(&req).await.map(|_| ())
+        })
     }
 
     fn cluster_resources(

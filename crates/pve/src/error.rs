@@ -282,7 +282,11 @@ fn classify(status: u16, message: &str, errors: &BTreeMap<String, String>) -> Er
                 ErrorKind::AgentNotRunning
             } else if message.contains("No QEMU guest agent configured") {
                 ErrorKind::AgentNotConfigured
-            } else if message.contains("checksum mismatch") {
+            } else if message.contains("checksum mismatch")
+                || message.starts_with("detected modified configuration")
+            {
+                // qemu-server's words, and PVE::Tools::assert_if_modified's
+                // (node, storage and other section configs).
                 ErrorKind::DigestMismatch
             } else if message.contains("is running - destroy failed") {
                 ErrorKind::VmRunning
@@ -375,6 +379,11 @@ mod tests {
             (
                 500,
                 "checksum mismatch (file change by other user?)",
+                ErrorKind::DigestMismatch,
+            ),
+            (
+                500,
+                "detected modified configuration - file changed by other user? Try again.",
                 ErrorKind::DigestMismatch,
             ),
             (500, "got timeout", ErrorKind::Server),

@@ -45,15 +45,15 @@ pub use homestak_base::id::{PveNode, VmId};
 pub use http::{Config, DEFAULT_PORT, Http, Trust};
 pub use limits::{Backoff, HostLimits, RateLimit, RetryPolicy};
 pub use params::{
-    ConfigUpdate, CreateVm, DeleteVm, Disk, DownloadUrl, IpConfig, Ipv4, Net, PowerAction, Resize,
-    TaskQuery, TaskSource, TokenOptions, VmOptions,
+    ConfigUpdate, CreateVm, DeleteVm, Disk, DownloadUrl, IpConfig, Ipv4, Net, NodeConfigUpdate,
+    PowerAction, Resize, TaskQuery, TaskSource, TokenOptions, VmOptions,
 };
 #[cfg(feature = "testing")]
 pub use recorder::Recorder;
 pub use recorder::{Observer, RecordedRequest};
 pub use transport::{BoxFuture, Envelope, Request, Transport};
 pub use types::{
-    AgentInterface, ClusterResource, CreatedToken, NodeEntry, NodeStatus, PowerState,
+    AgentInterface, ClusterResource, CreatedToken, NodeConfig, NodeEntry, NodeStatus, PowerState,
     QemuListEntry, ResourceKind, StorageContent, StorageEntry, TaskExit, TaskListEntry, TaskLog,
     TaskStatus, Version, VmConfig, VmStatus,
 };
@@ -84,6 +84,22 @@ pub trait Api: Send + Sync {
     /// `GET /nodes/{node}/status`.
     fn node_status<'a>(&'a self, _node: &'a PveNode) -> BoxFuture<'a, Result<NodeStatus>> {
         not_implemented("node_status")
+    }
+
+    /// `GET /nodes/{node}/config`: the node's notes and the config digest.
+    fn node_config<'a>(&'a self, _node: &'a PveNode) -> BoxFuture<'a, Result<NodeConfig>> {
+        not_implemented("node_config")
+    }
+
+    /// `PUT /nodes/{node}/config`: synchronous. With a `digest`, PVE
+    /// refuses (500, [`ErrorKind::DigestMismatch`]) when the file changed
+    /// since it was read.
+    fn node_config_put<'a>(
+        &'a self,
+        _node: &'a PveNode,
+        _update: &'a NodeConfigUpdate,
+    ) -> BoxFuture<'a, Result<()>> {
+        not_implemented("node_config_put")
     }
 
     /// `GET /cluster/resources[?type=…]`: the one bulk read per tier.

@@ -327,6 +327,30 @@ impl ConfigUpdate {
     }
 }
 
+/// `PUT /nodes/{node}/config`: the node's notes, conditional on `digest`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfigUpdate {
+    /// The new notes (PVE keeps up to 64 KiB).
+    pub description: Option<String>,
+    /// Option names to remove.
+    pub delete: Vec<String>,
+    /// Apply only if the config file still has this SHA1; PVE checks it
+    /// under the node config lock.
+    pub digest: Option<String>,
+}
+
+impl NodeConfigUpdate {
+    pub(crate) fn form(&self) -> Form {
+        let mut form = Form::new();
+        form.push_opt("description", self.description.as_ref());
+        if !self.delete.is_empty() {
+            form.push("delete", self.delete.join(","));
+        }
+        form.push_opt("digest", self.digest.as_ref());
+        form
+    }
+}
+
 /// `PUT /nodes/{node}/qemu/{vmid}/resize`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resize {

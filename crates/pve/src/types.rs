@@ -268,6 +268,22 @@ impl VmStatus {
     }
 }
 
+/// `GET /nodes/{node}/config`: the node's options (`/etc/pve/nodes/<node>/config`).
+///
+/// PVE answers `{}` for a node whose config file is empty or missing: no
+/// `digest` then, and a write without one is unconditional (NOTES on
+/// `PVE::NodeConfig`).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct NodeConfig {
+    /// SHA1 of the config file; pass it back to make a write conditional.
+    #[serde(default, deserialize_with = "de::opt_string")]
+    pub digest: Option<String>,
+    /// The node's notes: every line ends with `\n` (PVE stores them as
+    /// `#` comment lines and reads them back that way).
+    #[serde(default, deserialize_with = "de::opt_string")]
+    pub description: Option<String>,
+}
+
 /// `GET /nodes/{node}/qemu/{vmid}/config`: the `digest` plus every entry.
 #[derive(Clone, Debug, Default)]
 pub struct VmConfig {

@@ -14,8 +14,8 @@ use std::sync::Mutex;
 use homestak_pve::schema::{self, endpoints};
 use homestak_pve::{
     self as pve, Api, BoxFuture, Client, ConfigUpdate, CreateVm, DeleteVm, DownloadUrl, Envelope,
-    PowerAction, Request, Resize, ResourceKind, TaskQuery, TaskSource, TokenOptions, Transport,
-    Upid, VmOptions,
+    NodeConfigUpdate, PowerAction, Request, Resize, ResourceKind, TaskQuery, TaskSource,
+    TokenOptions, Transport, Upid, VmOptions,
 };
 
 use crate::ids::{pn, vmid};
@@ -91,6 +91,10 @@ async fn call_everything(client: &Client) -> usize {
     let _ = client.version().await;
     let _ = client.nodes().await;
     let _ = client.node_status(node).await;
+    let _ = client.node_config(node).await;
+    let _ = client
+        .node_config_put(node, &NodeConfigUpdate::default())
+        .await;
     let _ = client.cluster_resources(Some(ResourceKind::Vm)).await;
     let _ = client.next_vmid(Some(vmid)).await;
     let _ = client.qemu_list(node).await;
@@ -127,8 +131,8 @@ async fn call_everything(client: &Client) -> usize {
     let _ = client
         .token_create("root@pam", "homestak", &TokenOptions::default())
         .await;
-    // 21 methods besides `qemu_power`.
-    21 + actions.len()
+    // 23 methods besides `qemu_power`.
+    23 + actions.len()
 }
 
 #[tokio::test]

@@ -327,6 +327,8 @@ pub enum Op {
     Version,
     Nodes,
     NodeStatus,
+    NodeConfigGet,
+    NodeConfigPut,
     ClusterResources,
     NextId,
     QemuList,

@@ -70,12 +70,45 @@ const IFACE_FILTER_TYPES: &[&str] = &[
     "any_local_bridge",
 ];
 
+/// The keys of a node's config (`PVE::NodeConfig`'s schema in 8.4), the
+/// values `GET /nodes/{node}/config?property=` takes.
+const NODE_CONFIG_KEYS: &[&str] = &[
+    "acme",
+    "acmedomain0",
+    "acmedomain1",
+    "acmedomain2",
+    "acmedomain3",
+    "acmedomain4",
+    "acmedomain5",
+    "ballooning-target",
+    "description",
+    "startall-onboot-delay",
+    "wakeonlan",
+];
+
 pub(super) fn endpoints() -> Vec<Endpoint> {
     use Method::*;
     vec![
         Endpoint::new(Get, "/version", Op::Version, vec![]),
         Endpoint::new(Get, "/nodes", Op::Nodes, vec![]),
         Endpoint::new(Get, "/nodes/{node}/status", Op::NodeStatus, vec![node()]),
+        Endpoint::new(
+            Get,
+            "/nodes/{node}/config",
+            Op::NodeConfigGet,
+            vec![node(), P::string("property").enumeration(NODE_CONFIG_KEYS)],
+        ),
+        Endpoint::new(
+            Put,
+            "/nodes/{node}/config",
+            Op::NodeConfigPut,
+            vec![
+                node(),
+                P::string("description").max_len(65536),
+                P::string("digest").max_len(40),
+                P::string("delete").named(Named::PveConfigidList),
+            ],
+        ),
         Endpoint::new(
             Get,
             "/cluster/resources",
