@@ -30,6 +30,7 @@ pub mod faults;
 pub mod guest;
 pub mod host;
 pub mod hostile;
+pub mod nodeconfig;
 pub mod runtime;
 pub mod server;
 pub mod site_config;

@@ -30,6 +30,10 @@ pub struct Node {
     pub network: BTreeMap<String, Map<String, Value>>,
     /// Pending interfaces (`interfaces.new`), applied by `PUT …/network`.
     pub network_pending: Option<BTreeMap<String, Map<String, Value>>>,
+    /// The text of `/etc/pve/nodes/<node>/config` (notes and options; see
+    /// [`crate::nodeconfig`]); empty on a fresh node.
+    #[serde(default)]
+    pub config: String,
 }
 
 /// An API token.
@@ -135,6 +139,7 @@ impl World {
                     storages,
                     network,
                     network_pending: None,
+                    config: String::new(),
                 },
             );
         }

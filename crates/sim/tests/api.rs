@@ -277,3 +277,64 @@ async fn json_bodies_and_query_over_body() {
     );
     sim.handle.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn node_notes_are_written_with_a_digest_and_a_stale_one_is_refused() {
+    let sim = Sim::start(0.001).await;
+    // A fresh node has an empty config: `{}`, no digest.
+    assert_eq!(sim.get("/nodes/pve/config").await, json!({}));
+    // With no digest to compare, PVE writes unconditionally.
+    sim.ok(
+        "PUT",
+        "/nodes/pve/config",
+        &[("description", "Rack 2: keep")],
+    )
+    .await;
+    let config = sim.get("/nodes/pve/config").await;
+    // Comment lines read back with a newline each.
+    assert_eq!(config["description"], "Rack 2: keep\n");
+    let first = config["digest"].as_str().unwrap().to_string();
+    assert_eq!(first.len(), 40);
+    assert_eq!(
+        sim.ok("GET", "/nodes/pve/config", &[("property", "description")])
+            .await,
+        json!({"description": "Rack 2: keep\n"})
+    );
+
+    // A write with the current digest goes through and changes it.
+    sim.ok(
+        "PUT",
+        "/nodes/pve/config",
+        &[
+            ("description", "Rack 2: keep\nlease: a"),
+            ("digest", &first),
+        ],
+    )
+    .await;
+    let second = sim.get("/nodes/pve/config").await;
+    assert_eq!(second["description"], "Rack 2: keep\nlease: a\n");
+    assert_ne!(second["digest"], first);
+
+    // One with the old digest is refused as PVE refuses it, and changes nothing.
+    let stale = sim
+        .call(
+            "PUT",
+            "/nodes/pve/config",
+            &[("description", "lease: b"), ("digest", &first)],
+        )
+        .await;
+    assert_eq!(stale.status, 500);
+    assert_eq!(
+        stale.reason,
+        "detected modified configuration - file changed by other user? Try again."
+    );
+    assert_eq!(sim.get("/nodes/pve/config").await, second);
+
+    // `delete=description` empties the file: no digest again.
+    sim.ok("PUT", "/nodes/pve/config", &[("delete", "description")])
+        .await;
+    assert_eq!(sim.get("/nodes/pve/config").await, json!({}));
+    // An unknown node: PVE's lookup failure.
+    assert_eq!(sim.call("GET", "/nodes/nope/config", &[]).await.status, 500);
+    sim.handle.shutdown().await.unwrap();
+}

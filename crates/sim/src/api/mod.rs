@@ -6,6 +6,7 @@ mod access;
 mod cluster;
 mod disks;
 mod network;
+mod nodeconfig;
 mod power;
 mod qemu;
 mod storage;
@@ -97,6 +98,8 @@ pub async fn handle(ctx: &Ctx, endpoint: &'static Endpoint, p: &Params) -> Resul
         Op::Version => cluster::version(ctx),
         Op::Nodes => cluster::nodes(ctx),
         Op::NodeStatus => cluster::node_status(ctx, p),
+        Op::NodeConfigGet => nodeconfig::get(ctx, p),
+        Op::NodeConfigPut => nodeconfig::put(ctx, p),
         Op::ClusterResources => cluster::resources(ctx, p),
         Op::NextId => cluster::next_id(ctx, p),
         Op::QemuList => qemu::list(ctx, p),
