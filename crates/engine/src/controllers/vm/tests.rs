@@ -246,6 +246,36 @@ async fn pruning_a_duplicate_keeps_the_nodes_record() {
     assert!(store.get_node(&key).unwrap().is_none());
 }
 
+#[tokio::test]
+async fn the_address_is_in_the_store_as_soon_as_the_agent_reports_it() {
+    use crate::store::{NodeKey, Store};
+    // A run killed after `wait_ssh` trusted the VM's host key but before
+    // `mark_converged` must leave the address where a destroy finds it
+    // (to forget that key).
+    let store = Arc::new(crate::store::memory());
+    let script = Scripted::new();
+    script.data(
+        Method::GET,
+        "/nodes/pve/qemu/100/agent/network-get-interfaces",
+        json!({"result": [
+            {"name": "lo", "ip-addresses": [{"ip-address": "127.0.0.1", "ip-address-type": "ipv4", "prefix": 8}]},
+            {"name": "eth0", "ip-addresses": [{"ip-address": "192.0.2.15", "ip-address-type": "ipv4", "prefix": 24}]}
+        ]}),
+    );
+    let c = with_store(&script, store.clone());
+    let mut m = Memory {
+        vmid: Some(id(100)),
+        ..Memory::default()
+    };
+    let out = c
+        .run(&create(Some(100)), &VmStep::WaitAgentIp, &mut m)
+        .await;
+    assert!(matches!(out, StepOutcome::Done), "{out:?}");
+    let key = NodeKey::new("demo", &"web".parse().unwrap());
+    let record = store.get_node(&key).unwrap().expect("a record");
+    assert_eq!(record.ip.as_deref(), Some("192.0.2.15"));
+}
+
 #[test]
 fn every_vm_step_is_named_by_its_own_step() {
     let w = Arc::new(want(None));

@@ -139,7 +139,7 @@ impl VmController {
                 if let Some(ip) = pve::types::reachable_ipv4(&interfaces) {
                     m.ip = Some(ip);
                     m.reset_wait();
-                    return StepOutcome::Done;
+                    return self.remember_ip(node, ip);
                 }
             }
             Err(err)
@@ -159,6 +159,28 @@ impl VmController {
             ));
         }
         StepOutcome::Requeue(m.next_poll(&self.timing))
+    }
+
+    /// Keeps the address in the store, durably, before anything trusts a
+    /// host key at it (`wait_ssh`, the `pve` node's steps): a destroy
+    /// forgets the key of the address the store has, and a run killed
+    /// before `mark_converged` must not leave a key no destroy can forget
+    /// (the next VM given that address would be refused as a
+    /// man-in-the-middle).
+    fn remember_ip(&self, node: &NodePlan, ip: std::net::Ipv4Addr) -> Outcome {
+        let Some(store) = &self.store else {
+            return StepOutcome::Done;
+        };
+        let text = ip.to_string();
+        match store.update_node(&self.key(node), Durability::Flush, &mut |r| {
+            r.ip = Some(text.clone());
+        }) {
+            Ok(_) => StepOutcome::Done,
+            Err(err) => refuse(format!(
+                "record the address {ip} in the store: {}",
+                chain(&err)
+            )),
+        }
     }
 
     pub(super) async fn wait_ssh(
