@@ -13,6 +13,7 @@ use homestak_api::{Event, Mode, Reason};
 use homestak_base::id::NodeName;
 use homestak_core::plan::{Style, render_human};
 use homestak_engine::executor::{self, NodeState};
+use homestak_engine::hostlease;
 use homestak_engine::reconcile::{self, Observer, Planned, Request, status};
 
 /// Arguments of `homestak plan`.
@@ -87,9 +88,11 @@ fn options(changes: &ChangeArgs, concurrency: Option<usize>) -> reconcile::Optio
 
 /// Runs `homestak plan`: a run that stops once the plan is made.
 pub async fn plan(args: PlanArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
-    let prepared = prepare(&args.target, global, Purpose::Read)?;
-    // The run stops once planned: it never loads the SSH key nor talks to VMs.
-    let options = options(&args.changes, None);
+    let prepared = prepare(&args.target, global, Purpose::Read, "plan")?;
+    // The run stops once planned: it never loads the SSH key nor talks to
+    // VMs, and it changes nothing, so it takes no host lease.
+    let mut options = options(&args.changes, None);
+    options.lease = None;
     let request = request(&prepared, &args.target, Mode::Apply, options);
     /// Keeps the plan and stops the run there.
     struct Keep(Mutex<Option<Planned>>);
@@ -269,6 +272,18 @@ impl Observer for Terminal {
             progress.on_event(event);
         }
     }
+
+    fn lease_wait(&self, held: &hostlease::Held) {
+        // On stderr, so a `--json` document on stdout stays whole.
+        eprintln!(
+            "waiting for host {}: {} holds its lease (notes of PVE node {}) until {}; \
+             --lease-timeout bounds the wait, --no-wait fails at once",
+            held.host,
+            held.holder(),
+            held.node,
+            held.until()
+        );
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -289,7 +304,12 @@ pub(super) async fn converge(
     } else {
         Purpose::Converge
     };
-    let prepared = prepare(target, global, purpose)?;
+    let prepared = prepare(target, global, purpose, &report.scenario)?;
+    let mut options = options;
+    if run.dry_run {
+        // Only plans: no host lease.
+        options.lease = None;
+    }
     report
         .context
         .insert("manifest".into(), prepared.manifest.name().into());
@@ -465,7 +485,7 @@ pub(super) fn finish_report(
 
 /// Runs `homestak status`.
 pub async fn status(args: StatusArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
-    let prepared = prepare(&args.target, global, Purpose::Read)?;
+    let prepared = prepare(&args.target, global, Purpose::Read, "status")?;
     let mut report = prepared
         .engine
         .status(

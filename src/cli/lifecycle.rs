@@ -1,11 +1,13 @@
 //! Flags of the `pve` node lifecycle, shared by `reconcile --once` and the
-//! seed verbs: how child tiers run, and the lifecycle's timeouts (each
-//! overrides the manifest's `settings.timeouts`).
+//! seed verbs: how child tiers run, the lifecycle's timeouts (each
+//! overrides the manifest's `settings.timeouts`), and how long to wait for
+//! the host lease.
 
 use std::time::Duration;
 
 use homestak_core::model::Timeouts;
 use homestak_engine::controllers::pve::Delegate;
+use homestak_engine::hostlease;
 use homestak_engine::reconcile;
 
 /// Lifecycle flags.
@@ -31,6 +33,13 @@ pub struct LifecycleArgs {
     /// How long a child tier may take to converge its subtree.
     #[arg(long, value_name = "DURATION", value_parser = seconds)]
     pub subtree_delegation_timeout: Option<u32>,
+    /// How long to wait while another homestak (a daemon, another user's
+    /// run) holds the host's lease before giving up.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = lease_timeout)]
+    pub lease_timeout: Duration,
+    /// Fail at once when another homestak holds the host's lease.
+    #[arg(long, conflicts_with = "lease_timeout")]
+    pub no_wait: bool,
 }
 
 impl LifecycleArgs {
@@ -45,9 +54,24 @@ impl LifecycleArgs {
                 download_images: self.download_images_timeout,
                 subtree_delegation: self.subtree_delegation_timeout,
             },
+            lease: base.lease.map(|_| self.lease_wait()),
             ..base
         }
     }
+
+    /// What to do while another homestak holds the host lease.
+    pub fn lease_wait(&self) -> hostlease::Wait {
+        if self.no_wait {
+            hostlease::Wait::No
+        } else {
+            hostlease::Wait::For(self.lease_timeout)
+        }
+    }
+}
+
+/// A `DURATION` to wait for a lease (`0s` fails at once, like `--no-wait`).
+fn lease_timeout(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| e.to_string())
 }
 
 fn delegate(text: &str) -> Result<Delegate, String> {
@@ -70,6 +94,8 @@ mod tests {
     #[test]
     fn durations_become_seconds_and_modes_parse() {
         assert_eq!(seconds("20m"), Ok(1200));
+        assert_eq!(lease_timeout("90s"), Ok(Duration::from_secs(90)));
+        assert!(lease_timeout("soon").is_err());
         assert!(seconds("10ms").is_err());
         assert_eq!(delegate("ssh"), Ok(Delegate::Ssh));
         assert!(delegate("carrier-pigeon").is_err());

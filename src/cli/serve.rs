@@ -19,6 +19,7 @@ use homestak_daemon::converge::ConvergeEngine;
 use homestak_daemon::repos::RepoSpec;
 use homestak_daemon::server::{ApiTokenSource, Config, DEFAULT_PORT, RepoToken};
 use homestak_daemon::{Daemon, source};
+use homestak_engine::hostlease::Policy;
 use homestak_engine::reconcile::Setup;
 
 /// Arguments of `homestak serve`.
@@ -202,6 +203,13 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
             open_store: true,
             ssh_key: args.ssh_key.clone(),
             binary: None,
+            // One reconciler per tier: the daemon keeps each host's lease
+            // while it serves.
+            lease: Policy {
+                hold: true,
+                command: "serve".into(),
+                ..Policy::default()
+            },
         })
         .context("homestak serve cannot open its store")?,
     );

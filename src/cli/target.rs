@@ -8,6 +8,7 @@ use super::GlobalArgs;
 use super::manifest::Source;
 use homestak_core::model::{Loader, Manifest};
 use homestak_core::site::Site;
+use homestak_engine::hostlease::Policy;
 use homestak_engine::reconcile::{Engine, Setup};
 
 /// Manifest and host flags of `plan`, `reconcile`, `status` and the seed
@@ -57,11 +58,13 @@ pub enum Purpose {
     Converge,
 }
 
-/// Loads site-config and manifest and opens the engine.
+/// Loads site-config and manifest and opens the engine for `command` (the
+/// verb, named in the host lease a converging run takes).
 pub fn prepare(
     args: &TargetArgs,
     global: &GlobalArgs,
     purpose: Purpose,
+    command: &str,
 ) -> anyhow::Result<Prepared> {
     let root = homestak_core::site::discover::find(global.site_config.as_deref())?;
     let site = Arc::new(Site::load(&root)?);
@@ -72,6 +75,10 @@ pub fn prepare(
         open_store: true,
         ssh_key: args.ssh_key.clone(),
         binary: None,
+        lease: Policy {
+            command: command.to_string(),
+            ..Policy::default()
+        },
     };
     let engine = match Engine::open(setup.clone()) {
         // Plan and status only read the store; when the daemon holds it,

@@ -75,4 +75,8 @@ impl Engine for ConvergeEngine {
     fn metrics(&self) -> Metrics {
         self.engine.metrics()
     }
+
+    fn release_leases(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.engine.release_leases())
+    }
 }

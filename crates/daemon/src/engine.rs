@@ -77,4 +77,10 @@ pub trait Engine: Send + Sync + 'static {
     fn metrics(&self) -> Metrics {
         Metrics::default()
     }
+
+    /// Gives back the host leases the engine holds (the daemon keeps each
+    /// host's from its first run until it stops).
+    fn release_leases(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }

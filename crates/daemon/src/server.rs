@@ -9,7 +9,8 @@
 //!    delay it;
 //! 2. signal the reconcile worker and the engine, and wait for the
 //!    reconcile in flight to reach a safe point (same bound);
-//! 3. remove the temporary repos and `daemon.json`, release the lease;
+//! 3. give back the host leases, remove the temporary repos and
+//!    `daemon.json`, release the store's lease;
 //! 4. flush the store.
 //!
 //! Everything durable lives in the engine's one store (records, subtrees,
@@ -534,6 +535,8 @@ impl Daemon {
                 tracing::warn!("the reconcile in flight did not stop within the grace period")
             }
         }
+        // No run is in flight now: the hosts' leases go back.
+        self.app.api.engine.release_leases().await;
         if let Some(repos) = &self.repos {
             repos.remove().await;
         }

@@ -186,6 +186,7 @@ async fn a_malformed_pve_token_never_reaches_status_or_events() {
         open_store: true,
         ssh_key: None,
         binary: None,
+        lease: Default::default(),
     })
     .unwrap();
     let d = start(config(site.path(), state.path()), Arc::new(engine)).await;

@@ -11,6 +11,9 @@
 //! - [`controllers`]: one per node kind (`vm`; `pve`: an inner PVE host and
 //!   its child tier); idempotent verb_noun steps, named by
 //!   [`homestak_api::step::Step`].
+//! - [`hostlease`]: the lease on the PVE host itself (a block in the node's
+//!   notes, written with compare-and-swap) that keeps every other homestak,
+//!   whatever its state directory, off a host one is converging.
 //! - [`state_dir`]: where a tier keeps its state (store, known hosts, the
 //!   daemon's certificate and tokens), decided in one place.
 //! - [`store`]: durable records (sled behind a small trait): node records,
@@ -18,6 +21,7 @@
 
 pub mod controllers;
 pub mod executor;
+pub mod hostlease;
 pub mod reconcile;
 pub mod state_dir;
 pub mod store;

@@ -2,13 +2,14 @@
 //! simulator's parameter specs (`homestak_pve::schema`), which
 //! `crates/pve/tests/schema.rs` proves against
 //! the real PVE 8.4 schema. The run covers create (with a download),
-//! update, disk growth, start, and destroy.
+//! update, disk growth, start, and destroy, and the host lease.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use homestak_core::model::Manifest;
 use homestak_core::site::Site;
+use homestak_engine::hostlease;
 use homestak_engine::reconcile::{self, Engine, Setup, Tier};
 use homestak_pve::{self as pve, Observer, RecordedRequest};
 
@@ -94,6 +95,19 @@ async fn every_client_request_passes_the_schema_checked_specs() {
     tier.site = Arc::new(Site::load(&site_dir).unwrap());
     converge(&tier, &manifest(16), false).await;
     converge(&tier, &manifest(16), true).await;
+    // The host lease, taken and given back through the same client.
+    let lease = hostlease::HostLease::acquire(
+        tier.api.clone(),
+        "pve",
+        tier.pve_node.clone(),
+        &hostlease::Policy::default(),
+        dir.path(),
+        hostlease::Wait::No,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    lease.release().await.unwrap();
     let _ = sim.shutdown().await;
 
     let requests = seen.0.lock().unwrap().clone();
@@ -167,6 +181,8 @@ async fn every_client_request_passes_the_schema_checked_specs() {
         "POST /nodes/{node}/storage/{storage}/download-url",
         "GET /nodes/{node}/qemu/{vmid}/agent/network-get-interfaces",
         "GET /cluster/resources",
+        "GET /nodes/{node}/config",
+        "PUT /nodes/{node}/config",
     ] {
         assert!(paths.contains(needed), "the run never exercised {needed}");
     }

@@ -5,6 +5,7 @@
 
 mod client_schema;
 mod create_intent;
+mod host_lease;
 mod store_sled;
 mod store_suite;
 mod trust;

@@ -11,6 +11,9 @@
 //! 4. [`Tier::apply`]: the executor runs the VM controller over the plan;
 //! 5. the store records conditions, events and the last run, and the
 //!    caller gets a [`RunOutcome`].
+//!
+//! A run that changes the host (apply, destroy) does all this under the
+//! host lease ([`crate::hostlease`]), taken before step 2.
 
 pub mod desired;
 pub mod observe;
@@ -34,6 +37,7 @@ use crate::controllers::vm::{
     HostSsh, ImageSource, KnownHostsFile, RunState, SshCheck, Timing, VmController,
 };
 use crate::executor::{self, Event, Report};
+use crate::hostlease;
 use crate::store::{self, Store};
 use homestak_base::id::{InvalidPveNode, NodeName, PveNode};
 use homestak_core::model::{Manifest, Settings};
@@ -115,6 +119,10 @@ pub enum Error {
         #[source]
         source: store::Error,
     },
+    /// The host lease could not be taken (held by another homestak, or
+    /// PVE refused the read or write).
+    #[error(transparent)]
+    HostLease(#[from] hostlease::Error),
     #[error(
         "{} has no ownership_key: homestak binds each VM's marks to its vmid under this key, \
          so it cannot tell its VMs from clones without it. Add `ownership_key: <64 hex digits>` \
@@ -160,6 +168,10 @@ pub struct Options {
     pub daemon_port: u16,
     /// How `pve` nodes run their child tiers.
     pub delegate: pve_node::Delegate,
+    /// Take the host lease before a run that changes the host (apply,
+    /// destroy), waiting as this says; `None` for runs that only plan
+    /// (`homestak plan`, `--dry-run`).
+    pub lease: Option<hostlease::Wait>,
 }
 
 impl Default for Options {
@@ -174,6 +186,7 @@ impl Default for Options {
             timeouts: homestak_core::model::Timeouts::default(),
             daemon_port: pve_node::DAEMON_PORT,
             delegate: pve_node::Delegate::Daemon,
+            lease: Some(hostlease::Wait::For(hostlease::DEFAULT_WAIT)),
         }
     }
 }

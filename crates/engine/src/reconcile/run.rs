@@ -22,6 +22,7 @@ use homestak_pve as pve;
 
 use super::{Error, Options, Planned, Setup, Tier, connect, host_ssh, known_hosts, ssh_check};
 use crate::executor::{NodeState, Report};
+use crate::hostlease::{self, HostLease};
 use crate::store::{self, Store};
 
 /// One run: which manifest, where, and what it may do.
@@ -56,6 +57,10 @@ pub trait Observer: Send + Sync {
 
     /// Progress of the executor (`step_*` and `node_finished` events).
     fn progress(&self, _event: &Event) {}
+
+    /// Another homestak holds the host lease and the run waits for it
+    /// (called once per holder).
+    fn lease_wait(&self, _held: &hostlease::Held) {}
 }
 
 impl Observer for () {}
@@ -152,6 +157,8 @@ pub struct Engine {
     store: Option<Arc<dyn Store>>,
     clients: Mutex<HashMap<String, CachedClient>>,
     counts: Arc<Counts>,
+    /// Host leases held, by PVE endpoint and node.
+    leases: tokio::sync::Mutex<HashMap<String, HostLease>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -181,6 +188,7 @@ impl Engine {
             store,
             clients: Mutex::new(HashMap::new()),
             counts: Arc::new(Counts::default()),
+            leases: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -332,14 +340,115 @@ impl Engine {
 
     /// Runs `request` once. `cancel` resolving winds the run down at a
     /// safe point (its outcome is then [`Outcome::Interrupted`]).
+    ///
+    /// A run that changes the host (apply, destroy) first takes the host
+    /// lease ([`hostlease`]) as `request.options.lease` says, and gives it
+    /// back at its end unless the engine holds leases (the daemon). Losing
+    /// the lease mid-run winds the run down like `cancel`.
     pub async fn run_once(
         &self,
         request: Request,
         cancel: impl Future<Output = ()>,
         observer: &dyn Observer,
     ) -> Result<RunOutcome, Error> {
-        let started = Timestamp::now();
-        let clock = Instant::now();
+        let began = Began {
+            at: Timestamp::now(),
+            clock: Instant::now(),
+        };
+        let mut cancel = std::pin::pin!(cancel);
+        let tier = self.tier(request.site.clone(), &request.host)?;
+        let converging = matches!(request.mode, Mode::Apply | Mode::Destroy);
+        let Some(wait) = request.options.lease.filter(|_| converging) else {
+            return self
+                .run_in(&request, tier, cancel, None, observer, began)
+                .await;
+        };
+        let key = lease_key(&tier);
+        let lost = tokio::select! {
+            taken = self.take_lease(&key, &tier, wait, observer) => taken?,
+            () = &mut cancel => {
+                let mut run = RunOutcome::begun(Outcome::Interrupted, began.at);
+                run.message = Some(format!(
+                    "interrupted while waiting for the lease of host {}",
+                    request.host
+                ));
+                run.duration = began.clock.elapsed();
+                return Ok(run);
+            }
+        };
+        let result = self
+            .run_in(&request, tier, cancel, Some(lost), observer, began)
+            .await;
+        if !self.setup.lease.hold {
+            self.give_back(&key).await;
+        }
+        result
+    }
+
+    /// The lost-signal of the lease at `key`, taken now unless this engine
+    /// holds it already.
+    async fn take_lease(
+        &self,
+        key: &str,
+        tier: &Tier,
+        wait: hostlease::Wait,
+        observer: &dyn Observer,
+    ) -> Result<hostlease::Lost, Error> {
+        let mut leases = self.leases.lock().await;
+        if let Some(lease) = leases.get(key) {
+            if !lease.is_lost() {
+                return Ok(lease.lost());
+            }
+            // Someone else has it now: nothing to give back.
+            leases.remove(key);
+        }
+        let lease = HostLease::acquire(
+            tier.api.clone(),
+            &tier.host.name,
+            tier.pve_node.clone(),
+            &self.setup.lease,
+            &self.setup.state_dir,
+            wait,
+            &|held| observer.lease_wait(held),
+        )
+        .await?;
+        let lost = lease.lost();
+        leases.insert(key.to_string(), lease);
+        Ok(lost)
+    }
+
+    /// Gives back the lease at `key` (errors are logged: the run is over,
+    /// and an unreleased lease lapses or is taken over).
+    async fn give_back(&self, key: &str) {
+        let lease = self.leases.lock().await.remove(key);
+        if let Some(lease) = lease
+            && !lease.is_lost()
+            && let Err(err) = lease.release().await
+        {
+            tracing::warn!(error = %homestak_base::error_chain(&err), "cannot give the host lease back; it lapses by itself");
+        }
+    }
+
+    /// Gives back every host lease this engine holds (the daemon, as it
+    /// stops).
+    pub async fn release_leases(&self) {
+        let leases: Vec<String> = self.leases.lock().await.keys().cloned().collect();
+        for key in leases {
+            self.give_back(&key).await;
+        }
+    }
+
+    /// The run itself, under the lease when `lost` is given.
+    async fn run_in(
+        &self,
+        request: &Request,
+        mut tier: Tier,
+        cancel: std::pin::Pin<&mut impl Future<Output = ()>>,
+        lost: Option<hostlease::Lost>,
+        observer: &dyn Observer,
+        began: Began,
+    ) -> Result<RunOutcome, Error> {
+        let (started, clock) = (began.at, began.clock);
         let manifest = &request.manifest;
         let ssh = request.mode == Mode::Apply
             && request
@@ -348,7 +457,6 @@ impl Engine {
                 .unwrap_or(manifest.settings().verify_ssh);
         // The SSH key is loaded only once the plan is approved: a plan, a
         // dry run or a declined destroy never needs it.
-        let mut tier = self.tier(request.site.clone(), &request.host)?;
         let mut planned = match request.mode {
             Mode::Apply | Mode::ReportOnly => tier.plan(manifest, &request.options).await?,
             Mode::Destroy => tier.plan_destroy(manifest).await?,
@@ -395,9 +503,22 @@ impl Engine {
                 self.history(name, &event);
                 observer.progress(&event);
             };
+            let lost_why: Mutex<Option<String>> = Mutex::new(None);
+            let stop = async {
+                match lost {
+                    Some(mut lost) => tokio::select! {
+                        () = cancel => {}
+                        why = lost.wait() => {
+                            *lost_why.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                        }
+                    },
+                    None => cancel.await,
+                }
+            };
             let report = tier
-                .apply(&planned, &request.options, cancel, &progress)
+                .apply(&planned, &request.options, stop, &progress)
                 .await;
+            let lost_why = lost_why.into_inner().unwrap_or_else(|e| e.into_inner());
             run.outcome = if report.cancelled {
                 Outcome::Interrupted
             } else if report.success() {
@@ -416,11 +537,17 @@ impl Engine {
                 .filter(|s| !matches!(s, NodeState::Converged | NodeState::Unchanged))
                 .count() as u64;
             run.summary = summarize(&report);
-            run.message = (!report.success()).then(|| why_not(&report, &run.summary));
+            run.message = match lost_why {
+                Some(why) => Some(format!(
+                    "stopped: lost the lease of host {}: {why}",
+                    request.host
+                )),
+                None => (!report.success()).then(|| why_not(&report, &run.summary)),
+            };
             run.report = Some(report);
         }
         run.duration = clock.elapsed();
-        self.record(&request, &run);
+        self.record(request, &run);
         Ok(run)
     }
 
@@ -473,6 +600,23 @@ impl Engine {
             }
         }
     }
+}
+
+/// When a run began, by the wall clock (recorded) and the monotonic one
+/// (its duration).
+#[derive(Clone, Copy)]
+struct Began {
+    at: Timestamp,
+    clock: Instant,
+}
+
+/// Which lease a tier's host has: one per PVE endpoint and node.
+fn lease_key(tier: &Tier) -> String {
+    format!(
+        "{}|{}",
+        tier.host.api_endpoint.as_deref().unwrap_or_default(),
+        tier.pve_node
+    )
 }
 
 /// Opens the tier's store, `<state_dir>/store`.

@@ -24,6 +24,9 @@ pub struct Setup {
     /// The homestak binary to install on inner PVE hosts; default: this
     /// process's own executable.
     pub binary: Option<PathBuf>,
+    /// How this process holds host leases (the daemon keeps them while it
+    /// serves; a command gives each back when its run ends).
+    pub lease: crate::hostlease::Policy,
 }
 
 impl Setup {

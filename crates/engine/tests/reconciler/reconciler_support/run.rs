@@ -236,6 +236,8 @@ fn options(
         timeouts: Default::default(),
         daemon_port: homestak_engine::controllers::pve::DAEMON_PORT,
         delegate: delegate.unwrap_or_default(),
+        // Every converging run takes the host lease, as on the command line.
+        lease: reconcile::Options::default().lease,
         allow_replace,
         prune,
         prune_duplicates,
@@ -390,6 +392,7 @@ impl Ctx {
             open_store: true,
             ssh_key: None,
             binary: homestak_binary(),
+            lease: Default::default(),
         };
         self.engine = Some(Engine::open(setup)?);
         Ok(())
@@ -812,11 +815,7 @@ impl Ctx {
         let counts = self.tier(&step.tier)?.requests();
         if let Some(title) = &step.print {
             let total: u64 = counts.values().sum();
-            let writes: u64 = counts
-                .iter()
-                .filter(|(k, _)| !k.starts_with("GET "))
-                .map(|(_, n)| n)
-                .sum();
+            let writes = check::writes(&counts);
             self.notes.push(format!(
                 "{title}: {total} requests ({} reads, {writes} writes)",
                 total - writes
