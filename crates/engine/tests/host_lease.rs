@@ -155,7 +155,7 @@ async fn a_second_homestak_with_its_own_state_dir_waits_or_fails_naming_the_hold
         .unwrap_err();
     let text = err.to_string();
     assert!(
-        matches!(err, Error::HostLease(hostlease::Error::Held { .. })),
+        matches!(&err, Error::HostLease(held) if matches!(**held, hostlease::Error::Held { .. })),
         "{text}"
     );
     let root_state = world.root.join("root-state").display().to_string();

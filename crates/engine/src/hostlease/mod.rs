@@ -132,13 +132,12 @@ pub enum Error {
         until: Timestamp,
         waited: Option<Duration>,
     },
-    #[error(
-        "host {host}: cannot read or write the lease in the notes of PVE node {node}; the API \
-         token needs Sys.Audit and Sys.Modify on /"
-    )]
+    #[error("host {host}: cannot read or write the lease in the notes of PVE node {node}; {hint}")]
     Api {
         host: String,
         node: PveNode,
+        /// What to do next, by the kind of failure.
+        hint: &'static str,
         #[source]
         source: pve::Error,
     },
@@ -191,9 +190,17 @@ struct Read {
 
 impl Place {
     fn api_err(&self, source: pve::Error) -> Error {
+        let hint = match source.kind() {
+            ErrorKind::Unauthorized | ErrorKind::Forbidden => {
+                "the API token needs Sys.Audit and Sys.Modify on /"
+            }
+            ErrorKind::NotImplemented => "this PVE has no node config API; PVE 6 or later has",
+            _ => "check that PVE answers, then run again",
+        };
         Error::Api {
             host: self.host.clone(),
             node: self.node.clone(),
+            hint,
             source,
         }
     }
@@ -307,10 +314,14 @@ fn blocks(record: &Record, me: &Holder, now: Timestamp) -> bool {
 async fn try_take(place: &Place, me: &Holder, ttl: Duration) -> Result<Attempt, Error> {
     let read = place.read().await?;
     let now = Timestamp::now();
-    if let Some(record) = &read.notes.record
-        && blocks(record, me, now)
-    {
-        return Ok(Attempt::Busy(record.clone()));
+    if let Some(record) = &read.notes.record {
+        if record.state == State::Held && record.holder.nonce == me.nonce {
+            // An earlier write landed though its answer was lost.
+            return Ok(Attempt::Taken(record.clone()));
+        }
+        if blocks(record, me, now) {
+            return Ok(Attempt::Busy(record.clone()));
+        }
     }
     if read.digest.is_none() {
         // No digest, no compare-and-swap: make the file non-empty first.
@@ -608,6 +619,10 @@ async fn renew_once(
     me: &Holder,
     ttl: Duration,
 ) -> Result<Result<Timestamp, String>, Error> {
+    // The `renewed` of a write whose answer was lost: found on a later
+    // read, that write landed.
+    let mut tried: Option<Timestamp> = None;
+    let mut last = None;
     for _ in 0..ATTEMPTS {
         let read = place.read().await?;
         let record = match &read.notes.record {
@@ -617,20 +632,27 @@ async fn renew_once(
             }
             _ => return Ok(Err("its block was removed or marked free".into())),
         };
+        if tried == Some(record.renewed) {
+            return Ok(Ok(record.expires));
+        }
         let now = Timestamp::now();
         let renewed = Record {
             renewed: now,
             expires: now.plus(ttl),
             ..record
         };
-        if place.write(read.notes.with(&renewed), read.digest).await? {
-            return Ok(Ok(renewed.expires));
+        tried = Some(now);
+        match place.write(read.notes.with(&renewed), read.digest).await {
+            Ok(true) => return Ok(Ok(renewed.expires)),
+            Ok(false) => {}
+            Err(e) if e.transient() => last = Some(e),
+            Err(e) => return Err(e),
         }
     }
-    Err(Error::Contended {
+    Err(last.unwrap_or(Error::Contended {
         host: place.host.clone(),
         node: place.node.clone(),
-    })
+    }))
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ struct Node {
     /// The first two PUTs wait here for each other.
     gate: Option<tokio::sync::Barrier>,
     gated: AtomicU32,
+    /// PUTs done, but answered 596 (a proxy that timed out).
+    lose_answers: std::sync::atomic::AtomicBool,
 }
 
 fn api_error(status: u16, message: &str) -> pve::Error {
@@ -105,6 +107,9 @@ impl Api for Node {
                 config.description = Some(text.clone());
             }
             *raw = nodeconfig::render(&config);
+            if self.lose_answers.load(Ordering::SeqCst) {
+                return Err(api_error(596, "Connection timed out"));
+            }
             Ok(())
         })
     }
@@ -428,6 +433,50 @@ async fn transient_read_errors_are_retried() {
     let node = Node::with_notes("");
     node.failing_reads.store(2, Ordering::SeqCst);
     take(&node, "reconcile", Wait::No).await.unwrap();
+}
+
+#[tokio::test]
+async fn writes_whose_answers_are_lost_still_take_renew_and_give_back() {
+    let node = Node::with_notes(USER_NOTES);
+    node.lose_answers.store(true, Ordering::SeqCst);
+    // Taken: the read after the lost answer shows the lease is ours.
+    let lease = HostLease::acquire(
+        node.clone(),
+        "father",
+        pn(),
+        &Policy {
+            ttl: Duration::from_millis(600),
+            ..policy("serve")
+        },
+        Path::new("/state/serve"),
+        Wait::No,
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        node.puts.lock().unwrap().len(),
+        1,
+        "one write, not one per retry"
+    );
+    // Renewed: still held well past the first expiry.
+    let first = node.record().unwrap().expires;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(!lease.is_lost(), "{:?}", lease.lost().why());
+    assert!(node.record().unwrap().expires > first);
+    // Given back.
+    lease.release().await.unwrap();
+    assert_eq!(node.record().unwrap().state, State::Free);
+    assert!(node.notes().starts_with(USER_NOTES));
+}
+
+// The retries' backoff on a paused clock.
+#[tokio::test(start_paused = true)]
+async fn an_api_error_says_what_to_do_by_its_kind() {
+    let node = Node::with_notes("");
+    node.failing_reads.store(100, Ordering::SeqCst);
+    let err = take(&node, "reconcile", Wait::No).await.unwrap_err();
+    assert!(err.to_string().contains("check that PVE answers"), "{err}");
 }
 
 #[tokio::test]

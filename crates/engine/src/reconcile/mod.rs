@@ -120,9 +120,9 @@ pub enum Error {
         source: store::Error,
     },
     /// The host lease could not be taken (held by another homestak, or
-    /// PVE refused the read or write).
+    /// PVE refused the read or write). Boxed: it is the largest error.
     #[error(transparent)]
-    HostLease(#[from] hostlease::Error),
+    HostLease(Box<hostlease::Error>),
     #[error(
         "{} has no ownership_key: homestak binds each VM's marks to its vmid under this key, \
          so it cannot tell its VMs from clones without it. Add `ownership_key: <64 hex digits>` \
@@ -145,6 +145,12 @@ pub enum Error {
         #[source]
         source: InvalidPveNode,
     },
+}
+
+impl From<hostlease::Error> for Error {
+    fn from(err: hostlease::Error) -> Error {
+        Error::HostLease(Box::new(err))
+    }
 }
 
 /// Switches of one run.
