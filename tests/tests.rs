@@ -18,6 +18,7 @@ mod cli_seed;
 mod daemon_converge;
 mod daemon_process;
 mod goldens;
+mod host_lease_cli;
 mod reliability_crash;
 mod sim_cli;
 mod sim_conformance;

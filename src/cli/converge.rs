@@ -340,6 +340,15 @@ pub(super) async fn converge(
         return Err(err);
     }
     let Some(executed) = &result.report else {
+        if result.outcome == Outcome::Interrupted {
+            // Stopped while waiting for the host lease: nothing ran.
+            let why = result.message.clone().unwrap_or_default();
+            if !global.json {
+                output::print_text(&format!("\nInterrupted: {why}.\n"));
+            }
+            report.fail(why);
+            return Ok(Outcome::Interrupted);
+        }
         report.context.insert("dry_run".into(), true.into());
         return Ok(Outcome::Converged);
     };
