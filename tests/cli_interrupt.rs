@@ -142,6 +142,39 @@ async fn demo_vms(info: &Value) -> Vec<String> {
     names
 }
 
+/// Waits until the simulator has been asked to create a VM.
+async fn until_creating(info: &Value) {
+    homestak_tls::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let url = format!(
+        "{}/_sim/requests",
+        info["url"].as_str().unwrap().trim_end_matches('/')
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body: Value = client
+            .get(&url)
+            .header(
+                "Authorization",
+                format!("PVEAPIToken={}", info["token"].as_str().unwrap()),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["data"]["requests"]["POST /nodes/{node}/qemu"].as_u64() > Some(0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no create within the hang guard");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_winds_a_converge_down_and_the_next_run_finishes_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -201,7 +234,9 @@ async fn a_second_signal_stops_at_once() {
             let _ = lines_tx.send(line);
         }
     });
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Once a create is in flight (the host lease and the plan take a few
+    // of those one-second answers first).
+    until_creating(&info).await;
     signal(&child, "TERM");
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
