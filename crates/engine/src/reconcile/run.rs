@@ -373,6 +373,7 @@ impl Engine {
                     request.host
                 ));
                 run.duration = began.clock.elapsed();
+                self.record(&request, &run);
                 return Ok(run);
             }
         };
