@@ -9,37 +9,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_homestak");
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
+use crate::support::{BIN, Guard, demo_sim};
 
 /// `homestak sim` in real time with slow tasks (a create takes 3 s), on a
 /// scratch copy of demo/site-config; `answer` seconds per API answer.
 /// Returns the simulator, the site and the ready file's contents.
 fn slow_sim(dir: &Path, answer: f64) -> (Guard, PathBuf, Value) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let site = dir.join("site-config");
-    copy_dir(&root.join("demo/site-config"), &site);
     let config = dir.join("sim.yaml");
     std::fs::write(
         &config,
@@ -48,28 +23,7 @@ fn slow_sim(dir: &Path, answer: f64) -> (Guard, PathBuf, Value) {
         ),
     )
     .unwrap();
-    let ready = dir.join("ready.json");
-    let child = Command::new(BIN)
-        .arg("--site-config")
-        .arg(&site)
-        .args(["sim", "--listen", "127.0.0.1:0", "--time-scale", "1"])
-        .arg("--config")
-        .arg(&config)
-        .arg("--ready-file")
-        .arg(&ready)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let sim = Guard(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "simulator never became ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    let info: Value = serde_json::from_slice(&std::fs::read(&ready).unwrap()).unwrap();
-    (sim, site, info)
+    demo_sim(dir, "1", Some(&config))
 }
 
 fn reconcile(site: &Path, state: &Path, reports: &Path) -> Command {

@@ -4,61 +4,16 @@
 //! refuses to run unattended without `--yes`; exit codes of `status`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_homestak");
-
-struct Sim {
-    child: Child,
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
+use crate::support::{BIN, Guard, demo_sim};
 
 /// A scratch copy of demo/site-config with `homestak sim` pointed at it.
-fn start(dir: &Path) -> (Sim, PathBuf) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let site = dir.join("site-config");
-    copy_dir(&root.join("demo/site-config"), &site);
-    let ready = dir.join("ready.json");
-    let child = Command::new(BIN)
-        .arg("--site-config")
-        .arg(&site)
-        .args(["sim", "--listen", "127.0.0.1:0", "--time-scale", "0.01"])
-        .arg("--config")
-        .arg(root.join("demo/sim.yaml"))
-        .arg("--ready-file")
-        .arg(&ready)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let sim = Sim { child };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "simulator never became ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn start(dir: &Path) -> (Guard, PathBuf) {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/sim.yaml");
+    let (sim, site, _) = demo_sim(dir, "0.01", Some(&config));
     (sim, site)
 }
 

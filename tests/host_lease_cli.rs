@@ -4,65 +4,15 @@
 //! while it waits (exit 130), having changed nothing.
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use homestak_base::time::Timestamp;
 use homestak_engine::hostlease::{Holder, Record, State};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_homestak");
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
-/// `homestak sim` on a scratch copy of demo/site-config.
-fn sim(dir: &Path) -> (Guard, PathBuf, Value) {
-    let site = dir.join("site-config");
-    copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/site-config"),
-        &site,
-    );
-    let ready = dir.join("ready.json");
-    let child = Command::new(BIN)
-        .arg("--site-config")
-        .arg(&site)
-        .args(["sim", "--listen", "127.0.0.1:0", "--time-scale", "0.01"])
-        .arg("--ready-file")
-        .arg(&ready)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let sim = Guard(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::metadata(&ready).map_or(true, |m| m.len() == 0) {
-        assert!(Instant::now() < deadline, "simulator never became ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let info: Value = serde_json::from_slice(&std::fs::read(&ready).unwrap()).unwrap();
-    (sim, site, info)
-}
+use crate::support::{BIN, demo_sim};
 
 fn reconcile(site: &Path, dir: &Path, extra: &[&str]) -> Command {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests-examples/demo-flat.yaml");
@@ -165,7 +115,7 @@ const HOLDER: &str =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_host_makes_reconcile_wait_naming_the_holder_or_fail_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (_sim, site, info) = sim(dir.path());
+    let (_sim, site, info) = demo_sim(dir.path(), "0.01", None);
     hold_elsewhere(&info).await;
 
     // --no-wait: fails at once, naming the holder and when it lapses.

@@ -28,6 +28,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
+use crate::support::copy_dir;
+
 /// Kills per test when `HOMESTAK_R1_KILLS` is not set (the CI size).
 const CI_KILLS: usize = 8;
 const SCALE: &str = "0.01";
@@ -40,19 +42,6 @@ fn env_number(name: &str) -> Option<u64> {
 
 fn homestak() -> Command {
     Command::new(env!("CARGO_BIN_EXE_homestak"))
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 fn signal(pid: u32, name: &str) {
@@ -115,7 +104,7 @@ impl Lab {
         }
         let site = dir.path().join("site-config");
         let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("reconciler-tests/_site");
-        copy_tree(&template, &site);
+        copy_dir(&template, &site);
         std::fs::create_dir_all(site.join("manifests")).unwrap();
         let sim_config = dir.path().join("sim.yaml");
         // VM SSH on a port any user may bind.

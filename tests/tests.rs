@@ -23,3 +23,4 @@ mod reliability_crash;
 mod sim_cli;
 mod sim_conformance;
 mod sim_services;
+mod support;

@@ -1,0 +1,78 @@
+//! What the binary's process tests share: the binary, a child process
+//! killed when the test ends, and `homestak sim` started on a scratch copy
+//! of demo/site-config.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_homestak");
+
+/// A child process, killed and reaped when dropped.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Copies the directory tree `from` to `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// `homestak sim` at `time_scale` (with the simulator config `config`, if
+/// any) on a scratch copy of demo/site-config under `dir`, once it is
+/// ready: the simulator, the site-config and the ready file's contents.
+pub fn demo_sim(dir: &Path, time_scale: &str, config: Option<&Path>) -> (Guard, PathBuf, Value) {
+    let site = dir.join("site-config");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/site-config"),
+        &site,
+    );
+    let ready = dir.join("ready.json");
+    let mut command = Command::new(BIN);
+    command.arg("--site-config").arg(&site).args([
+        "sim",
+        "--listen",
+        "127.0.0.1:0",
+        "--time-scale",
+        time_scale,
+    ]);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
+    let child = command
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sim = Guard(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The ready file is written whole once the simulator serves.
+    let info = loop {
+        assert!(Instant::now() < deadline, "simulator never became ready");
+        if let Ok(bytes) = std::fs::read(&ready)
+            && let Ok(info) = serde_json::from_slice::<Value>(&bytes)
+        {
+            break info;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (sim, site, info)
+}
