@@ -28,7 +28,7 @@ use homestak_engine::executor;
 use homestak_engine::reconcile::{self, Engine, Request, Setup};
 
 mod support;
-use support::{env, write};
+use support::env;
 
 fn manifest(vms: usize) -> String {
     let mut text = String::from("schema_version: 2\nname: bench\nnodes:\n");
@@ -50,15 +50,7 @@ async fn converge(
 ) -> (Duration, executor::Report) {
     let dir = tempfile::tempdir().expect("tempdir");
     let site = dir.path().join("site-config");
-    write(
-        &site.join("site.yaml"),
-        "defaults:\n  automation_user: homestak\n  bridge: vmbr0\n",
-    );
-    write(&site.join("secrets.yaml"), "api_tokens: {}\nssh_keys: {}\n");
-    write(
-        &site.join("v2/presets/vm-small.yaml"),
-        "cores: 1\nmemory: 1024\ndisk: 8\n",
-    );
+    support::flat_site(&site);
     let mut config = homestak_sim::Config::with_defaults();
     config.listen = Some("127.0.0.1:0".parse().expect("addr"));
     config.time_scale = scale;

@@ -50,7 +50,7 @@ use homestak_sim::faults::{FaultRates, Injected};
 use std::collections::BTreeSet;
 
 mod support;
-use support::{env, write};
+use support::env;
 
 /// The faulty converge may take at most this many times the fault-free one.
 const MAX_RATIO: f64 = 3.0;
@@ -161,15 +161,7 @@ async fn converge(
 ) -> Result<Converge, String> {
     let dir = tempfile::tempdir().expect("tempdir");
     let site = dir.path().join("site-config");
-    write(
-        &site.join("site.yaml"),
-        "defaults:\n  automation_user: homestak\n  bridge: vmbr0\n",
-    );
-    write(&site.join("secrets.yaml"), "api_tokens: {}\nssh_keys: {}\n");
-    write(
-        &site.join("v2/presets/vm-small.yaml"),
-        "cores: 1\nmemory: 1024\ndisk: 8\n",
-    );
+    support::flat_site(&site);
     let mut config = homestak_sim::Config::with_defaults();
     config.listen = Some("127.0.0.1:0".parse().expect("addr"));
     config.time_scale = scale;

@@ -17,3 +17,19 @@ pub fn write(path: &Path, text: &str) {
     }
     std::fs::write(path, text).expect("write");
 }
+
+/// A flat site-config under `site`: defaults, empty secrets (the simulator
+/// adds its token and an ownership key) and the `vm-small` preset.
+// The nested bench builds its own tiers.
+#[allow(dead_code)]
+pub fn flat_site(site: &Path) {
+    write(
+        &site.join("site.yaml"),
+        "defaults:\n  automation_user: homestak\n  bridge: vmbr0\n",
+    );
+    write(&site.join("secrets.yaml"), "api_tokens: {}\nssh_keys: {}\n");
+    write(
+        &site.join("v2/presets/vm-small.yaml"),
+        "cores: 1\nmemory: 1024\ndisk: 8\n",
+    );
+}
