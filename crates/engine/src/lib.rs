@@ -14,6 +14,9 @@
 //! - [`hostlease`]: the lease on the PVE host itself (a block in the node's
 //!   notes, written with compare-and-swap) that keeps every other homestak,
 //!   whatever its state directory, off a host one is converging.
+//! - [`scenario`]: the Python tool's standalone workflows (`pve-setup`,
+//!   `packer-*`, …) as named verb_noun phases run in order, with skips, a
+//!   timeout between phases and a context chained runs carry.
 //! - [`state_dir`]: where a tier keeps its state (store, known hosts, the
 //!   daemon's certificate and tokens), decided in one place.
 //! - [`store`]: durable records (sled behind a small trait): node records,
@@ -23,5 +26,6 @@ pub mod controllers;
 pub mod executor;
 pub mod hostlease;
 pub mod reconcile;
+pub mod scenario;
 pub mod state_dir;
 pub mod store;

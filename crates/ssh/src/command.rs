@@ -51,6 +51,16 @@ impl Command {
         }
     }
 
+    /// A shell line run as root by `user`: as is for root, else through
+    /// `sudo -n sh -c` (no password prompt: it fails instead of hanging).
+    pub fn as_root(user: &str, line: &str) -> Self {
+        if user == "root" {
+            Command::shell(line)
+        } else {
+            Command::shell(format!("sudo -n sh -c {}", quote(line)))
+        }
+    }
+
     /// Appends an argument, quoted for the shell.
     pub fn arg(mut self, arg: impl AsRef<str>) -> Self {
         let quoted = quote(arg.as_ref());

@@ -180,6 +180,16 @@ pub enum Error {
         source: Box<russh::Error>,
     },
 
+    /// A command run on this machine (a scenario's `--local`) could not be
+    /// started or read.
+    #[error("running `{command}` on this machine failed")]
+    Local {
+        destination: Destination,
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+
     /// The command did not finish within its timeout.
     #[error("`{command}` on {destination} did not finish within {after:?}")]
     ExecTimeout {
@@ -359,7 +369,8 @@ impl Error {
             | Error::Channel { .. }
             | Error::ExecRefused { .. }
             | Error::Exec { .. }
-            | Error::NoExitStatus { .. } => ErrorKind::Session,
+            | Error::NoExitStatus { .. }
+            | Error::Local { .. } => ErrorKind::Session,
             Error::ExecTimeout { .. } => ErrorKind::Timeout,
             Error::CommandFailed { .. } => ErrorKind::CommandFailed,
             Error::UploadRead { .. }

@@ -49,11 +49,7 @@ pub(super) fn ssh_failed(err: &ssh::Error, what: &str) -> Outcome {
 
 /// `line` as root for `user`.
 pub(super) fn as_root(user: &str, line: &str) -> Command {
-    if user == "root" {
-        Command::shell(line)
-    } else {
-        Command::shell(format!("sudo -n sh -c {}", quote(line)))
-    }
+    Command::as_root(user, line)
 }
 
 /// Identifies the binary to install: version, size and modification time
