@@ -178,7 +178,7 @@ pub enum PhaseError {
     #[error("no site-config found: pass --site-config DIR or set HOMESTAK_SITE_CONFIG")]
     NoSiteConfig,
     #[error(transparent)]
-    Shell(#[from] ShellError),
+    Shell(Box<ShellError>),
     /// A phase's own failure: what failed, and what to do next.
     #[error("{what}{}", hint.as_deref().map(|h| format!("; {h}")).unwrap_or_default())]
     Failed {
@@ -187,6 +187,12 @@ pub enum PhaseError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+}
+
+impl From<ShellError> for PhaseError {
+    fn from(err: ShellError) -> Self {
+        PhaseError::Shell(Box::new(err))
+    }
 }
 
 impl PhaseError {
