@@ -97,10 +97,11 @@ fn test_verb_creates_verifies_ssh_and_destroys() {
         "duration_seconds",
         "phases",
         "context",
-        "error",
     ] {
         assert!(report.get(key).is_some(), "{key} missing: {report:#}");
     }
+    // `error` only on failure, as the Python tool's schema says.
+    assert_eq!(report.get("error"), None, "{report:#}");
     assert_eq!(report["scenario"], "test");
     assert_eq!(report["success"], true, "{report:#}");
     let phases: Vec<String> = report["phases"]
@@ -132,23 +133,96 @@ fn test_verb_creates_verifies_ssh_and_destroys() {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
     assert_eq!(plan["summary"]["create"], 3, "{plan:#}");
 
-    // destroy without --yes and without a terminal refuses.
-    let out = homestak(&site, &state, &["create"]);
+    // destroy without --yes and without a terminal refuses. The create
+    // before it puts each VM's vmid and address in the context, the first
+    // as vm_id / vm_ip, and --vm-id picks a node's vmid.
+    let out = homestak(
+        &site,
+        &state,
+        &["create", "--json-output", "--vm-id", "demo-2=4242"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let out = homestak(&site, &state, &["destroy"]);
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let context = &report["context"];
+    assert_eq!(context["demo-2_vmid"], 4242, "{report:#}");
+    for node in ["demo-1", "demo-2", "demo-3"] {
+        let ip = context[format!("{node}_ip")].as_str().unwrap_or_default();
+        assert!(ip.starts_with("127."), "{node}: {report:#}");
+        assert!(context[format!("{node}_vmid")].is_u64(), "{report:#}");
+    }
+    assert_eq!(context["vm_id"], context["demo-1_vmid"], "{report:#}");
+    assert_eq!(context["vm_ip"], context["demo-1_ip"], "{report:#}");
+    let out = homestak(&site, &state, &["create", "--vm-id", "nope=4243"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no node nope"),
+        "{}",
+        text(&out)
+    );
+    let out = homestak(&site, &state, &["destroy", "--vm-id", "demo-2=4242"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--yes"),
         "{}",
         text(&out)
     );
-    let out = homestak(&site, &state, &["status"]);
+    let out = homestak(&site, &state, &["status", "--vm-id", "demo-2=4242"]);
     assert_eq!(
         out.status.code(),
         Some(0),
         "destroy without --yes touched the world: {}",
         text(&out)
     );
-    let out = homestak(&site, &state, &["destroy", "--yes"]);
+    let out = homestak(
+        &site,
+        &state,
+        &["destroy", "--yes", "--vm-id", "demo-2=4242"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// A failure before the run starts (a host the site-config does not know)
+/// still prints the JSON document and writes the report files.
+#[test]
+fn a_failure_before_the_run_still_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    crate::support::copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/site-config"),
+        &site,
+    );
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests-examples/demo-flat.yaml");
+    for verb in [&["create"][..], &["test"], &["destroy", "--yes"]] {
+        let reports = dir.path().join(format!("reports-{}", verb[0]));
+        let out = Command::new(BIN)
+            .arg("--site-config")
+            .arg(&site)
+            .args(verb)
+            .args(["--json-output", "-H", "no-such-host"])
+            .arg("--manifest-file")
+            .arg(&manifest)
+            .arg("--report-dir")
+            .arg(&reports)
+            .env("HOMESTAK_STATE_DIR", dir.path().join("state"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let report: Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+        assert_eq!(report["scenario"], verb[0], "{report:#}");
+        assert_eq!(report["success"], false, "{report:#}");
+        let error = report["error"].as_str().unwrap_or_default();
+        assert!(error.contains("no-such-host"), "{report:#}");
+        let files: Vec<String> = std::fs::read_dir(&reports)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert!(
+            files.iter().any(|f| f.ends_with(".failed.json"))
+                && files.iter().any(|f| f.ends_with(".failed.md")),
+            "{files:?}"
+        );
+    }
 }

@@ -198,7 +198,8 @@ pub async fn reconcile(args: ReconcileArgs, global: &GlobalArgs) -> anyhow::Resu
         dry_run: false,
         confirm: false,
     };
-    let outcome = converge(&args.target, global, options, run, &mut report).await?;
+    let result = converge(&args.target, global, options, run, &mut report).await;
+    let outcome = settle(result, &mut report, global);
     finish_report(
         &report,
         global,
@@ -356,10 +357,50 @@ pub(super) async fn converge(
     report
         .context
         .insert("summary".into(), result.summary.clone().into());
+    if run.mode == Mode::Apply {
+        add_vm_context(&prepared, report);
+    }
     if !global.json {
         print_outcome(executed, &result.summary, run.mode);
     }
     Ok(result.outcome)
+}
+
+/// What the Python tool's context carried after a create: `<name>_vmid`
+/// and `<name>_ip` per VM of this tier, and `vm_id` / `vm_ip` of the first
+/// (in creation order), from the store's records of what the run made.
+fn add_vm_context(prepared: &Prepared, report: &mut RunReport) {
+    let Some(store) = prepared.engine.store() else {
+        return;
+    };
+    let Ok(records) = store.list_nodes(prepared.manifest.name()) else {
+        return;
+    };
+    let mut first = true;
+    for level in prepared.manifest.levels() {
+        let Some((_, record)) = records.iter().find(|(name, _)| *name == level.name) else {
+            continue;
+        };
+        let Some(vmid) = record.vmid else { continue };
+        let name = level.name.as_str();
+        report
+            .context
+            .insert(format!("{name}_vmid"), u32::from(vmid).into());
+        if let Some(ip) = &record.ip {
+            report
+                .context
+                .insert(format!("{name}_ip"), ip.clone().into());
+        }
+        if first {
+            report
+                .context
+                .insert("vm_id".into(), u32::from(vmid).into());
+            if let Some(ip) = &record.ip {
+                report.context.insert("vm_ip".into(), ip.clone().into());
+            }
+            first = false;
+        }
+    }
 }
 
 /// SIGINT or SIGTERM winds the run down: no step starts after it, the
@@ -369,7 +410,7 @@ pub(super) async fn converge(
 /// starts here, before planning, so a signal then is not the default kill.
 /// Returns what resolves on the first signal, and the listener to stop
 /// once the run is over.
-fn interruption() -> anyhow::Result<(
+pub(super) fn interruption() -> anyhow::Result<(
     impl std::future::Future<Output = ()>,
     tokio::task::JoinHandle<()>,
 )> {
@@ -466,6 +507,34 @@ fn print_outcome(result: &executor::Report, summary: &str, mode: Mode) {
         text.push_str(&format!("\nNot converged: {summary}.\n"));
     }
     output::print_text(&text);
+}
+
+/// A run's outcome, with a failure before or outside the run (an unknown
+/// host, a manifest that does not load) turned into a failed report: the
+/// JSON document and the report files are written all the same.
+pub(super) fn settle(
+    result: anyhow::Result<Outcome>,
+    report: &mut RunReport,
+    global: &GlobalArgs,
+) -> Outcome {
+    match result {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            let mut text = err.to_string();
+            for cause in err.chain().skip(1) {
+                let cause = cause.to_string();
+                if !text.contains(&cause) {
+                    text.push_str(": ");
+                    text.push_str(&cause);
+                }
+            }
+            report.fail(text);
+            if !global.json {
+                output::print_error(&err);
+            }
+            Outcome::Failed
+        }
+    }
 }
 
 /// Prints `--json` output and writes report files.

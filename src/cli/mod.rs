@@ -25,6 +25,7 @@ pub mod manifest;
 pub mod output;
 mod progress;
 mod report;
+mod scenario;
 mod seed;
 pub mod serve;
 pub mod sim;
@@ -79,6 +80,8 @@ pub enum Command {
     Test(seed::TestArgs),
     /// Run the controller daemon: serve specs and repos, reconcile on commit.
     Serve(Box<serve::Args>),
+    /// Run a workflow (pve-setup, user-setup, packer-*, …); --list shows them.
+    Scenario(Box<scenario::Args>),
 }
 
 /// How a command ended: the engine's [`Outcome`]. A command that only
@@ -102,7 +105,7 @@ const EXIT_USAGE: u8 = 64;
 /// Entry point of the `homestak` binary.
 pub fn main() -> ExitCode {
     homestak_tls::install_crypto_provider();
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(legacy_spelling(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(err) => {
             let code = if err.use_stderr() { EXIT_USAGE } else { 0 };
@@ -145,7 +148,46 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Destroy(args) => seed::destroy(args, &global).await,
         Command::Test(args) => seed::test(args, &global).await,
         Command::Serve(args) => serve::run(*args, &global).await,
+        Command::Scenario(args) => scenario::run(*args, &global).await,
     }
+}
+
+/// The Python tool's `./run.sh` spellings, mapped onto the subcommands:
+/// `--scenario NAME` / `-S NAME` → `scenario NAME`, `--list-scenarios` →
+/// `scenario --list`, `--preflight` → `preflight`. The verbs (`create`, …)
+/// are subcommands already. Nothing changes once a subcommand is named.
+fn legacy_spelling(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let subcommands: Vec<&str> = command.get_subcommands().map(|c| c.get_name()).collect();
+    let text: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    for (i, word) in text.iter().enumerate().skip(1) {
+        if subcommands.contains(&word.as_str()) || word == "--" {
+            return args;
+        }
+        let (replacement, taken): (Vec<String>, usize) = match word.as_str() {
+            "--scenario" | "-S" => match text.get(i + 1) {
+                Some(name) => (vec!["scenario".into(), name.clone()], 2),
+                None => (vec!["scenario".into()], 1),
+            },
+            "--list-scenarios" => (vec!["scenario".into(), "--list".into()], 1),
+            "--preflight" => (vec!["preflight".into()], 1),
+            w if w.starts_with("--scenario=") => (
+                vec!["scenario".into(), w["--scenario=".len()..].to_string()],
+                1,
+            ),
+            _ => continue,
+        };
+        args.drain(i..i + taken);
+        for (k, word) in replacement.into_iter().enumerate() {
+            args.insert(1 + k, word.into());
+        }
+        return args;
+    }
+    args
 }
 
 fn init_logging(verbose: u8) {
@@ -171,5 +213,54 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    fn spelled(line: &str) -> String {
+        let args = line.split(' ').map(std::ffi::OsString::from).collect();
+        legacy_spelling(args)
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn the_python_tools_spellings_map_onto_the_subcommands() {
+        assert_eq!(
+            spelled("run.sh --scenario pve-setup --host father --skip ensure_pve"),
+            "run.sh scenario pve-setup --host father --skip ensure_pve"
+        );
+        assert_eq!(
+            spelled("run.sh -v -S user-setup --local"),
+            "run.sh scenario user-setup -v --local"
+        );
+        assert_eq!(
+            spelled("run.sh --site-config /s --scenario=packer-sync --remote 127.0.0.1"),
+            "run.sh scenario packer-sync --site-config /s --remote 127.0.0.1"
+        );
+        assert_eq!(spelled("run.sh --list-scenarios"), "run.sh scenario --list");
+        assert_eq!(
+            spelled("run.sh --preflight --host mother"),
+            "run.sh preflight --host mother"
+        );
+        // A named subcommand is left alone, even with a flag of the same name.
+        assert_eq!(
+            spelled("run.sh create -M n1 -H father --json-output"),
+            "run.sh create -M n1 -H father --json-output"
+        );
+        assert_eq!(
+            spelled("run.sh scenario pve-setup --list-phases"),
+            "run.sh scenario pve-setup --list-phases"
+        );
+        let parsed = Cli::try_parse_from(legacy_spelling(
+            "run.sh --scenario pve-setup --list-phases"
+                .split(' ')
+                .map(std::ffi::OsString::from)
+                .collect(),
+        ));
+        assert!(matches!(
+            parsed.map(|c| c.command),
+            Ok(Command::Scenario(_))
+        ));
     }
 }

@@ -18,6 +18,8 @@ pub struct RunReport {
     pub phases: Vec<(String, String, Duration)>,
     pub context: Map<String, Value>,
     pub error: Option<String>,
+    /// Stopped by a signal.
+    pub interrupted: bool,
 }
 
 impl RunReport {
@@ -29,6 +31,7 @@ impl RunReport {
             phases: Vec::new(),
             context: Map::new(),
             error: None,
+            interrupted: false,
         }
     }
 
@@ -71,7 +74,8 @@ impl RunReport {
         });
     }
 
-    /// The seed's JSON schema.
+    /// The seed's JSON schema; `error` only on failure, as the Python tool
+    /// documents it.
     pub fn to_json(&self) -> Value {
         let phases: Vec<Value> = self
             .phases
@@ -80,14 +84,17 @@ impl RunReport {
                 json!({"name": name, "status": status, "duration": round(d.as_secs_f64())})
             })
             .collect();
-        json!({
+        let mut doc = json!({
             "scenario": self.scenario,
             "success": self.success,
             "duration_seconds": round(self.duration.as_secs_f64()),
             "phases": phases,
             "context": self.context,
-            "error": self.error,
-        })
+        });
+        if let Some(error) = self.error.as_ref().filter(|_| !self.success) {
+            doc["error"] = json!(error);
+        }
+        doc
     }
 
     pub fn to_markdown(&self) -> String {
@@ -172,5 +179,13 @@ mod tests {
         ] {
             assert!(json.get(key).is_some(), "{key} missing");
         }
+    }
+
+    #[test]
+    fn error_appears_only_on_failure() {
+        let mut report = RunReport::new("create");
+        assert_eq!(report.to_json().get("error"), None);
+        report.fail("a: boom".into());
+        assert_eq!(report.to_json()["error"], json!("a: boom"));
     }
 }

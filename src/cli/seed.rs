@@ -76,7 +76,8 @@ pub async fn create(args: CreateArgs, global: &GlobalArgs) -> anyhow::Result<Out
         dry_run: args.seed.dry_run,
         confirm: false,
     };
-    let outcome = converge::converge(&args.seed.target, &global, options, run, &mut report).await?;
+    let result = converge::converge(&args.seed.target, &global, options, run, &mut report).await;
+    let outcome = converge::settle(result, &mut report, &global);
     finish(&report, &global, &args.seed)?;
     Ok(outcome)
 }
@@ -90,14 +91,15 @@ pub async fn destroy(args: DestroyArgs, global: &GlobalArgs) -> anyhow::Result<O
         dry_run: args.seed.dry_run,
         confirm: !args.yes,
     };
-    let outcome = converge::converge(
+    let result = converge::converge(
         &args.seed.target,
         &global,
         args.seed.lifecycle.options(reconcile::Options::default()),
         run,
         &mut report,
     )
-    .await?;
+    .await;
+    let outcome = converge::settle(result, &mut report, &global);
     finish(&report, &global, &args.seed)?;
     Ok(outcome)
 }
@@ -122,8 +124,9 @@ pub async fn test(args: TestArgs, global: &GlobalArgs) -> anyhow::Result<Outcome
         converge::converge(&args.seed.target, &global, options, create, &mut report).await;
     let created_ok = matches!(created, Ok(Outcome::Converged));
     if args.seed.dry_run {
+        let outcome = converge::settle(created, &mut report, &global);
         finish(&report, &global, &args.seed)?;
-        return created;
+        return Ok(outcome);
     }
     let cleanup = created_ok || cleanup_on_failure(&args.seed.target, &global);
     if !args.keep && cleanup {
@@ -159,6 +162,9 @@ pub async fn test(args: TestArgs, global: &GlobalArgs) -> anyhow::Result<Outcome
     }
     if let Err(err) = &created {
         report.fail(format!("create: {err:#}"));
+        if !global.json {
+            super::output::print_error(err);
+        }
     }
     finish(&report, &global, &args.seed)?;
     Ok(if report.success {

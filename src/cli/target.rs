@@ -32,6 +32,41 @@ pub struct TargetArgs {
     /// images) (default: ssh_key in nodes/HOST.yaml, else ~/.ssh/id_rsa).
     #[arg(long, value_name = "PATH", env = "HOMESTAK_SSH_KEY")]
     pub ssh_key: Option<PathBuf>,
+    /// Override a node's vmid, NAME=ID (repeatable), e.g. `--vm-id test=99990`.
+    #[arg(long, value_name = "NAME=ID", value_parser = vm_id)]
+    pub vm_id: Vec<(String, u32)>,
+    /// Only the first N levels of the manifest.
+    #[arg(long, value_name = "N")]
+    pub depth: Option<usize>,
+}
+
+/// `NAME=ID` of `--vm-id`.
+pub fn vm_id(text: &str) -> Result<(String, u32), String> {
+    let (name, id) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=ID (e.g. test=99990)"))?;
+    let id: u32 = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("{id:?} in {text:?} is not a vmid"))?;
+    homestak_base::id::VmId::new(i128::from(id)).map_err(|e| e.to_string())?;
+    if name.trim().is_empty() {
+        return Err(format!("{text:?} names no node"));
+    }
+    Ok((name.trim().to_string(), id))
+}
+
+/// The manifest with `--depth` and `--vm-id` applied.
+pub fn adjust(manifest: Manifest, args: &TargetArgs) -> anyhow::Result<Manifest> {
+    let mut manifest = match args.depth {
+        Some(depth) => manifest.limit_depth(depth),
+        None => manifest,
+    };
+    for (name, id) in &args.vm_id {
+        let vmid = homestak_base::id::VmId::new(i128::from(*id))?;
+        manifest.set_vmid(name, vmid)?;
+    }
+    Ok(manifest)
 }
 
 /// The state directory: `--state-dir`, else the one `homestak serve` uses
@@ -68,7 +103,7 @@ pub fn prepare(
 ) -> anyhow::Result<Prepared> {
     let root = homestak_core::site::discover::find(global.site_config.as_deref())?;
     let site = Arc::new(Site::load(&root)?);
-    let manifest = Arc::new(read_manifest(&args.source, &root)?);
+    let manifest = Arc::new(adjust(read_manifest(&args.source, &root)?, args)?);
     let setup = Setup {
         insecure: args.insecure,
         state_dir: state_dir(args.state_dir.as_ref()),

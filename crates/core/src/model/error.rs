@@ -87,6 +87,13 @@ pub enum Error {
         "invalid manifest name '{name}': use the file name in manifests/ without .yaml (no '/', not starting with '.')"
     )]
     BadName { name: String },
+    /// `--vm-id NAME=ID` names no node of the manifest.
+    #[error("--vm-id {name}=…: manifest {manifest} has no node {name} (it has: {})", known.join(", "))]
+    UnknownNode {
+        manifest: String,
+        name: String,
+        known: Vec<String>,
+    },
     /// The manifests directory could not be listed.
     #[error("cannot list manifests in {}", dir.display())]
     List {
@@ -127,7 +134,8 @@ impl Error {
             Error::Json { .. }
             | Error::BadName { .. }
             | Error::List { .. }
-            | Error::AlreadyLeaf { .. } => None,
+            | Error::AlreadyLeaf { .. }
+            | Error::UnknownNode { .. } => None,
         }
     }
 

@@ -16,6 +16,7 @@ use super::parse::{self, Document};
 use super::types::{Execution, ExecutionMode, NodeType, Pattern, Settings, Version};
 use super::v1::{self, Level};
 use super::v2::{self, Node};
+use homestak_base::id::VmId;
 
 /// Manifest schema version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -244,6 +245,29 @@ impl Manifest {
     pub fn execution_mode(&self, node: &Node) -> ExecutionMode {
         let default = Execution::default();
         node.execution_mode(self.execution().unwrap_or(&default))
+    }
+
+    /// Gives node (or level) `name` the vmid `vmid` (`--vm-id NAME=ID`).
+    pub fn set_vmid(&mut self, name: &str, vmid: VmId) -> Result<(), Error> {
+        let mut found = false;
+        if let Some(tree) = self.tree.as_mut() {
+            for node in tree.nodes.iter_mut().filter(|n| n.name == name) {
+                node.vmid = Some(vmid);
+                found = true;
+            }
+        }
+        for level in self.levels.iter_mut().filter(|l| l.name == name) {
+            level.vmid = Some(vmid);
+            found = true;
+        }
+        if found {
+            return Ok(());
+        }
+        Err(Error::UnknownNode {
+            manifest: self.name.clone(),
+            name: name.to_string(),
+            known: self.levels.iter().map(|l| l.name.to_string()).collect(),
+        })
     }
 
     /// The v2 document of a manifest with a tree.
