@@ -25,6 +25,7 @@ use axum::response::Response;
 use super::api::{Api, Endpoint, Unread};
 use super::auth::RepoAuth;
 use super::conn::Place;
+use super::install;
 use super::metrics::Metrics;
 use super::reply::{self, ApiError, Reply};
 use super::repos::RepoSet;
@@ -68,7 +69,11 @@ async fn entry(
     let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let path = seed::normalise(target);
     let endpoint = Endpoint::of(path);
-    let label = endpoint.map_or_else(|| seed_label(&seed::route(path)), Endpoint::label);
+    let label = match endpoint {
+        Some(endpoint) => endpoint.label(),
+        None if install::is_install_path(path) => "install",
+        None => seed_label(&seed::route(path)),
+    };
     // The connection's place in its address's cap (absent when served
     // without the `conn` acceptor): a held guess keeps it to the end.
     let place = parts.extensions.get::<Place>().cloned();
@@ -82,16 +87,24 @@ async fn entry(
         max: app.max_body,
         timeout: app.body_timeout,
     };
-    let mut reply = dispatch(
-        &app,
-        endpoint,
-        method,
-        target,
-        uri.query(),
-        authorization,
-        body,
-    )
-    .await;
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    let mut reply = if install::is_install_path(path) {
+        install::handle(path, host, &app.repo_auth, authorization)
+    } else {
+        dispatch(
+            &app,
+            endpoint,
+            method,
+            target,
+            uri.query(),
+            authorization,
+            body,
+        )
+        .await
+    };
 
     // A valid token is served at once whatever the lock. A wrong one that
     // leaves its address locked is held until that lock has passed (the

@@ -7,6 +7,8 @@
 //!   ([`seed`]): `GET /health`, `GET /specs`, `GET /spec/{identity}`
 //!   (posture auth) and `GET /{repo}.git/...` (dumb-HTTP git and raw files,
 //!   [`repos`], behind the repo token).
+//! - What a new host installs homestak from ([`install`]): `GET
+//!   /install.sh` and `GET /bin/homestak`, behind the repo token.
 //! - The reconciler API and `/metrics` ([`api`], [`metrics`]), behind
 //!   scoped API tokens ([`auth`]). Its request and answer types, and a
 //!   typed client, are `homestak_api::v1` and `homestak_api::Client`: the
@@ -43,6 +45,7 @@ pub mod events;
 pub mod fds;
 pub mod git;
 pub mod http;
+pub mod install;
 pub mod lease;
 pub mod legacy;
 pub mod metrics;

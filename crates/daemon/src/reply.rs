@@ -45,6 +45,8 @@ pub const BYTES: &str = "application/octet-stream";
 pub enum Payload {
     Json(Value),
     Bytes(Vec<u8>),
+    /// A file streamed from disk (the daemon's own binary: tens of MB).
+    File(std::path::PathBuf),
 }
 
 /// Marks a reply to a request that presented a token that was wrong, so
@@ -96,26 +98,47 @@ impl Reply {
     pub fn body_json(&self) -> Option<&Value> {
         match &self.payload {
             Payload::Json(v) => Some(v),
-            Payload::Bytes(_) => None,
+            Payload::Bytes(_) | Payload::File(_) => None,
         }
     }
 
     /// Converts to an HTTP response. A `HEAD` request gets the same status
     /// and headers (Content-Length included) and no body.
     pub fn into_response(self, method: &Method) -> Response {
-        let bytes = match self.payload {
+        let (body, len) = match self.payload {
             Payload::Json(v) => {
                 let mut b = serde_json::to_vec(&v).unwrap_or_default();
                 b.push(b'\n');
-                b
+                let len = b.len();
+                (Body::from(b), len)
             }
-            Payload::Bytes(b) => b,
+            Payload::Bytes(b) => {
+                let len = b.len();
+                (Body::from(b), len)
+            }
+            Payload::File(path) => match std::fs::File::open(&path).and_then(|f| {
+                let len = f.metadata()?.len();
+                Ok((f, len))
+            }) {
+                Ok((file, len)) => {
+                    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+                    (
+                        Body::from_stream(stream),
+                        usize::try_from(len).unwrap_or(usize::MAX),
+                    )
+                }
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "cannot open a file to serve");
+                    return ApiError::internal("the file to serve cannot be read")
+                        .reply()
+                        .into_response(method);
+                }
+            },
         };
-        let len = bytes.len();
         let body = if method == Method::HEAD {
             Body::empty()
         } else {
-            Body::from(bytes)
+            body
         };
         let mut response = (
             StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
