@@ -22,6 +22,7 @@
 pub mod controllers;
 pub mod executor;
 pub mod hostlease;
+pub mod onboard;
 pub mod reconcile;
 pub mod state_dir;
 pub mod store;
