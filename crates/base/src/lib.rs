@@ -22,6 +22,7 @@ pub mod id;
 pub mod secret;
 pub mod time;
 pub mod yaml;
+pub mod yaml_edit;
 
 /// A boxed, sendable future: what the workspace's dyn-compatible async
 /// traits (PVE API, SSH, controllers, the daemon's engine) return.

@@ -269,16 +269,18 @@ fn nested(shared: &Shared, id: &str) -> Response<Body> {
     else {
         return fail(StatusCode::NOT_FOUND, format!("VM {vmid} does not exist"));
     };
-    if !pve_image {
-        return fail(
-            StatusCode::CONFLICT,
-            format!("VM {vmid} was not made from a PVE image"),
-        );
-    }
     let view = shared
         .guests
         .get(vmid)
         .and_then(|g| g.ctx.pve.as_ref().map(|p| p.view()));
+    if !pve_image && view.is_none() {
+        return fail(
+            StatusCode::CONFLICT,
+            format!(
+                "VM {vmid} runs no PVE: not made from a PVE image, and not booted with proxmox-ve installed"
+            ),
+        );
+    }
     match view {
         Some(v) if v["running"] == true => ok(v),
         Some(v) => reply(

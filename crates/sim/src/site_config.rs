@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::ReadyInfo;
+use homestak_base::yaml_edit::{self, is_top_key, quote, set_top_level};
 
 /// The site-config could not be updated.
 #[derive(Debug, thiserror::Error)]
@@ -53,37 +54,10 @@ fn read(path: &Path) -> Result<Option<String>, Error> {
 }
 
 fn parse(text: &str, path: &Path) -> Result<Value, Error> {
-    if text.trim().is_empty() {
-        return Ok(Value::Object(Default::default()));
-    }
-    homestak_base::yaml::from_str(text, path).map_err(Error::Yaml)
+    yaml_edit::parse(text, path).map_err(Error::Yaml)
 }
 
-fn quote(v: &str) -> String {
-    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-fn is_top_key(line: &str, key: &str) -> bool {
-    line.strip_prefix(key).is_some_and(|r| r.starts_with(':'))
-}
-
-/// Sets top-level `key: value` lines, appending missing ones.
-fn set_top_level(text: &str, pairs: &[(&str, String)]) -> String {
-    let mut lines: Vec<String> = text.lines().map(String::from).collect();
-    for (key, value) in pairs {
-        let line = format!("{key}: {value}");
-        match lines.iter().position(|l| is_top_key(l, key)) {
-            Some(i) => lines[i] = line,
-            None => lines.push(line),
-        }
-    }
-    let mut out = lines.join("\n");
-    out.push('\n');
-    out
-}
-
-/// Sets `section.node: value` (e.g. `api_tokens.<node>` in `secrets.yaml`)
-/// in a top-level block mapping of `text`, keeping every other line.
+/// Sets `section.node: value` (e.g. `api_tokens.<node>` in `secrets.yaml`).
 fn set_entry(
     text: &str,
     section: &str,
@@ -91,62 +65,10 @@ fn set_entry(
     value: &str,
     path: &Path,
 ) -> Result<String, Error> {
-    let entry = |indent: &str| format!("{indent}{node}: {}", quote(value));
-    let mut lines: Vec<String> = text.lines().map(String::from).collect();
-    let Some(start) = lines.iter().position(|l| is_top_key(l, section)) else {
-        if lines.last().is_some_and(|l| !l.trim().is_empty()) {
-            lines.push(String::new());
-        }
-        lines.push(format!("{section}:"));
-        lines.push(entry("  "));
-        return Ok(lines.join("\n") + "\n");
-    };
-    let rest = lines[start][section.len() + 1..].trim();
-    if rest == "{}" || rest.starts_with("{}") {
-        lines[start] = format!("{section}:");
-        lines.insert(start + 1, entry("  "));
-        return Ok(lines.join("\n") + "\n");
-    }
-    if !(rest.is_empty() || rest.starts_with('#')) {
-        return Err(Error::Unsupported {
-            path: path.to_path_buf(),
-            problem: format!(
-                "{section} is not a block mapping; write it as `{section}:` with one `name: value` per line"
-            ),
-        });
-    }
-    // The block: following lines that are indented, blank or comments.
-    let mut end = start + 1;
-    let mut indent = String::from("  ");
-    let mut last_entry = start;
-    while end < lines.len() {
-        let l = &lines[end];
-        if !l.trim().is_empty()
-            && !l.starts_with(' ')
-            && !l.starts_with('\t')
-            && !l.starts_with('#')
-        {
-            break;
-        }
-        if !l.trim().is_empty() && !l.trim_start().starts_with('#') {
-            indent = l[..l.len() - l.trim_start().len()].to_string();
-            last_entry = end;
-            let key = l
-                .trim_start()
-                .split(':')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .trim_matches(['"', '\'']);
-            if key == node {
-                lines[end] = entry(&indent);
-                return Ok(lines.join("\n") + "\n");
-            }
-        }
-        end += 1;
-    }
-    lines.insert(last_entry + 1, entry(&indent));
-    Ok(lines.join("\n") + "\n")
+    yaml_edit::set_entry(text, section, node, value).map_err(|e| Error::Unsupported {
+        path: path.to_path_buf(),
+        problem: e.to_string(),
+    })
 }
 
 fn write(path: &Path, text: &str) -> Result<(), Error> {
@@ -168,16 +90,13 @@ fn check(
     after_text: &str,
     expect: impl FnOnce(&mut Value),
 ) -> Result<(), Error> {
-    let mut want = before.clone();
-    expect(&mut want);
-    let got = parse(after_text, path)?;
-    if got != want {
-        return Err(Error::Unsupported {
+    yaml_edit::verify(path, before, after_text, expect).map_err(|e| match e {
+        yaml_edit::VerifyError::Yaml(e) => Error::Yaml(e),
+        yaml_edit::VerifyError::Differs => Error::Unsupported {
             path: path.to_path_buf(),
-            problem: "the file's layout defeated a safe textual edit; set the keys by hand".into(),
-        });
-    }
-    Ok(())
+            problem: e.to_string(),
+        },
+    })
 }
 
 /// Writes or updates `nodes/<node>.yaml` and `secrets.yaml` under `dir`.

@@ -47,6 +47,10 @@ pub struct Vm {
     /// The image is a PVE image: the VM can become a nested PVE host.
     #[serde(default)]
     pub pve_image: bool,
+    /// Epoch milliseconds of the last reboot from inside the guest
+    /// (`reboot` over SSH): a new guest boot while QEMU keeps running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_boot_at: Option<i64>,
 }
 
 impl Vm {
@@ -63,6 +67,7 @@ impl Vm {
             workdir: None,
             image: None,
             pve_image: false,
+            guest_boot_at: None,
         }
     }
 

@@ -57,7 +57,7 @@ pub enum Error {
         source: homestak_core::site::host::Error,
     },
     #[error(
-        "host {host} has no PVE API ({}); add api_endpoint to nodes/{host}.yaml",
+        "host {host} has no PVE API ({}); install PVE and write nodes/{host}.yaml with `homestak scenario pve-setup --host {host}`",
         config.display()
     )]
     NoApi { host: String, config: PathBuf },

@@ -24,7 +24,9 @@
 //! SIGKILL after the unit's stop timeout), then its SSH server (open
 //! sessions and their commands end), then its nested tier, recursively.
 
+pub mod apt;
 pub mod nested;
+pub(crate) mod power;
 pub mod process;
 mod shims;
 pub mod units;
@@ -145,7 +147,11 @@ pub(crate) struct Boot {
     pub hostname: String,
     pub user: String,
     pub keys: Vec<String>,
+    /// Made from a PVE image; at boot, also when `proxmox-ve` is
+    /// installed ([`apt`]).
     pub pve: bool,
+    /// The image the boot disk came from (its Debian release).
+    pub image: Option<String>,
     pub workdir: PathBuf,
     pub cpus: u32,
     pub memory: u64,
@@ -170,12 +176,14 @@ fn wanted(shared: &Shared, now_ms: i64) -> (BTreeMap<u32, Boot>, Option<i64>) {
             vm.vmid,
             Boot {
                 vmid: vm.vmid,
-                boot_id: started,
+                // A reboot inside the guest is a new boot too.
+                boot_id: vm.guest_boot_at.map_or(started, |g| g.max(started)),
                 address: vm.address,
                 hostname: hostname_of(&vm.name(), vm.vmid),
                 user: vm.ciuser().unwrap_or(DEFAULT_USER).to_string(),
                 keys: vm.ssh_keys(),
                 pve: vm.pve_image,
+                image: vm.image.clone(),
                 workdir: workdir.clone(),
                 cpus: u32::try_from(vm.cpus()).unwrap_or(1),
                 memory: vm.memory_mib() << 20,
@@ -287,6 +295,8 @@ pub(crate) struct GuestCtx {
     pub root: VmRoot,
     pub units: units::Units,
     pub pve: Option<Arc<nested::Pve>>,
+    /// The simulator it runs in (`reboot` asks it for a new boot).
+    pub shared: std::sync::Weak<Shared>,
 }
 
 /// The SSH side of a booted guest.
@@ -311,14 +321,23 @@ impl Guest {
     /// Boots the guest; fails only when its root directory cannot be made.
     fn boot(
         shared: Arc<Shared>,
-        boot: Boot,
+        mut boot: Boot,
     ) -> BoxFuture<'static, Result<Arc<Guest>, (Boot, String)>> {
         Box::pin(async move {
             let root = match VmRoot::create(&boot.workdir.join("root")) {
                 Ok(root) => root,
                 Err(e) => return Err((boot, e.to_string())),
             };
+            // Debian with proxmox-ve installed boots as a PVE host.
+            boot.pve = boot.pve || apt::pve_installed(&root).await;
             prepare_root(&root, &boot).await;
+            apt::prepare(
+                &root,
+                boot.image.as_deref(),
+                boot.pve,
+                &shared.config.pve_version,
+            )
+            .await;
             let pve = boot.pve.then(|| {
                 Arc::new(nested::Pve::new(nested::inner_config(
                     &shared.config,
@@ -335,6 +354,7 @@ impl Guest {
                 root,
                 pve,
                 boot,
+                shared: Arc::downgrade(&shared),
             });
             ctx.units.start_enabled().await;
             let guest = Guest {
@@ -475,6 +495,17 @@ async fn prepare_root(root: &VmRoot, boot: &Boot) {
     }
     if let Ok(path) = root.resolve("/", "/etc/hostname") {
         let _ = tokio::fs::write(&path.host, format!("{}\n", boot.hostname)).await;
+    }
+    // As cloud-init's `manage_etc_hosts` writes it: the host name on
+    // 127.0.1.1, which PVE refuses as the node's address.
+    if let Ok(path) = root.resolve("/", "/etc/hosts")
+        && tokio::fs::metadata(&path.host).await.is_err()
+    {
+        let text = format!(
+            "127.0.0.1 localhost\n127.0.1.1 {0}.localdomain {0}\n::1 localhost ip6-localhost ip6-loopback\n",
+            boot.hostname
+        );
+        let _ = tokio::fs::write(&path.host, text).await;
     }
 }
 

@@ -105,6 +105,16 @@ impl Context {
     }
 }
 
+/// `NAME=value` as a command word.
+fn is_assignment(word: &str) -> bool {
+    word.split_once('=').is_some_and(|(name, _)| {
+        name.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
 fn home_of(user: &str) -> String {
     if user == "root" {
         "/root".to_string()
@@ -369,6 +379,14 @@ impl Shell {
     }
 
     async fn run_simple(&self, name: &str, args: &[String], cx: &mut Context) -> u32 {
+        // `NAME=value command …`: the assignments are accepted and not
+        // kept (no program here reads its environment).
+        if is_assignment(name) {
+            return match args.split_first() {
+                Some((name, args)) => Box::pin(self.run_simple(name, args, cx)).await,
+                None => 0,
+            };
+        }
         if name == "sudo" {
             return self.sudo(args, cx).await;
         }

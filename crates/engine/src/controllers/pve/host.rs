@@ -14,24 +14,28 @@ use super::inner::{self, File};
 use super::{Lifecycle, Memory, PveStep};
 use crate::controllers::vm;
 use crate::executor::{StepError, StepOutcome};
+pub(super) use crate::onboard::remote::{as_root, install, marker, root};
+use crate::onboard::token;
 use crate::store::{Delegation, DelegationState, Durability, NodeKey};
 use homestak_base::error_chain as chain;
-use homestak_base::secret::Secret;
 use homestak_core::plan::{DesiredVm, NodePlan};
-use homestak_ssh::{self as ssh, Command, Upload, quote};
+use homestak_ssh::{self as ssh, quote};
 
 type Outcome = StepOutcome;
 /// A step's end: `Err` is an early end (a failure or a requeue), so the
 /// steps read top to bottom with `?`.
 pub(super) type Step = Result<Outcome, Outcome>;
 
-/// Relative: in the SSH user's home directory.
-const STAGE: &str = ".homestak-stage";
-/// The inner PVE's certificate.
-const PVE_CERT: &str = "/etc/pve/local/pve-ssl.pem";
-
 fn refuse(message: String) -> Outcome {
     StepOutcome::Failed(StepError::permanent(message))
+}
+
+/// A failed onboarding call: retried when the connection was the problem.
+fn onboard_failed(err: &token::Error) -> Outcome {
+    match err.ssh() {
+        Some(e) => ssh_failed(e, &err.to_string()),
+        None => refuse(chain(err)),
+    }
 }
 
 /// A failed SSH call: retried when the connection was the problem.
@@ -45,11 +49,6 @@ pub(super) fn ssh_failed(err: &ssh::Error, what: &str) -> Outcome {
     } else {
         StepOutcome::Failed(StepError::permanent(message))
     }
-}
-
-/// `line` as root for `user`.
-pub(super) fn as_root(user: &str, line: &str) -> Command {
-    Command::as_root(user, line)
 }
 
 /// Identifies the binary to install: version, size and modification time
@@ -172,79 +171,6 @@ impl Lifecycle {
     }
 }
 
-/// Runs `line` as root; its stdout.
-pub(super) async fn root(
-    session: &dyn ssh::Session,
-    user: &str,
-    line: &str,
-) -> Result<String, ssh::Error> {
-    Ok(session.exec_ok(&as_root(user, line)).await?.stdout_text())
-}
-
-/// Installs `files`: staged in a private directory of the SSH user's home
-/// (never a shared `/tmp`: tokens and keys pass through it), then moved
-/// into place in one root command.
-pub(super) async fn install(
-    session: &dyn ssh::Session,
-    user: &str,
-    files: &[File],
-) -> Result<(), ssh::Error> {
-    session
-        .exec_ok(&Command::shell(format!(
-            "mkdir -p {STAGE} && chmod 700 {STAGE}"
-        )))
-        .await?;
-    let mut dirs: Vec<String> = Vec::new();
-    let mut moves = Vec::new();
-    for (i, file) in files.iter().enumerate() {
-        let staged = format!("{STAGE}/{i}");
-        session
-            .upload(&Upload::bytes(
-                file.bytes.clone(),
-                staged.clone(),
-                file.mode,
-            ))
-            .await?;
-        if let Some((dir, _)) = file.path.rsplit_once('/')
-            && !dir.is_empty()
-            && !dirs.iter().any(|d| d == dir)
-        {
-            dirs.push(dir.to_string());
-        }
-        moves.push(format!("mv -f {staged} {}", quote(&file.path)));
-    }
-    let mut line = format!(
-        "mkdir -p {}",
-        dirs.iter().map(|d| quote(d)).collect::<Vec<_>>().join(" ")
-    );
-    for m in moves {
-        line.push_str(" && ");
-        line.push_str(&m);
-    }
-    session.exec_ok(&as_root(user, &line)).await?;
-    Ok(())
-}
-
-/// Reads a marker file (empty when absent).
-pub(super) async fn marker(
-    session: &dyn ssh::Session,
-    user: &str,
-    path: &str,
-) -> Result<String, ssh::Error> {
-    let line = format!("test -f {path} && cat {path} || true");
-    Ok(root(session, user, &line).await?.trim().to_string())
-}
-
-/// `pvesh get PATH --output-format json`, parsed.
-async fn pvesh_get(s: &dyn ssh::Session, user: &str, path: &str) -> Result<Value, Outcome> {
-    let line = format!("pvesh get {} --output-format json", quote(path));
-    let text = root(s, user, &line)
-        .await
-        .map_err(|e| ssh_failed(&e, &format!("pvesh get {path}")))?;
-    serde_json::from_str(&text)
-        .map_err(|e| refuse(format!("pvesh get {path} printed no JSON: {e}")))
-}
-
 impl Lifecycle {
     /// `wait_ssh`: the inner host answers SSH and takes our key.
     pub(super) async fn wait_ssh(&self, want: &DesiredVm, vm: &vm::Memory, m: &mut Memory) -> Step {
@@ -346,16 +272,10 @@ impl Lifecycle {
         if let Some(name) = &m.pve_node {
             return Ok(name.clone());
         }
-        let name = root(s, user, "hostname")
+        let name = token::node_name(s, user)
             .await
-            .map_err(|e| ssh_failed(&e, "read the inner host's name"))?
-            .trim()
-            .to_string();
-        if name.is_empty() || name.contains(['/', ' ']) {
-            return Err(refuse(format!(
-                "the inner host's name {name:?} cannot be a PVE node name"
-            )));
-        }
+            .map_err(|e| onboard_failed(&e))?
+            .ok_or_else(|| refuse("the inner host's name cannot be a PVE node name".into()))?;
         m.pve_node = Some(name.clone());
         Ok(name)
     }
@@ -371,13 +291,13 @@ impl Lifecycle {
         let user = want.user.as_str();
         let pve_node = self.pve_node(&*s, user, m).await?;
         let path = format!("/nodes/{pve_node}/network");
-        let listing = match pvesh_get(&*s, user, &path).await {
+        let listing = match token::pvesh_get(&*s, user, &path).await {
             Ok(v) => v,
             // The inner PVE may still be starting.
             Err(_) if !m.expired(self.timeouts.configure_bridge) => {
                 return Err(StepOutcome::Requeue(m.next_poll(self)));
             }
-            Err(o) => return Err(o),
+            Err(e) => return Err(onboard_failed(&e)),
         };
         m.reset_wait();
         let has = listing.as_array().is_some_and(|ifaces| {
@@ -413,46 +333,21 @@ impl Lifecycle {
         let s = self.connect(want, vm, m).await?;
         let user = want.user.as_str();
         let mut delegation = self.delegation(node, vm)?;
-        let list = "pveum user token list root@pam --output-format json";
-        let listing = match root(&*s, user, list).await {
-            Ok(text) => text,
+        let exists = match token::exists(&*s, user).await {
+            Ok(exists) => exists,
             Err(_) if !m.expired(self.timeouts.bootstrap) => {
                 return Err(StepOutcome::Requeue(m.next_poll(self)));
             }
-            Err(e) => return Err(ssh_failed(&e, "list the inner host's API tokens")),
+            Err(e) => return Err(onboard_failed(&e)),
         };
         m.reset_wait();
-        let exists = serde_json::from_str::<Value>(&listing)
-            .ok()
-            .and_then(|v| v.as_array().cloned())
-            .is_some_and(|tokens| {
-                tokens
-                    .iter()
-                    .any(|t| t.get("tokenid").and_then(Value::as_str) == Some("homestak"))
-            });
         if exists && !delegation.pve_token.is_empty() {
             return Ok(StepOutcome::Done);
         }
         // A token whose secret we lost cannot be read back: make it anew.
-        let mut line = String::new();
-        if exists {
-            line.push_str("pveum user token remove root@pam homestak && ");
-        }
-        line.push_str("pveum user token add root@pam homestak --privsep 0 --output-format json");
-        let text = root(&*s, user, &line)
+        delegation.pve_token = token::create(&*s, user, exists)
             .await
-            .map_err(|e| ssh_failed(&e, "create the inner host's API token"))?;
-        let parsed: Option<(String, String)> =
-            serde_json::from_str::<Value>(&text).ok().and_then(|v| {
-                Some((
-                    v.get("full-tokenid")?.as_str()?.to_string(),
-                    v.get("value")?.as_str()?.to_string(),
-                ))
-            });
-        let Some((id, value)) = parsed else {
-            return Err(refuse("pveum user token add printed no token".into()));
-        };
-        delegation.pve_token = Secret::new(format!("{id}={value}"));
+            .map_err(|e| onboard_failed(&e))?;
         self.save(node, &delegation)?;
         Ok(StepOutcome::Done)
     }
@@ -470,22 +365,14 @@ impl Lifecycle {
         let user = want.user.as_str();
         let ip = Self::address(vm)?.to_string();
         let mut delegation = self.delegation(node, vm)?;
-        let line = format!("openssl x509 -noout -fingerprint -sha256 -in {PVE_CERT}");
-        let fingerprint = root(&*s, user, &line)
+        let fingerprint = token::fingerprint(&*s, user)
             .await
-            .map_err(|e| ssh_failed(&e, "read the inner PVE's certificate fingerprint"))?
-            .trim()
-            .split_once('=')
-            .map(|(_, fp)| fp.trim().to_string())
-            .unwrap_or_default();
-        if fingerprint.parse::<homestak_tls::Fingerprint>().is_err() {
-            return Err(refuse(format!(
-                "the inner PVE's certificate fingerprint {fingerprint:?} is not SHA-256"
-            )));
-        }
+            .map_err(|e| onboard_failed(&e))?;
         let pve_node = self.pve_node(&*s, user, m).await?;
-        let storages = pvesh_get(&*s, user, &format!("/nodes/{pve_node}/storage")).await?;
-        let Some(datastore) = pick_datastore(&storages, &want.storage) else {
+        let storages = token::pvesh_get(&*s, user, &format!("/nodes/{pve_node}/storage"))
+            .await
+            .map_err(|e| onboard_failed(&e))?;
+        let Some(datastore) = token::pick_datastore(&storages, &want.storage) else {
             return Err(refuse(format!(
                 "the inner host {} has no storage for VM disks (content `images`)",
                 node.node
@@ -562,57 +449,5 @@ impl Lifecycle {
             d.message = Some(why.to_string());
             let _ = self.save(node, &d);
         }
-    }
-}
-
-/// The inner host's datastore: the parent's choice when the inner host has
-/// it for VM disks, else its first storage for VM disks.
-fn pick_datastore(storages: &Value, preferred: &str) -> Option<String> {
-    let usable: Vec<&str> = storages
-        .as_array()?
-        .iter()
-        .filter(|s| {
-            s.get("content")
-                .and_then(Value::as_str)
-                .is_some_and(|c| c.split(',').any(|c| c.trim() == "images"))
-        })
-        .filter_map(|s| s.get("storage").and_then(Value::as_str))
-        .collect();
-    usable
-        .iter()
-        .find(|s| **s == preferred)
-        .or(usable.first())
-        .map(|s| s.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_datastore_is_the_parents_when_the_inner_host_has_it() {
-        let storages = serde_json::json!([
-            {"storage": "local", "content": "iso,vztmpl,import"},
-            {"storage": "local-lvm", "content": "images,rootdir"},
-            {"storage": "local-zfs", "content": "rootdir,images"},
-        ]);
-        assert_eq!(
-            pick_datastore(&storages, "local-zfs").as_deref(),
-            Some("local-zfs")
-        );
-        assert_eq!(
-            pick_datastore(&storages, "nfs").as_deref(),
-            Some("local-lvm")
-        );
-        assert_eq!(pick_datastore(&serde_json::json!([]), "x"), None);
-    }
-
-    #[test]
-    fn root_commands_go_through_sudo_for_other_users() {
-        assert_eq!(as_root("root", "hostname").line(), "hostname");
-        assert_eq!(
-            as_root("ops", "mkdir -p /etc/x").line(),
-            "sudo -n sh -c 'mkdir -p /etc/x'"
-        );
     }
 }

@@ -56,11 +56,14 @@ pub(crate) async fn need_root(cx: &mut Context, tool: &str) -> Option<u32> {
 /// Adds the VM's commands to its shell.
 pub(crate) fn install(shell: Shell, ctx: &Arc<GuestCtx>) -> Shell {
     let shim = Shim(ctx.clone());
-    let mut shell = shell
+    let shell = shell
         .with_program("systemctl", Arc::new(systemctl::Systemctl(shim.clone())))
         .with_program("journalctl", Arc::new(systemctl::Journalctl(shim.clone())))
         .with_program("openssl", Arc::new(openssl::Openssl))
-        .with_program("homestak", Arc::new(homestak::Homestak));
+        .with_program("homestak", Arc::new(homestak::Homestak))
+        .with_program("reboot", Arc::new(super::power::Reboot(shim.clone())))
+        .with_program("shutdown", Arc::new(super::power::Reboot(shim.clone())));
+    let mut shell = super::apt::install(shell, &shim);
     if let Some(pve) = &ctx.pve {
         let fs = StorageFs::nested(pve.clone());
         shell = shell

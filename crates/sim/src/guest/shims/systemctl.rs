@@ -302,6 +302,10 @@ impl crate::ssh::Program for Systemctl {
                     .await;
                 return 1;
             };
+            if verb == "reboot" && names.is_empty() {
+                let ctx = &self.0.0;
+                return crate::guest::power::Reboot::now(&ctx.shared, ctx.boot.vmid, cx).await;
+            }
             let units: Vec<String> = names.iter().map(|n| unit_name(n)).collect();
             let changes = matches!(
                 verb.as_str(),
