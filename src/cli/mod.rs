@@ -16,6 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod adopt;
 pub mod config;
 mod converge;
 pub mod crds;
@@ -79,6 +80,8 @@ pub enum Command {
     Test(seed::TestArgs),
     /// Run the controller daemon: serve specs and repos, reconcile on commit.
     Serve(Box<serve::Args>),
+    /// Take over VMs made without homestak (name and vmid match a node); asks unless --yes.
+    Adopt(adopt::Args),
 }
 
 /// How a command ended: the engine's [`Outcome`]. A command that only
@@ -145,6 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Destroy(args) => seed::destroy(args, &global).await,
         Command::Test(args) => seed::test(args, &global).await,
         Command::Serve(args) => serve::run(*args, &global).await,
+        Command::Adopt(args) => adopt::run(args, &global).await,
     }
 }
 
