@@ -123,7 +123,9 @@ pub enum Error {
         #[source]
         source: reconcile::Error,
     },
-    #[error("cannot read the config of vmid {vmid}; check the host is reachable and run adopt again")]
+    #[error(
+        "cannot read the config of vmid {vmid}; check the host is reachable and run adopt again"
+    )]
     ReadConfig {
         vmid: VmId,
         #[source]
@@ -150,9 +152,7 @@ pub async fn plan_adoption(tier: &Tier, manifest: &Manifest) -> Result<AdoptionP
     for want in &desired.vms {
         let row = match decide(tier, name, want, observed).await? {
             Decided::Row(row) => *row,
-            Decided::Candidate(found) => {
-                candidate(&tier.owner_key, name, want, &found.0, &found.1)
-            }
+            Decided::Candidate(found) => candidate(&tier.owner_key, name, want, &found.0, &found.1),
         };
         rows.push(row);
     }
@@ -190,7 +190,11 @@ async fn decide(
     want: &DesiredVm,
     observed: &Observed,
 ) -> Result<Decided, Error> {
-    if let Some(vm) = observed.vms.iter().find(|v| v.owned_by(manifest, &want.name)) {
+    if let Some(vm) = observed
+        .vms
+        .iter()
+        .find(|v| v.owned_by(manifest, &want.name))
+    {
         return Ok(Decided::Row(Box::new(row(want, Some(vm), Verdict::Owned))));
     }
     let named = observed
@@ -278,7 +282,8 @@ fn refusal(
         return Some(format!(
             "vmid matches but the VM is named {}, not {}; adopt only takes a VM whose name and \
              vmid both match",
-            name.as_deref().map_or("(none)".to_string(), |n| format!("{n:?}")),
+            name.as_deref()
+                .map_or("(none)".to_string(), |n| format!("{n:?}")),
             want.name
         ));
     }
@@ -413,7 +418,8 @@ fn predict(desired: &plan::Desired, observed: &Observed, key: &OwnerKey, rows: &
             spec_matches,
         )));
         vm.owner_tag = Some(marks::owner_tag(key, vmid, &desired.manifest, &want.name));
-        vm.tags.extend(row.add_tags.iter().map(|t| t.to_lowercase()));
+        vm.tags
+            .extend(row.add_tags.iter().map(|t| t.to_lowercase()));
         vm.tags
             .retain(|t| !marks::is_managed_tag(t) || t == TAG || Some(t) == vm.owner_tag.as_ref());
         after.remembered.retain(|r| r.node != want.name);
@@ -470,9 +476,7 @@ pub async fn apply(tier: &Tier, plan: &AdoptionPlan) -> Vec<Applied> {
             Err(err) => AppliedResult::Failed {
                 why: format!("read the config of vmid {vmid}: {}", chain(&err)),
             },
-            Ok(config) => {
-                adopt_vm(tier, &plan.manifest, want, at, vmid, config).await
-            }
+            Ok(config) => adopt_vm(tier, &plan.manifest, want, at, vmid, config).await,
         };
         out.push(Applied {
             node: row.node.clone(),
@@ -499,8 +503,7 @@ pub async fn adopt_vm(
         }
         if config.digest.is_none() {
             return AppliedResult::Refused {
-                why: "PVE gave no config digest, so the write could not be made conditional"
-                    .into(),
+                why: "PVE gave no config digest, so the write could not be made conditional".into(),
             };
         }
         let update = marks_update(&tier.owner_key, manifest, want, vmid, &config);

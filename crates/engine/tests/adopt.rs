@@ -171,7 +171,10 @@ async fn a_vm_that_lost_its_marks_is_adopted_and_then_in_sync() {
     // from someone else's.
     let store = lab.engine.store().unwrap();
     store
-        .delete_node(&node_key("lost", "web"), homestak_engine::store::Durability::Flush)
+        .delete_node(
+            &node_key("lost", "web"),
+            homestak_engine::store::Durability::Flush,
+        )
         .unwrap();
     lab.control(
         reqwest::Method::PATCH,
@@ -274,7 +277,12 @@ async fn vms_that_are_not_the_nodes_are_refused_and_left_alone() {
     let world_before = lab.sim.world().vms;
     let tier = lab.tier();
     let plan = adopt::plan_adoption(&tier, &m).await.unwrap();
-    let why = |node: &str| match &plan.rows.iter().find(|r| r.node.as_str() == node).unwrap().verdict
+    let why = |node: &str| match &plan
+        .rows
+        .iter()
+        .find(|r| r.node.as_str() == node)
+        .unwrap()
+        .verdict
     {
         Verdict::Refused { why } => why.clone(),
         other => panic!("{node}: {other:?}"),
@@ -283,7 +291,11 @@ async fn vms_that_are_not_the_nodes_are_refused_and_left_alone() {
     assert!(why("named").contains("not named"), "{}", why("named"));
     assert!(why("tmpl").contains("template"), "{}", why("tmpl"));
     assert!(why("loose").contains("vmid: 4403"), "{}", why("loose"));
-    let fresh = plan.rows.iter().find(|r| r.node.as_str() == "fresh").unwrap();
+    let fresh = plan
+        .rows
+        .iter()
+        .find(|r| r.node.as_str() == "fresh")
+        .unwrap();
     assert_eq!(fresh.verdict, Verdict::Absent);
     assert_eq!(plan.to_adopt().count(), 0);
     assert!(adopt::apply(&tier, &plan).await.is_empty());
@@ -319,8 +331,7 @@ async fn a_digest_race_is_read_again_and_judged_again() {
     lab.control(reqwest::Method::PATCH, "/vms/4500", json!({"cores": 3}))
         .await;
     lab.sim.reset_requests();
-    let result =
-        adopt::adopt_vm(&tier, "race", &want(4500), &tier.pve_node, vmid(4500), old).await;
+    let result = adopt::adopt_vm(&tier, "race", &want(4500), &tier.pve_node, vmid(4500), old).await;
     assert_eq!(result, AppliedResult::Adopted);
     let puts = lab.sim.requests()["PUT /nodes/{node}/qemu/{vmid}/config"];
     assert_eq!(puts, 2, "the stale write lost the race, the second one won");
@@ -337,8 +348,7 @@ async fn a_digest_race_is_read_again_and_judged_again() {
     )
     .await;
     let before = lab.config(4501);
-    let result =
-        adopt::adopt_vm(&tier, "race", &want(4501), &tier.pve_node, vmid(4501), old).await;
+    let result = adopt::adopt_vm(&tier, "race", &want(4501), &tier.pve_node, vmid(4501), old).await;
     assert!(
         matches!(&result, AppliedResult::Refused { why } if why.contains("renamed")),
         "{result:?}"
@@ -350,5 +360,8 @@ async fn a_digest_race_is_read_again_and_judged_again() {
 
 /// The config as read before a concurrent change.
 async fn stale(tier: &Tier, id: u32) -> homestak_pve::VmConfig {
-    tier.api.qemu_config(&tier.pve_node, vmid(id)).await.unwrap()
+    tier.api
+        .qemu_config(&tier.pve_node, vmid(id))
+        .await
+        .unwrap()
 }
