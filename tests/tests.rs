@@ -13,6 +13,7 @@ mod daemon_support;
 mod sim_support;
 
 mod bad_input;
+mod cli_adopt;
 mod cli_interrupt;
 mod cli_seed;
 mod daemon_converge;

@@ -16,6 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod adopt;
 pub mod config;
 mod converge;
 pub mod crds;
@@ -82,6 +83,8 @@ pub enum Command {
     Serve(Box<serve::Args>),
     /// Run a workflow (pve-setup, user-setup, packer-*, …); --list shows them.
     Scenario(Box<scenario::Args>),
+    /// Take over VMs made without homestak (name and vmid match a node); asks unless --yes.
+    Adopt(adopt::Args),
 }
 
 /// How a command ended: the engine's [`Outcome`]. A command that only
@@ -149,6 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Test(args) => seed::test(args, &global).await,
         Command::Serve(args) => serve::run(*args, &global).await,
         Command::Scenario(args) => scenario::run(*args, &global).await,
+        Command::Adopt(args) => adopt::run(args, &global).await,
     }
 }
 

@@ -2,6 +2,8 @@
 //!
 //! # Tour (the data flows top to bottom)
 //!
+//! - [`adopt`]: taking over VMs homestak did not make (name and vmid match
+//!   a manifest node): their marks written, nothing else touched.
 //! - [`reconcile`]: one reconcile of one manifest on one tier (resolve
 //!   desired, observe, plan, apply, record): the one path the CLI and the
 //!   daemon share (a subtree a parent tier hands over runs it too); also
@@ -22,6 +24,7 @@
 //! - [`store`]: durable records (sled behind a small trait): node records,
 //!   conditions, events, leases, and each `pve` node's delegation.
 
+pub mod adopt;
 pub mod controllers;
 pub mod executor;
 pub mod hostlease;

@@ -147,6 +147,14 @@ fn plan_node(
     {
         base.action = Action::Conflict;
         base.reason = Some(match &holder.name {
+            // No marks at all, and the node's name: most likely made by the
+            // Python iac-driver or by hand for this very node.
+            Some(name) if adoptable(holder, want) => format!(
+                "vmid {vmid} is held by VM {name:?}, which carries no homestak marks; it is \
+                 left untouched. If it is this node's VM, take it over with `homestak adopt \
+                 -M {manifest} -H {host}`; else free the vmid or pick another in the manifest",
+                host = desired.host
+            ),
             Some(name) => format!(
                 "vmid {vmid} is held by VM {name:?}, which homestak does not own; \
                          it is left untouched. Free the vmid or pick another in the manifest"
@@ -213,6 +221,13 @@ fn plan_node(
         Action::Update
     };
     base
+}
+
+/// True when `holder` could be taken over for `want` by `homestak adopt`:
+/// its name is the node's and it carries no homestak marks (not a
+/// template, which is never adopted).
+fn adoptable(holder: &ObservedVm, want: &DesiredVm) -> bool {
+    holder.claim.is_none() && !holder.template && holder.name.as_deref() == Some(want.name.as_str())
 }
 
 /// Differences PVE cannot apply in place.

@@ -172,6 +172,35 @@ fn foreign_vm_on_our_vmid_is_a_conflict_and_never_pruned() {
 }
 
 #[test]
+fn an_unmarked_vm_with_the_nodes_name_on_its_vmid_points_to_adopt() {
+    let d = desired(vec![want("a", Some(101))]);
+    let reason = |vm: ObservedVm| {
+        let p = plan(
+            &d,
+            &Observed {
+                vms: vec![vm],
+                remembered: vec![],
+            },
+            ON,
+        );
+        assert_eq!(p.nodes[0].action, Action::Conflict);
+        p.nodes[0].reason.clone().unwrap_or_default()
+    };
+    let hint = "homestak adopt -M demo -H pve";
+    assert!(reason(foreign(101, "a")).contains(hint));
+    // Another name, a template, or homestak marks of any kind: no hint.
+    assert!(!reason(foreign(101, "theirs")).contains("adopt"));
+    let mut template = foreign(101, "a");
+    template.template = true;
+    assert!(!reason(template).contains("adopt"));
+    let mut other = built(&want("a", Some(101)), 101);
+    if let Some(Claim::Owned(m)) = other.claim.as_mut() {
+        m.manifest = "other".into();
+    }
+    assert!(!reason(other).contains("adopt"));
+}
+
+#[test]
 fn tag_without_description_marks_is_not_ownership() {
     let a = want("a", Some(101));
     let mut imposter = foreign(101, "a");
