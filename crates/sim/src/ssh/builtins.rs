@@ -40,6 +40,7 @@ pub(super) async fn run(name: &str, args: &[String], cx: &mut Context) -> Option
         "sleep" => sleep(args, cx).await,
         "cloud-init" => cloud_init(args, cx).await,
         "scp" => scp::sink(args, cx).await,
+        "curl" => super::curl::run(args, cx).await,
         _ => return None,
     })
 }
