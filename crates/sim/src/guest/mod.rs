@@ -505,7 +505,9 @@ async fn run_user_data(ctx: &Arc<GuestCtx>, cloud: &userdata::CloudConfig) {
     }
     for file in &cloud.files {
         let Ok(path) = ctx.root.resolve("/", &file.path) else {
-            log.extend_from_slice(format!("cloud-init: write_files {}: outside the VM\n", file.path).as_bytes());
+            log.extend_from_slice(
+                format!("cloud-init: write_files {}: outside the VM\n", file.path).as_bytes(),
+            );
             continue;
         };
         if let Some(dir) = path.host.parent() {
@@ -522,17 +524,27 @@ async fn run_user_data(ctx: &Arc<GuestCtx>, cloud: &userdata::CloudConfig) {
             Ok(mut f) => f.write_all(&file.content).await,
             Err(e) => Err(e),
         };
-        let moded = tokio::fs::set_permissions(&path.host, std::fs::Permissions::from_mode(file.mode)).await;
+        let moded =
+            tokio::fs::set_permissions(&path.host, std::fs::Permissions::from_mode(file.mode))
+                .await;
         if let Err(e) = written.and(moded) {
-            log.extend_from_slice(format!("cloud-init: write_files {}: {e}\n", file.path).as_bytes());
+            log.extend_from_slice(
+                format!("cloud-init: write_files {}: {e}\n", file.path).as_bytes(),
+            );
         }
     }
     let _ = tokio::fs::write(&log_path.host, &log).await;
     let shell = guest_shell(ctx);
     for line in &cloud.runcmd {
-        let out = tokio::fs::OpenOptions::new().append(true).create(true).open(&log_path.host).await;
+        let out = tokio::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log_path.host)
+            .await;
         let Ok(out) = out else { break };
-        let Ok(err) = out.try_clone().await else { break };
+        let Ok(err) = out.try_clone().await else {
+            break;
+        };
         let io = simssh::Stdio {
             stdin: Box::new(tokio::io::empty()),
             stdout: Box::new(out),

@@ -165,9 +165,9 @@ pub fn parse(text: &str) -> CloudConfig {
                     .collect::<Vec<_>>()
                     .join(" "),
             ),
-            other => config
-                .warnings
-                .push(format!("runcmd entry {other} is neither a string nor a list")),
+            other => config.warnings.push(format!(
+                "runcmd entry {other} is neither a string nor a list"
+            )),
         }
     }
     config
@@ -182,7 +182,12 @@ fn scalar(v: &Value) -> String {
 
 fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -214,7 +219,10 @@ fn write_file(entry: &Value) -> Result<WriteFile, String> {
         path: path.to_string(),
         content,
         mode,
-        append: entry.get("append").and_then(Value::as_bool).unwrap_or(false),
+        append: entry
+            .get("append")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
     })
 }
 

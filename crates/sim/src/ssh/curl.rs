@@ -16,8 +16,8 @@
 //! no CA bundle), so it fails with 60 as an unknown issuer would.
 
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -112,7 +112,8 @@ fn parse(args: &[String]) -> Result<Options, Failure> {
                     .split_once(':')
                     .filter(|(n, _)| !n.trim().is_empty())
                     .ok_or_else(|| failure(2, format!("invalid header: {header:?}")))?;
-                o.headers.push((name.trim().to_string(), v.trim().to_string()));
+                o.headers
+                    .push((name.trim().to_string(), v.trim().to_string()));
             }
             "--cacert" => o.cacert = Some(value(arg)?),
             "--pinnedpubkey" => {
@@ -163,7 +164,10 @@ fn parse(args: &[String]) -> Result<Options, Failure> {
             }
             url if o.url.is_none() => o.url = Some(url.to_string()),
             extra => {
-                return Err(failure(2, format!("only one URL is supported here, got {extra:?} too")));
+                return Err(failure(
+                    2,
+                    format!("only one URL is supported here, got {extra:?} too"),
+                ));
             }
         }
     }
@@ -270,7 +274,12 @@ async fn fetch(o: &Options, cx: &mut Context) -> Result<(), Failure> {
 
 fn transport_failure(e: &reqwest::Error, verdict: &Verdict, url: &reqwest::Url) -> Failure {
     match verdict.0.load(Ordering::Relaxed) {
-        60 => return failure(60, "SSL certificate problem: unable to get local issuer certificate"),
+        60 => {
+            return failure(
+                60,
+                "SSL certificate problem: unable to get local issuer certificate",
+            );
+        }
         90 => return failure(90, "SSL: public key does not match pinned public key"),
         _ => {}
     }
@@ -279,7 +288,10 @@ fn transport_failure(e: &reqwest::Error, verdict: &Verdict, url: &reqwest::Url) 
     if e.is_timeout() {
         failure(28, "Operation timed out")
     } else if e.is_redirect() {
-        failure(47, "Maximum (50) redirects followed, or a redirect left loopback")
+        failure(
+            47,
+            "Maximum (50) redirects followed, or a redirect left loopback",
+        )
     } else if e.is_connect() {
         failure(
             7,
@@ -290,7 +302,10 @@ fn transport_failure(e: &reqwest::Error, verdict: &Verdict, url: &reqwest::Url) 
     }
 }
 
-async fn read_cacert(file: &str, cx: &mut Context) -> Result<Vec<CertificateDer<'static>>, Failure> {
+async fn read_cacert(
+    file: &str,
+    cx: &mut Context,
+) -> Result<Vec<CertificateDer<'static>>, Failure> {
     let bad = || failure(77, format!("error setting certificate file: {file}"));
     let path = cx.resolve(file).map_err(|_| bad())?;
     let text = tokio::fs::read(&path.host).await.map_err(|_| bad())?;
@@ -304,7 +319,15 @@ async fn read_cacert(file: &str, cx: &mut Context) -> Result<Vec<CertificateDer<
 }
 
 async fn write_output(file: &str, body: &[u8], cx: &mut Context) -> Result<(), Failure> {
-    let fail = || failure(23, format!("Failure writing output to destination, passed {} returned 0", body.len()));
+    let fail = || {
+        failure(
+            23,
+            format!(
+                "Failure writing output to destination, passed {} returned 0",
+                body.len()
+            ),
+        )
+    };
     let path = cx.resolve(file).map_err(|_| fail())?;
     if cx.mounted(&path.guest).is_some() {
         // Storage files hold sizes, not contents: curl does not write there.
@@ -406,7 +429,10 @@ impl ServerCertVerifier for CurlVerifier {
         }
         // A self-signed server certificate given as the CA file is trusted
         // as itself (OpenSSL's behaviour, which webpki lacks).
-        if self.trusted.iter().any(|t| t.as_ref() == end_entity.as_ref())
+        if self
+            .trusted
+            .iter()
+            .any(|t| t.as_ref() == end_entity.as_ref())
             || self.chained(end_entity, intermediates, server_name, now)
         {
             return Ok(ServerCertVerified::assertion());
