@@ -31,10 +31,13 @@ pub enum Step {
     StartDaemon,
     DelegateSubtree,
     DestroySubtree,
+    WriteSnippet,
+    PushSpec,
+    VerifySpec,
 }
 
 impl Step {
-    pub const ALL: [Step; 19] = [
+    pub const ALL: [Step; 22] = [
         Step::EnsureImage,
         Step::CreateVm,
         Step::AdoptVm,
@@ -54,6 +57,9 @@ impl Step {
         Step::StartDaemon,
         Step::DelegateSubtree,
         Step::DestroySubtree,
+        Step::WriteSnippet,
+        Step::PushSpec,
+        Step::VerifySpec,
     ];
 
     /// The verb_noun name, as in reports, events and the store.
@@ -78,6 +84,9 @@ impl Step {
             Step::StartDaemon => "start_daemon",
             Step::DelegateSubtree => "delegate_subtree",
             Step::DestroySubtree => "destroy_subtree",
+            Step::WriteSnippet => "write_snippet",
+            Step::PushSpec => "push_spec",
+            Step::VerifySpec => "verify_spec",
         }
     }
 }

@@ -27,6 +27,10 @@ pub struct Volume {
     /// A Proxmox VE image (nested tiers).
     #[serde(default)]
     pub pve_image: bool,
+    /// What a snippet holds (cloud-init user-data): volumes otherwise have
+    /// sizes, not contents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 /// One storage of a node.
@@ -154,6 +158,7 @@ impl Storage {
                 vmid: Some(vmid),
                 ctime: now,
                 pve_image: false,
+                text: None,
             },
         );
         format!("{}:{name}", self.id)
@@ -204,6 +209,7 @@ impl Storage {
                 vmid: None,
                 ctime: now,
                 pve_image: pve,
+                text: None,
             },
         );
     }

@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 
 pub use decide::plan;
 pub use render::{Style, render_human};
-pub use state::{Desired, DesiredVm, IpConfig, Kind, Observed, ObservedVm, Power, Remembered};
+pub use state::{
+    Desired, DesiredVm, IpConfig, Kind, Observed, ObservedVm, Power, Remembered, SpecDelivery,
+};
 
 /// Planner switches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

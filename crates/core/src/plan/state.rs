@@ -83,6 +83,34 @@ pub struct DesiredVm {
     /// cloud-init user.
     pub user: String,
     pub ssh_keys: Vec<String>,
+    /// How the VM gets its spec (a node with `spec:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SpecDelivery>,
+}
+
+/// A node's spec and how it reaches the VM (`execution.mode`).
+///
+/// The hash of [`DesiredVm`] covers the identity, mode, server and the
+/// spec's digest, never the token or password (they are not serialised).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecDelivery {
+    /// The spec's name (`v2/specs/<identity>.yaml`, `GET /spec/{identity}`).
+    pub identity: String,
+    pub mode: crate::model::ExecutionMode,
+    /// `defaults.spec_server` of `site.yaml` (pull: where the VM fetches).
+    pub server: String,
+    /// SHA-256 (hex) of [`document`](Self::document).
+    pub digest: String,
+    /// The resolved spec as `homestak serve` answers it (JSON text).
+    #[serde(skip)]
+    pub document: String,
+    /// The token the spec's posture gives this identity (empty for
+    /// network trust).
+    #[serde(skip)]
+    pub token: homestak_base::secret::Secret,
+    /// `passwords.vm_root` of `secrets.yaml` (a crypt hash; empty: none).
+    #[serde(skip)]
+    pub root_password: homestak_base::secret::Secret,
 }
 
 impl DesiredVm {

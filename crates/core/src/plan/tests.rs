@@ -35,6 +35,7 @@ pub(super) fn want(name: &str, vmid: Option<u32>) -> DesiredVm {
         searchdomain: None,
         user: "homestak".into(),
         ssh_keys: vec!["ssh-ed25519 AAAA test@example".into()],
+        spec: None,
     }
 }
 

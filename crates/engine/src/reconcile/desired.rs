@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use homestak_core::graph::ManifestGraph;
 use homestak_core::model::{
-    Delegate, InvalidNodeName, InvalidVmId, Manifest, NodeName, NodeType, VmId,
+    Delegate, ExecutionMode, InvalidNodeName, InvalidVmId, Manifest, NodeName, NodeType, VmId,
 };
-use homestak_core::plan::{Desired, DesiredVm, IpConfig, Kind};
+use homestak_core::plan::{Desired, DesiredVm, IpConfig, Kind, SpecDelivery};
 use homestak_core::site::{self, InlineVm, Site, TofuVars, VmSettings};
 
 /// Resolving the manifest for this tier failed.
@@ -63,6 +63,29 @@ pub enum Error {
         #[source]
         source: Box<homestak_core::graph::Error>,
     },
+    #[error(
+        "node {node}: spec {identity} cannot be resolved; fix v2/specs/{identity}.yaml or the node's spec:"
+    )]
+    Spec {
+        node: String,
+        identity: String,
+        #[source]
+        source: site::spec::Error,
+    },
+    #[error(
+        "node {node}: no token for spec {identity} under its posture; fix secrets.yaml auth or the posture"
+    )]
+    SpecToken {
+        node: String,
+        identity: String,
+        #[source]
+        source: site::auth::Error,
+    },
+    #[error(
+        "node {node}: execution mode pull needs a spec server; set defaults.spec_server in site.yaml \
+         (the URL of `homestak serve` the VM reaches)"
+    )]
+    NoSpecServer { node: String },
     #[error("VM {node}: its resolved vmid cannot be used; fix vmid_base or vmid in the env file")]
     VmId {
         node: String,
@@ -130,7 +153,12 @@ pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Err
             if let Some(delegate) = node.execution.delegate {
                 delegates.insert(node.name.clone(), delegate);
             }
-            vms.push(resolve_v2_node(site, node, host)?);
+            let mut vm = resolve_v2_node(site, node, host)?;
+            if let Some(identity) = &node.spec {
+                let mode = manifest.execution_mode(node);
+                vm.spec = Some(spec_delivery(site, node.name.as_str(), identity, mode)?);
+            }
+            vms.push(vm);
         }
         let has_children: Vec<&NodeName> = vms
             .iter()
@@ -195,6 +223,53 @@ pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Err
         delegated,
         subtrees,
         delegates,
+    })
+}
+
+/// The node's spec as `homestak serve` would answer it, and what the VM
+/// needs to fetch it (pull) or what homestak writes to it (push).
+fn spec_delivery(
+    site: &Site,
+    node: &str,
+    identity: &str,
+    mode: ExecutionMode,
+) -> Result<SpecDelivery, Error> {
+    let resolved = site.resolve_spec(identity).map_err(|source| Error::Spec {
+        node: node.to_string(),
+        identity: identity.to_string(),
+        source,
+    })?;
+    let document = resolved.served().to_string();
+    let digest = homestak_base::digest::sha256(document.as_bytes());
+    let token = site
+        .auth_token(resolved.posture_name(), identity)
+        .map_err(|source| Error::SpecToken {
+            node: node.to_string(),
+            identity: identity.to_string(),
+            source,
+        })?;
+    let server = site.defaults().spec_server.clone().unwrap_or_default();
+    if mode == ExecutionMode::Pull && server.is_empty() {
+        return Err(Error::NoSpecServer {
+            node: node.to_string(),
+        });
+    }
+    let root_password = site
+        .secrets()
+        .strict()
+        .ok()
+        .flatten()
+        .and_then(|s| s.vm_root_password())
+        .cloned()
+        .unwrap_or_default();
+    Ok(SpecDelivery {
+        identity: identity.to_string(),
+        mode,
+        server,
+        digest: homestak_base::digest::hex(&digest),
+        document,
+        token,
+        root_password,
     })
 }
 
@@ -348,6 +423,7 @@ fn to_desired(vars: &TofuVars, kind: Kind) -> Result<Vec<DesiredVm>, Error> {
                 searchdomain: None,
                 user: vars.automation_user.clone(),
                 ssh_keys: vars.ssh_keys.clone(),
+                spec: None,
             })
         })
         .collect()

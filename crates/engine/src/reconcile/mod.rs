@@ -178,6 +178,9 @@ pub struct Options {
     /// destroy), waiting as this says; `None` for runs that only plan
     /// (`homestak plan`, `--dry-run`).
     pub lease: Option<hostlease::Wait>,
+    /// The spec server's certificate (PEM) that pull-mode VMs trust for
+    /// their first-boot fetch over HTTPS (the daemon's `tls/daemon.crt`).
+    pub spec_ca: Option<String>,
 }
 
 impl Default for Options {
@@ -193,6 +196,7 @@ impl Default for Options {
             daemon_port: pve_node::DAEMON_PORT,
             delegate: pve_node::Delegate::Daemon,
             lease: Some(hostlease::Wait::For(hostlease::DEFAULT_WAIT)),
+            spec_ca: None,
         }
     }
 }
@@ -467,6 +471,7 @@ impl Tier {
             known_hosts: self.known_hosts.clone(),
             host_ssh: self.host_ssh.clone(),
             owner_key: self.owner_key.clone(),
+            spec_ca: options.spec_ca.clone(),
             timing,
             shared: RunState::default(),
         };

@@ -58,6 +58,15 @@ pub fn spawn_start(
                 if vm.running() {
                     return Err(format!("VM {vmid} already running"));
                 }
+                // PVE builds the cloud-init drive at start, reading the
+                // user-data snippet `cicustom` names.
+                if let Some(volid) = vm
+                    .config
+                    .get("cicustom")
+                    .and_then(|c| crate::guest::userdata::user_volume(c))
+                {
+                    crate::guest::userdata::snippet_text(&w, &n, volid)?;
+                }
             }
             shared.clock.sleep(shared.config.latency.start).await;
             if inject {

@@ -30,6 +30,7 @@ pub(crate) mod power;
 pub mod process;
 mod shims;
 pub mod units;
+pub mod userdata;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -155,6 +156,8 @@ pub(crate) struct Boot {
     pub workdir: PathBuf,
     pub cpus: u32,
     pub memory: u64,
+    /// The user-data snippet `cicustom` names, as it was at the start.
+    pub user_data: Option<String>,
 }
 
 /// The VMs whose guests should be up, and when the next one is due.
@@ -187,6 +190,11 @@ fn wanted(shared: &Shared, now_ms: i64) -> (BTreeMap<u32, Boot>, Option<i64>) {
                 workdir: workdir.clone(),
                 cpus: u32::try_from(vm.cpus()).unwrap_or(1),
                 memory: vm.memory_mib() << 20,
+                user_data: vm
+                    .config
+                    .get("cicustom")
+                    .and_then(|c| userdata::user_volume(c))
+                    .and_then(|volid| userdata::snippet_text(&w, &vm.node, volid).ok()),
             },
         );
     }
@@ -324,12 +332,31 @@ impl Guest {
         mut boot: Boot,
     ) -> BoxFuture<'static, Result<Arc<Guest>, (Boot, String)>> {
         Box::pin(async move {
+            let mut boot = boot;
             let root = match VmRoot::create(&boot.workdir.join("root")) {
                 Ok(root) => root,
                 Err(e) => return Err((boot, e.to_string())),
             };
             // Debian with proxmox-ve installed boots as a PVE host.
             boot.pve = boot.pve || apt::pve_installed(&root).await;
+            // Only a first boot runs user-data, as cloud-init's per-instance
+            // modules do.
+            let first = root
+                .resolve("/", FIRST_BOOT_DONE)
+                .is_ok_and(|p| !p.host.exists());
+            let cloud = boot
+                .user_data
+                .as_deref()
+                .filter(|_| first)
+                .map(userdata::parse);
+            if let Some(cloud) = &cloud
+                && let Some((user, keys)) = &cloud.user
+            {
+                boot.user.clone_from(user);
+                boot.keys = keys.iter().chain(&cloud.keys).cloned().collect();
+            } else if let Some(cloud) = &cloud {
+                boot.keys.extend(cloud.keys.iter().cloned());
+            }
             prepare_root(&root, &boot).await;
             apt::prepare(
                 &root,
@@ -357,6 +384,9 @@ impl Guest {
                 shared: Arc::downgrade(&shared),
             });
             ctx.units.start_enabled().await;
+            if let Some(cloud) = &cloud {
+                run_user_data(&ctx, cloud).await;
+            }
             let guest = Guest {
                 boot: ctx.boot.clone(),
                 stopping: AtomicBool::new(false),
@@ -390,16 +420,7 @@ impl Guest {
                 None
             }
         };
-        let shell = shims::install(
-            Shell::new(self.ctx.root.clone(), &boot.hostname)
-                .with_address(boot.address.into())
-                .with_kernel(if boot.pve {
-                    "6.8.12-9-pve"
-                } else {
-                    "6.12.41+deb13-amd64"
-                }),
-            &self.ctx,
-        );
+        let shell = guest_shell(&self.ctx);
         let config = simssh::Config {
             listen,
             user: boot.user.clone(),
@@ -464,6 +485,98 @@ impl Guest {
             "pve": self.ctx.pve.as_ref().map(|p| p.view()),
             "services": self.ctx.units.view(),
         })
+    }
+}
+
+/// Marks that cloud-init ran the VM's user-data (the instance's first boot).
+const FIRST_BOOT_DONE: &str = "/var/lib/cloud/instance/boot-finished";
+
+/// Where cloud-init's output goes.
+const CLOUD_INIT_LOG: &str = "/var/log/cloud-init-output.log";
+
+/// The shell of the guest's SSH sessions and of its cloud-init.
+fn guest_shell(ctx: &Arc<GuestCtx>) -> Shell {
+    let boot = &ctx.boot;
+    shims::install(
+        Shell::new(ctx.root.clone(), &boot.hostname)
+            .with_address(boot.address.into())
+            .with_kernel(if boot.pve {
+                "6.8.12-9-pve"
+            } else {
+                "6.12.41+deb13-amd64"
+            }),
+        ctx,
+    )
+}
+
+/// cloud-init's first boot: `write_files`, then each `runcmd` entry as
+/// root, its output and any warning in the log; then the instance is
+/// marked done. It runs before SSH answers, so a client that got in sees
+/// its result (as after `cloud-init status --wait`).
+async fn run_user_data(ctx: &Arc<GuestCtx>, cloud: &userdata::CloudConfig) {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncWriteExt;
+    let Ok(log_path) = ctx.root.resolve("/", CLOUD_INIT_LOG) else {
+        return;
+    };
+    let mut log = Vec::new();
+    for warning in &cloud.warnings {
+        log.extend_from_slice(format!("cloud-init: WARNING: {warning}\n").as_bytes());
+    }
+    for file in &cloud.files {
+        let Ok(path) = ctx.root.resolve("/", &file.path) else {
+            log.extend_from_slice(
+                format!("cloud-init: write_files {}: outside the VM\n", file.path).as_bytes(),
+            );
+            continue;
+        };
+        if let Some(dir) = path.host.parent() {
+            let _ = tokio::fs::create_dir_all(dir).await;
+        }
+        let mut options = tokio::fs::OpenOptions::new();
+        options.create(true).write(true);
+        if file.append {
+            options.append(true);
+        } else {
+            options.truncate(true);
+        }
+        let written = match options.open(&path.host).await {
+            Ok(mut f) => f.write_all(&file.content).await,
+            Err(e) => Err(e),
+        };
+        let moded =
+            tokio::fs::set_permissions(&path.host, std::fs::Permissions::from_mode(file.mode))
+                .await;
+        if let Err(e) = written.and(moded) {
+            log.extend_from_slice(
+                format!("cloud-init: write_files {}: {e}\n", file.path).as_bytes(),
+            );
+        }
+    }
+    let _ = tokio::fs::write(&log_path.host, &log).await;
+    let shell = guest_shell(ctx);
+    for line in &cloud.runcmd {
+        let out = tokio::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log_path.host)
+            .await;
+        let Ok(out) = out else { break };
+        let Ok(err) = out.try_clone().await else {
+            break;
+        };
+        let io = simssh::Stdio {
+            stdin: Box::new(tokio::io::empty()),
+            stdout: Box::new(out),
+            stderr: Box::new(err),
+        };
+        shell.run_line(line, "root", io).await;
+    }
+    if let Ok(done) = ctx.root.resolve("/", FIRST_BOOT_DONE) {
+        if let Some(dir) = done.host.parent() {
+            let _ = tokio::fs::create_dir_all(dir).await;
+        }
+        let _ = tokio::fs::write(&done.host, b"").await;
     }
 }
 

@@ -311,6 +311,28 @@ impl Mounts for StorageFs {
         .unwrap_or(Err(MountError::NotFound))
     }
 
+    fn write_data(&self, path: &str, data: &[u8], append: bool) -> Result<(), MountError> {
+        self.write(path, &[], data.len() as u64, append)?;
+        self.with(path, |world, node, id, rel| {
+            let s = world
+                .storage_mut(node, id)
+                .map_err(|_| MountError::NotFound)?;
+            let Place::Flat { name, content } = place(s, rel) else {
+                return Ok(());
+            };
+            if content != "snippets" {
+                return Ok(());
+            }
+            if let Some(volume) = s.volumes.get_mut(&name) {
+                let before = if append { volume.text.take() } else { None };
+                let added = String::from_utf8_lossy(data);
+                volume.text = Some(format!("{}{added}", before.unwrap_or_default()));
+            }
+            Ok(())
+        })
+        .unwrap_or(Err(MountError::NotFound))
+    }
+
     fn remove(&self, path: &str) -> Result<(), MountError> {
         self.with(path, |world, node, id, rel| {
             let s = world

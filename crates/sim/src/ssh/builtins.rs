@@ -40,6 +40,20 @@ pub(super) async fn run(name: &str, args: &[String], cx: &mut Context) -> Option
         "sleep" => sleep(args, cx).await,
         "cloud-init" => cloud_init(args, cx).await,
         "scp" => scp::sink(args, cx).await,
+        "curl" => super::curl::run(args, cx).await,
+        // Files keep the modes they are created with here; a valid mask is
+        // accepted so `umask 077 && cat > FILE` lines run.
+        "umask" => match args {
+            [] => {
+                cx.out("0022\n").await;
+                0
+            }
+            [mask] if u32::from_str_radix(mask, 8).is_ok_and(|m| m <= 0o777) => 0,
+            _ => {
+                cx.err("sh: umask: Illegal mode\n").await;
+                2
+            }
+        },
         _ => return None,
     })
 }

@@ -32,6 +32,7 @@
 //! `Server` starts the same shutdown without waiting for it.
 
 mod builtins;
+mod curl;
 mod handler;
 #[cfg(test)]
 mod memory;

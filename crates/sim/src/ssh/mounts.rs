@@ -69,6 +69,13 @@ pub trait Mounts: Send + Sync + 'static {
         append: bool,
     ) -> Result<(), MountError>;
 
+    /// Makes `path` hold exactly `data` (appended with `append`): files
+    /// whose contents the mount keeps (snippets) keep them; others only
+    /// count the bytes, as [`write`](Self::write).
+    fn write_data(&self, path: &str, data: &[u8], append: bool) -> Result<(), MountError> {
+        self.write(path, &[], data.len() as u64, append)
+    }
+
     fn remove(&self, path: &str) -> Result<(), MountError>;
 
     /// Moves a file; an existing `to` is replaced.
@@ -84,7 +91,13 @@ pub trait Mounts: Send + Sync + 'static {
 pub struct Sink {
     sources: Arc<std::sync::Mutex<Vec<String>>>,
     bytes: Arc<AtomicU64>,
+    /// The first [`KEPT`] bytes of other data, for mounts that keep
+    /// contents (snippets).
+    data: Arc<std::sync::Mutex<Vec<u8>>>,
 }
+
+/// How much written data a sink keeps (PVE reads snippets up to 1 MiB).
+const KEPT: usize = 1 << 20;
 
 impl Sink {
     /// Records a mounted file copied to the sink.
@@ -102,14 +115,21 @@ impl Sink {
         self.bytes.load(Ordering::Relaxed)
     }
 
+    /// Everything written, when the sink copied no mounted file and kept
+    /// every byte.
+    pub(super) fn data(&self) -> Option<Vec<u8>> {
+        let data = self.data.lock().ok()?.clone();
+        (self.sources().is_empty() && data.len() as u64 == self.bytes()).then_some(data)
+    }
+
     /// A writer that counts what it is given.
     pub(super) fn writer(&self) -> Counter {
-        Counter(self.bytes.clone())
+        Counter(self.bytes.clone(), self.data.clone())
     }
 }
 
-/// Counts bytes written to a mounted file.
-pub(super) struct Counter(Arc<AtomicU64>);
+/// Counts bytes written to a mounted file (keeping the first [`KEPT`]).
+pub(super) struct Counter(Arc<AtomicU64>, Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl AsyncWrite for Counter {
     fn poll_write(
@@ -118,6 +138,10 @@ impl AsyncWrite for Counter {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         self.0.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        if let Ok(mut kept) = self.1.lock() {
+            let room = KEPT.saturating_sub(kept.len()).min(buf.len());
+            kept.extend_from_slice(&buf[..room]);
+        }
         Poll::Ready(Ok(buf.len()))
     }
 

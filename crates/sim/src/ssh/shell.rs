@@ -352,7 +352,11 @@ impl Shell {
                 let Some(mounts) = &self.mounts else {
                     return status;
                 };
-                match mounts.write(&path, &sink.sources(), sink.bytes(), append) {
+                let written = match sink.data() {
+                    Some(data) => mounts.write_data(&path, &data, append),
+                    None => mounts.write(&path, &sink.sources(), sink.bytes(), append),
+                };
+                match written {
                     Ok(()) => status,
                     Err(e) => {
                         cx.err(format!("sh: 1: {path}: {e}\n")).await;

@@ -122,6 +122,19 @@ impl HostSsh {
         }
     }
 
+    /// What to change when logging in failed this way (for messages of
+    /// other uses than joining images).
+    pub fn advice(&self, kind: ErrorKind) -> String {
+        self.hint(kind)
+    }
+
+    /// Loads the key and logs in, for any use (a cloud-init snippet).
+    pub async fn session(&self) -> Result<Box<dyn ssh::Session>, ssh::Error> {
+        let identity = ssh::Identity::load(&self.key)?;
+        let target = ssh::Target::new(self.destination.clone(), identity, self.host_key.clone());
+        self.transport.connect(&target).await
+    }
+
     /// Loads the key and logs in.
     pub async fn connect(&self, image: &str, parts: u32) -> Result<HostSession, Error> {
         let identity = self.check(image, parts)?;

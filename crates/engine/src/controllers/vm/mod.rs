@@ -15,7 +15,10 @@
 //! | `wait_agent_ip` | the guest agent reports an address |
 //! | `wait_ssh` | SSH answers and accepts our key |
 //! | `mark_converged` | record the applied spec in the store |
-//! | `stop_vm`, `destroy_vm`, `forget_vm` | delete (owned VMs only) |
+//! | `write_snippet` | pull: cloud-init user-data on a snippets storage of the host (over its SSH), for `cicustom` |
+//! | `push_spec` | push: the resolved spec to `/etc/homestak/spec.json` in the VM over SSH (digest compared first) |
+//! | `verify_spec` | pull: the VM fetched its spec at first boot (its result file, over SSH) |
+//! | `stop_vm`, `destroy_vm`, `forget_vm` | delete (owned VMs only; `destroy_vm` removes our snippet) |
 //!
 //! A step that starts a PVE task records its UPID (in memory and, flushed,
 //! in the store) and returns `Requeue`; the next run of the step checks the
@@ -43,6 +46,7 @@ use crate::executor::{AsStep, BoxFuture, Controller, Planned, StepOutcome};
 use crate::store::Store;
 use homestak_api::step::Step;
 use homestak_base::id::{NodeName, PveNode, VmId};
+use homestak_core::model::ExecutionMode;
 use homestak_core::plan::marks::OwnerKey;
 use homestak_core::plan::{Action, DesiredVm, Field, NodePlan};
 use homestak_pve::{Api, Upid};
@@ -134,6 +138,9 @@ pub struct VmController {
     pub host_ssh: Option<HostSsh>,
     /// The site's key for ownership marks.
     pub owner_key: OwnerKey,
+    /// The spec server's certificate (PEM) pull-mode VMs trust when they
+    /// fetch their spec over HTTPS.
+    pub spec_ca: Option<String>,
     pub timing: Timing,
     /// What the nodes of one run share; start with `RunState::default()`.
     pub shared: RunState,
@@ -207,6 +214,8 @@ pub struct Memory {
     /// under a step this run does not resume (its create, when this run
     /// plans an update): it must end before any step acts on the VM.
     pub earlier: Option<Upid>,
+    /// The `cicustom` user-data volume of the VM being destroyed.
+    pub snippet: Option<String>,
 }
 
 impl Memory {
@@ -238,6 +247,9 @@ pub enum VmStep {
     StopVm,
     DestroyVm,
     ForgetVm,
+    WriteSnippet(Arc<DesiredVm>),
+    PushSpec(Arc<DesiredVm>),
+    VerifySpec(Arc<DesiredVm>),
 }
 
 impl AsStep for VmStep {
@@ -255,24 +267,47 @@ impl AsStep for VmStep {
             VmStep::StopVm => Step::StopVm,
             VmStep::DestroyVm => Step::DestroyVm,
             VmStep::ForgetVm => Step::ForgetVm,
+            VmStep::WriteSnippet(_) => Step::WriteSnippet,
+            VmStep::PushSpec(_) => Step::PushSpec,
+            VmStep::VerifySpec(_) => Step::VerifySpec,
         }
     }
 }
 
 impl VmController {
     fn create_steps(&self, want: &Arc<DesiredVm>, verify_ssh: bool) -> Vec<Planned<VmStep>> {
-        let mut steps = vec![
-            Planned::on_storage(VmStep::EnsureImage(want.clone()), &self.image_storage),
+        let mode = want.spec.as_ref().map(|s| s.mode);
+        let mut steps = vec![Planned::on_storage(
+            VmStep::EnsureImage(want.clone()),
+            &self.image_storage,
+        )];
+        if mode == Some(ExecutionMode::Pull) {
+            steps.push(Planned::new(VmStep::WriteSnippet(want.clone())));
+        }
+        steps.extend([
             Planned::on_storage(VmStep::CreateVm(want.clone()), &want.storage),
             Planned::on_storage(VmStep::ResizeDisk(want.clone()), &want.storage),
             Planned::new(VmStep::StartVm),
             Planned::new(VmStep::WaitAgentIp),
-        ];
-        if verify_ssh {
+        ]);
+        if verify_ssh || mode == Some(ExecutionMode::Push) {
             steps.push(Planned::new(VmStep::WaitSsh(want.clone())));
         }
+        steps.extend(self.spec_steps(want, verify_ssh));
         steps.push(Planned::new(VmStep::MarkConverged(want.clone())));
         steps
+    }
+
+    /// After SSH answers: push the spec, or check that the VM fetched it
+    /// (only when SSH is verified: without it nothing can look).
+    fn spec_steps(&self, want: &Arc<DesiredVm>, verify_ssh: bool) -> Vec<Planned<VmStep>> {
+        match want.spec.as_ref().map(|s| s.mode) {
+            Some(ExecutionMode::Push) => vec![Planned::new(VmStep::PushSpec(want.clone()))],
+            Some(ExecutionMode::Pull) if verify_ssh => {
+                vec![Planned::new(VmStep::VerifySpec(want.clone()))]
+            }
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -314,6 +349,15 @@ impl Controller for VmController {
                 if node.change(Field::Power).is_some() {
                     steps.push(Planned::new(VmStep::StartVm));
                     steps.push(Planned::new(VmStep::WaitAgentIp));
+                }
+                // A changed spec goes to a push-mode VM again (a pull-mode
+                // VM fetched its spec at first boot).
+                if want
+                    .spec
+                    .as_ref()
+                    .is_some_and(|s| s.mode == ExecutionMode::Push)
+                {
+                    steps.push(Planned::new(VmStep::PushSpec(want.clone())));
                 }
                 steps.push(Planned::new(VmStep::MarkConverged(want)));
                 steps

@@ -35,6 +35,7 @@ pub(crate) fn want(vmid: Option<u32>) -> DesiredVm {
         searchdomain: None,
         user: "ops".into(),
         ssh_keys: Vec::new(),
+        spec: None,
     }
 }
 
@@ -64,6 +65,7 @@ pub(crate) fn controller(script: &Arc<Scripted>, want: DesiredVm) -> VmControlle
         known_hosts: None,
         host_ssh: None,
         owner_key: crate::controllers::vm::tests::owner_key(),
+        spec_ca: None,
         timing: Timing::default(),
         shared: RunState::default(),
     }

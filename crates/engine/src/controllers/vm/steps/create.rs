@@ -95,15 +95,21 @@ impl VmController {
         if let Err(out) = self.record_intent(node, want, vmid, m) {
             return out;
         }
+        let mut options = mapping::create_options(
+            &self.manifest,
+            want,
+            &self.image_storage,
+            &self.owner_key,
+            vmid,
+        );
+        // pull: the user-data `write_snippet` put on the host replaces
+        // what PVE would generate from ciuser/sshkeys.
+        if let Some(cicustom) = self.cicustom(node, want).await {
+            options.extra.push(("cicustom".into(), cicustom));
+        }
         let create = CreateVm {
             vmid,
-            options: mapping::create_options(
-                &self.manifest,
-                want,
-                &self.image_storage,
-                &self.owner_key,
-                vmid,
-            ),
+            options,
             start: None,
             pool: None,
         };

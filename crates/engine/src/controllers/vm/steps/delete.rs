@@ -46,6 +46,9 @@ impl VmController {
                         format!("destroyed {}", shown(Self::victim(node, m))),
                     );
                     self.forget_host_key(node).await;
+                    if let Some(volid) = m.snippet.take() {
+                        self.remove_snippet(node, &volid).await;
+                    }
                     // A replacement is created next: at the manifest's vmid,
                     // else a fresh one.
                     if node.action == homestak_core::plan::Action::Replace && !m.created {
@@ -84,7 +87,13 @@ impl VmController {
             return Err(StepOutcome::Done);
         };
         match self.owned_config(node, vmid, m).await? {
-            Some(_) => Ok(vmid),
+            Some(config) => {
+                m.snippet = config.get("cicustom").and_then(|c| {
+                    c.split(',')
+                        .find_map(|p| p.strip_prefix("user=").map(String::from))
+                });
+                Ok(vmid)
+            }
             None => Err(StepOutcome::Done),
         }
     }

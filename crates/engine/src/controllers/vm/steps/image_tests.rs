@@ -47,6 +47,7 @@ fn want(name: &str) -> DesiredVm {
         searchdomain: None,
         user: "ops".into(),
         ssh_keys: Vec::new(),
+        spec: None,
     }
 }
 
@@ -102,6 +103,7 @@ fn rig_with(user: &str, key: bool, base_url: &str, parts: Option<u32>) -> Rig {
             host: "pve".into(),
         }),
         owner_key: crate::controllers::vm::tests::owner_key(),
+        spec_ca: None,
         timing: Timing::default(),
         shared: RunState::default(),
     };

@@ -7,7 +7,8 @@
 //!   followed), `adopt_vm`;
 //! - [`change`]: `update_config`, `resize_disk`, `start_vm`, `wait_agent_ip`,
 //!   `wait_ssh`, `mark_converged`;
-//! - [`delete`]: `stop_vm`, `destroy_vm`, `forget_vm`.
+//! - [`delete`]: `stop_vm`, `destroy_vm`, `forget_vm`;
+//! - [`spec`]: `write_snippet`, `push_spec`, `verify_spec`.
 
 mod change;
 mod create;
@@ -15,6 +16,7 @@ mod delete;
 mod image;
 #[cfg(test)]
 mod image_tests;
+pub mod spec;
 
 use tokio::time::Instant;
 
@@ -87,6 +89,9 @@ impl VmController {
             VmStep::StopVm => self.stop_vm(node, m).await,
             VmStep::DestroyVm => self.destroy_vm(node, m).await,
             VmStep::ForgetVm => self.forget_vm(node, m),
+            VmStep::WriteSnippet(w) => self.write_snippet(node, w).await,
+            VmStep::PushSpec(w) => self.push_spec(node, w, m).await,
+            VmStep::VerifySpec(w) => self.verify_spec(node, w, m).await,
         }
     }
 
