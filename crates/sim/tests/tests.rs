@@ -9,6 +9,7 @@ mod create_order;
 mod guest;
 mod host;
 mod nested;
+mod packer;
 mod replay;
 mod support;
 mod vm;

@@ -60,12 +60,14 @@ pub trait Mounts: Send + Sync + 'static {
 
     /// Makes `path` the concatenation of the mounted files `sources` and
     /// `extra` bytes of other data (appended to what is there with
-    /// `append`).
+    /// `append`). `head` is the start of that other data (at most
+    /// [`HEAD_LEN`] bytes), where an image file copied in keeps its header.
     fn write(
         &self,
         path: &str,
         sources: &[String],
         extra: u64,
+        head: &[u8],
         append: bool,
     ) -> Result<(), MountError>;
 
@@ -84,7 +86,12 @@ pub trait Mounts: Send + Sync + 'static {
 pub struct Sink {
     sources: Arc<std::sync::Mutex<Vec<String>>>,
     bytes: Arc<AtomicU64>,
+    head: Arc<std::sync::Mutex<Vec<u8>>>,
 }
+
+/// How much of the plain bytes written to a mounted file is kept: enough
+/// for a qcow2 header.
+pub const HEAD_LEN: usize = 512;
 
 impl Sink {
     /// Records a mounted file copied to the sink.
@@ -102,14 +109,19 @@ impl Sink {
         self.bytes.load(Ordering::Relaxed)
     }
 
+    /// The first [`HEAD_LEN`] plain bytes written.
+    pub(super) fn head(&self) -> Vec<u8> {
+        self.head.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
     /// A writer that counts what it is given.
     pub(super) fn writer(&self) -> Counter {
-        Counter(self.bytes.clone())
+        Counter(self.bytes.clone(), self.head.clone())
     }
 }
 
-/// Counts bytes written to a mounted file.
-pub(super) struct Counter(Arc<AtomicU64>);
+/// Counts bytes written to a mounted file, keeping the first few.
+pub(super) struct Counter(Arc<AtomicU64>, Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl AsyncWrite for Counter {
     fn poll_write(
@@ -118,6 +130,12 @@ impl AsyncWrite for Counter {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         self.0.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        if let Ok(mut head) = self.1.lock()
+            && head.len() < HEAD_LEN
+        {
+            let take = (HEAD_LEN - head.len()).min(buf.len());
+            head.extend_from_slice(&buf[..take]);
+        }
         Poll::Ready(Ok(buf.len()))
     }
 

@@ -342,7 +342,7 @@ impl Shell {
                 let Some(mounts) = &self.mounts else {
                     return status;
                 };
-                match mounts.write(&path, &sink.sources(), sink.bytes(), append) {
+                match mounts.write(&path, &sink.sources(), sink.bytes(), &sink.head(), append) {
                     Ok(()) => status,
                     Err(e) => {
                         cx.err(format!("sh: 1: {path}: {e}\n")).await;
