@@ -25,6 +25,7 @@
 pub mod controllers;
 pub mod executor;
 pub mod hostlease;
+pub mod packer;
 pub mod reconcile;
 pub mod scenario;
 pub mod state_dir;

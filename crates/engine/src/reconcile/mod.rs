@@ -178,6 +178,10 @@ pub struct Options {
     /// destroy), waiting as this says; `None` for runs that only plan
     /// (`homestak plan`, `--dry-run`).
     pub lease: Option<hostlease::Wait>,
+    /// `--packer-release TAG`: the release missing images come from, over
+    /// site.yaml's `packer_release` and `image_source` (see
+    /// [`crate::packer::release`]).
+    pub packer_release: Option<String>,
 }
 
 impl Default for Options {
@@ -193,6 +197,7 @@ impl Default for Options {
             daemon_port: pve_node::DAEMON_PORT,
             delegate: pve_node::Delegate::Daemon,
             lease: Some(hostlease::Wait::For(hostlease::DEFAULT_WAIT)),
+            packer_release: None,
         }
     }
 }
@@ -416,15 +421,8 @@ impl Tier {
             .map(|v| (v.name.clone(), v.clone()))
             .collect();
         let d = self.site.defaults();
-        let base_url = d.image_source.clone().unwrap_or_else(|| {
-            format!(
-                "https://github.com/{}/releases/download/{}/",
-                d.packer_release_repo
-                    .as_deref()
-                    .unwrap_or("homestak-dev/packer"),
-                d.packer_release.as_deref().unwrap_or("latest")
-            )
-        });
+        let base_url =
+            crate::packer::release::image_base_url(options.packer_release.as_deref(), d);
         let images = ImageSource {
             base_url,
             parts: d
