@@ -6,6 +6,7 @@
 mod client_schema;
 mod create_intent;
 mod host_lease;
+mod packer;
 mod store_sled;
 mod store_suite;
 mod trust;

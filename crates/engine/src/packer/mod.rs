@@ -46,7 +46,7 @@ pub enum PackerError {
         host: String,
         hint: &'static str,
         #[source]
-        source: homestak_ssh::Error,
+        source: Box<homestak_ssh::Error>,
     },
 
     #[error(
@@ -153,7 +153,7 @@ async fn exec(
             action: action(),
             host: host(shell),
             hint,
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -177,9 +177,7 @@ pub fn local_files(dir: &Path) -> Result<Vec<(PathBuf, u32)>, PackerError> {
         for entry in std::fs::read_dir(&here).map_err(read)? {
             let entry = entry.map_err(read)?;
             let name = entry.file_name();
-            if rel.as_os_str().is_empty()
-                && SYNC_EXCLUDES.iter().any(|x| name.as_os_str() == *x)
-            {
+            if rel.as_os_str().is_empty() && SYNC_EXCLUDES.iter().any(|x| name.as_os_str() == *x) {
                 continue;
             }
             let path = rel.join(&name);
@@ -202,7 +200,11 @@ pub fn local_files(dir: &Path) -> Result<Vec<(PathBuf, u32)>, PackerError> {
 /// has at its top is replaced whole, so files deleted locally go away
 /// there too, as with the Python tool's `rsync --delete`; built images
 /// stay. Returns the number of files sent.
-pub async fn sync_packer(shell: &dyn Session, local: &Path, remote: &str) -> Result<usize, PackerError> {
+pub async fn sync_packer(
+    shell: &dyn Session,
+    local: &Path,
+    remote: &str,
+) -> Result<usize, PackerError> {
     let files = local_files(local)?;
     let user = shell.destination().user.to_string();
     let mut tops: Vec<String> = files
@@ -235,7 +237,7 @@ pub async fn sync_packer(shell: &dyn Session, local: &Path, remote: &str) -> Res
             action: format!("preparing {remote}"),
             host: host(shell),
             hint,
-            source,
+            source: Box::new(source),
         })?;
     for (rel, mode) in &files {
         let target = format!("{remote}/{}", rel.to_string_lossy());
@@ -246,7 +248,7 @@ pub async fn sync_packer(shell: &dyn Session, local: &Path, remote: &str) -> Res
                 action: format!("uploading {target}"),
                 host: host(shell),
                 hint: "check the disk space and permissions on the build host",
-                source,
+                source: Box::new(source),
             })?;
     }
     Ok(files.len())
@@ -367,7 +369,7 @@ pub async fn fetch_images(
                 action: format!("fetching {}", b.path),
                 host: host(shell),
                 hint: "build the image first (packer-build) and check the local disk space",
-                source,
+                source: Box::new(source),
             })?;
         fetched.push(local);
     }
@@ -506,7 +508,10 @@ mod tests {
             .into_iter()
             .map(|(p, _)| p.to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, ["README.md", "scripts/cleanup.sh", "templates/a.pkr.hcl"]);
+        assert_eq!(
+            names,
+            ["README.md", "scripts/cleanup.sh", "templates/a.pkr.hcl"]
+        );
         assert!(matches!(
             local_files(&dir.path().join("none")),
             Err(PackerError::NoLocalDir { .. })

@@ -31,7 +31,10 @@ pub fn image_base_url(flag: Option<&str>, defaults: &SiteDefaults) -> String {
     }
     format!(
         "https://github.com/{}/releases/download/{}/",
-        defaults.packer_release_repo.as_deref().unwrap_or(DEFAULT_REPO),
+        defaults
+            .packer_release_repo
+            .as_deref()
+            .unwrap_or(DEFAULT_REPO),
         release_tag(flag, defaults)
     )
 }

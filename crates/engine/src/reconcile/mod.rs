@@ -421,8 +421,7 @@ impl Tier {
             .map(|v| (v.name.clone(), v.clone()))
             .collect();
         let d = self.site.defaults();
-        let base_url =
-            crate::packer::release::image_base_url(options.packer_release.as_deref(), d);
+        let base_url = crate::packer::release::image_base_url(options.packer_release.as_deref(), d);
         let images = ImageSource {
             base_url,
             parts: d

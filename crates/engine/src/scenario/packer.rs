@@ -125,7 +125,8 @@ fn build_images(ctx: &mut Ctx) -> PhaseFuture<'_> {
         ctx.context
             .set("remote_ip", shell.destination().host.to_string());
         for b in &built {
-            ctx.context.set(format!("{}_image", b.template), b.path.clone());
+            ctx.context
+                .set(format!("{}_image", b.template), b.path.clone());
         }
         Ok(format!(
             "Built {} images on {}: {}",
@@ -238,8 +239,9 @@ fn verify_images(ctx: &mut Ctx) -> PhaseFuture<'_> {
                 ),
             ));
         };
-        let api = crate::reconcile::connect(&host, ctx.inputs.insecure, None)
-            .map_err(|e| PhaseError::caused(format!("connecting to the PVE API of {}", host.name), e))?;
+        let api = crate::reconcile::connect(&host, ctx.inputs.insecure, None).map_err(|e| {
+            PhaseError::caused(format!("connecting to the PVE API of {}", host.name), e)
+        })?;
         let node = crate::reconcile::pve_node(&host)
             .map_err(|e| PhaseError::caused(format!("the PVE node of {}", host.name), e))?;
         pk::verify_images(&*api, &node, &host.image_storage, &volids)

@@ -245,13 +245,13 @@ impl ssh::Session for LocalSession {
                 path: download.local_path.clone(),
                 source,
             };
-            let data = tokio::fs::read(&download.remote_path)
-                .await
-                .map_err(|e| ssh::Error::DownloadRefused {
+            let data = tokio::fs::read(&download.remote_path).await.map_err(|e| {
+                ssh::Error::DownloadRefused {
                     destination: self.destination.clone(),
                     remote_path: download.remote_path.clone(),
                     message: e.to_string(),
-                })?;
+                }
+            })?;
             homestak_base::fsutil::write_atomic(&download.local_path, &data, 0o644)
                 .map_err(local)?;
             Ok(data.len() as u64)

@@ -238,6 +238,7 @@ fn options(
         delegate: delegate.unwrap_or_default(),
         // Every converging run takes the host lease, as on the command line.
         lease: reconcile::Options::default().lease,
+        packer_release: None,
         allow_replace,
         prune,
         prune_duplicates,
