@@ -13,6 +13,11 @@ use homestak_engine::reconcile;
 /// Lifecycle flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LifecycleArgs {
+    /// The packer release missing images are downloaded from (default:
+    /// site.yaml `defaults.packer_release`, else `latest`); overrides
+    /// `image_source`.
+    #[arg(long, value_name = "TAG")]
+    pub packer_release: Option<String>,
     /// How `pve` nodes run their child tiers: a child daemon (`PUT
     /// /v1/subtree`, then follow) or `homestak reconcile --once` over SSH.
     #[arg(long, value_name = "daemon|ssh", default_value = "daemon", value_parser = delegate)]
@@ -55,6 +60,7 @@ impl LifecycleArgs {
                 subtree_delegation: self.subtree_delegation_timeout,
             },
             lease: base.lease.map(|_| self.lease_wait()),
+            packer_release: self.packer_release.clone().or(base.packer_release),
             ..base
         }
     }

@@ -29,6 +29,7 @@ pub mod controllers;
 pub mod executor;
 pub mod hostlease;
 pub mod onboard;
+pub mod packer;
 pub mod reconcile;
 pub mod scenario;
 pub mod state_dir;

@@ -8,6 +8,7 @@ mod client_schema;
 mod create_intent;
 mod host_lease;
 mod onboard;
+mod packer;
 mod store_sled;
 mod store_suite;
 mod trust;

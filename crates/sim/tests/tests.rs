@@ -9,6 +9,7 @@ mod create_order;
 mod guest;
 mod host;
 mod nested;
+mod packer;
 mod pve_install;
 mod replay;
 mod support;

@@ -19,9 +19,10 @@ use tokio::net::TcpStream;
 use super::command::Stream;
 use super::scp::{self, signal_name_of};
 use super::{
-    BoxFuture, Command, Destination, Error, ExecOutput, ExitStatus, Fingerprint, HostKeyPolicy,
-    OutputSink, Session, Target, Transport, Upload, UploadSource, quote,
+    BoxFuture, Command, Destination, Download, Error, ExecOutput, ExitStatus, Fingerprint,
+    HostKeyPolicy, OutputSink, Session, Target, Transport, Upload, UploadSource, quote,
 };
+use std::os::unix::fs::PermissionsExt;
 
 /// Tunables of [`RusshTransport`].
 #[derive(Clone, Debug)]
@@ -329,7 +330,7 @@ impl RusshSession {
                     command: sink.to_string(),
                     source: Box::new(source),
                 }),
-                scp::Failure::Source(source) => Error::UploadRead {
+                scp::Failure::Source(source) | scp::Failure::Local(source) => Error::UploadRead {
                     destination: self.destination.clone(),
                     path: source_path(upload),
                     remote_path: remote.to_string(),
@@ -359,6 +360,94 @@ impl RusshSession {
             return Err(wrap(e));
         }
         Ok(())
+    }
+
+    async fn get(&self, download: &Download) -> Result<u64, Error> {
+        let remote = download.remote_path.as_str();
+        let local = &download.local_path;
+        let refused = |message: String| Error::DownloadRefused {
+            destination: self.destination.clone(),
+            remote_path: remote.to_string(),
+            message,
+        };
+        if remote.is_empty() || remote.contains(['\n', '\0']) {
+            return Err(refused(
+                "the remote path is empty or has a newline or NUL".into(),
+            ));
+        }
+        let write_err = |path: &std::path::Path, source| Error::DownloadWrite {
+            destination: self.destination.clone(),
+            remote_path: remote.to_string(),
+            path: path.to_path_buf(),
+            source,
+        };
+        let file_name = local
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| {
+                write_err(
+                    local,
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "it names no file"),
+                )
+            })?;
+        let tmp = local.with_file_name(format!(
+            ".{file_name}.homestak-download-{:08x}",
+            rand::random::<u32>()
+        ));
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| write_err(&tmp, e))?;
+        let source_cmd = Command::new("scp").args(["-f", "--", remote]);
+        let wrap = |source: Error| Error::Download {
+            destination: self.destination.clone(),
+            remote_path: remote.to_string(),
+            source: Box::new(source),
+        };
+        let received = async {
+            let (mut rx, tx) = self.open_channel().await.map_err(wrap)?;
+            tx.exec(true, source_cmd.line()).await.map_err(|source| {
+                wrap(Error::Exec {
+                    destination: self.destination.clone(),
+                    command: source_cmd.to_string(),
+                    source: Box::new(source),
+                })
+            })?;
+            let got = scp::receive(&mut rx, &tx, &mut file).await;
+            let _ = tx.close().await;
+            got.map_err(|failure| match failure {
+                scp::Failure::Refused(message) => refused(message),
+                scp::Failure::Channel(source) => wrap(Error::Exec {
+                    destination: self.destination.clone(),
+                    command: source_cmd.to_string(),
+                    source: Box::new(source),
+                }),
+                scp::Failure::Local(source) | scp::Failure::Source(source) => {
+                    write_err(&tmp, source)
+                }
+                scp::Failure::Short { sent, expected } => refused(format!(
+                    "the connection ended after {sent} of {expected} bytes"
+                )),
+            })
+        };
+        let finished = match received.await {
+            Ok(got) => {
+                drop(file);
+                let mode = std::fs::Permissions::from_mode(got.mode & 0o777 & !0o022);
+                let placed = async {
+                    tokio::fs::set_permissions(&tmp, mode).await?;
+                    tokio::fs::rename(&tmp, local).await
+                };
+                placed
+                    .await
+                    .map(|()| got.size)
+                    .map_err(|e| write_err(local, e))
+            }
+            Err(e) => Err(e),
+        };
+        if finished.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        finished
     }
 
     async fn open_source(
@@ -457,6 +546,10 @@ impl Session for RusshSession {
 
     fn upload<'a>(&'a self, upload: &'a Upload) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(self.put(upload))
+    }
+
+    fn download<'a>(&'a self, download: &'a Download) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(self.get(download))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), Error>> {

@@ -387,6 +387,25 @@ impl Upload {
     }
 }
 
+/// A remote file to copy to this machine.
+#[derive(Clone, Debug)]
+pub struct Download {
+    /// Absolute path, or relative to the user's home.
+    pub remote_path: String,
+    /// Where the copy goes; written under a temporary name next to it, then
+    /// renamed, so it appears whole or not at all.
+    pub local_path: PathBuf,
+}
+
+impl Download {
+    pub fn new(remote_path: impl Into<String>, local_path: impl Into<PathBuf>) -> Self {
+        Download {
+            remote_path: remote_path.into(),
+            local_path: local_path.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

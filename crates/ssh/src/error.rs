@@ -253,6 +253,33 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// The remote `scp -f` reported an error (no such file, …) or went away.
+    #[error("downloading {remote_path} from {destination} failed: remote scp said {message:?}")]
+    DownloadRefused {
+        destination: Destination,
+        remote_path: String,
+        message: String,
+    },
+
+    /// The downloaded file could not be written locally.
+    #[error("cannot write {path}, downloading {remote_path} from {destination}")]
+    DownloadWrite {
+        destination: Destination,
+        remote_path: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The download failed below the SCP protocol.
+    #[error("downloading {remote_path} from {destination} failed")]
+    Download {
+        destination: Destination,
+        remote_path: String,
+        #[source]
+        source: Box<Error>,
+    },
+
     /// `wait_for_ssh` gave up.
     #[error(
         "{destination} did not accept SSH within {waited:?} ({attempts} attempts, last: {last_kind})"
@@ -321,6 +348,8 @@ pub enum ErrorKind {
     CommandFailed,
     /// An upload failed.
     Upload,
+    /// A download failed.
+    Download,
     /// `wait_for_ssh` gave up.
     WaitTimedOut,
     /// The fake had no script for a command.
@@ -341,6 +370,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Timeout => "command timed out",
             ErrorKind::CommandFailed => "command failed",
             ErrorKind::Upload => "upload failed",
+            ErrorKind::Download => "download failed",
             ErrorKind::WaitTimedOut => "gave up waiting",
             ErrorKind::Unscripted => "unscripted command",
         })
@@ -377,6 +407,9 @@ impl Error {
             | Error::UploadPath { .. }
             | Error::UploadRefused { .. }
             | Error::Upload { .. } => ErrorKind::Upload,
+            Error::DownloadRefused { .. }
+            | Error::DownloadWrite { .. }
+            | Error::Download { .. } => ErrorKind::Download,
             Error::WaitTimedOut { .. } => ErrorKind::WaitTimedOut,
             Error::Unscripted { .. } => ErrorKind::Unscripted,
         }

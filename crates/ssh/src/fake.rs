@@ -30,8 +30,8 @@ use russh::keys::{Algorithm, PrivateKey, PublicKey};
 
 use super::command::Stream;
 use super::{
-    BoxFuture, Command, Destination, Error, ExecOutput, ExitStatus, Fingerprint, OutputSink,
-    Session, Target, Transport, TrustedKey, Upload, UploadSource,
+    BoxFuture, Command, Destination, Download, Error, ExecOutput, ExitStatus, Fingerprint,
+    OutputSink, Session, Target, Transport, TrustedKey, Upload, UploadSource,
 };
 
 /// A canned answer to a command.
@@ -97,6 +97,8 @@ struct State {
     stubs: Vec<(Match, Reply)>,
     executed: Vec<Executed>,
     uploads: Vec<RecordedUpload>,
+    /// Files a download can fetch: remote path → contents.
+    remote_files: Vec<(String, Vec<u8>)>,
 }
 
 enum Match {
@@ -199,6 +201,13 @@ impl ScriptedTransport {
     /// Every upload, in order.
     pub fn uploads(&self) -> Vec<RecordedUpload> {
         self.state().uploads.clone()
+    }
+
+    /// Makes `remote_path` downloadable with these contents.
+    pub fn remote_file(&self, remote_path: &str, data: impl Into<Vec<u8>>) {
+        self.state()
+            .remote_files
+            .push((remote_path.to_string(), data.into()));
     }
 
     /// Expectations that were never used.
@@ -351,6 +360,34 @@ impl Session for FakeSession {
                 data,
             });
             Ok(())
+        })
+    }
+
+    fn download<'a>(&'a self, download: &'a Download) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(async move {
+            let found = self
+                .transport
+                .state()
+                .remote_files
+                .iter()
+                .find(|(path, _)| *path == download.remote_path)
+                .map(|(_, data)| data.clone());
+            let Some(data) = found else {
+                return Err(Error::DownloadRefused {
+                    destination: self.destination.clone(),
+                    remote_path: download.remote_path.clone(),
+                    message: format!("{}: No such file or directory", download.remote_path),
+                });
+            };
+            tokio::fs::write(&download.local_path, &data)
+                .await
+                .map_err(|source| Error::DownloadWrite {
+                    destination: self.destination.clone(),
+                    remote_path: download.remote_path.clone(),
+                    path: download.local_path.clone(),
+                    source,
+                })?;
+            Ok(data.len() as u64)
         })
     }
 

@@ -29,8 +29,10 @@
 //! - Uploads are atomic on the remote side: the file is written to a
 //!   temporary name next to its destination, given its mode, then renamed,
 //!   so a running binary is replaced, never overwritten in place.
-//! - Uploads use the SCP protocol (`scp -t`) over an exec channel, which
-//!   every OpenSSH host and the simulator speak; no SFTP subsystem needed.
+//! - Uploads and downloads use the SCP protocol (`scp -t`, `scp -f`) over
+//!   an exec channel, which every OpenSSH host and the simulator speak; no
+//!   SFTP subsystem needed. A download is written to a temporary name next
+//!   to its destination and renamed, like an upload.
 
 mod client;
 mod command;
@@ -47,7 +49,7 @@ use std::sync::Arc;
 
 pub use client::{ClientOptions, RusshTransport};
 pub use command::{
-    Command, ExecOutput, ExitStatus, LineBuffer, Stream, Upload, UploadSource, quote,
+    Command, Download, ExecOutput, ExitStatus, LineBuffer, Stream, Upload, UploadSource, quote,
 };
 pub use error::{Error, ErrorKind, TrustedKey};
 pub use hostkey::{Fingerprint, FingerprintParseError, HostKeyPolicy, KnownHosts};
@@ -165,6 +167,10 @@ pub trait Session: Send + Sync {
 
     /// Writes a file on the remote host, atomically, with the given mode.
     fn upload<'a>(&'a self, upload: &'a Upload) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Copies a remote file here (SCP, `scp -f`), atomically: the local
+    /// file appears whole or not at all. Returns its size in bytes.
+    fn download<'a>(&'a self, download: &'a Download) -> BoxFuture<'a, Result<u64, Error>>;
 
     /// Closes the connection politely. Dropping a session also closes it.
     fn close(&self) -> BoxFuture<'_, Result<(), Error>>;

@@ -1,5 +1,5 @@
-//! The sending side of the SCP protocol, over an exec channel running
-//! `scp -t TARGET` on the remote host.
+//! The SCP protocol over an exec channel: sending runs `scp -t TARGET` on
+//! the remote host, receiving (downloads) runs `scp -f FILE`.
 //!
 //! The exchange for one file (each arrow from the sink is an acknowledgement
 //! byte: `0` for OK, `1` or `2` followed by a message line for an error):
@@ -33,6 +33,8 @@ pub(crate) enum Failure {
     Source(std::io::Error),
     /// The local source ended before its announced size.
     Short { sent: u64, expected: u64 },
+    /// Writing the local copy of a download failed.
+    Local(std::io::Error),
 }
 
 /// Sends one file of `len` bytes named `name` with permission bits `mode`,
@@ -78,7 +80,86 @@ pub(crate) async fn send(
     }
 }
 
-/// Reads the sink's stdout byte by byte, keeping its stderr and exit status.
+/// What a download received.
+pub(crate) struct Received {
+    pub(crate) size: u64,
+    /// The permission bits the source sent.
+    pub(crate) mode: u32,
+}
+
+/// Receives the one file a remote `scp -f FILE` sends, writing its contents
+/// to `out`. The exchange mirrors [`send`]:
+///
+/// ```text
+/// sink   → \0                              ready
+/// source → [T… \n] C0644 <size> <name>\n   (times only with -p)
+/// sink   → \0
+/// source → <size bytes> \0
+/// sink   → \0                              then the source exits 0
+/// ```
+pub(crate) async fn receive(
+    rx: &mut ChannelReadHalf,
+    tx: &ChannelWriteHalf<Msg>,
+    out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+) -> Result<Received, Failure> {
+    use tokio::io::AsyncWriteExt;
+    let mut source = SinkReader::new(rx);
+    tx.data_bytes(&b"\0"[..]).await.map_err(Failure::Channel)?;
+    let (mode, size) = loop {
+        let record = source.record().await?;
+        match record.as_bytes().first() {
+            Some(b'T') => tx.data_bytes(&b"\0"[..]).await.map_err(Failure::Channel)?,
+            Some(b'C') => break parse_file_record(&record)?,
+            Some(b'D') => {
+                return Err(Failure::Refused(
+                    "the remote path is a directory; name a file".to_string(),
+                ));
+            }
+            _ => {
+                return Err(Failure::Refused(format!(
+                    "unexpected protocol record {record:?} (is `scp` on the remote host a real scp?)"
+                )));
+            }
+        }
+    };
+    tx.data_bytes(&b"\0"[..]).await.map_err(Failure::Channel)?;
+    let mut left = size;
+    while left > 0 {
+        if source.stdout.is_empty() && !source.pump().await? {
+            return Err(Failure::Short {
+                sent: size - left,
+                expected: size,
+            });
+        }
+        let take = (left as usize).min(source.stdout.len());
+        let chunk: Vec<u8> = source.stdout.drain(..take).collect();
+        out.write_all(&chunk).await.map_err(Failure::Local)?;
+        left -= take as u64;
+    }
+    out.flush().await.map_err(Failure::Local)?;
+    // The source ends the contents with its own acknowledgement.
+    source.ack().await?;
+    tx.data_bytes(&b"\0"[..]).await.map_err(Failure::Channel)?;
+    tx.eof().await.map_err(Failure::Channel)?;
+    match source.finish().await {
+        Some(status) if status.success() => Ok(Received { size, mode }),
+        status => Err(Failure::Refused(source.describe_end(status))),
+    }
+}
+
+/// `Cmmmm SIZE NAME` → (mode, size).
+fn parse_file_record(record: &str) -> Result<(u32, u64), Failure> {
+    let mut fields = record[1..].splitn(3, ' ');
+    let parsed = match (fields.next(), fields.next(), fields.next()) {
+        (Some(mode), Some(size), Some(_name)) => u32::from_str_radix(mode, 8)
+            .ok()
+            .zip(size.parse::<u64>().ok()),
+        _ => None,
+    };
+    parsed.ok_or_else(|| Failure::Refused(format!("malformed file record {record:?}")))
+}
+
+/// Reads the peer's stdout byte by byte, keeping its stderr and exit status.
 struct SinkReader<'a> {
     rx: &'a mut ChannelReadHalf,
     stdout: VecDeque<u8>,
@@ -133,6 +214,36 @@ impl<'a> SinkReader<'a> {
             }
             if !self.pump().await? {
                 return Ok(None);
+            }
+        }
+    }
+
+    /// Reads one control record (a line, without its newline); an error
+    /// byte instead comes with a message, as in [`ack`](Self::ack).
+    async fn record(&mut self) -> Result<String, Failure> {
+        let mut line = Vec::new();
+        match self.byte().await? {
+            Some(first @ (1 | 2)) => {
+                self.stdout.push_front(first);
+                self.ack().await?;
+                return Err(Failure::Refused("remote scp sent an empty error".into()));
+            }
+            Some(b'\n') => return Ok(String::new()),
+            Some(b) => line.push(b),
+            None => {
+                let status = self.finish().await;
+                return Err(Failure::Refused(self.describe_end(status)));
+            }
+        }
+        loop {
+            match self.byte().await? {
+                Some(b'\n') => return Ok(String::from_utf8_lossy(&line).into_owned()),
+                Some(b) if line.len() < 4096 => line.push(b),
+                Some(_) => return Err(Failure::Refused("control record too long".into())),
+                None => {
+                    let status = self.finish().await;
+                    return Err(Failure::Refused(self.describe_end(status)));
+                }
             }
         }
     }

@@ -3,6 +3,7 @@
 // Test code: a failed unwrap is a failed test (clippy.toml says the same for #[test]s).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod download;
 mod fuzz;
 mod loopback;
 mod openssh;

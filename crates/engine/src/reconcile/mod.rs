@@ -181,6 +181,10 @@ pub struct Options {
     /// The spec server's certificate (PEM) that pull-mode VMs trust for
     /// their first-boot fetch over HTTPS (the daemon's `tls/daemon.crt`).
     pub spec_ca: Option<String>,
+    /// `--packer-release TAG`: the release missing images come from, over
+    /// site.yaml's `packer_release` and `image_source` (see
+    /// [`crate::packer::release`]).
+    pub packer_release: Option<String>,
 }
 
 impl Default for Options {
@@ -197,6 +201,7 @@ impl Default for Options {
             delegate: pve_node::Delegate::Daemon,
             lease: Some(hostlease::Wait::For(hostlease::DEFAULT_WAIT)),
             spec_ca: None,
+            packer_release: None,
         }
     }
 }
@@ -420,15 +425,7 @@ impl Tier {
             .map(|v| (v.name.clone(), v.clone()))
             .collect();
         let d = self.site.defaults();
-        let base_url = d.image_source.clone().unwrap_or_else(|| {
-            format!(
-                "https://github.com/{}/releases/download/{}/",
-                d.packer_release_repo
-                    .as_deref()
-                    .unwrap_or("homestak-dev/packer"),
-                d.packer_release.as_deref().unwrap_or("latest")
-            )
-        });
+        let base_url = crate::packer::release::image_base_url(options.packer_release.as_deref(), d);
         let images = ImageSource {
             base_url,
             parts: d

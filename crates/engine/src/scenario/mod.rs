@@ -15,6 +15,7 @@
 //!   over SSH).
 
 pub mod context;
+pub mod packer;
 pub mod registry;
 pub mod shell;
 

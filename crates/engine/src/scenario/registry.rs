@@ -4,7 +4,13 @@
 use super::ScenarioDef;
 
 /// The scenarios, sorted by name (`--list` prints them in this order).
-pub const SCENARIOS: &[ScenarioDef] = &[];
+pub const SCENARIOS: &[ScenarioDef] = &[
+    super::packer::PACKER_BUILD,
+    super::packer::PACKER_BUILD_FETCH,
+    super::packer::PACKER_BUILD_PUBLISH,
+    super::packer::PACKER_SYNC,
+    super::packer::PACKER_SYNC_BUILD_FETCH,
+];
 
 /// Retired scenario names (by prefix when ending in `-`), and what to run
 /// instead. They were replaced by the verbs in iac-driver v0.47.

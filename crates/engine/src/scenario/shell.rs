@@ -234,6 +234,30 @@ impl ssh::Session for LocalSession {
         })
     }
 
+    fn download<'a>(
+        &'a self,
+        download: &'a ssh::Download,
+    ) -> BoxFuture<'a, Result<u64, ssh::Error>> {
+        Box::pin(async move {
+            let local = |source: std::io::Error| ssh::Error::DownloadWrite {
+                destination: self.destination.clone(),
+                remote_path: download.remote_path.clone(),
+                path: download.local_path.clone(),
+                source,
+            };
+            let data = tokio::fs::read(&download.remote_path).await.map_err(|e| {
+                ssh::Error::DownloadRefused {
+                    destination: self.destination.clone(),
+                    remote_path: download.remote_path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            homestak_base::fsutil::write_atomic(&download.local_path, &data, 0o644)
+                .map_err(local)?;
+            Ok(data.len() as u64)
+        })
+    }
+
     fn close(&self) -> BoxFuture<'_, Result<(), ssh::Error>> {
         Box::pin(async { Ok(()) })
     }

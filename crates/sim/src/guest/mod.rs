@@ -329,7 +329,7 @@ impl Guest {
     /// Boots the guest; fails only when its root directory cannot be made.
     fn boot(
         shared: Arc<Shared>,
-        mut boot: Boot,
+        boot: Boot,
     ) -> BoxFuture<'static, Result<Arc<Guest>, (Boot, String)>> {
         Box::pin(async move {
             let mut boot = boot;

@@ -19,6 +19,7 @@
 //! none (their host is the VM, whose own SSH server shows the inner
 //! storages the same way).
 
+pub mod packer;
 pub mod pvesm;
 pub mod storagefs;
 
@@ -143,7 +144,13 @@ impl Host {
             .with_address(listen.ip())
             .with_kernel("6.8.12-9-pve")
             .with_mounts(Arc::new(fs.clone()))
-            .with_program("pvesm", Arc::new(pvesm::Pvesm(fs)));
+            .with_program("pvesm", Arc::new(pvesm::Pvesm(fs)))
+            .with_program(
+                "packer",
+                Arc::new(packer::Packer {
+                    clock: shared.clock,
+                }),
+            );
         let handler = Logged {
             shell,
             log: self.commands.clone(),

@@ -276,6 +276,7 @@ impl Mounts for StorageFs {
         path: &str,
         sources: &[String],
         extra: u64,
+        head: &[u8],
         append: bool,
     ) -> Result<(), MountError> {
         self.with(path, |world, node, id, rel| {
@@ -303,7 +304,12 @@ impl Mounts for StorageFs {
             // A qcow2 image's virtual size is in its header: at the start
             // of the first part.
             let first = kept.or(inputs.first());
-            let virtual_size = first.and_then(|v| v.virtual_size);
+            // Or, for a file copied in from the host's own disk (a packer
+            // build's output), in the bytes written.
+            let virtual_size = match first {
+                Some(v) => v.virtual_size,
+                None => super::packer::qcow2::virtual_size(head),
+            };
             let pve = first.is_some_and(|v| v.pve_image) || name.contains("-pve");
             s.add_file(&name, content, size, virtual_size, pve, Clock::now());
             Ok(())
@@ -312,7 +318,8 @@ impl Mounts for StorageFs {
     }
 
     fn write_data(&self, path: &str, data: &[u8], append: bool) -> Result<(), MountError> {
-        self.write(path, &[], data.len() as u64, append)?;
+        let head = &data[..data.len().min(crate::ssh::mounts::HEAD_LEN)];
+        self.write(path, &[], data.len() as u64, head, append)?;
         self.with(path, |world, node, id, rel| {
             let s = world
                 .storage_mut(node, id)

@@ -39,6 +39,7 @@ mod memory;
 pub mod mounts;
 mod parse;
 mod scp;
+mod scp_source;
 mod session;
 mod shell;
 #[cfg(test)]

@@ -60,12 +60,14 @@ pub trait Mounts: Send + Sync + 'static {
 
     /// Makes `path` the concatenation of the mounted files `sources` and
     /// `extra` bytes of other data (appended to what is there with
-    /// `append`).
+    /// `append`). `head` is the start of that other data (at most
+    /// [`HEAD_LEN`] bytes), where an image file copied in keeps its header.
     fn write(
         &self,
         path: &str,
         sources: &[String],
         extra: u64,
+        head: &[u8],
         append: bool,
     ) -> Result<(), MountError>;
 
@@ -73,7 +75,13 @@ pub trait Mounts: Send + Sync + 'static {
     /// whose contents the mount keeps (snippets) keep them; others only
     /// count the bytes, as [`write`](Self::write).
     fn write_data(&self, path: &str, data: &[u8], append: bool) -> Result<(), MountError> {
-        self.write(path, &[], data.len() as u64, append)
+        self.write(
+            path,
+            &[],
+            data.len() as u64,
+            &data[..data.len().min(HEAD_LEN)],
+            append,
+        )
     }
 
     fn remove(&self, path: &str) -> Result<(), MountError>;
@@ -99,6 +107,10 @@ pub struct Sink {
 /// How much written data a sink keeps (PVE reads snippets up to 1 MiB).
 const KEPT: usize = 1 << 20;
 
+/// How much of the plain bytes written to a mounted file a volume's header
+/// reader sees: enough for a qcow2 header.
+pub const HEAD_LEN: usize = 512;
+
 impl Sink {
     /// Records a mounted file copied to the sink.
     pub fn copy_from(&self, path: &str) {
@@ -120,6 +132,14 @@ impl Sink {
     pub(super) fn data(&self) -> Option<Vec<u8>> {
         let data = self.data.lock().ok()?.clone();
         (self.sources().is_empty() && data.len() as u64 == self.bytes()).then_some(data)
+    }
+
+    /// The first [`HEAD_LEN`] plain bytes written.
+    pub(super) fn head(&self) -> Vec<u8> {
+        self.data
+            .lock()
+            .map(|d| d[..d.len().min(HEAD_LEN)].to_vec())
+            .unwrap_or_default()
     }
 
     /// A writer that counts what it is given.

@@ -3,9 +3,9 @@
 //!
 //! Supported: single files (`C` records), `-p` time records (acknowledged,
 //! times not applied), `-d` (target must be a directory). Not supported:
-//! recursive directory uploads (`D`/`E` records, `-r`) and the source side
-//! (`scp -f`, downloads); both are refused with an SCP error the client
-//! prints. Like OpenSSH, a file's mode (less the umask 022) is applied when
+//! recursive directory uploads (`D`/`E` records, `-r`), refused with an SCP
+//! error the client prints. Downloads (`scp -f`) are in
+//! [`scp_source`](super::scp_source). Like OpenSSH, a file's mode (less the umask 022) is applied when
 //! the file is created, and an existing file keeps its mode.
 
 use std::os::unix::fs::PermissionsExt;
@@ -31,9 +31,7 @@ pub(super) async fn sink(args: &[String], cx: &mut Context) -> u32 {
                         't' => to = true,
                         'd' => dir_only = true,
                         'p' | 'v' | 'q' => {}
-                        'f' => {
-                            return fatal(cx, "downloads (scp -f) are not simulated").await;
-                        }
+                        'f' => return super::scp_source::source(args, cx).await,
                         'r' => {
                             return fatal(cx, "recursive copies (scp -r) are not simulated").await;
                         }

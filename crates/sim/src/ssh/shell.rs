@@ -354,7 +354,9 @@ impl Shell {
                 };
                 let written = match sink.data() {
                     Some(data) => mounts.write_data(&path, &data, append),
-                    None => mounts.write(&path, &sink.sources(), sink.bytes(), append),
+                    None => {
+                        mounts.write(&path, &sink.sources(), sink.bytes(), &sink.head(), append)
+                    }
                 };
                 match written {
                     Ok(()) => status,

@@ -352,6 +352,7 @@ impl super::Mounts for FakeStorage {
         path: &str,
         sources: &[String],
         extra: u64,
+        _head: &[u8],
         append: bool,
     ) -> Result<(), super::MountError> {
         let mut files = self.0.lock().unwrap();

@@ -239,6 +239,7 @@ fn options(
         // Every converging run takes the host lease, as on the command line.
         lease: reconcile::Options::default().lease,
         spec_ca: None,
+        packer_release: None,
         allow_replace,
         prune,
         prune_duplicates,
