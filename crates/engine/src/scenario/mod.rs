@@ -13,9 +13,12 @@
 //!   save and load.
 //! - [`shell`]: where a scenario's commands run (this machine, or a host
 //!   over SSH).
+//! - One module per scenario family: [`packer`] (the five `packer-*`),
+//!   [`pve_setup`].
 
 pub mod context;
 pub mod packer;
+pub mod pve_setup;
 pub mod registry;
 pub mod shell;
 
@@ -128,6 +131,9 @@ pub struct Inputs {
 pub struct Ctx {
     pub inputs: Inputs,
     pub context: Context,
+    /// Secrets phases hand to later phases (a token made in one, written
+    /// in the next): never saved, printed or reported.
+    pub secrets: std::collections::BTreeMap<&'static str, homestak_base::secret::Secret>,
     shell: Option<Arc<Shell>>,
 }
 
@@ -136,6 +142,7 @@ impl Ctx {
         Ctx {
             inputs,
             context,
+            secrets: Default::default(),
             shell: None,
         }
     }
