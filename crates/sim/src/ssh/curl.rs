@@ -42,6 +42,8 @@ struct Options {
     insecure: bool,
     output: Option<String>,
     headers: Vec<(String, String)>,
+    /// `-H @FILE`: headers read from a file, one per line (curl 7.55+).
+    header_files: Vec<String>,
     cacert: Option<String>,
     pins: Vec<[u8; 32]>,
     max_time: Option<Duration>,
@@ -68,6 +70,13 @@ pub(super) async fn run(args: &[String], cx: &mut Context) -> u32 {
         Ok(o) => o,
         Err(f) => {
             // Option errors are printed even with -s, as curl does.
+            cx.err(format!("curl: ({}) {}\n", f.code, f.message)).await;
+            return f.code;
+        }
+    };
+    let options = match read_header_files(options, cx).await {
+        Ok(o) => o,
+        Err(f) => {
             cx.err(format!("curl: ({}) {}\n", f.code, f.message)).await;
             return f.code;
         }
@@ -108,6 +117,10 @@ fn parse(args: &[String]) -> Result<Options, Failure> {
             "-o" | "--output" => o.output = Some(value(arg)?),
             "-H" | "--header" => {
                 let header = value(arg)?;
+                if let Some(file) = header.strip_prefix('@') {
+                    o.header_files.push(file.to_string());
+                    continue;
+                }
                 let (name, v) = header
                     .split_once(':')
                     .filter(|(n, _)| !n.trim().is_empty())
@@ -148,6 +161,9 @@ fn parse(args: &[String]) -> Result<Options, Failure> {
                             match letter {
                                 'o' => o.output = Some(v),
                                 'm' => o.max_time = Some(seconds(&v)?),
+                                _ if v.starts_with('@') => {
+                                    o.header_files.push(v[1..].to_string());
+                                }
                                 _ => {
                                     let (name, hv) = v.split_once(':').ok_or_else(|| {
                                         failure(2, format!("invalid header: {v:?}"))
@@ -300,6 +316,32 @@ fn transport_failure(e: &reqwest::Error, verdict: &Verdict, url: &reqwest::Url) 
     } else {
         failure(56, "Failure when receiving data from the peer")
     }
+}
+
+/// Adds the headers of each `-H @FILE`: one `Name: value` per line, blank
+/// lines skipped. A file that cannot be read is curl's error 26.
+async fn read_header_files(mut o: Options, cx: &mut Context) -> Result<Options, Failure> {
+    for file in std::mem::take(&mut o.header_files) {
+        let bad = || {
+            failure(
+                26,
+                format!("Failed to open/read local data from file/application: {file}"),
+            )
+        };
+        let path = cx.resolve(&file).map_err(|_| bad())?;
+        let text = tokio::fs::read_to_string(&path.host)
+            .await
+            .map_err(|_| bad())?;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let (name, value) = line
+                .split_once(':')
+                .filter(|(n, _)| !n.trim().is_empty())
+                .ok_or_else(|| failure(2, format!("invalid header in {file}")))?;
+            o.headers
+                .push((name.trim().to_string(), value.trim().to_string()));
+        }
+    }
+    Ok(o)
 }
 
 async fn read_cacert(

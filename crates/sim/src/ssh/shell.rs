@@ -369,19 +369,74 @@ impl Shell {
         }
     }
 
-    /// `sh -c LINE` (or `bash -c`): runs LINE in this shell.
+    /// `sh -c LINE` (or `bash -c`): runs LINE in this shell; `sh FILE`
+    /// runs a script's lines (see [`Self::script`]).
     async fn sub_shell(&self, args: &[String], cx: &mut Context) -> u32 {
         match args {
             [flag, line, ..] if flag == "-c" => Box::pin(self.run_line_in(line, cx)).await,
+            [file] if !file.starts_with('-') => Box::pin(self.script(file, cx)).await,
             _ => {
                 cx.err(format!(
-                    "{}: the simulated host runs only `sh -c COMMAND`\n",
+                    "{}: the simulated host runs only `sh -c COMMAND` and `sh FILE`\n",
                     cx.program
                 ))
                 .await;
                 2
             }
         }
+    }
+
+    /// `sh FILE`: each line in order, as this shell runs a command line;
+    /// blank lines and comments (the `#!` line too) are skipped, and `set
+    /// -e` (also `-eu`) stops at the first failing line, as sh does. No
+    /// line continuations, functions or control flow.
+    async fn script(&self, file: &str, cx: &mut Context) -> u32 {
+        let program = cx.program.clone();
+        let text = match cx.resolve(file) {
+            Ok(path) => match tokio::fs::read_to_string(&path.host).await {
+                Ok(text) => text,
+                Err(e) => {
+                    cx.err(format!(
+                        "{program}: 0: cannot open {file}: {}\n",
+                        builtins::describe(&e)
+                    ))
+                    .await;
+                    return 2;
+                }
+            },
+            Err(e) => {
+                cx.err(format!("{program}: 0: cannot open {file}: {e}\n"))
+                    .await;
+                return 2;
+            }
+        };
+        let (mut errexit, mut status) = (false, 0);
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some(flags) = line.strip_prefix("set ") {
+                let flags = flags.trim();
+                if !flags.starts_with('-')
+                    || !flags[1..].chars().all(|c| matches!(c, 'e' | 'u' | 'x'))
+                {
+                    cx.err(format!(
+                        "{program}: {}: set: unsupported here: {flags}\n",
+                        number + 1
+                    ))
+                    .await;
+                    return 2;
+                }
+                errexit |= flags.contains('e');
+                continue;
+            }
+            status = Box::pin(self.run_line_in(line, cx)).await;
+            if errexit && status != 0 {
+                return status;
+            }
+        }
+        status
     }
 
     async fn run_simple(&self, name: &str, args: &[String], cx: &mut Context) -> u32 {

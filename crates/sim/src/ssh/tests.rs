@@ -216,7 +216,6 @@ async fn scp_sink_refuses_unsafe_names_escapes_and_unsupported_modes() {
         ("scp -t /srv", &b"C0644 1 ../x\nx\0"[..], "unsafe file name"),
         ("scp -t /srv", b"D0755 0 dir\n", "directories"),
         ("scp -t /../..", b"", "leaves the VM root"),
-        ("scp -f /srv/x", b"", "downloads"),
         ("scp /srv", b"", "usage"),
         ("scp -t -d /srv/none", b"", "Not a directory"),
         (
@@ -309,9 +308,38 @@ async fn stdout_goes_to_files_and_sh_c_runs_a_line() {
     assert_eq!((status, out.as_str()), (0, "a\nb\n"));
     let (status, out) = vm.run_as("debian", "sudo -n sh -c 'whoami'", b"").await;
     assert_eq!((status, out.stdout().as_str()), (0, "root\n"));
-    let (status, _, err) = vm.run("sh /tmp/g").await;
+    let (status, _, err) = vm.run("sh -x").await;
     assert_eq!(status, 2);
-    assert!(err.contains("sh -c"), "{err}");
+    assert!(err.contains("sh FILE"), "{err}");
+}
+
+#[tokio::test]
+async fn sh_file_runs_a_script_line_by_line_and_set_e_stops_it() {
+    let vm = vm();
+    std::fs::create_dir_all(vm.host("/tmp")).unwrap();
+    std::fs::write(
+        vm.host("/tmp/ok.sh"),
+        "#!/bin/sh\n# a comment\n\necho one\nfalse\necho two > /tmp/two\n",
+    )
+    .unwrap();
+    // Without set -e a failing line does not stop the script.
+    let (status, out, _) = vm.run("sh /tmp/ok.sh && cat /tmp/two").await;
+    assert_eq!((status, out.as_str()), (0, "one\ntwo\n"));
+    std::fs::write(
+        vm.host("/tmp/stop.sh"),
+        "#!/bin/sh\nset -eu\necho one\nfalse\necho never > /tmp/never\n",
+    )
+    .unwrap();
+    let (status, out, _) = vm.run("sh /tmp/stop.sh").await;
+    assert_eq!((status, out.as_str()), (1, "one\n"));
+    assert!(!vm.host("/tmp/never").exists());
+    let (status, _, err) = vm.run("sh /tmp/missing.sh").await;
+    assert_eq!(status, 2);
+    assert!(err.contains("cannot open /tmp/missing.sh"), "{err}");
+    std::fs::write(vm.host("/tmp/bad.sh"), "set -o pipefail\n").unwrap();
+    let (status, _, err) = vm.run("sh /tmp/bad.sh").await;
+    assert_eq!(status, 2);
+    assert!(err.contains("unsupported"), "{err}");
 }
 
 /// A storage at `/st` with one content directory, `/st/import`, whose
@@ -463,4 +491,30 @@ async fn mounted_files_are_joined_moved_and_removed_by_size() {
         storage.files().into_keys().collect::<Vec<_>>(),
         ["import/j.qcow2"]
     );
+}
+
+#[tokio::test]
+async fn curl_reaches_loopback_only_and_reads_headers_from_files() {
+    let vm = vm();
+    // Never another address, whatever the scheme.
+    let (status, _, err) = vm.run("curl -fsS https://192.0.2.1/x").await;
+    assert_ne!(status, 0, "{err}");
+    assert!(!err.is_empty());
+    // `-H @FILE` reads headers from a file; a missing one is curl's 26.
+    let (status, _, err) = vm
+        .run("curl -fsS -H @/etc/none.header http://127.0.0.1:9/x")
+        .await;
+    assert_eq!(status, 26, "{err}");
+    std::fs::create_dir_all(vm.host("/etc")).unwrap();
+    std::fs::write(vm.host("/etc/bad.header"), "no colon here\n").unwrap();
+    let (status, _, err) = vm
+        .run("curl -fsS -H @/etc/bad.header http://127.0.0.1:9/x")
+        .await;
+    assert_eq!(status, 2, "{err}");
+    std::fs::write(vm.host("/etc/ok.header"), "Authorization: Bearer t\n").unwrap();
+    // A good header file gets as far as connecting (nothing listens: 7).
+    let (status, _, err) = vm
+        .run("curl -fsS -H @/etc/ok.header http://127.0.0.1:9/x")
+        .await;
+    assert_eq!(status, 7, "{err}");
 }
