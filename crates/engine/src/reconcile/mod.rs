@@ -50,7 +50,8 @@ use homestak_tls::Fingerprint;
 /// Reconciling failed before any step ran.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("host {host}: not found in the site-config")]
+    /// The cause carries the guidance (the paths tried, how to provision).
+    #[error("cannot target host {host}")]
     Host {
         host: String,
         #[source]
@@ -61,6 +62,14 @@ pub enum Error {
         config.display()
     )]
     NoApi { host: String, config: PathBuf },
+    /// Known only by `hosts/<host>.yaml`: a machine PVE is not installed on
+    /// yet.
+    #[error(
+        "host {host} is known only by {} (PVE not installed?); install PVE and write \
+         nodes/{host}.yaml with `homestak scenario pve-setup --host {host}`",
+        config.display()
+    )]
+    HostOnly { host: String, config: PathBuf },
     #[error(
         "host {host}: api_fingerprint {value:?} in nodes/{host}.yaml is not a SHA-256 fingerprint"
     )]
@@ -268,10 +277,7 @@ pub fn connect(
     observer: Option<Arc<dyn pve::Observer>>,
 ) -> Result<Arc<dyn Api>, Error> {
     let Some(endpoint) = &host.api_endpoint else {
-        return Err(Error::NoApi {
-            host: host.name.clone(),
-            config: host.config_file.clone(),
-        });
+        return Err(no_api(host));
     };
     let Some(secret) = host.api_token() else {
         return Err(Error::NoToken {
@@ -293,13 +299,27 @@ pub fn connect(
     Ok(Arc::new(client))
 }
 
+/// Why `host` has no API: a `hosts/` machine still needs PVE; a node file
+/// lacks `api_endpoint`.
+fn no_api(host: &HostConfig) -> Error {
+    let (host_name, config) = (host.name.clone(), host.config_file.clone());
+    if host.is_host_only {
+        Error::HostOnly {
+            host: host_name,
+            config,
+        }
+    } else {
+        Error::NoApi {
+            host: host_name,
+            config,
+        }
+    }
+}
+
 /// The PVE node of `host`'s API paths.
 pub fn pve_node(host: &HostConfig) -> Result<PveNode, Error> {
     let Some(name) = &host.node_name else {
-        return Err(Error::NoApi {
-            host: host.name.clone(),
-            config: host.config_file.clone(),
-        });
+        return Err(no_api(host));
     };
     PveNode::new(name.as_str()).map_err(|source| Error::PveNode {
         host: host.name.clone(),
@@ -550,5 +570,41 @@ impl Tier {
         report.last_applied_commit = commit;
         status::children(&mut report, planned, self.store.clone(), self.ssh.as_ref()).await;
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A machine known only by `hosts/` is told to get PVE through
+    /// pve-setup; a node file without `api_endpoint` to add one.
+    #[test]
+    fn a_host_without_api_says_how_to_get_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("hosts")).unwrap();
+        std::fs::create_dir_all(dir.path().join("nodes")).unwrap();
+        std::fs::write(dir.path().join("hosts/metal.yaml"), "ip: 127.0.0.9\n").unwrap();
+        std::fs::write(dir.path().join("nodes/bare.yaml"), "datastore: local\n").unwrap();
+        let site = Site::load(dir.path()).unwrap();
+
+        let metal = site.host_config("metal").unwrap();
+        let err = connect(&metal, true, None).err().unwrap();
+        assert!(matches!(err, Error::HostOnly { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("hosts/metal.yaml")
+                && text.contains("homestak scenario pve-setup --host metal"),
+            "{text}"
+        );
+        assert!(matches!(pve_node(&metal), Err(Error::HostOnly { .. })));
+
+        let bare = site.host_config("bare").unwrap();
+        let err = connect(&bare, true, None).err().unwrap();
+        assert!(matches!(err, Error::NoApi { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("add api_endpoint to nodes/bare.yaml")
+        );
     }
 }
