@@ -30,6 +30,7 @@ pub mod executor;
 pub mod hostlease;
 pub mod onboard;
 pub mod packer;
+pub mod preflight;
 pub mod reconcile;
 pub mod scenario;
 pub mod state_dir;

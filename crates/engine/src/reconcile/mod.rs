@@ -79,6 +79,14 @@ pub enum Error {
         #[source]
         source: homestak_tls::FingerprintParseError,
     },
+    #[error(
+        "secrets.yaml ssh_keys holds keys that are not OpenSSH public keys: {}; fix or \
+         remove them in secrets.yaml (one `TYPE BASE64 [COMMENT]` line each, as in a .pub file)",
+        problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    SshKeys {
+        problems: Vec<homestak_core::site::BadSshKey>,
+    },
     #[error("host {host}: no API token; add it to secrets.yaml api_tokens")]
     NoToken { host: String },
     #[error("host {host}: the API token in secrets.yaml is malformed")]
@@ -299,6 +307,29 @@ pub fn connect(
     Ok(Arc::new(client))
 }
 
+/// Where the site's images come from (`image_source`, else the packer
+/// release, `packer_release` overriding site.yaml's), with the parts and
+/// digests the site-config gives.
+pub fn image_source(site: &Site, packer_release: Option<&str>) -> ImageSource {
+    let d = site.defaults();
+    let base_url = crate::packer::release::image_base_url(packer_release, d);
+    ImageSource {
+        base_url,
+        parts: d
+            .image_parts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        sha256: d
+            .image_sha256
+            .iter()
+            .flatten()
+            .map(|(image, digest)| (image.clone(), digest.as_str().to_string()))
+            .collect(),
+    }
+}
+
 /// Why `host` has no API: a `hosts/` machine still needs PVE; a node file
 /// lacks `api_endpoint`.
 fn no_api(host: &HostConfig) -> Error {
@@ -379,6 +410,15 @@ impl Tier {
     /// Resolves, observes and plans. No writes.
     pub async fn plan(&self, manifest: &Manifest, options: &Options) -> Result<Planned, Error> {
         let tier = self.resolve(manifest)?;
+        // Every VM gets every key: a bad one would fail at create with
+        // PVE's nameless "SSH public key validation error". Refused here,
+        // before PVE is asked anything.
+        if !tier.desired.vms.is_empty() {
+            let problems = self.site.ssh_key_problems();
+            if !problems.is_empty() {
+                return Err(Error::SshKeys { problems });
+            }
+        }
         let observed = self.observe(manifest, &tier).await?;
         let plan = plan::plan(
             &tier.desired,
@@ -444,23 +484,7 @@ impl Tier {
             .iter()
             .map(|v| (v.name.clone(), v.clone()))
             .collect();
-        let d = self.site.defaults();
-        let base_url = crate::packer::release::image_base_url(options.packer_release.as_deref(), d);
-        let images = ImageSource {
-            base_url,
-            parts: d
-                .image_parts
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
-            sha256: d
-                .image_sha256
-                .iter()
-                .flatten()
-                .map(|(image, digest)| (image.clone(), digest.as_str().to_string()))
-                .collect(),
-        };
+        let images = image_source(&self.site, options.packer_release.as_deref());
         let ssh = if planned.settings.verify_ssh {
             self.ssh.clone()
         } else {
