@@ -146,10 +146,13 @@ pub async fn run(input: Input<'_>) -> PreflightReport {
             None
         }
     };
-    let tier = input
-        .manifest
-        .map(|m| desired::resolve(site, m, input.host));
+    // The manifest's VMs on this host: only worth working out for a node.
+    let tier = match (&host, input.manifest) {
+        (Some(_), Some(m)) => Some(desired::resolve(site, m, input.host)),
+        _ => None,
+    };
     match (&host, &api, &tier) {
+        (None, _, _) => checks.push(Check::skip("images", "no node config to look on")),
         (_, _, None) => checks.push(Check::skip("images", "no manifest given (-M)")),
         (Some(host), Some(api), Some(Ok(tier))) => checks.push(images(site, host, api, tier).await),
         (_, _, Some(Err(err))) => checks.push(Check::fail(
@@ -165,15 +168,15 @@ pub async fn run(input: Input<'_>) -> PreflightReport {
     }
     let tiered = matches!(&tier, Some(Ok(t)) if t.desired.vms.iter().any(|v| v.kind == Kind::Pve));
     match (&host, tiered) {
-        (_, false) => checks.push(Check::skip(
+        (None, _) => checks.push(Check::skip(
+            "nested_virt",
+            "no node config to reach it with",
+        )),
+        (Some(_), false) => checks.push(Check::skip(
             "nested_virt",
             "the manifest has no pve nodes (or none was given)",
         )),
         (Some(host), true) => checks.push(nested_virt(host, input.setup).await),
-        (None, true) => checks.push(Check::skip(
-            "nested_virt",
-            "no node config to reach it with",
-        )),
     }
     PreflightReport {
         host: input.host.to_string(),
