@@ -237,11 +237,9 @@ async fn a_bad_key_stops_the_plan_before_pve() {
     let tier = engine.tier(site, &lab.node).unwrap();
     lab.sim.reset_requests();
     let manifest = tiered();
-    let err = tier
-        .plan(&manifest, &reconcile::Options::default())
-        .await
-        .err()
-        .expect("a bad key refuses the plan");
+    let Err(err) = tier.plan(&manifest, &reconcile::Options::default()).await else {
+        panic!("a bad key refuses the plan");
+    };
     assert!(matches!(err, reconcile::Error::SshKeys { .. }), "{err:?}");
     let text = err.to_string();
     assert!(
