@@ -7,9 +7,9 @@
 //! - `ssh_keys`: every key of `secrets.yaml` `ssh_keys` is an OpenSSH
 //!   public key (PVE would refuse it at create time without naming it);
 //! - `pve_api`: the API answers `GET /version` with the token (a wrong
-//!   token is 401). The token's privileges are not listed: the client does
-//!   not read `/access/permissions`, so a token short of a privilege still
-//!   shows at the first call that needs it;
+//!   token is 401), and `GET /access/permissions` lists `VM.Allocate`,
+//!   `Datastore.AllocateSpace` and `Sys.Audit` on some path (an API that
+//!   does not answer that call only gets the token checked);
 //! - `images`: with a manifest, every image its VMs on this tier use is on
 //!   the image storage, or its source holds it (the run downloads it);
 //! - `nested_virt`: with a manifest that has `pve` nodes, the host's KVM
@@ -278,6 +278,19 @@ fn ssh_keys(site: &Site) -> Check {
     )
 }
 
+/// Privileges a run needs on some path: create VMs, allocate their disks,
+/// read the node and cluster state.
+const REQUIRED_PRIVILEGES: &[&str] = &["VM.Allocate", "Datastore.AllocateSpace", "Sys.Audit"];
+
+/// The [`REQUIRED_PRIVILEGES`] granted on no path.
+fn missing_privileges(granted: &homestak_pve::Permissions) -> Vec<&'static str> {
+    REQUIRED_PRIVILEGES
+        .iter()
+        .copied()
+        .filter(|p| !granted.values().any(|privs| privs.contains_key(*p)))
+        .collect()
+}
+
 async fn pve_api(
     host: &HostConfig,
     setup: &Setup,
@@ -301,14 +314,42 @@ async fn pve_api(
     };
     match api.version().await {
         Ok(version) => {
-            checks.push(Check::pass(
-                NAME,
-                format!(
-                    "{} answers with the token (PVE {}); privileges not listed",
-                    host.api_endpoint.as_deref().unwrap_or_default(),
-                    version.version
+            let answers = format!(
+                "{} answers with the token (PVE {})",
+                host.api_endpoint.as_deref().unwrap_or_default(),
+                version.version
+            );
+            checks.push(match api.permissions(None).await {
+                Ok(granted) => {
+                    let missing = missing_privileges(&granted);
+                    if missing.is_empty() {
+                        Check::pass(
+                            NAME,
+                            format!("{answers}, with {}", REQUIRED_PRIVILEGES.join(", ")),
+                        )
+                    } else {
+                        Check::fail(
+                            NAME,
+                            format!("{answers}, without {}", missing.join(", ")),
+                            format!(
+                                "grant the token {} (e.g. pveum acl modify / --tokens TOKENID \
+                                 --roles PVEVMAdmin,PVEDatastoreUser,PVEAuditor), or make it \
+                                 without privilege separation (--privsep 0)",
+                                missing.join(", ")
+                            ),
+                        )
+                    }
+                }
+                // An API without /access/permissions: the token works, its
+                // privileges show at the first call short of one.
+                Err(err) => Check::pass(
+                    NAME,
+                    format!(
+                        "{answers}; privileges not listed ({})",
+                        homestak_base::error_chain(&err)
+                    ),
                 ),
-            ));
+            });
             Some(api)
         }
         Err(err) => {
@@ -478,5 +519,40 @@ async fn nested_virt(host: &HostConfig, setup: &Setup) -> Check {
             ),
             fix,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A privilege counts on whatever path PVE lists it; one granted
+    /// nowhere is named.
+    #[test]
+    fn privileges_are_looked_up_on_every_path() {
+        let granted: homestak_pve::Permissions = serde_json::from_value(serde_json::json!({
+            "/vms": {"VM.Allocate": 1, "VM.Audit": 1},
+            "/storage/local": {"Datastore.AllocateSpace": 0},
+        }))
+        .unwrap();
+        assert_eq!(missing_privileges(&granted), ["Sys.Audit"]);
+        let none = homestak_pve::Permissions::new();
+        assert_eq!(missing_privileges(&none), REQUIRED_PRIVILEGES);
+    }
+
+    #[test]
+    fn sops_files_are_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets.yaml");
+        std::fs::write(
+            &path,
+            "api_tokens:\n  pve: ENC[AES256_GCM,data:x,type:str]\n",
+        )
+        .unwrap();
+        assert!(sops_encrypted(&path));
+        std::fs::write(&path, "api_tokens: {}\nsops:\n  version: 3.8.1\n").unwrap();
+        assert!(sops_encrypted(&path));
+        std::fs::write(&path, "api_tokens:\n  pve: \"root@pam!h=x\"\n").unwrap();
+        assert!(!sops_encrypted(&path));
     }
 }

@@ -115,6 +115,13 @@ async fn a_ready_site_passes_every_check() {
     for name in ["site_init", "ssh_keys", "pve_api", "images", "nested_virt"] {
         assert_eq!(status(&report, name), Status::Pass, "{}", report.text());
     }
+    let api = report.checks.iter().find(|c| c.name == "pve_api").unwrap();
+    assert!(
+        api.detail
+            .contains("with VM.Allocate, Datastore.AllocateSpace, Sys.Audit"),
+        "{}",
+        api.detail
+    );
     // Without a manifest there is nothing to look up images or tiers for.
     let bare = lab.run(None).await;
     assert!(bare.ok, "{}", bare.text());
