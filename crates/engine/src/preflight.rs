@@ -198,8 +198,8 @@ fn site_init(site: &Site, host: &str, checks: &mut Vec<Check>) -> Option<HostCon
         )),
         SecretsStatus::Missing { encrypted: false } => Some((
             format!("{path} is missing"),
-            "run `homestak config init` (or create secrets.yaml with api_tokens, ssh_keys and \
-             ownership_key)"
+            "create secrets.yaml (api_tokens, ssh_keys, ownership_key), or decrypt the \
+             site-config's: make decrypt"
                 .to_string(),
         )),
         SecretsStatus::Unreadable(err) => Some((

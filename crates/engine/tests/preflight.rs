@@ -162,6 +162,20 @@ async fn each_broken_piece_fails_its_check_with_a_fix() {
     assert!(report.text().contains("sops -d"), "{}", report.text());
     std::fs::write(&secrets, &good).unwrap();
 
+    // Only the encrypted file: told to decrypt it (the token is gone with
+    // it, so the API check fails too).
+    std::fs::remove_file(&secrets).unwrap();
+    std::fs::write(
+        lab.site_dir.join("secrets.yaml.enc"),
+        "sops-encrypted bytes",
+    )
+    .unwrap();
+    let report = lab.run(None).await;
+    assert!(failed(&report).contains(&"site_init"), "{}", report.text());
+    assert!(report.text().contains("make decrypt"), "{}", report.text());
+    std::fs::remove_file(lab.site_dir.join("secrets.yaml.enc")).unwrap();
+    std::fs::write(&secrets, &good).unwrap();
+
     // A wrong token: 401 from the API, told to replace the token.
     let node_file = lab.site_dir.join(format!("nodes/{}.yaml", lab.node));
     let node_text = std::fs::read_to_string(&node_file).unwrap();
