@@ -24,6 +24,7 @@ mod daemon;
 mod lifecycle;
 pub mod manifest;
 pub mod output;
+mod preflight;
 mod progress;
 mod report;
 mod scenario;
@@ -85,6 +86,9 @@ pub enum Command {
     Scenario(Box<scenario::Args>),
     /// Take over VMs made without homestak (name and vmid match a node); asks unless --yes.
     Adopt(adopt::Args),
+    /// Check what a run on a host needs (site-init, API token, SSH keys,
+    /// images, nested virtualization): exit 0 all pass, 1 one failed.
+    Preflight(preflight::Args),
 }
 
 /// How a command ended: the engine's [`Outcome`]. A command that only
@@ -153,6 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Serve(args) => serve::run(*args, &global).await,
         Command::Scenario(args) => scenario::run(*args, &global).await,
         Command::Adopt(args) => adopt::run(args, &global).await,
+        Command::Preflight(args) => preflight::run(args, &global).await,
     }
 }
 

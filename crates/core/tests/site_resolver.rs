@@ -247,6 +247,54 @@ fn inline_vm_resolves_like_a_manifest_node() {
     );
 }
 
+/// The reference refuses an inline VM with neither a template nor a preset
+/// (empty names count as none), before it even looks at the node; a
+/// manifest node whose preset the caller layered in resolves through
+/// `resolve_manifest_node_vm` instead.
+#[test]
+fn inline_vm_needs_a_template_or_a_preset() {
+    let site = load();
+    for (template, vm_preset) in [(None, None), (Some(""), Some("")), (Some(""), None)] {
+        let err = site
+            .resolve_inline_vm(&InlineVm {
+                // An unknown node: the missing template/preset comes first.
+                node: "no-such-node".into(),
+                vm_name: "bare".into(),
+                template: template.map(str::to_string),
+                vm_preset: vm_preset.map(str::to_string),
+                image: Some("debian-12".into()),
+                ..InlineVm::default()
+            })
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "resolve_inline_vm requires either template or vm_preset",
+            "{template:?} {vm_preset:?}"
+        );
+    }
+    // An empty template beside a real preset: preset mode, as in the
+    // reference (`if template:` is false for "").
+    let vars = site
+        .resolve_inline_vm(&InlineVm {
+            node: "alpha".into(),
+            vm_name: "x".into(),
+            template: Some(String::new()),
+            vm_preset: Some("small".into()),
+            ..InlineVm::default()
+        })
+        .unwrap();
+    assert_eq!(vars.vms.len(), 1);
+    let layered = site
+        .resolve_manifest_node_vm(&InlineVm {
+            node: "alpha".into(),
+            vm_name: "bare".into(),
+            image: Some("debian-12".into()),
+            ..InlineVm::default()
+        })
+        .unwrap();
+    assert_eq!(layered.vm().unwrap().name.as_deref(), Some("bare"));
+}
+
 #[test]
 fn ansible_vars_merge_site_and_posture() {
     let vars = load().resolve_ansible_vars("web").unwrap();
@@ -415,10 +463,15 @@ fn host_config_prefers_nodes_then_hosts() {
         site.list_hosts(),
         ["alpha", "beta", "empty", "metal", "no-datastore"]
     );
+    // The reference's guidance: both paths tried, the hosts there are,
+    // and how to provision the host.
     let err = site.host_config("gamma").unwrap_err().to_string();
-    assert!(
-        err.contains("Available hosts: alpha, beta, empty, metal, no-datastore"),
-        "{err}"
+    let root = site.root().display().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "Host 'gamma' not found.\n  - No node config: {root}/nodes/gamma.yaml (PVE not installed?)\n  - No host config: {root}/hosts/gamma.yaml (physical machine)\n\nAvailable hosts: alpha, beta, empty, metal, no-datastore\n\nTo provision a new host, create {root}/hosts/gamma.yaml:\n  ssh root@<ip> \"cd /usr/local/etc/homestak && make host-config\""
+        )
     );
 }
 

@@ -314,8 +314,17 @@ impl RepoSet {
         self.repos.keys().cloned().collect()
     }
 
-    /// Answers `GET /{path}` where `path` starts with `{name}.git` (no
-    /// leading slash, query removed, trailing slashes stripped).
+    /// Answers a repo request for `path` (leading `/`, query removed), as
+    /// the reference's handler does:
+    /// - not `/{name}.git/{file}` (its `^/([^/]+\.git)/(.*)$`): 400 `E100`
+    ///   "Invalid path: {path}" (`/`, `/x`, `/x.git`, `/a/b.git/c`,
+    ///   `/.git/c`);
+    /// - an unknown repo: 404 `E200` "Repository not found: {name}.git";
+    /// - a file that is not there: 404 `E200` "File not found: {file}".
+    ///   A file path that could leave the repo (`..`, `.`, empty segments,
+    ///   backslashes, control characters) is answered the same way without
+    ///   touching the disk: the reference answered 404 there too, since
+    ///   git refuses such a path.
     pub async fn serve(&self, path: &str) -> Reply {
         match self.serve_inner(path).await {
             Ok(reply) => reply,
@@ -324,20 +333,16 @@ impl RepoSet {
     }
 
     async fn serve_inner(&self, path: &str) -> Result<Reply, ApiError> {
-        let invalid = || ApiError::bad_path(format!("Invalid path: /{path}"));
-        let (repo_part, file) = path.split_once('/').ok_or_else(invalid)?;
-        let name = repo_part.strip_suffix(".git").ok_or_else(invalid)?;
-        if file.is_empty() {
-            return Err(invalid());
-        }
+        let (repo_part, name, file) = parse_repo_path(path)
+            .ok_or_else(|| ApiError::bad_path(format!("Invalid path: {path}")))?;
         let repo = self
             .repos
             .get(name)
             .ok_or_else(|| ApiError::not_found(format!("Repository not found: {repo_part}")))?;
-        if !file.split('/').all(safe_segment) {
-            return Err(invalid());
-        }
         let not_found = || ApiError::not_found(format!("File not found: {file}"));
+        if !file.split('/').all(safe_segment) {
+            return Err(not_found());
+        }
         if is_protocol_path(file) {
             let bytes = read_confined(&repo.dir, file).await.ok_or_else(not_found)?;
             return Ok(Reply::bytes(protocol_content_type(file), bytes));
@@ -351,6 +356,17 @@ impl RepoSet {
             }
         }
     }
+}
+
+/// Splits `/{name}.git/{file}` into (`{name}.git`, `name`, `file`): the
+/// reference's `^/([^/]+\.git)/(.*)$`, whose `.` stops at a newline.
+fn parse_repo_path(path: &str) -> Option<(&str, &str, &str)> {
+    let (repo_part, file) = path.strip_prefix('/')?.split_once('/')?;
+    let name = repo_part.strip_suffix(".git").filter(|n| !n.is_empty())?;
+    if file.contains('\n') {
+        return None;
+    }
+    Some((repo_part, name, file))
 }
 
 /// A path segment that cannot move out of its directory or hide tricks.
@@ -583,6 +599,86 @@ mod tests {
         create_root(&ours).unwrap();
         create_root(&ours).unwrap();
         assert!(ours.join(MARKER).is_file());
+    }
+
+    #[test]
+    fn repo_paths_parse_like_the_reference() {
+        assert_eq!(
+            parse_repo_path("/bootstrap.git/HEAD"),
+            Some(("bootstrap.git", "bootstrap", "HEAD"))
+        );
+        assert_eq!(
+            parse_repo_path("/a.git/objects/pack/p.idx"),
+            Some(("a.git", "a", "objects/pack/p.idx"))
+        );
+        // An empty or odd file is the handler's business (404), not a
+        // malformed path.
+        assert_eq!(parse_repo_path("/a.git/"), Some(("a.git", "a", "")));
+        assert_eq!(parse_repo_path("/a.git//x"), Some(("a.git", "a", "/x")));
+        assert_eq!(parse_repo_path("/a.git/../x"), Some(("a.git", "a", "../x")));
+        for bad in [
+            "",
+            "/",
+            "/a",
+            "/a.git",
+            "/.git/HEAD",
+            "/x/a.git/HEAD",
+            "a.git/HEAD",
+            "/a.gitx/HEAD",
+            "/a.git/x\ny",
+        ] {
+            assert_eq!(parse_repo_path(bad), None, "{bad:?}");
+        }
+    }
+
+    /// Every malformed path is "Invalid path" with the path as sent; a
+    /// file that could leave the repo is "File not found", never read.
+    #[tokio::test]
+    async fn malformed_paths_are_invalid_and_escapes_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let present = dir.path().join("present.git");
+        std::fs::create_dir_all(present.join("objects")).unwrap();
+        std::fs::write(present.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        std::fs::write(dir.path().join("outside"), "secret").unwrap();
+        let set = RepoSet::from_dirs([("present".to_string(), present)]);
+        let answer = |reply: Reply| {
+            let body = reply.body_json().cloned().unwrap_or_default();
+            (
+                reply.status,
+                body["error"]["message"].as_str().unwrap_or("").to_string(),
+            )
+        };
+        for path in [
+            "/",
+            "/present",
+            "/present.git",
+            "/.git/HEAD",
+            "/a/present.git/HEAD",
+        ] {
+            assert_eq!(
+                answer(set.serve(path).await),
+                (400, format!("Invalid path: {path}")),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            answer(set.serve("/ghost.git/HEAD").await),
+            (404, "Repository not found: ghost.git".to_string())
+        );
+        for file in [
+            "../outside",
+            "objects/../../outside",
+            "",
+            "/HEAD",
+            "objects//x",
+        ] {
+            assert_eq!(
+                answer(set.serve(&format!("/present.git/{file}")).await),
+                (404, format!("File not found: {file}")),
+                "{file}"
+            );
+        }
+        assert_eq!(set.serve("/present.git/HEAD").await.status, 200);
     }
 
     #[test]

@@ -34,7 +34,9 @@ pub enum Route<'a> {
     Specs,
     /// The identity, verbatim (not decoded).
     Spec(&'a str),
-    /// The path without its leading `/`, starting with `{name}.git`.
+    /// A path the reference hands to its repo handler (it holds `.git/` or
+    /// ends with `.git`), as normalised; the handler decides whether it is
+    /// a valid `/{name}.git/{file}`.
     Repo(&'a str),
     /// Nothing here; the stripped path for the message.
     Unknown(&'a str),
@@ -56,10 +58,10 @@ pub fn route(path: &str) -> Route<'_> {
             if let Some(identity) = path.strip_prefix("/spec/") {
                 return Route::Spec(identity);
             }
-            let rest = path.strip_prefix('/').unwrap_or(path);
-            let first = rest.split('/').next().unwrap_or_default();
-            if first.ends_with(".git") {
-                Route::Repo(rest)
+            // The reference's dispatch rule, not a parse: `/a/b.git/x` is a
+            // repo request too, refused by the handler as an invalid path.
+            if path.contains(".git/") || path.ends_with(".git") {
+                Route::Repo(path)
             } else {
                 Route::Unknown(path)
             }
@@ -147,7 +149,10 @@ fn resolve_error(identity: &str, err: &spec::Error) -> ApiError {
     }
 }
 
-/// `GET /{repo}.git/...`: the repo token, then the file.
+/// The reference's repo request handler, for `path` as given (leading
+/// `/`): repos must be initialised, then the repo token, then the path must
+/// be `/{name}.git/{file}` ("Invalid path" otherwise, see
+/// [`RepoSet::serve`]).
 pub async fn repo_request(ctx: &Context, path: &str, authorization: Option<&str>) -> Reply {
     let Some(repos) = &ctx.repos else {
         return ApiError::internal("Repos not initialized").reply();
@@ -175,12 +180,21 @@ mod tests {
         );
         assert_eq!(
             route(normalise("/bootstrap.git/HEAD")),
-            Route::Repo("bootstrap.git/HEAD")
+            Route::Repo("/bootstrap.git/HEAD")
         );
         assert_eq!(
-            route(normalise("/bootstrap.git")),
-            Route::Repo("bootstrap.git")
+            route(normalise("/bootstrap.git/")),
+            Route::Repo("/bootstrap.git")
         );
+        // Whatever holds `.git/` or ends with `.git` goes to the repo
+        // handler, which refuses what is not `/{name}.git/{file}`.
+        for path in ["/a/b.git/HEAD", "/.git/HEAD", "/x/y.git", "/a.git/b.git"] {
+            assert_eq!(route(normalise(path)), Route::Repo(path), "{path}");
+        }
         assert_eq!(route(normalise("/v1/status")), Route::Unknown("/v1/status"));
+        assert_eq!(
+            route(normalise("/a.gitx/HEAD")),
+            Route::Unknown("/a.gitx/HEAD")
+        );
     }
 }

@@ -16,6 +16,9 @@
 //! - [`hostlease`]: the lease on the PVE host itself (a block in the node's
 //!   notes, written with compare-and-swap) that keeps every other homestak,
 //!   whatever its state directory, off a host one is converging.
+//! - [`preflight`]: what a run on a host needs (site-init, SSH keys, API
+//!   token and privileges, images, nested virtualization), each check
+//!   with its fix.
 //! - [`scenario`]: the Python tool's standalone workflows (`pve-setup`,
 //!   `packer-*`, …) as named verb_noun phases run in order, with skips, a
 //!   timeout between phases and a context chained runs carry.
@@ -30,6 +33,7 @@ pub mod executor;
 pub mod hostlease;
 pub mod onboard;
 pub mod packer;
+pub mod preflight;
 pub mod reconcile;
 pub mod scenario;
 pub mod state_dir;

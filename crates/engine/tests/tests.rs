@@ -9,6 +9,7 @@ mod create_intent;
 mod host_lease;
 mod onboard;
 mod packer;
+mod preflight;
 mod store_sled;
 mod store_suite;
 mod trust;

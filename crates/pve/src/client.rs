@@ -24,7 +24,7 @@ use super::types::{
     TaskStatus, Version, VmConfig, VmStatus,
 };
 use super::upid::Upid;
-use super::{Api, Result};
+use super::{Api, Permissions, Result};
 use homestak_base::id::{PveNode, VmId};
 
 /// A PVE API client for one host. Cheap to clone; clones share the
@@ -94,6 +94,12 @@ fn power_template(action: &PowerAction) -> &'static str {
 impl Api for Client {
     fn version(&self) -> BoxFuture<'_, Result<Version>> {
         Box::pin(self.call(Request::get("/version", &[])))
+    }
+
+    fn permissions<'a>(&'a self, path: Option<&'a str>) -> BoxFuture<'a, Result<Permissions>> {
+        let mut form = Form::new();
+        form.push_opt("path", path);
+        Box::pin(self.call(Request::get("/access/permissions", &[]).with_form(form)))
     }
 
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeEntry>>> {

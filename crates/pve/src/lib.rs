@@ -59,6 +59,11 @@ pub use types::{
 };
 pub use upid::Upid;
 
+/// What `GET /access/permissions` answers: path → privilege → propagate
+/// flag (`1`/`0`).
+pub type Permissions =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, serde_json::Value>>;
+
 /// Result of a PVE call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -74,6 +79,12 @@ pub trait Api: Send + Sync {
     /// `GET /version`: also a cheap token check.
     fn version(&self) -> BoxFuture<'_, Result<Version>> {
         not_implemented("version")
+    }
+
+    /// `GET /access/permissions[?path=…]`: the calling token's privileges,
+    /// path → privilege → propagate flag.
+    fn permissions<'a>(&'a self, _path: Option<&'a str>) -> BoxFuture<'a, Result<Permissions>> {
+        not_implemented("permissions")
     }
 
     /// `GET /nodes`.

@@ -335,7 +335,7 @@ mod tests {
         assert_eq!(host.ssh_key, key);
         // The key reaches VMs through the resolver, in file order.
         let vars = site
-            .resolve_inline_vm(&homestak_core::site::InlineVm {
+            .resolve_manifest_node_vm(&homestak_core::site::InlineVm {
                 node: "father".into(),
                 vm_name: "x".into(),
                 vmid: None,

@@ -58,10 +58,9 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-    /// The document is empty (or only comments).
-    #[error(
-        "Manifest {origin} is empty: it must be a mapping with schema_version, name and nodes (v2) or levels (v1)"
-    )]
+    /// The document is empty (or only comments, or `null`). From a file,
+    /// the reference's wording: to it, an empty document is not a mapping.
+    #[error("{}", empty(origin))]
     Empty { origin: Origin },
     /// The document is a list or a scalar instead of a mapping.
     #[error("{}", not_a_mapping(origin, found))]
@@ -176,6 +175,15 @@ fn not_a_mapping(origin: &Origin, found: &str) -> String {
         Origin::File(path) => format!("Manifest {} must be a YAML object (dict)", path.display()),
         Origin::Json => format!("Manifest JSON must be a JSON object, got {found}"),
         Origin::Memory => format!("Manifest must be a mapping, got {found}"),
+    }
+}
+
+fn empty(origin: &Origin) -> String {
+    match origin {
+        Origin::File(_) => not_a_mapping(origin, "nothing"),
+        Origin::Json | Origin::Memory => format!(
+            "Manifest {origin} is empty: it must be a mapping with schema_version, name and nodes (v2) or levels (v1)"
+        ),
     }
 }
 
@@ -388,6 +396,23 @@ mod tests {
             not_map.located().to_string(),
             "Manifest /s/m.yaml must be a YAML object (dict)"
         );
+    }
+
+    /// An empty manifest file gets the reference's "must be a YAML object"
+    /// (PyYAML reads it as None); JSON keeps the explanation.
+    #[test]
+    fn an_empty_file_is_not_a_mapping() {
+        let empty = Error::Empty {
+            origin: Origin::File(PathBuf::from("/s/manifests/e.yaml")),
+        };
+        assert_eq!(
+            empty.to_string(),
+            "Manifest /s/manifests/e.yaml must be a YAML object (dict)"
+        );
+        let json = Error::Empty {
+            origin: Origin::Json,
+        };
+        assert!(json.to_string().contains("is empty"), "{json}");
     }
 
     #[test]

@@ -150,6 +150,29 @@ mod tests {
         }
     }
 
+    /// An empty file, one of only comments and a bare `~` are all "not a
+    /// YAML object", in the reference's words and with the path as given.
+    #[test]
+    fn empty_files_are_not_a_mapping() {
+        let site = site_with(&[
+            ("empty.yaml", ""),
+            ("comments.yaml", "# nothing yet\n"),
+            ("tilde.yaml", "~\n"),
+        ]);
+        let loader = Loader::new(site.path());
+        for name in ["empty", "comments", "tilde"] {
+            let err = loader.load(name).unwrap_err();
+            assert!(matches!(err, Error::Empty { .. }), "{name}: {err:?}");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "Manifest {} must be a YAML object (dict)",
+                    site.path().join(format!("manifests/{name}.yaml")).display()
+                )
+            );
+        }
+    }
+
     #[test]
     fn loads_by_name() {
         let site = site_with(&[("tiny.yaml", TINY)]);

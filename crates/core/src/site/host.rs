@@ -30,11 +30,15 @@ pub const TEST_VM_ID: u32 = 99900;
 /// A host lookup failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Neither `nodes/<name>.yaml` nor `hosts/<name>.yaml` exists.
+    /// Neither `nodes/<name>.yaml` nor `hosts/<name>.yaml` exists. The
+    /// reference's text: both paths tried, the hosts there are, and how to
+    /// provision a new one.
     #[error(
-        "Host '{name}' not found: no nodes/{name}.yaml (PVE node) or hosts/{name}.yaml (physical machine) in {}. Available hosts: {}",
-        root.display(),
-        if available.is_empty() { "none configured".to_string() } else { available.join(", ") }
+        "Host '{name}' not found.\n  - No node config: {} (PVE not installed?)\n  - No host config: {} (physical machine)\n\nAvailable hosts: {}\n\nTo provision a new host, create {}:\n  ssh root@<ip> \"cd /usr/local/etc/homestak && make host-config\"",
+        root.join("nodes").join(format!("{name}.yaml")).display(),
+        root.join("hosts").join(format!("{name}.yaml")).display(),
+        if available.is_empty() { "none configured".to_string() } else { available.join(", ") },
+        root.join("hosts").join(format!("{name}.yaml")).display(),
     )]
     NotFound {
         name: String,

@@ -28,6 +28,7 @@ pub mod resolver;
 pub mod secrets;
 mod serde_util;
 pub mod spec;
+pub mod sshkey;
 pub mod vm;
 
 pub use homestak_base::secret::Secret;
@@ -38,6 +39,7 @@ pub use resolver::{AnsibleVars, InlineVm, TofuVars};
 pub use secrets::{Secrets, SecretsFile, SecretsStatus};
 pub use serde_util::OrderedMap;
 pub use spec::{ResolvedSpec, Spec};
+pub use sshkey::{BadSshKey, KeyProblem, check_public_key};
 pub use vm::{Env, EnvVm, IpConfig, Preset, ResolvedVm, Template, VmSettings};
 
 /// JSON Schemas of the site-config documents, generated from the types that

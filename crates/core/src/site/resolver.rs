@@ -28,6 +28,10 @@ use homestak_base::yaml;
 /// A resolution failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// An inline VM names neither a template nor a preset (the
+    /// reference's wording; the fix is to give the VM one of them).
+    #[error("resolve_inline_vm requires either template or vm_preset")]
+    InlineVmUnderspecified { vm: String },
     /// No (or an empty) `nodes/<node>.yaml`.
     #[error("Node config not found: nodes/{node}.yaml")]
     NodeNotFound { node: String },
@@ -211,7 +215,27 @@ impl Site {
     }
 
     /// Resolves one inline VM on its node (tofu shape, one VM).
+    ///
+    /// As in the reference, the VM must name a `template` or a `vm_preset`
+    /// (an empty name counts as none), checked before the node file.
     pub fn resolve_inline_vm(&self, inline: &InlineVm) -> Result<TofuVars, Error> {
+        let named = |s: &Option<String>| s.as_deref().is_some_and(|s| !s.is_empty());
+        if !named(&inline.template) && !named(&inline.vm_preset) {
+            return Err(Error::InlineVmUnderspecified {
+                vm: inline.vm_name.clone(),
+            });
+        }
+        let mut inline = inline.clone();
+        inline.template = inline.template.filter(|s| !s.is_empty());
+        inline.vm_preset = inline.vm_preset.filter(|s| !s.is_empty());
+        self.resolve_manifest_node_vm(&inline)
+    }
+
+    /// Resolves one VM whose settings the caller layered already (a v2
+    /// manifest node: its preset is applied into `overrides`), so neither
+    /// `template` nor `vm_preset` is required. Same shape as
+    /// [`Site::resolve_inline_vm`].
+    pub fn resolve_manifest_node_vm(&self, inline: &InlineVm) -> Result<TofuVars, Error> {
         let mut vars = self.target_node(&inline.node)?;
         let mut settings = VmSettings {
             vmid: Some(inline.vmid),

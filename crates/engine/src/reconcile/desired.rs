@@ -313,7 +313,7 @@ fn resolve_v2_node(
     }
     let vmid = node.vmid.map(|v| v.get());
     let vars = site
-        .resolve_inline_vm(&InlineVm {
+        .resolve_manifest_node_vm(&InlineVm {
             node: host.to_string(),
             vm_name: name.clone(),
             vmid,

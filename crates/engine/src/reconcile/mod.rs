@@ -50,7 +50,8 @@ use homestak_tls::Fingerprint;
 /// Reconciling failed before any step ran.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("host {host}: not found in the site-config")]
+    /// The cause carries the guidance (the paths tried, how to provision).
+    #[error("cannot target host {host}")]
     Host {
         host: String,
         #[source]
@@ -61,6 +62,14 @@ pub enum Error {
         config.display()
     )]
     NoApi { host: String, config: PathBuf },
+    /// Known only by `hosts/<host>.yaml`: a machine PVE is not installed on
+    /// yet.
+    #[error(
+        "host {host} is known only by {} (PVE not installed?); install PVE and write \
+         nodes/{host}.yaml with `homestak scenario pve-setup --host {host}`",
+        config.display()
+    )]
+    HostOnly { host: String, config: PathBuf },
     #[error(
         "host {host}: api_fingerprint {value:?} in nodes/{host}.yaml is not a SHA-256 fingerprint"
     )]
@@ -69,6 +78,14 @@ pub enum Error {
         value: String,
         #[source]
         source: homestak_tls::FingerprintParseError,
+    },
+    #[error(
+        "secrets.yaml ssh_keys holds keys that are not OpenSSH public keys: {}; fix or \
+         remove them in secrets.yaml (one `TYPE BASE64 [COMMENT]` line each, as in a .pub file)",
+        problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    SshKeys {
+        problems: Vec<homestak_core::site::BadSshKey>,
     },
     #[error("host {host}: no API token; add it to secrets.yaml api_tokens")]
     NoToken { host: String },
@@ -268,10 +285,7 @@ pub fn connect(
     observer: Option<Arc<dyn pve::Observer>>,
 ) -> Result<Arc<dyn Api>, Error> {
     let Some(endpoint) = &host.api_endpoint else {
-        return Err(Error::NoApi {
-            host: host.name.clone(),
-            config: host.config_file.clone(),
-        });
+        return Err(no_api(host));
     };
     let Some(secret) = host.api_token() else {
         return Err(Error::NoToken {
@@ -293,13 +307,50 @@ pub fn connect(
     Ok(Arc::new(client))
 }
 
+/// Where the site's images come from (`image_source`, else the packer
+/// release, `packer_release` overriding site.yaml's), with the parts and
+/// digests the site-config gives.
+pub fn image_source(site: &Site, packer_release: Option<&str>) -> ImageSource {
+    let d = site.defaults();
+    let base_url = crate::packer::release::image_base_url(packer_release, d);
+    ImageSource {
+        base_url,
+        parts: d
+            .image_parts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        sha256: d
+            .image_sha256
+            .iter()
+            .flatten()
+            .map(|(image, digest)| (image.clone(), digest.as_str().to_string()))
+            .collect(),
+    }
+}
+
+/// Why `host` has no API: a `hosts/` machine still needs PVE; a node file
+/// lacks `api_endpoint`.
+fn no_api(host: &HostConfig) -> Error {
+    let (host_name, config) = (host.name.clone(), host.config_file.clone());
+    if host.is_host_only {
+        Error::HostOnly {
+            host: host_name,
+            config,
+        }
+    } else {
+        Error::NoApi {
+            host: host_name,
+            config,
+        }
+    }
+}
+
 /// The PVE node of `host`'s API paths.
 pub fn pve_node(host: &HostConfig) -> Result<PveNode, Error> {
     let Some(name) = &host.node_name else {
-        return Err(Error::NoApi {
-            host: host.name.clone(),
-            config: host.config_file.clone(),
-        });
+        return Err(no_api(host));
     };
     PveNode::new(name.as_str()).map_err(|source| Error::PveNode {
         host: host.name.clone(),
@@ -359,6 +410,15 @@ impl Tier {
     /// Resolves, observes and plans. No writes.
     pub async fn plan(&self, manifest: &Manifest, options: &Options) -> Result<Planned, Error> {
         let tier = self.resolve(manifest)?;
+        // Every VM gets every key: a bad one would fail at create with
+        // PVE's nameless "SSH public key validation error". Refused here,
+        // before PVE is asked anything.
+        if !tier.desired.vms.is_empty() {
+            let problems = self.site.ssh_key_problems();
+            if !problems.is_empty() {
+                return Err(Error::SshKeys { problems });
+            }
+        }
         let observed = self.observe(manifest, &tier).await?;
         let plan = plan::plan(
             &tier.desired,
@@ -424,23 +484,7 @@ impl Tier {
             .iter()
             .map(|v| (v.name.clone(), v.clone()))
             .collect();
-        let d = self.site.defaults();
-        let base_url = crate::packer::release::image_base_url(options.packer_release.as_deref(), d);
-        let images = ImageSource {
-            base_url,
-            parts: d
-                .image_parts
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
-            sha256: d
-                .image_sha256
-                .iter()
-                .flatten()
-                .map(|(image, digest)| (image.clone(), digest.as_str().to_string()))
-                .collect(),
-        };
+        let images = image_source(&self.site, options.packer_release.as_deref());
         let ssh = if planned.settings.verify_ssh {
             self.ssh.clone()
         } else {
@@ -550,5 +594,39 @@ impl Tier {
         report.last_applied_commit = commit;
         status::children(&mut report, planned, self.store.clone(), self.ssh.as_ref()).await;
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A machine known only by `hosts/` is told to get PVE through
+    /// pve-setup, naming the hosts/ file; a node file without `api_endpoint`
+    /// keeps the no-API error.
+    #[test]
+    fn a_host_without_api_says_how_to_get_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("hosts")).unwrap();
+        std::fs::create_dir_all(dir.path().join("nodes")).unwrap();
+        std::fs::write(dir.path().join("hosts/metal.yaml"), "ip: 127.0.0.9\n").unwrap();
+        std::fs::write(dir.path().join("nodes/bare.yaml"), "datastore: local\n").unwrap();
+        let site = Site::load(dir.path()).unwrap();
+
+        let metal = site.host_config("metal").unwrap();
+        let err = connect(&metal, true, None).err().unwrap();
+        assert!(matches!(err, Error::HostOnly { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("hosts/metal.yaml")
+                && text.contains("homestak scenario pve-setup --host metal"),
+            "{text}"
+        );
+        assert!(matches!(pve_node(&metal), Err(Error::HostOnly { .. })));
+
+        let bare = site.host_config("bare").unwrap();
+        let err = connect(&bare, true, None).err().unwrap();
+        assert!(matches!(err, Error::NoApi { .. }), "{err:?}");
+        assert!(err.to_string().contains("nodes/bare.yaml"), "{err}");
     }
 }

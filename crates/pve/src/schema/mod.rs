@@ -325,6 +325,7 @@ impl P {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
     Version,
+    Permissions,
     Nodes,
     NodeStatus,
     NodeConfigGet,

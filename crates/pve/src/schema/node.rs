@@ -90,6 +90,12 @@ pub(super) fn endpoints() -> Vec<Endpoint> {
     use Method::*;
     vec![
         Endpoint::new(Get, "/version", Op::Version, vec![]),
+        Endpoint::new(
+            Get,
+            "/access/permissions",
+            Op::Permissions,
+            vec![P::string("path")],
+        ),
         Endpoint::new(Get, "/nodes", Op::Nodes, vec![]),
         Endpoint::new(Get, "/nodes/{node}/status", Op::NodeStatus, vec![node()]),
         Endpoint::new(

@@ -65,6 +65,40 @@ fn info(t: &Token) -> Map<String, Value> {
     m
 }
 
+/// Privileges `GET /access/permissions` lists for `root@pam` and its
+/// tokens: PVE's built-in ones that homestak's calls need, and a few more.
+const PRIVILEGES: &[&str] = &[
+    "Datastore.Allocate",
+    "Datastore.AllocateSpace",
+    "Datastore.AllocateTemplate",
+    "Datastore.Audit",
+    "Sys.Audit",
+    "Sys.Modify",
+    "VM.Allocate",
+    "VM.Audit",
+    "VM.Config.CDROM",
+    "VM.Config.Cloudinit",
+    "VM.Config.CPU",
+    "VM.Config.Disk",
+    "VM.Config.Memory",
+    "VM.Config.Network",
+    "VM.Config.Options",
+    "VM.Monitor",
+    "VM.PowerMgmt",
+];
+
+/// `GET /access/permissions`: the caller's privileges. Every caller is
+/// `root@pam` (or its token) here, so every privilege, propagated, on the
+/// path asked (default `/`).
+pub fn permissions(_ctx: &Ctx, p: &Params) -> Result<Reply, Error> {
+    let path = p.str("path").unwrap_or("/");
+    let privileges: Map<String, Value> = PRIVILEGES
+        .iter()
+        .map(|n| ((*n).to_string(), json!(1)))
+        .collect();
+    Ok(Reply::Data(json!({ path: privileges })))
+}
+
 pub fn token_list(ctx: &Ctx, p: &Params) -> Result<Reply, Error> {
     let userid = user(p)?;
     let prefix = format!("{userid}!");

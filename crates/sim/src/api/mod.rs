@@ -96,6 +96,7 @@ impl Ctx {
 pub async fn handle(ctx: &Ctx, endpoint: &'static Endpoint, p: &Params) -> Result<Reply, Error> {
     match endpoint.op {
         Op::Version => cluster::version(ctx),
+        Op::Permissions => access::permissions(ctx, p),
         Op::Nodes => cluster::nodes(ctx),
         Op::NodeStatus => cluster::node_status(ctx, p),
         Op::NodeConfigGet => nodeconfig::get(ctx, p),

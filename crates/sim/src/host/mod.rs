@@ -234,4 +234,14 @@ async fn prepare_root(shared: &Shared, root: &VmRoot, node: &str) {
     if let Ok(path) = root.resolve("/", "/etc/hostname") {
         let _ = tokio::fs::write(&path.host, format!("{node}\n")).await;
     }
+    // KVM with nested guests allowed, as preflight reads it (`cat`).
+    if let Ok(path) = root.resolve("/", NESTED_PARAMETER) {
+        if let Some(dir) = path.host.parent() {
+            let _ = tokio::fs::create_dir_all(dir).await;
+        }
+        let _ = tokio::fs::write(&path.host, "Y\n").await;
+    }
 }
+
+/// Where the host's KVM says whether nested guests are allowed.
+pub const NESTED_PARAMETER: &str = "/sys/module/kvm_intel/parameters/nested";

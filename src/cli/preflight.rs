@@ -1,0 +1,71 @@
+//! `homestak preflight -H HOST [-M NAME | --manifest-file PATH |
+//! --manifest-json JSON] [--json]`: checks what a run on HOST needs (see
+//! [`homestak_engine::preflight`]) and changes nothing. Exit 0 when every
+//! check passed or was skipped, 1 when one failed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::manifest::Source;
+use super::target::{read_manifest, state_dir};
+use super::{GlobalArgs, Outcome};
+use homestak_core::site::Site;
+use homestak_engine::preflight::{self, Input};
+use homestak_engine::reconcile::Setup;
+
+/// Arguments of `homestak preflight`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The host to check: nodes/HOST.yaml in the site-config.
+    #[arg(short = 'H', long = "host", value_name = "HOST")]
+    pub host: String,
+    /// The manifest a run would converge (enables the images and nested
+    /// virtualization checks).
+    #[command(flatten)]
+    pub source: Source,
+    /// Accept any TLS certificate from a PVE API without `api_fingerprint:`.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Where homestak keeps its known SSH host keys.
+    #[arg(long, value_name = "DIR", env = "HOMESTAK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Private key for SSH to the host (default: ssh_key in nodes/HOST.yaml,
+    /// else ~/.ssh/id_rsa).
+    #[arg(long, value_name = "PATH", env = "HOMESTAK_SSH_KEY")]
+    pub ssh_key: Option<PathBuf>,
+}
+
+/// Runs `homestak preflight`.
+pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
+    let root = homestak_core::site::discover::find(global.site_config.as_deref())?;
+    let site = Arc::new(Site::load(&root)?);
+    let manifest = if args.source.is_empty() {
+        None
+    } else {
+        Some(read_manifest(&args.source, &root)?)
+    };
+    let setup = Setup {
+        insecure: args.insecure,
+        state_dir: state_dir(args.state_dir.as_ref()),
+        open_store: false,
+        ssh_key: args.ssh_key.clone(),
+        ..Setup::default()
+    };
+    let report = preflight::run(Input {
+        site,
+        host: &args.host,
+        manifest: manifest.as_ref(),
+        setup: &setup,
+    })
+    .await;
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(if report.ok {
+        Outcome::Converged
+    } else {
+        Outcome::Failed
+    })
+}
