@@ -26,4 +26,5 @@ mod reliability_crash;
 mod sim_cli;
 mod sim_conformance;
 mod sim_services;
+mod spec_delivery;
 mod support;

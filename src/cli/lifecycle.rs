@@ -45,6 +45,11 @@ pub struct LifecycleArgs {
     /// Fail at once when another homestak holds the host's lease.
     #[arg(long, conflicts_with = "lease_timeout")]
     pub no_wait: bool,
+    /// The spec server's certificate (PEM) that pull-mode VMs trust when
+    /// they fetch their spec over https (default: `tls/daemon.crt` of the
+    /// state directory, what `homestak serve` with it serves).
+    #[arg(long, value_name = "FILE", value_parser = pem_certificate)]
+    pub spec_ca: Option<String>,
 }
 
 impl LifecycleArgs {
@@ -61,6 +66,7 @@ impl LifecycleArgs {
             },
             lease: base.lease.map(|_| self.lease_wait()),
             packer_release: self.packer_release.clone().or(base.packer_release),
+            spec_ca: self.spec_ca.clone().or(base.spec_ca),
             ..base
         }
     }
@@ -78,6 +84,17 @@ impl LifecycleArgs {
 /// A `DURATION` to wait for a lease (`0s` fails at once, like `--no-wait`).
 fn lease_timeout(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// The text of a PEM certificate file.
+fn pem_certificate(path: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "{path} holds no PEM certificate; give the spec server's certificate (its tls/daemon.crt)"
+        ));
+    }
+    Ok(text)
 }
 
 fn delegate(text: &str) -> Result<Delegate, String> {
@@ -105,5 +122,33 @@ mod tests {
         assert!(seconds("10ms").is_err());
         assert_eq!(delegate("ssh"), Ok(Delegate::Ssh));
         assert!(delegate("carrier-pigeon").is_err());
+    }
+
+    #[test]
+    fn spec_ca_must_be_a_readable_pem_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(
+            &good,
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let bad = dir.path().join("key.pem");
+        std::fs::write(&bad, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        assert!(
+            pem_certificate(good.to_str().unwrap())
+                .unwrap()
+                .contains("BEGIN CERTIFICATE")
+        );
+        assert!(
+            pem_certificate(bad.to_str().unwrap())
+                .unwrap_err()
+                .contains("no PEM certificate")
+        );
+        assert!(
+            pem_certificate("/nonexistent/ca.pem")
+                .unwrap_err()
+                .contains("cannot read")
+        );
     }
 }

@@ -13,7 +13,7 @@ use homestak_tls::{self as tls, Fingerprint};
 
 /// Sub-directory of the state directory holding the generated pair.
 const TLS_DIR: &str = "tls";
-const CERT_FILE: &str = "daemon.crt";
+
 const KEY_FILE: &str = "daemon.key";
 
 /// The certificate could not be loaded or generated.
@@ -90,7 +90,8 @@ impl Material {
             (Some(cert), Some(key)) => Material::from_files(cert, key, false),
             (None, None) => {
                 let dir = state_dir.join(TLS_DIR);
-                let (cert, key) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+                // Where the engine looks for it too (pull-mode VMs trust it).
+                let (cert, key) = (state_dir.join(state_dir::DAEMON_CERT), dir.join(KEY_FILE));
                 if cert.is_file() && key.is_file() {
                     return Material::from_files(&cert, &key, false);
                 }

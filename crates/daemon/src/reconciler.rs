@@ -108,6 +108,9 @@ pub struct Reconciler {
     source: Source,
     extra_manifests: Vec<String>,
     host_override: Option<String>,
+    /// The certificate this daemon serves (PEM): pull-mode VMs of its runs
+    /// trust it when they fetch their spec from it.
+    spec_ca: Option<String>,
     desired: RwLock<Desired>,
     queue: Queue,
     running: Mutex<Option<Running>>,
@@ -135,6 +138,8 @@ pub struct Parts {
     pub source: Source,
     pub extra_manifests: Vec<String>,
     pub host_override: Option<String>,
+    /// The certificate the daemon serves (PEM), for pull-mode VMs.
+    pub spec_ca: Option<String>,
     pub shutdown: Shutdown,
 }
 
@@ -173,6 +178,7 @@ impl Reconciler {
             source: parts.source,
             extra_manifests: parts.extra_manifests,
             host_override: parts.host_override,
+            spec_ca: parts.spec_ca,
             desired: RwLock::new(Desired::default()),
             queue: Queue::default(),
             running: Mutex::new(None),
@@ -590,7 +596,10 @@ impl Reconciler {
                     revision: Some(entry.revision.clone()),
                     reason: job.reason,
                     mode,
-                    options: Options::default(),
+                    options: Options {
+                        spec_ca: self.spec_ca.clone(),
+                        ..Options::default()
+                    },
                     generation,
                 };
                 // On its own task, so a panicking engine fails this job

@@ -322,6 +322,9 @@ impl Daemon {
             source: Source::new(&config.site_config, config.source),
             extra_manifests: config.manifests.clone(),
             host_override: config.host.clone(),
+            // What it serves, `--cert` or generated: its runs' pull-mode
+            // VMs fetch their spec from this daemon.
+            spec_ca: std::fs::read_to_string(&material.cert_path).ok(),
             shutdown,
         }));
         let app = Arc::new(App {

@@ -239,7 +239,9 @@ fn spec_delivery(
         identity: identity.to_string(),
         source,
     })?;
-    let document = resolved.served().to_string();
+    // Byte for byte what `GET /spec/{identity}` answers (the daemon ends
+    // its JSON bodies with a newline), so push and pull leave the same file.
+    let document = format!("{}\n", resolved.served());
     let digest = homestak_base::digest::sha256(document.as_bytes());
     let token = site
         .auth_token(resolved.posture_name(), identity)

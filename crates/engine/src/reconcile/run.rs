@@ -355,6 +355,12 @@ impl Engine {
             at: Timestamp::now(),
             clock: Instant::now(),
         };
+        let mut request = request;
+        // Pull-mode VMs fetching over HTTPS trust the given certificate,
+        // else the one `homestak serve` of this state directory serves.
+        if request.options.spec_ca.is_none() {
+            request.options.spec_ca = crate::state_dir::daemon_cert(&self.setup.state_dir);
+        }
         let mut cancel = std::pin::pin!(cancel);
         let tier = self.tier(request.site.clone(), &request.host)?;
         let converging = matches!(request.mode, Mode::Apply | Mode::Destroy);

@@ -127,9 +127,9 @@ impl VmController {
                 None => {
                     return refuse(format!(
                         "node {}: the VM must trust the spec server {}, and homestak does not \
-                         have its certificate; run homestak serve with this state directory \
-                         (its tls/daemon.crt is used) or use an http:// spec_server on a \
-                         trusted network",
+                         have its certificate; pass --spec-ca FILE (the server's \
+                         tls/daemon.crt), let that daemon converge the manifest, or use an \
+                         http:// spec_server on a trusted network",
                         node.node, spec.server
                     ));
                 }
@@ -386,8 +386,8 @@ impl VmController {
             Ok(out) if last_line(&out.stdout_text()) == "fetched" => StepOutcome::Done,
             Ok(out) => refuse(format!(
                 "node {}: the VM could not fetch spec {} from {} at first boot ({}); check the \
-                 spec server is up and reachable from the VM, and the posture's token in \
-                 secrets.yaml; the VM's /var/log/cloud-init-output.log has curl's error",
+                 spec server is up and reachable from the VM, that --spec-ca is its \
+                 certificate, and the posture's token in secrets.yaml; the VM's /var/log/cloud-init-output.log has curl's error",
                 node.node,
                 spec.identity,
                 spec.server,
