@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::support::{BIN, demo_sim};
+use crate::support::{BIN, demo_sim, text};
 
 const MANIFEST: &str = r#"{"schema_version": 2, "name": "legacy",
   "nodes": [{"name": "legacy-1", "type": "vm", "preset": "vm-small", "image": "debian-12", "vmid": 99201}],
@@ -25,15 +25,6 @@ fn homestak(site: &Path, state: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A `/_sim` control request (loopback, the simulator's own certificate).

@@ -4,12 +4,12 @@
 //! VM twice. A second signal stops at once.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{BIN, Guard, demo_sim};
+use crate::support::{BIN, Guard, demo_sim, text};
 
 /// `homestak sim` in real time with slow tasks (a create takes 3 s), on a
 /// scratch copy of demo/site-config; `answer` seconds per API answer.
@@ -42,15 +42,6 @@ fn reconcile(site: &Path, state: &Path, reports: &Path) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     command
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn signal(child: &Child, name: &str) {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::support::{BIN, demo_sim};
+use crate::support::{BIN, demo_sim, text};
 
 fn homestak(site: &Path, state: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -22,15 +22,6 @@ fn homestak(site: &Path, state: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn json(out: &Output) -> Value {
@@ -316,6 +307,147 @@ fn pve_setup_turns_a_debian_vm_into_a_host_create_then_uses() {
         "pve-setup: first run {:.2}s, second {:.2}s, whole test {:.2}s (time scale 0.01)",
         first.as_secs_f64(),
         again.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// `bootstrap-install`: a plain Debian VM gets homestak from this
+/// machine's `homestak serve` (its /install.sh, the binary, the site-config
+/// over the authenticated repos), checked by running it there. Again:
+/// still passes (the clone is brought up to date). A daemon that is not
+/// there fails the first phase.
+#[test]
+fn bootstrap_install_installs_homestak_from_serve() {
+    use crate::support::Guard;
+    use std::time::Duration;
+    homestak_tls::install_crypto_provider();
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/sim.yaml");
+    let (_sim, site, _) = demo_sim(dir.path(), "0.01", Some(&config));
+    let key = site.join(".homestak-sim/id_ed25519");
+    write(&site.join(".gitignore"), "secrets.yaml\n.homestak-sim/\n");
+    crate::daemon_support::git(&site, &["init", "-q", "-b", "main"]);
+    crate::daemon_support::git(&site, &["add", "-A"]);
+    crate::daemon_support::git(&site, &["commit", "-q", "-m", "site-config"]);
+
+    let serve_state = dir.path().join("serve-state");
+    let ready = dir.path().join("serve-ready.json");
+    let child = Command::new(BIN)
+        .arg("--site-config")
+        .arg(&site)
+        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--no-watch"])
+        .arg("--state-dir")
+        .arg(&serve_state)
+        .arg("--ready-file")
+        .arg(&ready)
+        .env_remove("HOMESTAK_REPO_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _serve = Guard(child);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let info: Value = loop {
+        assert!(
+            Instant::now() < deadline,
+            "homestak serve never became ready"
+        );
+        if let Ok(text) = std::fs::read_to_string(&ready)
+            && let Ok(info) = serde_json::from_str::<Value>(&text)
+        {
+            break info;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let url = info["url"].as_str().unwrap().to_string();
+
+    let vm = write(
+        &dir.path().join("vm.yaml"),
+        "schema_version: 2\nname: boot\nnodes:\n  - {name: boot1, type: vm, preset: vm-small, image: debian-13, vmid: 99400}\nsettings: {verify_ssh: true}\n",
+    );
+    let out = homestak(
+        &site,
+        &state,
+        &[
+            "create",
+            "--json-output",
+            "--manifest-file",
+            vm.to_str().unwrap(),
+            "-H",
+            "pve",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let ip = json(&out)["context"]["boot1_ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let install = |source: &str| {
+        homestak(
+            &site,
+            &state,
+            &[
+                "scenario",
+                "bootstrap-install",
+                "--vm-ip",
+                &ip,
+                "--ssh-user",
+                "homestak",
+                "--ssh-port",
+                "2222",
+                "--ssh-key",
+                key.to_str().unwrap(),
+                "--source",
+                source,
+                "--state-dir",
+                serve_state.to_str().unwrap(),
+                "--json-output",
+                "--report-dir",
+                dir.path().join("reports").to_str().unwrap(),
+            ],
+        )
+    };
+    let first = Instant::now();
+    let out = install(&url);
+    let first = first.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = json(&out);
+    let phases: Vec<(&str, &str)> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            ("verify_source", "passed"),
+            ("push_credentials", "passed"),
+            ("run_installer", "passed"),
+            ("verify_install", "passed")
+        ],
+        "{report:#}"
+    );
+    assert_eq!(report["context"]["vm_ip"], ip.as_str());
+    // The repo token never shows in the report.
+    let token = std::fs::read_to_string(serve_state.join("repo-token")).unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(token.trim()));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(token.trim()));
+
+    let out = install(&url);
+    assert_eq!(out.status.code(), Some(0), "second run: {}", text(&out));
+
+    let out = install("https://127.0.0.1:9");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report = json(&out);
+    assert_eq!(report["phases"][0]["name"], "verify_source");
+    assert_eq!(report["phases"][0]["status"], "failed");
+    println!(
+        "bootstrap-install: first run {:.2}s, whole test {:.2}s (time scale 0.01)",
+        first.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
 }

@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-use crate::support::{BIN, Guard, demo_sim};
+use crate::support::{BIN, Guard, demo_sim, text};
 
 /// A scratch copy of demo/site-config with `homestak sim` pointed at it.
 fn start(dir: &Path) -> (Guard, PathBuf) {
@@ -32,15 +32,6 @@ fn homestak(site: &Path, state: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]
@@ -225,4 +216,45 @@ fn a_failure_before_the_run_still_reports() {
             "{files:?}"
         );
     }
+}
+
+/// The verbs run the preflight checks first: a site-config whose secrets
+/// are still sops-encrypted stops `create` before anything changes, with
+/// the check and its fix in the report; `--skip-preflight` goes ahead.
+#[test]
+fn the_verbs_run_preflight_first_unless_skipped() {
+    homestak_tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (_sim, site) = start(dir.path());
+    let secrets = site.join("secrets.yaml");
+    let old = std::fs::read_to_string(&secrets).unwrap();
+    std::fs::write(&secrets, format!("{old}\nsops:\n  version: 3.9.0\n")).unwrap();
+    let out = homestak(&site, &state, &["create", "--json-output"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("preflight failed")
+            && error.contains("site_init")
+            && error.contains("--skip-preflight"),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["phases"].as_array().map(Vec::len),
+        Some(0),
+        "nothing ran"
+    );
+    let out = homestak(&site, &state, &["status"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "nothing was created: {}",
+        text(&out)
+    );
+    let out = homestak(&site, &state, &["create", "--skip-preflight"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = homestak(&site, &state, &["destroy", "--yes", "--skip-preflight"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

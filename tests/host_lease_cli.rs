@@ -5,14 +5,14 @@
 
 use std::io::BufRead;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use homestak_base::time::Timestamp;
 use homestak_engine::hostlease::{Holder, Record, State};
 use serde_json::Value;
 
-use crate::support::{BIN, demo_sim};
+use crate::support::{BIN, demo_sim, text};
 
 fn reconcile(site: &Path, dir: &Path, extra: &[&str]) -> Command {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests-examples/demo-flat.yaml");
@@ -30,15 +30,6 @@ fn reconcile(site: &Path, dir: &Path, extra: &[&str]) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     command
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn client() -> reqwest::Client {

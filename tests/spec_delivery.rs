@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::daemon_support::{client, git};
-use crate::support::{BIN, Guard, demo_sim};
+use crate::support::{BIN, Guard, demo_sim, text};
 
 const SITE_TOKEN: &str = "spec-test-site-token-8e21";
 const WRONG_TOKEN: &str = "spec-test-wrong-token-5d07";
@@ -203,15 +203,6 @@ impl World {
             .unwrap();
         PathBuf::from(body["data"]["workdir"].as_str().unwrap()).join("root")
     }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

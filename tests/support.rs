@@ -3,7 +3,7 @@
 //! of demo/site-config.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -75,4 +75,14 @@ pub fn demo_sim(dir: &Path, time_scale: &str, config: Option<&Path>) -> (Guard, 
         std::thread::sleep(Duration::from_millis(20));
     };
     (sim, site, info)
+}
+
+/// A finished command's exit status and output, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod adopt;
+mod bootstrap;
 pub mod config;
 mod converge;
 pub mod crds;
@@ -84,6 +85,9 @@ pub enum Command {
     Serve(Box<serve::Args>),
     /// Run a workflow (pve-setup, user-setup, packer-*, …); --list shows them.
     Scenario(Box<scenario::Args>),
+    /// On a new host: clone the site-config from a parent's `homestak serve`
+    /// (what the daemon's /install.sh runs).
+    Bootstrap(bootstrap::Args),
     /// Take over VMs made without homestak (name and vmid match a node); asks unless --yes.
     Adopt(adopt::Args),
     /// Check what a run on a host needs (site-init, API token, SSH keys,
@@ -156,6 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Test(args) => seed::test(args, &global).await,
         Command::Serve(args) => serve::run(*args, &global).await,
         Command::Scenario(args) => scenario::run(*args, &global).await,
+        Command::Bootstrap(args) => bootstrap::run(args, &global).await,
         Command::Adopt(args) => adopt::run(args, &global).await,
         Command::Preflight(args) => preflight::run(args, &global).await,
     }

@@ -69,3 +69,52 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
         Outcome::Failed
     })
 }
+
+/// The preflight a verb runs before it starts (`--skip-preflight` skips
+/// it, as a dry run does).
+pub async fn gate(target: &super::target::TargetArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let root = homestak_core::site::discover::find(global.site_config.as_deref())?;
+    let manifest = super::target::adjust(read_manifest(&target.source, &root)?, target)?;
+    let setup = Setup {
+        insecure: target.insecure,
+        state_dir: state_dir(target.state_dir.as_ref()),
+        open_store: false,
+        ssh_key: target.ssh_key.clone(),
+        ..Setup::default()
+    };
+    gate_on(&root, &target.host, Some(&manifest), &setup).await
+}
+
+/// Runs the checks on `host`; on a failure, their table on stderr and an
+/// error naming the failed checks and their fixes (it ends in the run's
+/// report).
+pub async fn gate_on(
+    root: &std::path::Path,
+    host: &str,
+    manifest: Option<&homestak_core::model::Manifest>,
+    setup: &Setup,
+) -> anyhow::Result<()> {
+    let site = Arc::new(Site::load(root)?);
+    let report = preflight::run(Input {
+        site,
+        host,
+        manifest,
+        setup,
+    })
+    .await;
+    if report.ok {
+        return Ok(());
+    }
+    eprint!("{}", report.text());
+    let failed: Vec<String> = report
+        .failures()
+        .map(|c| match &c.fix {
+            Some(fix) => format!("{} ({}; fix: {fix})", c.name, c.detail),
+            None => format!("{} ({})", c.name, c.detail),
+        })
+        .collect();
+    anyhow::bail!(
+        "preflight failed for host {host}: {}; --skip-preflight runs anyway",
+        failed.join("; ")
+    )
+}

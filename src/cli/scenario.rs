@@ -65,6 +65,9 @@ pub struct InputArgs {
     /// The VM to act on (bootstrap-install).
     #[arg(long, value_name = "IP")]
     pub vm_ip: Option<String>,
+    /// The `homestak serve` to install from (bootstrap-install).
+    #[arg(long, value_name = "URL", env = "HOMESTAK_SOURCE")]
+    pub source: Option<String>,
     /// Packer templates to build, comma-separated.
     #[arg(long, value_name = "NAMES", value_delimiter = ',')]
     pub templates: Vec<String>,
@@ -109,6 +112,7 @@ impl InputArgs {
             local: self.local,
             remote: self.remote.clone(),
             vm_ip: self.vm_ip.clone(),
+            source: self.source.clone(),
             templates: self.templates.clone(),
             homestak_user: self.homestak_user.clone(),
             packer_release: self.packer_release.clone(),
@@ -194,6 +198,20 @@ async fn execute(
     report: &mut RunReport,
 ) -> anyhow::Result<()> {
     scenario::check_needs(def, &inputs).map_err(anyhow::Error::msg)?;
+    // Scenarios that use a node's API check it first, as the verbs do.
+    if def.needs == scenario::Needs::Host
+        && !args.skip_preflight
+        && let (Some(host), Some(root)) = (&inputs.host, &inputs.site_root)
+    {
+        let setup = homestak_engine::reconcile::Setup {
+            insecure: inputs.insecure,
+            state_dir: inputs.state_dir.clone(),
+            open_store: false,
+            ssh_key: inputs.ssh_key.clone(),
+            ..Default::default()
+        };
+        super::preflight::gate_on(root, host, None, &setup).await?;
+    }
     let mut context = match &args.context_file {
         Some(path) => Context::load(path)?,
         None => Context::new(),

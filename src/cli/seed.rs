@@ -26,8 +26,22 @@ pub struct SeedArgs {
     /// Directory for run reports.
     #[arg(long, value_name = "DIR", default_value = "reports")]
     pub report_dir: PathBuf,
+    /// Do not run the preflight checks first (`homestak preflight`).
+    #[arg(long)]
+    pub skip_preflight: bool,
     #[command(flatten)]
     pub lifecycle: LifecycleArgs,
+}
+
+impl SeedArgs {
+    /// The preflight checks, unless skipped or a dry run (which changes
+    /// nothing).
+    async fn preflight(&self, global: &GlobalArgs) -> anyhow::Result<()> {
+        if self.skip_preflight || self.dry_run {
+            return Ok(());
+        }
+        super::preflight::gate(&self.target, global).await
+    }
 }
 
 /// Arguments of `homestak create`.
@@ -76,7 +90,10 @@ pub async fn create(args: CreateArgs, global: &GlobalArgs) -> anyhow::Result<Out
         dry_run: args.seed.dry_run,
         confirm: false,
     };
-    let result = converge::converge(&args.seed.target, &global, options, run, &mut report).await;
+    let result = match args.seed.preflight(&global).await {
+        Ok(()) => converge::converge(&args.seed.target, &global, options, run, &mut report).await,
+        Err(err) => Err(err),
+    };
     let outcome = converge::settle(result, &mut report, &global);
     finish(&report, &global, &args.seed)?;
     Ok(outcome)
@@ -91,14 +108,19 @@ pub async fn destroy(args: DestroyArgs, global: &GlobalArgs) -> anyhow::Result<O
         dry_run: args.seed.dry_run,
         confirm: !args.yes,
     };
-    let result = converge::converge(
-        &args.seed.target,
-        &global,
-        args.seed.lifecycle.options(reconcile::Options::default()),
-        run,
-        &mut report,
-    )
-    .await;
+    let result = match args.seed.preflight(&global).await {
+        Ok(()) => {
+            converge::converge(
+                &args.seed.target,
+                &global,
+                args.seed.lifecycle.options(reconcile::Options::default()),
+                run,
+                &mut report,
+            )
+            .await
+        }
+        Err(err) => Err(err),
+    };
     let outcome = converge::settle(result, &mut report, &global);
     finish(&report, &global, &args.seed)?;
     Ok(outcome)
@@ -120,6 +142,11 @@ pub async fn test(args: TestArgs, global: &GlobalArgs) -> anyhow::Result<Outcome
         verify_ssh: Some(true),
         ..reconcile::Options::default()
     });
+    if let Err(err) = args.seed.preflight(&global).await {
+        let outcome = converge::settle(Err(err), &mut report, &global);
+        finish(&report, &global, &args.seed)?;
+        return Ok(outcome);
+    }
     let created =
         converge::converge(&args.seed.target, &global, options, create, &mut report).await;
     let created_ok = matches!(created, Ok(Outcome::Converged));

@@ -13,9 +13,10 @@
 //!   save and load.
 //! - [`shell`]: where a scenario's commands run (this machine, or a host
 //!   over SSH).
-//! - One module per scenario family: [`packer`] (the five `packer-*`),
-//!   [`pve_setup`].
+//! - One module per scenario family: [`bootstrap_install`], [`packer`]
+//!   (the five `packer-*`), [`pve_setup`].
 
+pub mod bootstrap_install;
 pub mod context;
 pub mod packer;
 pub mod pve_setup;
@@ -99,6 +100,8 @@ pub struct Inputs {
     pub remote: Option<String>,
     /// `--vm-ip IP` (bootstrap-install).
     pub vm_ip: Option<String>,
+    /// `--source URL`: the `homestak serve` to install from.
+    pub source: Option<String>,
     /// `--templates a,b` (packer).
     pub templates: Vec<String>,
     /// `--homestak-user NAME`.

@@ -5,6 +5,7 @@ use super::ScenarioDef;
 
 /// The scenarios, sorted by name (`--list` prints them in this order).
 pub const SCENARIOS: &[ScenarioDef] = &[
+    super::bootstrap_install::BOOTSTRAP_INSTALL,
     super::packer::PACKER_BUILD,
     super::packer::PACKER_BUILD_FETCH,
     super::packer::PACKER_BUILD_PUBLISH,

@@ -28,8 +28,8 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use super::shell::Context;
 
-/// Largest body kept (a spec, an install script; not images).
-const MAX_BODY: usize = 64 << 20;
+/// Largest body kept (a spec, an install script, a homestak binary; not images).
+const MAX_BODY: usize = 256 << 20;
 const MAX_REDIRECTS: usize = 50;
 
 /// Parsed command line.
