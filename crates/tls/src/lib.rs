@@ -215,6 +215,16 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
+/// The fingerprint of the first certificate in a PEM text (a daemon's
+/// `tls/daemon.crt`); `None` when it holds none.
+pub fn fingerprint_of_pem(pem: &str) -> Option<Fingerprint> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()
+        .map(|der| Fingerprint::of_der(&der))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,12 +260,3 @@ mod tests {
     }
 }
 
-/// The fingerprint of the first certificate in a PEM text (a daemon's
-/// `tls/daemon.crt`); `None` when it holds none.
-pub fn fingerprint_of_pem(pem: &str) -> Option<Fingerprint> {
-    use rustls::pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .next()?
-        .ok()
-        .map(|der| Fingerprint::of_der(&der))
-}
