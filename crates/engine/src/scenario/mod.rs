@@ -18,6 +18,7 @@ pub mod context;
 pub mod packer;
 pub mod registry;
 pub mod shell;
+pub mod user_setup;
 
 use std::path::PathBuf;
 use std::sync::Arc;
