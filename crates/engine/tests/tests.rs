@@ -12,6 +12,7 @@ mod packer;
 mod store_sled;
 mod store_suite;
 mod trust;
+mod user_setup;
 
 /// Checked identities from test literals.
 mod ids {

@@ -12,6 +12,6 @@ mod nested;
 mod packer;
 mod pve_install;
 mod replay;
-mod users;
 mod support;
+mod users;
 mod vm;

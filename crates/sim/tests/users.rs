@@ -20,7 +20,11 @@ async fn user_commands_are_strict_and_a_new_user_logs_in_and_sudoes_by_drop_in()
 
     // The cloud-init user is in the databases, in group sudo.
     assert_eq!(run_ok(&*s, "id -nG debian").await.trim(), "debian sudo");
-    assert!(run_ok(&*s, "getent passwd root").await.starts_with("root:x:0:0:"));
+    assert!(
+        run_ok(&*s, "getent passwd root")
+            .await
+            .starts_with("root:x:0:0:")
+    );
 
     // useradd: root only, options checked, names checked, groups checked.
     let out = run(&*s, "useradd -m homestak").await;
@@ -37,39 +41,80 @@ async fn user_commands_are_strict_and_a_new_user_logs_in_and_sudoes_by_drop_in()
     run_ok(&*s, "sudo useradd -m -s /bin/bash homestak").await;
     let out = run(&*s, "sudo useradd -m -s /bin/bash homestak").await;
     assert_eq!(code(&out), Some(9));
-    assert_eq!(out.stderr_text(), "useradd: user 'homestak' already exists\n");
+    assert_eq!(
+        out.stderr_text(),
+        "useradd: user 'homestak' already exists\n"
+    );
     let entry = run_ok(&*s, "getent passwd homestak").await;
     assert_eq!(entry, "homestak:x:1001:1001::/home/homestak:/bin/bash\n");
-    assert_eq!(run_ok(&*s, "stat -c '%U:%G %a' /home/homestak").await, "homestak:homestak 700\n");
+    assert_eq!(
+        run_ok(&*s, "stat -c '%U:%G %a' /home/homestak").await,
+        "homestak:homestak 700\n"
+    );
     assert_eq!(run_ok(&*s, "id -nG homestak").await.trim(), "homestak");
 
     // usermod: -a only with -G, users and groups must exist.
     assert_eq!(code(&run(&*s, "sudo usermod -a homestak").await), Some(2));
-    assert_eq!(code(&run(&*s, "sudo usermod -aG sudo ghost").await), Some(6));
-    assert_eq!(code(&run(&*s, "sudo usermod -aG wheel homestak").await), Some(6));
+    assert_eq!(
+        code(&run(&*s, "sudo usermod -aG sudo ghost").await),
+        Some(6)
+    );
+    assert_eq!(
+        code(&run(&*s, "sudo usermod -aG wheel homestak").await),
+        Some(6)
+    );
     assert_eq!(code(&run(&*s, "usermod -aG sudo homestak").await), Some(1));
     run_ok(&*s, "sudo usermod -aG sudo homestak").await;
     run_ok(&*s, "sudo usermod -aG sudo homestak").await;
     assert_eq!(run_ok(&*s, "id -nG homestak").await.trim(), "homestak sudo");
-    assert!(run_ok(&*s, "getent group sudo").await.starts_with("sudo:x:27:debian,homestak"));
+    assert!(
+        run_ok(&*s, "getent group sudo")
+            .await
+            .starts_with("sudo:x:27:debian,homestak")
+    );
 
     // install -d and chown: owners and groups must exist; root only.
     let dir = "/home/homestak/.ssh";
-    assert_eq!(code(&run(&*s, &format!("sudo install -d -m 700 -o ghost {dir}")).await), Some(1));
-    assert_eq!(code(&run(&*s, &format!("install -d -m 700 -o homestak {dir}")).await), Some(1));
+    assert_eq!(
+        code(&run(&*s, &format!("sudo install -d -m 700 -o ghost {dir}")).await),
+        Some(1)
+    );
+    assert_eq!(
+        code(&run(&*s, &format!("install -d -m 700 -o homestak {dir}")).await),
+        Some(1)
+    );
     assert_eq!(code(&run(&*s, "sudo install -m 600 a b").await), Some(1));
-    run_ok(&*s, &format!("sudo install -d -m 700 -o homestak -g homestak {dir}")).await;
-    assert_eq!(run_ok(&*s, &format!("stat -c '%U:%G %a' {dir}")).await, "homestak:homestak 700\n");
+    run_ok(
+        &*s,
+        &format!("sudo install -d -m 700 -o homestak -g homestak {dir}"),
+    )
+    .await;
+    assert_eq!(
+        run_ok(&*s, &format!("stat -c '%U:%G %a' {dir}")).await,
+        "homestak:homestak 700\n"
+    );
     let keys = format!("{dir}/authorized_keys");
     let k2 = key("homestak");
     run_ok(&*s, &format!("sudo sh -c 'echo \"{}\" > {keys}'", k2.line)).await;
     run_ok(&*s, &format!("sudo chmod 600 {keys}")).await;
     assert_eq!(run_ok(&*s, &format!("stat -c %U {keys}")).await, "root\n");
-    assert_eq!(code(&run(&*s, &format!("sudo chown ghost {keys}")).await), Some(1));
-    assert_eq!(code(&run(&*s, "sudo chown homestak /nowhere").await), Some(1));
-    assert_eq!(code(&run(&*s, &format!("chown homestak {keys}")).await), Some(1));
+    assert_eq!(
+        code(&run(&*s, &format!("sudo chown ghost {keys}")).await),
+        Some(1)
+    );
+    assert_eq!(
+        code(&run(&*s, "sudo chown homestak /nowhere").await),
+        Some(1)
+    );
+    assert_eq!(
+        code(&run(&*s, &format!("chown homestak {keys}")).await),
+        Some(1)
+    );
     run_ok(&*s, &format!("sudo chown homestak: {keys}")).await;
-    assert_eq!(run_ok(&*s, &format!("stat -c '%U:%G %a %n' {keys}")).await, format!("homestak:homestak 600 {keys}\n"));
+    assert_eq!(
+        run_ok(&*s, &format!("stat -c '%U:%G %a %n' {keys}")).await,
+        format!("homestak:homestak 600 {keys}\n")
+    );
 
     // The new user logs in with that key, and only that key.
     assert!(ssh(&view, "homestak", &k).await.is_err());
@@ -92,7 +137,11 @@ async fn user_commands_are_strict_and_a_new_user_logs_in_and_sudoes_by_drop_in()
     assert_eq!(code(&run(&*s, "visudo -cf /missing").await), Some(1));
 
     // A drop-in sudo skips (a dot in the name, or world-writable) grants nothing.
-    run_ok(&*s, "sudo mkdir -p /etc/sudoers.d && sudo mv stage /etc/sudoers.d/homestak.conf").await;
+    run_ok(
+        &*s,
+        "sudo mkdir -p /etc/sudoers.d && sudo mv stage /etc/sudoers.d/homestak.conf",
+    )
+    .await;
     assert_eq!(code(&run(&*h, "sudo -n true").await), Some(1));
     run_ok(&*s, "sudo mv /etc/sudoers.d/homestak.conf /etc/sudoers.d/homestak && sudo chmod 666 /etc/sudoers.d/homestak").await;
     assert_eq!(code(&run(&*h, "sudo -n true").await), Some(1));
@@ -114,5 +163,8 @@ async fn user_commands_are_strict_and_a_new_user_logs_in_and_sudoes_by_drop_in()
     top.power(100, "start").await;
     let view = top.wait_booted(100).await;
     let h = ssh(&view, "homestak", &k2).await.unwrap();
-    assert_eq!(run_ok(&*h, "sudo -n id -nG homestak").await.trim(), "homestak sudo");
+    assert_eq!(
+        run_ok(&*h, "sudo -n id -nG homestak").await.trim(),
+        "homestak sudo"
+    );
 }

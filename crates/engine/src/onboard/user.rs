@@ -54,7 +54,9 @@ pub enum Error {
         #[source]
         source: ssh::Error,
     },
-    #[error("secrets.yaml has no ssh_keys: add the site's public keys (ssh_keys: NAME: 'ssh-ed25519 AAAA… comment')")]
+    #[error(
+        "secrets.yaml has no ssh_keys: add the site's public keys (ssh_keys: NAME: 'ssh-ed25519 AAAA… comment')"
+    )]
     NoKeys,
     #[error(
         "secrets.yaml ssh_keys.{name} is not an SSH public key: expected `TYPE BASE64 [comment]` \
@@ -66,14 +68,18 @@ pub enum Error {
          public half there and run again, or pass --ssh-key with one that is"
     )]
     KeyNotInSite { key: String, user: String },
-    #[error("{host}: cannot log in as {user}; check ~{user}/.ssh/authorized_keys and that sshd allows the user")]
+    #[error(
+        "{host}: cannot log in as {user}; check ~{user}/.ssh/authorized_keys and that sshd allows the user"
+    )]
     Login {
         host: String,
         user: String,
         #[source]
         source: ssh::Error,
     },
-    #[error("{host}: {user} has no password-less sudo (`sudo -n true` failed); check /etc/sudoers.d/{user}")]
+    #[error(
+        "{host}: {user} has no password-less sudo (`sudo -n true` failed); check /etc/sudoers.d/{user}"
+    )]
     NoSudo {
         host: String,
         user: String,
@@ -86,7 +92,10 @@ fn host(session: &dyn ssh::Session) -> String {
     session.destination().host.to_string()
 }
 
-fn ssh_err(session: &dyn ssh::Session, action: impl Into<String>) -> impl FnOnce(ssh::Error) -> Error {
+fn ssh_err(
+    session: &dyn ssh::Session,
+    action: impl Into<String>,
+) -> impl FnOnce(ssh::Error) -> Error {
     let host = host(session);
     let action = action.into();
     move |source| Error::Ssh {
@@ -121,10 +130,7 @@ pub struct Entry {
 }
 
 /// The user's passwd entry; `None` when absent (getent's exit 2).
-pub async fn lookup(
-    session: &dyn ssh::Session,
-    name: &str,
-) -> Result<Option<Entry>, Error> {
+pub async fn lookup(session: &dyn ssh::Session, name: &str) -> Result<Option<Entry>, Error> {
     let command = Command::new("getent").arg("passwd").arg(name);
     let out = session
         .exec(&command, &mut |_, _| {})
@@ -148,7 +154,12 @@ pub async fn lookup(
 }
 
 /// Runs `line` as root; its stdout.
-async fn root(session: &dyn ssh::Session, user: &str, line: &str, action: &str) -> Result<String, Error> {
+async fn root(
+    session: &dyn ssh::Session,
+    user: &str,
+    line: &str,
+    action: &str,
+) -> Result<String, Error> {
     remote::root(session, user, line)
         .await
         .map_err(ssh_err(session, action))
@@ -165,17 +176,26 @@ pub async fn ensure_user(
     let Some(entry) = lookup(session, name).await? else {
         let line = format!("useradd -m -s {SHELL} -G {SUDO_GROUP} {}", quote(name));
         root(session, ssh_user, &line, &format!("creating user {name}")).await?;
-        return Ok(vec![format!("created user {name} (shell {SHELL}, group {SUDO_GROUP})")]);
+        return Ok(vec![format!(
+            "created user {name} (shell {SHELL}, group {SUDO_GROUP})"
+        )]);
     };
     let mut done = Vec::new();
-    if entry.shell.ends_with("/nologin") || entry.shell.ends_with("/false") || entry.shell.is_empty() {
+    if entry.shell.ends_with("/nologin")
+        || entry.shell.ends_with("/false")
+        || entry.shell.is_empty()
+    {
         let line = format!("usermod -s {SHELL} {}", quote(name));
         root(session, ssh_user, &line, &format!("setting {name}'s shell")).await?;
         done.push(format!("login shell {SHELL}"));
     }
     let home = quote(&entry.home);
     let line = format!("test -d {home} && echo yes || echo no");
-    if root(session, ssh_user, &line, &format!("checking {name}'s home")).await?.trim() != "yes" {
+    if root(session, ssh_user, &line, &format!("checking {name}'s home"))
+        .await?
+        .trim()
+        != "yes"
+    {
         let group = primary_group(session, name).await?;
         let line = format!(
             "install -d -m 700 -o {} -g {} {home}",
@@ -192,7 +212,13 @@ pub async fn ensure_user(
         .stdout_text();
     if !groups.split_whitespace().any(|g| g == SUDO_GROUP) {
         let line = format!("usermod -aG {SUDO_GROUP} {}", quote(name));
-        root(session, ssh_user, &line, &format!("adding {name} to {SUDO_GROUP}")).await?;
+        root(
+            session,
+            ssh_user,
+            &line,
+            &format!("adding {name} to {SUDO_GROUP}"),
+        )
+        .await?;
         done.push(format!("added to group {SUDO_GROUP}"));
     }
     Ok(done)
@@ -231,7 +257,9 @@ pub async fn setup_sudo(
     let current = remote::marker(session, ssh_user, &path)
         .await
         .map_err(ssh_err(session, format!("reading {path}")))?;
-    if current == text.trim() && stat(session, ssh_user, &path).await?.as_deref() == Some("root:root 440") {
+    if current == text.trim()
+        && stat(session, ssh_user, &path).await?.as_deref() == Some("root:root 440")
+    {
         return Ok(false);
     }
     // Staged beside it under a name sudo skips (it has a dot).
@@ -253,7 +281,10 @@ pub async fn setup_sudo(
         .await
     {
         let _ = session
-            .exec(&as_root(ssh_user, &format!("rm -f {staged_q}")), &mut |_, _| {})
+            .exec(
+                &as_root(ssh_user, &format!("rm -f {staged_q}")),
+                &mut |_, _| {},
+            )
             .await;
         return Err(Error::Sudoers {
             host: host(session),
@@ -270,7 +301,11 @@ pub async fn setup_sudo(
 }
 
 /// `stat -c '%U:%G %a' PATH` as root; `None` when the path is absent.
-async fn stat(session: &dyn ssh::Session, ssh_user: &str, path: &str) -> Result<Option<String>, Error> {
+async fn stat(
+    session: &dyn ssh::Session,
+    ssh_user: &str,
+    path: &str,
+) -> Result<Option<String>, Error> {
     let p = quote(path);
     let line = format!("test -e {p} && stat -c '%U:%G %a' {p} || true");
     let out = root(session, ssh_user, &line, &format!("checking {path}")).await?;
@@ -378,7 +413,13 @@ pub async fn setup_ssh_keys(
     if stat(session, ssh_user, &file).await?.as_deref() != Some(&format!("{owner} 600")) {
         let f = quote(&file);
         let line = format!("chown {} {f} && chmod 600 {f}", quote(&owner));
-        root(session, ssh_user, &line, &format!("setting the owner of {file}")).await?;
+        root(
+            session,
+            ssh_user,
+            &line,
+            &format!("setting the owner of {file}"),
+        )
+        .await?;
         if missing.is_empty() {
             done.push(format!("{file} {owner} 0600"));
         }
@@ -405,11 +446,7 @@ pub async fn verify_user(
         .exec_ok(&Command::shell("sudo -n true"))
         .await
         .map(|_| ())
-        .map_err(|source| Error::NoSudo {
-            host,
-            user,
-            source,
-        });
+        .map_err(|source| Error::NoSudo { host, user, source });
     let _ = session.close().await;
     result
 }
@@ -418,7 +455,8 @@ pub async fn verify_user(
 mod tests {
     use super::*;
 
-    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0wmN/Cr3JXqmLW7u+g9pTh+wyqDHpSQEIQczXkVx9q ops@lab";
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0wmN/Cr3JXqmLW7u+g9pTh+wyqDHpSQEIQczXkVx9q ops@lab";
 
     #[test]
     fn names_follow_shadow() {
@@ -433,8 +471,14 @@ mod tests {
     fn keys_compare_without_comments_and_bad_ones_are_named() {
         let other_comment = KEY.replace("ops@lab", "someone");
         assert!(has_key(&[other_comment], KEY));
-        assert!(!has_key(&["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAOTHER0000".into()], KEY));
-        let keys = vec![("ops".to_string(), KEY.to_string()), ("typo".to_string(), "ssh-ed25519 not!base64".to_string())];
+        assert!(!has_key(
+            &["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAOTHER0000".into()],
+            KEY
+        ));
+        let keys = vec![
+            ("ops".to_string(), KEY.to_string()),
+            ("typo".to_string(), "ssh-ed25519 not!base64".to_string()),
+        ];
         let err = site_keys(&keys).unwrap_err();
         assert!(err.to_string().contains("ssh_keys.typo"), "{err}");
         assert!(matches!(site_keys(&[]), Err(Error::NoKeys)));

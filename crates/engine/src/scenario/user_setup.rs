@@ -75,7 +75,12 @@ fn ensure_user(ctx: &mut Ctx) -> PhaseFuture<'_> {
             .map_err(|e| failed(&name, e))?;
         ctx.context.set("homestak_user", name.clone());
         ctx.context.set("remote_ip", dest.host.to_string());
-        Ok(report(&name, &dest.host, &done, &format!("user {name} exists")))
+        Ok(report(
+            &name,
+            &dest.host,
+            &done,
+            &format!("user {name} exists"),
+        ))
     })
 }
 
@@ -150,9 +155,14 @@ fn verify_user(ctx: &mut Ctx) -> PhaseFuture<'_> {
                 let shell = ctx.shell().await?;
                 let line = format!("sudo -n -u {} sudo -n true", ssh::quote(&name));
                 shell
-                    .exec_ok(&super::super::onboard::remote::as_root(&shell.destination().user, &line))
+                    .exec_ok(&super::super::onboard::remote::as_root(
+                        &shell.destination().user,
+                        &line,
+                    ))
                     .await
-                    .map_err(|e| PhaseError::caused(format!("user {name}: sudo -n true as {name}"), e))?;
+                    .map_err(|e| {
+                        PhaseError::caused(format!("user {name}: sudo -n true as {name}"), e)
+                    })?;
                 return Ok(format!("{name} runs sudo -n true here"));
             }
             Where::Ssh { destination, key } => (destination, key),

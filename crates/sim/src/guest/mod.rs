@@ -30,8 +30,8 @@ pub(crate) mod power;
 pub mod process;
 mod shims;
 pub mod units;
-pub mod userdata;
 mod usercmds;
+pub mod userdata;
 pub mod users;
 
 use std::collections::BTreeMap;

@@ -20,7 +20,10 @@ pub(crate) fn install(shell: Shell, owners: Owners) -> Shell {
     let users = Users(owners);
     let mut shell = shell;
     for (name, program) in [
-        ("useradd", Arc::new(Useradd(users.clone())) as Arc<dyn Program>),
+        (
+            "useradd",
+            Arc::new(Useradd(users.clone())) as Arc<dyn Program>,
+        ),
         ("usermod", Arc::new(Usermod)),
         ("id", Arc::new(Id)),
         ("getent", Arc::new(Getent)),
@@ -51,8 +54,10 @@ async fn need_root(cx: &mut Context, tool: &str) -> Option<u32> {
     if cx.user == "root" {
         return None;
     }
-    cx.err(format!("{tool}: Permission denied.\n{tool}: cannot lock /etc/passwd; try again later.\n"))
-        .await;
+    cx.err(format!(
+        "{tool}: Permission denied.\n{tool}: cannot lock /etc/passwd; try again later.\n"
+    ))
+    .await;
     Some(1)
 }
 
@@ -142,8 +147,10 @@ impl Program for Useradd {
                 return status;
             }
             if !valid_name(name) {
-                cx.err(format!("useradd: invalid user name '{name}': use --badname to ignore\n"))
-                    .await;
+                cx.err(format!(
+                    "useradd: invalid user name '{name}': use --badname to ignore\n"
+                ))
+                .await;
                 return 3;
             }
             let shell = value(&opts, 's').unwrap_or("/bin/sh");
@@ -249,8 +256,10 @@ impl Program for Usermod {
                 return 2;
             };
             if has(&opts, 'a') && !has(&opts, 'G') {
-                cx.err(format!("usermod: -a flag is ONLY allowed with the -G flag\n{USERMOD_USAGE}"))
-                    .await;
+                cx.err(format!(
+                    "usermod: -a flag is ONLY allowed with the -G flag\n{USERMOD_USAGE}"
+                ))
+                .await;
                 return 2;
             }
             if !has(&opts, 'G') && !has(&opts, 's') {
@@ -336,14 +345,28 @@ impl Program for Id {
             let line = if has(&opts, 'G') {
                 groups
                     .iter()
-                    .map(|g| if by_name { g.name.clone() } else { g.gid.to_string() })
+                    .map(|g| {
+                        if by_name {
+                            g.name.clone()
+                        } else {
+                            g.gid.to_string()
+                        }
+                    })
                     .collect::<Vec<_>>()
                     .join(" ")
             } else if has(&opts, 'u') {
-                if by_name { user.name.clone() } else { user.uid.to_string() }
+                if by_name {
+                    user.name.clone()
+                } else {
+                    user.uid.to_string()
+                }
             } else if has(&opts, 'g') {
                 let primary = groups.first().map_or(String::new(), |g| g.name.clone());
-                if by_name { primary } else { user.gid.to_string() }
+                if by_name {
+                    primary
+                } else {
+                    user.gid.to_string()
+                }
             } else {
                 let list: Vec<String> = groups
                     .iter()
@@ -437,8 +460,10 @@ impl Program for Chown {
             let (opts, rest) = match options(args, "", "R") {
                 Ok(parsed) => parsed,
                 Err(e) => {
-                    cx.err(format!("chown: {e}\nTry 'chown --help' for more information.\n"))
-                        .await;
+                    cx.err(format!(
+                        "chown: {e}\nTry 'chown --help' for more information.\n"
+                    ))
+                    .await;
                     return 1;
                 }
             };
@@ -496,7 +521,11 @@ async fn below(host: &std::path::Path, guest: &str) -> Vec<String> {
             continue;
         };
         while let Ok(Some(entry)) = entries.next_entry().await {
-            let child = format!("{}/{}", g.trim_end_matches('/'), entry.file_name().to_string_lossy());
+            let child = format!(
+                "{}/{}",
+                g.trim_end_matches('/'),
+                entry.file_name().to_string_lossy()
+            );
             if entry.file_type().await.is_ok_and(|t| t.is_dir()) {
                 todo.push((entry.path(), child.clone()));
             }
@@ -515,8 +544,10 @@ impl Program for Install {
             let (opts, dirs) = match options(args, "mog", "d") {
                 Ok(parsed) => parsed,
                 Err(e) => {
-                    cx.err(format!("install: {e}\nTry 'install --help' for more information.\n"))
-                        .await;
+                    cx.err(format!(
+                        "install: {e}\nTry 'install --help' for more information.\n"
+                    ))
+                    .await;
                     return 1;
                 }
             };
@@ -562,24 +593,30 @@ impl Program for Install {
             let mut status = 0;
             for dir in dirs {
                 let Ok(path) = cx.resolve(dir) else {
-                    cx.err(format!("install: cannot create directory '{dir}': Permission denied\n"))
-                        .await;
+                    cx.err(format!(
+                        "install: cannot create directory '{dir}': Permission denied\n"
+                    ))
+                    .await;
                     status = 1;
                     continue;
                 };
                 let outside_home = !(path.guest == cx.home()
                     || path.guest.starts_with(&format!("{}/", cx.home())));
                 if cx.user != "root" && outside_home {
-                    cx.err(format!("install: cannot create directory '{dir}': Permission denied\n"))
-                        .await;
+                    cx.err(format!(
+                        "install: cannot create directory '{dir}': Permission denied\n"
+                    ))
+                    .await;
                     status = 1;
                     continue;
                 }
                 if tokio::fs::create_dir_all(&path.host).await.is_err()
                     || set_mode(&path.host, mode).await.is_err()
                 {
-                    cx.err(format!("install: cannot create directory '{dir}': Not a directory\n"))
-                        .await;
+                    cx.err(format!(
+                        "install: cannot create directory '{dir}': Not a directory\n"
+                    ))
+                    .await;
                     status = 1;
                     continue;
                 }
@@ -616,7 +653,10 @@ impl Program for Stat {
             let mut status = 0;
             for file in paths {
                 let meta = match cx.resolve(file) {
-                    Ok(path) => tokio::fs::metadata(&path.host).await.ok().map(|m| (path, m)),
+                    Ok(path) => tokio::fs::metadata(&path.host)
+                        .await
+                        .ok()
+                        .map(|m| (path, m)),
                     Err(_) => None,
                 };
                 let Some((path, meta)) = meta else {
@@ -638,7 +678,9 @@ impl Program for Stat {
                     match chars.next() {
                         Some('U') => line.push_str(&user),
                         Some('G') => line.push_str(&group),
-                        Some('a') => line.push_str(&format!("{:o}", meta.permissions().mode() & 0o7777)),
+                        Some('a') => {
+                            line.push_str(&format!("{:o}", meta.permissions().mode() & 0o7777))
+                        }
                         Some('n') => line.push_str(file),
                         Some('%') => line.push('%'),
                         other => {
@@ -680,8 +722,10 @@ impl Program for Visudo {
                 Err(_) => None,
             };
             let Some(text) = text else {
-                cx.err(format!("visudo: unable to open {file}: No such file or directory\n"))
-                    .await;
+                cx.err(format!(
+                    "visudo: unable to open {file}: No such file or directory\n"
+                ))
+                .await;
                 return 1;
             };
             match sudoers_error(&text) {

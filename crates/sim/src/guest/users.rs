@@ -135,8 +135,18 @@ impl Db {
 
     pub async fn save(&self, root: &VmRoot) -> std::io::Result<()> {
         let lines = |v: Vec<String>| v.into_iter().map(|l| l + "\n").collect::<String>();
-        write(root, PASSWD, &lines(self.users.iter().map(User::line).collect())).await?;
-        write(root, GROUP, &lines(self.groups.iter().map(Group::line).collect())).await
+        write(
+            root,
+            PASSWD,
+            &lines(self.users.iter().map(User::line).collect()),
+        )
+        .await?;
+        write(
+            root,
+            GROUP,
+            &lines(self.groups.iter().map(Group::line).collect()),
+        )
+        .await
     }
 
     pub fn user(&self, name: &str) -> Option<&User> {
@@ -316,7 +326,11 @@ pub fn parse_sudoers_line(line: &str) -> Result<Option<String>, ()> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
     let rest = rest.replace(' ', "");
-    if valid_user && matches!(rest.as_str(), "ALL=(ALL)NOPASSWD:ALL" | "ALL=(ALL:ALL)NOPASSWD:ALL")
+    if valid_user
+        && matches!(
+            rest.as_str(),
+            "ALL=(ALL)NOPASSWD:ALL" | "ALL=(ALL:ALL)NOPASSWD:ALL"
+        )
     {
         Ok(Some(user.to_string()))
     } else {
@@ -393,8 +407,7 @@ impl GuestAccounts {
             let Ok(meta) = entry.metadata().await else {
                 continue;
             };
-            if meta.permissions().mode() & 0o022 != 0 || self.owners.of(&guest).await.0 != "root"
-            {
+            if meta.permissions().mode() & 0o022 != 0 || self.owners.of(&guest).await.0 != "root" {
                 continue;
             }
             let text = tokio::fs::read_to_string(entry.path())
@@ -425,7 +438,12 @@ impl simssh::Accounts for GuestAccounts {
     }
 
     fn home<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Option<String>> {
-        Box::pin(async move { Db::load(&self.root).await.user(user).map(|u| u.home.clone()) })
+        Box::pin(async move {
+            Db::load(&self.root)
+                .await
+                .user(user)
+                .map(|u| u.home.clone())
+        })
     }
 }
 
@@ -449,17 +467,25 @@ mod tests {
         assert!(parse_sudoers_line("homestak ALL=(ALL) NOPASSWD:ALL extra").is_err());
         assert!(parse_sudoers_line("#includedir /etc/x").is_err());
         assert!(parse_sudoers_line("Homestak ALL=(ALL) NOPASSWD:ALL").is_err());
-        assert_eq!(sudoers_error("# x\nops ALL=(ALL) NOPASSWD:ALL\nbad\n"), Some(3));
+        assert_eq!(
+            sudoers_error("# x\nops ALL=(ALL) NOPASSWD:ALL\nbad\n"),
+            Some(3)
+        );
     }
 
     #[test]
     fn databases_round_trip_and_ids_follow_the_highest() {
-        let users = parse_passwd("root:x:0:0:root:/root:/bin/bash\ndebian:x:1000:1000::/home/debian:/bin/bash\n");
+        let users = parse_passwd(
+            "root:x:0:0:root:/root:/bin/bash\ndebian:x:1000:1000::/home/debian:/bin/bash\n",
+        );
         let groups = parse_group("root:x:0:\nsudo:x:27:debian\ndebian:x:1000:\n");
         let db = Db { users, groups };
         assert_eq!(db.next_id(), 1001);
         assert_eq!(
-            db.groups_of("debian").iter().map(|g| g.name.as_str()).collect::<Vec<_>>(),
+            db.groups_of("debian")
+                .iter()
+                .map(|g| g.name.as_str())
+                .collect::<Vec<_>>(),
             ["debian", "sudo"]
         );
         assert_eq!(parse_passwd(&db.users[1].line()), vec![db.users[1].clone()]);
