@@ -43,7 +43,7 @@ pub enum Error {
         host: String,
         action: String,
         #[source]
-        source: ssh::Error,
+        source: Box<ssh::Error>,
     },
     #[error("{host}: user {user} does not exist; run phase ensure_user first")]
     NoUser { host: String, user: String },
@@ -52,7 +52,7 @@ pub enum Error {
         host: String,
         user: String,
         #[source]
-        source: ssh::Error,
+        source: Box<ssh::Error>,
     },
     #[error(
         "secrets.yaml has no ssh_keys: add the site's public keys (ssh_keys: NAME: 'ssh-ed25519 AAAA… comment')"
@@ -75,7 +75,7 @@ pub enum Error {
         host: String,
         user: String,
         #[source]
-        source: ssh::Error,
+        source: Box<ssh::Error>,
     },
     #[error(
         "{host}: {user} has no password-less sudo (`sudo -n true` failed); check /etc/sudoers.d/{user}"
@@ -84,7 +84,7 @@ pub enum Error {
         host: String,
         user: String,
         #[source]
-        source: ssh::Error,
+        source: Box<ssh::Error>,
     },
 }
 
@@ -101,7 +101,7 @@ fn ssh_err(
     move |source| Error::Ssh {
         host,
         action,
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -289,7 +289,7 @@ pub async fn setup_sudo(
         return Err(Error::Sudoers {
             host: host(session),
             user: name.into(),
-            source,
+            source: Box::new(source),
         });
     }
     let line = format!(
@@ -440,13 +440,17 @@ pub async fn verify_user(
         .map_err(|source| Error::Login {
             host: host.clone(),
             user: user.clone(),
-            source,
+            source: Box::new(source),
         })?;
     let result = session
         .exec_ok(&Command::shell("sudo -n true"))
         .await
         .map(|_| ())
-        .map_err(|source| Error::NoSudo { host, user, source });
+        .map_err(|source| Error::NoSudo {
+            host,
+            user,
+            source: Box::new(source),
+        });
     let _ = session.close().await;
     result
 }

@@ -16,7 +16,7 @@ pub const USER_SETUP: ScenarioDef = ScenarioDef {
     runtime: Duration::from_secs(30),
     description: "Create homestak user",
     needs: Needs::Target,
-    phases: phases,
+    phases,
 };
 
 fn phases() -> Vec<PhaseDef> {

@@ -61,13 +61,12 @@ async fn need_root(cx: &mut Context, tool: &str) -> Option<u32> {
     Some(1)
 }
 
+/// Options with their values, then the operands.
+type Parsed<'a> = (Vec<(char, &'a str)>, Vec<&'a str>);
+
 /// Options with a value (`-s SHELL`) and flags (`-m`), in any order
 /// before the operands; `None` on an option not in `with_value`/`flags`.
-fn options<'a>(
-    args: &'a [String],
-    with_value: &str,
-    flags: &str,
-) -> Result<(Vec<(char, &'a str)>, Vec<&'a str>), String> {
+fn options<'a>(args: &'a [String], with_value: &str, flags: &str) -> Result<Parsed<'a>, String> {
     let mut opts = Vec::new();
     let mut rest = Vec::new();
     let mut i = 0;

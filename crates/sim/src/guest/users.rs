@@ -300,10 +300,14 @@ impl Owners {
     }
 }
 
+/// A sudoers line that does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyntaxError;
+
 /// A sudoers line this simulator understands, and what it grants: `USER
 /// ALL=(ALL) NOPASSWD:ALL` (or `(ALL:ALL)`). Comments and blank lines are
 /// `Ok(None)`; anything else is a syntax error.
-pub fn parse_sudoers_line(line: &str) -> Result<Option<String>, ()> {
+pub fn parse_sudoers_line(line: &str) -> Result<Option<String>, SyntaxError> {
     let line = line.trim();
     if line.is_empty() {
         return Ok(None);
@@ -311,13 +315,13 @@ pub fn parse_sudoers_line(line: &str) -> Result<Option<String>, ()> {
     if line.starts_with('#') {
         // `#include` and `#includedir` are directives, not comments.
         return if line.starts_with("#include") {
-            Err(())
+            Err(SyntaxError)
         } else {
             Ok(None)
         };
     }
     let compact: String = line.split_whitespace().collect::<Vec<_>>().join(" ");
-    let (user, rest) = compact.split_once(' ').ok_or(())?;
+    let (user, rest) = compact.split_once(' ').ok_or(SyntaxError)?;
     let valid_user = user
         .chars()
         .next()
@@ -334,7 +338,7 @@ pub fn parse_sudoers_line(line: &str) -> Result<Option<String>, ()> {
     {
         Ok(Some(user.to_string()))
     } else {
-        Err(())
+        Err(SyntaxError)
     }
 }
 
