@@ -13,6 +13,7 @@ mod preflight;
 mod store_sled;
 mod store_suite;
 mod trust;
+mod user_setup;
 
 /// Checked identities from test literals.
 mod ids {

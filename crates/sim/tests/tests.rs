@@ -13,4 +13,5 @@ mod packer;
 mod pve_install;
 mod replay;
 mod support;
+mod users;
 mod vm;

@@ -259,4 +259,3 @@ mod tests {
         assert!(!format!("{cert:?}").contains("PRIVATE"));
     }
 }
-

@@ -13,6 +13,9 @@
 //! - [`node_config::write_node_config`]: `nodes/<host>.yaml` and the token
 //!   in `secrets.yaml`.
 //!
+//! - [`user`]: the homestak user, its sudo drop-in and the site's SSH
+//!   keys (`homestak scenario user-setup`).
+//!
 //! Every step is idempotent: a second run on a set-up host changes nothing
 //! and does not reboot.
 
@@ -20,6 +23,7 @@ pub mod node_config;
 pub mod pve;
 pub mod remote;
 pub mod token;
+pub mod user;
 
 use std::sync::Arc;
 

@@ -22,6 +22,7 @@ pub mod packer;
 pub mod pve_setup;
 pub mod registry;
 pub mod shell;
+pub mod user_setup;
 
 use std::path::PathBuf;
 use std::sync::Arc;

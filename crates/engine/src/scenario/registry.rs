@@ -12,6 +12,7 @@ pub const SCENARIOS: &[ScenarioDef] = &[
     super::packer::PACKER_SYNC,
     super::packer::PACKER_SYNC_BUILD_FETCH,
     super::pve_setup::PVE_SETUP,
+    super::user_setup::USER_SETUP,
 ];
 
 /// Retired scenario names (by prefix when ending in `-`), and what to run

@@ -30,7 +30,9 @@ pub(crate) mod power;
 pub mod process;
 mod shims;
 pub mod units;
+mod usercmds;
 pub mod userdata;
+pub mod users;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -358,6 +360,7 @@ impl Guest {
                 boot.keys.extend(cloud.keys.iter().cloned());
             }
             prepare_root(&root, &boot).await;
+            users::prepare(&root, &boot.user).await;
             apt::prepare(
                 &root,
                 boot.image.as_deref(),
@@ -427,6 +430,7 @@ impl Guest {
             authorized_keys: keys,
             host_key,
             handler: Arc::new(shell),
+            accounts: Some(Arc::new(accounts(&self.ctx))),
         };
         match Server::start(config).await {
             Ok(server) => {
@@ -497,16 +501,29 @@ const CLOUD_INIT_LOG: &str = "/var/log/cloud-init-output.log";
 /// The shell of the guest's SSH sessions and of its cloud-init.
 fn guest_shell(ctx: &Arc<GuestCtx>) -> Shell {
     let boot = &ctx.boot;
-    shims::install(
-        Shell::new(ctx.root.clone(), &boot.hostname)
-            .with_address(boot.address.into())
-            .with_kernel(if boot.pve {
-                "6.8.12-9-pve"
-            } else {
-                "6.12.41+deb13-amd64"
-            }),
-        ctx,
-    )
+    let shell = Shell::new(ctx.root.clone(), &boot.hostname)
+        .with_address(boot.address.into())
+        .with_kernel(if boot.pve {
+            "6.8.12-9-pve"
+        } else {
+            "6.12.41+deb13-amd64"
+        })
+        .with_accounts(Arc::new(accounts(ctx)));
+    let shell = usercmds::install(shell, owners(ctx));
+    shims::install(shell, ctx)
+}
+
+fn owners(ctx: &GuestCtx) -> users::Owners {
+    users::Owners::new(&ctx.boot.workdir, &ctx.boot.user)
+}
+
+/// The guest's users, for its SSH server and `sudo`.
+fn accounts(ctx: &GuestCtx) -> users::GuestAccounts {
+    users::GuestAccounts {
+        root: ctx.root.clone(),
+        ciuser: ctx.boot.user.clone(),
+        owners: owners(ctx),
+    }
 }
 
 /// cloud-init's first boot: `write_files`, then each `runcmd` entry as

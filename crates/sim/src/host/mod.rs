@@ -161,6 +161,7 @@ impl Host {
             authorized_keys: keys,
             host_key: Some(host_key),
             handler: Arc::new(handler),
+            accounts: None,
         };
         Server::start(config).await.map_err(|e| e.to_string())
     }

@@ -1,8 +1,9 @@
 //! The SSH server of a simulated VM (russh server side).
 //!
 //! Each simulated VM gets one [`Server`] on its own loopback address. It
-//! accepts exactly the public keys cloud-init would install (`sshkeys`) for
-//! exactly one user (`ciuser`), and nothing else: no passwords, no shells,
+//! accepts the public keys cloud-init would install (`sshkeys`) for one
+//! user (`ciuser`), and, given [`Accounts`], other users' keys from their
+//! `authorized_keys`; nothing else: no passwords, no shells,
 //! no forwarding, no SFTP subsystem. Exec requests go to a pluggable
 //! [`CommandHandler`], never to a host shell; the default handler,
 //! [`Shell`], is a small honest command set confined to a per-VM directory
@@ -31,6 +32,7 @@
 //! (bounded: stragglers are aborted after a few seconds). Dropping a
 //! `Server` starts the same shutdown without waiting for it.
 
+pub mod accounts;
 mod builtins;
 mod curl;
 mod handler;
@@ -56,6 +58,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub use accounts::Accounts;
 pub use handler::{CommandHandler, ExecRequest, Stdio};
 #[cfg(test)]
 pub use memory::Captured;
@@ -122,6 +125,8 @@ pub struct Config {
     pub host_key: Option<PrivateKey>,
     /// Runs exec requests.
     pub handler: Arc<dyn CommandHandler>,
+    /// Other users who may log in with their `authorized_keys`.
+    pub accounts: Option<Arc<dyn Accounts>>,
 }
 
 impl Config {
@@ -138,6 +143,7 @@ impl Config {
             authorized_keys,
             host_key: None,
             handler,
+            accounts: None,
         }
     }
 }
@@ -205,6 +211,7 @@ impl Server {
         let shared = Arc::new(Shared {
             authorized: RwLock::new((config.user, config.authorized_keys)),
             handler: config.handler,
+            accounts: config.accounts,
             shutdown: shutdown_rx,
         });
         let task = tokio::spawn(accept_loop(listener, russh_config, Arc::clone(&shared)));

@@ -1,7 +1,8 @@
 //! One SSH connection to a simulated host: authentication and channels.
 //!
-//! Only public-key authentication exists, for one user and the keys
-//! cloud-init gave it; passwords, keyboard-interactive and "none" are
+//! Only public-key authentication exists, for the user and keys cloud-init
+//! gave, and other users' `authorized_keys` when the server has
+//! [`Accounts`](super::Accounts); passwords, keyboard-interactive and "none" are
 //! refused. A session channel may carry one `exec` request; shells,
 //! subsystems (SFTP), forwarding and agent requests are refused, as on a
 //! locked-down sshd.
@@ -31,18 +32,31 @@ pub(super) struct Shared {
     /// The user and the keys that may log in as it.
     pub(super) authorized: RwLock<(String, Vec<PublicKey>)>,
     pub(super) handler: Arc<dyn CommandHandler>,
+    /// Other users and their keys.
+    pub(super) accounts: Option<Arc<dyn super::Accounts>>,
     /// Becomes true when the server shuts down.
     pub(super) shutdown: watch::Receiver<bool>,
 }
 
 impl Shared {
-    fn allows(&self, user: &str, key: &PublicKey) -> bool {
-        match self.authorized.read() {
+    async fn allows(&self, user: &str, key: &PublicKey) -> bool {
+        let configured = match self.authorized.read() {
             Ok(guard) => {
                 let (allowed_user, keys) = &*guard;
                 allowed_user == user && keys.iter().any(|k| k.key_data() == key.key_data())
             }
             Err(_) => false,
+        };
+        if configured {
+            return true;
+        }
+        match &self.accounts {
+            Some(accounts) => accounts
+                .authorized_keys(user)
+                .await
+                .iter()
+                .any(|k| k.key_data() == key.key_data()),
+            None => false,
         }
     }
 }
@@ -88,7 +102,7 @@ impl russh::server::Handler for Connection {
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         // Saves the client a signature for a key that would be refused.
-        if self.shared.allows(user, offer.public_key) {
+        if self.shared.allows(user, offer.public_key).await {
             Ok(Auth::Accept)
         } else {
             Ok(publickey_only())
@@ -100,7 +114,7 @@ impl russh::server::Handler for Connection {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        if self.shared.allows(user, key.public_key) {
+        if self.shared.allows(user, key.public_key).await {
             self.user = Some(user.to_string());
             Ok(Auth::Accept)
         } else {

@@ -36,6 +36,7 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 
+use super::Accounts;
 use super::builtins;
 use super::handler::{CommandHandler, ExecRequest, Stdio};
 use super::mounts::{Entry, Mounts, Sink};
@@ -132,6 +133,7 @@ pub struct Shell {
     kernel: String,
     programs: Arc<BTreeMap<String, Arc<dyn Program>>>,
     mounts: Option<Arc<dyn Mounts>>,
+    accounts: Option<Arc<dyn Accounts>>,
 }
 
 /// Where a redirected command's stdout was, to put it back.
@@ -156,7 +158,14 @@ impl Shell {
             kernel: "6.12.41+deb13-amd64".to_string(),
             programs: Arc::new(BTreeMap::new()),
             mounts: None,
+            accounts: None,
         }
+    }
+
+    /// Takes home directories and who may `sudo` from `accounts`.
+    pub fn with_accounts(mut self, accounts: Arc<dyn Accounts>) -> Self {
+        self.accounts = Some(accounts);
+        self
     }
 
     /// Shows `mounts` under their directories.
@@ -194,7 +203,11 @@ impl Shell {
     }
 
     async fn run(&self, line: &str, user: &str, peer: Option<SocketAddr>, io: Stdio) -> u32 {
-        let home = home_of(user);
+        let known = match &self.accounts {
+            Some(accounts) => accounts.home(user).await,
+            None => None,
+        };
+        let home = known.unwrap_or_else(|| home_of(user));
         let mut cx = Context {
             io,
             root: self.root.clone(),
@@ -481,9 +494,18 @@ impl Shell {
     }
 
     /// `sudo [-n] [-E] [-H] [-u root] [--] COMMAND…`: runs the command as
-    /// root. The cloud-init user has password-less sudo, as on Debian cloud
-    /// images; other target users are refused.
+    /// root. With [`Accounts`], only a user they allow (root, the
+    /// cloud-init user, a NOPASSWD drop-in in `/etc/sudoers.d`); no
+    /// terminal ever answers a password prompt, so anyone else is refused
+    /// as `sudo -n` refuses. Other target users are refused.
     async fn sudo(&self, args: &[String], cx: &mut Context) -> u32 {
+        if let Some(accounts) = &self.accounts
+            && cx.user != "root"
+            && !accounts.may_sudo(&cx.user).await
+        {
+            cx.err("sudo: a password is required\n").await;
+            return 1;
+        }
         let mut rest = args;
         while let Some((first, tail)) = rest.split_first() {
             match first.as_str() {
