@@ -14,13 +14,14 @@
 //! - [`shell`]: where a scenario's commands run (this machine, or a host
 //!   over SSH).
 //! - One module per scenario family: [`packer`] (the five `packer-*`),
-//!   [`pve_setup`].
+//!   [`pve_setup`], [`spec_vm`].
 
 pub mod context;
 pub mod packer;
 pub mod pve_setup;
 pub mod registry;
 pub mod shell;
+pub mod spec_vm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -109,6 +110,10 @@ pub struct Inputs {
     pub env: Option<String>,
     /// `--vm-id name=ID`, repeatable.
     pub vm_ids: Vec<(String, u32)>,
+    /// `-M NAME`: a manifest of the site-config (spec-vm-push-roundtrip).
+    pub manifest: Option<String>,
+    /// `--manifest-file PATH`: a manifest file.
+    pub manifest_file: Option<PathBuf>,
     /// The site-config directory, when one was found.
     pub site_root: Option<PathBuf>,
     /// Where homestak keeps its store and known hosts.

@@ -11,6 +11,7 @@ pub const SCENARIOS: &[ScenarioDef] = &[
     super::packer::PACKER_SYNC,
     super::packer::PACKER_SYNC_BUILD_FETCH,
     super::pve_setup::PVE_SETUP,
+    super::spec_vm::SPEC_VM_PUSH_ROUNDTRIP,
 ];
 
 /// Retired scenario names (by prefix when ending in `-`), and what to run
