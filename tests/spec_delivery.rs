@@ -467,10 +467,7 @@ async fn spec_vm_push_roundtrip_finds_a_spec_json_that_differs_from_the_served_s
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         phases(&report),
-        owned(&[
-            ("provision_vm", "skipped"),
-            ("verify_spec", "failed"),
-        ]),
+        owned(&[("provision_vm", "skipped"), ("verify_spec", "failed"),]),
         "{report:#}"
     );
     let error = report["error"].as_str().unwrap_or_default();

@@ -343,3 +343,100 @@ fn destroy_vm(ctx: &mut Ctx) -> PhaseFuture<'_> {
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{Context, Inputs};
+
+    fn site_with(specs: &[&str]) -> (tempfile::TempDir, Ctx) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("site.yaml"),
+            "defaults:\n  domain: t.local\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("v2/specs")).unwrap();
+        for spec in specs {
+            std::fs::write(
+                dir.path().join(format!("v2/specs/{spec}.yaml")),
+                "schema_version: 1\n",
+            )
+            .unwrap();
+        }
+        let ctx = Ctx::new(
+            Inputs {
+                host: Some("pve".into()),
+                site_root: Some(dir.path().to_path_buf()),
+                state_dir: dir.path().join("state"),
+                ..Inputs::default()
+            },
+            Context::new(),
+        );
+        (dir, ctx)
+    }
+
+    #[test]
+    fn the_built_in_manifest_takes_env_then_test_then_the_first_spec() {
+        let (_dir, mut ctx) = site_with(&["web", "api", "test"]);
+        let loaded = super::site(&ctx).unwrap();
+        assert_eq!(default_spec(&ctx, &loaded).unwrap(), "test");
+        ctx.inputs.env = Some("web".into());
+        assert_eq!(default_spec(&ctx, &loaded).unwrap(), "web");
+
+        let (_dir, ctx) = site_with(&["web", "api"]);
+        let loaded = super::site(&ctx).unwrap();
+        assert_eq!(default_spec(&ctx, &loaded).unwrap(), "api");
+        let manifest = manifest(&ctx, &loaded).unwrap();
+        assert_eq!(manifest.name(), DEFAULT_MANIFEST);
+        assert_eq!(
+            spec_node(&manifest).unwrap(),
+            (DEFAULT_NODE.to_string(), "api".to_string())
+        );
+
+        let (_dir, ctx) = site_with(&[]);
+        let loaded = super::site(&ctx).unwrap();
+        let err = default_spec(&ctx, &loaded).unwrap_err().to_string();
+        assert!(err.contains("no spec (v2/specs/*.yaml)"), "{err}");
+    }
+
+    #[test]
+    fn vm_id_overrides_apply_to_the_manifest_and_unknown_names_are_refused() {
+        let (_dir, mut ctx) = site_with(&["web"]);
+        let loaded = super::site(&ctx).unwrap();
+        ctx.inputs.vm_ids = vec![("test".into(), 99123)];
+        let manifest = manifest(&ctx, &loaded).unwrap();
+        let node = manifest.node("test").unwrap();
+        assert_eq!(node.vmid.map(u32::from), Some(99123));
+        ctx.inputs.vm_ids = vec![("nobody".into(), 99123)];
+        let err = homestak_base::error_chain(&manifest_err(&ctx, &loaded));
+        assert!(err.contains("--vm-id nobody=99123"), "{err}");
+    }
+
+    fn manifest_err(ctx: &Ctx, site: &Site) -> PhaseError {
+        match manifest(ctx, site) {
+            Ok(_) => panic!("the manifest was accepted"),
+            Err(err) => err,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pull_mode_manifest_is_refused_before_anything_runs() {
+        let (dir, mut ctx) = site_with(&["web"]);
+        let path = dir.path().join("pull.yaml");
+        std::fs::write(
+            &path,
+            "schema_version: 2\nname: pulled\nnodes:\n  - name: web\n    type: vm\n    \
+             spec: web\n    execution: {mode: pull}\n",
+        )
+        .unwrap();
+        ctx.inputs.manifest_file = Some(path);
+        let err = provision_vm(&mut ctx).await.unwrap_err().to_string();
+        assert!(
+            err.contains("node web of manifest pulled gets its spec by pull"),
+            "{err}"
+        );
+        // Nothing was opened: no store in the state directory.
+        assert!(!dir.path().join("state/store").exists());
+    }
+}
