@@ -8,7 +8,10 @@
 //! - push: `/etc/homestak/spec.json` arrives over SSH, and a second
 //!   reconcile leaves it alone;
 //! - a token the daemon refuses fails the pull at `verify_spec`, with a
-//!   message that names the spec and server, never the token.
+//!   message that names the spec and server, never the token;
+//! - `homestak scenario spec-vm-push-roundtrip`: provision_vm, verify_spec
+//!   and destroy_vm pass, chained runs with `--context-file` find a
+//!   tampered spec.json, and a spec the site lacks fails provision_vm.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -169,6 +172,36 @@ impl World {
             .unwrap()
     }
 
+    /// `homestak scenario ARGS` with the CLI's state directory.
+    fn scenario(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--site-config")
+            .arg(&self.site)
+            .arg("scenario")
+            .args(args)
+            .env("HOMESTAK_STATE_DIR", &self.state)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// The simulator's answer (status code) about VM `vmid`.
+    async fn sim_vm_status(&self, vmid: u32) -> u16 {
+        let url = self.sim["url"].as_str().unwrap();
+        let token = self.sim["token"].as_str().unwrap();
+        let fingerprint: homestak_tls::Fingerprint =
+            self.sim["fingerprint"].as_str().unwrap().parse().unwrap();
+        client(fingerprint)
+            .get(format!("{url}/_sim/vms/{vmid}"))
+            .header("Authorization", format!("PVEAPIToken={token}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     fn spec_ca(&self) -> String {
         self.serve_state
             .join("tls/daemon.crt")
@@ -322,4 +355,150 @@ async fn a_refused_token_fails_the_pull_at_verify_spec_without_the_secret() {
     assert!(!root.join("etc/homestak/spec.json").exists());
     let log = std::fs::read_to_string(root.join("var/log/cloud-init-output.log")).unwrap();
     assert!(log.contains("curl: (22)"), "{log}");
+}
+
+/// The phases of a scenario's JSON report: (name, status).
+fn phases(report: &Value) -> Vec<(String, String)> {
+    report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_vm_push_roundtrip_creates_verifies_and_destroys_the_vm() {
+    let started = Instant::now();
+    let w = start("dev");
+    // The built-in manifest: VM `test` with the site's only spec, `web`.
+    let out = w.scenario(&[
+        "spec-vm-push-roundtrip",
+        "--host",
+        "pve",
+        "--vm-id",
+        "test=99202",
+        "--json-output",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["success"], true, "{report:#}");
+    assert!(report.get("error").is_none(), "{report:#}");
+    assert_eq!(
+        phases(&report),
+        owned(&[
+            ("provision_vm", "passed"),
+            ("verify_spec", "passed"),
+            ("destroy_vm", "passed"),
+        ]),
+        "{report:#}"
+    );
+    let context = &report["context"];
+    assert_eq!(context["vm_id"], 99202, "{report:#}");
+    assert_eq!(context["test_vmid"], 99202, "{report:#}");
+    let ip = context["vm_ip"].as_str().unwrap_or_default();
+    assert!(ip.starts_with("127."), "{report:#}");
+    assert_eq!(context["test_ip"], ip, "{report:#}");
+    assert_eq!(context["spec"], "web", "{report:#}");
+    assert_eq!(w.sim_vm_status(99202).await, 404, "the VM is gone");
+    println!(
+        "spec-vm-push-roundtrip (provision_vm, verify_spec, destroy_vm): {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_vm_push_roundtrip_finds_a_spec_json_that_differs_from_the_served_spec() {
+    let w = start("dev");
+    let manifest = w.manifest("push");
+    let manifest = manifest.to_str().unwrap();
+    let context = w.dir.path().join("context.json");
+    let context = context.to_str().unwrap();
+    let run = |skip: &[&str]| {
+        let mut args = vec![
+            "spec-vm-push-roundtrip",
+            "-H",
+            "pve",
+            "--manifest-file",
+            manifest,
+            "--context-file",
+            context,
+            "--json-output",
+        ];
+        for s in skip {
+            args.extend(["--skip", s]);
+        }
+        w.scenario(&args)
+    };
+    let out = run(&["verify_spec", "destroy_vm"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // What arrived is what the daemon serves at GET /spec/web.
+    let (code, served) = w.served(None).await;
+    assert_eq!(code, 200, "{served}");
+    let path = w.vm_root(99201).await.join("etc/homestak/spec.json");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), served);
+
+    // One byte more, and the chained verify_spec (vm_ip from the context
+    // file) refuses it.
+    std::fs::write(&path, format!("{served} ")).unwrap();
+    let out = run(&["provision_vm", "destroy_vm"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        phases(&report),
+        owned(&[("provision_vm", "skipped"), ("verify_spec", "failed"),]),
+        "{report:#}"
+    );
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("verify_spec: ") && error.contains("is not spec web as served"),
+        "{error}"
+    );
+
+    let out = run(&["provision_vm", "verify_spec"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(w.sim_vm_status(99201).await, 404, "the VM is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_vm_push_roundtrip_with_a_spec_the_site_lacks_fails_at_provision_vm() {
+    let w = start("dev");
+    let path = w.manifest("push");
+    let text_now = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text_now.replace("spec: web", "spec: nosuch")).unwrap();
+    let out = w.scenario(&[
+        "spec-vm-push-roundtrip",
+        "-H",
+        "pve",
+        "--manifest-file",
+        path.to_str().unwrap(),
+        "--json-output",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["success"], false, "{report:#}");
+    assert_eq!(
+        phases(&report),
+        owned(&[("provision_vm", "failed")]),
+        "{report:#}"
+    );
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("provision_vm: ") && error.contains("spec nosuch"),
+        "{error}"
+    );
+    assert!(report["context"].get("vm_ip").is_none(), "{report:#}");
+    assert_eq!(w.sim_vm_status(99201).await, 404, "no VM was made");
 }

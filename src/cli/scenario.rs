@@ -84,6 +84,18 @@ pub struct InputArgs {
     /// Override a VM's id, NAME=ID (repeatable).
     #[arg(long, value_name = "NAME=ID", value_parser = super::target::vm_id)]
     pub vm_id: Vec<(String, u32)>,
+    /// A manifest of the site-config (spec-vm-push-roundtrip; default: a
+    /// built-in one-VM manifest).
+    #[arg(
+        short = 'M',
+        long = "manifest",
+        value_name = "NAME",
+        conflicts_with = "manifest_file"
+    )]
+    pub manifest: Option<String>,
+    /// A manifest file (spec-vm-push-roundtrip).
+    #[arg(long, value_name = "PATH")]
+    pub manifest_file: Option<PathBuf>,
     /// SSH user for --remote and --vm-ip (default root).
     #[arg(long, value_name = "USER")]
     pub ssh_user: Option<String>,
@@ -118,6 +130,8 @@ impl InputArgs {
             packer_release: self.packer_release.clone(),
             env: self.env.clone(),
             vm_ids: self.vm_id.clone(),
+            manifest: self.manifest.clone(),
+            manifest_file: self.manifest_file.clone(),
             site_root: homestak_core::site::discover::find(global.site_config.as_deref()).ok(),
             state_dir: super::target::state_dir(self.state_dir.as_ref()),
             ssh_key: self.ssh_key.clone(),

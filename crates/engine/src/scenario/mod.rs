@@ -13,8 +13,8 @@
 //!   save and load.
 //! - [`shell`]: where a scenario's commands run (this machine, or a host
 //!   over SSH).
-//! - One module per scenario family: [`bootstrap_install`], [`packer`]
-//!   (the five `packer-*`), [`pve_setup`].
+//! - One module per scenario: [`bootstrap_install`], [`packer`] (the five
+//!   `packer-*`), [`pve_setup`], [`spec_vm`], [`user_setup`].
 
 pub mod bootstrap_install;
 pub mod context;
@@ -22,6 +22,7 @@ pub mod packer;
 pub mod pve_setup;
 pub mod registry;
 pub mod shell;
+pub mod spec_vm;
 pub mod user_setup;
 
 use std::path::PathBuf;
@@ -113,6 +114,10 @@ pub struct Inputs {
     pub env: Option<String>,
     /// `--vm-id name=ID`, repeatable.
     pub vm_ids: Vec<(String, u32)>,
+    /// `-M NAME`: a manifest of the site-config (spec-vm-push-roundtrip).
+    pub manifest: Option<String>,
+    /// `--manifest-file PATH`: a manifest file.
+    pub manifest_file: Option<PathBuf>,
     /// The site-config directory, when one was found.
     pub site_root: Option<PathBuf>,
     /// Where homestak keeps its store and known hosts.

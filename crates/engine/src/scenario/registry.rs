@@ -12,6 +12,7 @@ pub const SCENARIOS: &[ScenarioDef] = &[
     super::packer::PACKER_SYNC,
     super::packer::PACKER_SYNC_BUILD_FETCH,
     super::pve_setup::PVE_SETUP,
+    super::spec_vm::SPEC_VM_PUSH_ROUNDTRIP,
     super::user_setup::USER_SETUP,
 ];
 

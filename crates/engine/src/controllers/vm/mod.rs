@@ -53,6 +53,7 @@ use homestak_pve::{Api, Upid};
 use homestak_ssh as ssh;
 
 pub use host::HostSsh;
+pub use steps::spec::SPEC_PATH;
 
 /// SSH verification settings (`settings.verify_ssh`).
 #[derive(Clone)]
