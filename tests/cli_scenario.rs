@@ -34,6 +34,34 @@ fn write(path: &Path, text: &str) -> PathBuf {
     path.to_path_buf()
 }
 
+/// A plain Debian 13 VM `name` created on the demo host with the site's
+/// key (SSH checked); its address.
+fn debian_vm(site: &Path, state: &Path, name: &str, preset: &str, vmid: u32) -> String {
+    let manifest = write(
+        &state.with_file_name(format!("{name}.yaml")),
+        &format!(
+            "schema_version: 2\nname: {name}-host\nnodes:\n  - {{name: {name}, type: vm, preset: {preset}, image: debian-13, vmid: {vmid}}}\nsettings: {{verify_ssh: true}}\n"
+        ),
+    );
+    let out = homestak(
+        site,
+        state,
+        &[
+            "create",
+            "--json-output",
+            "--manifest-file",
+            manifest.to_str().unwrap(),
+            "-H",
+            "pve",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    json(&out)["context"][format!("{name}_ip")]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn listing_phases_dry_runs_and_the_python_spellings() {
     let dir = tempfile::tempdir().unwrap();
@@ -156,27 +184,7 @@ fn pve_setup_turns_a_debian_vm_into_a_host_create_then_uses() {
     let key = site.join(".homestak-sim/id_ed25519");
 
     // A plain Debian 13 VM: the host to be.
-    let host_vm = write(
-        &dir.path().join("hv.yaml"),
-        "schema_version: 2\nname: hv\nnodes:\n  - {name: hv1, type: vm, preset: vm-medium, image: debian-13, vmid: 99200}\nsettings: {verify_ssh: true}\n",
-    );
-    let out = homestak(
-        &site,
-        &state,
-        &[
-            "create",
-            "--json-output",
-            "--manifest-file",
-            host_vm.to_str().unwrap(),
-            "-H",
-            "pve",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let ip = json(&out)["context"]["hv1_ip"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let ip = debian_vm(&site, &state, "hv1", "vm-medium", 99200);
     write(
         &site.join("hosts/hv1.yaml"),
         &format!("ip: {ip}\naccess:\n  ssh_user: homestak\n"),
@@ -318,8 +326,6 @@ fn pve_setup_turns_a_debian_vm_into_a_host_create_then_uses() {
 /// there fails the first phase.
 #[test]
 fn bootstrap_install_installs_homestak_from_serve() {
-    use crate::support::Guard;
-    use std::time::Duration;
     homestak_tls::install_crypto_provider();
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
@@ -333,57 +339,10 @@ fn bootstrap_install_installs_homestak_from_serve() {
     crate::daemon_support::git(&site, &["commit", "-q", "-m", "site-config"]);
 
     let serve_state = dir.path().join("serve-state");
-    let ready = dir.path().join("serve-ready.json");
-    let child = Command::new(BIN)
-        .arg("--site-config")
-        .arg(&site)
-        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--no-watch"])
-        .arg("--state-dir")
-        .arg(&serve_state)
-        .arg("--ready-file")
-        .arg(&ready)
-        .env_remove("HOMESTAK_REPO_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _serve = Guard(child);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let info: Value = loop {
-        assert!(
-            Instant::now() < deadline,
-            "homestak serve never became ready"
-        );
-        if let Ok(text) = std::fs::read_to_string(&ready)
-            && let Ok(info) = serde_json::from_str::<Value>(&text)
-        {
-            break info;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (_serve, info) = crate::support::start_serve(&site, &serve_state, &[], &[]);
     let url = info["url"].as_str().unwrap().to_string();
 
-    let vm = write(
-        &dir.path().join("vm.yaml"),
-        "schema_version: 2\nname: boot\nnodes:\n  - {name: boot1, type: vm, preset: vm-small, image: debian-13, vmid: 99400}\nsettings: {verify_ssh: true}\n",
-    );
-    let out = homestak(
-        &site,
-        &state,
-        &[
-            "create",
-            "--json-output",
-            "--manifest-file",
-            vm.to_str().unwrap(),
-            "-H",
-            "pve",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let ip = json(&out)["context"]["boot1_ip"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let ip = debian_vm(&site, &state, "boot1", "vm-small", 99400);
 
     let install = |source: &str| {
         homestak(

@@ -16,7 +16,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 
@@ -84,42 +84,18 @@ fn start(posture: &str) -> World {
     git(&site, &["commit", "-q", "-m", "site-config"]);
 
     let serve_state = dir.path().join("serve-state");
-    let ready = dir.path().join("serve-ready.json");
     let tokens = dir.path().join("tokens.yaml");
     std::fs::write(
         &tokens,
         "tokens:\n  - name: reader\n    scope: read\n    token: spec-test-read-token\n",
     )
     .unwrap();
-    let child = Command::new(BIN)
-        .arg("--site-config")
-        .arg(&site)
-        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--no-watch"])
-        .arg("--state-dir")
-        .arg(&serve_state)
-        .arg("--ready-file")
-        .arg(&ready)
-        .arg("--api-token-file")
-        .arg(&tokens)
-        .env("HOMESTAK_REPO_TOKEN", "spec-test-repo-token")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let serve_guard = Guard(child);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let info: Value = loop {
-        assert!(
-            Instant::now() < deadline,
-            "homestak serve never became ready"
-        );
-        if let Ok(text) = std::fs::read_to_string(&ready)
-            && let Ok(info) = serde_json::from_str::<Value>(&text)
-        {
-            break info;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (serve_guard, info) = crate::support::start_serve(
+        &site,
+        &serve_state,
+        &[std::ffi::OsStr::new("--api-token-file"), tokens.as_os_str()],
+        &[("HOMESTAK_REPO_TOKEN", "spec-test-repo-token")],
+    );
     let serve_url = info["url"].as_str().unwrap().to_string();
     let fingerprint: homestak_tls::Fingerprint =
         info["fingerprint"].as_str().unwrap().parse().unwrap();

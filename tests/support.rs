@@ -86,3 +86,50 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// Starts `homestak serve` on 127.0.0.1 (a free port, no watching) for
+/// `site` with state directory `state`, plus `extra` arguments and `env`;
+/// waits for its ready file and returns the guard and that file's JSON
+/// (`url`, `fingerprint`, …).
+pub fn start_serve(
+    site: &Path,
+    state: &Path,
+    extra: &[&std::ffi::OsStr],
+    env: &[(&str, &str)],
+) -> (Guard, Value) {
+    let ready = state.with_extension("ready.json");
+    let mut command = Command::new(BIN);
+    command
+        .arg("--site-config")
+        .arg(site)
+        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--no-watch"])
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--ready-file")
+        .arg(&ready)
+        .args(extra)
+        .env_remove("HOMESTAK_REPO_TOKEN");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = Guard(child);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let info = loop {
+        assert!(
+            Instant::now() < deadline,
+            "homestak serve never became ready"
+        );
+        if let Ok(text) = std::fs::read_to_string(&ready)
+            && let Ok(info) = serde_json::from_str::<Value>(&text)
+        {
+            break info;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (guard, info)
+}
