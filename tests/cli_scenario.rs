@@ -410,3 +410,63 @@ fn bootstrap_install_installs_homestak_from_serve() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// `user-setup` through the CLI, as the Python tool's `--scenario
+/// user-setup --remote IP` ran: the user is made with sudo and the site's
+/// keys, and logs in; a second run changes nothing and still passes.
+#[test]
+fn user_setup_makes_a_user_that_logs_in_with_the_sites_key() {
+    homestak_tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("demo/sim.yaml");
+    let (_sim, site, _) = demo_sim(dir.path(), "0.01", Some(&config));
+    let key = site.join(".homestak-sim/id_ed25519");
+    let ip = debian_vm(&site, &state, "users1", "vm-small", 99500);
+    let reports = dir.path().join("reports");
+    let setup = [
+        "--scenario",
+        "user-setup",
+        "--remote",
+        &ip,
+        "--ssh-user",
+        "homestak",
+        "--ssh-port",
+        "2222",
+        "--ssh-key",
+        key.to_str().unwrap(),
+        "--homestak-user",
+        "ops",
+        "--json-output",
+        "--report-dir",
+        reports.to_str().unwrap(),
+    ];
+    for run in ["first", "second"] {
+        let out = homestak(&site, &state, &setup);
+        assert_eq!(out.status.code(), Some(0), "{run}: {}", text(&out));
+        let report = json(&out);
+        let phases: Vec<(&str, &str)> = report["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap(), p["status"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            phases,
+            [
+                ("ensure_user", "passed"),
+                ("setup_sudo", "passed"),
+                ("setup_ssh_keys", "passed"),
+                ("verify_user", "passed")
+            ],
+            "{run}: {report:#}"
+        );
+    }
+    // A user name sudo would not take is refused before anything runs on
+    // the host.
+    let mut bad = setup;
+    bad[11] = "Bad User";
+    let out = homestak(&site, &state, &bad);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(json(&out)["phases"][0]["status"], "failed");
+}
