@@ -34,6 +34,23 @@ fn write(path: &Path, text: &str) -> PathBuf {
     path.to_path_buf()
 }
 
+/// A report's phases as `(name, status)`, in run order.
+fn phases(report: &Value) -> Vec<(&str, &str)> {
+    report["phases"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .map(|p| {
+                    (
+                        p["name"].as_str().unwrap_or_default(),
+                        p["status"].as_str().unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A plain Debian 13 VM `name` created on the demo host with the site's
 /// key (SSH checked); its address.
 fn debian_vm(site: &Path, state: &Path, name: &str, preset: &str, vmid: u32) -> String {
@@ -234,12 +251,7 @@ fn pve_setup_turns_a_debian_vm_into_a_host_create_then_uses() {
     let report = json(&out);
     assert_eq!(report["success"], true, "{report:#}");
     assert_eq!(report.get("error"), None, "{report:#}");
-    let phases: Vec<(&str, &str)> = report["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["name"].as_str().unwrap(), p["status"].as_str().unwrap()))
-        .collect();
+    let phases = phases(&report);
     assert_eq!(
         phases,
         [
@@ -374,12 +386,7 @@ fn bootstrap_install_installs_homestak_from_serve() {
     let first = first.elapsed();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let report = json(&out);
-    let phases: Vec<(&str, &str)> = report["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["name"].as_str().unwrap(), p["status"].as_str().unwrap()))
-        .collect();
+    let phases = phases(&report);
     assert_eq!(
         phases,
         [
@@ -445,12 +452,7 @@ fn user_setup_makes_a_user_that_logs_in_with_the_sites_key() {
         let out = homestak(&site, &state, &setup);
         assert_eq!(out.status.code(), Some(0), "{run}: {}", text(&out));
         let report = json(&out);
-        let phases: Vec<(&str, &str)> = report["phases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| (p["name"].as_str().unwrap(), p["status"].as_str().unwrap()))
-            .collect();
+        let phases = phases(&report);
         assert_eq!(
             phases,
             [
