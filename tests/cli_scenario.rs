@@ -406,6 +406,37 @@ fn bootstrap_install_installs_homestak_from_serve() {
     let out = install(&url);
     assert_eq!(out.status.code(), Some(0), "second run: {}", text(&out));
 
+    // The install endpoints: the token is needed, only GET (and HEAD)
+    // answer, and the binary streams whole.
+    let fingerprint: homestak_tls::Fingerprint =
+        info["fingerprint"].as_str().unwrap().parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = crate::daemon_support::client(fingerprint);
+        let no_token = client
+            .get(format!("{url}/install.sh"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(no_token.status().as_u16(), 401);
+        let post = client
+            .post(format!("{url}/install.sh"))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(post.status().as_u16(), 405);
+        let binary = client
+            .get(format!("{url}/bin/homestak"))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(binary.status().as_u16(), 200);
+        let body = binary.bytes().await.unwrap();
+        assert_eq!(body.len() as u64, std::fs::metadata(BIN).unwrap().len());
+    });
+
     let out = install("https://127.0.0.1:9");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let report = json(&out);

@@ -92,7 +92,11 @@ async fn entry(
         .get(header::HOST)
         .and_then(|v| v.to_str().ok());
     let mut reply = if install::is_install_path(path) {
-        install::handle(path, host, &app.repo_auth, authorization)
+        if *method == Method::GET || *method == Method::HEAD {
+            install::handle(path, host, &app.repo_auth, authorization)
+        } else {
+            ApiError::method_not_allowed(method).reply()
+        }
     } else {
         dispatch(
             &app,
