@@ -9,6 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
+
 use super::{GlobalArgs, Outcome, output};
 
 /// Arguments of `homestak bootstrap`.
@@ -33,9 +35,9 @@ pub struct Args {
 
 /// Runs `homestak bootstrap`.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
-    let header = std::fs::read_to_string(&args.header_file).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read the header file {}: {e}; it holds `Authorization: Bearer <repo token>`",
+    let header = std::fs::read_to_string(&args.header_file).with_context(|| {
+        format!(
+            "cannot read the header file {} (it holds `Authorization: Bearer <repo token>`)",
             args.header_file.display()
         )
     })?;
@@ -121,7 +123,7 @@ fn git(args: &Args, header: &str, words: &[&str]) -> anyhow::Result<()> {
         .env("GIT_CONFIG_VALUE_1", &args.ca_file)
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| anyhow::anyhow!("cannot run git ({e}); install git"))?;
+        .context("cannot run git; install it (apt-get install git)")?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         anyhow::bail!(
