@@ -373,6 +373,8 @@ fn bootstrap_install_installs_homestak_from_serve() {
                 key.to_str().unwrap(),
                 "--source",
                 source,
+                "--homestak-user",
+                "ops",
                 "--state-dir",
                 serve_state.to_str().unwrap(),
                 "--json-output",
@@ -393,11 +395,13 @@ fn bootstrap_install_installs_homestak_from_serve() {
             ("verify_source", "passed"),
             ("push_credentials", "passed"),
             ("run_installer", "passed"),
+            ("create_user", "passed"),
             ("verify_install", "passed")
         ],
         "{report:#}"
     );
     assert_eq!(report["context"]["vm_ip"], ip.as_str());
+    assert_eq!(report["context"]["homestak_user"], "ops");
     // The repo token never shows in the report.
     let token = std::fs::read_to_string(serve_state.join("repo-token")).unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains(token.trim()));

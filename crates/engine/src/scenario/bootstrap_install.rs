@@ -43,6 +43,11 @@ fn phases() -> Vec<PhaseDef> {
             run: run_installer,
         },
         PhaseDef {
+            name: "create_user",
+            description: "With --homestak-user: that user, with sudo and the site's SSH keys (user-setup's phases)",
+            run: create_user,
+        },
+        PhaseDef {
             name: "verify_install",
             description: "The installed homestak runs this version and loads the site-config",
             run: verify_install,
@@ -205,6 +210,18 @@ fn run_installer(ctx: &mut Ctx) -> PhaseFuture<'_> {
             .unwrap_or("installed")
             .trim()
             .to_string())
+    })
+}
+
+fn create_user(ctx: &mut Ctx) -> PhaseFuture<'_> {
+    Box::pin(async move {
+        if ctx.inputs.homestak_user.is_none() {
+            return Ok("no --homestak-user: no user to create".to_string());
+        }
+        let made = super::user_setup::ensure_user(ctx).await?;
+        let sudo = super::user_setup::setup_sudo(ctx).await?;
+        let keys = super::user_setup::setup_ssh_keys(ctx).await?;
+        Ok(format!("{made}; {sudo}; {keys}"))
     })
 }
 

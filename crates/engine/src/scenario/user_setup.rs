@@ -64,7 +64,7 @@ fn report(name: &str, host: &str, done: &[String], unchanged: &str) -> String {
     }
 }
 
-fn ensure_user(ctx: &mut Ctx) -> PhaseFuture<'_> {
+pub(super) fn ensure_user(ctx: &mut Ctx) -> PhaseFuture<'_> {
     Box::pin(async move {
         let name = name(ctx);
         user::check_name(&name).map_err(|e| failed(&name, e))?;
@@ -84,7 +84,7 @@ fn ensure_user(ctx: &mut Ctx) -> PhaseFuture<'_> {
     })
 }
 
-fn setup_sudo(ctx: &mut Ctx) -> PhaseFuture<'_> {
+pub(super) fn setup_sudo(ctx: &mut Ctx) -> PhaseFuture<'_> {
     Box::pin(async move {
         let name = name(ctx);
         let shell = ctx.shell().await?;
@@ -107,11 +107,10 @@ fn site_keys(ctx: &Ctx) -> Result<Vec<String>, PhaseError> {
     let site = homestak_core::site::Site::load(root)
         .map_err(|e| PhaseError::caused("loading the site-config", e))?;
     let secrets = site.secrets();
-    let values = secrets.strict().map_err(|e| {
-        PhaseError::failed(
-            format!("{} is unreadable: {e}", secrets.path().display()),
-            Some("fix its YAML (or decrypt it: homestak site-init)".to_string()),
-        )
+    let values = secrets.strict().map_err(|e| PhaseError::Failed {
+        what: format!("{} is unreadable", secrets.path().display()),
+        hint: Some("fix its YAML, or decrypt it (sops -d -i secrets.yaml)".to_string()),
+        source: Some(Box::new(SharedError(e))),
     })?;
     let Some(values) = values else {
         return Err(PhaseError::failed(
@@ -127,7 +126,7 @@ fn site_keys(ctx: &Ctx) -> Result<Vec<String>, PhaseError> {
     user::site_keys(&named).map_err(|e| PhaseError::caused("secrets.yaml ssh_keys", e))
 }
 
-fn setup_ssh_keys(ctx: &mut Ctx) -> PhaseFuture<'_> {
+pub(super) fn setup_ssh_keys(ctx: &mut Ctx) -> PhaseFuture<'_> {
     Box::pin(async move {
         let name = name(ctx);
         let keys = site_keys(ctx)?;
@@ -199,3 +198,15 @@ fn verify_user(ctx: &mut Ctx) -> PhaseFuture<'_> {
         ))
     })
 }
+
+/// A shared YAML error as a `source` (the site keeps it behind an `Arc`).
+#[derive(Debug)]
+struct SharedError(std::sync::Arc<homestak_base::yaml::Error>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedError {}
