@@ -15,6 +15,7 @@ mod sim_support;
 mod bad_input;
 mod cli_adopt;
 mod cli_interrupt;
+mod cli_output;
 mod cli_preflight;
 mod cli_scenario;
 mod cli_seed;

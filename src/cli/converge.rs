@@ -31,8 +31,9 @@ pub struct PlanArgs {
 /// Arguments of `homestak reconcile`.
 #[derive(Debug, clap::Args)]
 pub struct ReconcileArgs {
-    /// Converge once and exit (continuous reconciling is `homestak serve`).
-    #[arg(long)]
+    /// Converge once and exit. Required: continuous reconciling is
+    /// `homestak serve`, so `reconcile` without it is a usage error (64).
+    #[arg(long, required = true)]
     pub once: bool,
     #[command(flatten)]
     pub target: TargetArgs,
@@ -184,11 +185,6 @@ fn request(
 
 /// Runs `homestak reconcile --once`.
 pub async fn reconcile(args: ReconcileArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
-    if !args.once {
-        anyhow::bail!(
-            "continuous reconciling is the daemon's job: run `homestak serve`, or pass --once"
-        );
-    }
     let options = args
         .lifecycle
         .options(options(&args.changes, args.concurrency));

@@ -204,6 +204,13 @@ fn legacy_spelling(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString>
     args
 }
 
+/// Colour in log lines only on a terminal, and never when `NO_COLOR` is
+/// set to anything but the empty string (no-color.org): journald and CI
+/// logs get plain text.
+fn log_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",
@@ -216,6 +223,10 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(log_colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .try_init();
 }
 
@@ -223,6 +234,23 @@ fn init_logging(verbose: u8) {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn log_colour_needs_a_terminal_and_no_no_color() {
+        use std::ffi::OsStr;
+        assert!(log_colour(true, None));
+        assert!(log_colour(true, Some(OsStr::new(""))));
+        assert!(!log_colour(true, Some(OsStr::new("1"))));
+        assert!(!log_colour(false, None));
+    }
+
+    #[test]
+    fn reconcile_without_once_is_a_usage_error() {
+        let err = Cli::try_parse_from(["homestak", "reconcile", "-M", "m", "-H", "h"])
+            .expect_err("refused");
+        assert!(err.use_stderr());
+        assert!(err.to_string().contains("--once"), "{err}");
+    }
 
     #[test]
     fn clap_definition_is_consistent() {
