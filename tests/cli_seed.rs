@@ -27,7 +27,7 @@ fn homestak(site: &Path, state: &Path, args: &[&str]) -> Output {
         .arg(&manifest)
         .args(["-H", "pve"])
         .env("HOMESTAK_STATE_DIR", state)
-        // Report files of runs without --report-dir land here.
+        // Runs without --report-dir write reports into the state directory.
         .current_dir(state.parent().unwrap_or(state))
         .stdin(Stdio::null())
         .output()
@@ -137,6 +137,14 @@ fn test_verb_creates_verifies_ssh_and_destroys() {
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
     let context = &report["context"];
     assert_eq!(context["demo-2_vmid"], 4242, "{report:#}");
+    // Without --report-dir, reports go to the state directory.
+    let kept: Vec<String> = std::fs::read_dir(state.join("reports"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(kept.iter().any(|f| f.ends_with(".passed.json")), "{kept:?}");
     for node in ["demo-1", "demo-2", "demo-3"] {
         let ip = context[format!("{node}_ip")].as_str().unwrap_or_default();
         assert!(ip.starts_with("127."), "{node}: {report:#}");

@@ -42,9 +42,9 @@ pub struct ReconcileArgs {
     pub concurrency: Option<usize>,
     #[command(flatten)]
     pub changes: ChangeArgs,
-    /// Directory for run reports.
-    #[arg(long, value_name = "DIR", default_value = "reports")]
-    pub report_dir: PathBuf,
+    /// Directory for run reports (default: reports/ in the state directory).
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
     /// Do not write report files.
     #[arg(long)]
     pub no_report: bool,
@@ -199,7 +199,11 @@ pub async fn reconcile(args: ReconcileArgs, global: &GlobalArgs) -> anyhow::Resu
     finish_report(
         &report,
         global,
-        (!args.no_report).then_some(&args.report_dir),
+        (!args.no_report)
+            .then(|| {
+                super::target::report_dir(args.report_dir.as_ref(), args.target.state_dir.as_ref())
+            })
+            .as_ref(),
     )?;
     Ok(outcome)
 }

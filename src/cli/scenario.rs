@@ -39,9 +39,9 @@ pub struct Args {
     /// Print the run report as JSON on stdout (logs stay on stderr).
     #[arg(long)]
     pub json_output: bool,
-    /// Directory for run reports.
-    #[arg(short = 'r', long, value_name = "DIR", default_value = "reports")]
-    pub report_dir: PathBuf,
+    /// Directory for run reports (default: reports/ in the state directory).
+    #[arg(short = 'r', long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
     /// Do not run the preflight checks first.
     #[arg(long)]
     pub skip_preflight: bool,
@@ -188,7 +188,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
             output::print_error(&err);
         }
     }
-    super::converge::finish_report(&report, &json_global(global, json), Some(&args.report_dir))?;
+    let dir = super::target::report_dir(args.report_dir.as_ref(), args.inputs.state_dir.as_ref());
+    super::converge::finish_report(&report, &json_global(global, json), Some(&dir))?;
     Ok(if report.success {
         Outcome::Converged
     } else if report.interrupted {

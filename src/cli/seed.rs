@@ -23,9 +23,9 @@ pub struct SeedArgs {
     /// Print the run report as JSON on stdout (the iac-driver schema).
     #[arg(long)]
     pub json_output: bool,
-    /// Directory for run reports.
-    #[arg(long, value_name = "DIR", default_value = "reports")]
-    pub report_dir: PathBuf,
+    /// Directory for run reports (default: reports/ in the state directory).
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
     /// Do not run the preflight checks first (`homestak preflight`).
     #[arg(long)]
     pub skip_preflight: bool,
@@ -209,5 +209,6 @@ fn cleanup_on_failure(target: &TargetArgs, global: &GlobalArgs) -> bool {
 }
 
 fn finish(report: &RunReport, global: &GlobalArgs, seed: &SeedArgs) -> anyhow::Result<()> {
-    converge::finish_report(report, global, Some(&seed.report_dir))
+    let dir = super::target::report_dir(seed.report_dir.as_ref(), seed.target.state_dir.as_ref());
+    converge::finish_report(report, global, Some(&dir))
 }

@@ -77,6 +77,14 @@ pub fn state_dir(explicit: Option<&PathBuf>) -> PathBuf {
         .unwrap_or_else(homestak_engine::state_dir::default)
 }
 
+/// Where run reports go: `--report-dir`, else `reports/` in the state
+/// directory (not wherever the command happened to run).
+pub fn report_dir(explicit: Option<&PathBuf>, state: Option<&PathBuf>) -> PathBuf {
+    explicit
+        .cloned()
+        .unwrap_or_else(|| state_dir(state).join("reports"))
+}
+
 /// An engine ready to run the manifest, and what it runs it on.
 pub struct Prepared {
     pub engine: Engine,
