@@ -116,9 +116,11 @@ reliability-crash:
 	$(CARGO) build -p homestak
 	HOMESTAK_R1_KILLS=$(R1_KILLS) $(CARGO) test -p homestak --test tests reliability_crash -- --nocapture --test-threads 1
 
-## crds: regenerate the JSON Schemas in crds/
+## crds: regenerate the JSON Schemas in crds/ and in the demo site-config's
+## .schemas/ (what its yaml-language-server modelines point at)
 crds: build
 	$(CARGO) run --quiet -- crds --out crds
+	$(CARGO) run --quiet -- crds --out demo/site-config/.schemas
 
 clean:
 	$(CARGO) clean

@@ -1,16 +1,98 @@
-//! `crds/` must match what our types generate; regenerate with `make crds`.
+//! `crds/` and the demo site-config's `.schemas/` must match what our
+//! types generate; regenerate both with `make crds`. Every YAML file of the
+//! demo site-config names its schema in a `yaml-language-server` modeline,
+//! as a user's site-config would, and validates against it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-#[test]
-fn committed_crds_are_current() {
-    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("crds");
-    let stale = homestak_core::crds::check(&dir).expect("crds/ is readable");
+fn repo() -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).to_path_buf()
+}
+
+fn assert_current(dir: &Path) {
+    let stale = homestak_core::crds::check(dir).expect("the schema directory is readable");
     let list: Vec<String> = stale.iter().map(ToString::to_string).collect();
     assert!(
         stale.is_empty(),
-        "crds/ is stale; run `make crds` and commit:\n{}",
+        "{} is stale; run `make crds` and commit:\n{}",
+        dir.display(),
         list.join("\n")
+    );
+}
+
+#[test]
+fn committed_crds_are_current() {
+    assert_current(&repo().join("crds"));
+}
+
+#[test]
+fn the_demo_site_configs_schemas_are_current() {
+    assert_current(&repo().join("demo/site-config/.schemas"));
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_demo_site_config_file_names_a_schema_it_validates_against() {
+    const PREFIX: &str = "# yaml-language-server: $schema=";
+    let root = repo().join("demo/site-config");
+    let mut files = Vec::new();
+    yaml_files(&root, &mut files);
+    files.sort();
+    let mut checked = 0;
+    for path in &files {
+        // Secrets have no schema: they hold what the loader never prints.
+        if path.file_name().is_some_and(|n| n == "secrets.yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(path).unwrap();
+        let first = text.lines().next().unwrap_or_default();
+        let rel = first
+            .strip_prefix(PREFIX)
+            .unwrap_or_else(|| panic!("{} must start with `{PREFIX}...`", path.display()));
+        let schema_path = path
+            .parent()
+            .unwrap()
+            .join(rel)
+            .canonicalize()
+            .unwrap_or_else(|e| panic!("{}: {rel} not found: {e}", path.display()));
+        assert!(
+            schema_path.starts_with(root.join(".schemas").canonicalize().unwrap()),
+            "{} points outside the site-config's .schemas/",
+            path.display()
+        );
+        let schema: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&schema_path).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {} unreadable: {e}",
+                    path.display(),
+                    schema_path.display()
+                )
+            }))
+            .unwrap();
+        let url = "file:///demo/schema.json";
+        let mut schemas = boon::Schemas::new();
+        let mut compiler = boon::Compiler::new();
+        compiler.add_resource(url, schema).unwrap();
+        let index = compiler.compile(url, &mut schemas).unwrap();
+        let instance: serde_json::Value = homestak_base::yaml::read_file(path).unwrap();
+        if let Err(e) = schemas.validate(&instance, index) {
+            panic!("{} does not validate against {rel}: {e}", path.display());
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 4,
+        "expected the site file and the presets, checked {checked}"
     );
 }
 

@@ -3,11 +3,12 @@
 //!
 //! A unit is `/etc/systemd/system/<name>.service` (or under
 //! `/usr/lib/systemd/system`, `/lib/systemd/system`) in the VM's root,
-//! read at each start (so `daemon-reload` has nothing to do). Understood:
+//! read at each start (so `daemon-reload` has nothing to do), followed by
+//! its drop-ins (`<unit>.d/*.conf`, by file name). Understood:
 //!
 //! - `[Unit] Description=`;
-//! - `[Service] ExecStart=` (one command; `-`, `+`, `!` prefixes are
-//!   ignored; no `$VAR` expansion), `WorkingDirectory=` (default `/`),
+//! - `[Service] ExecStart=` (one command, an empty one resets it; `-`,
+//!   `+`, `!` prefixes are ignored; no `$VAR` expansion), `WorkingDirectory=` (default `/`),
 //!   `Environment=` (repeatable, quoted assignments), `EnvironmentFile=`
 //!   (`-` for optional), `Restart=` (`no`, `on-failure`, `on-abnormal`,
 //!   `always`), `RestartSec=` and `TimeoutStopSec=` (`5`, `500ms`, `2s`,
@@ -350,6 +351,28 @@ impl Units {
         })
     }
 
+    /// `unit`'s drop-ins (`<dir>/<unit>.d/*.conf`) in the order systemd
+    /// applies them: by file name, a name in `/etc` hiding the same name
+    /// further down.
+    fn drop_ins(&self, unit: &str) -> Vec<(String, PathBuf)> {
+        let mut found = BTreeMap::new();
+        for dir in UNIT_DIRS.iter().rev() {
+            let Ok(path) = self.root.resolve("/", &format!("{dir}/{unit}.d")) else {
+                continue;
+            };
+            let Ok(entries) = std::fs::read_dir(&path.host) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".conf") && entry.path().is_file() {
+                    found.insert(name, entry.path());
+                }
+            }
+        }
+        found.into_iter().collect()
+    }
+
     fn wants_path(&self, unit: &str) -> Option<PathBuf> {
         self.root
             .resolve("/", &format!("{WANTS_DIR}/{unit}"))
@@ -403,9 +426,15 @@ impl Units {
             .unit_file(unit)
             .ok_or_else(|| format!("Unit {unit} not found."))?;
         let path = self.root.resolve("/", &file).map_err(|e| e.to_string())?;
-        let text = std::fs::read_to_string(&path.host).map_err(|e| format!("{file}: {e}"))?;
+        let mut text = std::fs::read_to_string(&path.host).map_err(|e| format!("{file}: {e}"))?;
+        for (name, host) in self.drop_ins(unit) {
+            let more = std::fs::read_to_string(&host).map_err(|e| format!("{name}: {e}"))?;
+            text.push('\n');
+            text.push_str(&more);
+        }
         let spec = parse_unit(&text).map_err(|e| format!("{file}: {e}"))?;
-        let mut env = Vec::new();
+        // As systemd: what the files set overrides `Environment=`.
+        let mut env = spec.environment.clone();
         for (file, optional) in &spec.environment_files {
             let read = self
                 .root
@@ -418,7 +447,6 @@ impl Units {
                 None => return Err(format!("Failed to load environment files: {file}")),
             }
         }
-        env.extend(spec.environment.iter().cloned());
         let exe = process::find_executable(&self.root, "/", &spec.exec[0])?;
         let launch = process::launch(
             &self.root,
@@ -661,6 +689,21 @@ async fn supervise(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_exec_start_in_a_drop_in_replaces_the_command() {
+        let unit = "[Service]\nExecStart=/usr/bin/homestak serve\nRestart=on-failure\n";
+        let drop_in =
+            "[Service]\nExecStart=\nExecStart=/usr/local/bin/homestak serve\nRestart=always\n";
+        let spec = parse_unit(&format!("{unit}\n{drop_in}")).unwrap();
+        assert_eq!(spec.exec, ["/usr/local/bin/homestak", "serve"]);
+        assert_eq!(spec.restart, Restart::Always);
+        let reset = parse_unit(&format!("{unit}\n[Service]\nExecStart=\n"));
+        assert!(
+            reset.is_err(),
+            "a reset with nothing after it leaves no command"
+        );
+    }
 
     #[test]
     fn unit_files_parse_like_systemd_reads_them() {

@@ -208,10 +208,8 @@ impl Lifecycle {
             self.save(node, &d)?;
         }
         if !m.daemon_checked {
-            let files = [
-                inner::tokens_file(&d.daemon_token, &self.parent),
-                inner::unit_file(&ip, self.daemon_port, &self.parent),
-            ];
+            let mut files = vec![inner::tokens_file(&d.daemon_token, &self.parent)];
+            files.extend(inner::unit_files(&ip, self.daemon_port, &self.parent));
             // The site-config is read at start and the binary may be new:
             // either change restarts the daemon. This run's earlier steps
             // know both.
@@ -234,7 +232,7 @@ impl Lifecycle {
                 .await
                 .map_err(|e| ssh_failed(&e, "read the child daemon's marker"))?;
             let line = if current != id {
-                let mut files = files.to_vec();
+                let mut files = files.clone();
                 files.push(File {
                     path: inner::UNIT_MARK.into(),
                     bytes: id.into_bytes(),

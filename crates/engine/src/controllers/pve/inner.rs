@@ -1,5 +1,6 @@
 //! What a parent tier writes on a `pve` node's inner host: the child's
-//! site-config, its daemon's token file and systemd unit. Pure: the steps
+//! site-config, its daemon's token file, and the shipped systemd unit
+//! with the child's settings. Pure: the steps
 //! upload what these build.
 //!
 //! The inner site-config holds only what the child needs: `site.yaml`, the
@@ -207,42 +208,66 @@ pub fn tokens_file(token: &Secret, parent: &str) -> File {
     }
 }
 
-/// The child daemon's systemd unit: restarted when it dies.
-pub fn unit_file(address: &str, port: u16, parent: &str) -> File {
-    let exec = [
-        BINARY.to_string(),
-        format!("--site-config={SITE_DIR}"),
-        "serve".into(),
-        format!("--bind={address}"),
-        format!("--port={port}"),
-        format!("--san={address}"),
-        "--working-tree".into(),
-        "--no-watch".into(),
-        format!("--state-dir={STATE_DIR}"),
-        format!("--api-token-file={TOKENS}"),
-        format!("--ssh-key={CHILD_KEY}"),
-        format!("--ready-file={READY}"),
-    ]
-    .join(" ");
-    File {
-        path: UNIT.to_string(),
-        bytes: format!(
-            "# Written by homestak on {parent}: the child tier's controller daemon.\n\
-             [Unit]\n\
-             Description=homestak controller daemon\n\
-             After=network-online.target pveproxy.service\n\n\
-             [Service]\n\
-             Type=exec\n\
-             ExecStart={exec}\n\
-             Restart=always\n\
-             RestartSec=1\n\
-             TimeoutStopSec=45\n\n\
-             [Install]\n\
-             WantedBy=multi-user.target\n"
-        )
-        .into_bytes(),
-        mode: 0o644,
+/// The unit every homestak daemon runs under (`contrib/homestak.service`,
+/// the one the .deb ships): the child daemon uses it too, configured by
+/// [`ENV_FILE`] and [`DROP_IN`], so an operator finds it where they expect.
+pub const SHIPPED_UNIT: &str = include_str!("../../../../../contrib/homestak.service");
+/// The unit's environment file: the child's `serve` settings.
+pub const ENV_FILE: &str = "/etc/default/homestak";
+/// The child's drop-in: its binary and restart policy.
+pub const DROP_IN: &str = "/etc/systemd/system/homestak.service.d/tier.conf";
+
+/// The child daemon's unit, drop-in and environment file: the shipped unit,
+/// pointed at the binary the parent installed, restarted whenever it dies,
+/// with its flags as `HOMESTAK_*` variables.
+pub fn unit_files(address: &str, port: u16, parent: &str) -> [File; 3] {
+    let header = format!(
+        "# Written by homestak on {parent}: the child tier's controller daemon.\n\
+         # The parent rewrites this file when it converges this tier.\n"
+    );
+    let env = [
+        ("HOMESTAK_SITE_CONFIG", SITE_DIR.to_string()),
+        ("HOMESTAK_BIND", address.to_string()),
+        ("HOMESTAK_PORT", port.to_string()),
+        ("HOMESTAK_SAN", address.to_string()),
+        ("HOMESTAK_WORKING_TREE", "true".into()),
+        ("HOMESTAK_NO_WATCH", "true".into()),
+        ("HOMESTAK_STATE_DIR", STATE_DIR.to_string()),
+        ("HOMESTAK_API_TOKEN_FILE", TOKENS.to_string()),
+        ("HOMESTAK_SSH_KEY", CHILD_KEY.to_string()),
+        ("HOMESTAK_READY_FILE", READY.to_string()),
+    ];
+    let mut env_text = header.clone();
+    for (key, value) in env {
+        let _ = writeln!(env_text, "{key}={value}");
     }
+    // `ExecStart=` empty first: a drop-in replaces the command, not adds one.
+    let drop_in = format!(
+        "{header}[Unit]\n\
+         After=pveproxy.service\n\n\
+         [Service]\n\
+         ExecStart=\n\
+         ExecStart={BINARY} serve\n\
+         Restart=always\n\
+         RestartSec=1\n"
+    );
+    [
+        File {
+            path: UNIT.to_string(),
+            bytes: SHIPPED_UNIT.as_bytes().to_vec(),
+            mode: 0o644,
+        },
+        File {
+            path: DROP_IN.to_string(),
+            bytes: drop_in.into_bytes(),
+            mode: 0o644,
+        },
+        File {
+            path: ENV_FILE.to_string(),
+            bytes: env_text.into_bytes(),
+            mode: 0o644,
+        },
+    ]
 }
 
 #[cfg(test)]
@@ -331,11 +356,33 @@ mod tests {
     }
 
     #[test]
-    fn the_unit_restarts_the_daemon_and_names_guest_paths_as_flags() {
-        let unit = String::from_utf8(unit_file("127.0.5.2", 44443, "pve").bytes).unwrap();
-        assert!(unit.contains("Restart=always"));
-        assert!(unit.contains("--bind=127.0.5.2 --port=44443"));
-        assert!(unit.contains("--state-dir=/var/lib/homestak"));
+    fn the_child_runs_the_shipped_unit_with_its_flags_in_the_environment_file() {
+        let [unit, drop_in, env] = unit_files("127.0.5.2", 44443, "pve");
+        assert_eq!(unit.path, UNIT);
+        let unit = String::from_utf8(unit.bytes).unwrap();
+        assert!(unit.contains("EnvironmentFile=-/etc/default/homestak"));
+        assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+        let drop_in = String::from_utf8(drop_in.bytes).unwrap();
+        let exec: Vec<_> = drop_in
+            .lines()
+            .filter(|l| l.starts_with("ExecStart="))
+            .collect();
+        assert_eq!(
+            exec,
+            ["ExecStart=", "ExecStart=/usr/local/bin/homestak serve"]
+        );
+        assert!(drop_in.contains("Restart=always"));
+        assert_eq!(env.path, ENV_FILE);
+        let env = String::from_utf8(env.bytes).unwrap();
+        for line in [
+            "HOMESTAK_BIND=127.0.5.2",
+            "HOMESTAK_PORT=44443",
+            "HOMESTAK_STATE_DIR=/var/lib/homestak",
+            "HOMESTAK_SITE_CONFIG=/usr/local/etc/homestak",
+            "HOMESTAK_WORKING_TREE=true",
+        ] {
+            assert!(env.lines().any(|l| l == line), "{line} missing:\n{env}");
+        }
         let tokens = tokens_file(&Secret::new("t0k"), "pve");
         let text = String::from_utf8(tokens.bytes).unwrap();
         assert!(!text.contains("t0k"));
