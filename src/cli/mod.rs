@@ -33,6 +33,7 @@ mod seed;
 pub mod serve;
 pub mod sim;
 mod target;
+mod watch;
 
 /// homestak: converge Proxmox VE to what your site-config declares.
 #[derive(Debug, Parser)]
@@ -222,7 +223,8 @@ fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Through the progress display while it draws, so lines never garble it.
+        .with_writer(progress::LogWriter::stderr())
         .with_ansi(log_colour(
             std::io::IsTerminal::is_terminal(&std::io::stderr()),
             std::env::var_os("NO_COLOR").as_deref(),

@@ -101,6 +101,9 @@ pub enum Purpose {
     Converge,
 }
 
+/// Whether the store-in-use note was printed.
+static STORE_NOTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Loads site-config and manifest and opens the engine for `command` (the
 /// verb, named in the host lease a converging run takes).
 pub fn prepare(
@@ -129,11 +132,14 @@ pub fn prepare(
         Err(homestak_engine::reconcile::Error::StoreOpen { source, dir })
             if source.is_locked() && purpose == Purpose::Read =>
         {
-            eprintln!(
-                "note: the store in {} is in use by another homestak process (the daemon?); \
-                 answering without it",
-                dir.display()
-            );
+            // Once per process: `status --watch` prepares on every read.
+            if !STORE_NOTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                eprintln!(
+                    "note: the store in {} is in use by another homestak process (the daemon?); \
+                     answering without it",
+                    dir.display()
+                );
+            }
             Engine::open(Setup {
                 open_store: false,
                 ..setup
