@@ -172,3 +172,32 @@ fn status_watch_prints_the_report_again_when_the_world_changes_and_ends_on_ctrl_
     let status = watch.0.wait().unwrap();
     assert_eq!(status.code(), Some(0), "Ctrl-C ends a watch with exit 0");
 }
+
+#[test]
+fn help_lists_examples_exit_codes_and_environment() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needed in [
+        "Examples:",
+        "homestak plan -M lab -H pve",
+        "Exit codes:",
+        "64   usage error",
+        "130  interrupted",
+        "Environment:",
+        "HOMESTAK_STATE_DIR",
+        "NO_COLOR",
+    ] {
+        assert!(help.contains(needed), "{needed:?} missing:\n{help}");
+    }
+    assert!(!help.contains('\u{1b}'), "escapes on a pipe: {help:?}");
+    let out = Command::new(BIN)
+        .args(["status", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--watch") && help.contains("2    drift"),
+        "{help}"
+    );
+}

@@ -447,16 +447,13 @@ pub(super) fn interruption() -> anyhow::Result<(
             _ = int.recv() => {}
         }
         eprintln!("stopped at once: run again to resume where this run stopped");
-        std::process::exit(EXIT_INTERRUPTED);
+        std::process::exit(i32::from(super::help::EXIT_INTERRUPTED));
     });
     let cancel = async move {
         let _ = rx.wait_for(|fired| *fired).await;
     };
     Ok((cancel, listener))
 }
-
-/// The exit code of an interrupted run (as [`super::Outcome::Interrupted`]).
-const EXIT_INTERRUPTED: i32 = 130;
 
 /// Asks on the terminal; refuses without one (scripts pass `--yes`).
 fn confirm_destroy(plan: &homestak_core::plan::Plan) -> anyhow::Result<bool> {
