@@ -73,7 +73,12 @@ fn plan_and_status_colour_a_pipe_only_with_clicolor_force_and_never_with_no_colo
             (&[("NO_COLOR", "1"), ("CLICOLOR_FORCE", "1")][..], false),
         ] {
             let out = demo_command(&site, &state, args, env).output().unwrap();
-            assert_eq!(out.status.code(), Some(code), "{args:?} {env:?}: {}", text(&out));
+            assert_eq!(
+                out.status.code(),
+                Some(code),
+                "{args:?} {env:?}: {}",
+                text(&out)
+            );
             let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(stdout.contains(heading), "{args:?} {env:?}: {stdout}");
             assert_eq!(

@@ -43,7 +43,7 @@ pub struct ReconcileArgs {
     #[command(flatten)]
     pub changes: ChangeArgs,
     /// Directory for run reports (default: reports/ in the state directory).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
     pub report_dir: Option<PathBuf>,
     /// Do not write report files.
     #[arg(long)]

@@ -136,7 +136,10 @@ pub fn top() -> String {
                 "homestak plan -M lab -H pve",
                 "what a reconcile of manifests/lab.yaml on host pve would change",
             ),
-            ("homestak reconcile --once -M lab -H pve", "converge it, then exit"),
+            (
+                "homestak reconcile --once -M lab -H pve",
+                "converge it, then exit",
+            ),
             (
                 "homestak status -M lab -H pve --watch",
                 "drift, redrawn as it changes",
@@ -269,10 +272,7 @@ pub fn scenario() -> String {
                 "homestak scenario pve-setup --host father",
                 "install and configure PVE on host father",
             ),
-            (
-                "homestak scenario user-setup --local",
-                "on this machine",
-            ),
+            ("homestak scenario user-setup --local", "on this machine"),
         ],
     );
     exit_codes(&mut out, &[0, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED]);
@@ -308,5 +308,47 @@ mod tests {
         unique.dedup();
         assert_eq!(codes, unique);
         assert_eq!(codes, [0, 1, 2, 64, 130]);
+    }
+}
+
+#[cfg(test)]
+mod value_hints {
+    use clap::{CommandFactory, ValueHint};
+
+    /// Completions complete paths wherever a path is asked for (not
+    /// `NAME=PATH`, which a shell cannot complete as a path).
+    fn check(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            let names = arg.get_value_names().unwrap_or_default();
+            let pathlike = names.iter().any(|n| {
+                !n.as_str().contains('=')
+                    && ["DIR", "FILE", "PATH", "PEM"]
+                        .iter()
+                        .any(|kind| n.as_str().ends_with(kind))
+            });
+            let hinted = matches!(
+                arg.get_value_hint(),
+                ValueHint::FilePath | ValueHint::DirPath | ValueHint::AnyPath
+            );
+            if pathlike && !hinted {
+                missing.push(format!("{path} --{}", arg.get_id()));
+            }
+        }
+        for sub in command.get_subcommands() {
+            check(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+
+    #[test]
+    fn every_path_argument_has_a_path_value_hint() {
+        let command = super::super::Cli::command();
+        let mut missing = Vec::new();
+        check(&command, "homestak", &mut missing);
+        assert!(missing.is_empty(), "no path hint: {missing:#?}");
+        let site = command
+            .get_arguments()
+            .find(|a| a.get_id() == "site_config")
+            .map(clap::Arg::get_value_hint);
+        assert_eq!(site, Some(ValueHint::DirPath));
     }
 }

@@ -50,7 +50,7 @@ pub struct Cli {
 pub struct GlobalArgs {
     /// Site-config directory. Otherwise: $HOMESTAK_SITE_CONFIG, ../site-config,
     /// ./site-config, /usr/local/etc/homestak, /opt/homestak/site-config.
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
     pub site_config: Option<PathBuf>,
     /// Print machine-readable JSON instead of human output.
     #[arg(long, global = true)]

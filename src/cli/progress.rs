@@ -322,6 +322,9 @@ mod tests {
             "the bar was not drawn again after the log line: {ops:#?}"
         );
         progress.finish();
-        assert!(drawing().is_none(), "a finished display still takes log lines");
+        assert!(
+            drawing().is_none(),
+            "a finished display still takes log lines"
+        );
     }
 }

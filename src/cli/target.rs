@@ -26,11 +26,11 @@ pub struct TargetArgs {
     #[arg(long)]
     pub insecure: bool,
     /// Where homestak keeps its store and known SSH host keys.
-    #[arg(long, value_name = "DIR", env = "HOMESTAK_STATE_DIR")]
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath, env = "HOMESTAK_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Private key for SSH to the VMs and to the host (joining split
     /// images) (default: ssh_key in nodes/HOST.yaml, else ~/.ssh/id_rsa).
-    #[arg(long, value_name = "PATH", env = "HOMESTAK_SSH_KEY")]
+    #[arg(long, value_name = "PATH", value_hint = clap::ValueHint::FilePath, env = "HOMESTAK_SSH_KEY")]
     pub ssh_key: Option<PathBuf>,
     /// Override a node's vmid, NAME=ID (repeatable), e.g. `--vm-id test=99990`.
     #[arg(long, value_name = "NAME=ID", value_parser = vm_id)]

@@ -133,8 +133,7 @@ pub async fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<Outco
     };
     // The same choice anstream makes for `status` (NO_COLOR, CLICOLOR_FORCE).
     let style = Style {
-        color: anstream::AutoStream::choice(&std::io::stdout())
-            != anstream::ColorChoice::Never,
+        color: anstream::AutoStream::choice(&std::io::stdout()) != anstream::ColorChoice::Never,
     };
     let stop = stop_signal()?;
     tokio::pin!(stop);
@@ -206,7 +205,10 @@ mod tests {
         assert!(first.contains("a\x1b[K\nb\x1b[K\n"), "{first:?}");
         assert!(first.ends_with(CLEAR_BELOW), "{first:?}");
         let same = screen.frame("a\nb\n", at(2)).unwrap();
-        assert!(same.starts_with(HOME) && !same.contains("\x1b[2J"), "{same:?}");
+        assert!(
+            same.starts_with(HOME) && !same.contains("\x1b[2J"),
+            "{same:?}"
+        );
         assert!(same.contains("08:00:02Z"), "the time moves on: {same:?}");
     }
 }
