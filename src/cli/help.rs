@@ -61,7 +61,7 @@ const ENVIRONMENT: [(&str, &str); 6] = [
     ),
     (
         "CLICOLOR_FORCE",
-        "set (not 0): plan and status colours even on a pipe (NO_COLOR wins)",
+        "set (not empty): plan and status colours even on a pipe (NO_COLOR wins)",
     ),
 ];
 

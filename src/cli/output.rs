@@ -34,8 +34,9 @@ pub fn error_text(err: &anyhow::Error) -> String {
 pub const STYLED: homestak_core::plan::Style = homestak_core::plan::Style { color: true };
 
 /// Prints human text on stdout through anstream: colour escapes reach a
-/// colour terminal, or any stdout with `CLICOLOR_FORCE` set; a pipe, `NO_COLOR`
-/// or `TERM=dumb` gets them stripped. A closed pipe (`| head`) is not an error.
+/// colour terminal, or any stdout with `CLICOLOR_FORCE` set; otherwise, and
+/// always with `NO_COLOR` set, they are stripped. A closed pipe (`| head`)
+/// is not an error.
 pub fn print_text(text: &str) {
     let mut out = anstream::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
