@@ -20,13 +20,13 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     pub source: String,
     /// File holding the `Authorization: Bearer …` header (the repo token).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub header_file: PathBuf,
     /// The parent daemon's certificate (PEM), trusted for the clone.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub ca_file: PathBuf,
     /// Where the site-config goes.
-    #[arg(long, value_name = "DIR", default_value = "/usr/local/etc/homestak")]
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath, default_value = "/usr/local/etc/homestak")]
     pub site_dir: PathBuf,
     /// The repository to clone (`NAME.git` on the daemon).
     #[arg(long, value_name = "NAME", default_value = "site-config")]

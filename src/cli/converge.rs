@@ -11,7 +11,7 @@ use super::{GlobalArgs, Outcome, output};
 use homestak_api::v1::ChildPlan;
 use homestak_api::{Event, Mode, Reason};
 use homestak_base::id::NodeName;
-use homestak_core::plan::{Style, render_human};
+use homestak_core::plan::render_human;
 use homestak_engine::executor::{self, NodeState};
 use homestak_engine::hostlease;
 use homestak_engine::reconcile::{self, Observer, Planned, Request, status};
@@ -43,7 +43,7 @@ pub struct ReconcileArgs {
     #[command(flatten)]
     pub changes: ChangeArgs,
     /// Directory for run reports (default: reports/ in the state directory).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
     pub report_dir: Option<PathBuf>,
     /// Do not write report files.
     #[arg(long)]
@@ -72,6 +72,20 @@ pub struct ChangeArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub target: TargetArgs,
+    /// Keep watching, like `kubectl get -w`: re-read every --interval and
+    /// redraw in place on a terminal; elsewhere print the report again when
+    /// it changed, after a timestamp line. Ctrl-C ends it (exit 0).
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+    /// How often --watch re-reads the status (2s, 500ms, 1m).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "2s",
+        value_parser = humantime::parse_duration,
+        requires = "watch"
+    )]
+    pub interval: std::time::Duration,
 }
 
 fn options(changes: &ChangeArgs, concurrency: Option<usize>) -> reconcile::Options {
@@ -131,7 +145,7 @@ fn show_plan(planned: &Planned, children: &[ChildPlan], json: bool) -> anyhow::R
         }
         output::print_json(&doc)
     } else {
-        let mut text = render_human(&planned.plan, &planned.tier.desired, Style::for_stdout());
+        let mut text = render_human(&planned.plan, &planned.tier.desired, output::STYLED);
         render_children(&mut text, children, 1);
         output::print_text(&text);
         Ok(())
@@ -276,14 +290,14 @@ impl Observer for Terminal {
 
     fn lease_wait(&self, held: &hostlease::Held) {
         // On stderr, so a `--json` document on stdout stays whole.
-        eprintln!(
+        Progress::eprintln(&format!(
             "waiting for host {}: {} holds its lease (notes of PVE node {}) until {}; \
              --lease-timeout bounds the wait, --no-wait fails at once",
             held.host,
             held.holder(),
             held.node,
             held.until()
-        );
+        ));
     }
 }
 
@@ -423,9 +437,9 @@ pub(super) fn interruption() -> anyhow::Result<(
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        eprintln!(
+        Progress::eprintln(
             "interrupted: no new step starts; waiting for the steps in flight (signal again to \
-             stop at once)"
+             stop at once)",
         );
         let _ = tx.send(true);
         tokio::select! {
@@ -433,16 +447,13 @@ pub(super) fn interruption() -> anyhow::Result<(
             _ = int.recv() => {}
         }
         eprintln!("stopped at once: run again to resume where this run stopped");
-        std::process::exit(EXIT_INTERRUPTED);
+        std::process::exit(i32::from(super::help::EXIT_INTERRUPTED));
     });
     let cancel = async move {
         let _ = rx.wait_for(|fired| *fired).await;
     };
     Ok((cancel, listener))
 }
-
-/// The exit code of an interrupted run (as [`super::Outcome::Interrupted`]).
-const EXIT_INTERRUPTED: i32 = 130;
 
 /// Asks on the terminal; refuses without one (scripts pass `--yes`).
 fn confirm_destroy(plan: &homestak_core::plan::Plan) -> anyhow::Result<bool> {
@@ -563,29 +574,38 @@ pub(super) fn finish_report(
 
 /// Runs `homestak status`.
 pub async fn status(args: StatusArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
-    let prepared = prepare(&args.target, global, Purpose::Read, "status")?;
-    let mut report = prepared
-        .engine
-        .status(
-            Arc::clone(&prepared.site),
-            &prepared.manifest,
-            &args.target.host,
-        )
-        .await?;
-    // Plan and status go on without the store while the daemon holds it.
-    if prepared.engine.store().is_none() {
-        // The daemon holds the store: ask it what it applied.
-        let dir = super::target::state_dir(args.target.state_dir.as_ref());
-        report.last_applied_commit = super::daemon::applied_revision(&dir, &report.manifest).await;
+    if args.watch {
+        return super::watch::run(&args, global).await;
     }
+    let report = read_status(&args.target, global).await?;
     if global.json {
         output::print_json(&report)?;
     } else {
-        output::print_text(&status::render_human(&report, Style::for_stdout()));
+        output::print_text(&status::render_human(&report, output::STYLED));
     }
     Ok(if report.in_sync {
         Outcome::Converged
     } else {
         Outcome::Drifted
     })
+}
+
+/// The drift report of `target`'s manifest on its host. The engine (and
+/// the store, when free) is held only while reading.
+pub(super) async fn read_status(
+    target: &TargetArgs,
+    global: &GlobalArgs,
+) -> anyhow::Result<status::Status> {
+    let prepared = prepare(target, global, Purpose::Read, "status")?;
+    let mut report = prepared
+        .engine
+        .status(Arc::clone(&prepared.site), &prepared.manifest, &target.host)
+        .await?;
+    // Plan and status go on without the store while the daemon holds it.
+    if prepared.engine.store().is_none() {
+        // The daemon holds the store: ask it what it applied.
+        let dir = super::target::state_dir(target.state_dir.as_ref());
+        report.last_applied_commit = super::daemon::applied_revision(&dir, &report.manifest).await;
+    }
+    Ok(report)
 }

@@ -11,7 +11,7 @@ pub struct Args {
     #[arg(long)]
     check: bool,
     /// Directory for the schema files.
-    #[arg(long, value_name = "DIR", default_value = "crds")]
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath, default_value = "crds")]
     out: PathBuf,
 }
 

@@ -48,7 +48,7 @@ pub struct LifecycleArgs {
     /// The spec server's certificate (PEM) that pull-mode VMs trust when
     /// they fetch their spec over https (default: `tls/daemon.crt` of the
     /// state directory, what `homestak serve` with it serves).
-    #[arg(long, value_name = "FILE", value_parser = pem_certificate)]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath, value_parser = pem_certificate)]
     pub spec_ca: Option<String>,
 }
 

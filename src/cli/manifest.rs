@@ -52,7 +52,7 @@ pub struct Source {
     #[arg(short = 'M', long = "manifest", value_name = "NAME")]
     pub name: Option<String>,
     /// A manifest file anywhere.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_hint = clap::ValueHint::FilePath)]
     pub manifest_file: Option<PathBuf>,
     /// A manifest as a JSON string (the form handed to child reconcilers).
     #[arg(long, value_name = "JSON")]

@@ -1,15 +1,8 @@
 //! The command-line front end: clap definitions and dispatch only.
 //!
 //! Each subcommand lives in its own file and calls into the library; nothing
-//! here decides anything about infrastructure. Outcomes map to exit codes:
-//!
-//! | code | meaning |
-//! |---|---|
-//! | 0 | success (or in sync) |
-//! | 1 | an error: the message says what failed and what to do next |
-//! | 2 | drift: `status` found the world differs from the manifest |
-//! | 64 | usage error (bad flags or arguments) |
-//! | 130 | interrupted (SIGINT or SIGTERM): steps in flight finished and were recorded; a second signal stops at once |
+//! here decides anything about infrastructure. Outcomes map to exit codes
+//! ([`help::EXIT_CODES`], the table `--help` prints).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +15,7 @@ pub mod config;
 mod converge;
 pub mod crds;
 mod daemon;
+mod help;
 mod lifecycle;
 pub mod manifest;
 pub mod output;
@@ -33,10 +27,17 @@ mod seed;
 pub mod serve;
 pub mod sim;
 mod target;
+mod watch;
 
 /// homestak: converge Proxmox VE to what your site-config declares.
 #[derive(Debug, Parser)]
-#[command(name = "homestak", version, about, propagate_version = true)]
+#[command(
+    name = "homestak",
+    version,
+    about,
+    propagate_version = true,
+    after_help = help::top()
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -49,7 +50,7 @@ pub struct Cli {
 pub struct GlobalArgs {
     /// Site-config directory. Otherwise: $HOMESTAK_SITE_CONFIG, ../site-config,
     /// ./site-config, /usr/local/etc/homestak, /opt/homestak/site-config.
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
     pub site_config: Option<PathBuf>,
     /// Print machine-readable JSON instead of human output.
     #[arg(long, global = true)]
@@ -70,20 +71,28 @@ pub enum Command {
     /// Run the built-in Proxmox VE 8.4 API simulator.
     Sim(sim::Args),
     /// Show what a reconcile would change, without changing anything.
+    #[command(after_help = help::plan())]
     Plan(converge::PlanArgs),
     /// Converge a manifest on a host (`--once`; the daemon reconciles continuously).
+    #[command(after_help = help::reconcile())]
     Reconcile(converge::ReconcileArgs),
     /// Drift report: exit 0 in sync, 2 drifted, 1 on error.
+    #[command(after_help = help::status())]
     Status(converge::StatusArgs),
     /// Create a manifest's VMs (the iac-driver verb).
+    #[command(after_help = help::seed())]
     Create(seed::CreateArgs),
     /// Destroy the VMs a manifest owns (asks unless --yes).
+    #[command(after_help = help::seed())]
     Destroy(seed::DestroyArgs),
     /// Create, verify SSH, destroy: a smoke test of a manifest on a host.
+    #[command(after_help = help::seed())]
     Test(seed::TestArgs),
     /// Run the controller daemon: serve specs and repos, reconcile on commit.
+    #[command(after_help = help::serve())]
     Serve(Box<serve::Args>),
     /// Run a workflow (pve-setup, user-setup, packer-*, …); --list shows them.
+    #[command(after_help = help::scenario())]
     Scenario(Box<scenario::Args>),
     /// On a new host: clone the site-config from a parent's `homestak serve`
     /// (what the daemon's /install.sh runs).
@@ -100,18 +109,15 @@ pub enum Command {
 /// when it succeeds: nothing it checked is out of place.
 pub use homestak_api::Outcome;
 
-/// The exit code of an outcome (the table above).
+/// The exit code of an outcome ([`help::EXIT_CODES`]).
 fn exit_code(outcome: Outcome) -> ExitCode {
     match outcome {
         Outcome::Converged => ExitCode::SUCCESS,
-        Outcome::Failed => ExitCode::from(1),
-        Outcome::Drifted => ExitCode::from(2),
-        Outcome::Interrupted => ExitCode::from(130),
+        Outcome::Failed => ExitCode::from(help::EXIT_FAILED),
+        Outcome::Drifted => ExitCode::from(help::EXIT_DRIFT),
+        Outcome::Interrupted => ExitCode::from(help::EXIT_INTERRUPTED),
     }
 }
-
-/// Exit code for usage errors (sysexits EX_USAGE), kept apart from drift.
-const EXIT_USAGE: u8 = 64;
 
 /// Entry point of the `homestak` binary.
 pub fn main() -> ExitCode {
@@ -119,7 +125,11 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(legacy_spelling(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(err) => {
-            let code = if err.use_stderr() { EXIT_USAGE } else { 0 };
+            let code = if err.use_stderr() {
+                help::EXIT_USAGE
+            } else {
+                0
+            };
             // Printing help to a closed pipe is not worth a panic.
             let _ = err.print();
             return ExitCode::from(code);
@@ -133,14 +143,14 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
+            return ExitCode::from(help::EXIT_FAILED);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(outcome) => exit_code(outcome),
         Err(err) => {
             output::print_error(&err);
-            ExitCode::from(1)
+            ExitCode::from(help::EXIT_FAILED)
         }
     }
 }
@@ -222,7 +232,8 @@ fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Through the progress display while it draws, so lines never garble it.
+        .with_writer(progress::LogWriter::stderr())
         .with_ansi(log_colour(
             std::io::IsTerminal::is_terminal(&std::io::stderr()),
             std::env::var_os("NO_COLOR").as_deref(),

@@ -17,15 +17,27 @@ pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> anyhow::Result<()>
 
 /// Prints an error and its whole cause chain on stderr, one cause per line.
 pub fn print_error(err: &anyhow::Error) {
+    eprintln!("{}", error_text(err));
+}
+
+/// An error and its whole cause chain, one cause per line.
+pub fn error_text(err: &anyhow::Error) -> String {
     let mut text = format!("error: {err}");
     for cause in err.chain().skip(1) {
         text.push_str(&format!("\n  caused by: {cause}"));
     }
-    eprintln!("{text}");
+    text
 }
 
-/// Prints human text on stdout; a closed pipe (`| head`) is not an error.
+/// How human output is rendered: with colours, which [`print_text`]
+/// keeps or strips.
+pub const STYLED: homestak_core::plan::Style = homestak_core::plan::Style { color: true };
+
+/// Prints human text on stdout through anstream: colour escapes reach a
+/// colour terminal, or any stdout with `CLICOLOR_FORCE` set; otherwise, and
+/// always with `NO_COLOR` set, they are stripped. A closed pipe (`| head`)
+/// is not an error.
 pub fn print_text(text: &str) {
-    let mut out = std::io::stdout().lock();
+    let mut out = anstream::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }

@@ -27,11 +27,11 @@ pub struct Args {
     #[arg(long)]
     pub insecure: bool,
     /// Where homestak keeps its known SSH host keys.
-    #[arg(long, value_name = "DIR", env = "HOMESTAK_STATE_DIR")]
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath, env = "HOMESTAK_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Private key for SSH to the host (default: ssh_key in nodes/HOST.yaml,
     /// else ~/.ssh/id_rsa).
-    #[arg(long, value_name = "PATH", env = "HOMESTAK_SSH_KEY")]
+    #[arg(long, value_name = "PATH", value_hint = clap::ValueHint::FilePath, env = "HOMESTAK_SSH_KEY")]
     pub ssh_key: Option<PathBuf>,
 }
 

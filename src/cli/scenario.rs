@@ -34,13 +34,13 @@ pub struct Args {
     pub timeout: Option<u64>,
     /// Load the context from FILE before the run and save it after, for
     /// chained runs.
-    #[arg(short = 'C', long, value_name = "FILE")]
+    #[arg(short = 'C', long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub context_file: Option<PathBuf>,
     /// Print the run report as JSON on stdout (logs stay on stderr).
     #[arg(long)]
     pub json_output: bool,
     /// Directory for run reports (default: reports/ in the state directory).
-    #[arg(short = 'r', long, value_name = "DIR")]
+    #[arg(short = 'r', long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
     pub report_dir: Option<PathBuf>,
     /// Do not run the preflight checks first.
     #[arg(long)]
@@ -94,7 +94,7 @@ pub struct InputArgs {
     )]
     pub manifest: Option<String>,
     /// A manifest file (spec-vm-push-roundtrip).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_hint = clap::ValueHint::FilePath)]
     pub manifest_file: Option<PathBuf>,
     /// SSH user for --remote and --vm-ip (default root).
     #[arg(long, value_name = "USER")]
@@ -103,10 +103,10 @@ pub struct InputArgs {
     #[arg(long, value_name = "PORT")]
     pub ssh_port: Option<u16>,
     /// Private key for SSH (default: the host's ssh_key, else ~/.ssh/id_rsa).
-    #[arg(long, value_name = "PATH", env = "HOMESTAK_SSH_KEY")]
+    #[arg(long, value_name = "PATH", value_hint = clap::ValueHint::FilePath, env = "HOMESTAK_SSH_KEY")]
     pub ssh_key: Option<PathBuf>,
     /// Where homestak keeps its store and known SSH host keys.
-    #[arg(long, value_name = "DIR", env = "HOMESTAK_STATE_DIR")]
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath, env = "HOMESTAK_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Accept any TLS certificate from a PVE API without a pinned
     /// fingerprint (throw-away labs only).

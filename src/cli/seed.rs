@@ -24,7 +24,7 @@ pub struct SeedArgs {
     #[arg(long)]
     pub json_output: bool,
     /// Directory for run reports (default: reports/ in the state directory).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
     pub report_dir: Option<PathBuf>,
     /// Do not run the preflight checks first (`homestak preflight`).
     #[arg(long)]

@@ -40,10 +40,10 @@ pub struct Args {
     pub port: u16,
     /// Certificate chain (PEM). Without --cert/--key a self-signed pair is
     /// generated once and kept in the state directory.
-    #[arg(long, value_name = "PEM", requires = "key", env = "HOMESTAK_CERT")]
+    #[arg(long, value_name = "PEM", value_hint = clap::ValueHint::FilePath, requires = "key", env = "HOMESTAK_CERT")]
     pub cert: Option<PathBuf>,
     /// Private key (PEM) of --cert.
-    #[arg(long, value_name = "PEM", requires = "cert", env = "HOMESTAK_KEY")]
+    #[arg(long, value_name = "PEM", value_hint = clap::ValueHint::FilePath, requires = "cert", env = "HOMESTAK_KEY")]
     pub key: Option<PathBuf>,
     /// Extra name or IP for a generated certificate (repeatable).
     #[arg(
@@ -80,12 +80,12 @@ pub struct Args {
     /// API tokens file (YAML: tokens: [{name, scope: read|write, sha256|token}]).
     /// Default: api-tokens.yaml in the state directory, created on first
     /// start with a write token whose value is in api-token next to it.
-    #[arg(long, value_name = "FILE", env = "HOMESTAK_API_TOKEN_FILE")]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath, env = "HOMESTAK_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
     /// State directory (certificate, tokens, lease, records, temporary
     /// repos). Default: $HOMESTAK_STATE_DIR, /var/lib/homestak for root,
     /// else $XDG_STATE_HOME/homestak or ~/.local/state/homestak.
-    #[arg(long, value_name = "DIR", env = "HOMESTAK_STATE_DIR")]
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath, env = "HOMESTAK_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Converge the site-config's working tree instead of its committed HEAD.
     #[arg(long, env = "HOMESTAK_WORKING_TREE")]
@@ -121,7 +121,7 @@ pub struct Args {
     pub insecure: bool,
     /// Private key for SSH to VMs and to the host (default: ssh_key in the
     /// node file).
-    #[arg(long, value_name = "PATH", env = "HOMESTAK_SSH_KEY")]
+    #[arg(long, value_name = "PATH", value_hint = clap::ValueHint::FilePath, env = "HOMESTAK_SSH_KEY")]
     pub ssh_key: Option<PathBuf>,
     /// Most connections held at once. Lowered at start when the open-file
     /// limit would leave fewer than 512 descriptors to the reconciler.
@@ -145,7 +145,7 @@ pub struct Args {
     #[arg(long, default_value_t = Limits::default().max_body, value_name = "BYTES", env = "HOMESTAK_MAX_BODY")]
     pub max_body: usize,
     /// Write {url, fingerprint, cert, pid, ...} as JSON to FILE once listening.
-    #[arg(long, value_name = "FILE", env = "HOMESTAK_READY_FILE")]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath, env = "HOMESTAK_READY_FILE")]
     pub ready_file: Option<PathBuf>,
 }
 

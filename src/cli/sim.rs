@@ -22,16 +22,16 @@ pub struct Args {
     pub listen: SocketAddr,
     /// Write {"url","node","token","fingerprint","root_password"} here once
     /// the simulator accepts connections (mode 0600; removed on exit).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub ready_file: Option<PathBuf>,
     /// YAML file declaring nodes, storages, images, latency, SSH port, faults.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub config: Option<PathBuf>,
     /// Multiply every latency (1.0 = realistic, 0.01 = 100× faster).
     #[arg(long, default_value_t = 1.0, value_name = "F")]
     pub time_scale: f64,
     /// Persist the world in this file and reload it on start.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
     pub state: Option<PathBuf>,
     /// Seed for reproducible faults.
     #[arg(long, value_name = "N")]

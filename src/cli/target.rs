@@ -26,11 +26,11 @@ pub struct TargetArgs {
     #[arg(long)]
     pub insecure: bool,
     /// Where homestak keeps its store and known SSH host keys.
-    #[arg(long, value_name = "DIR", env = "HOMESTAK_STATE_DIR")]
+    #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath, env = "HOMESTAK_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Private key for SSH to the VMs and to the host (joining split
     /// images) (default: ssh_key in nodes/HOST.yaml, else ~/.ssh/id_rsa).
-    #[arg(long, value_name = "PATH", env = "HOMESTAK_SSH_KEY")]
+    #[arg(long, value_name = "PATH", value_hint = clap::ValueHint::FilePath, env = "HOMESTAK_SSH_KEY")]
     pub ssh_key: Option<PathBuf>,
     /// Override a node's vmid, NAME=ID (repeatable), e.g. `--vm-id test=99990`.
     #[arg(long, value_name = "NAME=ID", value_parser = vm_id)]
@@ -101,6 +101,9 @@ pub enum Purpose {
     Converge,
 }
 
+/// Whether the store-in-use note was printed.
+static STORE_NOTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Loads site-config and manifest and opens the engine for `command` (the
 /// verb, named in the host lease a converging run takes).
 pub fn prepare(
@@ -129,11 +132,14 @@ pub fn prepare(
         Err(homestak_engine::reconcile::Error::StoreOpen { source, dir })
             if source.is_locked() && purpose == Purpose::Read =>
         {
-            eprintln!(
-                "note: the store in {} is in use by another homestak process (the daemon?); \
-                 answering without it",
-                dir.display()
-            );
+            // Once per process: `status --watch` prepares on every read.
+            if !STORE_NOTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                eprintln!(
+                    "note: the store in {} is in use by another homestak process (the daemon?); \
+                     answering without it",
+                    dir.display()
+                );
+            }
             Engine::open(Setup {
                 open_store: false,
                 ..setup

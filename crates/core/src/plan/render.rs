@@ -8,36 +8,33 @@ use super::{Action, NodePlan, Plan};
 /// Output styling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Style {
-    /// ANSI colors (off for pipes, `NO_COLOR`, and snapshot tests).
+    /// ANSI colours. The CLI renders with them on and writes through
+    /// anstream, which strips them off a colour terminal (pipes,
+    /// `NO_COLOR`) and keeps them with `CLICOLOR_FORCE`; snapshots and
+    /// reports render without.
     pub color: bool,
 }
 
 impl Style {
-    /// Colors only for a terminal, and never when `NO_COLOR` is set.
-    pub fn for_stdout() -> Style {
-        use std::io::IsTerminal;
-        Style {
-            color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-        }
-    }
-
-    fn paint(&self, code: &str, text: &str) -> String {
+    /// `text` in `paint` when colours are on.
+    pub fn paint(&self, paint: anstyle::Style, text: &str) -> String {
         if self.color {
-            format!("\x1b[{code}m{text}\x1b[0m")
+            format!("{paint}{text}{paint:#}")
         } else {
             text.to_string()
         }
     }
 }
 
-const GREEN: &str = "32";
-const YELLOW: &str = "33";
-const RED: &str = "31";
-const MAGENTA: &str = "35";
-const CYAN: &str = "36";
-const DIM: &str = "2";
+const GREEN: anstyle::Style = anstyle::AnsiColor::Green.on_default();
+const YELLOW: anstyle::Style = anstyle::AnsiColor::Yellow.on_default();
+const RED: anstyle::Style = anstyle::AnsiColor::Red.on_default();
+const MAGENTA: anstyle::Style = anstyle::AnsiColor::Magenta.on_default();
+const CYAN: anstyle::Style = anstyle::AnsiColor::Cyan.on_default();
+const DIM: anstyle::Style = anstyle::Style::new().dimmed();
+const BOLD: anstyle::Style = anstyle::Style::new().bold();
 
-fn symbol(node: &NodePlan) -> (&'static str, &'static str) {
+fn symbol(node: &NodePlan) -> (&'static str, anstyle::Style) {
     match node.action {
         Action::Create => ("+", GREEN),
         Action::Adopt => ("=", CYAN),
@@ -124,13 +121,14 @@ pub fn render_human(plan: &Plan, desired: &Desired, style: Style) -> String {
     push(s.noop, "unchanged");
     let _ = writeln!(out);
     if plan.is_converged() {
-        let _ = writeln!(
-            out,
+        let line = format!(
             "No changes: the world matches the manifest ({}).",
             parts.join(", ")
         );
+        let _ = writeln!(out, "{}", style.paint(GREEN, &line));
     } else {
-        let _ = writeln!(out, "Plan: {}.", parts.join(", "));
+        let line = format!("Plan: {}.", parts.join(", "));
+        let _ = writeln!(out, "{}", style.paint(BOLD, &line));
     }
     out
 }

@@ -153,6 +153,10 @@ pub async fn children(
     status.in_sync = status.nodes.iter().all(|n| !n.state.is_drift());
 }
 
+const BOLD: anstyle::Style = anstyle::Style::new().bold();
+const GREEN: anstyle::Style = anstyle::AnsiColor::Green.on_default();
+const YELLOW: anstyle::Style = anstyle::AnsiColor::Yellow.on_default();
+
 /// The report as a table, nested nodes under their host, any depth.
 pub fn render_human(status: &Status, style: Style) -> String {
     let mut rows: Vec<[String; 6]> = Vec::new();
@@ -197,16 +201,18 @@ pub fn render_human(status: &Status, style: Style) -> String {
         }
         text
     };
-    let _ = writeln!(out, "{}", line(&header.map(String::from)).trim_end());
+    let header_line = line(&header.map(String::from));
+    let _ = writeln!(out, "{}", style.paint(BOLD, header_line.trim_end()));
     for (row, extra) in rows.iter().zip(&details) {
         let text = line(row);
         let calm = row[4] == State::InSync.label();
-        let painted = if style.color && !calm {
-            format!("\x1b[33m{text}\x1b[0m")
+        let text = text.trim_end();
+        let painted = if calm {
+            text.to_string()
         } else {
-            text
+            style.paint(YELLOW, text)
         };
-        let _ = writeln!(out, "{}", painted.trim_end());
+        let _ = writeln!(out, "{painted}");
         for d in extra {
             let _ = writeln!(out, "      {d}");
         }
@@ -214,13 +220,13 @@ pub fn render_human(status: &Status, style: Style) -> String {
     let drifted = status.nodes.iter().filter(|n| n.state.is_drift()).count();
     let _ = writeln!(out);
     if status.in_sync {
-        let _ = writeln!(out, "In sync.");
+        let _ = writeln!(out, "{}", style.paint(GREEN, "In sync."));
     } else {
-        let _ = writeln!(
-            out,
+        let line = format!(
             "{drifted} node{} not in sync; `homestak plan` shows the changes, `homestak reconcile --once` applies them.",
             if drifted == 1 { "" } else { "s" }
         );
+        let _ = writeln!(out, "{}", style.paint(YELLOW, &line));
     }
     out
 }
