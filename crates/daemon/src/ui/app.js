@@ -83,6 +83,9 @@
       });
   }
 
+  // A fragment typed into an open page does not load it again.
+  window.addEventListener("hashchange", loginFromFragment);
+
   document.addEventListener("DOMContentLoaded", function () {
     if (loginFromFragment()) {
       return;

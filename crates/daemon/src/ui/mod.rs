@@ -259,17 +259,20 @@ async fn login(api: &Api, request: UiRequest<'_>) -> (Reply, Headers) {
     }
 }
 
-/// A form posted from another site: `Origin`, when sent, must be this
-/// host (`SameSite=Strict` already keeps the cookie off such requests).
+/// A form posted from another site is refused. Browsers say where a
+/// request comes from in `Sec-Fetch-Site`; without it, `Origin`, when
+/// sent and not `null` (what `Referrer-Policy: no-referrer` makes some
+/// browsers send for their own forms), must be this host.
+/// (`SameSite=Strict` already keeps the cookie off such requests.)
 fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    origin.strip_prefix("https://") == Some(host)
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = get("sec-fetch-site") {
+        return site == "same-origin" || site == "none";
+    }
+    match get("origin") {
+        None | Some("null") => true,
+        Some(origin) => origin.strip_prefix("https://") == Some(get("host").unwrap_or_default()),
+    }
 }
 
 fn cross_origin() -> Reply {
@@ -339,5 +342,10 @@ mod tests {
             HeaderValue::from_static("https://evil.example"),
         );
         assert!(!same_origin(&headers));
+        headers.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        headers.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(!same_origin(&headers));
+        headers.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(same_origin(&headers));
     }
 }
