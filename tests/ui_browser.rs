@@ -149,7 +149,10 @@ impl Browser {
                 let page = self
                     .script("return location.href + '\\n' + document.documentElement.outerHTML")
                     .await;
-                panic!("the page never showed {what}: {}", page.as_str().unwrap_or_default());
+                panic!(
+                    "the page never showed {what}: {}",
+                    page.as_str().unwrap_or_default()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -302,12 +305,7 @@ async fn the_status_page_in_headless_chromium_shows_the_tier_tree_and_live_event
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while http
-        .get(format!("{base}/status"))
-        .send()
-        .await
-        .is_err()
-    {
+    while http.get(format!("{base}/status")).send().await.is_err() {
         assert!(Instant::now() < deadline, "chromedriver never answered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -339,7 +337,10 @@ async fn the_status_page_in_headless_chromium_shows_the_tier_tree_and_live_event
     // The login form, then the page.
     browser.go(&format!("{url}/ui")).await;
     browser
-        .until("the login form", "return !!document.getElementById('token')")
+        .until(
+            "the login form",
+            "return !!document.getElementById('token')",
+        )
         .await;
     browser.type_in("#token", READ_TOKEN).await;
     browser.click("#login button[type=submit]").await;
@@ -418,13 +419,14 @@ async fn the_status_page_in_headless_chromium_shows_the_tier_tree_and_live_event
     // the address bar without the token.
     browser.click("header form button").await;
     browser
-        .until("the login form", "return !!document.getElementById('token')")
+        .until(
+            "the login form",
+            "return !!document.getElementById('token')",
+        )
         .await;
     // As a new tab opening the link would.
     browser.go("about:blank").await;
-    browser
-        .go(&format!("{url}/ui#token={READ_TOKEN}"))
-        .await;
+    browser.go(&format!("{url}/ui#token={READ_TOKEN}")).await;
     browser
         .until(
             "the page after a fragment login",

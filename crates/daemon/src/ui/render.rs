@@ -62,9 +62,9 @@ pub fn login(problem: Option<&str>) -> String {
 /// A page saying the status could not be read.
 pub fn failure(message: &str) -> String {
     let mut out = head("homestak · status");
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<body><main><h1>homestak</h1><p class=\"problem\">{}</p></main></body></html>\n",
+        "<body><main><h1>homestak</h1><p class=\"problem\">{}</p></main></body></html>",
         esc(message)
     );
     out
