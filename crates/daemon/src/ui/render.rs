@@ -6,8 +6,7 @@
 use std::fmt::Write as _;
 
 use homestak_api::v1::{ManifestStatus, StatusResponse};
-use homestak_api::{Event, Level, NodeStatus, State, Status};
-use homestak_base::id::NodeName;
+use homestak_api::{Event, Level, NodeStatus, State, Status, TreeNode};
 
 /// `text` with `& < > " '` escaped, for element text and quoted
 /// attribute values alike.
@@ -205,54 +204,28 @@ fn duration(ms: u64) -> String {
 }
 
 /// The nodes as nested lists: a child tier's nodes under the `pve` node
-/// that hosts them, to any depth.
+/// that hosts them, to any depth ([`Status::tree`]).
 fn tree(out: &mut String, status: &Status) {
-    let mut shown = vec![false; status.nodes.len()];
     out.push_str(
         "<div class=\"tree\"><div class=\"row head\"><span>Node</span><span>State</span>\
          <span>VMID</span><span>IP</span><span>Power</span><span>Tier</span></div><ul>",
     );
-    branch(out, status, None, &mut shown, 0);
-    // Rows whose parent is not in the report (a child tier's answer out of
-    // step) are shown at the top rather than lost.
-    for (i, node) in status.nodes.iter().enumerate() {
-        if !shown[i] {
-            shown[i] = true;
-            node_item(out, node);
-            out.push_str("</li>");
-        }
+    for root in status.tree() {
+        branch(out, &root);
     }
     out.push_str("</ul></div>");
 }
 
-fn branch(
-    out: &mut String,
-    status: &Status,
-    parent: Option<&NodeName>,
-    shown: &mut [bool],
-    depth: usize,
-) {
-    // Reports come from other tiers: never trust them to be a tree.
-    if depth > 64 {
-        return;
-    }
-    for i in 0..status.nodes.len() {
-        let node = &status.nodes[i];
-        if shown[i] || node.parent.as_ref() != parent {
-            continue;
-        }
-        shown[i] = true;
-        node_item(out, node);
-        let before = out.len();
+fn branch(out: &mut String, tree: &TreeNode<'_>) {
+    node_item(out, tree.node);
+    if !tree.children.is_empty() {
         out.push_str("<ul>");
-        branch(out, status, Some(&node.node), shown, depth + 1);
-        if out.len() == before + "<ul>".len() {
-            out.truncate(before);
-        } else {
-            out.push_str("</ul>");
+        for child in &tree.children {
+            branch(out, child);
         }
-        out.push_str("</li>");
+        out.push_str("</ul>");
     }
+    out.push_str("</li>");
 }
 
 /// A node's `<li>`, left open for its children.
@@ -340,6 +313,7 @@ fn event_item(out: &mut String, e: &Event) {
 mod tests {
     use super::*;
     use homestak_api::Kind;
+    use homestak_base::id::NodeName;
 
     #[test]
     fn escaping_covers_markup_and_quotes() {
