@@ -4,7 +4,9 @@
 //! throttle and its tarpit (a wrong token that leaves its address locked
 //! is answered only when the lock has passed, [`super::tarpit`]), counts
 //! the request, and logs method, path (never the query or
-//! any header), status and peer address.
+//! any header), status and peer address. The status page's tokens (its
+//! login form and session cookie, [`super::ui`]) are guesses like
+//! `Bearer` ones.
 //!
 //! The body is never read here: it goes unread to the handler, and only
 //! the API reads it, once the token proved valid for the endpoint and
