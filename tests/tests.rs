@@ -29,3 +29,4 @@ mod sim_conformance;
 mod sim_services;
 mod spec_delivery;
 mod support;
+mod ui_browser;

@@ -28,5 +28,5 @@ pub use client::Client;
 pub use event::{Event, Kind, Level};
 pub use outcome::{DriftPolicy, Mode, NodeState, Outcome, Reason};
 pub use record::{Applied, LastReconcile, ManifestRecord, Subtree};
-pub use status::{NodeStatus, State, Status};
+pub use status::{NodeStatus, State, Status, TreeNode};
 pub use step::{Step, StepName};

@@ -78,9 +78,130 @@ pub struct Status {
     pub last_applied_commit: Option<String>,
 }
 
+/// A node of [`Status::tree`] and the nodes it hosts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeNode<'a> {
+    pub node: &'a NodeStatus,
+    pub children: Vec<TreeNode<'a>>,
+}
+
+/// Deepest nesting [`Status::tree`] follows.
+const MAX_DEPTH: usize = 64;
+
 impl Status {
     /// Nodes that count as drift.
     pub fn drifted_nodes(&self) -> u64 {
         self.nodes.iter().filter(|n| n.state.is_drift()).count() as u64
+    }
+
+    /// The nodes as a forest, in report order: each child tier's nodes
+    /// under the node that hosts them (`parent`), to any depth. Reports
+    /// come from other tiers, so it is never trusted to be a tree: a node
+    /// whose parent is not in the report, or that sits in a loop or deeper
+    /// than 64 levels, becomes a root at the end rather than being lost.
+    /// Each node appears once.
+    pub fn tree(&self) -> Vec<TreeNode<'_>> {
+        let mut placed = vec![false; self.nodes.len()];
+        let mut roots = self.branch(None, &mut placed, 0);
+        for i in 0..self.nodes.len() {
+            if !placed[i] {
+                placed[i] = true;
+                let node = &self.nodes[i];
+                let children = self.branch(Some(&node.node), &mut placed, 1);
+                roots.push(TreeNode { node, children });
+            }
+        }
+        roots
+    }
+
+    fn branch(
+        &self,
+        parent: Option<&NodeName>,
+        placed: &mut [bool],
+        depth: usize,
+    ) -> Vec<TreeNode<'_>> {
+        let mut out = Vec::new();
+        if depth > MAX_DEPTH {
+            return out;
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            if placed[i] || node.parent.as_ref() != parent {
+                continue;
+            }
+            placed[i] = true;
+            let children = self.branch(Some(&node.node), placed, depth + 1);
+            out.push(TreeNode { node, children });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, parent: Option<&str>) -> NodeStatus {
+        NodeStatus {
+            node: NodeName::new(name).unwrap(),
+            parent: parent.map(|p| NodeName::new(p).unwrap()),
+            tier: None,
+            vmid: None,
+            ip: None,
+            power: None,
+            state: State::InSync,
+            changes: Vec::new(),
+            reason: None,
+        }
+    }
+
+    fn names(forest: &[TreeNode<'_>]) -> String {
+        forest
+            .iter()
+            .map(|t| {
+                let below = names(&t.children);
+                if below.is_empty() {
+                    t.node.node.to_string()
+                } else {
+                    format!("{}({below})", t.node.node)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn the_tree_nests_child_tiers_and_loses_nothing() {
+        let status = Status {
+            manifest: "m".into(),
+            host: "pve".into(),
+            in_sync: true,
+            nodes: vec![
+                node("app", Some("hv")),
+                node("hv", None),
+                node("deep", Some("app")),
+                node("edge", None),
+                node("stray", Some("gone")),
+                node("a", Some("b")),
+                node("b", Some("a")),
+            ],
+            last_applied_commit: None,
+        };
+        assert_eq!(names(&status.tree()), "hv(app(deep)) edge stray a(b)");
+        // A chain deeper than the limit: cut, every node still there once.
+        let chain = Status {
+            nodes: (0..100)
+                .map(|i| {
+                    let parent = (i > 0).then(|| format!("n{}", i - 1));
+                    node(&format!("n{i}"), parent.as_deref())
+                })
+                .collect(),
+            ..status
+        };
+        fn count(forest: &[TreeNode<'_>]) -> usize {
+            forest.iter().map(|t| 1 + count(&t.children)).sum()
+        }
+        let forest = chain.tree();
+        assert_eq!(count(&forest), 100);
+        assert_eq!(forest.len(), 2, "cut once below the limit");
     }
 }

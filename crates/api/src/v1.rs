@@ -12,7 +12,9 @@
 //! | `DELETE /v1/subtree/{name}` | write | [`SubtreeDeleteResponse`] (202) |
 //! | `POST /v1/plan` | read | [`SubtreeRequest`] → [`PlanTree`]: what converging it would do here and below (changes nothing) |
 //!
-//! Every endpoint needs `Authorization: Bearer <token>`; errors answer
+//! Every endpoint needs `Authorization: Bearer <token>` (the daemon's
+//! status page, `/ui`, may present a read token as its session cookie on
+//! the two `GET` reads, `status` and `events`); errors answer
 //! [`ErrorBody`].
 //!
 //! A parent follows its requests by generation: `PUT` and `DELETE` of a

@@ -4,7 +4,9 @@
 //! throttle and its tarpit (a wrong token that leaves its address locked
 //! is answered only when the lock has passed, [`super::tarpit`]), counts
 //! the request, and logs method, path (never the query or
-//! any header), status and peer address.
+//! any header), status and peer address. The status page's tokens (its
+//! login form and session cookie, [`super::ui`]) are guesses like
+//! `Bearer` ones.
 //!
 //! The body is never read here: it goes unread to the handler, and only
 //! the API reads it, once the token proved valid for the endpoint and
@@ -33,6 +35,7 @@ use super::seed::{self, Route};
 use super::site_cell::SiteCell;
 use super::tarpit::Tarpit;
 use super::throttle::{Admission, Throttle};
+use super::ui;
 
 /// Everything a request may touch.
 pub struct App {
@@ -62,16 +65,24 @@ async fn entry(
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let (method, uri) = (&parts.method, &parts.uri);
-    let authorization = parts
+    let header_authorization = parts
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let path = seed::normalise(target);
+    // The status page's session cookie stands for a token on the reads
+    // it may make, never beside a header (module docs of `ui`).
+    let cookie_authorization = header_authorization
+        .is_none()
+        .then(|| ui::cookie_authorization(method, path, &parts.headers))
+        .flatten();
+    let authorization = header_authorization.or(cookie_authorization.as_deref());
     let endpoint = Endpoint::of(path);
     let label = match endpoint {
         Some(endpoint) => endpoint.label(),
         None if install::is_install_path(path) => "install",
+        None if ui::is_ui_path(path) => "ui",
         None => seed_label(&seed::route(path)),
     };
     // The connection's place in its address's cap (absent when served
@@ -80,7 +91,9 @@ async fn entry(
 
     // Only requests that present a token can guess; the others are never
     // held back. Admitting reserves the guess before the token is checked.
-    let admission = authorization.map(|_| app.throttle.admit(peer.ip()));
+    // A login form presents its token in the body.
+    let presents_token = authorization.is_some() || ui::is_login(method, path);
+    let admission = presents_token.then(|| app.throttle.admit(peer.ip()));
     let body = Unread {
         body,
         declared: declared_length(&parts.headers),
@@ -91,7 +104,20 @@ async fn entry(
         .headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok());
-    let mut reply = if install::is_install_path(path) {
+    let mut extra_headers = ui::Headers::new();
+    let mut reply = if ui::is_ui_path(path) {
+        let request = ui::UiRequest {
+            path,
+            method,
+            headers: &parts.headers,
+            authorization,
+            from_cookie: cookie_authorization.is_some(),
+            body,
+        };
+        let (reply, headers) = ui::handle(&app.api, request).await;
+        extra_headers = headers;
+        reply
+    } else if install::is_install_path(path) {
         if *method == Method::GET || *method == Method::HEAD {
             install::handle(path, host, &app.repo_auth, authorization)
         } else {
@@ -155,7 +181,11 @@ async fn entry(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "request"
     );
-    reply.into_response(method)
+    let mut response = reply.into_response(method);
+    for (name, value) in extra_headers {
+        response.headers_mut().append(name, value);
+    }
+    response
 }
 
 /// `Content-Length`, when given and a number.

@@ -13,6 +13,8 @@
 //!   scoped API tokens ([`auth`]). Its request and answer types, and a
 //!   typed client, are `homestak_api::v1` and `homestak_api::Client`: the
 //!   daemon serves exactly the types its clients read.
+//! - The status page ([`ui`]): `GET /ui`, a read-only HTML view behind a
+//!   read-scope token (a login form that sets a cookie).
 //!
 //! # The loop
 //! [`watch`] notices changes under the site-config (debounced);
@@ -60,6 +62,7 @@ pub mod site_cell;
 pub mod source;
 pub mod tarpit;
 pub mod throttle;
+pub mod ui;
 pub mod watch;
 
 pub use engine::{Engine, StatusRequest};

@@ -93,6 +93,33 @@ async fn secrets_never_appear_in_logs_or_responses() {
         )
         .await;
     responses.push(("/v1/subtree", Some(WRITE_TOKEN), (code, text)));
+    // The status page: logins by form (right and wrong), the page by cookie.
+    for token in [READ_TOKEN, "wrong-guess"] {
+        let answer = d
+            .client
+            .post(d.url("/ui/login"))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap();
+        responses.push((
+            "/ui/login",
+            Some(token),
+            (answer.status().as_u16(), answer.text().await.unwrap()),
+        ));
+    }
+    let answer = d
+        .client
+        .get(d.url("/ui"))
+        .header("Cookie", format!("homestak_ui={READ_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    responses.push((
+        "/ui",
+        Some(READ_TOKEN),
+        (answer.status().as_u16(), answer.text().await.unwrap()),
+    ));
     // Traversal toward secrets.yaml.
     for target in ["/spec/../../secrets", "/spec/..%2F..%2Fsecrets"] {
         responses.push((target, None, d.raw(target, None).await));

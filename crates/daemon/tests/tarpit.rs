@@ -278,3 +278,40 @@ async fn hanging_up_does_not_free_a_held_guess_place() {
     );
     d.stop().await.unwrap();
 }
+
+/// The status page's wrong tokens, in its login form or its cookie, are
+/// held and counted like wrong `Bearer` tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_status_page_tokens_are_held_like_api_guesses() {
+    let Setup {
+        d,
+        clock,
+        _site,
+        _state,
+    } = start_tarpit(Limits::default(), Duration::from_secs(10)).await;
+    let client = client_from(d.fingerprint, guesser());
+    let by_form = client
+        .post(d.url("/ui/login"))
+        .form(&[("token", "form-guess")]);
+    let mut form = tokio::spawn(async move { by_form.send().await.unwrap().status().as_u16() });
+    wait_metric(&d, HELD, 1.0).await;
+    let by_cookie = client
+        .get(d.url("/ui"))
+        .header("Cookie", "homestak_ui=cookie-guess");
+    let mut cookie = tokio::spawn(async move { by_cookie.send().await.unwrap().status().as_u16() });
+    wait_metric(&d, HELD, 2.0).await;
+    assert!(
+        not_answered(&mut form).await,
+        "a wrong login was answered at once"
+    );
+    assert!(
+        not_answered(&mut cookie).await,
+        "a wrong cookie was answered at once"
+    );
+    clock.advance(HOLD * 4);
+    assert_eq!(answered(form).await, 403);
+    assert!(matches!(answered(cookie).await, 403 | 429));
+    let text = wait_metric(&d, HELD, 0.0).await;
+    assert_eq!(metric(&text, "homestak_auth_failures_total"), 2.0);
+    d.stop().await.unwrap();
+}

@@ -13,3 +13,4 @@ mod secrets;
 mod subtrees;
 mod support;
 mod tarpit;
+mod ui;

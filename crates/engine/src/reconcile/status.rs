@@ -17,7 +17,7 @@ use super::desired::Delegated;
 use crate::controllers::pve::{ChildStatus, child_status};
 use crate::controllers::vm::SshCheck;
 use crate::store::{NodeRecord, Store};
-pub use homestak_api::status::{NodeStatus, State, Status};
+pub use homestak_api::status::{NodeStatus, State, Status, TreeNode};
 use homestak_base::id::{NodeName, VmId};
 use homestak_core::plan::{Action, Style};
 
@@ -161,15 +161,8 @@ const YELLOW: anstyle::Style = anstyle::AnsiColor::Yellow.on_default();
 pub fn render_human(status: &Status, style: Style) -> String {
     let mut rows: Vec<[String; 6]> = Vec::new();
     let mut details: Vec<Vec<String>> = Vec::new();
-    let mut shown = vec![false; status.nodes.len()];
-    walk(status, None, "", &mut shown, &mut rows, &mut details, 0);
-    // Rows whose parent is not in the report (a child's answer out of
-    // step): shown at the top level rather than lost.
-    for (node, seen) in status.nodes.iter().zip(shown.iter_mut()) {
-        if !*seen {
-            *seen = true;
-            push_row(&mut rows, &mut details, node, "");
-        }
+    for root in status.tree() {
+        walk(&root, "", "", &mut rows, &mut details);
     }
     let header = ["NODE", "VMID", "IP", "POWER", "STATUS", "TIER"];
     let mut widths = header.map(str::len);
@@ -231,45 +224,22 @@ pub fn render_human(status: &Status, style: Style) -> String {
     out
 }
 
-/// Rows of the nodes under `parent`, depth first.
+/// The rows of `tree`'s node and the nodes below it, depth first.
 fn walk(
-    status: &Status,
-    parent: Option<&NodeName>,
+    tree: &TreeNode<'_>,
+    glyph: &str,
     prefix: &str,
-    shown: &mut [bool],
     rows: &mut Vec<[String; 6]>,
     details: &mut Vec<Vec<String>>,
-    depth: usize,
 ) {
-    // Reports come from other tiers: never trust them to be a tree.
-    if depth > 64 {
-        return;
-    }
-    let children: Vec<usize> = (0..status.nodes.len())
-        .filter(|&i| !shown[i] && status.nodes[i].parent.as_ref() == parent)
-        .collect();
-    for (k, &i) in children.iter().enumerate() {
-        if shown[i] {
-            continue;
-        }
-        shown[i] = true;
-        let last = k + 1 == children.len();
-        let (glyph, next) = match parent {
-            None => (String::new(), String::new()),
-            Some(_) if last => (format!("{prefix}└─ "), format!("{prefix}   ")),
-            Some(_) => (format!("{prefix}├─ "), format!("{prefix}│  ")),
+    push_row(rows, details, tree.node, glyph);
+    for (k, child) in tree.children.iter().enumerate() {
+        let (glyph, next) = if k + 1 == tree.children.len() {
+            (format!("{prefix}└─ "), format!("{prefix}   "))
+        } else {
+            (format!("{prefix}├─ "), format!("{prefix}│  "))
         };
-        let node = &status.nodes[i];
-        push_row(rows, details, node, &glyph);
-        walk(
-            status,
-            Some(&node.node),
-            &next,
-            shown,
-            rows,
-            details,
-            depth + 1,
-        );
+        walk(child, &glyph, &next, rows, details);
     }
 }
 
@@ -298,4 +268,52 @@ fn push_row(
         extra.push(reason.clone());
     }
     details.push(extra);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, parent: Option<&str>) -> NodeStatus {
+        NodeStatus {
+            node: NodeName::new(name).unwrap(),
+            parent: parent.map(|p| NodeName::new(p).unwrap()),
+            tier: Some("pve".into()),
+            vmid: None,
+            ip: None,
+            power: None,
+            state: State::InSync,
+            changes: Vec::new(),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn the_table_draws_child_tiers_under_their_host() {
+        let status = Status {
+            manifest: "m".into(),
+            host: "pve".into(),
+            in_sync: true,
+            nodes: vec![
+                node("hv", None),
+                node("app", Some("hv")),
+                node("deep", Some("app")),
+                node("worker", Some("hv")),
+                node("edge", None),
+            ],
+            last_applied_commit: None,
+        };
+        let text = render_human(&status, Style { color: false });
+        let names: Vec<&str> = text
+            .lines()
+            .skip(3)
+            .take(5)
+            .map(|l| l.split(" -").next().unwrap_or_default().trim_end())
+            .collect();
+        assert_eq!(
+            names,
+            ["hv", "├─ app", "│  └─ deep", "└─ worker", "edge"],
+            "{text}"
+        );
+    }
 }
