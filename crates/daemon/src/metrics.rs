@@ -325,6 +325,8 @@ pub struct Metrics {
 
 /// `reason` values of `homestak_connections_refused_total`.
 pub const REFUSED_REASONS: [&str; 2] = ["max_connections", "max_per_address"];
+/// `result` values of `homestak_source_checks_total`.
+pub const SOURCE_CHECK_RESULTS: [&str; 3] = ["changed", "unchanged", "error"];
 /// `phase` values of `homestak_connections_timed_out_total`.
 pub const TIMEOUT_PHASES: [&str; 4] = ["first_request", "header", "idle", "write"];
 
@@ -338,6 +340,14 @@ impl Default for Metrics {
         // Every result is exported from the start, so rate() works at once.
         for outcome in Outcome::ALL {
             reconciles.add(&[outcome.as_str()], 0.0);
+        }
+        let source_checks = Family::counter(
+            "homestak_source_checks_total",
+            "Checks of the site-config for a new revision (after a change or a resync), by result.",
+            &["result"],
+        );
+        for result in SOURCE_CHECK_RESULTS {
+            source_checks.add(&[result], 0.0);
         }
         let connections_refused = Family::counter(
             "homestak_connections_refused_total",
@@ -384,11 +394,7 @@ impl Default for Metrics {
                 &["manifest"],
             ),
             queue_depth: AtomicU64::new(0),
-            source_checks: Family::counter(
-                "homestak_source_checks_total",
-                "Checks of the site-config for a new revision (after a change or a resync), by result.",
-                &["result"],
-            ),
+            source_checks,
             http_requests: Family::counter(
                 "homestak_http_requests_total",
                 "HTTP requests served, by route and status code.",
@@ -597,6 +603,7 @@ mod tests {
             "# TYPE homestak_nodes gauge",
             "# TYPE homestak_nodes_in_sync gauge",
             "homestak_reconcile_queue_depth 3",
+            "homestak_source_checks_total{result=\"unchanged\"} 0",
             "# TYPE homestak_pve_requests_total counter",
             "# TYPE homestak_pve_request_duration_seconds histogram",
             "homestak_http_requests_total{route=\"spec\",code=\"200\"} 1",
