@@ -40,7 +40,7 @@ async fn demo_status(d: &Running) -> Value {
 
 /// Waits (hang guard 60 s) until the demo manifest is in sync with `nodes`
 /// nodes and the daemon recorded `revision` as applied.
-async fn wait_in_sync(d: &Running, nodes: usize, revision: &str) -> Value {
+pub async fn wait_in_sync(d: &Running, nodes: usize, revision: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let status = demo_status(d).await;
@@ -57,59 +57,65 @@ async fn wait_in_sync(d: &Running, nodes: usize, revision: &str) -> Value {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_committed_change_converges_and_status_is_in_sync() {
+/// The simulator, and a daemon (real engine) on it converging the
+/// committed git site-config in `site` (one VM, `demo.yaml`, watched)
+/// with its state in `state`.
+pub async fn converging_on_the_simulator(
+    site: &Path,
+    state: &Path,
+) -> (homestak_sim::Handle, Running) {
     homestak_tls::install_crypto_provider();
-    let site = tempfile::tempdir().unwrap();
-    let state = tempfile::tempdir().unwrap();
-    site_config(site.path());
+    site_config(site);
 
     let mut sim_config = homestak_sim::Config::with_defaults();
     sim_config.listen = Some("127.0.0.1:0".parse().unwrap());
     sim_config.time_scale = 0.01;
     let sim = homestak_sim::Simulator::start(sim_config).await.unwrap();
-    homestak_sim::site_config::update(site.path(), &sim.ready_info(), "local-zfs", 22).unwrap();
+    homestak_sim::site_config::update(site, &sim.ready_info(), "local-zfs", 22).unwrap();
     // PVE validates cloud-init keys: give the VMs a well-formed one.
-    let secrets = std::fs::read_to_string(site.path().join("secrets.yaml")).unwrap();
+    let secrets = std::fs::read_to_string(site.join("secrets.yaml")).unwrap();
+    write(site, "secrets.yaml", &secrets.replace(SSH_KEY, VALID_KEY));
     write(
-        site.path(),
-        "secrets.yaml",
-        &secrets.replace(SSH_KEY, VALID_KEY),
-    );
-    write(
-        site.path(),
+        site,
         "v2/presets/vm-small.yaml",
         "cores: 1\nmemory: 1024\ndisk: 8\n",
     );
-    write(site.path(), "manifests/demo.yaml", ONE);
+    write(site, "manifests/demo.yaml", ONE);
     write(
-        site.path(),
+        site,
         "controller.yaml",
         "host: pve\nmanifests:\n  demo: {}\n",
     );
-    git(site.path(), &["add", "-A"]);
-    git(site.path(), &["commit", "-q", "-m", "target the simulator"]);
+    git(site, &["add", "-A"]);
+    git(site, &["commit", "-q", "-m", "target the simulator"]);
 
-    let mut config = config(site.path(), state.path());
+    let mut config = config(site, state);
     // As `homestak serve` keeps them: the tokens file and the token it
     // generated beside it, which `homestak status` uses to ask the daemon.
     write(
-        state.path(),
+        state,
         "api-tokens.yaml",
         &ApiTokens::file_text("reader", Scope::Read, &Secret::new(READ_TOKEN)),
     );
-    write(state.path(), "api-token", READ_TOKEN);
+    write(state, "api-token", READ_TOKEN);
     config.api_tokens = ApiTokenSource::Default;
     config.watch = true;
     config.debounce = Duration::from_millis(100);
     let engine = Arc::new(
         ConvergeEngine::open(Setup {
-            state_dir: state.path().to_path_buf(),
+            state_dir: state.to_path_buf(),
             ..Setup::default()
         })
         .unwrap(),
     );
-    let d = start(config, engine).await;
+    (sim, start(config, engine).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_change_converges_and_status_is_in_sync() {
+    let site = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let (sim, d) = converging_on_the_simulator(site.path(), state.path()).await;
 
     let head = git(site.path(), &["rev-parse", "HEAD"]);
     let first = wait_in_sync(&d, 1, &head).await;

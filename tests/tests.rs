@@ -19,6 +19,7 @@ mod cli_output;
 mod cli_preflight;
 mod cli_scenario;
 mod cli_seed;
+mod contrib_metrics;
 mod daemon_converge;
 mod daemon_process;
 mod goldens;

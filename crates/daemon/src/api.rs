@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::auth::{ApiTokens, Caller};
 use super::engine::{Engine, StatusRequest};
 use super::events::EventLog;
-use super::metrics::Metrics;
+use super::metrics::{Metrics, PveMetrics};
 use super::reconciler::{Reconciler, error_chain, subtree_revision};
 use super::reply::{self, ApiError, Reply};
 use super::site_cell::SiteCell;
@@ -126,7 +126,10 @@ impl Api {
             },
             Endpoint::Events => self.events(query).and_then(|r| body(&r)),
             Endpoint::Metrics => {
-                let text = self.metrics.render(&self.engine.metrics());
+                // An engine that asks no PVE still shows the families.
+                static NO_PVE: PveMetrics = PveMetrics::new();
+                let pve = self.engine.pve_metrics().unwrap_or(&NO_PVE);
+                let text = self.metrics.render(pve);
                 return Reply::bytes(reply::PROMETHEUS, text.into_bytes());
             }
             Endpoint::Reconcile => self.reconcile(query, &caller).and_then(|r| body(&r)),

@@ -5,17 +5,20 @@
 use std::sync::Arc;
 
 use homestak_api::Status;
-use homestak_engine::reconcile::{self, Metrics, Request, RunOutcome};
+use homestak_engine::reconcile::{self, Request, RunOutcome};
 use homestak_engine::store::Store;
 
 use super::engine::{BoxFuture, Engine, Error, StatusRequest};
+use super::metrics::PveMetrics;
 use super::shutdown::Shutdown;
 use homestak_api::v1::PlanTree;
 
-/// The engine the daemon runs: a [`reconcile::Engine`] with a store.
+/// The engine the daemon runs: a [`reconcile::Engine`] with a store,
+/// whose PVE clients report their requests to `/metrics`.
 pub struct ConvergeEngine {
     engine: reconcile::Engine,
     store: Arc<dyn Store>,
+    pve: Arc<PveMetrics>,
 }
 
 impl ConvergeEngine {
@@ -23,8 +26,10 @@ impl ConvergeEngine {
     /// own records there, so it is opened whatever `setup.open_store` says.
     pub fn open(setup: reconcile::Setup) -> Result<ConvergeEngine, reconcile::Error> {
         let store = reconcile::open_store(&setup.state_dir)?;
-        let engine = reconcile::Engine::with_store(setup, Some(Arc::clone(&store)));
-        Ok(ConvergeEngine { engine, store })
+        let pve = Arc::new(PveMetrics::new());
+        let engine = reconcile::Engine::with_store(setup, Some(Arc::clone(&store)))
+            .observe_pve(Arc::clone(&pve) as Arc<dyn homestak_pve::Observer>);
+        Ok(ConvergeEngine { engine, store, pve })
     }
 }
 
@@ -72,8 +77,8 @@ impl Engine for ConvergeEngine {
         })
     }
 
-    fn metrics(&self) -> Metrics {
-        self.engine.metrics()
+    fn pve_metrics(&self) -> Option<&PveMetrics> {
+        Some(&self.pve)
     }
 
     fn release_leases(&self) -> BoxFuture<'_, ()> {

@@ -15,9 +15,10 @@ use std::sync::Arc;
 use homestak_api::Status;
 use homestak_core::model::Manifest;
 use homestak_core::site::Site;
-use homestak_engine::reconcile::{Metrics, Request, RunOutcome};
+use homestak_engine::reconcile::{Request, RunOutcome};
 use homestak_engine::store::Store;
 
+use super::metrics::PveMetrics;
 use super::shutdown::Shutdown;
 
 use homestak_api::v1::PlanTree;
@@ -73,9 +74,10 @@ pub trait Engine: Send + Sync + 'static {
         })
     }
 
-    /// A snapshot of the engine's counters.
-    fn metrics(&self) -> Metrics {
-        Metrics::default()
+    /// The counters and latencies of the engine's PVE requests, when it
+    /// makes any.
+    fn pve_metrics(&self) -> Option<&PveMetrics> {
+        None
     }
 
     /// Gives back the host leases the engine holds (the daemon keeps each

@@ -1,15 +1,19 @@
-//! `GET /metrics`: a tiny hand-written registry (counters, gauges, one
-//! histogram) and the Prometheus text exposition format 0.0.4.
+//! `GET /metrics`: a tiny hand-written registry (counters, gauges,
+//! histograms) and the Prometheus text exposition format 0.0.4.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `homestak_build_info` | gauge (1) | `version` |
 //! | `homestak_reconciles_total` | counter | `result` (converged, drifted, interrupted, failed) |
 //! | `homestak_reconcile_duration_seconds` | histogram | |
+//! | `homestak_last_reconcile_timestamp_seconds` | gauge | `manifest`, `outcome` |
 //! | `homestak_drifted_nodes` | gauge | `manifest` |
+//! | `homestak_nodes` | gauge | `manifest` |
+//! | `homestak_nodes_in_sync` | gauge | `manifest` |
 //! | `homestak_reconcile_queue_depth` | gauge | |
 //! | `homestak_source_checks_total` | counter | `result` (changed, unchanged, error) |
-//! | `homestak_pve_api_requests_total` | counter | `method`, `endpoint` (template) |
+//! | `homestak_pve_requests_total` | counter | `method`, `route` (template), `status` |
+//! | `homestak_pve_request_duration_seconds` | histogram | `method`, `route` |
 //! | `homestak_http_requests_total` | counter | `route`, `code` |
 //! | `homestak_auth_failures_total` | counter | |
 //! | `homestak_auth_throttled_total` | counter | |
@@ -17,17 +21,26 @@
 //! | `homestak_connections_limit` | gauge | |
 //! | `homestak_connections_refused_total` | counter | `reason` (max_connections, max_per_address) |
 //! | `homestak_connections_timed_out_total` | counter | `phase` (first_request, header, idle, write) |
+//! | `process_*` ([`process`], Linux only) | | |
 //!
 //! Label values are bounded: routes and endpoints are templates, results
-//! an enum, manifests the managed set.
+//! and outcomes enums, statuses HTTP codes, manifests the managed set.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use homestak_api::Outcome;
-use homestak_engine::reconcile::Metrics as EngineMetrics;
+use homestak_api::{Outcome, State, Status};
+use homestak_base::time::Timestamp;
+use homestak_engine::executor::NodeState;
+use homestak_engine::reconcile::RunOutcome;
+
+#[cfg(target_os = "linux")]
+mod process;
+mod pve;
+
+pub use pve::PveMetrics;
 
 /// Metric kinds, as written in `# TYPE`.
 #[derive(Debug, Clone, Copy)]
@@ -135,14 +148,15 @@ impl Family {
     }
 }
 
-/// A histogram without labels.
+/// A histogram family with fixed label names.
 #[derive(Debug)]
 pub struct Histogram {
     name: &'static str,
     help: &'static str,
+    labels: &'static [&'static str],
     /// Upper bounds, ascending; `+Inf` is implicit.
     bounds: &'static [f64],
-    state: Mutex<HistogramState>,
+    series: Mutex<BTreeMap<Vec<String>, HistogramState>>,
 }
 
 #[derive(Debug, Default)]
@@ -154,22 +168,27 @@ struct HistogramState {
 }
 
 impl Histogram {
-    pub const fn new(name: &'static str, help: &'static str, bounds: &'static [f64]) -> Histogram {
+    pub const fn new(
+        name: &'static str,
+        help: &'static str,
+        labels: &'static [&'static str],
+        bounds: &'static [f64],
+    ) -> Histogram {
         Histogram {
             name,
             help,
+            labels,
             bounds,
-            state: Mutex::new(HistogramState {
-                counts: Vec::new(),
-                sum: 0.0,
-                count: 0,
-            }),
+            series: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// Records one observation.
-    pub fn observe(&self, value: f64) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+    /// Records one observation in the series of `labels`.
+    pub fn observe(&self, labels: &[&str], value: f64) {
+        debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
+        let key = labels.iter().map(|s| (*s).to_string()).collect();
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let s = series.entry(key).or_default();
         if s.counts.is_empty() {
             s.counts = vec![0; self.bounds.len() + 1];
         }
@@ -183,35 +202,42 @@ impl Histogram {
         s.count += 1;
     }
 
-    /// Observations so far.
+    /// Observations so far, over every series.
     pub fn count(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).count
+        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        series.values().map(|s| s.count).sum()
     }
 
+    /// `_bucket` (cumulative), `_sum` and `_count` per series; a histogram
+    /// without labels shows its empty series from the start.
     fn render(&self, out: &mut String) {
         header(out, self.name, self.help, "histogram");
-        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let bucket = format!("{}_bucket", self.name);
-        let mut cumulative = 0;
-        for (i, bound) in self.bounds.iter().enumerate() {
-            cumulative += s.counts.get(i).copied().unwrap_or(0);
-            sample(
-                out,
-                &bucket,
-                &["le"],
-                &[format_value(*bound)],
-                cumulative as f64,
-            );
+        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        if series.is_empty() && self.labels.is_empty() {
+            self.render_series(out, &[], &HistogramState::default());
         }
-        sample(out, &bucket, &["le"], &["+Inf".to_string()], s.count as f64);
-        sample(out, &format!("{}_sum", self.name), &[], &[], s.sum);
-        sample(
-            out,
-            &format!("{}_count", self.name),
-            &[],
-            &[],
-            s.count as f64,
-        );
+        for (key, state) in series.iter() {
+            self.render_series(out, key, state);
+        }
+    }
+
+    fn render_series(&self, out: &mut String, key: &[String], s: &HistogramState) {
+        let bucket = format!("{}_bucket", self.name);
+        let mut names: Vec<&str> = self.labels.to_vec();
+        names.push("le");
+        let mut values = key.to_vec();
+        let mut cumulative = 0;
+        let bounds = self.bounds.iter().map(|b| format_value(*b));
+        for (i, le) in bounds.chain(["+Inf".to_string()]).enumerate() {
+            cumulative += s.counts.get(i).copied().unwrap_or(0);
+            values.push(le);
+            sample(out, &bucket, &names, &values, cumulative as f64);
+            values.pop();
+        }
+        let sum = format!("{}_sum", self.name);
+        sample(out, &sum, self.labels, key, s.sum);
+        let count = format!("{}_count", self.name);
+        sample(out, &count, self.labels, key, s.count as f64);
     }
 }
 
@@ -271,7 +297,12 @@ const DURATION_BOUNDS: &[f64] = &[
 pub struct Metrics {
     pub reconciles: Family,
     pub reconcile_duration: Histogram,
+    /// When each manifest's last reconcile of each outcome ended.
+    pub last_reconcile: Family,
     pub drifted_nodes: Family,
+    /// Nodes in a manifest's last run or drift report.
+    pub nodes: Family,
+    pub nodes_in_sync: Family,
     pub queue_depth: AtomicU64,
     pub source_checks: Family,
     pub http_requests: Family,
@@ -294,6 +325,8 @@ pub struct Metrics {
 
 /// `reason` values of `homestak_connections_refused_total`.
 pub const REFUSED_REASONS: [&str; 2] = ["max_connections", "max_per_address"];
+/// `result` values of `homestak_source_checks_total`.
+pub const SOURCE_CHECK_RESULTS: [&str; 3] = ["changed", "unchanged", "error"];
 /// `phase` values of `homestak_connections_timed_out_total`.
 pub const TIMEOUT_PHASES: [&str; 4] = ["first_request", "header", "idle", "write"];
 
@@ -307,6 +340,14 @@ impl Default for Metrics {
         // Every result is exported from the start, so rate() works at once.
         for outcome in Outcome::ALL {
             reconciles.add(&[outcome.as_str()], 0.0);
+        }
+        let source_checks = Family::counter(
+            "homestak_source_checks_total",
+            "Checks of the site-config for a new revision (after a change or a resync), by result.",
+            &["result"],
+        );
+        for result in SOURCE_CHECK_RESULTS {
+            source_checks.add(&[result], 0.0);
         }
         let connections_refused = Family::counter(
             "homestak_connections_refused_total",
@@ -329,19 +370,31 @@ impl Default for Metrics {
             reconcile_duration: Histogram::new(
                 "homestak_reconcile_duration_seconds",
                 "Wall time of one manifest's reconcile.",
+                &[],
                 DURATION_BOUNDS,
+            ),
+            last_reconcile: Family::gauge(
+                "homestak_last_reconcile_timestamp_seconds",
+                "When the manifest's last reconcile with this outcome ended, in Unix seconds.",
+                &["manifest", "outcome"],
             ),
             drifted_nodes: Family::gauge(
                 "homestak_drifted_nodes",
                 "Nodes that differ from their manifest, after the last reconcile or status.",
                 &["manifest"],
             ),
-            queue_depth: AtomicU64::new(0),
-            source_checks: Family::counter(
-                "homestak_source_checks_total",
-                "Checks of the site-config for a new revision (after a change or a resync), by result.",
-                &["result"],
+            nodes: Family::gauge(
+                "homestak_nodes",
+                "Nodes in the manifest's last run or drift report (orphans included).",
+                &["manifest"],
             ),
+            nodes_in_sync: Family::gauge(
+                "homestak_nodes_in_sync",
+                "Nodes in sync with their manifest, after the last run or drift report.",
+                &["manifest"],
+            ),
+            queue_depth: AtomicU64::new(0),
+            source_checks,
             http_requests: Family::counter(
                 "homestak_http_requests_total",
                 "HTTP requests served, by route and status code.",
@@ -361,8 +414,66 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The exposition text, with the engine's counters.
-    pub fn render(&self, engine: &EngineMetrics) -> String {
+    /// A reconcile of `manifest` ended with `outcome` after `seconds`;
+    /// `run` is what the engine said (`None` when it was never reached).
+    pub fn reconciled(
+        &self,
+        manifest: &str,
+        outcome: Outcome,
+        seconds: f64,
+        run: Option<&RunOutcome>,
+    ) {
+        self.reconciles.inc(&[outcome.as_str()]);
+        self.reconcile_duration.observe(&[], seconds);
+        let now = Timestamp::now().as_millis() as f64 / 1000.0;
+        self.last_reconcile.set(&[manifest, outcome.as_str()], now);
+        let drifted = run.map_or(0, |r| r.drifted_nodes);
+        self.drifted_nodes.set(&[manifest], drifted as f64);
+        let counts = run.and_then(|r| match (&r.report, &r.status) {
+            (_, Some(status)) => Some(status_counts(status)),
+            (Some(report), None) => {
+                let in_sync = report
+                    .nodes
+                    .values()
+                    .filter(|s| matches!(s, NodeState::Converged | NodeState::Unchanged))
+                    .count();
+                Some((report.nodes.len(), in_sync))
+            }
+            (None, None) => None,
+        });
+        if let Some((total, in_sync)) = counts {
+            self.set_nodes(manifest, total, in_sync);
+        }
+    }
+
+    /// A drift report of `manifest` (a status query).
+    pub fn observed(&self, manifest: &str, status: &Status) {
+        self.drifted_nodes
+            .set(&[manifest], status.drifted_nodes() as f64);
+        let (total, in_sync) = status_counts(status);
+        self.set_nodes(manifest, total, in_sync);
+    }
+
+    fn set_nodes(&self, manifest: &str, total: usize, in_sync: usize) {
+        self.nodes.set(&[manifest], total as f64);
+        self.nodes_in_sync.set(&[manifest], in_sync as f64);
+    }
+
+    /// Drops the per-manifest series of manifests no longer managed.
+    pub fn retain_manifests(&self, keep: impl Fn(&str) -> bool) {
+        for family in [
+            &self.last_reconcile,
+            &self.drifted_nodes,
+            &self.nodes,
+            &self.nodes_in_sync,
+        ] {
+            family.retain_first_label(&keep);
+        }
+    }
+
+    /// The exposition text, with the PVE client's counters and this
+    /// process's `process_*` metrics.
+    pub fn render(&self, pve: &PveMetrics) -> String {
         let mut out = String::new();
         let build = Family::gauge(
             "homestak_build_info",
@@ -373,7 +484,10 @@ impl Metrics {
         build.render(&mut out);
         self.reconciles.render(&mut out);
         self.reconcile_duration.render(&mut out);
+        self.last_reconcile.render(&mut out);
         self.drifted_nodes.render(&mut out);
+        self.nodes.render(&mut out);
+        self.nodes_in_sync.render(&mut out);
         let queue = Family::gauge(
             "homestak_reconcile_queue_depth",
             "Manifests waiting for a reconcile.",
@@ -382,14 +496,6 @@ impl Metrics {
         queue.set(&[], self.queue_depth.load(Ordering::Relaxed) as f64);
         queue.render(&mut out);
         self.source_checks.render(&mut out);
-        let pve = Family::counter(
-            "homestak_pve_api_requests_total",
-            "PVE API requests made by the engine, by method and endpoint template.",
-            &["method", "endpoint"],
-        );
-        for r in &engine.pve_requests {
-            pve.add(&[&r.method, &r.endpoint], r.count as f64);
-        }
         pve.render(&mut out);
         self.http_requests.render(&mut out);
         let auth = Family::counter(
@@ -443,34 +549,42 @@ impl Metrics {
         limit.render(&mut out);
         self.connections_refused.render(&mut out);
         self.connections_timed_out.render(&mut out);
+        #[cfg(target_os = "linux")]
+        process::render(&mut out);
         out
     }
+}
+
+/// Nodes in a drift report, and those in sync.
+fn status_counts(status: &Status) -> (usize, usize) {
+    let in_sync = status
+        .nodes
+        .iter()
+        .filter(|n| n.state == State::InSync)
+        .count();
+    (status.nodes.len(), in_sync)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use homestak_engine::reconcile::PveRequestCount;
+    use homestak_api::NodeStatus;
+    use std::time::Duration;
 
     #[test]
     fn exposition_has_every_family_in_text_format() {
         let m = Metrics::default();
         m.reconciles.inc(&["converged"]);
-        m.reconcile_duration.observe(0.3);
-        m.reconcile_duration.observe(42.0);
-        m.reconcile_duration.observe(1e9);
+        m.reconcile_duration.observe(&[], 0.3);
+        m.reconcile_duration.observe(&[], 42.0);
+        m.reconcile_duration.observe(&[], 1e9);
         m.drifted_nodes.set(&["n2-quick"], 2.0);
         m.drifted_nodes.set(&["gone"], 1.0);
-        m.drifted_nodes.retain_first_label(|m| m != "gone");
+        m.last_reconcile.set(&["gone", "failed"], 1.0);
+        m.retain_manifests(|m| m != "gone");
         m.queue_depth.store(3, Ordering::Relaxed);
         m.http_requests.inc(&["spec", "200"]);
-        let text = m.render(&EngineMetrics {
-            pve_requests: vec![PveRequestCount {
-                method: "GET".into(),
-                endpoint: "/cluster/resources".into(),
-                count: 7,
-            }],
-        });
+        let text = m.render(&PveMetrics::new());
         for line in [
             "# TYPE homestak_build_info gauge",
             &format!(
@@ -484,9 +598,14 @@ mod tests {
             "homestak_reconcile_duration_seconds_bucket{le=\"60\"} 2",
             "homestak_reconcile_duration_seconds_bucket{le=\"+Inf\"} 3",
             "homestak_reconcile_duration_seconds_count 3",
+            "# TYPE homestak_last_reconcile_timestamp_seconds gauge",
             "homestak_drifted_nodes{manifest=\"n2-quick\"} 2",
+            "# TYPE homestak_nodes gauge",
+            "# TYPE homestak_nodes_in_sync gauge",
             "homestak_reconcile_queue_depth 3",
-            "homestak_pve_api_requests_total{method=\"GET\",endpoint=\"/cluster/resources\"} 7",
+            "homestak_source_checks_total{result=\"unchanged\"} 0",
+            "# TYPE homestak_pve_requests_total counter",
+            "# TYPE homestak_pve_request_duration_seconds histogram",
             "homestak_http_requests_total{route=\"spec\",code=\"200\"} 1",
             "homestak_auth_failures_total 0",
             "homestak_auth_throttled_total 0",
@@ -505,6 +624,9 @@ mod tests {
             );
         }
         assert!(!text.contains("gone"), "{text}");
+        if cfg!(target_os = "linux") {
+            assert!(text.contains("\n# TYPE process_cpu_seconds_total counter\n"));
+        }
         // Every sample line is `name[{labels}] value`.
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             let value = l.rsplit(' ').next().unwrap();
@@ -512,6 +634,124 @@ mod tests {
                 value.parse::<f64>().is_ok() || value == "+Inf",
                 "bad sample {l:?}"
             );
+        }
+    }
+
+    #[test]
+    fn an_empty_histogram_without_labels_shows_zero_buckets() {
+        let h = Histogram::new("h_seconds", "A test.", &[], &[0.5, 1.0]);
+        let mut out = String::new();
+        h.render(&mut out);
+        assert_eq!(
+            out,
+            "# HELP h_seconds A test.\n# TYPE h_seconds histogram\n\
+             h_seconds_bucket{le=\"0.5\"} 0\nh_seconds_bucket{le=\"1\"} 0\n\
+             h_seconds_bucket{le=\"+Inf\"} 0\nh_seconds_sum 0\nh_seconds_count 0\n"
+        );
+        // With labels, a series appears with its first observation.
+        let h = Histogram::new("h_seconds", "A test.", &["route"], &[0.5, 1.0]);
+        let mut out = String::new();
+        h.render(&mut out);
+        assert_eq!(out.lines().count(), 2, "{out}");
+        h.observe(&["/a\"b"], 0.75);
+        h.observe(&["/a\"b"], 0.5);
+        h.observe(&["/c"], 7.0);
+        out.clear();
+        h.render(&mut out);
+        for line in [
+            "h_seconds_bucket{route=\"/a\\\"b\",le=\"0.5\"} 1",
+            "h_seconds_bucket{route=\"/a\\\"b\",le=\"1\"} 2",
+            "h_seconds_bucket{route=\"/a\\\"b\",le=\"+Inf\"} 2",
+            "h_seconds_sum{route=\"/a\\\"b\"} 1.25",
+            "h_seconds_count{route=\"/a\\\"b\"} 2",
+            "h_seconds_bucket{route=\"/c\",le=\"1\"} 0",
+            "h_seconds_bucket{route=\"/c\",le=\"+Inf\"} 1",
+            "h_seconds_count{route=\"/c\"} 1",
+        ] {
+            assert!(out.lines().any(|l| l == line), "no {line:?} in\n{out}");
+        }
+        assert_eq!(h.count(), 3);
+    }
+
+    fn node(name: &str, state: State) -> NodeStatus {
+        NodeStatus {
+            node: homestak_core::model::NodeName::new(name.to_string()).unwrap(),
+            parent: None,
+            tier: None,
+            vmid: None,
+            ip: None,
+            power: None,
+            state,
+            changes: Vec::new(),
+            reason: None,
+        }
+    }
+
+    fn timestamp(text: &str, manifest: &str, outcome: &str) -> Option<f64> {
+        let series = format!(
+            "homestak_last_reconcile_timestamp_seconds{{manifest=\"{manifest}\",outcome=\"{outcome}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+    }
+
+    #[test]
+    fn a_reconcile_sets_its_timestamp_and_the_drift_gauges() {
+        let m = Metrics::default();
+        let before = Timestamp::now().as_millis() as f64 / 1000.0;
+        let mut run = RunOutcome::failed("x".into(), Timestamp::now(), Duration::ZERO);
+        run.outcome = Outcome::Drifted;
+        run.drifted_nodes = 2;
+        run.status = Some(Status {
+            manifest: "demo".into(),
+            host: "pve".into(),
+            in_sync: false,
+            nodes: vec![
+                node("a", State::InSync),
+                node("b", State::Drifted),
+                node("c", State::Missing),
+            ],
+            last_applied_commit: None,
+        });
+        m.reconciled("demo", Outcome::Drifted, 1.5, Some(&run));
+        let after = Timestamp::now().as_millis() as f64 / 1000.0;
+        let text = m.render(&PveMetrics::new());
+        let at = timestamp(&text, "demo", "drifted").unwrap();
+        assert!(before <= at && at <= after, "{before} <= {at} <= {after}");
+        assert_eq!(timestamp(&text, "demo", "converged"), None);
+        for line in [
+            "homestak_reconciles_total{result=\"drifted\"} 1",
+            "homestak_reconcile_duration_seconds_count 1",
+            "homestak_drifted_nodes{manifest=\"demo\"} 2",
+            "homestak_nodes{manifest=\"demo\"} 3",
+            "homestak_nodes_in_sync{manifest=\"demo\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+
+        // A run that never reached the engine: failed, no drift known, the
+        // node counts kept from before; the drifted timestamp stays.
+        m.reconciled("demo", Outcome::Failed, 0.1, None);
+        let text = m.render(&PveMetrics::new());
+        assert!(timestamp(&text, "demo", "failed").unwrap() >= at);
+        assert_eq!(timestamp(&text, "demo", "drifted"), Some(at));
+        assert!(text.contains("\nhomestak_drifted_nodes{manifest=\"demo\"} 0\n"));
+        assert!(text.contains("\nhomestak_nodes{manifest=\"demo\"} 3\n"));
+
+        // A status query updates the gauges too.
+        let status = Status {
+            nodes: vec![node("a", State::InSync), node("b", State::InSync)],
+            in_sync: true,
+            ..run.status.clone().unwrap()
+        };
+        m.observed("demo", &status);
+        let text = m.render(&PveMetrics::new());
+        for line in [
+            "homestak_drifted_nodes{manifest=\"demo\"} 0",
+            "homestak_nodes{manifest=\"demo\"} 2",
+            "homestak_nodes_in_sync{manifest=\"demo\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
     }
 

@@ -229,8 +229,7 @@ impl Reconciler {
         d.entries = self.entries_of(d.snapshot.as_ref());
         let entries = &d.entries;
         self.metrics
-            .drifted_nodes
-            .retain_first_label(|name| entries.contains_key(name));
+            .retain_manifests(|name| entries.contains_key(name));
         Ok(changed)
     }
 
@@ -408,8 +407,7 @@ impl Reconciler {
         d.entries = self.entries_of(d.snapshot.as_ref());
         let entries = &d.entries;
         self.metrics
-            .drifted_nodes
-            .retain_first_label(|name| entries.contains_key(name));
+            .retain_manifests(|name| entries.contains_key(name));
     }
 
     /// Forgets a subtree whose destroy run converged, unless a request
@@ -642,13 +640,12 @@ impl Reconciler {
                 tracing::error!(error = %error_chain(&err), "cannot record a reconcile");
             }
         }
-        self.metrics.reconciles.inc(&[outcome.as_str()]);
-        self.metrics
-            .reconcile_duration
-            .observe(clock.elapsed().as_secs_f64());
-        self.metrics
-            .drifted_nodes
-            .set(&[&entry.name], drifted as f64);
+        self.metrics.reconciled(
+            &entry.name,
+            outcome,
+            clock.elapsed().as_secs_f64(),
+            ran.as_ref().ok(),
+        );
         let level = match outcome {
             Outcome::Converged => Level::Info,
             Outcome::Drifted | Outcome::Interrupted => Level::Warning,
@@ -744,9 +741,7 @@ impl Reconciler {
                 };
                 match self.engine.status(request).await {
                     Ok(report) => {
-                        self.metrics
-                            .drifted_nodes
-                            .set(&[&entry.name], report.drifted_nodes() as f64);
+                        self.metrics.observed(&entry.name, &report);
                         status = Some(report);
                     }
                     Err(err) => error = Some(error_chain(&err)),

@@ -313,7 +313,9 @@ async fn reconciler_api_drives_the_engine() {
         "homestak_reconcile_duration_seconds_count",
         "homestak_drifted_nodes{manifest=\"demo\"} 0",
         "homestak_reconcile_queue_depth",
-        "homestak_pve_api_requests_total{method=\"GET\",endpoint=\"/cluster/resources\"}",
+        "homestak_pve_requests_total{method=\"GET\",route=\"/cluster/resources\",status=\"200\"}",
+        "homestak_pve_request_duration_seconds_bucket{method=\"GET\",route=\"/cluster/resources\",le=\"0.025\"}",
+        "homestak_last_reconcile_timestamp_seconds{manifest=\"demo\",outcome=\"converged\"}",
         "homestak_build_info{version=",
         "homestak_http_requests_total{route=\"v1_status\",code=\"200\"}",
     ] {

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::*;
 use homestak_api::{Mode, Reason};
@@ -181,6 +181,23 @@ async fn drift_policy_suspend_and_resync() {
         metric(&d, "homestak_drifted_nodes{manifest=\"demo\"}").await,
         2.0
     );
+    // The apply and the drift report each left when they ended.
+    let last = |outcome: &str| {
+        format!(
+            "homestak_last_reconcile_timestamp_seconds{{manifest=\"demo\",outcome=\"{outcome}\"}}"
+        )
+    };
+    let converged = metric(&d, &last("converged")).await;
+    let drifted = metric(&d, &last("drifted")).await;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        now - 600.0 < converged && converged <= drifted && drifted <= now,
+        "converged {converged}, drifted {drifted}, now {now}"
+    );
+    assert_eq!(metric(&d, &last("failed")).await, 0.0, "no failed run");
     assert!(
         engine
             .calls

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::auth::ApiToken;
 use super::error::Error;
 use super::limits::{HostLimits, RateLimit, RetryPolicy};
-use super::recorder::{Observer, RecordedRequest};
+use super::recorder::{Answered, Observer, RecordedRequest};
 use super::transport::{BoxFuture, Envelope, Request, Transport};
 use homestak_tls::Fingerprint;
 
@@ -238,6 +238,30 @@ impl Http {
                 attempt,
             });
         }
+        let started = Instant::now();
+        let mut status = None;
+        let result = self.exchange(request, attempt, &mut status).await;
+        if let Some(observer) = &self.observer {
+            observer.on_answer(&Answered {
+                method: &request.method,
+                template: request.template(),
+                attempt,
+                status,
+                error: result.as_ref().err(),
+                elapsed: started.elapsed(),
+            });
+        }
+        result
+    }
+
+    /// Sends one attempt and reads its answer; `answered` gets the HTTP
+    /// status as soon as one comes.
+    async fn exchange(
+        &self,
+        request: &Request,
+        attempt: u32,
+        answered: &mut Option<u16>,
+    ) -> Result<Envelope, Error> {
         let mut url = format!("{}{}", self.base, request.wire_path());
         let mut builder;
         if request.params_in_query() {
@@ -265,6 +289,7 @@ impl Http {
             .await
             .map_err(|e| self.transport_error(request, e))?;
         let status = response.status();
+        *answered = Some(status.as_u16());
         let reason = response
             .extensions()
             .get::<hyper::ext::ReasonPhrase>()

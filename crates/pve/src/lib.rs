@@ -48,9 +48,9 @@ pub use params::{
     ConfigUpdate, CreateVm, DeleteVm, Disk, DownloadUrl, IpConfig, Ipv4, Net, NodeConfigUpdate,
     PowerAction, Resize, TaskQuery, TaskSource, TokenOptions, VmOptions,
 };
+pub use recorder::{Answered, Observer, RecordedRequest};
 #[cfg(feature = "testing")]
-pub use recorder::Recorder;
-pub use recorder::{Observer, RecordedRequest};
+pub use recorder::{RecordedAnswer, Recorder};
 pub use transport::{BoxFuture, Envelope, Request, Transport};
 pub use types::{
     AgentInterface, ClusterResource, CreatedToken, NodeConfig, NodeEntry, NodeStatus, PowerState,

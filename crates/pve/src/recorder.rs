@@ -3,14 +3,19 @@
 //! Tests assert exact requests (method, path, parameters) and count writes;
 //! the lead's conformance harness can install an [`Observer`] that runs each
 //! request through the simulator's schema validator. Secrets are redacted
-//! before an observer sees them.
+//! before an observer sees them. [`Observer::on_answer`] then sees how each
+//! attempt ended and how long it took (the daemon's `/metrics`).
 
 #[cfg(feature = "testing")]
 use std::collections::BTreeMap;
 #[cfg(feature = "testing")]
 use std::sync::{Arc, Mutex, PoisonError};
 
+use std::time::Duration;
+
 use reqwest::Method;
+
+use super::error::Error;
 
 /// One request attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,17 +46,50 @@ impl RecordedRequest {
     }
 }
 
-/// Sees every request attempt before it is sent.
-pub trait Observer: Send + Sync {
-    fn on_request(&self, request: &RecordedRequest);
+/// How one request attempt ended.
+#[derive(Clone, Copy, Debug)]
+pub struct Answered<'a> {
+    pub method: &'a Method,
+    /// The endpoint's path template (a bounded label, unlike the path).
+    pub template: &'static str,
+    /// 1 for the first attempt, 2 for the first retry, …
+    pub attempt: u32,
+    /// The HTTP status, when an answer came (error statuses included);
+    /// `None` when the host was unreachable or the request timed out.
+    pub status: Option<u16>,
+    /// The error the attempt ended with, if any.
+    pub error: Option<&'a Error>,
+    /// From sending the request to the end of the answer's body; waiting
+    /// for the host's concurrency and rate limits is not included.
+    pub elapsed: Duration,
 }
 
-/// An [`Observer`] that keeps every request, for assertions (feature
-/// `testing`: it grows without bound).
+/// Sees every request attempt before it is sent, and how it ended.
+pub trait Observer: Send + Sync {
+    fn on_request(&self, request: &RecordedRequest);
+
+    /// An attempt ended (answered, failed or timed out).
+    fn on_answer(&self, _answer: &Answered<'_>) {}
+}
+
+/// How an attempt ended, as a [`Recorder`] keeps it.
+#[cfg(feature = "testing")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedAnswer {
+    pub method: Method,
+    pub template: &'static str,
+    pub attempt: u32,
+    pub status: Option<u16>,
+    pub error: Option<super::error::ErrorKind>,
+}
+
+/// An [`Observer`] that keeps every request and answer, for assertions
+/// (feature `testing`: it grows without bound).
 #[cfg(feature = "testing")]
 #[derive(Clone, Default)]
 pub struct Recorder {
     requests: Arc<Mutex<Vec<RecordedRequest>>>,
+    answers: Arc<Mutex<Vec<RecordedAnswer>>>,
 }
 
 #[cfg(feature = "testing")]
@@ -64,6 +102,14 @@ impl Recorder {
     /// Everything recorded so far, in order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.lock().clone()
+    }
+
+    /// How each attempt ended, in order.
+    pub fn answers(&self) -> Vec<RecordedAnswer> {
+        self.answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Number of attempts per method (`GET` → 3, …).
@@ -83,6 +129,10 @@ impl Recorder {
     /// Forgets everything recorded.
     pub fn clear(&self) {
         self.lock().clear();
+        self.answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<RecordedRequest>> {
@@ -95,6 +145,19 @@ impl Recorder {
 impl Observer for Recorder {
     fn on_request(&self, request: &RecordedRequest) {
         self.lock().push(request.clone());
+    }
+
+    fn on_answer(&self, answer: &Answered<'_>) {
+        self.answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(RecordedAnswer {
+                method: answer.method.clone(),
+                template: answer.template,
+                attempt: answer.attempt,
+                status: answer.status,
+                error: answer.error.map(Error::kind),
+            });
     }
 }
 

@@ -241,6 +241,18 @@ async fn reads_are_retried_on_500_and_595() {
         assert_eq!(count.load(Ordering::SeqCst), 3, "status {status}");
         let attempts: Vec<u32> = recorder.requests().iter().map(|r| r.attempt).collect();
         assert_eq!(attempts, [1, 2, 3]);
+        // Each attempt's end is seen too, with its status and route.
+        let answers = recorder.answers();
+        let statuses: Vec<Option<u16>> = answers.iter().map(|a| a.status).collect();
+        assert_eq!(statuses, [Some(status), Some(status), Some(200)]);
+        assert!(answers[0].error.is_some(), "{answers:?}");
+        assert_eq!(answers[2].error, None);
+        assert!(
+            answers
+                .iter()
+                .all(|a| a.template == "/nodes/{node}/tasks/{upid}/status"
+                    && a.method == reqwest::Method::GET)
+        );
     }
 }
 
@@ -307,6 +319,14 @@ async fn connection_errors_are_retried_for_reads() {
     let err = guarded(client.nodes()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unreachable, "{err}");
     assert_eq!(recorder.requests().len(), 3);
+    let answers = recorder.answers();
+    assert_eq!(answers.len(), 3);
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.status.is_none() && a.error == Some(ErrorKind::Unreachable)),
+        "{answers:?}"
+    );
     // The cause is a source, not repeated in the message.
     assert!(std::error::Error::source(&err).is_some());
 }

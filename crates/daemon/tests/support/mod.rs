@@ -16,10 +16,11 @@ use homestak_base::time::Timestamp;
 use homestak_core::site::Secret;
 use homestak_daemon::auth::{ApiToken, ApiTokens, Scope};
 use homestak_daemon::engine::{BoxFuture, Error as EngineError};
+use homestak_daemon::metrics::PveMetrics;
 use homestak_daemon::server::{ApiTokenSource, Config, RepoToken};
 use homestak_daemon::shutdown::Shutdown;
 use homestak_daemon::{Daemon, Engine, StatusRequest};
-use homestak_engine::reconcile::{self, Metrics, PveRequestCount, Request, RunOf, RunOutcome};
+use homestak_engine::reconcile::{self, Request, RunOf, RunOutcome};
 use homestak_engine::store::{self, Store};
 use homestak_tls::Fingerprint;
 use serde_json::Value;
@@ -159,6 +160,8 @@ pub struct FakeEngine {
     pub gated: AtomicBool,
     pub gate: tokio::sync::Semaphore,
     pub fail_destroy: AtomicBool,
+    /// One `GET /cluster/resources` per reconcile, as if PVE answered.
+    pub pve: PveMetrics,
 }
 
 impl FakeEngine {
@@ -176,6 +179,7 @@ impl FakeEngine {
                 gated: AtomicBool::new(false),
                 gate: tokio::sync::Semaphore::new(0),
                 fail_destroy: AtomicBool::new(false),
+                pve: PveMetrics::new(),
             }),
             rx,
         )
@@ -233,6 +237,17 @@ impl Engine for FakeEngine {
             };
             self.calls.lock().unwrap().push(call.clone());
             let _ = self.tx.send(call);
+            homestak_pve::Observer::on_answer(
+                &self.pve,
+                &homestak_pve::Answered {
+                    method: &reqwest::Method::GET,
+                    template: "/cluster/resources",
+                    attempt: 1,
+                    status: Some(200),
+                    error: None,
+                    elapsed: Duration::from_millis(20),
+                },
+            );
             if self.panic_next.swap(false, Ordering::SeqCst) {
                 panic!("fake engine: deliberate panic");
             }
@@ -314,14 +329,8 @@ impl Engine for FakeEngine {
         })
     }
 
-    fn metrics(&self) -> Metrics {
-        Metrics {
-            pve_requests: vec![PveRequestCount {
-                method: "GET".into(),
-                endpoint: "/cluster/resources".into(),
-                count: self.calls.lock().unwrap().len() as u64,
-            }],
-        }
+    fn pve_metrics(&self) -> Option<&PveMetrics> {
+        Some(&self.pve)
     }
 }
 

@@ -21,10 +21,7 @@ mod run;
 mod setup;
 pub mod status;
 
-pub use run::{
-    Engine, Metrics, Observer, PveRequestCount, Request, RunOf, RunOutcome, open_store, record_run,
-    summarize,
-};
+pub use run::{Engine, Observer, Request, RunOf, RunOutcome, open_store, record_run, summarize};
 pub use setup::{Setup, host_ssh, known_hosts, ssh_check};
 
 use std::collections::HashMap;

@@ -6,8 +6,8 @@
 //! [`RunOutcome`].
 //!
 //! The [`Engine`] keeps what outlives one run: the store, one PVE client
-//! per host (so per-host limits hold across runs), and the count of PVE
-//! requests by endpoint for `/metrics`.
+//! per host (so per-host limits hold across runs), and the observer those
+//! clients report each PVE request to (the daemon's `/metrics`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -112,39 +112,6 @@ impl RunOutcome {
     }
 }
 
-/// PVE API requests made, by method and endpoint template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PveRequestCount {
-    pub method: String,
-    /// A path template such as `/nodes/{node}/qemu/{vmid}/status/current`,
-    /// never a concrete path (bounded label cardinality).
-    pub endpoint: String,
-    pub count: u64,
-}
-
-/// Counters the engine keeps (`/metrics`).
-#[derive(Debug, Clone, Default)]
-pub struct Metrics {
-    pub pve_requests: Vec<PveRequestCount>,
-}
-
-/// Counts PVE requests by method and endpoint template.
-#[derive(Default)]
-struct Counts(Mutex<BTreeMap<(String, String), u64>>);
-
-impl pve::Observer for Counts {
-    fn on_request(&self, request: &pve::RecordedRequest) {
-        // The template, not the path: a bounded label.
-        let key = (
-            request.method.as_str().to_string(),
-            request.template.to_string(),
-        );
-        if let Ok(mut counts) = self.0.lock() {
-            *counts.entry(key).or_default() += 1;
-        }
-    }
-}
-
 /// A client and the (endpoint, fingerprint, token) it was built for.
 struct CachedClient {
     identity: String,
@@ -156,7 +123,8 @@ pub struct Engine {
     setup: Setup,
     store: Option<Arc<dyn Store>>,
     clients: Mutex<HashMap<String, CachedClient>>,
-    counts: Arc<Counts>,
+    /// Sees every PVE request of every client this engine builds.
+    pve_observer: Option<Arc<dyn pve::Observer>>,
     /// Host leases held, by PVE endpoint and node.
     leases: tokio::sync::Mutex<HashMap<String, HostLease>>,
 }
@@ -187,7 +155,7 @@ impl Engine {
             setup,
             store,
             clients: Mutex::new(HashMap::new()),
-            counts: Arc::new(Counts::default()),
+            pve_observer: None,
             leases: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -197,19 +165,11 @@ impl Engine {
         self.store.as_ref()
     }
 
-    /// The counters for `/metrics`.
-    pub fn metrics(&self) -> Metrics {
-        let counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
-        Metrics {
-            pve_requests: counts
-                .iter()
-                .map(|((method, endpoint), count)| PveRequestCount {
-                    method: method.clone(),
-                    endpoint: endpoint.clone(),
-                    count: *count,
-                })
-                .collect(),
-        }
+    /// Has every PVE client this engine builds report its requests to
+    /// `observer` (method, path template, status, latency).
+    pub fn observe_pve(mut self, observer: Arc<dyn pve::Observer>) -> Engine {
+        self.pve_observer = Some(observer);
+        self
     }
 
     /// The client for `host`, reused while its endpoint, pin and token stay
@@ -229,8 +189,7 @@ impl Engine {
         {
             return Ok(cached.api.clone());
         }
-        let observer: Arc<dyn pve::Observer> = self.counts.clone();
-        let api = connect(host, self.setup.insecure, Some(observer))?;
+        let api = connect(host, self.setup.insecure, self.pve_observer.clone())?;
         clients.insert(
             host.name.clone(),
             CachedClient {
