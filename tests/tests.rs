@@ -14,6 +14,7 @@ mod sim_support;
 
 mod bad_input;
 mod cli_adopt;
+mod cli_completions_man;
 mod cli_interrupt;
 mod cli_output;
 mod cli_preflight;
