@@ -22,6 +22,7 @@ mod cli_scenario;
 mod cli_seed;
 mod daemon_converge;
 mod daemon_process;
+mod deb_package;
 mod goldens;
 mod host_lease_cli;
 mod reliability_crash;
