@@ -64,7 +64,8 @@ $(DENY):
 ## scripts/deb-assets.sh writes the completions and man pages from that
 ## binary, then cargo-deb packages them with the unit (Cargo.toml's
 ## [package.metadata.deb]). cargo-deb is installed into .tools/ on first
-## use (CARGO_DEB_INSTALL_TIME). The target dir is $CARGO_TARGET_DIR or ./target.
+## use (about 2 CPU-minutes, once). The target dir is $CARGO_TARGET_DIR or
+## ./target.
 deb: $(CARGO_DEB)
 	$(CARGO) build --release --locked -p homestak
 	./scripts/deb-assets.sh $(TARGET_DIR)/release/homestak $(TARGET_DIR)/release/deb-assets
