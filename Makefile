@@ -2,8 +2,12 @@
 CARGO ?= cargo
 PYTHON ?= python3
 VENV := .venv
+# cargo-deb for `make deb` and the .deb test (see deb below).
+CARGO_DEB_VERSION := 3.8.0
+CARGO_DEB := .tools/bin/cargo-deb
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all build test lint deny fmt demo bench crds conformance venv clean fuzz reliability-load reliability-input reliability-crash
+.PHONY: all build test lint deny deb fmt demo bench crds conformance venv clean fuzz reliability-load reliability-input reliability-crash
 
 all: build
 
@@ -12,8 +16,9 @@ build:
 
 ## test: formatting, lints, cargo deny and every test of every crate (what
 ## .ci/run calls); the venv lets the binary's sim_conformance tests run the
-## proxmoxer lifecycle and the ansible proxmox_kvm playbook.
-test: lint deny venv
+## proxmoxer lifecycle and the ansible proxmox_kvm playbook, and cargo-deb
+## the .deb test (tests/deb_package.rs, from the debug binary).
+test: lint deny venv $(CARGO_DEB)
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
 
@@ -53,6 +58,21 @@ deny: $(DENY)
 
 $(DENY):
 	$(CARGO) install --locked --quiet --root .tools cargo-deny@$(CARGO_DENY_VERSION)
+
+## deb: the release .deb, in <target dir>/debian/ (`apt install
+## ./target/debian/homestak_*.deb`): a release build, then
+## scripts/deb-assets.sh writes the completions and man pages from that
+## binary, then cargo-deb packages them with the unit (Cargo.toml's
+## [package.metadata.deb]). cargo-deb is installed into .tools/ on first
+## use (about 2 CPU-minutes, once). The target dir is $CARGO_TARGET_DIR or
+## ./target.
+deb: $(CARGO_DEB)
+	$(CARGO) build --release --locked -p homestak
+	./scripts/deb-assets.sh $(TARGET_DIR)/release/homestak $(TARGET_DIR)/release/deb-assets
+	$(CARGO_DEB) --no-build -p homestak
+
+$(CARGO_DEB):
+	$(CARGO) install --locked --quiet --root .tools cargo-deb@$(CARGO_DEB_VERSION)
 
 fmt:
 	$(CARGO) fmt --all

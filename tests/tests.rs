@@ -14,6 +14,7 @@ mod sim_support;
 
 mod bad_input;
 mod cli_adopt;
+mod cli_completions_man;
 mod cli_interrupt;
 mod cli_output;
 mod cli_preflight;
@@ -22,6 +23,7 @@ mod cli_seed;
 mod contrib_metrics;
 mod daemon_converge;
 mod daemon_process;
+mod deb_package;
 mod goldens;
 mod host_lease_cli;
 mod reliability_crash;

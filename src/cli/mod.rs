@@ -11,12 +11,14 @@ use clap::{Args, Parser, Subcommand};
 
 mod adopt;
 mod bootstrap;
+mod completions;
 pub mod config;
 mod converge;
 pub mod crds;
 mod daemon;
 mod help;
 mod lifecycle;
+mod man;
 pub mod manifest;
 pub mod output;
 mod preflight;
@@ -102,6 +104,10 @@ pub enum Command {
     /// Check what a run on a host needs (site-init, API token, SSH keys,
     /// images, nested virtualization): exit 0 all pass, 1 one failed.
     Preflight(preflight::Args),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions(completions::Args),
+    /// Write the man pages: homestak.1 and one per subcommand.
+    Man(man::Args),
 }
 
 /// How a command ended: the engine's [`Outcome`]. A command that only
@@ -173,6 +179,8 @@ async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Bootstrap(args) => bootstrap::run(args, &global).await,
         Command::Adopt(args) => adopt::run(args, &global).await,
         Command::Preflight(args) => preflight::run(args, &global).await,
+        Command::Completions(args) => Ok(completions::run(&args)),
+        Command::Man(args) => man::run(&args, &global),
     }
 }
 
