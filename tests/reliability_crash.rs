@@ -28,7 +28,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use crate::support::copy_dir;
+use crate::support::{copy_dir, manifest_status};
 
 /// Kills per test when `HOMESTAK_R1_KILLS` is not set (the CI size).
 const CI_KILLS: usize = 8;
@@ -589,20 +589,6 @@ async fn reliability_crash_sigkilled_reconcile_once_converges_with_no_duplicates
     lab.stop().await;
 }
 
-/// The daemon's report of manifest r1 (`Null` until it has one).
-async fn daemon_status(url: &str, fingerprint: homestak_tls::Fingerprint, token: &str) -> Value {
-    let Ok(answer) = Lab::client(fingerprint)
-        .get(format!("{url}/v1/status?manifest=r1"))
-        .bearer_auth(token)
-        .send()
-        .await
-    else {
-        return Value::Null;
-    };
-    let body: Value = answer.json().await.unwrap_or_default();
-    body["manifests"][0].clone()
-}
-
 /// A started daemon: its process, URL, pin and token.
 struct Daemon {
     /// When it was started: runs of earlier daemons ended before.
@@ -650,7 +636,7 @@ async fn start_daemon(lab: &Lab, n: usize) -> Daemon {
 async fn wait_converged(d: &Daemon) -> Value {
     let deadline = Instant::now() + RUN_GUARD;
     loop {
-        let status = daemon_status(&d.url, d.fingerprint, &d.token).await;
+        let status = manifest_status(&Lab::client(d.fingerprint), &d.url, "r1", &d.token).await;
         let last = &status["last_reconcile"];
         let ours = last["at"]
             .as_str()

@@ -133,3 +133,23 @@ pub fn start_serve(
     };
     (guard, info)
 }
+
+/// A daemon's report of `manifest` from `GET /v1/status` (`Null` while it
+/// does not answer or has none).
+pub async fn manifest_status(
+    client: &reqwest::Client,
+    url: &str,
+    manifest: &str,
+    token: &str,
+) -> serde_json::Value {
+    let Ok(answer) = client
+        .get(format!("{url}/v1/status?manifest={manifest}"))
+        .bearer_auth(token)
+        .send()
+        .await
+    else {
+        return serde_json::Value::Null;
+    };
+    let body: serde_json::Value = answer.json().await.unwrap_or_default();
+    body["manifests"][0].clone()
+}

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::support::{BIN, Guard, copy_dir};
+use crate::support::{BIN, Guard, copy_dir, manifest_status};
 
 const READ_TOKEN: &str = "ui-browser-read-token-3f9a";
 const WRITE_TOKEN: &str = "ui-browser-write-token-77c1";
@@ -166,20 +166,6 @@ impl Browser {
     }
 }
 
-/// The daemon's status of the manifest, with the read token.
-async fn status(client: &reqwest::Client, url: &str) -> Value {
-    let Ok(answer) = client
-        .get(format!("{url}/v1/status?manifest=lab"))
-        .bearer_auth(READ_TOKEN)
-        .send()
-        .await
-    else {
-        return Value::Null;
-    };
-    let body: Value = answer.json().await.unwrap_or_default();
-    body["manifests"][0].clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_in_headless_chromium_shows_the_tier_tree_and_live_events() {
     let required = std::env::var_os("HOMESTAK_REQUIRE_BROWSER").is_some();
@@ -276,7 +262,7 @@ async fn the_status_page_in_headless_chromium_shows_the_tier_tree_and_live_event
     // Converged on both tiers.
     let deadline = Instant::now() + GUARD;
     loop {
-        let s = status(&api, &url).await;
+        let s = manifest_status(&api, &url, "lab", READ_TOKEN).await;
         if s["in_sync"] == json!(true) && s["last_reconcile"]["outcome"] == "converged" {
             break;
         }

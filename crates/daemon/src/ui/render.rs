@@ -230,7 +230,8 @@ fn branch(out: &mut String, tree: &TreeNode<'_>) {
 
 /// A node's `<li>`, left open for its children.
 fn node_item(out: &mut String, n: &NodeStatus) {
-    let state = state_class(n.state);
+    // The CSS class: the table's word, one token (`in sync` → `in_sync`).
+    let state = n.state.label().replace(' ', "_");
     let _ = write!(
         out,
         "<li class=\"node state-{state}\" data-node=\"{name}\"><div class=\"row\">\
@@ -265,18 +266,6 @@ fn node_item(out: &mut String, n: &NodeStatus) {
         let _ = write!(out, "<li class=\"reason\">{}</li>", esc(reason));
     }
     out.push_str("</ul>");
-}
-
-fn state_class(state: State) -> &'static str {
-    match state {
-        State::InSync => "in_sync",
-        State::Drifted => "drifted",
-        State::Missing => "missing",
-        State::Conflict => "conflict",
-        State::Orphan => "orphan",
-        State::Unknown => "unknown",
-        State::Foreign => "foreign",
-    }
 }
 
 fn level(level: Level) -> &'static str {
