@@ -50,6 +50,10 @@ pub struct ReconcileArgs {
     pub no_report: bool,
     #[command(flatten)]
     pub lifecycle: LifecycleArgs,
+    /// Read every VM's config, not only those whose summary in
+    /// /cluster/resources changed since they were last seen in sync.
+    #[arg(long)]
+    pub deep: bool,
 }
 
 /// What a plan may do beyond in-place changes (`plan`, `reconcile`).
@@ -86,6 +90,10 @@ pub struct StatusArgs {
         requires = "watch"
     )]
     pub interval: std::time::Duration,
+    /// Read every VM's config, not only those whose summary in
+    /// /cluster/resources changed since they were last seen in sync.
+    #[arg(long)]
+    pub deep: bool,
 }
 
 fn options(changes: &ChangeArgs, concurrency: Option<usize>) -> reconcile::Options {
@@ -199,9 +207,10 @@ fn request(
 
 /// Runs `homestak reconcile --once`.
 pub async fn reconcile(args: ReconcileArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
-    let options = args
+    let mut options = args
         .lifecycle
         .options(options(&args.changes, args.concurrency));
+    options.deep = args.deep;
     let mut report = RunReport::new("reconcile");
     let run = Run {
         mode: Mode::Apply,
@@ -577,7 +586,7 @@ pub async fn status(args: StatusArgs, global: &GlobalArgs) -> anyhow::Result<Out
     if args.watch {
         return super::watch::run(&args, global).await;
     }
-    let report = read_status(&args.target, global).await?;
+    let report = read_status(&args.target, global, args.deep).await?;
     if global.json {
         output::print_json(&report)?;
     } else {
@@ -595,11 +604,17 @@ pub async fn status(args: StatusArgs, global: &GlobalArgs) -> anyhow::Result<Out
 pub(super) async fn read_status(
     target: &TargetArgs,
     global: &GlobalArgs,
+    deep: bool,
 ) -> anyhow::Result<status::Status> {
     let prepared = prepare(target, global, Purpose::Read, "status")?;
     let mut report = prepared
         .engine
-        .status(Arc::clone(&prepared.site), &prepared.manifest, &target.host)
+        .status(
+            Arc::clone(&prepared.site),
+            &prepared.manifest,
+            &target.host,
+            deep,
+        )
         .await?;
     // Plan and status go on without the store while the daemon holds it.
     if prepared.engine.store().is_none() {

@@ -106,6 +106,11 @@ pub struct Args {
     /// Period of the drift-detecting resync.
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = duration, env = "HOMESTAK_RESYNC")]
     pub resync: Duration,
+    /// Every Nth resync reads every VM's config (a deep check: network,
+    /// cloud-init and other config edits the fast path does not see); 0
+    /// never.
+    #[arg(long, default_value_t = homestak_daemon::server::DEFAULT_DEEP_EVERY, value_name = "N", env = "HOMESTAK_DEEP_EVERY")]
+    pub deep_every: u64,
     /// Quiet time after a change before it is acted on.
     #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = duration, env = "HOMESTAK_DEBOUNCE")]
     pub debounce: Duration,
@@ -213,6 +218,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     config.manifests = args.manifests;
     config.host = args.host;
     config.resync = args.resync.max(Duration::from_secs(1));
+    config.deep_every = args.deep_every;
     config.debounce = args.debounce;
     config.watch = !args.no_watch;
     config.shutdown_grace = args.shutdown_grace;

@@ -142,7 +142,7 @@ pub async fn run(args: &StatusArgs, global: &GlobalArgs) -> anyhow::Result<Outco
     loop {
         let mut read = tokio::select! {
             () = &mut stop => break,
-            read = read_status(&args.target, global) => read,
+            read = read_status(&args.target, global, args.deep) => read,
         };
         if first {
             // Nothing to watch: end as `status` would.

@@ -62,7 +62,7 @@ impl Engine for ConvergeEngine {
     fn status(&self, request: StatusRequest) -> BoxFuture<'_, Result<Status, Error>> {
         Box::pin(async move {
             self.engine
-                .status(request.site, &request.manifest, &request.host)
+                .status(request.site, &request.manifest, &request.host, false)
                 .await
                 .map_err(|e| failed("report drift", e))
         })

@@ -21,7 +21,7 @@
 //! a run that records generation G saw what request G asked for.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -89,6 +89,8 @@ struct Desired {
 struct Job {
     name: String,
     reason: Reason,
+    /// Read every VM's config (the every-Nth-resync deep check).
+    deep: bool,
 }
 
 /// Pending jobs, one per manifest at most.
@@ -118,6 +120,9 @@ pub struct Reconciler {
     /// changes a subtree, so the store and the entries move together.
     subtree_change: Mutex<()>,
     shutdown: Shutdown,
+    deep_every: u64,
+    /// Resyncs queued so far, for `deep_every`.
+    resyncs: AtomicU64,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -141,6 +146,8 @@ pub struct Parts {
     /// The certificate the daemon serves (PEM), for pull-mode VMs.
     pub spec_ca: Option<String>,
     pub shutdown: Shutdown,
+    /// Every Nth resync observes deep (every VM's config); 0: never.
+    pub deep_every: u64,
 }
 
 /// The mode a job runs in (see the module docs).
@@ -184,6 +191,8 @@ impl Reconciler {
             running: Mutex::new(None),
             subtree_change: Mutex::new(()),
             shutdown: parts.shutdown,
+            deep_every: parts.deep_every,
+            resyncs: AtomicU64::new(0),
         }
     }
 
@@ -441,6 +450,11 @@ impl Reconciler {
 
     /// Queues every managed, unsuspended manifest. Returns the names.
     pub fn enqueue_all(&self, reason: Reason) -> Vec<String> {
+        // Every Nth resync reads every VM's config: what the fast path
+        // cannot see (network, cloud-init) is found at least that often.
+        let deep = reason == Reason::Resync
+            && self.deep_every > 0
+            && (self.resyncs.fetch_add(1, Ordering::Relaxed) + 1) % self.deep_every == 0;
         let names: Vec<String> = self
             .read_desired()
             .entries
@@ -452,6 +466,7 @@ impl Reconciler {
             self.push(Job {
                 name: name.clone(),
                 reason,
+                deep,
             });
         }
         names
@@ -473,6 +488,7 @@ impl Reconciler {
                 self.push(Job {
                     name: name.to_string(),
                     reason,
+                    deep: false,
                 });
                 Ok(())
             }
@@ -483,7 +499,10 @@ impl Reconciler {
         let mut items = self.queue.items.lock().unwrap_or_else(|e| e.into_inner());
         match items.iter_mut().find(|j| j.name == job.name) {
             // Already queued: keep its place, keep the stronger reason.
-            Some(queued) => queued.reason = queued.reason.max(job.reason),
+            Some(queued) => {
+                queued.reason = queued.reason.max(job.reason);
+                queued.deep |= job.deep;
+            }
             None => {
                 self.events.emit(
                     Event::info(Kind::ReconcileQueued, job.reason.as_str()).manifest(&job.name),
@@ -596,6 +615,7 @@ impl Reconciler {
                     mode,
                     options: Options {
                         spec_ca: self.spec_ca.clone(),
+                        deep: job.deep,
                         ..Options::default()
                     },
                     generation,

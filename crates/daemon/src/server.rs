@@ -57,6 +57,10 @@ use homestak_engine::store::{self, Store};
 /// The default port.
 pub const DEFAULT_PORT: u16 = 44443;
 
+/// Every how many resyncs the daemon observes deep (reads every VM's
+/// config): 12 × the default 5 minutes is once an hour.
+pub const DEFAULT_DEEP_EVERY: u64 = 12;
+
 /// The default address: loopback only. Serving VMs on a bridge is a
 /// choice the operator makes with `--bind` (child tiers are started with
 /// their VM's address).
@@ -110,6 +114,8 @@ pub struct Config {
     pub watch: bool,
     pub debounce: Duration,
     pub resync: Duration,
+    /// Every Nth resync reads every VM's config (a deep observe); 0: never.
+    pub deep_every: u64,
     pub throttle: throttle::Policy,
     /// Connection caps, timeouts and the body cap.
     pub limits: Limits,
@@ -151,6 +157,7 @@ impl Config {
             watch: true,
             debounce: Duration::from_secs(2),
             resync: Duration::from_secs(300),
+            deep_every: DEFAULT_DEEP_EVERY,
             throttle: throttle::Policy::default(),
             limits: Limits::default(),
             clock: Arc::new(TokioClock),
@@ -326,6 +333,7 @@ impl Daemon {
             // VMs fetch their spec from this daemon.
             spec_ca: std::fs::read_to_string(&material.cert_path).ok(),
             shutdown,
+            deep_every: config.deep_every,
         }));
         let app = Arc::new(App {
             site: site.clone(),

@@ -5,7 +5,8 @@
 //! 1. [`desired::resolve`]: the manifest through the site-config for the
 //!    target host;
 //! 2. [`observe::observe`]: one bulk read of the tier, config reads for
-//!    candidates, and what the store remembers;
+//!    candidates (fast: only those whose summary moved since the store saw
+//!    them in sync, see [`seen`]; deep: all), and what the store remembers;
 //! 3. [`homestak_core::plan::plan`]: pure decision, shown to the
 //!    [`Observer`], which may stop here;
 //! 4. [`Tier::apply`]: the executor runs the VM controller over the plan;
@@ -18,6 +19,7 @@
 pub mod desired;
 pub mod observe;
 mod run;
+pub mod seen;
 mod setup;
 pub mod status;
 
@@ -199,6 +201,10 @@ pub struct Options {
     /// site.yaml's `packer_release` and `image_source` (see
     /// [`crate::packer::release`]).
     pub packer_release: Option<String>,
+    /// Read every candidate VM's config (`--deep`), instead of only those
+    /// whose `/cluster/resources` summary changed since they were last
+    /// seen in sync.
+    pub deep: bool,
 }
 
 impl Default for Options {
@@ -216,6 +222,7 @@ impl Default for Options {
             lease: Some(hostlease::Wait::For(hostlease::DEFAULT_WAIT)),
             spec_ca: None,
             packer_release: None,
+            deep: false,
         }
     }
 }
@@ -362,17 +369,22 @@ pub struct Planned {
     pub observed: Observed,
     pub plan: Plan,
     pub settings: Settings,
+    /// Whether every candidate's config was read (a deep observe).
+    pub deep: bool,
 }
 
 impl Tier {
-    fn remembered(&self, manifest: &str) -> Result<Vec<Remembered>, Error> {
+    /// What the store remembers of `manifest`'s nodes, and the VMs it saw
+    /// in sync.
+    fn remembered(&self, manifest: &str) -> Result<(Vec<Remembered>, seen::Known), Error> {
         let Some(store) = &self.store else {
-            return Ok(Vec::new());
+            return Ok(Default::default());
         };
         let nodes = store
             .list_nodes(manifest)
             .map_err(|source| Error::Store { source })?;
-        Ok(nodes
+        let known = seen::Known::from_records(&nodes);
+        let remembered = nodes
             .into_iter()
             .filter_map(|(node, record)| {
                 let intent = record.create_intent.and_then(|i| i.vmid);
@@ -383,7 +395,8 @@ impl Tier {
                     intent,
                 })
             })
-            .collect())
+            .collect();
+        Ok((remembered, known))
     }
 
     fn resolve(&self, manifest: &Manifest) -> Result<desired::Tier, Error> {
@@ -394,14 +407,26 @@ impl Tier {
         })
     }
 
-    async fn observe(&self, manifest: &Manifest, tier: &desired::Tier) -> Result<Observed, Error> {
-        let remembered = self.remembered(manifest.name())?;
-        observe::observe(self.api.clone(), &tier.desired, remembered, &self.owner_key)
-            .await
-            .map_err(|source| Error::Observe {
-                host: self.host.name.clone(),
-                source,
-            })
+    async fn observe(
+        &self,
+        manifest: &Manifest,
+        tier: &desired::Tier,
+        deep: bool,
+    ) -> Result<observe::Observation, Error> {
+        let (remembered, known) = self.remembered(manifest.name())?;
+        let known = (!deep).then_some(&known);
+        observe::observe(
+            self.api.clone(),
+            &tier.desired,
+            remembered,
+            &self.owner_key,
+            known,
+        )
+        .await
+        .map_err(|source| Error::Observe {
+            host: self.host.name.clone(),
+            source,
+        })
     }
 
     /// Resolves, observes and plans. No writes.
@@ -416,7 +441,8 @@ impl Tier {
                 return Err(Error::SshKeys { problems });
             }
         }
-        let observed = self.observe(manifest, &tier).await?;
+        let observation = self.observe(manifest, &tier, options.deep).await?;
+        let observed = observation.observed;
         let plan = plan::plan(
             &tier.desired,
             &observed,
@@ -426,11 +452,15 @@ impl Tier {
                 prune_duplicates: options.prune_duplicates,
             },
         );
+        if let Some(store) = &self.store {
+            seen::remember(store.as_ref(), &plan, &observed.vms, &observation.summaries);
+        }
         Ok(Planned {
             tier,
             observed,
             plan,
             settings: manifest.settings().clone(),
+            deep: options.deep,
         })
     }
 
@@ -441,7 +471,8 @@ impl Tier {
     pub async fn plan_destroy(&self, manifest: &Manifest) -> Result<Planned, Error> {
         let mut tier = self.resolve(manifest)?;
         tier.desired.vms.clear();
-        let observed = self.observe(manifest, &tier).await?;
+        // Deep: what is deleted is judged on its config, as before.
+        let observed = self.observe(manifest, &tier, true).await?.observed;
         let mut plan = plan::plan(
             &tier.desired,
             &observed,
@@ -463,6 +494,7 @@ impl Tier {
             observed,
             plan,
             settings,
+            deep: true,
         })
     }
 
@@ -543,6 +575,9 @@ impl Tier {
             subtrees: planned.tier.subtrees.clone(),
             delegates: planned.tier.delegates.clone(),
         });
+        if let Some(store) = &self.store {
+            seen::forget(store.as_ref(), &planned.plan);
+        }
         let mut config = options.executor.clone();
         config.on_error = planned.settings.on_error;
         executor::execute(
@@ -558,9 +593,14 @@ impl Tier {
 }
 
 impl Tier {
-    /// The drift report for `manifest`.
-    pub async fn status(&self, manifest: &Manifest) -> Result<status::Status, Error> {
-        let planned = self.plan(manifest, &Options::default()).await?;
+    /// The drift report for `manifest`; `deep` reads every candidate's
+    /// config.
+    pub async fn status(&self, manifest: &Manifest, deep: bool) -> Result<status::Status, Error> {
+        let options = Options {
+            deep,
+            ..Options::default()
+        };
+        let planned = self.plan(manifest, &options).await?;
         self.report(manifest, &planned).await
     }
 

@@ -6,25 +6,44 @@
 //! candidate: it carries the homestak tag, or holds a vmid the manifest or
 //! the store points at (including the vmid of a create intent). Every other guest is kept from the bulk read alone,
 //! which is enough to see that its vmid is taken.
+//!
+//! A fast observe skips the config read of a candidate the store saw in
+//! sync and whose bulk entry still shows the same summary with its keyed
+//! owner tag ([`super::seen`]); a deep observe reads every candidate.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
+use super::seen::{self, Known};
 use crate::controllers::vm::mapping;
+use crate::store::Summary;
 use homestak_base::id::VmId;
 use homestak_core::plan::marks::{OwnerKey, TAG};
 use homestak_core::plan::{Desired, Observed, Remembered};
 use homestak_pve::{self as pve, Api, ErrorKind, ResourceKind};
 
-/// Reads the tier. `remembered` comes from the store.
+/// What one observe saw.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    pub observed: Observed,
+    /// The bulk entries' summaries of the VMs whose config was read.
+    pub summaries: HashMap<VmId, Summary>,
+    /// Candidates taken from the store's record without a config read.
+    pub fast: usize,
+}
+
+/// Reads the tier. `remembered` comes from the store; `known` (the VMs
+/// the store saw in sync) allows the fast path, `None` reads every
+/// candidate's config (a deep observe).
 pub async fn observe(
     api: Arc<dyn Api>,
     desired: &Desired,
     remembered: Vec<Remembered>,
     key: &OwnerKey,
-) -> Result<Observed, pve::Error> {
+    known: Option<&Known>,
+) -> Result<Observation, pve::Error> {
     let vouched = |node: &homestak_base::id::NodeName| {
         remembered.iter().find(|r| r.node == *node).map(|r| r.vmid)
     };
@@ -39,8 +58,11 @@ pub async fn observe(
         .chain(remembered.iter().filter_map(|r| r.intent))
         .collect();
 
+    let intents: HashSet<VmId> = remembered.iter().filter_map(|r| r.intent).collect();
     let mut reads = JoinSet::new();
     let mut vms = Vec::new();
+    let mut summaries = HashMap::new();
+    let mut fast = 0;
     for (index, resource) in resources.into_iter().enumerate() {
         // Without a vmid and node PVE could have made it is nothing of ours.
         let Some(vm) = mapping::observed(&resource, None, key, &vouched) else {
@@ -49,6 +71,17 @@ pub async fn observe(
         let candidate = resource.is_qemu()
             && (resource.tag_set().contains(TAG) || interesting.contains(&vm.vmid));
         if candidate {
+            let quick = known
+                .filter(|_| !intents.contains(&vm.vmid))
+                .and_then(|k| k.fast(&resource, &vm, key, &desired.manifest));
+            if let Some(quick) = quick {
+                fast += 1;
+                vms.push((index, quick));
+                continue;
+            }
+            if let Some(summary) = seen::summary(&resource) {
+                summaries.insert(vm.vmid, summary);
+            }
             let api = api.clone();
             reads.spawn(async move {
                 let config = api.qemu_config(&vm.node, vm.vmid).await;
@@ -73,8 +106,12 @@ pub async fn observe(
     }
     // Keep PVE's order: deterministic plans from deterministic input.
     vms.sort_by_key(|(index, _)| *index);
-    Ok(Observed {
-        vms: vms.into_iter().map(|(_, vm)| vm).collect(),
-        remembered,
+    Ok(Observation {
+        observed: Observed {
+            vms: vms.into_iter().map(|(_, vm)| vm).collect(),
+            remembered,
+        },
+        summaries,
+        fast,
     })
 }

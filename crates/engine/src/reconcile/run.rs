@@ -225,16 +225,18 @@ impl Engine {
         })
     }
 
-    /// The drift report of `manifest` on `host`. Changes nothing.
+    /// The drift report of `manifest` on `host`; `deep` reads every
+    /// candidate VM's config. Changes nothing in PVE.
     pub async fn status(
         &self,
         site: Arc<Site>,
         manifest: &Manifest,
         host: &str,
+        deep: bool,
     ) -> Result<Status, Error> {
         let mut tier = self.tier(site, host)?;
         self.ssh_for_children(&mut tier, manifest);
-        tier.status(manifest).await
+        tier.status(manifest, deep).await
     }
 
     /// The child tiers' plans of the subtrees `planned` hands over (to any
@@ -510,6 +512,17 @@ impl Engine {
                 )),
                 None => (!report.success()).then(|| why_not(&report, &run.summary)),
             };
+            // What converged is observed once more (its config only), so
+            // the next run can take it from the store without reading it.
+            if request.mode == Mode::Apply && run.changed_nodes > 0 && !report.cancelled {
+                let fast = Options {
+                    deep: false,
+                    ..request.options.clone()
+                };
+                if let Err(err) = tier.plan(manifest, &fast).await {
+                    tracing::warn!(error = %homestak_base::error_chain(&err), manifest = manifest.name(), "cannot observe what the run converged");
+                }
+            }
             run.report = Some(report);
         }
         run.duration = clock.elapsed();

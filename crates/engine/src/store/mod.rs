@@ -41,7 +41,8 @@ pub use self::sled::{SledStore, open};
 pub use records::{KvStore, Options, SCHEMA_VERSION};
 pub use types::{
     Condition, ConditionStatus, CreateIntent, Delegation, DelegationState, Durability, EventFilter,
-    InFlight, Lease, LeaseOutcome, NodeKey, NodeRecord, PowerState, Timestamp,
+    InFlight, Lease, LeaseOutcome, NodeKey, NodeRecord, PowerState, Seen, SeenConfig, Summary,
+    Timestamp,
 };
 
 /// The in-memory store.

@@ -6,6 +6,7 @@
 //! exists: these records say what homestak applied, what it is waiting on
 //! and what happened.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,8 @@ use homestak_api::step::StepName;
 use homestak_base::id::{NodeName, PveNode, VmId};
 use homestak_base::secret::Secret;
 use homestak_core::model::Delegate;
+use homestak_core::plan::IpConfig;
+use homestak_core::plan::marks::Marks;
 
 /// Identifies a node record: the manifest and the node's name in it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -127,8 +130,55 @@ pub struct NodeRecord {
     pub create_intent: Option<CreateIntent>,
     /// A `pve` node's inner host and the child tier running on it.
     pub delegation: Option<Delegation>,
+    /// The VM as last seen in sync (after a converge, or a deep observe
+    /// that planned nothing for it): lets a later observe skip its config
+    /// read while `/cluster/resources` shows the same summary.
+    pub seen: Option<Seen>,
     /// Set by the store on every write.
     pub updated: Timestamp,
+}
+
+/// A VM as homestak last saw it in sync: its `/cluster/resources` entry
+/// and what its config gave the planner.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Seen {
+    pub summary: Summary,
+    pub config: SeenConfig,
+}
+
+/// What `/cluster/resources` shows of a VM; compared exactly.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Summary {
+    pub vmid: Option<VmId>,
+    pub pve_node: Option<PveNode>,
+    pub name: Option<String>,
+    /// Normalised (lowercase, sorted, unique).
+    pub tags: BTreeSet<String>,
+    /// `maxcpu` (cores × sockets, or vcpus), in whole CPUs.
+    pub maxcpu: Option<u32>,
+    /// `maxmem`, bytes.
+    pub maxmem: Option<u64>,
+    /// `maxdisk` (the boot disk), bytes.
+    pub maxdisk: Option<u64>,
+    /// `status` (`running`, `stopped`, …).
+    pub status: Option<String>,
+}
+
+/// What a VM's config read gave the planner, beyond the summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SeenConfig {
+    pub name: Option<String>,
+    pub tags: BTreeSet<String>,
+    /// The marks, verified as ours (keyed, bound to this vmid).
+    pub marks: Option<Marks>,
+    pub cores: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub disk_gib: Option<u64>,
+    pub bridge: Option<String>,
+    pub ip: Option<IpConfig>,
 }
 
 /// What a parent tier set up on a `pve` node's inner host, and the subtree

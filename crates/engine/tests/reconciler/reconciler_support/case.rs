@@ -271,6 +271,9 @@ pub struct ApplyStep {
     /// How `pve` nodes run their child tiers: `daemon` (default) or `ssh`.
     #[serde(default)]
     pub delegate: Option<homestak_engine::controllers::pve::Delegate>,
+    /// `--deep`: read every candidate VM's config.
+    #[serde(default)]
+    pub deep: bool,
 }
 
 /// `kill_daemon: {vm: [hv], after: {event, step, count}}`: SIGKILL the
@@ -298,6 +301,9 @@ pub struct StatusStep {
     /// With `exit: 1`, the error contains this text.
     #[serde(default)]
     pub error: Option<String>,
+    /// `--deep`: read every candidate VM's config.
+    #[serde(default)]
+    pub deep: bool,
 }
 
 /// One node's expected status.

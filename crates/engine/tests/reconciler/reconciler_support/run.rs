@@ -240,6 +240,7 @@ fn options(
         lease: reconcile::Options::default().lease,
         spec_ca: None,
         packer_release: None,
+        deep: false,
         allow_replace,
         prune,
         prune_duplicates,
@@ -605,7 +606,7 @@ impl Ctx {
     }
 
     async fn apply(&mut self, step: &ApplyStep, destroy: bool) -> anyhow::Result<()> {
-        let opts = options(
+        let mut opts = options(
             step.allow_replace,
             (step.prune, step.prune_duplicates),
             step.concurrency,
@@ -613,6 +614,7 @@ impl Ctx {
             step.max_attempts,
             step.delegate,
         );
+        opts.deep = step.deep;
         let mode = if destroy { Mode::Destroy } else { Mode::Apply };
         let request = self.request(mode, opts)?;
         let cancel = tokio::sync::Notify::new();
@@ -737,7 +739,7 @@ impl Ctx {
         let manifest = self.manifest()?;
         let result = self
             .engine()?
-            .status(self.site.clone(), &manifest, self.handle.node())
+            .status(self.site.clone(), &manifest, self.handle.node(), step.deep)
             .await;
         let mut diffs = Vec::new();
         let exit = match &result {
