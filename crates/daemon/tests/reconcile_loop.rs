@@ -465,3 +465,30 @@ async fn a_panicking_engine_fails_the_job_not_the_daemon() {
     assert_eq!(next_call(&mut calls).await.reason, Reason::Api);
     d.stop().await.unwrap();
 }
+
+/// Every Nth resync reads every VM's config; commits and the other
+/// resyncs take the fast path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_third_resync_is_deep() {
+    let site = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    site_config(site.path());
+    let mut config = config(site.path(), state.path());
+    config.resync = Duration::from_millis(100);
+    config.deep_every = 3;
+    let (engine, mut calls) = FakeEngine::new();
+    let d = start(config, engine.clone()).await;
+
+    let first = next_call(&mut calls).await;
+    assert_ne!(first.reason, Reason::Resync);
+    assert!(!first.deep, "the first run is not a resync: {first:?}");
+    let mut resyncs = Vec::new();
+    while resyncs.len() < 6 {
+        let call = next_call(&mut calls).await;
+        if call.reason == Reason::Resync {
+            resyncs.push(call.deep);
+        }
+    }
+    assert_eq!(resyncs, [false, false, true, false, false, true]);
+    d.stop().await.unwrap();
+}

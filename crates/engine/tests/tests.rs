@@ -6,6 +6,7 @@
 mod adopt;
 mod client_schema;
 mod create_intent;
+mod fast_observe;
 mod host_lease;
 mod onboard;
 mod packer;

@@ -141,6 +141,8 @@ pub struct Call {
     pub mode: Mode,
     /// The manifest's generation the daemon read when the run started.
     pub generation: u64,
+    /// Whether the run reads every VM's config (`Options::deep`).
+    pub deep: bool,
 }
 
 /// An engine that records calls and converges at once, or, when `hold`
@@ -234,6 +236,7 @@ impl Engine for FakeEngine {
                 reason: request.reason,
                 mode: request.mode,
                 generation: request.generation,
+                deep: request.options.deep,
             };
             self.calls.lock().unwrap().push(call.clone());
             let _ = self.tx.send(call);
