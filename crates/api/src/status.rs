@@ -76,6 +76,11 @@ pub struct Status {
     /// The revision the daemon last applied (a commit, `worktree:…` or
     /// `subtree:…`), when known.
     pub last_applied_commit: Option<String>,
+    /// Every candidate VM's config was read (`--deep`); `false`: the fast
+    /// observe, which reads only VMs whose `/cluster/resources` summary
+    /// changed since they were last seen in sync.
+    #[serde(default)]
+    pub deep: bool,
 }
 
 /// A node of [`Status::tree`] and the nodes it hosts.
@@ -185,6 +190,7 @@ mod tests {
                 node("b", Some("a")),
             ],
             last_applied_commit: None,
+            deep: false,
         };
         assert_eq!(names(&status.tree()), "hv(app(deep)) edge stray a(b)");
         // A chain deeper than the limit: cut, every node still there once.

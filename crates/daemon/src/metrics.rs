@@ -712,6 +712,7 @@ mod tests {
                 node("c", State::Missing),
             ],
             last_applied_commit: None,
+            deep: false,
         });
         m.reconciled("demo", Outcome::Drifted, 1.5, Some(&run));
         let after = Timestamp::now().as_millis() as f64 / 1000.0;

@@ -454,7 +454,7 @@ impl Reconciler {
         // cannot see (network, cloud-init) is found at least that often.
         let deep = reason == Reason::Resync
             && self.deep_every > 0
-            && (self.resyncs.fetch_add(1, Ordering::Relaxed) + 1) % self.deep_every == 0;
+            && (self.resyncs.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(self.deep_every);
         let names: Vec<String> = self
             .read_desired()
             .entries

@@ -60,6 +60,7 @@ impl Engine for HostileEngine {
                 in_sync: false,
                 nodes: vec![node("hv", None, "father"), inner],
                 last_applied_commit: None,
+                deep: false,
             })
         })
     }

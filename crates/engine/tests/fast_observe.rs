@@ -122,6 +122,7 @@ impl Lab {
             .status(self.site.clone(), &self.manifest, "pve", deep)
             .await
             .unwrap();
+        assert_eq!(status.deep, deep, "the report says how it observed");
         let requests = self.sim.requests();
         assert_eq!(requests.get("GET /cluster/resources"), Some(&1));
         let writes = requests.keys().filter(|k| !k.starts_with("GET ")).count();
@@ -169,7 +170,11 @@ async fn a_config_only_edit_is_seen_by_the_deep_observe() {
     let (status, reads) = lab.status(true).await;
     assert_eq!(reads, NODES.len() as u64);
     assert_eq!(state_of(&status, "fb"), State::Drifted, "{status:#?}");
-    let fb = status.nodes.iter().find(|n| n.node.as_str() == "fb").unwrap();
+    let fb = status
+        .nodes
+        .iter()
+        .find(|n| n.node.as_str() == "fb")
+        .unwrap();
     let fields: Vec<String> = fb.changes.iter().map(|c| c.field.to_string()).collect();
     assert_eq!(fields, ["ip"]);
     assert_eq!(state_of(&status, "fa"), State::InSync);

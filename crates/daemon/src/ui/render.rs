@@ -342,6 +342,7 @@ mod tests {
                 node("b", Some("a"), "x"),
             ],
             last_applied_commit: None,
+            deep: false,
         };
         let mut out = String::new();
         tree(&mut out, &status);

@@ -310,6 +310,7 @@ impl Engine for FakeEngine {
                 in_sync: drifted == 0,
                 nodes,
                 last_applied_commit: None,
+                deep: false,
             })
         })
     }

@@ -64,6 +64,7 @@ pub fn report(planned: &Planned, records: &HashMap<NodeName, NodeRecord>) -> Sta
         in_sync: nodes.iter().all(|n| !n.state.is_drift()),
         nodes,
         last_applied_commit: None,
+        deep: planned.deep,
     }
 }
 
@@ -302,6 +303,7 @@ mod tests {
                 node("edge", None),
             ],
             last_applied_commit: None,
+            deep: false,
         };
         let text = render_human(&status, Style { color: false });
         let names: Vec<&str> = text
