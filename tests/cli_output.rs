@@ -34,7 +34,12 @@ fn no_colour_escape_reaches_a_stderr_that_is_not_a_terminal() {
 
 /// `homestak ARGS` on the demo-flat manifest and host `pve` of `site`,
 /// with `env` set and the colour variables otherwise unset.
-fn demo_command(site: &Path, state: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+pub(crate) fn demo_command(
+    site: &Path,
+    state: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Command {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests-examples/demo-flat.yaml");
     let mut command = Command::new(BIN);
     command

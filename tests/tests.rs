@@ -16,6 +16,7 @@ mod bad_input;
 mod cli_adopt;
 mod cli_completions_man;
 mod cli_interrupt;
+mod cli_observe;
 mod cli_output;
 mod cli_preflight;
 mod cli_scenario;
