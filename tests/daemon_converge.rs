@@ -64,6 +64,16 @@ pub async fn converging_on_the_simulator(
     site: &Path,
     state: &Path,
 ) -> (homestak_sim::Handle, Running) {
+    converging_with(site, state, |_| {}).await
+}
+
+/// As [`converging_on_the_simulator`], with `tweak` applied to the
+/// daemon's configuration.
+pub async fn converging_with(
+    site: &Path,
+    state: &Path,
+    tweak: impl FnOnce(&mut homestak_daemon::server::Config),
+) -> (homestak_sim::Handle, Running) {
     homestak_tls::install_crypto_provider();
     site_config(site);
 
@@ -101,6 +111,7 @@ pub async fn converging_on_the_simulator(
     config.api_tokens = ApiTokenSource::Default;
     config.watch = true;
     config.debounce = Duration::from_millis(100);
+    tweak(&mut config);
     let engine = Arc::new(
         ConvergeEngine::open(Setup {
             state_dir: state.to_path_buf(),
@@ -181,4 +192,51 @@ async fn a_committed_change_converges_and_status_is_in_sync() {
 
     d.stop().await.unwrap();
     let _ = sim.shutdown().await;
+}
+
+/// An edit the fast observe cannot see (`ipconfig0` is not in
+/// `/cluster/resources`) is found and put back by the daemon's deep
+/// check, every Nth resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deep_resync_finds_a_config_only_edit() {
+    use homestak_pve::{self as pve, Api as _};
+    let site = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let (sim, d) = converging_with(site.path(), state.path(), |config| {
+        config.resync = Duration::from_millis(200);
+        config.deep_every = 3;
+    })
+    .await;
+    let head = git(site.path(), &["rev-parse", "HEAD"]);
+    wait_in_sync(&d, 1, &head).await;
+    let ipconfig =
+        |sim: &homestak_sim::Handle| sim.world().vms[&99001].config.get("ipconfig0").cloned();
+    let converged = ipconfig(&sim);
+    assert!(converged.is_some());
+
+    let info = sim.ready_info();
+    let token = pve::ApiToken::parse(&info.token).unwrap();
+    let trust = pve::Trust::Pinned(info.fingerprint.parse().unwrap());
+    let client = pve::Client::new(pve::Config::new(&info.url, token, trust).unwrap()).unwrap();
+    let update = pve::ConfigUpdate {
+        options: pve::VmOptions {
+            ipconfigs: vec![(0, pve::IpConfig::static_v4("10.9.9.9/24", None))],
+            ..pve::VmOptions::default()
+        },
+        ..pve::ConfigUpdate::default()
+    };
+    let node: homestak_base::id::PveNode = sim.node().parse().unwrap();
+    let vmid = homestak_base::id::VmId::new(99001).unwrap();
+    client.qemu_config_put(&node, vmid, &update).await.unwrap();
+    assert_ne!(ipconfig(&sim), converged);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ipconfig(&sim) != converged {
+        assert!(
+            Instant::now() < deadline,
+            "the deep resync never put ipconfig0 back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    d.stop().await.unwrap();
 }
