@@ -207,3 +207,128 @@ pub fn forget(store: &dyn Store, plan: &Plan) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::vm::mapping;
+    use homestak_base::secret::Secret;
+    use homestak_core::plan::marks::Marks;
+
+    fn key() -> OwnerKey {
+        OwnerKey::new(&Secret::new("0123456789abcdef0123456789abcdef")).unwrap()
+    }
+
+    fn vmid(v: i128) -> VmId {
+        VmId::new(v).unwrap()
+    }
+
+    fn node() -> NodeName {
+        NodeName::new("web").unwrap()
+    }
+
+    /// The bulk entry of our `web` at `id`, with `tags`.
+    fn resource(id: u32, tags: &str) -> ClusterResource {
+        serde_json::from_value(serde_json::json!({
+            "id": format!("qemu/{id}"), "type": "qemu", "node": "pve", "vmid": id,
+            "name": "web", "status": "running", "tags": tags,
+            "maxcpu": 2, "maxmem": 2u64 << 30, "maxdisk": 8u64 << 30,
+        }))
+        .unwrap()
+    }
+
+    fn our_tags(id: u32) -> String {
+        format!(
+            "homestak;{}",
+            marks::owner_tag(&key(), vmid(id.into()), "m", &node())
+        )
+    }
+
+    /// A record of `web` at `id` that saw `seen_at`'s entry.
+    fn record(id: u32, seen_at: &ClusterResource) -> NodeRecord {
+        NodeRecord {
+            vmid: Some(vmid(id.into())),
+            seen: Some(Seen {
+                summary: summary(seen_at).unwrap(),
+                config: SeenConfig {
+                    name: Some("web".into()),
+                    marks: Some(Marks {
+                        manifest: "m".into(),
+                        node: node(),
+                        image: "debian-12".into(),
+                        spec_hash: "sha256:00".into(),
+                    }),
+                    cores: Some(2),
+                    bridge: Some("vmbr0".into()),
+                    ..SeenConfig::default()
+                },
+            }),
+            ..NodeRecord::default()
+        }
+    }
+
+    fn fast(known: &Known, r: &ClusterResource, manifest: &str) -> Option<ObservedVm> {
+        let bulk = mapping::observed(r, None, &key(), &|_| None).unwrap();
+        known.fast(r, &bulk, &key(), manifest)
+    }
+
+    #[test]
+    fn a_matching_summary_with_the_keyed_tag_is_taken_from_the_record() {
+        let r = resource(100, &our_tags(100));
+        let known = Known::from_records(&[(node(), record(100, &r))]);
+        let vm = fast(&known, &r, "m").unwrap();
+        assert!(vm.owned_by("m", &node()));
+        assert_eq!(vm.bridge.as_deref(), Some("vmbr0"));
+        assert_eq!(vm.cores, Some(2));
+        // Another manifest's observe does not take it.
+        assert!(fast(&known, &r, "other").is_none());
+    }
+
+    #[test]
+    fn copies_forged_tags_locks_and_changed_summaries_are_read_in_full() {
+        let ours = resource(100, &our_tags(100));
+        let known = Known::from_records(&[(node(), record(100, &ours))]);
+        // A copy at another vmid: no record there.
+        assert!(fast(&known, &resource(101, &our_tags(100)), "m").is_none());
+        // A record that saw tags whose keyed tag does not verify.
+        let forged = resource(100, "homestak;homestak-0000000000000000");
+        let known_forged = Known::from_records(&[(node(), record(100, &forged))]);
+        assert!(fast(&known_forged, &forged, "m").is_none());
+        // Another summary, a lock, a template.
+        let mut moved = ours.clone();
+        moved.maxmem = Some(4 << 30);
+        assert!(fast(&known, &moved, "m").is_none());
+        let mut locked = ours.clone();
+        locked.lock = Some("backup".into());
+        assert!(fast(&known, &locked, "m").is_none());
+        let mut template = ours.clone();
+        template.template = true;
+        assert!(fast(&known, &template, "m").is_none());
+    }
+
+    #[test]
+    fn shared_vmids_intents_and_old_records_are_not_known() {
+        let r = resource(100, &our_tags(100));
+        let mut old = record(100, &r);
+        old.seen = None;
+        assert!(fast(&Known::from_records(&[(node(), old)]), &r, "m").is_none());
+        let other = NodeName::new("other").unwrap();
+        let twice = Known::from_records(&[(node(), record(100, &r)), (other, record(100, &r))]);
+        assert!(fast(&twice, &r, "m").is_none());
+        let mut intent = record(100, &r);
+        intent.create_intent = Some(crate::store::CreateIntent {
+            vmid: Some(vmid(100)),
+            ..Default::default()
+        });
+        assert!(fast(&Known::from_records(&[(node(), intent)]), &r, "m").is_none());
+    }
+
+    #[test]
+    fn a_fractional_cpu_count_has_no_summary() {
+        let mut r = resource(100, "homestak");
+        r.maxcpu = Some(1.5);
+        assert!(summary(&r).is_none());
+        r.maxcpu = Some(f64::NAN);
+        assert!(summary(&r).is_none());
+    }
+}
