@@ -135,6 +135,8 @@ fn main() {
     // One VM's path after its create (its last allocation), per run.
     let mut after_create = Vec::new();
     let mut lock_timeouts = 0;
+    // The per-storage limits the last run ended with.
+    let mut learned = String::new();
     let mut measure = |n: usize, c: Option<usize>| {
         let mut walls = Vec::new();
         for _ in 0..runs {
@@ -144,6 +146,12 @@ fn main() {
                 .values()
                 .map(|s| s.lock_timeouts)
                 .sum::<u64>();
+            learned = report
+                .storage
+                .iter()
+                .map(|(id, s)| format!("{id} {}", s.limit))
+                .collect::<Vec<_>>()
+                .join(", ");
             if n == 1 {
                 // The wall time less the steps up to the end of create_vm:
                 // what follows its cloud-init drive, the create's last
@@ -203,6 +211,7 @@ fn main() {
         default.as_secs_f64() / bound.as_secs_f64()
     );
     println!("  storage-lock timeouts    {lock_timeouts:>8}  (all runs, each retried)");
+    println!("  learned limits           {learned}  (the default run's, at its end)");
     println!(
         "  sequential / default     {:>8.2}x",
         sequential.as_secs_f64() / default.as_secs_f64()
