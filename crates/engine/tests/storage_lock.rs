@@ -121,8 +121,10 @@ async fn a_slow_storage_times_out_some_allocations_and_every_node_converges_once
         "the storage never timed out: {stats:?}"
     );
     assert!(stats.limit < VMS, "the limit did not come down: {stats:?}");
-    let events = seen.0.lock().unwrap();
-    let timeouts = events
+    let timeouts = seen
+        .0
+        .lock()
+        .unwrap()
         .iter()
         .filter(|e| e.kind == Kind::StorageLockTimeout)
         .count() as u64;

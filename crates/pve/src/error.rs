@@ -263,11 +263,12 @@ impl Error {
 }
 
 /// The storage whose lock PVE gave up waiting for, when `message` (an
-/// error or a task's exit status) is PVE's storage-lock timeout: a local
-/// storage's flock (`can't lock file '/var/lock/pve-manager/pve-storage-ID'
-/// - got timeout`) or a shared one's cluster lock (`cfs-lock 'storage-ID'
-/// error: got lock request timeout`). Allocations and frees queue on this
-/// lock (`cluster_lock_storage`); a timeout means too many at once, never a
+/// error or a task's exit status) is PVE's storage-lock timeout: the flock
+/// of a local storage (`can't lock file
+/// '/var/lock/pve-manager/pve-storage-ID' - got timeout`) or the cluster
+/// lock of a shared one (`cfs-lock 'storage-ID' error: got lock request
+/// timeout`). Allocations and frees queue on this lock
+/// (`cluster_lock_storage`); a timeout means too many at once, never a
 /// refusal, so the caller retries.
 pub fn storage_lock_timeout(message: &str) -> Option<&str> {
     const FLOCK: &str = "can't lock file '/var/lock/pve-manager/pve-storage-";
