@@ -48,8 +48,9 @@ pub use storage::{PerStorage, StorageStats};
 
 use homestak_api::step::Step;
 /// What the executor reports as it goes: [`Event`]s of kinds
-/// `step_started`, `step_requeued`, `step_done`, `step_retry` and
-/// `node_finished`, each naming its node (and step, or end state).
+/// `step_started`, `step_requeued`, `step_done`, `step_retry`,
+/// `storage_lock_timeout` and `node_finished`, each naming its node (and
+/// step, or end state).
 pub use homestak_api::{Event, NodeState};
 use homestak_base::id::NodeName;
 pub use homestak_core::model::OnError;
