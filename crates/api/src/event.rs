@@ -55,6 +55,9 @@ pub enum Kind {
     StepDone,
     /// A step failed and will be retried.
     StepRetry,
+    /// PVE timed out waiting for a storage's lock; the step is retried
+    /// (not counted as an attempt) with fewer steps on that storage.
+    StorageLockTimeout,
     /// A node converged, failed, or was skipped, refused or interrupted.
     NodeFinished,
     // A node's VM, as its controller changed it.
@@ -94,6 +97,7 @@ impl Kind {
             Kind::StepRequeued => "step_requeued",
             Kind::StepDone => "step_done",
             Kind::StepRetry => "step_retry",
+            Kind::StorageLockTimeout => "storage_lock_timeout",
             Kind::NodeFinished => "node_finished",
             Kind::Created => "created",
             Kind::Adopted => "adopted",

@@ -14,6 +14,8 @@
 //! | `homestak_source_checks_total` | counter | `result` (changed, unchanged, error) |
 //! | `homestak_pve_requests_total` | counter | `method`, `route` (template), `status` |
 //! | `homestak_pve_request_duration_seconds` | histogram | `method`, `route` |
+//! | `homestak_storage_lock_timeouts_total` | counter | `storage` ([`storage`]) |
+//! | `homestak_storage_concurrency` | gauge | `storage` |
 //! | `homestak_http_requests_total` | counter | `route`, `code` |
 //! | `homestak_auth_failures_total` | counter | |
 //! | `homestak_auth_throttled_total` | counter | |
@@ -39,8 +41,10 @@ use homestak_engine::reconcile::RunOutcome;
 #[cfg(target_os = "linux")]
 mod process;
 mod pve;
+mod storage;
 
 pub use pve::PveMetrics;
+pub use storage::StorageMetrics;
 
 /// Metric kinds, as written in `# TYPE`.
 #[derive(Debug, Clone, Copy)]
@@ -321,6 +325,8 @@ pub struct Metrics {
     pub connections_limit: AtomicU64,
     pub connections_refused: Family,
     pub connections_timed_out: Family,
+    /// PVE storage-lock timeouts and learned per-storage limits.
+    pub storage: StorageMetrics,
 }
 
 /// `reason` values of `homestak_connections_refused_total`.
@@ -409,6 +415,7 @@ impl Default for Metrics {
             connections_limit: AtomicU64::new(0),
             connections_refused,
             connections_timed_out,
+            storage: StorageMetrics::default(),
         }
     }
 }
@@ -443,6 +450,9 @@ impl Metrics {
         });
         if let Some((total, in_sync)) = counts {
             self.set_nodes(manifest, total, in_sync);
+        }
+        if let Some(report) = run.and_then(|r| r.report.as_ref()) {
+            self.storage.ran(report);
         }
     }
 
@@ -497,6 +507,7 @@ impl Metrics {
         queue.render(&mut out);
         self.source_checks.render(&mut out);
         pve.render(&mut out);
+        self.storage.render(&mut out);
         self.http_requests.render(&mut out);
         let auth = Family::counter(
             "homestak_auth_failures_total",

@@ -47,6 +47,10 @@ fn data_survives_reopen() {
         store
             .append_event(&Event::info(Kind::Created, "created").manifest("m"))
             .unwrap();
+        let limits = std::collections::BTreeMap::from([("local-zfs".to_string(), 5)]);
+        store
+            .put_storage_limits("pve", &limits, Durability::Lazy)
+            .unwrap();
         // Dropped without an explicit flush: close flushes.
     }
     let store = store::open(&path, Options::default()).unwrap();
@@ -54,6 +58,7 @@ fn data_survives_reopen() {
     assert_eq!(record.vmid, Some(vmid(100)));
     assert_eq!(record.power, PowerState::Stopped);
     assert_eq!(record.generation, 1);
+    assert_eq!(store.storage_limits("pve").unwrap()["local-zfs"], 5);
     let events = store.list_events(&EventFilter::default(), 10).unwrap();
     assert_eq!(events.len(), 1);
     // Sequence numbers continue from disk.

@@ -459,3 +459,38 @@ fn bad_names_are_refused(store: &dyn Store) {
     store.flush().unwrap();
 }
 both!(bad_names_are_refused);
+
+fn storage_limits_round_trip_per_tier(store: &dyn Store) {
+    use std::collections::BTreeMap;
+    assert!(store.storage_limits("pve@a:8006").unwrap().is_empty());
+    let limits = BTreeMap::from([("local-zfs".to_string(), 6), ("local".to_string(), 2)]);
+    store
+        .put_storage_limits("pve@a:8006", &limits, Durability::Lazy)
+        .unwrap();
+    // Another tier's storage of the same name is its own.
+    store
+        .put_storage_limits(
+            "pve@b:8006",
+            &BTreeMap::from([("local-zfs".to_string(), 1)]),
+            Durability::Flush,
+        )
+        .unwrap();
+    // A later run replaces the storages it used and keeps the others.
+    store
+        .put_storage_limits(
+            "pve@a:8006",
+            &BTreeMap::from([("local-zfs".to_string(), 9)]),
+            Durability::Flush,
+        )
+        .unwrap();
+    assert_eq!(
+        store.storage_limits("pve@a:8006").unwrap(),
+        BTreeMap::from([("local".to_string(), 2), ("local-zfs".to_string(), 9)])
+    );
+    assert_eq!(
+        store.storage_limits("pve@b:8006").unwrap(),
+        BTreeMap::from([("local-zfs".to_string(), 1)])
+    );
+    assert!(store.storage_limits("").is_err());
+}
+both!(storage_limits_round_trip_per_tier);

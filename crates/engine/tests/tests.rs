@@ -11,6 +11,7 @@ mod host_lease;
 mod onboard;
 mod packer;
 mod preflight;
+mod storage_lock;
 mod store_sled;
 mod store_suite;
 mod trust;

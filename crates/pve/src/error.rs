@@ -262,6 +262,28 @@ impl Error {
     }
 }
 
+/// The storage whose lock PVE gave up waiting for, when `message` (an
+/// error or a task's exit status) is PVE's storage-lock timeout: the flock
+/// of a local storage (`can't lock file
+/// '/var/lock/pve-manager/pve-storage-ID' - got timeout`) or the cluster
+/// lock of a shared one (`cfs-lock 'storage-ID' error: got lock request
+/// timeout`). Allocations and frees queue on this lock
+/// (`cluster_lock_storage`); a timeout means too many at once, never a
+/// refusal, so the caller retries.
+pub fn storage_lock_timeout(message: &str) -> Option<&str> {
+    const FLOCK: &str = "can't lock file '/var/lock/pve-manager/pve-storage-";
+    const CFS: &str = "cfs-lock 'storage-";
+    if let Some(at) = message.find(FLOCK) {
+        let rest = &message[at + FLOCK.len()..];
+        let (id, tail) = rest.split_once('\'')?;
+        return (tail.contains("got timeout") && !id.is_empty()).then_some(id);
+    }
+    let at = message.find(CFS)?;
+    let rest = &message[at + CFS.len()..];
+    let (id, tail) = rest.split_once('\'')?;
+    (tail.contains("got lock request timeout") && !id.is_empty()).then_some(id)
+}
+
 fn classify(status: u16, message: &str, errors: &BTreeMap<String, String>) -> ErrorKind {
     let any =
         |needle: &str| message.contains(needle) || errors.values().any(|v| v.contains(needle));
@@ -317,6 +339,38 @@ mod tests {
             message: message.into(),
             errors: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn storage_lock_timeouts_name_their_storage() {
+        assert_eq!(
+            storage_lock_timeout(
+                "unable to create VM 100 - can't lock file \
+                 '/var/lock/pve-manager/pve-storage-local-zfs' - got timeout"
+            ),
+            Some("local-zfs")
+        );
+        assert_eq!(
+            storage_lock_timeout("cfs-lock 'storage-nfs1' error: got lock request timeout"),
+            Some("nfs1")
+        );
+        // A VM's config lock is not a storage lock; other failures neither.
+        assert_eq!(
+            storage_lock_timeout(
+                "can't lock file '/var/lock/qemu-server/lock-100.conf' - got timeout"
+            ),
+            None
+        );
+        assert_eq!(
+            storage_lock_timeout(
+                "can't lock file '/var/lock/pve-manager/pve-storage-x' - permission denied"
+            ),
+            None
+        );
+        assert_eq!(
+            storage_lock_timeout("cfs-lock 'storage-x' error: no quorum"),
+            None
+        );
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub mod upid;
 
 pub use auth::{ApiToken, Secret, TokenId};
 pub use client::Client;
-pub use error::{Error, ErrorKind, Target};
+pub use error::{Error, ErrorKind, Target, storage_lock_timeout};
 pub use form::{Form, PropertyString};
 pub use homestak_base::id::{PveNode, VmId};
 pub use http::{Config, DEFAULT_PORT, Http, Trust};

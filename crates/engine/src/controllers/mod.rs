@@ -12,13 +12,16 @@ pub mod vm;
 
 use std::time::Duration;
 
-/// The next poll delay after `last`: growing by half from `min` to `max`,
-/// so a task is seen done soon after it ends without polling a long one
-/// often.
+/// The next poll delay after `last`: growing by a fifth from `min` to
+/// `max`, so a task is seen done at most about a fifth of its time after it
+/// ends (growing by half, the delay reached ¾ of the time waited: a create
+/// held its storage slot up to 75 % longer than its task ran, which kept
+/// the storage's allocations from following each other closely) without
+/// polling a long one often.
 pub(crate) fn next_poll(last: &mut Option<Duration>, min: Duration, max: Duration) -> Duration {
     let next = match *last {
         None => min,
-        Some(p) => (p * 3 / 2).min(max),
+        Some(p) => (p * 6 / 5).min(max),
     };
     *last = Some(next);
     next

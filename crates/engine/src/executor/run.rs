@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::scheduler::{End, NodeRun, Scheduler};
+use super::storage::Storages;
 use super::{Config, Controller, Event, NodeState, OnError, PhaseRecord, Report};
 use homestak_base::id::NodeName;
 use homestak_core::plan::{Action, NodePlan, Plan};
@@ -61,9 +62,17 @@ pub async fn execute<C: Controller>(
         })
         .collect();
 
-    let mut scheduler = Scheduler::new(runs, controller.clone(), config, config.on_error, events);
+    let storages = Storages::new(config.per_storage, config.learned_storage.clone());
+    let mut scheduler = Scheduler::new(
+        runs,
+        controller.clone(),
+        config,
+        config.on_error,
+        storages,
+        events,
+    );
     let end = scheduler.run(cancel).await;
-    let (mut runs, mut phases) = scheduler.into_parts();
+    let (mut runs, mut phases, mut storages) = scheduler.into_parts();
 
     if config.on_error == OnError::Rollback
         && end == End::Done
@@ -71,13 +80,16 @@ pub async fn execute<C: Controller>(
             .iter()
             .any(|r| matches!(r.state, Some(NodeState::Failed(_))))
     {
-        phases.extend(rollback(&mut runs, controller, config, events).await);
+        let (undone, after) = rollback(&mut runs, controller, config, storages, events).await;
+        phases.extend(undone);
+        storages = after;
     }
 
     let mut report = Report {
         nodes: BTreeMap::new(),
         phases,
         cancelled: end == End::Cancelled,
+        storage: storages.stats(),
     };
     for run in runs {
         let state = run.state.unwrap_or(NodeState::Interrupted);
@@ -115,13 +127,14 @@ fn unrunnable(node: &NodePlan, no_steps: bool) -> Option<NodeState> {
 }
 
 /// Undoes, children first, what this run created; returns the undo
-/// steps' phases.
+/// steps' phases and the storages' limits after them.
 async fn rollback<C: Controller>(
     runs: &mut [NodeRun<C>],
     controller: Arc<C>,
     config: &Config,
+    storages: Storages,
     events: &(dyn Fn(Event) + Send + Sync),
-) -> Vec<PhaseRecord> {
+) -> (Vec<PhaseRecord>, Storages) {
     let mut undo: Vec<NodeRun<C>> = Vec::new();
     // The run each undo run is for, and back.
     let mut origin: Vec<usize> = Vec::new();
@@ -151,9 +164,16 @@ async fn rollback<C: Controller>(
         }
     }
     // Undo always runs to the end: stopping halfway would leave more debris.
-    let mut scheduler = Scheduler::new(undo, controller, config, OnError::Continue, events);
+    let mut scheduler = Scheduler::new(
+        undo,
+        controller,
+        config,
+        OnError::Continue,
+        storages,
+        events,
+    );
     scheduler.run(std::future::pending()).await;
-    let (undo, phases) = scheduler.into_parts();
+    let (undo, phases, storages) = scheduler.into_parts();
     for (u, i) in undo.into_iter().zip(origin) {
         let run = &mut runs[i];
         run.state = Some(match (u.state, run.state.take()) {
@@ -165,5 +185,5 @@ async fn rollback<C: Controller>(
             (_, previous) => previous.unwrap_or(NodeState::Interrupted),
         });
     }
-    phases
+    (phases, storages)
 }

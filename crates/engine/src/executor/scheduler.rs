@@ -17,8 +17,10 @@ use rand::Rng;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 
+use super::storage::{Slot, Storages};
 use super::{
-    AsStep, Config, Controller, Event, NodeState, OnError, PhaseRecord, Planned, StepOutcome,
+    AsStep, Config, Controller, Event, NodeState, OnError, PhaseRecord, Planned, StepErrorKind,
+    StepOutcome,
 };
 use homestak_api::Kind;
 use homestak_api::step::Step;
@@ -53,8 +55,11 @@ pub(super) struct NodeRun<C: Controller> {
     /// With the running step while it runs.
     pub(super) memory: Option<C::Memory>,
     attempts: u32,
-    /// Storage token held by the current step, across requeues.
-    storage: Option<String>,
+    /// Storage-lock timeouts of the current step, and when the first was.
+    lock_timeouts: u32,
+    lock_waits_since: Option<Instant>,
+    /// Storage slot held by the current step, across requeues.
+    storage: Option<Slot>,
     /// Indices of the nodes this one waits for.
     pub(super) deps: Vec<usize>,
     phase: Phase,
@@ -78,6 +83,8 @@ impl<C: Controller> NodeRun<C> {
             cursor: 0,
             memory: Some(memory),
             attempts: 0,
+            lock_timeouts: 0,
+            lock_waits_since: None,
             storage: None,
             deps,
             phase: Phase::Blocked,
@@ -119,8 +126,8 @@ pub(super) struct Scheduler<'a, C: Controller> {
     /// The node each running step task is for, so a task that panics
     /// fails its own node and no other.
     task_nodes: HashMap<tokio::task::Id, usize>,
-    /// Tokens taken per storage.
-    storage_use: HashMap<String, usize>,
+    /// Per-storage limits and the slots taken.
+    storages: Storages,
     /// Why no new node starts, once a failure stopped the run.
     halted: Option<String>,
     cancelled: bool,
@@ -132,6 +139,7 @@ impl<'a, C: Controller> Scheduler<'a, C> {
         controller: Arc<C>,
         config: &'a Config,
         on_error: OnError,
+        storages: Storages,
         events: &'a (dyn Fn(Event) + Send + Sync),
     ) -> Self {
         Scheduler {
@@ -143,15 +151,15 @@ impl<'a, C: Controller> Scheduler<'a, C> {
             phases: Vec::new(),
             tasks: JoinSet::new(),
             task_nodes: HashMap::new(),
-            storage_use: HashMap::new(),
+            storages,
             halted: None,
             cancelled: false,
         }
     }
 
-    /// The node runs, and every step as it ran.
-    pub(super) fn into_parts(self) -> (Vec<NodeRun<C>>, Vec<PhaseRecord>) {
-        (self.runs, self.phases)
+    /// The node runs, every step as it ran, and the storages' limits.
+    pub(super) fn into_parts(self) -> (Vec<NodeRun<C>>, Vec<PhaseRecord>, Storages) {
+        (self.runs, self.phases, self.storages)
     }
 
     /// Runs until every node finished, or until `cancel` fired and the
@@ -264,14 +272,14 @@ impl<'a, C: Controller> Scheduler<'a, C> {
 
     /// Starts the ready steps the limits allow, in plan order: a node that
     /// has not started yet needs a free node slot, a step on a storage one
-    /// of its tokens, any step a worker.
+    /// of its slots, any step a worker.
     fn admit(&mut self) {
         if self.cancelled {
             return;
         }
         let concurrency = self.config.concurrency.max(1);
         let workers = self.config.workers.max(1);
-        let per_storage = self.config.per_storage.max(1);
+        let now = Instant::now();
         let mut in_progress = self
             .runs
             .iter()
@@ -289,19 +297,17 @@ impl<'a, C: Controller> Scheduler<'a, C> {
                     continue;
                 }
                 // Taken even when the storage below is busy: a later node
-                // does not overtake one waiting for a token.
+                // does not overtake one waiting for a slot.
                 in_progress += 1;
             }
             let step = &run.steps[run.cursor];
             if let Some(storage) = &step.storage
-                && run.storage.as_ref() != Some(storage)
+                && run.storage.as_ref().map(|s| &s.storage) != Some(storage)
             {
-                let used = self.storage_use.entry(storage.clone()).or_default();
-                if *used >= per_storage {
+                let Some(slot) = self.storages.take(storage, now) else {
                     continue;
-                }
-                *used += 1;
-                run.storage = Some(storage.clone());
+                };
+                run.storage = Some(slot);
             }
             let work = step.work.clone();
             run.phase = Phase::Running;
@@ -348,6 +354,9 @@ impl<'a, C: Controller> Scheduler<'a, C> {
             }
             StepOutcome::Done => {
                 let attempts = run.attempts + 1;
+                if let Some(slot) = run.storage.take() {
+                    self.storages.done(slot, step, Instant::now());
+                }
                 let duration = self.close_step(i, "passed", attempts);
                 let took = humantime::format_duration(Duration::from_millis(
                     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
@@ -359,6 +368,8 @@ impl<'a, C: Controller> Scheduler<'a, C> {
                 );
                 let run = &mut self.runs[i];
                 run.attempts = 0;
+                run.lock_timeouts = 0;
+                run.lock_waits_since = None;
                 run.cursor += 1;
                 if run.cursor == run.steps.len() {
                     // A no-op node's steps only looked (a `pve` node's
@@ -374,6 +385,10 @@ impl<'a, C: Controller> Scheduler<'a, C> {
                 }
             }
             StepOutcome::Failed(err) => {
+                if let StepErrorKind::StorageLockTimeout { storage } = &err.kind {
+                    self.lock_timeout(i, storage, &err.message);
+                    return;
+                }
                 run.attempts += 1;
                 let attempts = run.attempts;
                 if err.transient && attempts < self.config.max_attempts {
@@ -393,8 +408,53 @@ impl<'a, C: Controller> Scheduler<'a, C> {
         }
     }
 
+    /// PVE timed out waiting for `storage`'s lock in node `i`'s step: the
+    /// step frees its slot (fewer run on the storage from now on) and runs
+    /// again after a backoff, without using up an attempt, until
+    /// `lock_retry_for` after the first timeout.
+    fn lock_timeout(&mut self, i: usize, storage: &str, message: &str) {
+        let now = Instant::now();
+        let run = &mut self.runs[i];
+        let step = run.step();
+        let node = run.plan.node.clone();
+        match run.storage.take() {
+            Some(slot) if slot.storage == storage => {
+                self.storages.lock_timeout(storage, Some(slot));
+            }
+            other => {
+                if let Some(slot) = &other {
+                    self.storages.release(slot);
+                }
+                self.storages.lock_timeout(storage, None);
+            }
+        }
+        let run = &mut self.runs[i];
+        run.lock_timeouts += 1;
+        let since = *run.lock_waits_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= self.config.lock_retry_for {
+            let attempts = run.attempts + 1;
+            let waited = humantime::format_duration(self.config.lock_retry_for);
+            self.fail(
+                i,
+                attempts,
+                format!("{step}: storage {storage} stayed locked for {waited}: {message}"),
+            );
+            return;
+        }
+        (self.events)(
+            Event::warning(
+                Kind::StorageLockTimeout,
+                format!("{step}: storage {storage} lock timed out; retrying: {message}"),
+            )
+            .node(&node)
+            .step(step),
+        );
+        let delay = backoff(self.config, run.lock_timeouts);
+        run.phase = Phase::Waiting(now + delay);
+    }
+
     /// Node `i`'s current step failed for good: the step ends (freeing its
-    /// storage token), the node fails, and `on_error` decides the rest.
+    /// storage slot), the node fails, and `on_error` decides the rest.
     fn fail(&mut self, i: usize, attempts: u32, why: String) {
         self.close_step(i, "failed", attempts);
         self.finish(i, NodeState::Failed(why));
@@ -437,8 +497,8 @@ impl<'a, C: Controller> Scheduler<'a, C> {
         }
     }
 
-    /// Ends node `i`'s current step: frees its storage token and records
-    /// the phase. Returns how long the step took.
+    /// Ends node `i`'s current step: frees its storage slot (if still
+    /// held) and records the phase. Returns how long the step took.
     fn close_step(&mut self, i: usize, status: &'static str, attempts: u32) -> Duration {
         let run = &mut self.runs[i];
         let duration = run
@@ -446,10 +506,8 @@ impl<'a, C: Controller> Scheduler<'a, C> {
             .take()
             .map(|t| t.elapsed())
             .unwrap_or_default();
-        if let Some(storage) = run.storage.take()
-            && let Some(n) = self.storage_use.get_mut(&storage)
-        {
-            *n = n.saturating_sub(1);
+        if let Some(slot) = run.storage.take() {
+            self.storages.release(&slot);
         }
         self.phases.push(PhaseRecord {
             node: run.plan.node.clone(),

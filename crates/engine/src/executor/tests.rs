@@ -20,6 +20,8 @@ enum Out {
     Transient,
     Permanent,
     Panic,
+    /// PVE's storage-lock timeout on storage "s".
+    LockTimeout,
 }
 
 #[derive(Default)]
@@ -112,6 +114,10 @@ impl Controller for Fake {
                 Out::Transient => StepOutcome::Failed(StepError::transient("HTTP 500")),
                 Out::Permanent => StepOutcome::Failed(StepError::permanent("refused")),
                 Out::Panic => panic!("scripted controller bug"),
+                Out::LockTimeout => StepOutcome::Failed(StepError::classified(
+                    "create VM: task failed: unable to create VM 100 - can't lock file \
+                     '/var/lock/pve-manager/pve-storage-s' - got timeout",
+                )),
             }
         })
     }
@@ -157,11 +163,13 @@ fn config(concurrency: usize, on_error: OnError) -> Config {
     Config {
         concurrency,
         workers: concurrency,
-        per_storage: 2,
+        per_storage: PerStorage::Fixed(2),
+        learned_storage: BTreeMap::new(),
         on_error,
         max_attempts: 3,
         backoff_base: Duration::from_millis(100),
         backoff_max: Duration::from_secs(5),
+        lock_retry_for: Duration::from_secs(60),
     }
 }
 
@@ -175,6 +183,8 @@ async fn run(
 }
 
 use std::sync::Arc;
+
+mod storage_limits;
 
 #[tokio::test(start_paused = true)]
 async fn parents_finish_before_children_start() {
@@ -200,7 +210,7 @@ async fn concurrency_is_bounded() {
     let names: Vec<String> = (0..12).map(|i| format!("vm{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut cfg = config(3, OnError::Stop);
-    cfg.per_storage = 100;
+    cfg.per_storage = PerStorage::Fixed(100);
     let report = run(fake.clone(), &plan_of(&refs), &BTreeMap::new(), &cfg).await;
     assert!(report.success());
     assert_eq!(fake.max_running.load(Ordering::SeqCst), 3);
@@ -240,7 +250,7 @@ async fn concurrency_one_converges_nodes_one_after_the_other() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn storage_tokens_span_requeues() {
+async fn storage_slots_span_requeues() {
     // Three nodes on storage "s" (limit 2), each waiting on a 10 s task.
     let mut fake = Fake::default();
     for n in ["a", "b", "c"] {
@@ -259,7 +269,7 @@ async fn storage_tokens_span_requeues() {
     let c_first = fake.starts("c", Step::CreateVm)[0];
     assert!(
         c_first >= a_done,
-        "c took a storage token while a and b held both"
+        "c took a storage slot while a and b held both"
     );
 }
 
@@ -449,11 +459,11 @@ async fn a_duplicate_entry_never_hides_a_failure_of_the_same_node() {
 
 #[tokio::test(start_paused = true)]
 async fn a_panicking_step_fails_only_its_node_and_frees_its_storage() {
-    // One token on storage "s": b can only create once a's panicked step
-    // gave the token back.
+    // One slot on storage "s": b can only create once a's panicked step
+    // gave the slot back.
     let fake = Arc::new(Fake::default().script("a", Step::CreateVm, &[Out::Panic]));
     let mut cfg = config(2, OnError::Continue);
-    cfg.per_storage = 1;
+    cfg.per_storage = PerStorage::Fixed(1);
     let report = run(fake.clone(), &plan_of(&["a", "b"]), &BTreeMap::new(), &cfg).await;
     assert!(
         matches!(&report.nodes["a"], NodeState::Failed(m) if m.contains("internal error")),

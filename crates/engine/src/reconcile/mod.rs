@@ -37,7 +37,7 @@ use crate::controllers::vm::{
 };
 use crate::executor::{self, Event, Report};
 use crate::hostlease;
-use crate::store::{self, Store};
+use crate::store::{self, Durability, Store};
 use homestak_base::id::{InvalidPveNode, NodeName, PveNode};
 use homestak_core::model::{Manifest, Settings};
 use homestak_core::plan::marks::OwnerKey;
@@ -580,7 +580,22 @@ impl Tier {
         }
         let mut config = options.executor.clone();
         config.on_error = planned.settings.on_error;
-        executor::execute(
+        let learn = matches!(config.per_storage, executor::PerStorage::Learn { .. });
+        let tier = self.storage_tier();
+        let store = self.store.as_ref().filter(|_| learn);
+        if let Some(store) = store {
+            match store.storage_limits(&tier) {
+                Ok(learned) => {
+                    for (storage, limit) in learned {
+                        config.learned_storage.entry(storage).or_insert(limit);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %homestak_base::error_chain(&err), "cannot read the learned storage limits; starting from the defaults");
+                }
+            }
+        }
+        let report = executor::execute(
             &planned.plan,
             &planned.tier.parents,
             controller,
@@ -588,7 +603,29 @@ impl Tier {
             cancel,
             events,
         )
-        .await
+        .await;
+        // Once per run: the next run starts where this one ended.
+        if let Some(store) = store {
+            let limits = report
+                .storage
+                .iter()
+                .map(|(storage, stats)| (storage.clone(), stats.limit))
+                .collect();
+            if let Err(err) = store.put_storage_limits(&tier, &limits, Durability::Lazy) {
+                tracing::warn!(error = %homestak_base::error_chain(&err), "cannot keep the learned storage limits");
+            }
+        }
+        report
+    }
+
+    /// The key learned storage limits are kept under: the host and the
+    /// endpoint the tier's API calls go to.
+    pub fn storage_tier(&self) -> String {
+        format!(
+            "{}@{}",
+            self.host.name,
+            self.host.api_endpoint.as_deref().unwrap_or_default()
+        )
     }
 }
 

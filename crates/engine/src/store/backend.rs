@@ -23,17 +23,22 @@ pub enum Tree {
     Manifests,
     /// Subtrees handed over by a parent tier, keyed by manifest name.
     Subtrees,
+    /// Per-storage limits the executor learned, keyed `tier \0 storage`.
+    /// Added without a schema bump: a build that does not know it ignores
+    /// it, and an older store simply has it empty.
+    StorageLimits,
 }
 
 impl Tree {
     /// All trees.
-    pub const ALL: [Tree; 6] = [
+    pub const ALL: [Tree; 7] = [
         Tree::Meta,
         Tree::Nodes,
         Tree::Events,
         Tree::Leases,
         Tree::Manifests,
         Tree::Subtrees,
+        Tree::StorageLimits,
     ];
 
     /// The tree's name on disk.
@@ -45,6 +50,7 @@ impl Tree {
             Tree::Leases => "leases",
             Tree::Manifests => "manifests",
             Tree::Subtrees => "subtrees",
+            Tree::StorageLimits => "storage_limits",
         }
     }
 }

@@ -31,6 +31,7 @@ mod records;
 pub mod sled;
 pub mod types;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -248,6 +249,19 @@ pub trait Store: Send + Sync {
 
     /// Every kept subtree, by name.
     fn list_subtrees(&self) -> Result<Vec<Subtree>>;
+
+    /// The per-storage limits the executor learned on `tier` (a PVE host
+    /// and its endpoint), by storage id.
+    fn storage_limits(&self, tier: &str) -> Result<BTreeMap<String, usize>>;
+
+    /// Keeps the limits learned on `tier`, replacing those of the same
+    /// storages (others stay).
+    fn put_storage_limits(
+        &self,
+        tier: &str,
+        limits: &BTreeMap<String, usize>,
+        durability: Durability,
+    ) -> Result<()>;
 
     /// Takes the lease if it is free, expired, or already `holder`'s.
     fn acquire_lease(

@@ -7,6 +7,7 @@
 //! an update; events are appended under a mutex so sequence numbers are
 //! contiguous, which makes retention a simple "drop keys below seq − N".
 
+use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -521,6 +522,42 @@ impl<B: Backend> Store for KvStore<B> {
             Some(err) => Err(err),
             None => Ok(out),
         }
+    }
+
+    fn storage_limits(&self, tier: &str) -> Result<BTreeMap<String, usize>> {
+        check_name("tier", tier)?;
+        let prefix = manifest_prefix(tier);
+        let mut out = BTreeMap::new();
+        self.backend
+            .scan(Tree::StorageLimits, &prefix, false, &mut |k, v| {
+                let storage = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                // A damaged limit is relearned: it is only a starting point.
+                match decode::<usize>("storage limit", &format!("{tier}/{storage}"), v) {
+                    Ok(limit) => {
+                        out.insert(storage, limit);
+                    }
+                    Err(err) => tracing::warn!(error = %homestak_base::error_chain(&err), "skipping an unreadable storage limit"),
+                }
+                true
+            })?;
+        Ok(out)
+    }
+
+    fn put_storage_limits(
+        &self,
+        tier: &str,
+        limits: &BTreeMap<String, usize>,
+        durability: Durability,
+    ) -> Result<()> {
+        check_name("tier", tier)?;
+        for (storage, limit) in limits {
+            check_name("storage id", storage)?;
+            let mut key = manifest_prefix(tier);
+            key.extend_from_slice(storage.as_bytes());
+            let bytes = encode("storage limit", &format!("{tier}/{storage}"), limit)?;
+            self.backend.insert(Tree::StorageLimits, &key, &bytes)?;
+        }
+        self.done(durability)
     }
 
     fn acquire_lease(

@@ -287,7 +287,10 @@ impl VmController {
         }
         steps.extend([
             Planned::on_storage(VmStep::CreateVm(want.clone()), &want.storage),
-            Planned::on_storage(VmStep::ResizeDisk(want.clone()), &want.storage),
+            // A resize does not take the storage lock (PVE's
+            // `volume_resize` runs outside `cluster_lock_storage`): only
+            // steps that allocate or free volumes hold a storage slot.
+            Planned::new(VmStep::ResizeDisk(want.clone())),
             Planned::new(VmStep::StartVm),
             Planned::new(VmStep::WaitAgentIp),
         ]);
@@ -342,10 +345,7 @@ impl Controller for VmController {
                     steps.push(Planned::new(VmStep::UpdateConfig(want.clone())));
                 }
                 if node.change(Field::Disk).is_some() {
-                    steps.push(Planned::on_storage(
-                        VmStep::ResizeDisk(want.clone()),
-                        &want.storage,
-                    ));
+                    steps.push(Planned::new(VmStep::ResizeDisk(want.clone())));
                 }
                 if node.change(Field::Power).is_some() {
                     steps.push(Planned::new(VmStep::StartVm));

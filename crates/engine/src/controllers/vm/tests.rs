@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::{ImageSource, Memory, RunState, Timing, VmController, VmStep};
 use crate::executor::{AsStep, Controller, StepOutcome};
+use homestak_api::step::Step;
 use homestak_base::id::VmId;
 use homestak_core::plan::{Action, DesiredVm, IpConfig, Kind, NodePlan};
 use homestak_pve::fake::{Reply, Scripted, upid};
@@ -301,6 +302,53 @@ fn every_vm_step_is_named_by_its_own_step() {
         let variant = variant.split('(').next().unwrap_or_default();
         assert_eq!(variant, format!("{:?}", step.as_step()));
     }
+}
+
+/// Only steps that allocate or free volumes hold a storage slot: the image
+/// on the import storage, the create and the destroy on the VM's storage.
+#[test]
+fn only_allocating_steps_hold_a_storage() {
+    let script = Scripted::new();
+    let c = controller(&script, want(None));
+    let on = |plan: &NodePlan| -> Vec<(Step, Option<String>)> {
+        c.steps(plan)
+            .into_iter()
+            .map(|p| (p.work.as_step(), p.storage))
+            .collect()
+    };
+    let held: Vec<(Step, Option<String>)> = vec![
+        (Step::EnsureImage, Some("local".into())),
+        (Step::CreateVm, Some("local-zfs".into())),
+    ];
+    let created = on(&create(None));
+    assert_eq!(
+        created
+            .iter()
+            .filter(|(_, s)| s.is_some())
+            .cloned()
+            .collect::<Vec<_>>(),
+        held
+    );
+    assert!(created.iter().any(|(s, _)| *s == Step::ResizeDisk));
+    let grow = NodePlan {
+        action: Action::Update,
+        changes: vec![homestak_core::plan::Change {
+            field: homestak_core::plan::Field::Disk,
+            from: "4".into(),
+            to: "8".into(),
+        }],
+        ..create(Some(100))
+    };
+    assert_eq!(on(&grow)[0], (Step::ResizeDisk, None));
+    let deleted = on(&delete_plan(100));
+    assert_eq!(
+        deleted,
+        [
+            (Step::StopVm, None),
+            (Step::DestroyVm, Some("local-zfs".into())),
+            (Step::ForgetVm, None)
+        ]
+    );
 }
 
 /// The config of our `web` VM with marks written for `written_for`.

@@ -227,7 +227,7 @@ fn options(
         executor.concurrency = n;
     }
     if let Some(n) = per_storage {
-        executor.per_storage = n;
+        executor.per_storage = executor::PerStorage::Fixed(n);
     }
     if let Some(n) = max_attempts {
         executor.max_attempts = n;

@@ -228,7 +228,7 @@ impl VmController {
                          the task log, remove it (`qm unlock {vmid} && qm destroy {vmid}` on \
                          the host), then run again"
                     )),
-                    Ok(_) => StepOutcome::Failed(StepError::transient(format!(
+                    Ok(_) => StepOutcome::Failed(StepError::classified(format!(
                         "create VM: task {upid} failed: {exitstatus}"
                     ))),
                     Err(out) => out,

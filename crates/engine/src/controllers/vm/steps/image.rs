@@ -137,7 +137,7 @@ impl VmController {
                     }
                     Ok(Check::Failed { exitstatus, .. }) => {
                         self.release_download(volume);
-                        Fetch::Failed(StepOutcome::Failed(StepError::transient(format!(
+                        Fetch::Failed(StepOutcome::Failed(StepError::classified(format!(
                             "download of {volume} failed: {exitstatus}"
                         ))))
                     }

@@ -43,7 +43,7 @@ type Outcome = StepOutcome;
 fn fail(err: &pve::Error, what: &str) -> Outcome {
     let message = format!("{what}: {}", chain(err));
     if err.is_transient() {
-        StepOutcome::Failed(StepError::transient(message))
+        StepOutcome::Failed(StepError::classified(message))
     } else {
         StepOutcome::Failed(StepError::permanent(message))
     }
@@ -273,7 +273,8 @@ impl VmController {
                     Kind::TaskFailed,
                     message.clone(),
                 );
-                Err(StepOutcome::Failed(StepError::transient(message)))
+                // A storage-lock timeout is typed for the executor.
+                Err(StepOutcome::Failed(StepError::classified(message)))
             }
             Err(err) => Err(fail(&err, what)),
         }
