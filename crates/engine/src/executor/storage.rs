@@ -10,9 +10,11 @@
 //! - a slot's sample runs from its admission to its step's `Done` (across
 //!   requeues); the shortest seen per step kind is that step's uncontended
 //!   time on the storage;
-//! - a sample longer than that by more than min(uncontended, 5 s) is a
-//!   long wait (5 s: half PVE's lock timeout; the relative part keeps it
-//!   right at the simulator's scaled times): the limit halves (floor 1);
+//! - a sample longer than that by more than min(uncontended, 5 s), and by
+//!   at least 50 ms, is a long wait (5 s: half PVE's lock timeout; the
+//!   relative part keeps it right at the simulator's scaled times; the
+//!   floor keeps a 1 ms look from halving on jitter): the limit halves
+//!   (floor 1);
 //! - a lock timeout halves it too;
 //! - any other success adds 1/limit (+1 per window of `limit` successes),
 //!   up to the ceiling.
@@ -31,6 +33,9 @@ use homestak_api::step::Step;
 /// Above this excess over the uncontended time a wait is long, whatever
 /// the uncontended time: half PVE's storage-lock timeout.
 const LONG_WAIT_MAX: Duration = Duration::from_secs(5);
+/// Below this excess no wait is long: a step that only looked (an image
+/// already there, about 1 ms) would otherwise halve on scheduler jitter.
+const LONG_WAIT_MIN: Duration = Duration::from_millis(50);
 
 /// How the per-storage limit is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,7 +166,7 @@ impl Storages {
             .and_modify(|f| *f = (*f).min(took))
             .or_insert(took);
         let excess = took.saturating_sub(fastest);
-        if excess > fastest.min(LONG_WAIT_MAX) {
+        if excess > fastest.min(LONG_WAIT_MAX).max(LONG_WAIT_MIN) {
             decrease(limit, &slot);
         } else {
             limit.value = (limit.value + 1.0 / limit.value).min(ceiling);
@@ -301,6 +306,17 @@ mod tests {
                 lock_timeouts: 3
             }
         );
+    }
+
+    #[test]
+    fn jitter_on_a_quick_look_is_no_long_wait() {
+        let mut s = learn(2, 16);
+        // An image already there: 1 ms, then 40 ms of scheduler jitter.
+        sample(&mut s, MS);
+        sample(&mut s, 40 * MS);
+        assert_eq!(s.allowed("s"), 2, "jitter under 50 ms must not halve");
+        sample(&mut s, 200 * MS);
+        assert_eq!(s.allowed("s"), 1, "a 199 ms excess is a long wait");
     }
 
     #[test]
