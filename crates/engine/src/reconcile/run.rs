@@ -327,10 +327,28 @@ impl Engine {
         let converging = matches!(request.mode, Mode::Apply | Mode::Destroy);
         let Some(wait) = request.options.lease.filter(|_| converging) else {
             return self
-                .run_in(&request, tier, cancel, None, observer, began)
+                .run_in(&request, tier, None, cancel, None, observer, began)
                 .await;
         };
         let key = lease_key(&tier);
+        // A run with nothing to do writes nothing, so it needs no lease:
+        // unless this engine holds it already, plan first and take the
+        // lease only for work (then plan again under it). A no-op costs
+        // the observe alone, not the lease's reads and writes.
+        let held = self
+            .leases
+            .lock()
+            .await
+            .get(&key)
+            .is_some_and(|l| !l.is_lost());
+        if request.mode == Mode::Apply && !held {
+            let planned = tier.plan(&request.manifest, &request.options).await?;
+            if nothing_to_do(&planned) {
+                return self
+                    .run_in(&request, tier, Some(planned), cancel, None, observer, began)
+                    .await;
+            }
+        }
         let lost = tokio::select! {
             taken = self.take_lease(&key, &tier, wait, observer) => taken?,
             () = &mut cancel => {
@@ -345,7 +363,7 @@ impl Engine {
             }
         };
         let result = self
-            .run_in(&request, tier, cancel, Some(lost), observer, began)
+            .run_in(&request, tier, None, cancel, Some(lost), observer, began)
             .await;
         if !self.setup.lease.hold {
             self.give_back(&key).await;
@@ -406,11 +424,14 @@ impl Engine {
         }
     }
 
-    /// The run itself, under the lease when `lost` is given.
+    /// The run itself, under the lease when `lost` is given, from
+    /// `planned` when the plan was made already.
+    #[allow(clippy::too_many_arguments)]
     async fn run_in(
         &self,
         request: &Request,
         mut tier: Tier,
+        planned: Option<Planned>,
         cancel: std::pin::Pin<&mut impl Future<Output = ()>>,
         lost: Option<hostlease::Lost>,
         observer: &dyn Observer,
@@ -425,9 +446,10 @@ impl Engine {
                 .unwrap_or(manifest.settings().verify_ssh);
         // The SSH key is loaded only once the plan is approved: a plan, a
         // dry run or a declined destroy never needs it.
-        let mut planned = match request.mode {
-            Mode::Apply | Mode::ReportOnly => tier.plan(manifest, &request.options).await?,
-            Mode::Destroy => tier.plan_destroy(manifest).await?,
+        let mut planned = match (planned, request.mode) {
+            (Some(planned), _) => planned,
+            (None, Mode::Apply | Mode::ReportOnly) => tier.plan(manifest, &request.options).await?,
+            (None, Mode::Destroy) => tier.plan_destroy(manifest).await?,
         };
         planned.settings.verify_ssh = ssh;
         let mut run = RunOutcome::begun(Outcome::Converged, started);
@@ -587,6 +609,18 @@ impl Engine {
 struct Began {
     at: Timestamp,
     clock: Instant,
+}
+
+/// True when applying `planned` would change nothing: every node is in
+/// sync and none is a `pve` node (whose child tier may have work).
+fn nothing_to_do(planned: &Planned) -> bool {
+    planned.plan.is_converged()
+        && !planned
+            .tier
+            .desired
+            .vms
+            .iter()
+            .any(|v| v.kind == homestak_core::plan::Kind::Pve)
 }
 
 /// Which lease a tier's host has: one per PVE endpoint and node.
