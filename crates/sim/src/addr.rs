@@ -27,6 +27,9 @@ pub struct ClaimError {
 #[derive(Debug, Default)]
 pub struct AddrPool {
     blocks: Vec<(u8, u8, TcpListener)>,
+    /// The address handed out last: [`AddrPool::allocate_next`] tries the
+    /// one after it first.
+    last: Option<Ipv4Addr>,
 }
 
 impl AddrPool {
@@ -71,12 +74,37 @@ impl AddrPool {
                 for host in 1..=254u8 {
                     let ip = Ipv4Addr::new(127, *n, *m, host);
                     if !used.contains(&ip) {
+                        self.last = Some(ip);
                         return Ok(ip);
                     }
                 }
             }
             self.claim_any()?;
         }
+    }
+
+    /// Like [`AddrPool::allocate`], but first tries the address after the
+    /// last one handed out, asking `in_use` about that one only; `used`
+    /// (every address in use, costly to gather with many VMs) is built
+    /// only when that address is taken or the pool has no such address.
+    pub fn allocate_next(
+        &mut self,
+        in_use: impl Fn(Ipv4Addr) -> bool,
+        used: impl FnOnce() -> BTreeSet<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, ClaimError> {
+        if let Some(ip) = self.last.and_then(|l| self.after(l))
+            && !in_use(ip)
+        {
+            self.last = Some(ip);
+            return Ok(ip);
+        }
+        self.allocate(&used())
+    }
+
+    /// The host address after `ip` in the same block, if there is one.
+    fn after(&self, ip: Ipv4Addr) -> Option<Ipv4Addr> {
+        let [a, n, m, host] = ip.octets();
+        (host < 254 && self.owns(ip)).then(|| Ipv4Addr::new(a, n, m, host + 1))
     }
 }
 

@@ -356,13 +356,7 @@ fn foreign_vm(shared: &Shared, f: ForeignVm) -> Response<Body> {
     if w.vms.contains_key(&vmid) {
         return fail(StatusCode::CONFLICT, format!("VM {vmid} already exists"));
     }
-    let used = w.used_addresses();
-    let address = match shared
-        .addrs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .allocate(&used)
-    {
+    let address = match w.allocate_address(&mut shared.addrs.lock().unwrap_or_else(|e| e.into_inner())) {
         Ok(a) => a,
         Err(e) => return fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
