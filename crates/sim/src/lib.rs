@@ -398,6 +398,8 @@ fn reclaim_addresses(world: &mut World, pool: &mut addr::AddrPool) -> Result<(),
         let o = vm.address.octets();
         if o[0] != 127 || !pool.try_claim(o[1], o[2]) {
             lost.push(vm.vmid);
+        } else {
+            pool.note(vm.address);
         }
     }
     for vmid in lost {

@@ -217,7 +217,10 @@ async fn answers_keep_their_shapes_with_many_vms() {
     let vms = sim.get("/cluster/resources?type=vm").await;
     let vms = vms.as_array().unwrap();
     assert_eq!(vms.len(), 300);
-    assert!(vms.iter().all(|v| v["type"] == "qemu" && v["status"] == "running"));
+    assert!(
+        vms.iter()
+            .all(|v| v["type"] == "qemu" && v["status"] == "running")
+    );
     let list = sim.get("/nodes/pve/qemu").await;
     assert_eq!(list.as_array().unwrap().len(), 300);
     assert_eq!(sim.get("/cluster/nextid").await, Value::from("400"));

@@ -25,7 +25,9 @@ fn node_load(w: &World, node: &Node) -> (u64, f64) {
         .vms
         .values()
         .filter(|v| v.node == node.name && v.running())
-        .fold((0u64, 0u64), |(mem, n), v| (mem + (v.memory_mib() << 20), n + 1));
+        .fold((0u64, 0u64), |(mem, n), v| {
+            (mem + (v.memory_mib() << 20), n + 1)
+        });
     (mem / 4 + (2 << 30), 0.01 + 0.002 * running as f64)
 }
 
