@@ -254,7 +254,12 @@ fn run_child(mut command: Command) -> ChildRun {
 fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|l| l.starts_with(field))?;
-    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// `nodes` running VMs named as the manifest's nodes, VMIDs from
@@ -332,7 +337,10 @@ fn daemon_rss(homestak_bin: &Path, site: &Path, state: &Path) -> u64 {
         if let Some(status) = child.try_wait().expect("wait") {
             panic!("homestak serve exited before it was ready: {status}");
         }
-        assert!(Instant::now() < deadline, "homestak serve never became ready");
+        assert!(
+            Instant::now() < deadline,
+            "homestak serve never became ready"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(SETTLE);
