@@ -8,7 +8,7 @@
 //! `127.N.M.0:47006`: the kernel then guarantees no other simulator holds
 //! the same block, and the claim ends with the process.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 
 use rand::Rng;
@@ -27,6 +27,12 @@ pub struct ClaimError {
 #[derive(Debug, Default)]
 pub struct AddrPool {
     blocks: Vec<(u8, u8, TcpListener)>,
+    /// The address handed out last: [`AddrPool::allocate_next`] tries the
+    /// one after it first.
+    last: Option<Ipv4Addr>,
+    /// Every address handed out or [noted](AddrPool::note) (not forgotten
+    /// when its VM goes): an address not in here is free for sure.
+    seen: HashSet<Ipv4Addr>,
 }
 
 impl AddrPool {
@@ -71,12 +77,45 @@ impl AddrPool {
                 for host in 1..=254u8 {
                     let ip = Ipv4Addr::new(127, *n, *m, host);
                     if !used.contains(&ip) {
+                        self.last = Some(ip);
+                        self.seen.insert(ip);
                         return Ok(ip);
                     }
                 }
             }
             self.claim_any()?;
         }
+    }
+
+    /// Like [`AddrPool::allocate`], but first tries the address after the
+    /// last one handed out: free for sure when never handed out, else
+    /// `in_use` is asked about it. `used` (every address in use, costly to
+    /// gather with many VMs) is built only when that address is taken or
+    /// the pool has no such address.
+    pub fn allocate_next(
+        &mut self,
+        in_use: impl Fn(Ipv4Addr) -> bool,
+        used: impl FnOnce() -> BTreeSet<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, ClaimError> {
+        if let Some(ip) = self.last.and_then(|l| self.after(l))
+            && (!self.seen.contains(&ip) || !in_use(ip))
+        {
+            self.last = Some(ip);
+            self.seen.insert(ip);
+            return Ok(ip);
+        }
+        self.allocate(&used())
+    }
+
+    /// Records that a VM holds `ip` (one loaded with the world).
+    pub fn note(&mut self, ip: Ipv4Addr) {
+        self.seen.insert(ip);
+    }
+
+    /// The host address after `ip` in the same block, if there is one.
+    fn after(&self, ip: Ipv4Addr) -> Option<Ipv4Addr> {
+        let [a, n, m, host] = ip.octets();
+        (host < 254 && self.owns(ip)).then(|| Ipv4Addr::new(a, n, m, host + 1))
     }
 }
 
@@ -107,5 +146,25 @@ mod tests {
         let ip = a.allocate(&used).unwrap();
         assert_ne!((ip.octets()[1], ip.octets()[2]), (n, m));
         assert!(a.owns(ip));
+    }
+
+    #[test]
+    fn next_fit_asks_only_about_addresses_handed_out_before() {
+        let mut a = AddrPool::default();
+        let first = a.allocate(&BTreeSet::new()).unwrap();
+        let [_, n, m, _] = first.octets();
+        let held = Ipv4Addr::new(127, n, m, 2);
+        a.note(held);
+        // .2 is held by a VM loaded with the world: asked about, skipped
+        // by the first-fit fallback.
+        let ip = a
+            .allocate_next(|ip| ip == held, || BTreeSet::from([first, held]))
+            .unwrap();
+        assert_eq!(ip, Ipv4Addr::new(127, n, m, 3));
+        // .4 was never handed out: taken without asking.
+        let ip = a
+            .allocate_next(|_| panic!("asked about a fresh address"), BTreeSet::new)
+            .unwrap();
+        assert_eq!(ip, Ipv4Addr::new(127, n, m, 4));
     }
 }

@@ -356,16 +356,11 @@ fn foreign_vm(shared: &Shared, f: ForeignVm) -> Response<Body> {
     if w.vms.contains_key(&vmid) {
         return fail(StatusCode::CONFLICT, format!("VM {vmid} already exists"));
     }
-    let used = w.used_addresses();
-    let address = match shared
-        .addrs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .allocate(&used)
-    {
-        Ok(a) => a,
-        Err(e) => return fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
+    let address =
+        match w.allocate_address(&mut shared.addrs.lock().unwrap_or_else(|e| e.into_inner())) {
+            Ok(a) => a,
+            Err(e) => return fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
     let mut vm = Vm::new(vmid, &node, address);
     if f.placeholder {
         let extra = f.name.is_some()

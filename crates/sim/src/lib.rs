@@ -291,8 +291,13 @@ impl Simulator {
                 loop {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     if shared.dirty.swap(false, Ordering::Relaxed) {
+                        // Cloned under the mutex, written off the runtime's
+                        // threads: with thousands of VMs, serializing takes
+                        // a while and must not stall the answers.
                         let snapshot = shared.world().clone();
-                        if let Err(e) = snapshot.save(&path) {
+                        let to = path.clone();
+                        let saved = tokio::task::spawn_blocking(move || snapshot.save(&to)).await;
+                        if let Ok(Err(e)) = saved {
                             tracing::warn!(path = %path.display(), error = %e, "cannot save simulator state");
                         }
                     }
@@ -393,6 +398,8 @@ fn reclaim_addresses(world: &mut World, pool: &mut addr::AddrPool) -> Result<(),
         let o = vm.address.octets();
         if o[0] != 127 || !pool.try_claim(o[1], o[2]) {
             lost.push(vm.vmid);
+        } else {
+            pool.note(vm.address);
         }
     }
     for vmid in lost {

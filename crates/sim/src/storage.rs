@@ -3,6 +3,7 @@
 //! images for `import-from`, and the JSON of the storage endpoints.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -114,8 +115,23 @@ impl Storage {
             let file = file.split('.').next().unwrap_or(file);
             file.replacen("base-", "vm-", 1)
         };
-        let taken: std::collections::BTreeSet<String> =
-            self.volumes.keys().map(|k| stem(k)).collect();
+        // Only the volumes named after `vmid` can hold its numbers: look at
+        // those (by name prefix) instead of every volume of the storage.
+        let prefixes = if self.kind.file_based() {
+            [format!("{vmid}/vm-{vmid}-"), format!("{vmid}/base-{vmid}-")]
+        } else {
+            [format!("vm-{vmid}-"), format!("base-{vmid}-")]
+        };
+        let taken: std::collections::BTreeSet<String> = prefixes
+            .iter()
+            .flat_map(|p| {
+                self.volumes
+                    .range::<str, _>((Bound::Included(p.as_str()), Bound::Unbounded))
+                    .map(|(k, _)| k)
+                    .take_while(move |k| k.starts_with(p.as_str()))
+            })
+            .map(|k| stem(k))
+            .collect();
         let mut n = 0;
         let name = loop {
             let candidate = self.disk_name(vmid, &format!("disk-{n}"), &format, "vm");

@@ -18,6 +18,8 @@ use super::vm::Vm;
 
 /// Tasks kept for the task list (PVE keeps an archive; we keep the newest).
 const TASK_HISTORY: usize = 4000;
+/// How far the list may grow past [`TASK_HISTORY`] before it is trimmed.
+const TASK_SLACK: usize = 500;
 
 /// One node.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -225,13 +227,31 @@ impl World {
             .ok_or_else(|| Error::internal(format!("storage '{id}' does not exist")))
     }
 
-    /// The lowest free VMID from 100.
+    /// The lowest free VMID from 100: the first gap in the ordered ids,
+    /// one walk of the keys without lookups.
     pub fn next_free_vmid(&self) -> u32 {
         let mut id = 100;
-        while self.vms.contains_key(&id) {
+        for &taken in self.vms.range(100..).map(|(k, _)| k) {
+            if taken != id {
+                break;
+            }
             id += 1;
         }
         id
+    }
+
+    /// Whether a VM has address `ip` (a scan, but without allocating).
+    pub fn address_in_use(&self, ip: Ipv4Addr) -> bool {
+        self.vms.values().any(|v| v.address == ip)
+    }
+
+    /// A free address for a new VM from `pool`, next to the last one
+    /// handed out when it is free.
+    pub fn allocate_address(
+        &self,
+        pool: &mut super::addr::AddrPool,
+    ) -> Result<Ipv4Addr, super::addr::ClaimError> {
+        pool.allocate_next(|ip| self.address_in_use(ip), || self.used_addresses())
     }
 
     pub fn used_addresses(&self) -> BTreeSet<Ipv4Addr> {
@@ -259,7 +279,9 @@ impl World {
             endtime: None,
             log: Vec::new(),
         });
-        if self.tasks.len() > TASK_HISTORY {
+        // Trimmed in batches, so that a full history costs one pass per
+        // TASK_SLACK new tasks rather than one per task.
+        if self.tasks.len() > TASK_HISTORY + TASK_SLACK {
             // Drop the oldest finished tasks first.
             let excess = self.tasks.len() - TASK_HISTORY;
             let mut dropped = 0;
@@ -276,14 +298,33 @@ impl World {
     }
 
     pub fn task(&self, upid: &str) -> Option<&Task> {
-        self.tasks.iter().rev().find(|t| t.upid.encode() == upid)
+        self.task_index(upid).map(|i| &self.tasks[i])
     }
 
     pub fn task_mut(&mut self, upid: &str) -> Option<&mut Task> {
-        self.tasks
-            .iter_mut()
-            .rev()
-            .find(|t| t.upid.encode() == upid)
+        self.task_index(upid).map(|i| &mut self.tasks[i])
+    }
+
+    /// Where task `upid` is in the list. Tasks are appended in the order
+    /// of their (start time, pid), so a binary search finds one; a list
+    /// out of that order (a clock set back, a pid wrap) falls back to a
+    /// scan. Either way without encoding every UPID; the one found must
+    /// spell `upid` exactly (PVE looks tasks up by the text).
+    fn task_index(&self, upid: &str) -> Option<usize> {
+        let Some(want) = Upid::decode(upid) else {
+            // Not in PVE's format (a test world booted at epoch 0 has
+            // 10-digit pstarts): compare the text.
+            return self.tasks.iter().rposition(|t| t.upid.encode() == upid);
+        };
+        let key = |u: &Upid| (u.starttime, u.pid);
+        let i = match self
+            .tasks
+            .binary_search_by_key(&key(&want), |t| key(&t.upid))
+        {
+            Ok(i) if self.tasks[i].upid == want => i,
+            _ => self.tasks.iter().rposition(|t| t.upid == want)?,
+        };
+        (self.tasks[i].upid.encode() == upid).then_some(i)
     }
 
     /// Marks tasks that were running when the world was saved as PVE does

@@ -12,6 +12,7 @@ mod nested;
 mod packer;
 mod pve_install;
 mod replay;
+mod scale;
 mod support;
 mod users;
 mod vm;

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::{Ctx, Error, Reply};
 use crate::runtime::Clock;
-use crate::world::Node;
+use crate::world::{Node, World};
 use homestak_pve::schema::Params;
 
 pub fn version(ctx: &Ctx) -> Result<Reply, Error> {
@@ -19,25 +19,23 @@ pub fn version(ctx: &Ctx) -> Result<Reply, Error> {
     })))
 }
 
-fn node_load(ctx: &Ctx, node: &Node) -> (u64, f64) {
-    let w = ctx.shared.world();
-    let mem: u64 = w
+/// Memory in use and CPU load of `node`, from its running VMs (one pass).
+fn node_load(w: &World, node: &Node) -> (u64, f64) {
+    let (mem, running) = w
         .vms
         .values()
         .filter(|v| v.node == node.name && v.running())
-        .map(|v| v.memory_mib() << 20)
-        .sum();
-    let running = w
-        .vms
-        .values()
-        .filter(|v| v.node == node.name && v.running())
-        .count();
+        .fold((0u64, 0u64), |(mem, n), v| {
+            (mem + (v.memory_mib() << 20), n + 1)
+        });
     (mem / 4 + (2 << 30), 0.01 + 0.002 * running as f64)
 }
 
-fn node_json(ctx: &Ctx, node: &Node, fingerprint: Option<String>) -> Value {
-    let (mem, cpu) = node_load(ctx, node);
-    let uptime = Clock::now() - ctx.shared.world().booted_at;
+/// A node's entry in `/nodes` and `/cluster/resources`. Takes the locked
+/// world: cloning nodes would copy every volume of their storages.
+fn node_json(w: &World, node: &Node, fingerprint: Option<String>) -> Value {
+    let (mem, cpu) = node_load(w, node);
+    let uptime = Clock::now() - w.booted_at;
     let mut v = json!({
         "id": format!("node/{}", node.name),
         "type": "node",
@@ -59,20 +57,21 @@ fn node_json(ctx: &Ctx, node: &Node, fingerprint: Option<String>) -> Value {
 }
 
 pub fn nodes(ctx: &Ctx) -> Result<Reply, Error> {
-    let nodes: Vec<Node> = ctx.shared.world().nodes.values().cloned().collect();
     let fp = ctx.shared.fingerprint().map(|f| f.to_string());
+    let w = ctx.shared.world();
     Ok(Reply::Data(Value::Array(
-        nodes
-            .iter()
-            .map(|n| node_json(ctx, n, fp.clone()))
+        w.nodes
+            .values()
+            .map(|n| node_json(&w, n, fp.clone()))
             .collect(),
     )))
 }
 
 pub fn node_status(ctx: &Ctx, p: &Params) -> Result<Reply, Error> {
-    let node = ctx.shared.world().node(ctx.node(p))?.clone();
-    let (mem, cpu) = node_load(ctx, &node);
-    let uptime = (Clock::now() - ctx.shared.world().booted_at).max(0);
+    let w = ctx.shared.world();
+    let node = w.node(ctx.node(p))?;
+    let (mem, cpu) = node_load(&w, node);
+    let uptime = (Clock::now() - w.booted_at).max(0);
     let version = &ctx.shared.config.pve_version;
     Ok(Reply::Data(json!({
         "uptime": uptime,
@@ -95,20 +94,19 @@ pub fn resources(ctx: &Ctx, p: &Params) -> Result<Reply, Error> {
     let kind = p.str("type");
     let now = Clock::now_ms();
     let mut out = Vec::new();
-    let nodes: Vec<Node> = ctx.shared.world().nodes.values().cloned().collect();
+    let w = ctx.shared.world();
     if kind.is_none() || kind == Some("vm") {
-        let w = ctx.shared.world();
         out.extend(w.vms.values().map(|v| v.resource_json(now)));
     }
     if kind.is_none() || kind == Some("node") {
-        for n in &nodes {
-            let mut v = node_json(ctx, n, None);
+        for n in w.nodes.values() {
+            let mut v = node_json(&w, n, None);
             v["cgroup-mode"] = json!(2);
             out.push(v);
         }
     }
     if kind.is_none() || kind == Some("storage") {
-        for n in &nodes {
+        for n in w.nodes.values() {
             for s in n.storages.values() {
                 out.push(json!({
                     "id": format!("storage/{}/{}", n.name, s.id),

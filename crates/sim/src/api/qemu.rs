@@ -208,12 +208,8 @@ fn insert_vm(ctx: &Ctx, mut vm: Vm) -> Result<u32, Error> {
             vm.vmid, existing.node
         )));
     }
-    let used = w.used_addresses();
-    vm.address = shared
-        .addrs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .allocate(&used)
+    vm.address = w
+        .allocate_address(&mut shared.addrs.lock().unwrap_or_else(|e| e.into_inner()))
         .map_err(|e| Error::internal(e.to_string()))?;
     let vmid = vm.vmid;
     w.vms.insert(vmid, vm);

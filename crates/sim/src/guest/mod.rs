@@ -34,7 +34,7 @@ mod usercmds;
 pub mod userdata;
 pub mod users;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -162,11 +162,26 @@ pub(crate) struct Boot {
     pub user_data: Option<String>,
 }
 
-/// The VMs whose guests should be up, and when the next one is due.
-fn wanted(shared: &Shared, now_ms: i64) -> (BTreeMap<u32, Boot>, Option<i64>) {
+/// What the supervisor should converge to.
+struct Wanted {
+    /// VMs whose guest is up with the boot they should have.
+    keep: BTreeSet<u32>,
+    /// The boots of the other VMs that should be up.
+    boot: BTreeMap<u32, Boot>,
+    /// When the next pending boot is due.
+    due: Option<i64>,
+}
+
+/// The VMs whose guests should be up. The world changes on every request,
+/// so this runs often: a VM whose guest is already up with the same boot
+/// (`up`: boot id and address by vmid) costs a comparison, not a [`Boot`].
+fn wanted(shared: &Shared, now_ms: i64, up: &BTreeMap<u32, (i64, Ipv4Addr)>) -> Wanted {
     let w = shared.world();
-    let mut due = None::<i64>;
-    let mut want = BTreeMap::new();
+    let mut wanted = Wanted {
+        keep: BTreeSet::new(),
+        boot: BTreeMap::new(),
+        due: None,
+    };
     for vm in w.vms.values() {
         let (true, Some(started), Some(ready), Some(workdir)) =
             (vm.running(), vm.started_at, vm.agent_ready_at, &vm.workdir)
@@ -174,15 +189,20 @@ fn wanted(shared: &Shared, now_ms: i64) -> (BTreeMap<u32, Boot>, Option<i64>) {
             continue;
         };
         if ready > now_ms {
-            due = Some(due.map_or(ready, |d| d.min(ready)));
+            wanted.due = Some(wanted.due.map_or(ready, |d| d.min(ready)));
             continue;
         }
-        want.insert(
+        // A reboot inside the guest is a new boot too.
+        let boot_id = vm.guest_boot_at.map_or(started, |g| g.max(started));
+        if up.get(&vm.vmid) == Some(&(boot_id, vm.address)) {
+            wanted.keep.insert(vm.vmid);
+            continue;
+        }
+        wanted.boot.insert(
             vm.vmid,
             Boot {
                 vmid: vm.vmid,
-                // A reboot inside the guest is a new boot too.
-                boot_id: vm.guest_boot_at.map_or(started, |g| g.max(started)),
+                boot_id,
                 address: vm.address,
                 hostname: hostname_of(&vm.name(), vm.vmid),
                 user: vm.ciuser().unwrap_or(DEFAULT_USER).to_string(),
@@ -200,7 +220,7 @@ fn wanted(shared: &Shared, now_ms: i64) -> (BTreeMap<u32, Boot>, Option<i64>) {
             },
         );
     }
-    (want, due)
+    wanted
 }
 
 /// The guest's host name (and a nested tier's node name): the VM name
@@ -218,7 +238,16 @@ async fn supervise(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             break;
         }
-        let (want, due) = wanted(&shared, Clock::now_ms());
+        // Only this task changes the running guests, so `up` stays true
+        // until `converge` does.
+        let up: BTreeMap<u32, (i64, Ipv4Addr)> = shared
+            .guests
+            .lock()
+            .iter()
+            .map(|(vmid, g)| (*vmid, (g.boot.boot_id, g.boot.address)))
+            .collect();
+        let want = wanted(&shared, Clock::now_ms(), &up);
+        let due = want.due;
         converge(&shared, want).await;
         let wait = due.map_or(Duration::from_secs(3600), |t| {
             Duration::from_millis((t - Clock::now_ms()).clamp(1, 3_600_000) as u64)
@@ -239,20 +268,18 @@ async fn supervise(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     while stopping.join_next().await.is_some() {}
 }
 
-async fn converge(shared: &Arc<Shared>, want: BTreeMap<u32, Boot>) {
+async fn converge(shared: &Arc<Shared>, want: Wanted) {
     // Stale guests stay listed (as stopping) until they are down, so that
     // `/_sim/` shows a VM's guest gone only once its servers are.
     let stale: Vec<Arc<Guest>> = {
         let running = shared.guests.lock();
         running
             .iter()
-            .filter(|(vmid, g)| {
-                want.get(vmid)
-                    .is_none_or(|b| b.boot_id != g.boot.boot_id || b.address != g.boot.address)
-            })
+            .filter(|(vmid, _)| !want.keep.contains(vmid))
             .map(|(_, g)| g.clone())
             .collect()
     };
+    let want = want.boot;
     let mut work = JoinSet::new();
     for guest in &stale {
         guest.stopping.store(true, Ordering::Relaxed);
