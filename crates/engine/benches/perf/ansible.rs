@@ -98,6 +98,7 @@ pub async fn run(venv: &Path, vms: usize, scale: f64, forks: usize) -> Run {
         .env("ANSIBLE_HOST_KEY_CHECKING", "0")
         .env("REQUESTS_CA_BUNDLE", &w.cert)
         .env_remove("CURL_CA_BUNDLE");
+    crate::progress(&format!("ansible: {vms} VMs, forks {forks}, time scale {scale}"));
     let started = Instant::now();
     // The simulator serves on this runtime: wait for the child off it.
     let out = tokio::task::spawn_blocking(move || command.output())
@@ -112,7 +113,7 @@ pub async fn run(venv: &Path, vms: usize, scale: f64, forks: usize) -> Run {
         .lines()
         .filter(|l| l.starts_with("fatal: [") && is_storage_lock_timeout(l))
         .count();
-    if recap_hosts != vms && std::env::var_os("BENCH_VERBOSE").is_some() {
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
         eprintln!(
             "ansible-playbook output:\n{}\n{}",
             text.replace(secret, "<secret>"),

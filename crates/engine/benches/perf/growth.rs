@@ -20,6 +20,7 @@ pub struct Growth {
 
 /// Converges `vms` VMs on `w` with the `homestak` binary at `bin`.
 pub async fn converge(w: &World, bin: &Path, vms: usize) -> Growth {
+    crate::progress(&format!("growth: {vms} VMs by `homestak reconcile --once`"));
     w.write_manifest(vms);
     w.sim.reset_requests();
     // Through this executable's `--rss-of` mode (see [`rss_of`]), whose

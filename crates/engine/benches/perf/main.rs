@@ -88,6 +88,11 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// What the bench is doing, on stderr (a full run takes minutes).
+pub fn progress(what: &str) {
+    eprintln!("perf: {what}");
+}
+
 /// The sections `BENCH_SECTIONS` names (all by default).
 fn wants(section: &str) -> bool {
     match std::env::var("BENCH_SECTIONS") {
@@ -216,7 +221,7 @@ async fn ansible_rows(
 
 fn describe(r: &ansible::Run) -> String {
     let mut s = format!(
-        "{}, {} failed creates ({} storage-lock timeouts)",
+        "{}, {} failed creates ({} say storage-lock timeout)",
         secs(r.wall),
         r.failed,
         r.lock_timeouts

@@ -43,6 +43,9 @@ impl P1 {
 
 /// One converge of `vms` VMs on a fresh simulator.
 pub async fn run(vms: usize, scale: f64, concurrency: Option<usize>) -> Converged {
+    crate::progress(&format!(
+        "p1: {vms} VMs, concurrency {concurrency:?}, time scale {scale}"
+    ));
     let w = world::fresh(scale).await;
     let mut options = reconcile::Options::default();
     if let Some(n) = concurrency {

@@ -86,6 +86,7 @@ pub struct Size {
 
 /// Measures `w`, on which `vms` VMs have converged.
 pub async fn measure(w: &World, vms: usize) -> Size {
+    crate::progress(&format!("p2: no-op and status of {vms} VMs"));
     let round_trip = cluster_resources(w).await;
     let mut variants = Vec::new();
     for depth in [FAST, DEEP] {

@@ -109,6 +109,7 @@ fn finished(events: &[Event]) -> bool {
 }
 
 pub async fn measure(bin: &Path, scale: f64, debounce: Duration, before: usize, added: usize) -> P3 {
+    crate::progress("p3: homestak serve, commit to converged");
     let w = world::fresh(scale).await;
     let site = &w.site_root;
     w.write_manifest(before);

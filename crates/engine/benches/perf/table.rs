@@ -123,9 +123,13 @@ impl Table {
     }
 }
 
-/// Seconds, three decimals.
+/// Seconds, three decimals; milliseconds below 0.1 s.
 pub fn secs(d: Duration) -> String {
-    format!("{:.3} s", d.as_secs_f64())
+    if d < Duration::from_millis(100) {
+        format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.3} s", d.as_secs_f64())
+    }
 }
 
 /// `a / b` as `1.23x`.
