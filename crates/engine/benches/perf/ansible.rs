@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use crate::world::{self, is_storage_lock_timeout};
 
-const PLAYBOOK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/perf/ansible_create.yml");
+const PLAYBOOK: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/benches/perf/ansible_create.yml"
+);
 
 /// The venv's directory when it has ansible-playbook.
 pub fn venv() -> Option<PathBuf> {
@@ -98,7 +101,9 @@ pub async fn run(venv: &Path, vms: usize, scale: f64, forks: usize) -> Run {
         .env("ANSIBLE_HOST_KEY_CHECKING", "0")
         .env("REQUESTS_CA_BUNDLE", &w.cert)
         .env_remove("CURL_CA_BUNDLE");
-    crate::progress(&format!("ansible: {vms} VMs, forks {forks}, time scale {scale}"));
+    crate::progress(&format!(
+        "ansible: {vms} VMs, forks {forks}, time scale {scale}"
+    ));
     let started = Instant::now();
     // The simulator serves on this runtime: wait for the child off it.
     let out = tokio::task::spawn_blocking(move || command.output())

@@ -31,7 +31,15 @@ pub async fn converge(w: &World, bin: &Path, vms: usize) -> Growth {
         .arg(bin)
         .arg("--site-config")
         .arg(&w.site_root)
-        .args(["reconcile", "--once", "-M", MANIFEST, "-H", "pve", "--no-report"])
+        .args([
+            "reconcile",
+            "--once",
+            "-M",
+            MANIFEST,
+            "-H",
+            "pve",
+            "--no-report",
+        ])
         .arg("--state-dir")
         .arg(w.state_dir())
         .stdin(Stdio::null());

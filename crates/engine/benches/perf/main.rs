@@ -59,15 +59,9 @@ use support::env;
 use table::{Table, ratio, secs, x};
 
 /// A comma-separated list from the environment.
-fn list<T: std::str::FromStr>(name: &str, default: &[T]) -> Vec<T>
-where
-    T: Clone,
-{
+fn list<T: std::str::FromStr + Clone>(name: &str, default: &[T]) -> Vec<T> {
     match std::env::var(name) {
-        Ok(v) => v
-            .split(',')
-            .filter_map(|s| s.trim().parse().ok())
-            .collect(),
+        Ok(v) => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
         Err(_) => default.to_vec(),
     }
 }
@@ -141,12 +135,7 @@ async fn full() -> Table {
 /// P1 Ansible: at the P1 time scale, forks 10 then fewer until a run is
 /// clean; then forks 10, the best forks and homestak's default at the
 /// Ansible time scale.
-async fn ansible_rows(
-    t: &mut Table,
-    vms: usize,
-    p1_scale: f64,
-    p1_default: Option<Duration>,
-) {
+async fn ansible_rows(t: &mut Table, vms: usize, p1_scale: f64, p1_default: Option<Duration>) {
     let row = "P1 Ansible";
     let Some(venv) = ansible::venv() else {
         t.add(row, "all", "skipped: no .venv (make venv)");
@@ -155,7 +144,11 @@ async fn ansible_rows(
     let forks = list("BENCH_ANSIBLE_FORKS", &[10usize, 5, 3, 2, 1]);
     let runs = ansible::search(&venv, vms, p1_scale, &forks).await;
     for r in &runs {
-        t.add(row, format!("forks {} @{p1_scale} [ansible]", r.forks), describe(r));
+        t.add(
+            row,
+            format!("forks {} @{p1_scale} [ansible]", r.forks),
+            describe(r),
+        );
     }
     let best = runs.iter().find(|r| r.clean());
     match (best, p1_default) {
@@ -163,7 +156,10 @@ async fn ansible_rows(
             let speedup = ratio(b.wall.as_secs_f64(), h.as_secs_f64());
             t.goal(
                 row,
-                format!("highest clean forks {} @{p1_scale}: Ansible / homestak", b.forks),
+                format!(
+                    "highest clean forks {} @{p1_scale}: Ansible / homestak",
+                    b.forks
+                ),
                 x(speedup),
                 ">= 3.00x",
                 speedup >= 3.0,
@@ -255,7 +251,9 @@ async fn sizes_rows(t: &mut Table) {
     for n in sizes {
         let w = world::fresh(scale).await;
         match &bin {
-            Some(bin) if growth_sizes.contains(&n) => grown.push(growth::converge(&w, bin, n).await),
+            Some(bin) if growth_sizes.contains(&n) => {
+                grown.push(growth::converge(&w, bin, n).await)
+            }
             _ => converge_in_process(&w, n).await,
         }
         if p2_sizes.contains(&n) {
@@ -283,7 +281,11 @@ async fn sizes_rows(t: &mut Table) {
 
 async fn converge_in_process(w: &world::World, vms: usize) {
     let c = world::converge(w, vms, Default::default()).await;
-    assert!(c.report.success(), "converging {vms} VMs failed: {:?}", c.report);
+    assert!(
+        c.report.success(),
+        "converging {vms} VMs failed: {:?}",
+        c.report
+    );
 }
 
 /// The reduced run `cargo test --all-targets` makes; panics when a ratio is

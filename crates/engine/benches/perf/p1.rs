@@ -34,10 +34,7 @@ impl P1 {
     }
 
     pub fn default_over_bound(&self) -> f64 {
-        ratio(
-            self.default.wall.as_secs_f64(),
-            self.bound().as_secs_f64(),
-        )
+        ratio(self.default.wall.as_secs_f64(), self.bound().as_secs_f64())
     }
 }
 
@@ -79,7 +76,17 @@ pub async fn measure(vms: usize, scale: f64) -> P1 {
 /// Failed nodes, for the table (a bench that failed says so, it does not
 /// print a wall time as if it had converged).
 fn outcome(c: &Converged) -> String {
-    let failed = c.report.nodes.values().filter(|s| !matches!(s, homestak_api::NodeState::Converged | homestak_api::NodeState::Unchanged)).count();
+    let failed = c
+        .report
+        .nodes
+        .values()
+        .filter(|s| {
+            !matches!(
+                s,
+                homestak_api::NodeState::Converged | homestak_api::NodeState::Unchanged
+            )
+        })
+        .count();
     if failed == 0 {
         secs(c.wall)
     } else {
@@ -91,7 +98,11 @@ pub fn rows(p: &P1, t: &mut Table) {
     let n = p.vms;
     let row = "P1";
     t.add(row, format!("{n} VMs, default"), outcome(&p.default));
-    t.add(row, format!("{n} VMs, --concurrency 1"), outcome(&p.sequential));
+    t.add(
+        row,
+        format!("{n} VMs, --concurrency 1"),
+        outcome(&p.sequential),
+    );
     t.add(row, "one VM alone", outcome(&p.one));
     t.add(row, "bound [p1]", secs(p.bound()));
     t.goal(
@@ -125,13 +136,13 @@ pub fn rows(p: &P1, t: &mut Table) {
     t.note(
         "p1",
         format!(
-        "bound = {n} VMs x {ALLOCATIONS_PER_CREATE} allocations (disk, cloud-init drive) x \
+            "bound = {n} VMs x {ALLOCATIONS_PER_CREATE} allocations (disk, cloud-init drive) x \
          storage_lock_hold {} s x time scale {} + one VM's remaining path after its create \
          ({}: the one-VM run's wall {} minus its time through the end of create_vm)",
-        p.lock_hold,
-        p.scale,
-        secs(p.tail),
-        secs(p.one.wall),
-    ),
+            p.lock_hold,
+            p.scale,
+            secs(p.tail),
+            secs(p.one.wall),
+        ),
     );
 }

@@ -160,11 +160,23 @@ pub fn rows(s: &Size, t: &mut Table) {
         let l = depth.label;
         let over = ratio(noop.wall.as_secs_f64(), s.round_trip.as_secs_f64());
         if depth.deep {
-            t.add(row, format!("{n} VMs: no-op reconcile, {l}"), secs(noop.wall));
-            t.add(row, format!("{n} VMs: no-op, {l}: requests"), noop.methods());
+            t.add(
+                row,
+                format!("{n} VMs: no-op reconcile, {l}"),
+                secs(noop.wall),
+            );
+            t.add(
+                row,
+                format!("{n} VMs: no-op, {l}: requests"),
+                noop.methods(),
+            );
             t.add(row, format!("{n} VMs: no-op, {l} / round trip"), x(over));
         } else {
-            t.add(row, format!("{n} VMs: no-op reconcile, {l}"), secs(noop.wall));
+            t.add(
+                row,
+                format!("{n} VMs: no-op reconcile, {l}"),
+                secs(noop.wall),
+            );
             t.goal(
                 row,
                 format!("{n} VMs: no-op, {l}: requests"),

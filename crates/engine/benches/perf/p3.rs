@@ -108,7 +108,13 @@ fn finished(events: &[Event]) -> bool {
         .any(|e| e.kind == Kind::ReconcileFinished && e.manifest.as_deref() == Some(MANIFEST))
 }
 
-pub async fn measure(bin: &Path, scale: f64, debounce: Duration, before: usize, added: usize) -> P3 {
+pub async fn measure(
+    bin: &Path,
+    scale: f64,
+    debounce: Duration,
+    before: usize,
+    added: usize,
+) -> P3 {
     crate::progress("p3: homestak serve, commit to converged");
     let w = world::fresh(scale).await;
     let site = &w.site_root;
@@ -125,7 +131,15 @@ pub async fn measure(bin: &Path, scale: f64, debounce: Duration, before: usize, 
     let child = Command::new(bin)
         .arg("--site-config")
         .arg(site)
-        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--resync", "1h"])
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--resync",
+            "1h",
+        ])
         .arg("--debounce")
         .arg(format!("{}ms", debounce.as_millis()))
         .arg("--state-dir")
@@ -141,7 +155,10 @@ pub async fn measure(bin: &Path, scale: f64, debounce: Duration, before: usize, 
     let _serve = Guard(child);
     let deadline = Instant::now() + Duration::from_secs(120);
     let info: serde_json::Value = loop {
-        assert!(Instant::now() < deadline, "homestak serve never became ready");
+        assert!(
+            Instant::now() < deadline,
+            "homestak serve never became ready"
+        );
         if let Ok(text) = std::fs::read_to_string(&ready)
             && let Ok(info) = serde_json::from_str(&text)
         {

@@ -195,4 +195,3 @@ fn reset(sim: &Handle) {
         }
     }
 }
-
