@@ -38,8 +38,9 @@ impl P1 {
     }
 }
 
-/// One converge of `vms` VMs on a fresh simulator.
-pub async fn run(vms: usize, scale: f64, concurrency: Option<usize>) -> Converged {
+/// One converge of `vms` VMs on a fresh simulator; also its storage lock
+/// hold.
+pub async fn run_on_fresh(vms: usize, scale: f64, concurrency: Option<usize>) -> (Converged, f64) {
     crate::progress(&format!(
         "p1: {vms} VMs, concurrency {concurrency:?}, time scale {scale}"
     ));
@@ -49,12 +50,18 @@ pub async fn run(vms: usize, scale: f64, concurrency: Option<usize>) -> Converge
         options.executor.concurrency = n;
     }
     let c = world::converge(&w, vms, options).await;
+    let hold = w.lock_hold;
     w.shutdown().await;
-    c
+    (c, hold)
+}
+
+/// One converge of `vms` VMs on a fresh simulator.
+pub async fn run(vms: usize, scale: f64, concurrency: Option<usize>) -> Converged {
+    run_on_fresh(vms, scale, concurrency).await.0
 }
 
 pub async fn measure(vms: usize, scale: f64) -> P1 {
-    let one = run(1, scale, None).await;
+    let (one, lock_hold) = run_on_fresh(1, scale, None).await;
     assert!(one.report.success(), "one VM failed: {:?}", one.report);
     let through = one
         .through_create
@@ -68,7 +75,7 @@ pub async fn measure(vms: usize, scale: f64) -> P1 {
         default,
         sequential,
         one,
-        lock_hold: homestak_sim::config::Latency::default().storage_lock_hold,
+        lock_hold,
         tail,
     }
 }

@@ -102,6 +102,13 @@ pub async fn measure(w: &World, vms: usize) -> Size {
             wall: started.elapsed(),
             requests: w.requests_by_method(),
         };
+        if std::env::var_os("BENCH_VERBOSE").is_some() {
+            eprintln!(
+                "p2: {vms} VMs, no-op {}: {:?}",
+                depth.label,
+                w.sim.requests()
+            );
+        }
         let report = run.report.expect("the no-op run applied its plan");
         assert!(report.success(), "no-op run failed: {report:?}");
         assert_eq!(run.changed_nodes, 0, "the no-op run changed nodes");

@@ -26,6 +26,8 @@ pub struct World {
     pub site: Arc<Site>,
     /// The simulator's certificate (PEM), for clients that want a CA file.
     pub cert: PathBuf,
+    /// The simulator's `latency.storage_lock_hold` (seconds at scale 1).
+    pub lock_hold: f64,
 }
 
 /// Starts one at time scale `scale`.
@@ -43,6 +45,7 @@ pub async fn fresh(scale: f64) -> World {
         cert: cert.clone(),
         key: dir.path().join("pve-ssl.key"),
     });
+    let lock_hold = config.latency.storage_lock_hold;
     let sim = homestak_sim::Simulator::start(config)
         .await
         .expect("simulator starts");
@@ -55,6 +58,7 @@ pub async fn fresh(scale: f64) -> World {
         site_root,
         site,
         cert,
+        lock_hold,
     }
 }
 
