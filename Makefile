@@ -81,11 +81,30 @@ fmt:
 demo: build
 	./scripts/demo.sh
 
-## bench: converge speed against the simulator (ratios measured in one run)
-bench:
+## bench: every performance figure as ONE table from one run (P1: 40 VMs
+## on one storage against the storage-lock bound; P1 Ansible: the same by a
+## proxmox_kvm playbook from the venv, skipped without it; P2: no-op
+## reconcile/status of 100 and 1,000 VMs; P3: commit to converged through
+## `homestak serve`; Growth: 10/100/1,000 VMs, wall, requests, peak RSS;
+## Nested: three tiers; P4: plan, daemon RSS and status at 10,000 nodes).
+## The homestak it runs is a release build, as users run it; the venv is
+## made first. Sizes and time scales: BENCH_SECTIONS, BENCH_P4_NODES,
+## BENCH_P1_VMS, BENCH_P1_TIME_SCALE, BENCH_ANSIBLE_TIME_SCALE,
+## BENCH_ANSIBLE_FORKS, BENCH_VENV, BENCH_P2_VMS, BENCH_GROWTH_VMS,
+## BENCH_SMALL_TIME_SCALE, BENCH_P3_VMS, BENCH_P3_TIME_SCALE,
+## BENCH_P3_DEBOUNCE_MS, BENCH_NESTED_TIME_SCALE (crates/engine/benches/perf/main.rs).
+## bench-converge / bench-nested: the older separate benches.
+bench: venv
+	$(CARGO) build --release -p homestak
+	HOMESTAK_BIN=$(abspath $(TARGET_DIR))/release/homestak BENCH_VENV=$(CURDIR)/$(VENV) $(CARGO) bench -p homestak-engine --bench perf
+
+.PHONY: bench-converge bench-nested
+bench-converge:
 	$(CARGO) bench -p homestak-engine --bench converge
+
+bench-nested:
 	$(CARGO) build -p homestak
-	HOMESTAK_BIN=$(CURDIR)/target/debug/homestak $(CARGO) bench -p homestak-engine --bench nested
+	HOMESTAK_BIN=$(abspath $(TARGET_DIR))/debug/homestak $(CARGO) bench -p homestak-engine --bench nested
 
 ## reliability: the full-size reliability proofs, each printing its figures
 ## (CI runs them at a reduced size through `cargo test --all-targets`).

@@ -33,3 +33,29 @@ pub fn flat_site(site: &Path) {
         "cores: 1\nmemory: 1024\ndisk: 8\n",
     );
 }
+
+/// The `homestak` binary: `HOMESTAK_BIN`, else `target/<profile>/homestak`
+/// beside this executable (`cargo build -p homestak` makes it).
+// Only the benches that run child processes use it.
+#[allow(dead_code)]
+pub fn binary() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("HOMESTAK_BIN") {
+        return std::path::PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("exe");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("homestak");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p homestak` first",
+        path.display()
+    );
+    path
+}
+
+/// The three-tier tree measurement (`--bench nested` and `--bench perf`).
+#[allow(dead_code)]
+pub mod tiers;
