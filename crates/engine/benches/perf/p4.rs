@@ -115,7 +115,10 @@ pub fn rows(p: &P4, t: &mut Table) {
         "< 64 MiB",
         p.daemon_rss < RSS_GOAL,
     );
-    for (label, run) in [("first, reads every config", &p.status_first), ("fast", &p.status)] {
+    for (label, run) in [
+        ("first, reads every config", &p.status_first),
+        ("fast", &p.status),
+    ] {
         t.add(
             "P4",
             format!("status, {n} VMs, {label}"),
