@@ -3,6 +3,7 @@
 //! vmid match a manifest node are taken over; only their tags and
 //! description change; the next plan sees them as ours.
 
+use crate::lab::write;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,11 +20,6 @@ use homestak_sim::{Handle, Simulator};
 use serde_json::{Value, json};
 
 use crate::ids::{node_key, vmid};
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
 
 /// A manifest `name` with `nodes` given as `(node, vmid)`.
 fn manifest(name: &str, nodes: &[(&str, Option<u32>)]) -> Arc<Manifest> {

@@ -4,6 +4,7 @@
 //! the real PVE 8.4 schema. The run covers create (with a download),
 //! update, disk growth, start, and destroy, and the host lease.
 
+use crate::lab::write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -20,11 +21,6 @@ impl Observer for Collect {
     fn on_request(&self, request: &RecordedRequest) {
         self.0.lock().unwrap().push(request.clone());
     }
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
 }
 
 fn manifest(disk: u32) -> Manifest {

@@ -19,11 +19,6 @@ use homestak_pve::CreateVm;
 
 use crate::ids::{node_key, vmid};
 
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
 fn manifest(fixed: Option<u32>) -> Manifest {
     let vmid = fixed.map(|v| format!(", vmid: {v}")).unwrap_or_default();
     let text = format!(
@@ -55,18 +50,7 @@ async fn crash_after_sending(fixed: Option<u32>, at: u32) {
     homestak_tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let site_dir = dir.path().join("site-config");
-    write(
-        &site_dir.join("site.yaml"),
-        "defaults: {automation_user: homestak, bridge: vmbr0}\n",
-    );
-    write(
-        &site_dir.join("secrets.yaml"),
-        "api_tokens: {}\nssh_keys: {}\n",
-    );
-    write(
-        &site_dir.join("v2/presets/small.yaml"),
-        "cores: 1\nmemory: 1024\ndisk: 8\n",
-    );
+    crate::lab::small_site(&site_dir);
     let mut config = homestak_sim::Config::with_defaults();
     config.listen = Some("127.0.0.1:0".parse().unwrap());
     config.time_scale = 0.01;

@@ -22,11 +22,6 @@ use crate::ids::{node_key, vmid};
 const CONFIG_READ: &str = "GET /nodes/{node}/qemu/{vmid}/config";
 const NODES: [(&str, u32); 3] = [("fa", 99451), ("fb", 99452), ("fc", 99453)];
 
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
 struct Lab {
     _dir: tempfile::TempDir,
     sim: Handle,
@@ -41,18 +36,7 @@ impl Lab {
         homestak_tls::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let site_dir = dir.path().join("site-config");
-        write(
-            &site_dir.join("site.yaml"),
-            "defaults: {automation_user: homestak, bridge: vmbr0}\n",
-        );
-        write(
-            &site_dir.join("secrets.yaml"),
-            "api_tokens: {}\nssh_keys: {}\n",
-        );
-        write(
-            &site_dir.join("v2/presets/small.yaml"),
-            "cores: 1\nmemory: 1024\ndisk: 8\n",
-        );
+        crate::lab::small_site(&site_dir);
         let mut config = homestak_sim::Config::with_defaults();
         config.listen = Some("127.0.0.1:0".parse().unwrap());
         config.time_scale = 0.01;

@@ -2,6 +2,7 @@
 //! with different stores against one simulator take turns through the
 //! lease in the node's notes, and the user's notes around it stay.
 
+use crate::lab::write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,11 +13,6 @@ use homestak_core::site::Site;
 use homestak_engine::hostlease::{self, Held, Policy, Wait};
 use homestak_engine::reconcile::{self, Engine, Error, Observer, Request, Setup};
 use homestak_pve::{NodeConfigUpdate, PveNode};
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
 
 const MANIFEST: &str = "schema_version: 2\nname: lease\nnodes:\n\
     - {name: a, type: vm, preset: small, image: debian-12, vmid: 4200}\n\

@@ -3,7 +3,7 @@
 //! directory and published; the PVE API then lists the image and a VM
 //! created from it gets the template's disk size. Loopback only.
 
-use std::path::Path;
+use crate::lab::write;
 use std::sync::Arc;
 
 use homestak_engine::packer as pk;
@@ -34,11 +34,6 @@ build {
   }
 }
 "#;
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
 
 #[tokio::test]
 async fn a_packer_tree_is_synced_built_fetched_and_published_into_a_usable_image() {

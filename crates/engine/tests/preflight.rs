@@ -2,6 +2,7 @@
 //! loopback): a ready site passes every check; each broken piece fails its
 //! check with a fix, and only that one.
 
+use crate::lab::write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,11 +10,6 @@ use homestak_core::model::Manifest;
 use homestak_core::site::Site;
 use homestak_engine::preflight::{self, Input, PreflightReport, Status};
 use homestak_engine::reconcile::{self, Engine, Setup};
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
 
 /// A site pointed at a running simulator whose node accepts `key`.
 struct Lab {

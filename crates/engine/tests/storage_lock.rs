@@ -17,11 +17,6 @@ use homestak_engine::reconcile::{self, Engine, Observer, Request, Setup};
 
 const VMS: usize = 12;
 
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
 fn manifest() -> Manifest {
     let mut text = String::from("schema_version: 2\nname: locks\nnodes:\n");
     for i in 0..VMS {
@@ -48,18 +43,7 @@ async fn a_slow_storage_times_out_some_allocations_and_every_node_converges_once
     homestak_tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let site_dir = dir.path().join("site-config");
-    write(
-        &site_dir.join("site.yaml"),
-        "defaults: {automation_user: homestak, bridge: vmbr0}\n",
-    );
-    write(
-        &site_dir.join("secrets.yaml"),
-        "api_tokens: {}\nssh_keys: {}\n",
-    );
-    write(
-        &site_dir.join("v2/presets/small.yaml"),
-        "cores: 1\nmemory: 1024\ndisk: 8\n",
-    );
+    crate::lab::small_site(&site_dir);
     let mut config = homestak_sim::Config::with_defaults();
     config.listen = Some("127.0.0.1:0".parse().unwrap());
     config.time_scale = 0.01;

@@ -30,3 +30,28 @@ mod ids {
         VmId::new(id.into()).expect("a vmid in PVE's range")
     }
 }
+
+/// What many tests set up: files and a minimal site-config.
+mod lab {
+    use std::path::Path;
+
+    pub fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// A site-config with defaults (bridge `vmbr0`), no secrets and a
+    /// `small` preset (1 core, 1 GiB, 8 GiB); the simulator's
+    /// `site_config::update` adds its host.
+    pub fn small_site(dir: &Path) {
+        write(
+            &dir.join("site.yaml"),
+            "defaults: {automation_user: homestak, bridge: vmbr0}\n",
+        );
+        write(&dir.join("secrets.yaml"), "api_tokens: {}\nssh_keys: {}\n");
+        write(
+            &dir.join("v2/presets/small.yaml"),
+            "cores: 1\nmemory: 1024\ndisk: 8\n",
+        );
+    }
+}

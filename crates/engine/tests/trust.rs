@@ -2,17 +2,12 @@
 //! simulator's self-signed certificate, a wrong pin is refused with or
 //! without it, and `--insecure` only helps a host that pins nothing.
 
-use std::path::Path;
+use crate::lab::write;
 use std::sync::Arc;
 
 use homestak_core::site::Site;
 use homestak_engine::reconcile::{self, Engine, Setup};
 use homestak_pve as pve;
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
 
 #[tokio::test]
 async fn a_pinned_fingerprint_is_checked_even_with_insecure() {
