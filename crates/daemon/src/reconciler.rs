@@ -451,10 +451,15 @@ impl Reconciler {
     /// Queues every managed, unsuspended manifest. Returns the names.
     pub fn enqueue_all(&self, reason: Reason) -> Vec<String> {
         // Every Nth resync reads every VM's config: what the fast path
-        // cannot see (network, cloud-init) is found at least that often.
-        let deep = reason == Reason::Resync
-            && self.deep_every > 0
-            && (self.resyncs.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(self.deep_every);
+        // cannot see (network, cloud-init) is found at least that often,
+        // and so does the startup run (drift while the daemon was down).
+        let deep = self.deep_every > 0
+            && match reason {
+                Reason::Startup => true,
+                Reason::Resync => (self.resyncs.fetch_add(1, Ordering::Relaxed) + 1)
+                    .is_multiple_of(self.deep_every),
+                _ => false,
+            };
         let names: Vec<String> = self
             .read_desired()
             .entries

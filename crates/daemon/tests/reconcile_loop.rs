@@ -466,8 +466,8 @@ async fn a_panicking_engine_fails_the_job_not_the_daemon() {
     d.stop().await.unwrap();
 }
 
-/// Every Nth resync reads every VM's config; commits and the other
-/// resyncs take the fast path.
+/// The startup run and every Nth resync read every VM's config; the
+/// other resyncs take the fast path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_third_resync_is_deep() {
     let site = tempfile::tempdir().unwrap();
@@ -480,8 +480,8 @@ async fn every_third_resync_is_deep() {
     let d = start(config, engine.clone()).await;
 
     let first = next_call(&mut calls).await;
-    assert_ne!(first.reason, Reason::Resync);
-    assert!(!first.deep, "the first run is not a resync: {first:?}");
+    assert_eq!(first.reason, Reason::Startup);
+    assert!(first.deep, "the startup run reads deep: {first:?}");
     let mut resyncs = Vec::new();
     while resyncs.len() < 6 {
         let call = next_call(&mut calls).await;

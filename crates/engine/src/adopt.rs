@@ -134,7 +134,7 @@ pub enum Error {
 }
 
 /// Looks at every node of `manifest` on `tier` and decides what adoption
-/// would do. Reads only.
+/// would do. Reads PVE only (the store may record what it saw in sync).
 pub async fn plan_adoption(tier: &Tier, manifest: &Manifest) -> Result<AdoptionPlan, Error> {
     let options = reconcile::Options {
         lease: None,

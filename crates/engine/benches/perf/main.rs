@@ -28,8 +28,10 @@
 //! at 10 VMs both are milliseconds and the ratio is noise).
 //!
 //! Environment (defaults in brackets):
-//! - `BENCH_SECTIONS` [p1,ansible,p2,p3,growth,nested]: which to run;
+//! - `BENCH_SECTIONS` [all: p1,ansible,p2,p3,growth,p4,nested]: which to
+//!   run (p2 and growth share their converges: naming one runs both);
 //! - `BENCH_P1_VMS` [40; smoke 10], `BENCH_P1_TIME_SCALE` [0.05];
+//! - `BENCH_P4_NODES` [10000];
 //! - `BENCH_ANSIBLE_TIME_SCALE` [0.25], `BENCH_ANSIBLE_FORKS`
 //!   [10,5,3,2,1], `BENCH_VENV` [<workspace>/.venv];
 //! - `BENCH_P2_VMS` [100,1000; smoke 10], `BENCH_GROWTH_VMS`

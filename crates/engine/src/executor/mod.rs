@@ -216,10 +216,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            // Measured with the converge bench (40 VMs, time scale 0.05):
-            // 16 nodes in progress were no faster than 8 (10.1 s and 9.7 s
-            // against a 9.2 s storage bound); nodes waiting for their agent
-            // hold a node slot but no storage slot.
+            // More nodes in progress were no faster on the converge bench:
+            // the storage lock is the bound, and nodes waiting for their
+            // agent hold a node slot but no storage slot.
             concurrency: 8,
             workers: 16,
             // Starts at 2 per storage (a create allocates twice, and PVE's

@@ -265,7 +265,7 @@ impl Engine {
     }
 
     /// This tier's plan of `manifest` and its child tiers', for `POST
-    /// /v1/plan` (nothing changes).
+    /// /v1/plan` (nothing changes on PVE).
     pub async fn plan_tree(
         &self,
         site: Arc<Site>,
@@ -331,17 +331,13 @@ impl Engine {
                 .await;
         };
         let key = lease_key(&tier);
-        // A run with nothing to do writes nothing, so it needs no lease:
-        // unless this engine holds it already, plan first and take the
-        // lease only for work (then plan again under it). A no-op costs
-        // the observe alone, not the lease's reads and writes.
-        let held = self
-            .leases
-            .lock()
-            .await
-            .get(&key)
-            .is_some_and(|l| !l.is_lost());
-        if request.mode == Mode::Apply && !held {
+        // A one-shot run with nothing to do writes nothing, so it needs no
+        // lease: it plans first and takes the lease only for work (then
+        // plans again under it). A no-op costs the observe alone, not the
+        // lease's reads and writes. A daemon (which keeps its leases) takes
+        // it on its first run whatever the plan: it is the host's
+        // reconciler from then on.
+        if request.mode == Mode::Apply && !self.setup.lease.hold {
             let planned = tier.plan(&request.manifest, &request.options).await?;
             if nothing_to_do(&planned) {
                 return self
@@ -474,13 +470,7 @@ impl Engine {
             return Ok(run);
         } else {
             // A `pve` node is set up over SSH whatever verify_ssh says.
-            let pve = request.mode == Mode::Apply
-                && planned
-                    .tier
-                    .desired
-                    .vms
-                    .iter()
-                    .any(|v| v.kind == homestak_core::plan::Kind::Pve);
+            let pve = request.mode == Mode::Apply && has_pve(&planned);
             if ssh || pve {
                 match ssh_check(&tier.host, &self.setup) {
                     Ok(check) => tier.ssh = Some(check),
@@ -614,13 +604,17 @@ struct Began {
 /// True when applying `planned` would change nothing: every node is in
 /// sync and none is a `pve` node (whose child tier may have work).
 fn nothing_to_do(planned: &Planned) -> bool {
-    planned.plan.is_converged()
-        && !planned
-            .tier
-            .desired
-            .vms
-            .iter()
-            .any(|v| v.kind == homestak_core::plan::Kind::Pve)
+    planned.plan.is_converged() && !has_pve(planned)
+}
+
+/// True when the tier has a `pve` node (set up over SSH, with a child tier).
+fn has_pve(planned: &Planned) -> bool {
+    planned
+        .tier
+        .desired
+        .vms
+        .iter()
+        .any(|v| v.kind == homestak_core::plan::Kind::Pve)
 }
 
 /// Which lease a tier's host has: one per PVE endpoint and node.

@@ -8,8 +8,8 @@
 //! it was is seen only by a deep observe (`--deep`, the daemon's every
 //! Nth resync). Ownership is checked again on every fast read: the keyed
 //! tag for the vmid, manifest and node must be in the resource's tags, so
-//! a copy at another vmid, or a VM whose tags were rewritten, is read in
-//! full as today.
+//! a copy at another vmid, or a VM whose tags were rewritten, has its
+//! config read.
 
 use std::collections::HashMap;
 
@@ -18,6 +18,7 @@ use homestak_core::plan::marks::{self, Claim, OwnerKey};
 use homestak_core::plan::{Action, ObservedVm, Plan};
 use homestak_pve::ClusterResource;
 
+use crate::controllers::vm::mapping;
 use crate::store::{self, NodeKey, NodeRecord, Seen, SeenConfig, Store, Summary};
 
 /// A VM the store saw in sync, by vmid: its node and what was seen.
@@ -108,6 +109,18 @@ pub fn summary(resource: &ClusterResource) -> Option<Summary> {
     })
 }
 
+/// True when the bulk entry shows what the config says. PVE fills a
+/// resource's name, CPUs, memory and disk from status data that can lag
+/// the config by seconds: a summary from before a change must not be
+/// recorded with the config from after it, or the old summary coming back
+/// would pass for the new config.
+fn agrees(summary: &Summary, vm: &ObservedVm) -> bool {
+    summary.name == vm.name
+        && summary.maxcpu == vm.cores
+        && summary.maxmem.map(|m| m >> 20) == vm.memory_mib
+        && (vm.disk_gib.is_none() || summary.maxdisk.map(mapping::bytes_to_gib) == vm.disk_gib)
+}
+
 /// What a deep read of `vm` gave, when it may stand for a later config
 /// read: ours by keyed marks, not locked, not a template.
 fn seen_config(vm: &ObservedVm) -> Option<SeenConfig> {
@@ -155,7 +168,7 @@ pub fn remember(
         if !vm.owned_by(&plan.manifest, &node.node) {
             continue;
         }
-        let Some(config) = seen_config(vm) else {
+        let Some(config) = seen_config(vm).filter(|_| agrees(summary, vm)) else {
             continue;
         };
         let seen = Seen {
@@ -321,6 +334,28 @@ mod tests {
             ..Default::default()
         });
         assert!(fast(&Known::from_records(&[(node(), intent)]), &r, "m").is_none());
+    }
+
+    #[test]
+    fn a_summary_lagging_its_config_is_not_recorded() {
+        let r = resource(100, &our_tags(100));
+        let summary = summary(&r).unwrap();
+        // What the config read gave: 2 cores, 2 GiB, 8 GiB, as the entry.
+        let mut vm = mapping::observed(&r, None, &key(), &|_| None).unwrap();
+        vm.disk_gib = Some(8);
+        assert!(agrees(&summary, &vm));
+        // The config already has 4 GiB; PVE's status data still says 2.
+        vm.memory_mib = Some(4096);
+        assert!(!agrees(&summary, &vm));
+        vm.memory_mib = Some(2048);
+        vm.cores = Some(4);
+        assert!(!agrees(&summary, &vm));
+        vm.cores = Some(2);
+        vm.disk_gib = Some(16);
+        assert!(!agrees(&summary, &vm));
+        vm.disk_gib = Some(8);
+        vm.name = Some("renamed".into());
+        assert!(!agrees(&summary, &vm));
     }
 
     #[test]
