@@ -102,6 +102,20 @@ fn wants(section: &str) -> bool {
 
 async fn full() -> Table {
     let mut t = Table::default();
+    // P4 first: its peak RSS is getrusage of this process's children,
+    // which the children of other sections (daemons, Ansible) would raise.
+    if wants("p4") {
+        let bin = support::binary();
+        let nodes: usize = env("BENCH_P4_NODES", 10_000);
+        // p4 runs its own runtime: on a thread of its own, outside this one.
+        let p = tokio::task::spawn_blocking(move || {
+            std::thread::spawn(move || p4::measure(&bin, nodes)).join()
+        })
+        .await
+        .expect("p4 thread")
+        .expect("p4 measures");
+        p4::rows(&p, &mut t);
+    }
     let p1_vms: usize = env("BENCH_P1_VMS", 40);
     let p1_scale: f64 = env("BENCH_P1_TIME_SCALE", 0.05);
     let mut p1_default = None;
@@ -126,18 +140,6 @@ async fn full() -> Table {
         )
         .await;
         p3::rows(&p, &mut t);
-    }
-    if wants("p4") {
-        let bin = support::binary();
-        let nodes: usize = env("BENCH_P4_NODES", 10_000);
-        // p4 runs its own runtime: on a thread of its own, outside this one.
-        let p = tokio::task::spawn_blocking(move || {
-            std::thread::spawn(move || p4::measure(&bin, nodes)).join()
-        })
-        .await
-        .expect("p4 thread")
-        .expect("p4 measures");
-        p4::rows(&p, &mut t);
     }
     if wants("nested") {
         let scale = env("BENCH_NESTED_TIME_SCALE", 0.01);
