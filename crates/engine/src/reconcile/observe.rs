@@ -58,7 +58,6 @@ pub async fn observe(
         .chain(remembered.iter().filter_map(|r| r.intent))
         .collect();
 
-    let intents: HashSet<VmId> = remembered.iter().filter_map(|r| r.intent).collect();
     let mut reads = JoinSet::new();
     let mut vms = Vec::new();
     let mut summaries = HashMap::new();
@@ -71,9 +70,8 @@ pub async fn observe(
         let candidate = resource.is_qemu()
             && (resource.tag_set().contains(TAG) || interesting.contains(&vm.vmid));
         if candidate {
-            let quick = known
-                .filter(|_| !intents.contains(&vm.vmid))
-                .and_then(|k| k.fast(&resource, &vm, key, &desired.manifest));
+            // `Known` leaves out create intents and shared vmids.
+            let quick = known.and_then(|k| k.fast(&resource, &vm, key, &desired.manifest));
             if let Some(quick) = quick {
                 fast += 1;
                 vms.push((index, quick));
