@@ -20,6 +20,8 @@ pub mod state;
 mod tests;
 #[cfg(test)]
 mod tests_intent;
+#[cfg(test)]
+mod tests_spec;
 
 use std::fmt;
 

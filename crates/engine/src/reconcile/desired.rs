@@ -24,22 +24,22 @@ use homestak_core::site::{self, InlineVm, Site, TofuVars, VmSettings};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("node {node}: type {kind} is not supported yet (only vm and pve)")]
-    Unsupported { node: String, kind: NodeType },
+    Unsupported { node: NodeName, kind: NodeType },
     #[error("node {node}: no image; set `image:` on the node or in its preset or template")]
-    NoImage { node: String },
+    NoImage { node: NodeName },
     #[error(
         "node {node}: preset {preset:?} not found in v2/presets/ or vms/presets/ of the site-config"
     )]
-    PresetNotFound { node: String, preset: String },
+    PresetNotFound { node: NodeName, preset: String },
     #[error("node {node}: cannot resolve it for host {host}")]
     Resolve {
-        node: String,
+        node: NodeName,
         host: String,
         #[source]
         source: site::resolver::Error,
     },
     #[error("node {node}: {what} is missing after resolution")]
-    Incomplete { node: String, what: &'static str },
+    Incomplete { node: NodeName, what: &'static str },
     #[error("VM {node:?} of the resolved env cannot be a node; rename it in the env file")]
     Name {
         node: String,
@@ -50,16 +50,16 @@ pub enum Error {
         "level {level} hosts the levels after it, so it must be one VM (the PVE host); its env \
          makes {vms}"
     )]
-    LevelHost { level: String, vms: usize },
+    LevelHost { level: NodeName, vms: usize },
     #[error("level {level}: cannot take the levels after it for its child tier")]
     Levels {
-        level: String,
+        level: NodeName,
         #[source]
         source: Box<homestak_core::model::Error>,
     },
     #[error("node {node}: cannot extract the subtree its child tier converges")]
     Subtree {
-        node: String,
+        node: NodeName,
         #[source]
         source: Box<homestak_core::graph::Error>,
     },
@@ -67,7 +67,7 @@ pub enum Error {
         "node {node}: spec {identity} cannot be resolved; fix v2/specs/{identity}.yaml or the node's spec:"
     )]
     Spec {
-        node: String,
+        node: NodeName,
         identity: String,
         #[source]
         source: site::spec::Error,
@@ -76,7 +76,7 @@ pub enum Error {
         "node {node}: no token for spec {identity} under its posture; fix secrets.yaml auth or the posture"
     )]
     SpecToken {
-        node: String,
+        node: NodeName,
         identity: String,
         #[source]
         source: site::auth::Error,
@@ -85,10 +85,10 @@ pub enum Error {
         "node {node}: execution mode pull needs a spec server; set defaults.spec_server in site.yaml \
          (the URL of `homestak serve` the VM reaches)"
     )]
-    NoSpecServer { node: String },
+    NoSpecServer { node: NodeName },
     #[error("VM {node}: its resolved vmid cannot be used; fix vmid_base or vmid in the env file")]
     VmId {
-        node: String,
+        node: NodeName,
         #[source]
         source: InvalidVmId,
     },
@@ -156,7 +156,7 @@ pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Err
             let mut vm = resolve_v2_node(site, node, host)?;
             if let Some(identity) = &node.spec {
                 let mode = manifest.execution_mode(node);
-                vm.spec = Some(spec_delivery(site, node.name.as_str(), identity, mode)?);
+                vm.spec = Some(spec_delivery(site, &node.name, identity, mode)?);
             }
             vms.push(vm);
         }
@@ -168,7 +168,7 @@ pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Err
             .collect();
         if !has_children.is_empty() {
             let wrap = |node: &NodeName| {
-                let node = node.to_string();
+                let node = node.clone();
                 move |source| Error::Subtree {
                     node,
                     source: Box::new(source),
@@ -188,14 +188,14 @@ pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Err
         if !rest.is_empty() {
             let [host_vm] = level.as_slice() else {
                 return Err(Error::LevelHost {
-                    level: first.name.to_string(),
+                    level: first.name.clone(),
                     vms: level.len(),
                 });
             };
             let subtree = manifest
                 .levels_below_first()
                 .map_err(|source| Error::Levels {
-                    level: first.name.to_string(),
+                    level: first.name.clone(),
                     source: Box::new(source),
                 })?;
             subtrees.insert(host_vm.name.clone(), Arc::new(subtree));
@@ -230,12 +230,12 @@ pub fn resolve(site: &Site, manifest: &Manifest, host: &str) -> Result<Tier, Err
 /// needs to fetch it (pull) or what homestak writes to it (push).
 fn spec_delivery(
     site: &Site,
-    node: &str,
+    node: &NodeName,
     identity: &str,
     mode: ExecutionMode,
 ) -> Result<SpecDelivery, Error> {
     let resolved = site.resolve_spec(identity).map_err(|source| Error::Spec {
-        node: node.to_string(),
+        node: node.clone(),
         identity: identity.to_string(),
         source,
     })?;
@@ -243,18 +243,23 @@ fn spec_delivery(
     // its JSON bodies with a newline), so push and pull leave the same file.
     let document = format!("{}\n", resolved.served());
     let digest = homestak_base::digest::sha256(document.as_bytes());
+    // The site answers an empty token for network trust (the reference's
+    // shape); here that is no token.
     let token = site
         .auth_token(resolved.posture_name(), identity)
         .map_err(|source| Error::SpecToken {
-            node: node.to_string(),
+            node: node.clone(),
             identity: identity.to_string(),
             source,
         })?;
-    let server = site.defaults().spec_server.clone().unwrap_or_default();
-    if mode == ExecutionMode::Pull && server.is_empty() {
-        return Err(Error::NoSpecServer {
-            node: node.to_string(),
-        });
+    let token = Some(token).filter(|t| !t.is_empty());
+    let server = site
+        .defaults()
+        .spec_server
+        .clone()
+        .filter(|s| !s.is_empty());
+    if mode == ExecutionMode::Pull && server.is_none() {
+        return Err(Error::NoSpecServer { node: node.clone() });
     }
     let root_password = site
         .secrets()
@@ -262,8 +267,8 @@ fn spec_delivery(
         .ok()
         .flatten()
         .and_then(|s| s.vm_root_password())
-        .cloned()
-        .unwrap_or_default();
+        .filter(|p| !p.is_empty())
+        .cloned();
     Ok(SpecDelivery {
         identity: identity.to_string(),
         mode,
@@ -280,13 +285,13 @@ fn resolve_v2_node(
     node: &homestak_core::model::Node,
     host: &str,
 ) -> Result<DesiredVm, Error> {
-    let name = node.name.to_string();
+    let name = &node.name;
     let kind = match node.kind {
         NodeType::Vm => Kind::Vm,
         NodeType::Pve => Kind::Pve,
         other => {
             return Err(Error::Unsupported {
-                node: name,
+                node: name.clone(),
                 kind: other,
             });
         }
@@ -304,7 +309,7 @@ fn resolve_v2_node(
             .and_then(|doc| doc.clone());
         let Some(p) = found else {
             return Err(Error::PresetNotFound {
-                node: name,
+                node: name.clone(),
                 preset: preset.clone(),
             });
         };
@@ -317,7 +322,7 @@ fn resolve_v2_node(
     let vars = site
         .resolve_manifest_node_vm(&InlineVm {
             node: host.to_string(),
-            vm_name: name.clone(),
+            vm_name: name.to_string(),
             vmid,
             template: None,
             vm_preset: None,
@@ -346,7 +351,7 @@ fn resolve_v1_level(
     host: &str,
     pve: bool,
 ) -> Result<Vec<DesiredVm>, Error> {
-    let name = level.name.to_string();
+    let name = &level.name;
     let wrap = |source| Error::Resolve {
         node: name.clone(),
         host: host.to_string(),
@@ -357,7 +362,7 @@ fn resolve_v1_level(
     } else {
         site.resolve_inline_vm(&InlineVm {
             node: host.to_string(),
-            vm_name: name.clone(),
+            vm_name: name.to_string(),
             vmid: level.vmid.map(|v| v.get()),
             template: level.template.clone(),
             vm_preset: level.vm_preset.clone(),
@@ -385,14 +390,14 @@ fn to_desired(vars: &TofuVars, kind: Kind) -> Result<Vec<DesiredVm>, Error> {
                 .map(|v| VmId::new(v.into()))
                 .transpose()
                 .map_err(|source| Error::VmId {
-                    node: node.clone(),
+                    node: name.clone(),
                     source,
                 })?;
             let image = vm
                 .image
                 .clone()
                 .filter(|i| !i.is_empty())
-                .ok_or(Error::NoImage { node: node.clone() })?;
+                .ok_or_else(|| Error::NoImage { node: name.clone() })?;
             let ip = match vm.ip_config() {
                 site::IpConfig::Static { address, prefix } => IpConfig::Static {
                     cidr: format!("{address}/{prefix}"),
@@ -400,23 +405,23 @@ fn to_desired(vars: &TofuVars, kind: Kind) -> Result<Vec<DesiredVm>, Error> {
                 },
                 site::IpConfig::Dhcp | site::IpConfig::Unset => IpConfig::Dhcp,
             };
+            let missing = |what| Error::Incomplete {
+                node: name.clone(),
+                what,
+            };
+            let cores = vm.cores.ok_or_else(|| missing("cores (set a preset)"))?;
+            let memory_mib = vm.memory.ok_or_else(|| missing("memory (set a preset)"))?;
+            let disk_gib = vm
+                .disk
+                .ok_or_else(|| missing("disk (set a preset or disk:)"))?;
             Ok(DesiredVm {
                 name,
                 kind,
                 parent: None,
                 vmid,
-                cores: vm.cores.ok_or(Error::Incomplete {
-                    node: node.clone(),
-                    what: "cores (set a preset)",
-                })?,
-                memory_mib: vm.memory.ok_or(Error::Incomplete {
-                    node: node.clone(),
-                    what: "memory (set a preset)",
-                })?,
-                disk_gib: vm.disk.ok_or(Error::Incomplete {
-                    node: node.clone(),
-                    what: "disk (set a preset or disk:)",
-                })?,
+                cores,
+                memory_mib,
+                disk_gib,
                 image,
                 storage: vars.datastore.clone(),
                 bridge: vm.bridge.clone(),

@@ -34,7 +34,7 @@ pub const CA_PATH: &str = "/etc/homestak/spec-server.pem";
 pub const SNIPPET_PREFIX: &str = "homestak-";
 
 /// The snippet file of `node` of `manifest`.
-pub fn snippet_file(manifest: &str, node: &str) -> String {
+pub fn snippet_file(manifest: &str, node: &NodeName) -> String {
     let clean = |s: &str| -> String {
         s.chars()
             .map(|c| {
@@ -46,7 +46,11 @@ pub fn snippet_file(manifest: &str, node: &str) -> String {
             })
             .collect()
     };
-    format!("{SNIPPET_PREFIX}{}-{}.yaml", clean(manifest), clean(node))
+    format!(
+        "{SNIPPET_PREFIX}{}-{}.yaml",
+        clean(manifest),
+        clean(node.as_str())
+    )
 }
 
 /// Quotes `s` for a POSIX shell.
@@ -54,23 +58,31 @@ fn q(s: &str) -> String {
     ssh::quote(s)
 }
 
+/// The spec server a pull-mode VM fetches from. Resolution refuses pull
+/// without one, so this only guards a hand-built delivery.
+fn pull_server<'a>(node: &NodePlan, spec: &'a SpecDelivery) -> Result<&'a str, Outcome> {
+    spec.server.as_deref().ok_or_else(|| {
+        refuse(format!(
+            "node {}: execution mode pull needs a spec server; set defaults.spec_server in \
+             site.yaml",
+            node.node
+        ))
+    })
+}
+
 /// The cloud-init user-data of a pull-mode VM: what cloud-init would make
 /// of `ciuser`/`sshkeys` (which `cicustom: user=` replaces), the root
 /// password, `/etc/profile.d/homestak.sh` (the Python tool's variables),
-/// and the first-boot fetch. `ca` is the server's certificate (PEM) for an
-/// HTTPS server.
-pub fn user_data(want: &DesiredVm, spec: &SpecDelivery, ca: Option<&str>) -> String {
-    let url = format!(
-        "{}/spec/{}",
-        spec.server.trim_end_matches('/'),
-        spec.identity
-    );
+/// and the first-boot fetch from `server`. `ca` is the server's
+/// certificate (PEM) for an HTTPS server.
+pub fn user_data(want: &DesiredVm, spec: &SpecDelivery, server: &str, ca: Option<&str>) -> String {
+    let url = format!("{}/spec/{}", server.trim_end_matches('/'), spec.identity);
     let mut files = vec![json!({
         "path": "/etc/profile.d/homestak.sh",
         "permissions": "0644",
         "content": format!(
             "export HOMESTAK_SPEC_SERVER={}\nexport HOMESTAK_IDENTITY={}\n",
-            q(&spec.server),
+            q(server),
             q(&spec.identity)
         ),
     })];
@@ -80,9 +92,9 @@ pub fn user_data(want: &DesiredVm, spec: &SpecDelivery, ca: Option<&str>) -> Str
         curl.push("--cacert".into());
         curl.push(CA_PATH.into());
     }
-    if !spec.token.is_empty() {
+    if let Some(token) = &spec.token {
         curl.push("-H".into());
-        curl.push(q(&format!("Authorization: Bearer {}", spec.token.expose())));
+        curl.push(q(&format!("Authorization: Bearer {}", token.expose())));
     }
     curl.push("-o".into());
     curl.push(format!("{SPEC_PATH}.tmp"));
@@ -102,10 +114,10 @@ pub fn user_data(want: &DesiredVm, spec: &SpecDelivery, ca: Option<&str>) -> Str
         "write_files": files,
         "runcmd": [["sh", "-c", fetch]],
     });
-    if !spec.root_password.is_empty() {
+    if let Some(password) = &spec.root_password {
         doc["chpasswd"] = json!({
             "expire": false,
-            "users": [{"name": "root", "password": spec.root_password.expose(), "type": "hash"}],
+            "users": [{"name": "root", "password": password.expose(), "type": "hash"}],
         });
     }
     // JSON is YAML: no quoting rules to get wrong.
@@ -121,7 +133,11 @@ impl VmController {
         let Some(spec) = want.spec.as_ref().filter(|s| s.mode == ExecutionMode::Pull) else {
             return StepOutcome::Done;
         };
-        let ca = if spec.server.starts_with("https://") {
+        let server = match pull_server(node, spec) {
+            Ok(s) => s,
+            Err(out) => return out,
+        };
+        let ca = if server.starts_with("https://") {
             match &self.spec_ca {
                 Some(pem) => Some(pem.as_str()),
                 None => {
@@ -130,7 +146,7 @@ impl VmController {
                          have its certificate; pass --spec-ca FILE (the server's \
                          tls/daemon.crt), let that daemon converge the manifest, or use an \
                          http:// spec_server on a trusted network",
-                        node.node, spec.server
+                        node.node, server
                     ));
                 }
             }
@@ -141,8 +157,8 @@ impl VmController {
             Ok(s) => s,
             Err(out) => return out,
         };
-        let file = snippet_file(&self.manifest, node.node.as_str());
-        let text = user_data(want, spec, ca);
+        let file = snippet_file(&self.manifest, &node.node);
+        let text = user_data(want, spec, server, ca);
         let session = match self.host_session(node).await {
             Ok(s) => s,
             Err(out) => return out,
@@ -180,7 +196,7 @@ impl VmController {
         let storage = self.snippet_storage().await.ok()?;
         Some(format!(
             "user={storage}:snippets/{}",
-            snippet_file(&self.manifest, node.node.as_str())
+            snippet_file(&self.manifest, &node.node)
         ))
     }
 
@@ -290,7 +306,7 @@ impl VmController {
         node: &NodePlan,
         want: &DesiredVm,
         m: &Memory,
-        step: &str,
+        step: Step,
     ) -> Result<Box<dyn ssh::Session>, Outcome> {
         let Some(check) = &self.ssh else {
             return Err(refuse(format!(
@@ -325,7 +341,7 @@ impl VmController {
         let Some(spec) = want.spec.as_ref().filter(|s| s.mode == ExecutionMode::Push) else {
             return StepOutcome::Done;
         };
-        let session = match self.vm_session(node, want, m, "push_spec").await {
+        let session = match self.vm_session(node, want, m, Step::PushSpec).await {
             Ok(s) => s,
             Err(out) => return out,
         };
@@ -371,7 +387,11 @@ impl VmController {
         let Some(spec) = want.spec.as_ref().filter(|s| s.mode == ExecutionMode::Pull) else {
             return StepOutcome::Done;
         };
-        let session = match self.vm_session(node, want, m, "verify_spec").await {
+        let server = match pull_server(node, spec) {
+            Ok(s) => s,
+            Err(out) => return out,
+        };
+        let session = match self.vm_session(node, want, m, Step::VerifySpec).await {
             Ok(s) => s,
             Err(out) => return out,
         };
@@ -390,7 +410,7 @@ impl VmController {
                  certificate, and the posture's token in secrets.yaml; the VM's /var/log/cloud-init-output.log has curl's error",
                 node.node,
                 spec.identity,
-                spec.server,
+                server,
                 match last_line(&out.stdout_text()) {
                     "" | "status: done" => "no result".to_string(),
                     other => format!("result {other:?}"),
@@ -439,22 +459,29 @@ mod tests {
     use super::*;
     use homestak_base::secret::Secret;
 
-    fn delivery(mode: ExecutionMode, token: &str) -> SpecDelivery {
+    const SERVER: &str = "https://127.0.0.1:44443";
+
+    fn delivery(mode: ExecutionMode, token: Option<&str>) -> SpecDelivery {
         SpecDelivery {
             identity: "web".into(),
             mode,
-            server: "https://127.0.0.1:44443".into(),
+            server: Some(SERVER.into()),
             digest: "d".into(),
             document: "{}".into(),
-            token: Secret::new(token),
-            root_password: Secret::new("$6$salt$hash"),
+            token: token.map(Secret::new),
+            root_password: Some(Secret::new("$6$salt$hash")),
         }
     }
 
     #[test]
     fn user_data_keeps_users_and_keys_and_fetches_with_the_token() {
         let want = crate::controllers::vm::tests::want(Some(100));
-        let text = user_data(&want, &delivery(ExecutionMode::Pull, "s3cret"), Some("PEM"));
+        let text = user_data(
+            &want,
+            &delivery(ExecutionMode::Pull, Some("s3cret")),
+            SERVER,
+            Some("PEM"),
+        );
         assert!(text.starts_with("#cloud-config\n"));
         let doc: serde_json::Value =
             serde_json::from_str(text.trim_start_matches("#cloud-config\n")).unwrap();
@@ -477,13 +504,26 @@ mod tests {
     #[test]
     fn network_trust_sends_no_header() {
         let want = crate::controllers::vm::tests::want(Some(100));
-        let text = user_data(&want, &delivery(ExecutionMode::Pull, ""), None);
+        let text = user_data(&want, &delivery(ExecutionMode::Pull, None), SERVER, None);
         assert!(!text.contains("Authorization"));
         assert!(!text.contains("--cacert"));
     }
 
     #[test]
+    fn no_root_password_sets_none() {
+        let want = crate::controllers::vm::tests::want(Some(100));
+        let mut spec = delivery(ExecutionMode::Pull, None);
+        spec.root_password = None;
+        let text = user_data(&want, &spec, SERVER, None);
+        let doc: serde_json::Value =
+            serde_json::from_str(text.trim_start_matches("#cloud-config\n")).unwrap();
+        assert_eq!(doc.get("chpasswd"), None);
+        assert_eq!(doc["users"][0]["name"], json!(want.user));
+    }
+
+    #[test]
     fn snippet_names_are_ours_and_plain() {
-        assert_eq!(snippet_file("demo", "web.1"), "homestak-demo-web_1.yaml");
+        let node = NodeName::new("web.1").unwrap();
+        assert_eq!(snippet_file("demo", &node), "homestak-demo-web_1.yaml");
     }
 }
