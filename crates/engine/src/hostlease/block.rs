@@ -48,28 +48,31 @@ pub enum State {
     Free,
 }
 
-/// Who holds (or last held) the lease.
+/// Who holds (or last held) the lease. In the block an absent value is
+/// an empty line value (`pid_start: 0` for the start time), as every
+/// homestak writes and reads it; `Some("")` and `Some(0)` would read back
+/// as `None`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Holder {
     /// What runs: `reconcile`, `serve`, `create`, …
-    pub command: String,
+    pub command: Option<String>,
     /// The holder's hostname.
     pub host: String,
     pub pid: u32,
-    pub state_dir: String,
+    pub state_dir: Option<String>,
     /// The holder's homestak version.
-    pub version: String,
+    pub version: Option<String>,
     /// Random, one per lease taken: tells two holders with the same pid
     /// (PID 1 in containers, two engines in one process) apart.
     pub nonce: String,
     /// `/etc/machine-id`, when readable.
-    pub machine: String,
-    /// The kernel's boot id: a different one means the holder's machine
-    /// rebooted since.
-    pub boot: String,
-    /// The process's start time (clock ticks after boot): a reused pid has
-    /// another.
-    pub pid_start: u64,
+    pub machine: Option<String>,
+    /// The kernel's boot id, when readable: a different one means the
+    /// holder's machine rebooted since.
+    pub boot: Option<String>,
+    /// The process's start time (clock ticks after boot), when readable: a
+    /// reused pid has another.
+    pub pid_start: Option<u64>,
 }
 
 /// One lease record.
@@ -189,20 +192,23 @@ impl Record {
             State::Held => "held",
             State::Free => "free",
         };
+        // Absent values keep their line, empty (`0` for pid_start): the
+        // block other homestak versions read.
+        let optional = |value: &Option<String>| clean(value.as_deref().unwrap_or_default());
         let lines: [(&str, String); 14] = [
             ("lease", state.to_string()),
-            ("command", clean(&h.command)),
+            ("command", optional(&h.command)),
             ("host", clean(&h.host)),
             ("pid", h.pid.to_string()),
-            ("state_dir", clean(&h.state_dir)),
-            ("version", clean(&h.version)),
+            ("state_dir", optional(&h.state_dir)),
+            ("version", optional(&h.version)),
             ("acquired", self.acquired.to_string()),
             ("renewed", self.renewed.to_string()),
             ("expires", self.expires.to_string()),
             ("nonce", clean(&h.nonce)),
-            ("machine", clean(&h.machine)),
-            ("boot", clean(&h.boot)),
-            ("pid_start", h.pid_start.to_string()),
+            ("machine", optional(&h.machine)),
+            ("boot", optional(&h.boot)),
+            ("pid_start", h.pid_start.unwrap_or(0).to_string()),
             ("format", FORMAT.to_string()),
         ];
         for (key, value) in lines {
@@ -230,7 +236,8 @@ impl Record {
         let text = |key: &'static str| -> Result<String, Problem> {
             fields.get(key).cloned().ok_or(Problem::Missing { key })
         };
-        let optional = |key: &str| fields.get(key).cloned().unwrap_or_default();
+        // Missing or empty: absent.
+        let optional = |key: &str| fields.get(key).filter(|v| !v.is_empty()).cloned();
         let number = |key: &'static str| -> Result<u64, Problem> {
             let value = text(key)?;
             value.parse().map_err(|_| Problem::Value { key, value })
@@ -274,7 +281,10 @@ impl Record {
                 nonce,
                 machine: optional("machine"),
                 boot: optional("boot"),
-                pid_start: optional("pid_start").parse().unwrap_or(0),
+                // `0` (or anything not a number): not known.
+                pid_start: optional("pid_start")
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&start| start != 0),
             },
             acquired: time("acquired")?,
             renewed: time("renewed")?,
@@ -291,15 +301,15 @@ mod tests {
         Record {
             state: State::Held,
             holder: Holder {
-                command: "reconcile".into(),
+                command: Some("reconcile".into()),
                 host: "build-01".into(),
                 pid: 4242,
-                state_dir: "/home/ops/.local/state/homestak".into(),
-                version: "0.1.0".into(),
+                state_dir: Some("/home/ops/.local/state/homestak".into()),
+                version: Some("0.1.0".into()),
                 nonce: "6f1c00aa".into(),
-                machine: "3e8a".into(),
-                boot: "0b5c".into(),
-                pid_start: 123_456,
+                machine: Some("3e8a".into()),
+                boot: Some("0b5c".into()),
+                pid_start: Some(123_456),
             },
             acquired: "2026-03-01T10:00:00Z".parse().unwrap(),
             renewed: "2026-03-01T10:00:40Z".parse().unwrap(),
@@ -373,9 +383,60 @@ mod tests {
     }
 
     #[test]
+    fn an_old_block_with_empty_values_reads_them_as_absent_and_renders_the_same() {
+        // A holder that could read neither /etc/machine-id nor /proc.
+        let text = concat!(
+            "<!-- homestak:lease begin (written by homestak; do not edit) -->\n",
+            "```text\n",
+            "lease: held\n",
+            "command: \n",
+            "host: build-01\n",
+            "pid: 4242\n",
+            "state_dir: \n",
+            "version: \n",
+            "acquired: 2026-03-01T10:00:00Z\n",
+            "renewed: 2026-03-01T10:00:40Z\n",
+            "expires: 2026-03-01T10:01:40Z\n",
+            "nonce: 6f1c00aa\n",
+            "machine: \n",
+            "boot: \n",
+            "pid_start: 0\n",
+            "format: 1\n",
+            "```\n",
+            "<!-- homestak:lease end -->\n",
+        );
+        let read = Notes::parse(text).unwrap().record.unwrap();
+        let h = &read.holder;
+        assert_eq!(h.command, None);
+        assert_eq!((&h.state_dir, &h.version), (&None, &None));
+        assert_eq!((&h.machine, &h.boot, h.pid_start), (&None, &None, None));
+        assert_eq!((h.host.as_str(), h.pid), ("build-01", 4242));
+        assert_eq!(read.render(), text);
+        // Lines an older format left out read as absent too.
+        let short = text
+            .replace("machine: \n", "")
+            .replace("pid_start: 0\n", "");
+        let read = Notes::parse(&short).unwrap().record.unwrap();
+        assert_eq!((read.holder.machine, read.holder.pid_start), (None, None));
+        // A full record renders every value as written.
+        assert_eq!(
+            record().render(),
+            text.replace("command: \n", "command: reconcile\n")
+                .replace(
+                    "state_dir: \n",
+                    "state_dir: /home/ops/.local/state/homestak\n"
+                )
+                .replace("version: \n", "version: 0.1.0\n")
+                .replace("machine: \n", "machine: 3e8a\n")
+                .replace("boot: \n", "boot: 0b5c\n")
+                .replace("pid_start: 0\n", "pid_start: 123456\n")
+        );
+    }
+
+    #[test]
     fn values_stay_on_one_line_and_free_of_percent_signs() {
         let mut r = record();
-        r.holder.state_dir = "/tmp/100%\nlease: free".into();
+        r.holder.state_dir = Some("/tmp/100%\nlease: free".into());
         let text = r.render();
         assert!(
             text.contains("state_dir: /tmp/100??lease: free\n"),

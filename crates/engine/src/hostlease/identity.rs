@@ -19,10 +19,10 @@ use super::block::Holder;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Process {
     pub host: String,
-    pub machine: String,
-    pub boot: String,
+    pub machine: Option<String>,
+    pub boot: Option<String>,
     pub pid: u32,
-    pub pid_start: u64,
+    pub pid_start: Option<u64>,
 }
 
 /// Whether a holder still runs.
@@ -63,11 +63,10 @@ pub fn this_process() -> &'static Process {
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .unwrap_or_else(|| "unknown".into()),
             machine: read_trimmed("/etc/machine-id")
-                .or_else(|| read_trimmed("/var/lib/dbus/machine-id"))
-                .unwrap_or_default(),
-            boot: read_trimmed("/proc/sys/kernel/random/boot_id").unwrap_or_default(),
+                .or_else(|| read_trimmed("/var/lib/dbus/machine-id")),
+            boot: read_trimmed("/proc/sys/kernel/random/boot_id"),
             pid,
-            pid_start: pid_start(pid).unwrap_or(0),
+            pid_start: pid_start(pid),
         }
     })
 }
@@ -107,14 +106,14 @@ pub fn liveness(holder: &Holder) -> Liveness {
 }
 
 fn liveness_from(holder: &Holder, me: &Process, started: impl Fn(u32) -> Option<u64>) -> Liveness {
-    let same_machine = !me.boot.is_empty()
-        && holder.host == me.host
-        && holder.machine == me.machine
-        && !holder.boot.is_empty();
-    if !same_machine {
+    // Without both boot ids nothing tells the machines apart.
+    let (Some(my_boot), Some(its_boot)) = (&me.boot, &holder.boot) else {
+        return Liveness::Unknown;
+    };
+    if holder.host != me.host || holder.machine != me.machine {
         return Liveness::Unknown;
     }
-    if holder.boot != me.boot {
+    if its_boot != my_boot {
         // The machine rebooted since: every process of then is gone.
         return Liveness::Gone;
     }
@@ -126,7 +125,7 @@ fn liveness_from(holder: &Holder, me: &Process, started: impl Fn(u32) -> Option<
         };
     }
     match started(holder.pid) {
-        Some(start) if start == holder.pid_start => Liveness::Alive,
+        Some(start) if Some(start) == holder.pid_start => Liveness::Alive,
         _ => Liveness::Gone,
     }
 }
@@ -138,24 +137,24 @@ mod tests {
     fn me() -> Process {
         Process {
             host: "build-01".into(),
-            machine: "m1".into(),
-            boot: "b1".into(),
+            machine: Some("m1".into()),
+            boot: Some("b1".into()),
             pid: 100,
-            pid_start: 5000,
+            pid_start: Some(5000),
         }
     }
 
     fn holder(pid: u32, pid_start: u64) -> Holder {
         Holder {
-            command: "reconcile".into(),
+            command: Some("reconcile".into()),
             host: "build-01".into(),
             pid,
-            state_dir: "/state".into(),
-            version: "0".into(),
+            state_dir: Some("/state".into()),
+            version: Some("0".into()),
             nonce: format!("n-{pid}-{pid_start}"),
-            machine: "m1".into(),
-            boot: "b1".into(),
-            pid_start,
+            machine: Some("m1".into()),
+            boot: Some("b1".into()),
+            pid_start: Some(pid_start),
         }
     }
 
@@ -177,7 +176,7 @@ mod tests {
         );
         // Rebooted since.
         let mut old = holder(200, 7000);
-        old.boot = "b0".into();
+        old.boot = Some("b0".into());
         assert_eq!(liveness_from(&old, &me(), running), Liveness::Gone);
     }
 
@@ -187,13 +186,10 @@ mod tests {
         other.host = "build-02".into();
         assert_eq!(liveness_from(&other, &me(), |_| None), Liveness::Unknown);
         let mut other = holder(200, 7000);
-        other.machine = "m2".into();
+        other.machine = Some("m2".into());
         assert_eq!(liveness_from(&other, &me(), |_| None), Liveness::Unknown);
         // Without /proc nothing is known.
-        let blind = Process {
-            boot: String::new(),
-            ..me()
-        };
+        let blind = Process { boot: None, ..me() };
         assert_eq!(
             liveness_from(&holder(200, 7000), &blind, |_| None),
             Liveness::Unknown
@@ -214,8 +210,8 @@ mod tests {
     fn this_process_reads_its_own_start_time() {
         let me = this_process();
         if std::path::Path::new("/proc/self/stat").exists() {
-            assert!(me.pid_start > 0);
-            assert_eq!(pid_start(me.pid), Some(me.pid_start));
+            assert!(me.pid_start.is_some_and(|start| start > 0));
+            assert_eq!(pid_start(me.pid), me.pid_start);
         }
     }
 }

@@ -105,14 +105,13 @@ impl Held {
 }
 
 fn describe(h: &Holder) -> String {
-    let command = if h.command.is_empty() {
-        "homestak"
-    } else {
-        &h.command
-    };
+    let command = h.command.as_deref().unwrap_or("homestak");
     format!(
         "`{command}` (pid {} on {}, state dir {}, homestak {})",
-        h.pid, h.host, h.state_dir, h.version
+        h.pid,
+        h.host,
+        h.state_dir.as_deref().unwrap_or_default(),
+        h.version.as_deref().unwrap_or_default()
     )
 }
 
@@ -260,15 +259,15 @@ fn seed() -> Record {
     Record {
         state: State::Free,
         holder: Holder {
-            command: String::new(),
+            command: None,
             host: String::new(),
             pid: 0,
-            state_dir: String::new(),
-            version: String::new(),
+            state_dir: None,
+            version: None,
             nonce: "none".into(),
-            machine: String::new(),
-            boot: String::new(),
-            pid_start: 0,
+            machine: None,
+            boot: None,
+            pid_start: None,
         },
         acquired: Timestamp::EPOCH,
         renewed: Timestamp::EPOCH,
@@ -280,11 +279,11 @@ fn seed() -> Record {
 fn holder(policy: &Policy, state_dir: &Path) -> Holder {
     let me = identity::this_process();
     Holder {
-        command: policy.command.clone(),
+        command: Some(policy.command.clone()),
         host: me.host.clone(),
         pid: me.pid,
-        state_dir: state_dir.display().to_string(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
+        state_dir: Some(state_dir.display().to_string()),
+        version: Some(env!("CARGO_PKG_VERSION").to_string()),
         nonce: format!("{:032x}", rand::random::<u128>()),
         machine: me.machine.clone(),
         boot: me.boot.clone(),

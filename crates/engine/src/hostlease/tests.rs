@@ -144,15 +144,15 @@ fn elsewhere(expires: Timestamp) -> Record {
     Record {
         state: State::Held,
         holder: Holder {
-            command: "serve".into(),
+            command: Some("serve".into()),
             host: "build-02.example".into(),
             pid: 777,
-            state_dir: "/var/lib/homestak".into(),
-            version: "0.0.9".into(),
+            state_dir: Some("/var/lib/homestak".into()),
+            version: Some("0.0.9".into()),
             nonce: "feedface".into(),
-            machine: "another-machine".into(),
-            boot: "another-boot".into(),
-            pid_start: 1,
+            machine: Some("another-machine".into()),
+            boot: Some("another-boot".into()),
+            pid_start: Some(1),
         },
         acquired: Timestamp::now(),
         renewed: Timestamp::now(),
@@ -174,7 +174,7 @@ async fn a_free_host_is_taken_and_given_back_and_the_users_notes_stay() {
     let held = node.record().unwrap();
     assert_eq!(held.state, State::Held);
     assert_eq!(&held.holder, lease.holder());
-    assert_eq!(held.holder.state_dir, "/state/reconcile");
+    assert_eq!(held.holder.state_dir.as_deref(), Some("/state/reconcile"));
     assert_eq!(held.holder.pid, std::process::id());
     assert!(held.expires > Timestamp::now());
     assert!(node.notes().starts_with(USER_NOTES), "{}", node.notes());
@@ -236,7 +236,7 @@ fn on_this_machine(pid: u32, pid_start: u64) -> Record {
     record.holder.machine = me.machine.clone();
     record.holder.boot = me.boot.clone();
     record.holder.pid = pid;
-    record.holder.pid_start = pid_start;
+    record.holder.pid_start = Some(pid_start);
     record
 }
 
@@ -315,9 +315,10 @@ async fn two_takers_at_once_exactly_one_wins() {
         };
         assert_eq!(node.record().unwrap().holder.nonce, winner.holder().nonce);
         assert!(
-            loser
-                .to_string()
-                .contains(&format!("`{}`", winner.holder().command)),
+            loser.to_string().contains(&format!(
+                "`{}`",
+                winner.holder().command.as_deref().unwrap()
+            )),
             "the loser names the winner: {loser}"
         );
         assert!(node.notes().starts_with(USER_NOTES));
@@ -426,6 +427,34 @@ async fn an_empty_node_config_gets_a_free_block_before_the_lease_is_taken_under_
     );
     assert!(puts[1].is_some(), "the lease itself is conditional");
     assert_eq!(node.record().unwrap().holder.nonce, lease.holder().nonce);
+}
+
+/// The seed is the same bytes from every homestak version: its absent
+/// values are empty lines (`0` for numbers), and it reads back as absent.
+#[test]
+fn the_seed_block_is_the_one_every_version_writes() {
+    let text = concat!(
+        "<!-- homestak:lease begin (written by homestak; do not edit) -->\n",
+        "```text\n",
+        "lease: free\n",
+        "command: \n",
+        "host: \n",
+        "pid: 0\n",
+        "state_dir: \n",
+        "version: \n",
+        "acquired: 1970-01-01T00:00:00Z\n",
+        "renewed: 1970-01-01T00:00:00Z\n",
+        "expires: 1970-01-01T00:00:00Z\n",
+        "nonce: none\n",
+        "machine: \n",
+        "boot: \n",
+        "pid_start: 0\n",
+        "format: 1\n",
+        "```\n",
+        "<!-- homestak:lease end -->\n",
+    );
+    assert_eq!(seed().render(), text);
+    assert_eq!(block::Notes::parse(text).unwrap().record, Some(seed()));
 }
 
 #[tokio::test]
