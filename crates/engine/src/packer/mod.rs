@@ -91,7 +91,7 @@ pub enum PackerError {
     #[error("cannot list storage {storage} of node {node} through the PVE API")]
     Api {
         storage: String,
-        node: String,
+        node: PveNode,
         #[source]
         source: homestak_pve::Error,
     },
@@ -102,7 +102,7 @@ pub enum PackerError {
     )]
     NotListed {
         volid: String,
-        node: String,
+        node: PveNode,
         storage: String,
     },
 }
@@ -451,14 +451,14 @@ pub async fn verify_images(
         .await
         .map_err(|source| PackerError::Api {
             storage: storage.to_string(),
-            node: node.to_string(),
+            node: node.clone(),
             source,
         })?;
     for volid in volids {
         if !listed.iter().any(|c| &c.volid == volid) {
             return Err(PackerError::NotListed {
                 volid: volid.clone(),
-                node: node.to_string(),
+                node: node.clone(),
                 storage: storage.to_string(),
             });
         }

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use homestak_api::{Applied, Event, Kind, LastReconcile, Mode, Outcome, Reason, Status};
+use homestak_base::id::PveNode;
 use homestak_base::time::Timestamp;
 use homestak_core::model::Manifest;
 use homestak_core::site::{HostConfig, Site};
@@ -126,7 +127,7 @@ pub struct Engine {
     /// Sees every PVE request of every client this engine builds.
     pve_observer: Option<Arc<dyn pve::Observer>>,
     /// Host leases held, by PVE endpoint and node.
-    leases: tokio::sync::Mutex<HashMap<String, HostLease>>,
+    leases: tokio::sync::Mutex<HashMap<LeaseKey, HostLease>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -330,7 +331,7 @@ impl Engine {
                 .run_in(&request, tier, None, cancel, None, observer, began)
                 .await;
         };
-        let key = lease_key(&tier);
+        let key = LeaseKey::of(&tier);
         // A one-shot run with nothing to do writes nothing, so it needs no
         // lease: it plans first and takes the lease only for work (then
         // plans again under it). A no-op costs the observe alone, not the
@@ -371,7 +372,7 @@ impl Engine {
     /// holds it already.
     async fn take_lease(
         &self,
-        key: &str,
+        key: &LeaseKey,
         tier: &Tier,
         wait: hostlease::Wait,
         observer: &dyn Observer,
@@ -395,13 +396,13 @@ impl Engine {
         )
         .await?;
         let lost = lease.lost();
-        leases.insert(key.to_string(), lease);
+        leases.insert(key.clone(), lease);
         Ok(lost)
     }
 
     /// Gives back the lease at `key` (errors are logged: the run is over,
     /// and an unreleased lease lapses or is taken over).
-    async fn give_back(&self, key: &str) {
+    async fn give_back(&self, key: &LeaseKey) {
         let lease = self.leases.lock().await.remove(key);
         if let Some(lease) = lease
             && !lease.is_lost()
@@ -414,7 +415,7 @@ impl Engine {
     /// Gives back every host lease this engine holds (the daemon, as it
     /// stops).
     pub async fn release_leases(&self) {
-        let leases: Vec<String> = self.leases.lock().await.keys().cloned().collect();
+        let leases: Vec<LeaseKey> = self.leases.lock().await.keys().cloned().collect();
         for key in leases {
             self.give_back(&key).await;
         }
@@ -618,12 +619,20 @@ fn has_pve(planned: &Planned) -> bool {
 }
 
 /// Which lease a tier's host has: one per PVE endpoint and node.
-fn lease_key(tier: &Tier) -> String {
-    format!(
-        "{}|{}",
-        tier.host.api_endpoint.as_deref().unwrap_or_default(),
-        tier.pve_node
-    )
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LeaseKey {
+    /// The host's `api_endpoint`, when its config names one.
+    endpoint: Option<String>,
+    node: PveNode,
+}
+
+impl LeaseKey {
+    fn of(tier: &Tier) -> LeaseKey {
+        LeaseKey {
+            endpoint: tier.host.api_endpoint.clone(),
+            node: tier.pve_node.clone(),
+        }
+    }
 }
 
 /// Opens the tier's store, `<state_dir>/store`.
