@@ -316,6 +316,34 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// `GET /health` (a seed endpoint, outside `/v1`, no token):
+/// `{"status": "ok"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    pub status: Health,
+}
+
+impl HealthResponse {
+    /// The only answer a serving daemon gives.
+    pub fn ok() -> HealthResponse {
+        HealthResponse { status: Health::Ok }
+    }
+}
+
+/// What `/health` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Ok,
+}
+
+/// `GET /specs` (a seed endpoint, outside `/v1`, no token): the names of
+/// the site-config's specs (`v2/specs/<name>.yaml`), sorted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecsResponse {
+    pub specs: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

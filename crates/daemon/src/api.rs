@@ -12,15 +12,13 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::Method;
-use serde::Serialize;
-use serde_json::Value;
 
 use super::auth::{ApiTokens, Caller};
 use super::engine::{Engine, StatusRequest};
 use super::events::EventLog;
 use super::metrics::{Metrics, PveMetrics};
 use super::reconciler::{Reconciler, error_chain, subtree_revision};
-use super::reply::{self, ApiError, Reply};
+use super::reply::{self, ApiError, Reply, to_body as body};
 use super::site_cell::SiteCell;
 pub use homestak_api::v1::Endpoint;
 use homestak_api::v1::{
@@ -272,12 +270,6 @@ impl Api {
             queued: true,
         })
     }
-}
-
-/// An answer as its JSON body.
-fn body(answer: &impl Serialize) -> Result<Value, ApiError> {
-    serde_json::to_value(answer)
-        .map_err(|e| ApiError::internal(format!("Cannot encode the answer: {e}")))
 }
 
 /// A `true`/`false` query parameter, `None` when absent.

@@ -29,7 +29,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use homestak_api::v1::{ErrorBody, ErrorDetail};
+use serde::Serialize;
+use serde_json::Value;
 
 /// `application/json`, as the reference sent it.
 pub const JSON: &str = "application/json";
@@ -81,6 +83,11 @@ impl Reply {
             retry_after: None,
             bad_token: false,
         }
+    }
+
+    /// 200 with `answer` as its JSON body.
+    pub fn typed(answer: &impl Serialize) -> Reply {
+        to_body(answer).map_or_else(|err| err.reply(), Reply::json)
     }
 
     /// 200 with raw bytes.
@@ -240,14 +247,22 @@ impl ApiError {
         ApiError::new(503, "E503", message)
     }
 
-    /// The JSON body.
-    pub fn body(&self) -> Value {
-        json!({"error": {"code": self.code, "message": self.message}})
+    /// The body, as the API's clients read it.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message.clone(),
+            },
+        }
     }
 
     /// As a [`Reply`].
     pub fn reply(&self) -> Reply {
-        let mut reply = Reply::json_status(self.status, self.body());
+        // Two strings always encode; not through `to_body`, whose own
+        // failure is an `ApiError`.
+        let body = serde_json::to_value(self.body()).unwrap_or_default();
+        let mut reply = Reply::json_status(self.status, body);
         reply.bad_token = self.code == "E301";
         reply
     }
@@ -257,6 +272,13 @@ impl From<ApiError> for Reply {
     fn from(err: ApiError) -> Reply {
         err.reply()
     }
+}
+
+/// An answer as its JSON body. serde_json fails only on maps whose keys
+/// are not strings; an answer with one is a 500, not a panic.
+pub fn to_body(answer: &impl Serialize) -> Result<Value, ApiError> {
+    serde_json::to_value(answer)
+        .map_err(|e| ApiError::internal(format!("Cannot encode the answer: {e}")))
 }
 
 /// Whole seconds for `Retry-After`, never 0 for a positive wait.
@@ -272,6 +294,7 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[tokio::test]
     async fn head_keeps_headers_and_drops_the_body() {
@@ -286,6 +309,16 @@ mod tests {
         assert!(body.is_empty());
         let body = axum::body::to_bytes(get.into_body(), 1024).await.unwrap();
         assert_eq!(&body[..], b"{\"status\":\"ok\"}\n");
+    }
+
+    #[test]
+    fn an_error_answers_the_seed_shape() {
+        let reply = ApiError::not_found("Spec not found: web").reply();
+        assert_eq!(reply.status, 404);
+        assert_eq!(
+            reply.body_json(),
+            Some(&json!({"error": {"code": "E200", "message": "Spec not found: web"}}))
+        );
     }
 
     #[test]

@@ -10,11 +10,10 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
-
 use super::auth::{RepoAuth, bearer};
 use super::reply::{ApiError, Reply};
 use super::repos::RepoSet;
+use homestak_api::v1::{HealthResponse, SpecsResponse};
 use homestak_core::site::{Site, spec};
 
 /// What the seed endpoints need.
@@ -74,7 +73,7 @@ pub fn route(path: &str) -> Route<'_> {
 /// reconciler API before answering "Unknown endpoint".
 pub async fn handle(ctx: &Context, target: &str, authorization: Option<&str>) -> Option<Reply> {
     Some(match route(normalise(target)) {
-        Route::Health => Reply::json(json!({"status": "ok"})),
+        Route::Health => Reply::typed(&HealthResponse::ok()),
         Route::Specs => specs_list(&ctx.site),
         Route::Spec(identity) => spec_request(&ctx.site, identity, authorization),
         Route::Repo(path) => repo_request(ctx, path, authorization).await,
@@ -89,7 +88,9 @@ pub fn unknown_endpoint(target: &str) -> Reply {
 
 /// `GET /specs`.
 pub fn specs_list(site: &Site) -> Reply {
-    Reply::json(json!({"specs": site.list_specs()}))
+    Reply::typed(&SpecsResponse {
+        specs: site.list_specs(),
+    })
 }
 
 /// `GET /spec/{identity}`: the auth check, then the resolved spec without

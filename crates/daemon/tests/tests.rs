@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod bodies;
 mod hardening;
 mod load;
 mod matrix;
