@@ -55,7 +55,7 @@ pub fn vm_id(text: &str) -> Result<(NodeName, VmId), String> {
     if name.is_empty() {
         return Err(format!("{text:?} names no node"));
     }
-    let name = NodeName::new(name).map_err(|e| format!("{e} (in {text:?})"))?;
+    let name = NodeName::new(name).map_err(|e| e.to_string())?;
     Ok((name, id))
 }
 
@@ -194,9 +194,6 @@ mod tests {
         assert_eq!(err(" =100"), "\" =100\" names no node");
         // Once a lookup that failed later; now refused as it is parsed.
         let bad = err("a_b=100");
-        assert!(
-            bad.contains("'a_b' is not a valid node name") && bad.contains("\"a_b=100\""),
-            "{bad}"
-        );
+        assert!(bad.starts_with("'a_b' is not a valid node name"), "{bad}");
     }
 }
