@@ -371,6 +371,7 @@ pub(super) async fn converge(
                 output::print_text(&format!("\nInterrupted: {why}.\n"));
             }
             report.fail(why);
+            report.outcome = Outcome::Interrupted;
             return Ok(Outcome::Interrupted);
         }
         report.context.insert("dry_run".into(), true.into());
@@ -576,7 +577,7 @@ pub(super) fn finish_report(
         }
     }
     if global.json {
-        output::print_json(&report.to_json())?;
+        output::print_json(&report.to_document())?;
     }
     Ok(())
 }

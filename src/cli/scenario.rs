@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::report::RunReport;
 use super::{GlobalArgs, Outcome, output};
+use homestak_base::id::{NodeName, VmId};
 use homestak_engine::scenario::{
     self, Context, Ctx, Inputs, Lookup, PhaseStatus, RunOptions, SCENARIOS, ScenarioDef,
 };
@@ -83,7 +84,7 @@ pub struct InputArgs {
     pub env: Option<String>,
     /// Override a VM's id, NAME=ID (repeatable).
     #[arg(long, value_name = "NAME=ID", value_parser = super::target::vm_id)]
-    pub vm_id: Vec<(String, u32)>,
+    pub vm_id: Vec<(NodeName, VmId)>,
     /// A manifest of the site-config (spec-vm-push-roundtrip; default: a
     /// built-in one-VM manifest).
     #[arg(
@@ -190,13 +191,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     }
     let dir = super::target::report_dir(args.report_dir.as_ref(), args.inputs.state_dir.as_ref());
     super::converge::finish_report(&report, &json_global(global, json), Some(&dir))?;
-    Ok(if report.success {
-        Outcome::Converged
-    } else if report.interrupted {
-        Outcome::Interrupted
-    } else {
-        Outcome::Failed
-    })
+    Ok(report.outcome)
 }
 
 fn json_global(global: &GlobalArgs, json: bool) -> GlobalArgs {
@@ -261,26 +256,26 @@ async fn execute(
     let run = scenario::run(def, &mut ctx, &options, cancel, &mut show).await;
     signals.abort();
     for phase in &run.phases {
-        report.phases.push((
-            phase.name.to_string(),
-            phase.status.to_string(),
-            phase.duration,
-        ));
+        report
+            .phases
+            .push((phase.name.to_string(), phase.status, phase.duration));
     }
     report.duration = run.duration;
     report.context = ctx.context.as_map().clone();
     if let Some(error) = &run.error {
         report.fail(error.clone());
     }
-    report.interrupted = run.interrupted;
+    if run.outcome == Outcome::Interrupted {
+        report.outcome = Outcome::Interrupted;
+    }
     if let Some(path) = &args.context_file {
         ctx.context.save(path)?;
     }
     if !json {
-        let verdict = if run.success { "passed" } else { "failed" };
         eprintln!(
-            "scenario {} {verdict} in {:.1}s",
+            "scenario {} {} in {:.1}s",
             def.name,
+            report.verdict(),
             run.duration.as_secs_f64()
         );
     }

@@ -194,7 +194,8 @@ pub async fn test(args: TestArgs, global: &GlobalArgs) -> anyhow::Result<Outcome
         }
     }
     finish(&report, &global, &args.seed)?;
-    Ok(if report.success {
+    // Whether both halves passed; an interrupted half fails the test.
+    Ok(if report.passed() {
         Outcome::Converged
     } else {
         Outcome::Failed

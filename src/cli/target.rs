@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::GlobalArgs;
 use super::manifest::Source;
+use homestak_base::id::{NodeName, VmId};
 use homestak_core::model::{Loader, Manifest};
 use homestak_core::site::Site;
 use homestak_engine::hostlease::Policy;
@@ -34,14 +35,14 @@ pub struct TargetArgs {
     pub ssh_key: Option<PathBuf>,
     /// Override a node's vmid, NAME=ID (repeatable), e.g. `--vm-id test=99990`.
     #[arg(long, value_name = "NAME=ID", value_parser = vm_id)]
-    pub vm_id: Vec<(String, u32)>,
+    pub vm_id: Vec<(NodeName, VmId)>,
     /// Only the first N levels of the manifest.
     #[arg(long, value_name = "N")]
     pub depth: Option<usize>,
 }
 
-/// `NAME=ID` of `--vm-id`.
-pub fn vm_id(text: &str) -> Result<(String, u32), String> {
+/// `NAME=ID` of `--vm-id`: a node name and a vmid PVE accepts.
+pub fn vm_id(text: &str) -> Result<(NodeName, VmId), String> {
     let (name, id) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?} is not NAME=ID (e.g. test=99990)"))?;
@@ -49,11 +50,13 @@ pub fn vm_id(text: &str) -> Result<(String, u32), String> {
         .trim()
         .parse()
         .map_err(|_| format!("{id:?} in {text:?} is not a vmid"))?;
-    homestak_base::id::VmId::new(i128::from(id)).map_err(|e| e.to_string())?;
-    if name.trim().is_empty() {
+    let id = VmId::new(i128::from(id)).map_err(|e| e.to_string())?;
+    let name = name.trim();
+    if name.is_empty() {
         return Err(format!("{text:?} names no node"));
     }
-    Ok((name.trim().to_string(), id))
+    let name = NodeName::new(name).map_err(|e| e.to_string())?;
+    Ok((name, id))
 }
 
 /// The manifest with `--depth` and `--vm-id` applied.
@@ -62,9 +65,8 @@ pub fn adjust(manifest: Manifest, args: &TargetArgs) -> anyhow::Result<Manifest>
         Some(depth) => manifest.limit_depth(depth),
         None => manifest,
     };
-    for (name, id) in &args.vm_id {
-        let vmid = homestak_base::id::VmId::new(i128::from(*id))?;
-        manifest.set_vmid(name, vmid)?;
+    for (name, vmid) in &args.vm_id {
+        manifest.set_vmid(name, *vmid)?;
     }
     Ok(manifest)
 }
@@ -167,4 +169,31 @@ pub fn read_manifest(source: &Source, site_root: &std::path::Path) -> anyhow::Re
         }
     };
     Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_id_gives_a_typed_node_and_vmid() {
+        let (name, id) = vm_id(" test = 99990").unwrap();
+        assert_eq!(name, "test");
+        assert_eq!(id.get(), 99990);
+    }
+
+    #[test]
+    fn vm_id_refuses_what_the_manifest_or_pve_would() {
+        let err = |text: &str| vm_id(text).unwrap_err();
+        assert_eq!(err("test"), "\"test\" is not NAME=ID (e.g. test=99990)");
+        assert_eq!(err("test=x"), "\"x\" in \"test=x\" is not a vmid");
+        assert_eq!(
+            err("test=5"),
+            "vmid 5 is out of range: PVE accepts 100 to 999999999"
+        );
+        assert_eq!(err(" =100"), "\" =100\" names no node");
+        // Once a lookup that failed later; now refused as it is parsed.
+        let bad = err("a_b=100");
+        assert!(bad.starts_with("'a_b' is not a valid node name"), "{bad}");
+    }
 }

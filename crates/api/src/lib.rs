@@ -10,6 +10,8 @@
 //! - [`record`]: what a tier remembers per manifest ([`ManifestRecord`])
 //!   and the subtrees parents handed over ([`Subtree`]).
 //! - [`status`]: drift reports ([`Status`]).
+//! - [`report`]: run reports ([`RunReport`], the `--json` document of a
+//!   run) and how each phase ended ([`PhaseStatus`]).
 //! - [`v1`]: the HTTP API: endpoints, scopes, request and answer bodies.
 //! - [`ready`]: how to reach a daemon running on this machine.
 //! - [`client`]: a typed client over HTTPS pinned to the daemon's
@@ -20,6 +22,7 @@ pub mod event;
 pub mod outcome;
 pub mod ready;
 pub mod record;
+pub mod report;
 pub mod status;
 pub mod step;
 pub mod v1;
@@ -28,5 +31,6 @@ pub use client::Client;
 pub use event::{Event, Kind, Level};
 pub use outcome::{DriftPolicy, Mode, NodeState, Outcome, Reason};
 pub use record::{Applied, LastReconcile, ManifestRecord, Subtree};
+pub use report::{PhaseReport, PhaseStatus, RunReport};
 pub use status::{NodeStatus, State, Status, TreeNode};
 pub use step::{Step, StepName};

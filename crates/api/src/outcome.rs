@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 
 /// How a run of one manifest on one tier ended: the one outcome type of
 /// `reconcile --once`, the seed verbs, `status`, the daemon and its API.
+/// A scenario run ends Converged when every phase passed or was skipped,
+/// else Failed or Interrupted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {

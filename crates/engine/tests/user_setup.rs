@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use homestak_api::Outcome;
 use homestak_engine::scenario::{self, Context, Ctx, Inputs, RunOptions, ScenarioRun, registry};
 use homestak_ssh::{
     Command, Destination, HostKeyPolicy, Identity, RusshTransport, Session, Target, Transport,
@@ -110,7 +111,7 @@ async fn run(inputs: &Inputs) -> ScenarioRun {
     )
     .await
     .expect("hang guard");
-    assert!(run.success, "{:?}", run.error);
+    assert_eq!(run.outcome, Outcome::Converged, "{:?}", run.error);
     assert_eq!(
         ctx.context.get_str("homestak_user").as_deref(),
         Some("homestak")

@@ -90,7 +90,7 @@ pub enum Error {
     #[error("--vm-id {name}=…: manifest {manifest} has no node {name} (it has: {})", known.join(", "))]
     UnknownNode {
         manifest: String,
-        name: String,
+        name: homestak_base::id::NodeName,
         known: Vec<String>,
     },
     /// The manifests directory could not be listed.

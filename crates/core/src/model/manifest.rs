@@ -16,7 +16,7 @@ use super::parse::{self, Document};
 use super::types::{Execution, ExecutionMode, NodeType, Pattern, Settings, Version};
 use super::v1::{self, Level};
 use super::v2::{self, Node};
-use homestak_base::id::VmId;
+use homestak_base::id::{NodeName, VmId};
 
 /// Manifest schema version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -248,15 +248,15 @@ impl Manifest {
     }
 
     /// Gives node (or level) `name` the vmid `vmid` (`--vm-id NAME=ID`).
-    pub fn set_vmid(&mut self, name: &str, vmid: VmId) -> Result<(), Error> {
+    pub fn set_vmid(&mut self, name: &NodeName, vmid: VmId) -> Result<(), Error> {
         let mut found = false;
         if let Some(tree) = self.tree.as_mut() {
-            for node in tree.nodes.iter_mut().filter(|n| n.name == name) {
+            for node in tree.nodes.iter_mut().filter(|n| n.name == *name) {
                 node.vmid = Some(vmid);
                 found = true;
             }
         }
-        for level in self.levels.iter_mut().filter(|l| l.name == name) {
+        for level in self.levels.iter_mut().filter(|l| l.name == *name) {
             level.vmid = Some(vmid);
             found = true;
         }
@@ -265,7 +265,7 @@ impl Manifest {
         }
         Err(Error::UnknownNode {
             manifest: self.name.clone(),
-            name: name.to_string(),
+            name: name.clone(),
             known: self.levels.iter().map(|l| l.name.to_string()).collect(),
         })
     }

@@ -46,6 +46,7 @@ use serde::Serialize;
 pub use run::execute;
 pub use storage::{PerStorage, StorageStats};
 
+use homestak_api::PhaseStatus;
 use homestak_api::step::Step;
 /// What the executor reports as it goes: [`Event`]s of kinds
 /// `step_started`, `step_requeued`, `step_done`, `step_retry`,
@@ -240,8 +241,8 @@ impl Default for Config {
 pub struct PhaseRecord {
     pub node: NodeName,
     pub name: Step,
-    /// `passed` | `failed`.
-    pub status: &'static str,
+    /// Passed or failed (the executor skips no step).
+    pub status: PhaseStatus,
     pub duration: Duration,
     pub attempts: u32,
 }

@@ -22,8 +22,8 @@ use super::{
     AsStep, Config, Controller, Event, NodeState, OnError, PhaseRecord, Planned, StepErrorKind,
     StepOutcome,
 };
-use homestak_api::Kind;
 use homestak_api::step::Step;
+use homestak_api::{Kind, PhaseStatus};
 use homestak_core::plan::NodePlan;
 
 /// How a scheduler run ended.
@@ -357,7 +357,7 @@ impl<'a, C: Controller> Scheduler<'a, C> {
                 if let Some(slot) = run.storage.take() {
                     self.storages.done(slot, step, Instant::now());
                 }
-                let duration = self.close_step(i, "passed", attempts);
+                let duration = self.close_step(i, PhaseStatus::Passed, attempts);
                 let took = humantime::format_duration(Duration::from_millis(
                     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
                 ));
@@ -456,7 +456,7 @@ impl<'a, C: Controller> Scheduler<'a, C> {
     /// Node `i`'s current step failed for good: the step ends (freeing its
     /// storage slot), the node fails, and `on_error` decides the rest.
     fn fail(&mut self, i: usize, attempts: u32, why: String) {
-        self.close_step(i, "failed", attempts);
+        self.close_step(i, PhaseStatus::Failed, attempts);
         self.finish(i, NodeState::Failed(why));
         let on_error = self.on_error;
         if matches!(on_error, OnError::Stop | OnError::Rollback) {
@@ -499,7 +499,7 @@ impl<'a, C: Controller> Scheduler<'a, C> {
 
     /// Ends node `i`'s current step: frees its storage slot (if still
     /// held) and records the phase. Returns how long the step took.
-    fn close_step(&mut self, i: usize, status: &'static str, attempts: u32) -> Duration {
+    fn close_step(&mut self, i: usize, status: PhaseStatus, attempts: u32) -> Duration {
         let run = &mut self.runs[i];
         let duration = run
             .step_started

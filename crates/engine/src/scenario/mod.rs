@@ -29,9 +29,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use homestak_api::Outcome;
 use homestak_base::BoxFuture;
+use homestak_base::id::{NodeName, VmId};
 
 pub use context::{Context, ContextFileError};
+/// How a phase ended: the executor's steps end the same way.
+pub use homestak_api::PhaseStatus;
 pub use registry::{Lookup, SCENARIOS, find};
 pub use shell::{Shell, ShellError, Where};
 
@@ -112,8 +116,8 @@ pub struct Inputs {
     pub packer_release: Option<String>,
     /// `--env NAME`.
     pub env: Option<String>,
-    /// `--vm-id name=ID`, repeatable.
-    pub vm_ids: Vec<(String, u32)>,
+    /// `--vm-id NAME=ID`, repeatable.
+    pub vm_ids: Vec<(NodeName, VmId)>,
     /// `-M NAME`: a manifest of the site-config (spec-vm-push-roundtrip).
     pub manifest: Option<String>,
     /// `--manifest-file PATH`: a manifest file.
@@ -235,25 +239,6 @@ impl PhaseError {
     }
 }
 
-/// How a phase ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PhaseStatus {
-    Passed,
-    Failed,
-    Skipped,
-}
-
-impl std::fmt::Display for PhaseStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            PhaseStatus::Passed => "passed",
-            PhaseStatus::Failed => "failed",
-            PhaseStatus::Skipped => "skipped",
-        })
-    }
-}
-
 /// One phase's result, in run order.
 #[derive(Debug, Clone)]
 pub struct PhaseResult {
@@ -276,13 +261,13 @@ pub struct RunOptions {
 #[derive(Debug, Clone)]
 pub struct ScenarioRun {
     pub scenario: &'static str,
-    pub success: bool,
+    /// Converged when every phase passed or was skipped; Failed; or
+    /// Interrupted by a signal.
+    pub outcome: Outcome,
     pub duration: Duration,
     pub phases: Vec<PhaseResult>,
     /// The first failure, in a line (with its causes).
     pub error: Option<String>,
-    /// Stopped by a signal.
-    pub interrupted: bool,
 }
 
 /// `--skip` names that are no phase of `def`: the run refuses them rather
@@ -325,11 +310,10 @@ pub async fn run(
     let mut cancel = std::pin::pin!(cancel);
     let mut out = ScenarioRun {
         scenario: def.name,
-        success: true,
+        outcome: Outcome::Converged,
         duration: Duration::ZERO,
         phases: Vec::new(),
         error: None,
-        interrupted: false,
     };
     for phase in (def.phases)() {
         let elapsed = started.elapsed();
@@ -350,7 +334,7 @@ pub async fn run(
             };
             on_phase(phase.name, Some(&result));
             out.phases.push(result);
-            out.success = false;
+            out.outcome = Outcome::Failed;
             out.error = Some(message);
             break;
         }
@@ -371,13 +355,11 @@ pub async fn run(
             result = (phase.run)(ctx) => Some(result),
             () = &mut cancel => None,
         };
+        let interrupted = outcome.is_none();
         let (status, message) = match outcome {
             Some(Ok(message)) => (PhaseStatus::Passed, message),
             Some(Err(err)) => (PhaseStatus::Failed, homestak_base::error_chain(&err)),
-            None => {
-                out.interrupted = true;
-                (PhaseStatus::Failed, "interrupted".to_string())
-            }
+            None => (PhaseStatus::Failed, "interrupted".to_string()),
         };
         let result = PhaseResult {
             name: phase.name,
@@ -388,7 +370,11 @@ pub async fn run(
         on_phase(phase.name, Some(&result));
         let failed = status == PhaseStatus::Failed;
         if failed {
-            out.success = false;
+            out.outcome = if interrupted {
+                Outcome::Interrupted
+            } else {
+                Outcome::Failed
+            };
             out.error = Some(format!("{}: {}", phase.name, result.message));
         }
         out.phases.push(result);

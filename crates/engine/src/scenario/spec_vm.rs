@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use homestak_api::{Mode, Outcome, Reason};
-use homestak_base::id::VmId;
+use homestak_base::id::NodeName;
 use homestak_core::model::{ExecutionMode, Loader, Manifest};
 use homestak_core::site::Site;
 use homestak_ssh as ssh;
@@ -117,19 +117,17 @@ fn manifest(ctx: &Ctx, site: &Site) -> Result<Manifest, PhaseError> {
         Manifest::from_json(&doc.to_string())
             .map_err(|e| PhaseError::caused(format!("the built-in manifest with spec {spec}"), e))?
     };
-    for (name, id) in &ctx.inputs.vm_ids {
-        let vmid = VmId::new(i128::from(*id))
-            .map_err(|e| PhaseError::caused(format!("--vm-id {name}={id}"), e))?;
+    for (name, vmid) in &ctx.inputs.vm_ids {
         manifest
-            .set_vmid(name, vmid)
-            .map_err(|e| PhaseError::caused(format!("--vm-id {name}={id}"), e))?;
+            .set_vmid(name, *vmid)
+            .map_err(|e| PhaseError::caused(format!("--vm-id {name}={vmid}"), e))?;
     }
     Ok(manifest)
 }
 
 /// The node whose spec the scenario checks: the first with `spec:`, in
 /// push mode. Returns its name and spec.
-fn spec_node(manifest: &Manifest) -> Result<(String, String), PhaseError> {
+fn spec_node(manifest: &Manifest) -> Result<(NodeName, String), PhaseError> {
     let node = manifest
         .nodes_in_creation_order()
         .unwrap_or_default()
@@ -152,7 +150,7 @@ fn spec_node(manifest: &Manifest) -> Result<(String, String), PhaseError> {
         ));
     }
     let spec = node.spec.clone().unwrap_or_default();
-    Ok((node.name.to_string(), spec))
+    Ok((node.name.clone(), spec))
 }
 
 fn setup(ctx: &Ctx) -> Setup {
@@ -224,7 +222,7 @@ fn provision_vm(ctx: &mut Ctx) -> PhaseFuture<'_> {
         let record = engine
             .store()
             .and_then(|s| s.list_nodes(manifest.name()).ok())
-            .and_then(|records| records.into_iter().find(|(n, _)| n.as_str() == node))
+            .and_then(|records| records.into_iter().find(|(n, _)| *n == node))
             .map(|(_, r)| r);
         let (Some(vmid), Some(ip)) = (
             record.as_ref().and_then(|r| r.vmid),
@@ -239,7 +237,7 @@ fn provision_vm(ctx: &mut Ctx) -> PhaseFuture<'_> {
         let c = &mut ctx.context;
         c.set("manifest", manifest.name().to_string());
         c.set("spec", spec.clone());
-        c.set("vm_name", node.clone());
+        c.set("vm_name", node.to_string());
         c.set("vm_id", vmid);
         c.set("vm_ip", ip.clone());
         c.set(format!("{node}_vmid"), vmid);
@@ -270,7 +268,7 @@ fn verify_spec(ctx: &mut Ctx) -> PhaseFuture<'_> {
             .desired
             .vms
             .iter()
-            .find(|v| v.name.as_str() == node)
+            .find(|v| v.name == node)
             .ok_or_else(|| {
                 PhaseError::failed(format!("node {node} is not a VM of host {host_name}"), None)
             })?;
@@ -348,6 +346,7 @@ fn destroy_vm(ctx: &mut Ctx) -> PhaseFuture<'_> {
 mod tests {
     use super::*;
     use crate::scenario::{Context, Inputs};
+    use homestak_base::id::VmId;
 
     fn site_with(specs: &[&str]) -> (tempfile::TempDir, Ctx) {
         let dir = tempfile::tempdir().unwrap();
@@ -391,7 +390,7 @@ mod tests {
         assert_eq!(manifest.name(), DEFAULT_MANIFEST);
         assert_eq!(
             spec_node(&manifest).unwrap(),
-            (DEFAULT_NODE.to_string(), "api".to_string())
+            (NodeName::new(DEFAULT_NODE).unwrap(), "api".to_string())
         );
 
         let (_dir, ctx) = site_with(&[]);
@@ -404,11 +403,12 @@ mod tests {
     fn vm_id_overrides_apply_to_the_manifest_and_unknown_names_are_refused() {
         let (_dir, mut ctx) = site_with(&["web"]);
         let loaded = super::site(&ctx).unwrap();
-        ctx.inputs.vm_ids = vec![("test".into(), 99123)];
+        let vmid = VmId::new(99123).unwrap();
+        ctx.inputs.vm_ids = vec![(NodeName::new("test").unwrap(), vmid)];
         let manifest = manifest(&ctx, &loaded).unwrap();
         let node = manifest.node("test").unwrap();
         assert_eq!(node.vmid.map(u32::from), Some(99123));
-        ctx.inputs.vm_ids = vec![("nobody".into(), 99123)];
+        ctx.inputs.vm_ids = vec![(NodeName::new("nobody").unwrap(), vmid)];
         let err = homestak_base::error_chain(&manifest_err(&ctx, &loaded));
         assert!(err.contains("--vm-id nobody=99123"), "{err}");
     }

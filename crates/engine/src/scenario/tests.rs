@@ -109,7 +109,7 @@ async fn go(def: &ScenarioDef, options: &RunOptions) -> (ScenarioRun, Ctx, Vec<S
 #[tokio::test]
 async fn phases_run_in_order_and_share_the_context() {
     let (run, ctx, heard) = go(&OK, &RunOptions::default()).await;
-    assert!(run.success);
+    assert_eq!(run.outcome, Outcome::Converged);
     assert_eq!(run.error, None);
     let names: Vec<_> = run.phases.iter().map(|p| p.name).collect();
     assert_eq!(names, ["ensure_one", "wait_slow", "verify_two"]);
@@ -131,7 +131,7 @@ async fn phases_run_in_order_and_share_the_context() {
 #[tokio::test]
 async fn a_failure_stops_the_run_and_names_the_phase_and_the_fix() {
     let (run, ctx, _) = go(&FAILS, &RunOptions::default()).await;
-    assert!(!run.success);
+    assert_eq!(run.outcome, Outcome::Failed);
     assert_eq!(run.phases.len(), 2, "the phase after a failure never runs");
     assert_eq!(run.phases[1].status, PhaseStatus::Failed);
     assert_eq!(
@@ -148,7 +148,7 @@ async fn skipped_phases_are_reported_and_not_run() {
         timeout: None,
     };
     let (run, ctx, _) = go(&OK, &options).await;
-    assert!(run.success);
+    assert_eq!(run.outcome, Outcome::Converged);
     let statuses: Vec<_> = run.phases.iter().map(|p| p.status).collect();
     assert_eq!(
         statuses,
@@ -175,7 +175,7 @@ async fn the_timeout_is_checked_between_phases() {
         timeout: Some(Duration::from_millis(20)),
     };
     let (run, ctx, _) = go(&OK, &options).await;
-    assert!(!run.success);
+    assert_eq!(run.outcome, Outcome::Failed);
     // The slow phase finishes (the timeout is not preemptive, as in the
     // Python tool); the next one is refused.
     assert_eq!(ctx.context.get("slow"), Some(&serde_json::json!(true)));
@@ -200,7 +200,7 @@ async fn a_signal_interrupts_the_phase_in_flight() {
         &mut |_, _| {},
     )
     .await;
-    assert!(run.interrupted && !run.success);
+    assert_eq!(run.outcome, Outcome::Interrupted);
     assert_eq!(run.phases.last().map(|p| p.name), Some("wait_slow"));
     assert_eq!(ctx.context.get("slow"), None);
 }

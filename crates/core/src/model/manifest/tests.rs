@@ -291,19 +291,23 @@ fn from_v2_checks_the_tree_in_reference_order() {
 #[test]
 fn vm_id_overrides_set_the_node_and_its_level_and_unknown_names_are_refused() {
     let mut manifest = load("valid-v2-tree.yaml");
-    let first = manifest.levels()[0].name.to_string();
+    let first = manifest.levels()[0].name.clone();
     let vmid = VmId::new(99990).unwrap();
     manifest.set_vmid(&first, vmid).unwrap();
     assert_eq!(manifest.levels()[0].vmid, Some(vmid));
-    assert_eq!(manifest.node(&first).and_then(|n| n.vmid), Some(vmid));
-    let err = manifest.set_vmid("no-such-node", vmid).unwrap_err();
+    assert_eq!(
+        manifest.node(first.as_str()).and_then(|n| n.vmid),
+        Some(vmid)
+    );
+    let nobody = NodeName::new("no-such-node").unwrap();
+    let err = manifest.set_vmid(&nobody, vmid).unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("no node no-such-node") && text.contains(&first),
+        text.contains("no node no-such-node") && text.contains(first.as_str()),
         "{text}"
     );
     let mut v1 = load("valid-v1.yaml");
-    let name = v1.levels()[1].name.to_string();
+    let name = v1.levels()[1].name.clone();
     v1.set_vmid(&name, vmid).unwrap();
     assert_eq!(v1.levels()[1].vmid, Some(vmid));
 }

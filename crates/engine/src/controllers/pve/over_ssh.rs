@@ -12,7 +12,7 @@ use super::{Lifecycle, Memory};
 use crate::controllers::vm;
 use crate::executor::{StepError, StepOutcome};
 use crate::store::DelegationState;
-use homestak_api::Status;
+use homestak_api::{RunReport, Status};
 use homestak_base::error_chain as chain;
 use homestak_core::model::Manifest;
 use homestak_core::plan::{DesiredVm, NodePlan};
@@ -43,15 +43,10 @@ fn command_line(host: &str, subtree: &Manifest, verb: &[&str]) -> String {
     words.join(" ")
 }
 
-/// The `success` and `error` of a run report (`--json`).
+/// The `success` and `error` of the child's run report (`--json`).
 fn report_outcome(stdout: &str) -> Option<(bool, Option<String>)> {
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).ok()?;
-    let success = report.get("success")?.as_bool()?;
-    let error = report
-        .get("error")
-        .and_then(|e| e.as_str())
-        .map(str::to_string);
-    Some((success, error))
+    let report: RunReport = serde_json::from_str(stdout.trim()).ok()?;
+    Some((report.success, report.error))
 }
 
 /// How an SSH run of the child ended.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 
 use homestak_api::v1::ChildPlan;
-use homestak_api::{Kind, Mode, Reason};
+use homestak_api::{Kind, Mode, PhaseStatus, Reason};
 use homestak_core::model::{Loader, Manifest};
 use homestak_core::site::Site;
 use homestak_engine::executor::{self, Event, NodeState};
@@ -708,7 +708,7 @@ impl Ctx {
                 let got: Vec<&str> = report
                     .phases
                     .iter()
-                    .filter(|p| p.node == *node && p.status == "passed")
+                    .filter(|p| p.node == *node && p.status == PhaseStatus::Passed)
                     .map(|p| p.name.as_str())
                     .collect();
                 if got != *want {
