@@ -40,6 +40,7 @@ conformance: venv build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	CARGO=$(CARGO) ./scripts/release-features.sh
 
 ## deny: `cargo deny check advisories bans` against deny.toml. cargo-deny
 ## is installed into .tools/ on first use (a few minutes, once). The RustSec

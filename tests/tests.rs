@@ -15,6 +15,7 @@ mod sim_support;
 mod bad_input;
 mod cli_adopt;
 mod cli_completions_man;
+mod cli_crds;
 mod cli_interrupt;
 mod cli_observe;
 mod cli_output;

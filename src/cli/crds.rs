@@ -1,6 +1,8 @@
 //! `homestak crds`: generate or check the JSON Schemas in `crds/`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 
 use super::{GlobalArgs, Outcome, output};
 
@@ -39,7 +41,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
             Outcome::Failed
         });
     }
-    let written = homestak_core::crds::write(&args.out)?;
+    let written = write(&args.out)?;
     if global.json {
         let list: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
         output::print_json(&serde_json::json!({ "written": list }))?;
@@ -49,4 +51,18 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<Outcome> {
         }
     }
     Ok(Outcome::Converged)
+}
+
+/// Writes every schema core renders into `dir`, creating it; returns the
+/// files written.
+fn write(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot write {}", dir.display()))?;
+    let mut written = Vec::new();
+    for doc in homestak_core::crds::documents() {
+        let path = dir.join(&doc.file_name);
+        std::fs::write(&path, doc.text)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
 }

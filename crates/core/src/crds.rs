@@ -4,19 +4,14 @@
 //! kind homestak reads (manifests, specs, postures, presets, node and host
 //! configs). They are generated here from the Rust types, so the schema
 //! editors check against is the schema the loader enforces; a test fails
-//! when the committed files are stale (`homestak crds --check`).
+//! when the committed files are stale (`homestak crds --check`). Core only
+//! renders them ([`documents`]); the binary writes the files.
 
 use std::path::{Path, PathBuf};
 
-/// Writing or checking `crds/` failed.
+/// Checking `crds/` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot write {}", path.display())]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("cannot list {}", path.display())]
     List {
         path: PathBuf,
@@ -44,22 +39,24 @@ pub fn render(schema: &schemars::Schema) -> String {
     text
 }
 
-/// Writes every schema into `dir`, creating it; returns the files written.
-pub fn write(dir: &Path) -> Result<Vec<PathBuf>, Error> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Write {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let mut written = Vec::new();
-    for (stem, schema) in all() {
-        let path = dir.join(file_name(stem));
-        std::fs::write(&path, render(&schema)).map_err(|source| Error::Write {
-            path: path.clone(),
-            source,
-        })?;
-        written.push(path);
-    }
-    Ok(written)
+/// One schema file as it belongs in `crds/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    /// `<stem>.schema.json`, no directory.
+    pub file_name: String,
+    /// The exact contents ([`render`]).
+    pub text: String,
+}
+
+/// Every schema as the file it is written to, in [`all`]'s order.
+pub fn documents() -> Vec<Document> {
+    all()
+        .into_iter()
+        .map(|(stem, schema)| Document {
+            file_name: file_name(stem),
+            text: render(&schema),
+        })
+        .collect()
 }
 
 /// One way `crds/` differs from what the types generate.
@@ -81,14 +78,14 @@ impl std::fmt::Display for Stale {
     }
 }
 
-/// Compares `dir` with what [`write()`] would produce.
+/// Compares `dir` with [`documents`].
 pub fn check(dir: &Path) -> Result<Vec<Stale>, Error> {
     let mut stale = Vec::new();
     let mut expected = Vec::new();
-    for (stem, schema) in all() {
-        let path = dir.join(file_name(stem));
+    for doc in documents() {
+        let path = dir.join(&doc.file_name);
         match std::fs::read_to_string(&path) {
-            Ok(text) if text == render(&schema) => {}
+            Ok(text) if text == doc.text => {}
             Ok(_) => stale.push(Stale::Outdated(path.clone())),
             Err(_) => stale.push(Stale::Missing(path.clone())),
         }

@@ -96,10 +96,39 @@ fn every_demo_site_config_file_names_a_schema_it_validates_against() {
     );
 }
 
+/// What `homestak crds --out DIR` writes (core only renders).
+fn write_all(dir: &Path) {
+    for doc in homestak_core::crds::documents() {
+        std::fs::write(dir.join(doc.file_name), doc.text).unwrap();
+    }
+}
+
+#[test]
+fn documents_are_one_named_schema_file_each() {
+    let docs = homestak_core::crds::documents();
+    let stems: Vec<&str> = homestak_core::crds::all()
+        .into_iter()
+        .map(|(stem, _)| stem)
+        .collect();
+    assert_eq!(docs.len(), stems.len());
+    for (doc, stem) in docs.iter().zip(&stems) {
+        assert_eq!(doc.file_name, format!("{stem}.schema.json"));
+        assert!(!doc.file_name.contains('/'), "{}", doc.file_name);
+        assert!(doc.text.ends_with("}\n"), "{}", doc.file_name);
+        let schema: serde_json::Value = serde_json::from_str(&doc.text).unwrap();
+        assert!(schema.is_object(), "{}", doc.file_name);
+    }
+    let mut names: Vec<&str> = docs.iter().map(|d| d.file_name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), docs.len(), "file names repeat");
+    assert!(names.contains(&"manifest-v2.schema.json"), "{names:?}");
+}
+
 #[test]
 fn check_notices_a_changed_file() {
     let tmp = tempfile::tempdir().unwrap();
-    homestak_core::crds::write(tmp.path()).unwrap();
+    write_all(tmp.path());
     assert!(homestak_core::crds::check(tmp.path()).unwrap().is_empty());
     let victim = tmp.path().join("spec.schema.json");
     std::fs::write(&victim, "{}\n").unwrap();

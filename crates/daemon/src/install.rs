@@ -13,8 +13,6 @@
 //! | `/etc/homestak/source.header` (0600) | `Authorization: Bearer <repo token>` |
 //! | `/etc/homestak/source-ca.pem` | the daemon's certificate |
 
-use std::path::PathBuf;
-
 use super::auth::RepoAuth;
 use super::reply::{ApiError, BYTES, Payload, Reply, TEXT};
 
@@ -99,17 +97,19 @@ mv -f {BINARY}.new {BINARY}
     )
 }
 
-/// The file a reply streams, for tests.
-pub fn streamed(reply: &Reply) -> Option<&PathBuf> {
-    match &reply.payload {
-        Payload::File(path) => Some(path),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
+
+    /// The file a reply streams.
+    fn streamed(reply: &Reply) -> Option<&PathBuf> {
+        match &reply.payload {
+            Payload::File(path) => Some(path),
+            _ => None,
+        }
+    }
 
     #[test]
     fn both_paths_need_the_repo_token() {

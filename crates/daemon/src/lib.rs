@@ -19,8 +19,9 @@
 //! # The loop
 //! [`watch`] notices changes under the site-config (debounced);
 //! [`source`] reads `controller.yaml` ([`policy`]) and the manifests at the
-//! repository's `HEAD` (or the working tree); [`reconciler`] queues them
-//! and hands one at a time to the [`engine::Engine`] ([`converge`]:
+//! repository's `HEAD` (or the working tree); [`reconciler`] keeps them
+//! with the subtrees parents handed over, queues them, and its one worker
+//! hands one at a time to the [`engine::Engine`] ([`converge`]:
 //! `homestak_engine::reconcile::Engine::run_once`, the same path as
 //! `homestak reconcile --once`), which plans, converges and records.
 //! Periodic resyncs catch drift. Everything durable — what was applied,

@@ -85,7 +85,8 @@ pub enum ApiTokenSource {
     Default,
     /// `--api-token-file FILE` (must exist).
     File(PathBuf),
-    /// Given in code (tests, embedding).
+    /// Given in code (feature `testing`: the binary reads a file).
+    #[cfg(any(test, feature = "testing"))]
     Tokens(ApiTokens),
 }
 
@@ -426,7 +427,8 @@ impl Daemon {
         Control(self.control_tx.clone())
     }
 
-    /// The event log (tests and embedding).
+    /// The event log (feature `testing`: the binary reads events over the API).
+    #[cfg(any(test, feature = "testing"))]
     pub fn events(&self) -> EventLog {
         self.events.clone()
     }
@@ -656,6 +658,7 @@ fn api_tokens(
     state: &Path,
 ) -> Result<(ApiTokens, Option<PathBuf>), Error> {
     match choice {
+        #[cfg(any(test, feature = "testing"))]
         ApiTokenSource::Tokens(tokens) => Ok((tokens.clone(), None)),
         ApiTokenSource::File(path) => {
             Ok((ApiTokens::from_file(path).map_err(Error::ApiTokens)?, None))

@@ -44,8 +44,9 @@ pub fn find(explicit: Option<&Path>) -> Result<PathBuf, Error> {
     find_in(explicit, env.as_deref(), &cwd)
 }
 
-/// [`find`] with its inputs passed in, for tests.
-pub fn find_in(explicit: Option<&Path>, env: Option<&Path>, cwd: &Path) -> Result<PathBuf, Error> {
+/// [`find`] with its inputs passed in, so tests need not change the
+/// process environment.
+fn find_in(explicit: Option<&Path>, env: Option<&Path>, cwd: &Path) -> Result<PathBuf, Error> {
     if let Some(path) = explicit {
         return existing(path, "--site-config");
     }

@@ -177,7 +177,8 @@ impl Ctx {
         self.shell = None;
     }
 
-    /// Replaces the shell (tests, or a phase that reached the host another way).
+    /// Replaces the shell (feature `testing`: phases open their own).
+    #[cfg(any(test, feature = "testing"))]
     pub fn set_shell(&mut self, shell: Arc<Shell>) {
         self.shell = Some(shell);
     }

@@ -2,7 +2,7 @@
 //!
 //! [`super::records::KvStore`] implements the [`super::Store`] semantics once
 //! (generations, retention, leases, schema checks) over this small trait;
-//! [`super::sled::SledBackend`] and [`super::memory::MemoryBackend`] only
+//! [`super::sled::SledBackend`] and the tests' `memory::MemoryBackend` only
 //! move bytes. Single-key writes must be atomic: a record is one key, so a
 //! crash can lose a write but never leave half of one.
 

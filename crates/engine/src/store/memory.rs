@@ -1,5 +1,5 @@
-//! The in-memory backend: ordered maps behind a mutex. For tests, `--dry-run`
-//! paths and anything else that must not touch disk.
+//! The in-memory backend: ordered maps behind a mutex, for tests that must
+//! not touch disk (feature `testing`: no release code path uses it).
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -11,9 +11,10 @@
 //!   `Arc<dyn Store>`; one writer task and many readers is the intended use,
 //!   but concurrent writers are safe: read-modify-writes use
 //!   compare-and-swap).
-//! - [`open`] gives the sled store on disk; [`memory()`] an in-memory one.
-//!   Both are [`KvStore`] over a [`backend::Backend`], so they share every
-//!   rule and the same test suite.
+//! - [`open`] gives the sled store on disk; `memory()` an in-memory one for
+//!   tests (feature `testing`, never in a release build). Both are
+//!   [`KvStore`] over a [`backend::Backend`], so they share every rule and
+//!   the same test suite.
 //! - Values are JSON in a versioned envelope; the store carries a schema
 //!   version and refuses to open one newer than this build understands.
 //! - Durability: [`Durability::Flush`] for the writes a crash must not lose
@@ -25,6 +26,7 @@
 //! same store and must ask the daemon instead.
 
 pub mod backend;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 mod migrate;
 mod records;
@@ -46,10 +48,12 @@ pub use types::{
     Timestamp,
 };
 
-/// The in-memory store.
+/// The in-memory store (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
 pub type MemoryStore = KvStore<memory::MemoryBackend>;
 
-/// A fresh in-memory store.
+/// A fresh in-memory store (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
 pub fn memory() -> MemoryStore {
     // An empty backend always opens: there is no schema to disagree with.
     match KvStore::open(memory::MemoryBackend::new(), Options::default()) {
