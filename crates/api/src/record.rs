@@ -117,14 +117,20 @@ mod tests {
         assert_eq!(last.summary, None);
         let json = serde_json::to_value(&last).unwrap();
         assert_eq!(json["summary"], "");
-        assert_eq!(json, serde_json::from_str::<serde_json::Value>(text).unwrap());
+        assert_eq!(
+            json,
+            serde_json::from_str::<serde_json::Value>(text).unwrap()
+        );
         let counted = LastReconcile {
             summary: Some("1 converged, 1 failed".into()),
             ..last
         };
         let json = serde_json::to_value(&counted).unwrap();
         assert_eq!(json["summary"], "1 converged, 1 failed");
-        assert_eq!(serde_json::from_value::<LastReconcile>(json).unwrap(), counted);
+        assert_eq!(
+            serde_json::from_value::<LastReconcile>(json).unwrap(),
+            counted
+        );
     }
 
     #[test]

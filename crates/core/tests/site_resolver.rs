@@ -443,17 +443,26 @@ fn a_node_name_is_checked_when_the_site_loads() {
         "api_endpoint: https://127.0.1.2:8006\nnode: pve.beta\n",
     )
     .unwrap();
-    std::fs::write(nodes.join("gamma.lab.yaml"), "api_endpoint: https://x:8006\n").unwrap();
+    std::fs::write(
+        nodes.join("gamma.lab.yaml"),
+        "api_endpoint: https://x:8006\n",
+    )
+    .unwrap();
     let site = Site::load(dir.path()).unwrap();
 
     // `node:` is parsed with the file: the error says where.
     let err = site.host_config("beta").unwrap_err();
-    assert!(matches!(err, homestak_core::site::host::Error::Document { .. }), "{err:?}");
+    assert!(
+        matches!(err, homestak_core::site::host::Error::Document { .. }),
+        "{err:?}"
+    );
     let chain = homestak_base::error_chain(&err);
     assert!(chain.contains("beta.yaml:2:"), "{chain}");
     assert!(chain.contains("not a valid PVE node name"), "{chain}");
     assert!(
-        site.problems().iter().any(|p| p.to_string().contains("beta.yaml")),
+        site.problems()
+            .iter()
+            .any(|p| p.to_string().contains("beta.yaml")),
         "the broken node file is listed"
     );
 
@@ -479,7 +488,10 @@ fn host_config_prefers_nodes_then_hosts() {
     let site = load();
     let beta = site.host_config("beta").unwrap();
     assert!(!beta.is_host_only);
-    assert_eq!(beta.node_name.as_ref().map(|n| n.as_str()), Some("pve-beta"));
+    assert_eq!(
+        beta.node_name.as_ref().map(|n| n.as_str()),
+        Some("pve-beta")
+    );
     // Host configs take ssh_host from the endpoint, not from `ip`.
     assert_eq!(beta.ssh_host.as_deref(), Some("127.0.1.2"));
     assert_eq!(beta.ssh_user, "admin");

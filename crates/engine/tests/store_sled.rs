@@ -233,9 +233,17 @@ fn records_from_before_options_and_child_outcomes_still_read() {
     let record = store.get_node(&node_key("m", "inner")).unwrap().unwrap();
     let d = record.delegation.unwrap();
     assert!(d.pve_token.is_none() && d.daemon_token.is_none(), "{d:?}");
-    assert_eq!(d.state, DelegationState::Ended(homestak_api::Outcome::Failed));
+    assert_eq!(
+        d.state,
+        DelegationState::Ended(homestak_api::Outcome::Failed)
+    );
     assert_eq!(d.message.as_deref(), Some("why"));
-    let last = store.get_manifest("child").unwrap().unwrap().last_reconcile.unwrap();
+    let last = store
+        .get_manifest("child")
+        .unwrap()
+        .unwrap()
+        .last_reconcile
+        .unwrap();
     assert_eq!(last.summary, None);
     assert_eq!(last.message.as_deref(), Some("cannot load"));
 }

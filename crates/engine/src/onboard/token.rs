@@ -189,14 +189,19 @@ mod tests {
         for read in ["pve1.lab.example", ""] {
             let err = node_name(&*s, "root").await.unwrap_err();
             match &err {
-                Error::NodeName { host, read: got, .. } => {
+                Error::NodeName {
+                    host, read: got, ..
+                } => {
                     assert_eq!((host.as_str(), got.as_str()), ("127.0.0.9", read));
                 }
                 other => panic!("{other:?}"),
             }
             let text = homestak_base::error_chain(&err);
             assert!(text.contains("127.0.0.9"), "{text}");
-            assert!(text.contains(&format!("'{read}' is not a valid PVE node name")), "{text}");
+            assert!(
+                text.contains(&format!("'{read}' is not a valid PVE node name")),
+                "{text}"
+            );
             assert!(err.ssh().is_none(), "not a connection problem");
         }
         assert!(fake.unmet().is_empty());

@@ -380,7 +380,10 @@ mod tests {
             ("drifted", DelegationState::Ended(Outcome::Drifted)),
         ] {
             let json = format!("\"{word}\"");
-            assert_eq!(serde_json::from_str::<DelegationState>(&json).unwrap(), state);
+            assert_eq!(
+                serde_json::from_str::<DelegationState>(&json).unwrap(),
+                state
+            );
             assert_eq!(serde_json::to_string(&state).unwrap(), json);
         }
         assert!(serde_json::from_str::<DelegationState>("\"done\"").is_err());

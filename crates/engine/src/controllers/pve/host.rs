@@ -400,9 +400,8 @@ impl Lifecycle {
             datastore: &datastore,
             vm_ssh_port: self.ssh.as_ref().map_or(22, |c| c.port),
         };
-        let mut files =
-            inner::site_files(&self.site, &file, &pve_token, &key, &self.parent)
-                .map_err(|e| refuse(chain(&e)))?;
+        let mut files = inner::site_files(&self.site, &file, &pve_token, &key, &self.parent)
+            .map_err(|e| refuse(chain(&e)))?;
         let id = inner::identity(&files);
         let current = marker(&*s, user, inner::SITE_MARK)
             .await
