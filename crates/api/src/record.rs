@@ -31,9 +31,11 @@ pub struct LastReconcile {
     pub changed_nodes: u64,
     /// Nodes that differ from the manifest after the run.
     pub drifted_nodes: u64,
-    /// Node counts by how they ended (`3 converged, 1 failed`).
-    #[serde(default)]
-    pub summary: String,
+    /// Node counts by how they ended (`3 converged, 1 failed`); `None`
+    /// for a run that ended before it had nodes to count (`""` on the
+    /// wire and on disk, as before it was an `Option`).
+    #[serde(default, with = "homestak_base::empty")]
+    pub summary: Option<String>,
     /// Why it did not converge, in a line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -87,6 +89,7 @@ mod tests {
         let record: ManifestRecord = serde_json::from_str(old).unwrap();
         assert_eq!(record.generation, 0);
         assert_eq!(record.last_reconcile.as_ref().unwrap().generation, 0);
+        assert_eq!(record.last_reconcile.as_ref().unwrap().summary, None);
 
         let record = ManifestRecord {
             generation: 7,
@@ -102,6 +105,31 @@ mod tests {
         assert_eq!(
             serde_json::from_value::<ManifestRecord>(json).unwrap(),
             record
+        );
+    }
+
+    #[test]
+    fn an_absent_summary_is_an_empty_string_on_the_wire() {
+        let text = r#"{"at": "1970-01-01T00:00:01Z", "reason": "api", "mode": "apply",
+            "outcome": "failed", "duration_ms": 3, "changed_nodes": 0, "drifted_nodes": 0,
+            "summary": "", "message": "cannot load the manifest", "generation": 2}"#;
+        let last: LastReconcile = serde_json::from_str(text).unwrap();
+        assert_eq!(last.summary, None);
+        let json = serde_json::to_value(&last).unwrap();
+        assert_eq!(json["summary"], "");
+        assert_eq!(
+            json,
+            serde_json::from_str::<serde_json::Value>(text).unwrap()
+        );
+        let counted = LastReconcile {
+            summary: Some("1 converged, 1 failed".into()),
+            ..last
+        };
+        let json = serde_json::to_value(&counted).unwrap();
+        assert_eq!(json["summary"], "1 converged, 1 failed");
+        assert_eq!(
+            serde_json::from_value::<LastReconcile>(json).unwrap(),
+            counted
         );
     }
 

@@ -25,7 +25,7 @@
 
 use homestak_base::id::NodeName;
 use homestak_base::time::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{DriftPolicy, ManifestRecord, Status};
 
@@ -247,9 +247,17 @@ pub struct ReconcileResponse {
 #[serde(deny_unknown_fields)]
 pub struct SubtreeRequest {
     /// The node of this tier to converge it on (`nodes/<host>.yaml`).
-    pub host: String,
+    #[serde(deserialize_with = "host_field")]
+    pub host: NodeName,
     /// The manifest as homestak writes it in JSON (schema v2, with nodes).
     pub manifest: serde_json::Value,
+}
+
+/// A node name whose error says which field held it: serde's own
+/// message for a refused value names no field.
+fn host_field<'de, D: Deserializer<'de>>(d: D) -> Result<NodeName, D::Error> {
+    NodeName::new(String::deserialize(d)?)
+        .map_err(|e| serde::de::Error::custom(format_args!("host: {e}")))
 }
 
 /// The answer to [`SubtreeRequest`].
@@ -257,7 +265,7 @@ pub struct SubtreeRequest {
 pub struct SubtreeResponse {
     /// The manifest's name.
     pub accepted: String,
-    pub host: String,
+    pub host: NodeName,
     /// `subtree:<digest>` of the manifest.
     pub revision: String,
     pub queued: bool,
@@ -402,7 +410,7 @@ mod tests {
     fn subtree_answers_carry_generations() {
         let put = SubtreeResponse {
             accepted: "child".into(),
-            host: "pve".into(),
+            host: "pve".parse().unwrap(),
             revision: "subtree:1".into(),
             queued: true,
             generation: 3,
@@ -477,6 +485,25 @@ mod tests {
         assert!(
             serde_json::from_str::<SubtreeRequest>(r#"{"host": "pve", "manifest": {}, "x": 1}"#)
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn a_subtree_request_names_a_host_that_is_no_node_name() {
+        let err = serde_json::from_str::<SubtreeRequest>(r#"{"host": "a b", "manifest": {}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("host: 'a b' is not a valid node name"),
+            "{err}"
+        );
+        let request = SubtreeRequest {
+            host: "pve".parse().unwrap(),
+            manifest: serde_json::json!({"name": "x"}),
+        };
+        assert_eq!(
+            serde_json::to_string(&request).unwrap(),
+            r#"{"host":"pve","manifest":{"name":"x"}}"#
         );
     }
 }

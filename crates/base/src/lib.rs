@@ -8,6 +8,7 @@
 //! - [`digest`]: SHA-256 and hex for fingerprints, token digests and short
 //!   revision ids.
 //! - [`fsutil`]: atomic file replacement with a given mode.
+//! - [`empty`]: serde for `Option` fields a format keeps as `""` when absent.
 //! - [`id`]: checked identities: [`id::NodeName`] (a manifest node),
 //!   [`id::VmId`], [`id::PveNode`] (a Proxmox VE node).
 //! - [`time`]: [`time::Timestamp`], the one timestamp type (RFC 3339 on the
@@ -17,6 +18,7 @@
 //!   causes.
 
 pub mod digest;
+pub mod empty;
 pub mod fsutil;
 pub mod id;
 pub mod secret;

@@ -6,7 +6,8 @@
 //! Secrets live in this type from the moment they are read. `Debug` and
 //! `Display` print a placeholder, the type has no `Serialize` impl (an
 //! output that must carry the value opts in per field with
-//! [`Secret::serialize_exposed`]), and comparison is constant-time.
+//! [`Secret::serialize_exposed`], or [`exposed_or_empty`] for an optional
+//! one), and comparison is constant-time.
 
 use std::fmt;
 
@@ -52,6 +53,23 @@ impl Secret {
     }
 }
 
+/// `#[serde(default, with = "...")]` for an optional secret kept in clear
+/// (a private store), written as `""` when absent: records from before the
+/// field was an `Option` held `""` for "not yet made", and read as `None`.
+pub mod exposed_or_empty {
+    use serde::{Deserializer, Serializer};
+
+    use super::Secret;
+
+    pub fn serialize<S: Serializer>(secret: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(secret.as_ref().map_or("", Secret::expose))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+        crate::empty::deserialize(d)
+    }
+}
+
 impl PartialEq for Secret {
     /// Constant-time, like [`Secret::ct_eq`].
     fn eq(&self, other: &Secret) -> bool {
@@ -93,6 +111,12 @@ impl From<&str> for Secret {
     }
 }
 
+impl From<String> for Secret {
+    fn from(value: String) -> Secret {
+        Secret(value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +135,25 @@ mod tests {
         let text = format!("{:?}", Holder { token: s.clone() });
         assert!(!text.contains("hunter2"), "{text}");
         assert_eq!(s.expose(), "hunter2-token");
+    }
+
+    #[test]
+    fn an_optional_secret_is_kept_as_an_empty_string_when_absent() {
+        #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+        #[serde(default)]
+        struct Record {
+            #[serde(with = "exposed_or_empty")]
+            token: Option<Secret>,
+        }
+        let old: Record = serde_json::from_str(r#"{"token":""}"#).unwrap();
+        assert_eq!(old.token, None);
+        assert_eq!(serde_json::to_string(&old).unwrap(), r#"{"token":""}"#);
+        let kept = Record {
+            token: Some(Secret::new("root@pam!homestak=abc")),
+        };
+        let json = serde_json::to_string(&kept).unwrap();
+        assert_eq!(json, r#"{"token":"root@pam!homestak=abc"}"#);
+        assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), kept);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use homestak_api::v1::{
 };
 use homestak_api::{Reason, Subtree};
 use homestak_base::time::Timestamp;
-use homestak_core::model::{Manifest, NodeName, Origin};
+use homestak_core::model::{Manifest, Origin};
 
 /// A request body not read yet. Only [`Api::handle`] reads it, after the
 /// token proved valid for the endpoint, and only for the endpoints that
@@ -192,9 +192,7 @@ impl Api {
             ))
         })?;
         let host = &request.host;
-        NodeName::new(host.as_str())
-            .map_err(|e| ApiError::bad_request(format!("Invalid host: {e}")))?;
-        if !self.site.get().nodes().contains(host) {
+        if !self.site.get().nodes().contains(host.as_str()) {
             return Err(ApiError::bad_request(format!(
                 "Unknown host {host}: no nodes/{host}.yaml in this tier's site-config"
             )));
@@ -221,7 +219,7 @@ impl Api {
         let (request, manifest) = self.subtree_request(body)?;
         let status = StatusRequest {
             manifest: Arc::new(manifest),
-            host: request.host,
+            host: request.host.into(),
             site: self.site.get(),
         };
         self.engine
@@ -236,7 +234,7 @@ impl Api {
         let revision = subtree_revision(&request.manifest);
         let generation = self.reconciler.accept_subtree(Subtree {
             name: name.clone(),
-            host: request.host.clone(),
+            host: request.host.to_string(),
             manifest: request.manifest,
             revision: revision.clone(),
             received_at: Timestamp::now(),

@@ -386,7 +386,7 @@ async fn the_typed_client_speaks_the_daemons_api() {
     assert_eq!(queued.queued, ["demo"]);
     let accepted = writer
         .put_subtree(&SubtreeRequest {
-            host: "father".into(),
+            host: "father".parse().unwrap(),
             manifest: json!({"schema_version": 2, "name": "child", "nodes": [
                 {"name": "inner", "type": "pve"}
             ]}),

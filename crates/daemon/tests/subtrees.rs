@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 /// A subtree named `name` with one VM (`vm` names it, so contents differ).
 fn subtree(name: &str, vm: &str) -> SubtreeRequest {
     SubtreeRequest {
-        host: "father".into(),
+        host: "father".parse().unwrap(),
         manifest: json!({"schema_version": 2, "name": name, "nodes": [
             {"name": vm, "type": "vm"}
         ]}),
@@ -402,6 +402,25 @@ async fn delete_refuses_what_it_may_not_destroy() {
         )
         .await;
     assert_eq!((got, error_code(&text)), (400, "E101".into()), "{text}");
+    // A host that is no node name is refused as the body, naming the field.
+    let (got, text) =
+        t.d.send(
+            Method::PUT,
+            "/v1/subtree",
+            Some(WRITE_TOKEN),
+            Some(json!({"host": "fa ther", "manifest": {"schema_version": 2,
+                "name": "child", "nodes": [{"name": "a", "type": "vm"}]}})),
+        )
+        .await;
+    assert_eq!((got, error_code(&text)), (400, "E101".into()), "{text}");
+    let message = serde_json::from_str::<Value>(&text).unwrap()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.starts_with("Invalid request body: host: 'fa ther' is not a valid node name"),
+        "{message}"
+    );
 
     // The typed client tells a refused token from a missing daemon.
     let err = t.reader.delete_subtree("child").await.unwrap_err();

@@ -169,7 +169,7 @@ async fn a_plain_debian_vm_is_onboarded_and_usable() {
         assert!(!exists, "a fresh host has no token");
         let secret = token::create(&*s, &user, false).await.unwrap();
         let fingerprint = token::fingerprint(&*s, &user).await.unwrap();
-        let node = token::node_name(&*s, &user).await.unwrap().unwrap();
+        let node = token::node_name(&*s, &user).await.unwrap();
         let storages = token::pvesh_get(&*s, &user, &format!("/nodes/{node}/storage"))
             .await
             .unwrap();

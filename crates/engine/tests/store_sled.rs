@@ -217,6 +217,38 @@ fn damaged_records_error_on_read_and_heal_on_write() {
 }
 
 #[test]
+fn records_from_before_options_and_child_outcomes_still_read() {
+    use homestak_engine::store::DelegationState;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    drop(store::open(&path, Options::default()).unwrap());
+    // As earlier versions wrote them: tokens not yet made as "", a child
+    // run that did not converge as "failed", an absent summary as "".
+    let node = br#"{"v":1,"data":{"vmid":99001,"delegation":{"vmid":99001,"mode":"daemon","pve_token":"","daemon_token":"","state":"failed","message":"why"}}}"#;
+    raw_insert(&path, "nodes", b"m\0inner", node);
+    let manifest = br#"{"v":1,"data":{"generation":2,"last_reconcile":{"at":"1970-01-01T00:00:01Z","reason":"subtree","mode":"apply","outcome":"failed","duration_ms":3,"changed_nodes":0,"drifted_nodes":0,"summary":"","message":"cannot load","generation":2}}}"#;
+    raw_insert(&path, "manifests", b"child", manifest);
+
+    let store = store::open(&path, Options::default()).unwrap();
+    let record = store.get_node(&node_key("m", "inner")).unwrap().unwrap();
+    let d = record.delegation.unwrap();
+    assert!(d.pve_token.is_none() && d.daemon_token.is_none(), "{d:?}");
+    assert_eq!(
+        d.state,
+        DelegationState::Ended(homestak_api::Outcome::Failed)
+    );
+    assert_eq!(d.message.as_deref(), Some("why"));
+    let last = store
+        .get_manifest("child")
+        .unwrap()
+        .unwrap()
+        .last_reconcile
+        .unwrap();
+    assert_eq!(last.summary, None);
+    assert_eq!(last.message.as_deref(), Some("cannot load"));
+}
+
+#[test]
 fn a_second_open_of_the_same_store_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");

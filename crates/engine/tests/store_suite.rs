@@ -339,7 +339,7 @@ fn manifest_records_round_trip(store: &dyn Store) {
             duration_ms: 1,
             changed_nodes: 1,
             drifted_nodes: 1,
-            summary: "1 converged, 1 failed".into(),
+            summary: Some("1 converged, 1 failed".into()),
             message: Some("1 converged, 1 failed".into()),
             generation: 3,
         }),

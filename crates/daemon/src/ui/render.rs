@@ -174,7 +174,7 @@ fn manifest_section(out: &mut String, m: &ManifestStatus) {
                 outcome = esc(&run.outcome.to_string()),
                 duration = duration(run.duration_ms),
                 reason = esc(run.reason.as_str()),
-                summary = esc(&run.summary),
+                summary = esc(run.summary.as_deref().unwrap_or_default()),
             );
             if let Some(message) = &run.message {
                 let _ = write!(out, "<p class=\"problem\">{}</p>", esc(message));

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use homestak_base::id::PveNode;
 use homestak_base::secret::Secret;
 use homestak_base::yaml_edit::{self, quote, set_top_level};
 
@@ -15,7 +16,7 @@ use homestak_base::yaml_edit::{self, quote, set_top_level};
 #[derive(Debug, Clone)]
 pub struct NodeFacts {
     /// The PVE node name (its host name).
-    pub node: String,
+    pub node: PveNode,
     /// The host's address (the API at `https://IP:8006`, SSH).
     pub ip: String,
     pub fingerprint: String,
@@ -106,7 +107,7 @@ pub fn write_node_config(
         old.clone()
     };
     let mut pairs: Vec<(&str, String)> = vec![
-        ("node", quote(&facts.node)),
+        ("node", quote(facts.node.as_str())),
         ("api_endpoint", quote(&format!("https://{}:8006", facts.ip))),
         ("api_token", quote(host)),
         ("api_fingerprint", quote(&facts.fingerprint)),
@@ -124,7 +125,7 @@ pub fn write_node_config(
         }
         if let Some(m) = v.as_object_mut() {
             for (key, value) in [
-                ("node", &facts.node),
+                ("node", &facts.node.to_string()),
                 ("api_token", &host.to_string()),
                 ("api_fingerprint", &facts.fingerprint),
                 ("datastore", &facts.datastore),
@@ -194,7 +195,7 @@ mod tests {
         )
         .unwrap();
         let facts = NodeFacts {
-            node: "hv1".into(),
+            node: "hv1".parse().unwrap(),
             ip: "127.0.5.2".into(),
             fingerprint: "AA:BB".into(),
             datastore: "local-zfs".into(),
@@ -211,6 +212,7 @@ mod tests {
         let site = homestak_core::site::Site::load(root).unwrap();
         let host = site.host_config("hv1").unwrap();
         assert!(!host.is_host_only);
+        assert_eq!(host.node_name.as_ref().map(PveNode::as_str), Some("hv1"));
         assert_eq!(host.api_endpoint.as_deref(), Some("https://127.0.5.2:8006"));
         assert_eq!(host.api_fingerprint.as_deref(), Some("AA:BB"));
         assert_eq!(host.ssh_user, "debian");

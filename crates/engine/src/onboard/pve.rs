@@ -168,16 +168,11 @@ async fn install_pve(
         .map_err(|source| Error::Token {
             host: remote.host.clone(),
             source,
-        })?
-        .ok_or_else(|| Error::Host {
-            host: remote.host.clone(),
-            what: "has no usable host name".into(),
-            hint: "set one with hostnamectl",
         })?;
     let hosts = root(s, user, "cat /etc/hosts")
         .await
         .map_err(ssh_err(remote, "read /etc/hosts"))?;
-    let fixed = hosts_with(&hosts, &name, remote.address());
+    let fixed = hosts_with(&hosts, name.as_str(), remote.address());
     let mut files = vec![File {
         path: repo_file.into(),
         bytes: repo.into_bytes(),

@@ -68,14 +68,16 @@ pub async fn install(
     Ok(())
 }
 
-/// Reads a marker file (empty when absent).
+/// Reads a marker file, trimmed; `None` when it is absent (or empty:
+/// the one command does not tell the two apart, and no marker is empty).
 pub async fn marker(
     session: &dyn ssh::Session,
     user: &str,
     path: &str,
-) -> Result<String, ssh::Error> {
+) -> Result<Option<String>, ssh::Error> {
     let line = format!("test -f {path} && cat {path} || true");
-    Ok(root(session, user, &line).await?.trim().to_string())
+    let text = root(session, user, &line).await?.trim().to_string();
+    Ok((!text.is_empty()).then_some(text))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 use serde_json::Value;
 
 use super::remote::root;
+use homestak_base::id::{InvalidPveNode, PveNode};
 use homestak_base::secret::Secret;
 use homestak_ssh::{self as ssh, quote};
 
@@ -34,6 +35,16 @@ pub enum Error {
         path: String,
         #[source]
         source: serde_json::Error,
+    },
+    /// `hostname` printed what PVE cannot name its node by.
+    #[error("the host name of {host} cannot be its PVE node name; set one with hostnamectl")]
+    NodeName {
+        /// The SSH destination asked.
+        host: String,
+        /// What `hostname` printed (trimmed).
+        read: String,
+        #[source]
+        source: InvalidPveNode,
     },
 }
 
@@ -120,14 +131,18 @@ pub async fn pvesh_get(s: &dyn ssh::Session, user: &str, path: &str) -> Result<V
     })
 }
 
-/// The host's PVE node name (its host name), when it can be one.
-pub async fn node_name(s: &dyn ssh::Session, user: &str) -> Result<Option<String>, Error> {
-    let name = root(s, user, "hostname")
+/// The host's PVE node name: its host name, which must be one.
+pub async fn node_name(s: &dyn ssh::Session, user: &str) -> Result<PveNode, Error> {
+    let read = root(s, user, "hostname")
         .await
         .map_err(ssh_err("read the host's name"))?
         .trim()
         .to_string();
-    Ok((!name.is_empty() && !name.contains(['/', ' '])).then_some(name))
+    PveNode::new(read.as_str()).map_err(|source| Error::NodeName {
+        host: s.destination().host.to_string(),
+        read,
+        source,
+    })
 }
 
 /// The datastore: `preferred` when the host has it for VM disks, else its
@@ -153,6 +168,44 @@ pub fn pick_datastore(storages: &Value, preferred: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use homestak_ssh::fake::{Reply, ScriptedTransport};
+    use homestak_ssh::{Destination, HostKeyPolicy, Identity, Target, Transport};
+
+    #[tokio::test]
+    async fn the_node_name_is_the_host_name_checked_as_a_pve_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = Identity::generate_to(&dir.path().join("id_ed25519")).unwrap();
+        let fake = ScriptedTransport::new();
+        fake.expect("hostname", Reply::ok("pve1\n"));
+        fake.expect("hostname", Reply::ok("pve1.lab.example\n"));
+        fake.expect("hostname", Reply::ok("\n"));
+        let target = Target::new(
+            Destination::new("127.0.0.9", 22, "root"),
+            identity,
+            HostKeyPolicy::InsecureAcceptAny,
+        );
+        let s = fake.connect(&target).await.unwrap();
+        assert_eq!(node_name(&*s, "root").await.unwrap(), "pve1");
+        for read in ["pve1.lab.example", ""] {
+            let err = node_name(&*s, "root").await.unwrap_err();
+            match &err {
+                Error::NodeName {
+                    host, read: got, ..
+                } => {
+                    assert_eq!((host.as_str(), got.as_str()), ("127.0.0.9", read));
+                }
+                other => panic!("{other:?}"),
+            }
+            let text = homestak_base::error_chain(&err);
+            assert!(text.contains("127.0.0.9"), "{text}");
+            assert!(
+                text.contains(&format!("'{read}' is not a valid PVE node name")),
+                "{text}"
+            );
+            assert!(err.ssh().is_none(), "not a connection problem");
+        }
+        assert!(fake.unmet().is_empty());
+    }
 
     #[test]
     fn the_datastore_is_the_preferred_one_when_the_host_has_it() {

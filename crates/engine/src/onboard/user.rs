@@ -257,7 +257,7 @@ pub async fn setup_sudo(
     let current = remote::marker(session, ssh_user, &path)
         .await
         .map_err(ssh_err(session, format!("reading {path}")))?;
-    if current == text.trim()
+    if current.as_deref() == Some(text.trim())
         && stat(session, ssh_user, &path).await?.as_deref() == Some("root:root 440")
     {
         return Ok(false);
@@ -384,7 +384,8 @@ pub async fn setup_ssh_keys(
 
     let current = remote::marker(session, ssh_user, &file)
         .await
-        .map_err(ssh_err(session, format!("reading {file}")))?;
+        .map_err(ssh_err(session, format!("reading {file}")))?
+        .unwrap_or_default();
     let present: Vec<String> = current.lines().map(String::from).collect();
     let missing: Vec<&String> = keys.iter().filter(|k| !has_key(&present, k)).collect();
     if !missing.is_empty() {

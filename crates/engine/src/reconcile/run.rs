@@ -672,7 +672,7 @@ pub fn record_run(
         duration_ms: u64::try_from(run.duration.as_millis()).unwrap_or(u64::MAX),
         changed_nodes: run.changed_nodes,
         drifted_nodes: run.drifted_nodes,
-        summary: run.summary.clone(),
+        summary: Some(run.summary.clone()).filter(|s| !s.is_empty()),
         message: run.message.clone(),
         generation: what.generation,
     };

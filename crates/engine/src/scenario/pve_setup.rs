@@ -124,15 +124,15 @@ async fn host_name(ctx: &Ctx, s: &dyn ssh::Session, user: &str) -> Result<String
     if let Some(host) = &ctx.inputs.host {
         return Ok(host.clone());
     }
-    token::node_name(s, user)
-        .await
-        .map_err(|e| PhaseError::caused("cannot read the host's name", e))?
-        .ok_or_else(|| {
-            PhaseError::failed(
-                "the host has no usable host name",
-                Some("set one with hostnamectl, or pass --host NAME".to_string()),
-            )
-        })
+    match token::node_name(s, user).await {
+        Ok(name) => Ok(name.into()),
+        Err(e @ token::Error::NodeName { .. }) => Err(PhaseError::Failed {
+            what: "the host has no usable host name".into(),
+            hint: Some("set one with hostnamectl, or pass --host NAME".into()),
+            source: Some(Box::new(e)),
+        }),
+        Err(e) => Err(PhaseError::caused("cannot read the host's name", e)),
+    }
 }
 
 fn create_api_token(ctx: &mut Ctx) -> PhaseFuture<'_> {
@@ -185,8 +185,7 @@ fn generate_node_config(ctx: &mut Ctx) -> PhaseFuture<'_> {
         };
         let node = token::node_name(&*s, &user)
             .await
-            .map_err(|e| PhaseError::caused("cannot read the PVE node name", e))?
-            .unwrap_or_else(|| host.clone());
+            .map_err(|e| PhaseError::caused("cannot read the PVE node name", e))?;
         let fingerprint = token::fingerprint(&*s, &user)
             .await
             .map_err(|e| PhaseError::caused("cannot read the API certificate's fingerprint", e))?;

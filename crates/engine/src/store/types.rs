@@ -197,17 +197,19 @@ pub struct Delegation {
     /// destroy, which plans no agent read, reaches it there).
     pub address: Option<String>,
     pub user: Option<String>,
-    /// The inner PVE API token (`root@pam!homestak=…`), from `pveum`.
-    #[serde(serialize_with = "Secret::serialize_exposed")]
-    pub pve_token: Secret,
+    /// The inner PVE API token (`root@pam!homestak=…`), from `pveum`;
+    /// `None` until made (stored as `""`, as before it was an `Option`).
+    #[serde(with = "homestak_base::secret::exposed_or_empty")]
+    pub pve_token: Option<Secret>,
     /// The inner PVE certificate's SHA-256 fingerprint, read over SSH.
     pub pve_fingerprint: Option<String>,
     /// The child daemon: its URL and certificate fingerprint (from its
     /// ready file, read over SSH) and the write token the parent minted.
     pub daemon_url: Option<String>,
     pub daemon_fingerprint: Option<String>,
-    #[serde(serialize_with = "Secret::serialize_exposed")]
-    pub daemon_token: Secret,
+    /// `None` until minted (stored as `""`).
+    #[serde(with = "homestak_base::secret::exposed_or_empty")]
+    pub daemon_token: Option<Secret>,
     /// The subtree handed over: its manifest name, the digest of what was
     /// sent, the generation the child answered, and how it went.
     pub subtree: Option<String>,
@@ -219,6 +221,10 @@ pub struct Delegation {
 }
 
 /// Where a delegation stands.
+///
+/// Stored as one word: the phase, or the child run's
+/// [`Outcome`](homestak_api::Outcome) once it ended (`converged` and
+/// `failed`, as records before [`DelegationState::Ended`] have them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DelegationState {
@@ -227,10 +233,11 @@ pub enum DelegationState {
     Bootstrapping,
     /// The subtree was handed over; the parent follows the child's run.
     Following,
-    Converged,
-    Failed,
     /// The child was asked to destroy the subtree.
     Destroying,
+    /// The child's run ended so (or the parent gave up: `failed`).
+    #[serde(untagged)]
+    Ended(homestak_api::Outcome),
 }
 
 impl NodeRecord {
@@ -347,6 +354,51 @@ mod tests {
         let record: NodeRecord = serde_json::from_str(r#"{"vmid":100}"#).unwrap();
         assert_eq!(record.vmid.map(VmId::get), Some(100));
         assert_eq!(record.power, PowerState::Unknown);
+    }
+
+    #[test]
+    fn a_delegation_stored_before_options_and_outcomes_still_reads() {
+        use homestak_api::Outcome;
+        // As an older homestak wrote it: empty tokens, `failed` state.
+        let old = r#"{"vmid":99001,"mode":"daemon","address":null,"user":null,
+            "pve_token":"","pve_fingerprint":null,"daemon_url":null,
+            "daemon_fingerprint":null,"daemon_token":"","subtree":null,
+            "digest":null,"generation":null,"state":"failed","message":"x"}"#;
+        let d: Delegation = serde_json::from_str(old).unwrap();
+        assert_eq!((d.pve_token.clone(), d.daemon_token.clone()), (None, None));
+        assert_eq!(d.state, DelegationState::Ended(Outcome::Failed));
+        // Written back the same way.
+        let back = serde_json::to_value(&d).unwrap();
+        let old: serde_json::Value = serde_json::from_str(old).unwrap();
+        assert_eq!(back, old);
+
+        for (word, state) in [
+            ("bootstrapping", DelegationState::Bootstrapping),
+            ("following", DelegationState::Following),
+            ("destroying", DelegationState::Destroying),
+            ("converged", DelegationState::Ended(Outcome::Converged)),
+            ("drifted", DelegationState::Ended(Outcome::Drifted)),
+        ] {
+            let json = format!("\"{word}\"");
+            assert_eq!(
+                serde_json::from_str::<DelegationState>(&json).unwrap(),
+                state
+            );
+            assert_eq!(serde_json::to_string(&state).unwrap(), json);
+        }
+        assert!(serde_json::from_str::<DelegationState>("\"done\"").is_err());
+
+        let minted = Delegation {
+            pve_token: Some(Secret::new("root@pam!homestak=abc")),
+            daemon_token: Some(Secret::new("t0k")),
+            ..Delegation::default()
+        };
+        let json = serde_json::to_value(&minted).unwrap();
+        assert_eq!(json["pve_token"], "root@pam!homestak=abc");
+        assert_eq!(json["daemon_token"], "t0k");
+        assert_eq!(serde_json::from_value::<Delegation>(json).unwrap(), minted);
+        let text = format!("{minted:?}");
+        assert!(!text.contains("t0k") && !text.contains("abc"), "{text}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::executor::{StepError, StepOutcome};
 use crate::store::{Delegation, DelegationState, NodeKey, Store};
 use homestak_api::client::{Client, Error as ClientError};
 use homestak_api::ready::ReadyInfo;
+use homestak_api::record::LastReconcile;
 use homestak_api::v1::{ChildPlan, SubtreeRequest};
 use homestak_api::{Outcome as RunEnd, Status};
 use homestak_base::digest;
@@ -39,15 +40,31 @@ fn refuse(message: String) -> Outcome {
 fn client_of(d: &Delegation) -> Option<Result<Client, String>> {
     let url = d.daemon_url.as_deref()?;
     let fingerprint = d.daemon_fingerprint.as_deref()?;
-    if d.daemon_token.is_empty() {
-        return None;
-    }
+    let token = d.daemon_token.as_ref()?;
     Some(
         fingerprint
             .parse::<Fingerprint>()
             .map_err(|e| chain(&e))
-            .and_then(|fp| Client::new(url, fp, &d.daemon_token).map_err(|e| chain(&e))),
+            .and_then(|fp| Client::new(url, fp, token).map_err(|e| chain(&e))),
     )
+}
+
+/// Why the child's run did not converge: its message, else its summary.
+fn reason_of(last: LastReconcile) -> String {
+    last.message.or(last.summary).unwrap_or_default()
+}
+
+/// Keeps in `d` how the child's run ended, in the child's own outcome (a
+/// drifted run is not a failed one); `Err` says why it did not converge.
+fn record_end(d: &mut Delegation, last: LastReconcile) -> Result<(), String> {
+    d.state = DelegationState::Ended(last.outcome);
+    if last.outcome == RunEnd::Converged {
+        d.message = None;
+        return Ok(());
+    }
+    let why = reason_of(last);
+    d.message = Some(why.clone());
+    Err(why)
 }
 
 /// A digest of the subtree as sent, to tell a resumed hand-over from a new one.
@@ -172,7 +189,7 @@ pub async fn child_plan(
         None => return note(later()),
     };
     let request = SubtreeRequest {
-        host: node.to_string(),
+        host: node.clone(),
         manifest: subtree.to_value(),
     };
     match client.plan(&request).await {
@@ -202,13 +219,18 @@ impl Lifecycle {
             .ok_or_else(|| refuse("the inner host's address is unknown".into()))?
             .to_string();
         let mut d = self.delegation(node, vm)?;
-        if d.daemon_token.is_empty() {
-            // Kept before it is installed, so it is never lost.
-            d.daemon_token = mint();
-            self.save(node, &d)?;
-        }
+        let token = match &d.daemon_token {
+            Some(token) => token.clone(),
+            None => {
+                // Kept before it is installed, so it is never lost.
+                let token = mint();
+                d.daemon_token = Some(token.clone());
+                self.save(node, &d)?;
+                token
+            }
+        };
         if !m.daemon_checked {
-            let mut files = vec![inner::tokens_file(&d.daemon_token, &self.parent)];
+            let mut files = vec![inner::tokens_file(&token, &self.parent)];
             files.extend(inner::unit_files(&ip, self.daemon_port, &self.parent));
             // The site-config is read at start and the binary may be new:
             // either change restarts the daemon. This run's earlier steps
@@ -219,9 +241,14 @@ impl Lifecycle {
                 async move {
                     match known {
                         Some(id) => Ok(id),
-                        None => marker(&*s, user, path).await.map_err(|e| {
-                            ssh_failed(&e, "read what is installed on the inner host")
-                        }),
+                        // An absent marker counts as empty in the unit's
+                        // identity, as the hosts' unit markers have it.
+                        None => marker(&*s, user, path)
+                            .await
+                            .map(Option::unwrap_or_default)
+                            .map_err(|e| {
+                                ssh_failed(&e, "read what is installed on the inner host")
+                            }),
                     }
                 }
             };
@@ -231,7 +258,7 @@ impl Lifecycle {
             let current = marker(&*s, user, inner::UNIT_MARK)
                 .await
                 .map_err(|e| ssh_failed(&e, "read the child daemon's marker"))?;
-            let line = if current != id {
+            let line = if current.as_deref() != Some(id.as_str()) {
                 let mut files = files.clone();
                 files.push(File {
                     path: inner::UNIT_MARK.into(),
@@ -311,7 +338,7 @@ impl Lifecycle {
                     Some(g) if resumable => g,
                     _ => {
                         let request = SubtreeRequest {
-                            host: node.node.to_string(),
+                            host: node.node.clone(),
                             manifest: subtree.to_value(),
                         };
                         client
@@ -344,20 +371,19 @@ impl Lifecycle {
                 {
                     m.generation = None;
                     m.reset_wait();
-                    if last.outcome == RunEnd::Converged {
-                        d.state = DelegationState::Converged;
-                        d.message = None;
-                        self.save(node, &d)?;
-                        return Ok(StepOutcome::Done);
-                    }
-                    let why = last.message.unwrap_or(last.summary);
-                    d.state = DelegationState::Failed;
-                    d.message = Some(why.clone());
-                    let _ = self.save(node, &d);
-                    return Err(refuse(format!(
-                        "the tier on {} did not converge: {why}",
-                        node.node
-                    )));
+                    return match record_end(&mut d, last) {
+                        Ok(()) => {
+                            self.save(node, &d)?;
+                            Ok(StepOutcome::Done)
+                        }
+                        Err(why) => {
+                            let _ = self.save(node, &d);
+                            Err(refuse(format!(
+                                "the tier on {} did not converge: {why}",
+                                node.node
+                            )))
+                        }
+                    };
                 }
             }
             // The child lost it (a new store): hand it over again.
@@ -449,7 +475,7 @@ impl Lifecycle {
                 {
                     m.generation = None;
                     m.reset_wait();
-                    let why = last.message.unwrap_or(last.summary);
+                    let why = reason_of(last);
                     return Err(refuse(format!(
                         "the tier on {} could not destroy subtree {name}: {why}",
                         node.node
@@ -484,5 +510,62 @@ impl Lifecycle {
         d.message = None;
         self.save(node, &d)?;
         Ok(StepOutcome::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use homestak_api::{Mode, Reason};
+    use homestak_base::time::Timestamp;
+
+    fn run(outcome: RunEnd, summary: Option<&str>, message: Option<&str>) -> LastReconcile {
+        LastReconcile {
+            revision: None,
+            at: Timestamp::EPOCH,
+            reason: Reason::Subtree,
+            mode: Mode::Apply,
+            outcome,
+            duration_ms: 1,
+            changed_nodes: 0,
+            drifted_nodes: 2,
+            summary: summary.map(str::to_string),
+            message: message.map(str::to_string),
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn the_record_keeps_the_child_runs_own_outcome() {
+        let mut d = Delegation {
+            state: DelegationState::Following,
+            message: Some("earlier".into()),
+            ..Delegation::default()
+        };
+        assert_eq!(
+            record_end(&mut d, run(RunEnd::Converged, Some("1 converged"), None)),
+            Ok(())
+        );
+        assert_eq!(
+            (d.state, d.message.as_deref()),
+            (DelegationState::Ended(RunEnd::Converged), None)
+        );
+
+        // A drifted child is recorded as drifted, not failed.
+        let why = record_end(&mut d, run(RunEnd::Drifted, Some("2 drifted"), None));
+        assert_eq!(why, Err("2 drifted".to_string()));
+        assert_eq!(d.state, DelegationState::Ended(RunEnd::Drifted));
+        assert_eq!(d.message.as_deref(), Some("2 drifted"));
+
+        let why = record_end(
+            &mut d,
+            run(RunEnd::Failed, Some("1 failed"), Some("a: no storage")),
+        );
+        assert_eq!(why, Err("a: no storage".to_string()));
+        assert_eq!(d.state, DelegationState::Ended(RunEnd::Failed));
+
+        // A run that ended before it counted nodes, with no message.
+        let why = record_end(&mut d, run(RunEnd::Failed, None, None));
+        assert_eq!(why, Err(String::new()));
     }
 }

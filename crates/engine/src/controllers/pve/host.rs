@@ -17,7 +17,9 @@ use crate::executor::{StepError, StepOutcome};
 pub(super) use crate::onboard::remote::{as_root, install, marker, root};
 use crate::onboard::token;
 use crate::store::{Delegation, DelegationState, Durability, NodeKey};
+use homestak_api::Outcome as RunEnd;
 use homestak_base::error_chain as chain;
+use homestak_base::id::PveNode;
 use homestak_core::plan::{DesiredVm, NodePlan};
 use homestak_ssh::{self as ssh, quote};
 
@@ -200,7 +202,7 @@ impl Lifecycle {
         let installed = marker(&*s, user, inner::BINARY_MARK)
             .await
             .map_err(|e| ssh_failed(&e, "read what is installed on the inner host"))?;
-        if installed != id {
+        if installed.as_deref() != Some(id.as_str()) {
             let files = [
                 File {
                     path: inner::BINARY.into(),
@@ -268,14 +270,13 @@ impl Lifecycle {
         s: &dyn ssh::Session,
         user: &str,
         m: &mut Memory,
-    ) -> Result<String, Outcome> {
+    ) -> Result<PveNode, Outcome> {
         if let Some(name) = &m.pve_node {
             return Ok(name.clone());
         }
         let name = token::node_name(s, user)
             .await
-            .map_err(|e| onboard_failed(&e))?
-            .ok_or_else(|| refuse("the inner host's name cannot be a PVE node name".into()))?;
+            .map_err(|e| onboard_failed(&e))?;
         m.pve_node = Some(name.clone());
         Ok(name)
     }
@@ -341,13 +342,14 @@ impl Lifecycle {
             Err(e) => return Err(onboard_failed(&e)),
         };
         m.reset_wait();
-        if exists && !delegation.pve_token.is_empty() {
+        if exists && delegation.pve_token.is_some() {
             return Ok(StepOutcome::Done);
         }
         // A token whose secret we lost cannot be read back: make it anew.
-        delegation.pve_token = token::create(&*s, user, exists)
+        let made = token::create(&*s, user, exists)
             .await
             .map_err(|e| onboard_failed(&e))?;
+        delegation.pve_token = Some(made);
         self.save(node, &delegation)?;
         Ok(StepOutcome::Done)
     }
@@ -365,6 +367,13 @@ impl Lifecycle {
         let user = want.user.as_str();
         let ip = Self::address(vm)?.to_string();
         let mut delegation = self.delegation(node, vm)?;
+        // create_api_token, the step before, made it.
+        let pve_token = delegation.pve_token.clone().ok_or_else(|| {
+            refuse(format!(
+                "no API token for the inner host {} yet: the create_api_token step makes it",
+                node.node
+            ))
+        })?;
         let fingerprint = token::fingerprint(&*s, user)
             .await
             .map_err(|e| onboard_failed(&e))?;
@@ -384,21 +393,20 @@ impl Lifecycle {
             .trim()
             .to_string();
         let file = inner::NodeFile {
-            host: node.node.as_str(),
+            host: &node.node,
             pve_node: &pve_node,
             address: &ip,
             fingerprint: &fingerprint,
             datastore: &datastore,
             vm_ssh_port: self.ssh.as_ref().map_or(22, |c| c.port),
         };
-        let mut files =
-            inner::site_files(&self.site, &file, &delegation.pve_token, &key, &self.parent)
-                .map_err(|e| refuse(chain(&e)))?;
+        let mut files = inner::site_files(&self.site, &file, &pve_token, &key, &self.parent)
+            .map_err(|e| refuse(chain(&e)))?;
         let id = inner::identity(&files);
         let current = marker(&*s, user, inner::SITE_MARK)
             .await
             .map_err(|e| ssh_failed(&e, "read the inner site-config's marker"))?;
-        if current != id {
+        if current.as_deref() != Some(id.as_str()) {
             files.push(File {
                 path: inner::SITE_MARK.into(),
                 bytes: id.clone().into_bytes(),
@@ -445,7 +453,7 @@ impl Lifecycle {
     /// Marks the delegation as failed with `why` (kept for `status`).
     pub(super) fn record_failure(&self, node: &NodePlan, vm: &vm::Memory, why: &str) {
         if let Ok(mut d) = self.delegation(node, vm) {
-            d.state = DelegationState::Failed;
+            d.state = DelegationState::Ended(RunEnd::Failed);
             d.message = Some(why.to_string());
             let _ = self.save(node, &d);
         }

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use homestak_base::digest;
+use homestak_base::id::{NodeName, PveNode};
 use homestak_base::secret::Secret;
 use homestak_core::site::Site;
 
@@ -65,9 +66,9 @@ fn scalar(text: &str) -> String {
 /// What the inner host's node file says.
 #[derive(Debug, Clone)]
 pub struct NodeFile<'a> {
-    pub host: &'a str,
+    pub host: &'a NodeName,
     /// The PVE node name inside (its hostname).
-    pub pve_node: &'a str,
+    pub pve_node: &'a PveNode,
     pub address: &'a str,
     pub fingerprint: &'a str,
     pub datastore: &'a str,
@@ -124,7 +125,7 @@ pub fn site_files(
     }
     files.push(File {
         path: format!("{SITE_DIR}/secrets.yaml"),
-        bytes: secrets(site, node.host, token, child_key, parent).into_bytes(),
+        bytes: secrets(site, node.host.as_str(), token, child_key, parent).into_bytes(),
         mode: 0o600,
     });
     files.push(File {
@@ -186,7 +187,7 @@ fn node_file(node: &NodeFile<'_>, parent: &str) -> String {
          datastore: {datastore}\n\
          vm_ssh_port: {port}\n",
         host = node.host,
-        pve_node = scalar(node.pve_node),
+        pve_node = scalar(node.pve_node.as_str()),
         endpoint = scalar(&format!("https://{}:8006", node.address)),
         fingerprint = scalar(node.fingerprint),
         datastore = scalar(node.datastore),
@@ -290,8 +291,8 @@ mod tests {
         .unwrap();
         let site = Site::load(root).unwrap();
         let node = NodeFile {
-            host: "hv",
-            pve_node: "hv",
+            host: &"hv".parse().unwrap(),
+            pve_node: &"hv".parse().unwrap(),
             address: "127.0.5.2",
             fingerprint: "AA:BB",
             datastore: "local-zfs",
@@ -320,6 +321,17 @@ mod tests {
             .map(|f| String::from_utf8_lossy(&f.bytes).into_owned())
             .collect();
         assert!(!all.contains("OTHER-SECRET"), "{all}");
+        // The node file's text, as earlier versions wrote it on hosts.
+        assert_eq!(
+            String::from_utf8_lossy(&files[3].bytes),
+            "# Written by homestak on pve: the Proxmox VE host inside VM hv.\n\
+             node: \"hv\"\n\
+             api_endpoint: \"https://127.0.5.2:8006\"\n\
+             api_token: hv\n\
+             api_fingerprint: \"AA:BB\"\n\
+             datastore: \"local-zfs\"\n\
+             vm_ssh_port: 2222\n"
+        );
         // The child reads back what was written.
         let inner = tempfile::tempdir().unwrap();
         for f in &files {

@@ -144,7 +144,7 @@ pub struct Memory {
     deadline: Option<Instant>,
     poll: Option<Duration>,
     /// The inner PVE node's name (its hostname).
-    pve_node: Option<String>,
+    pve_node: Option<homestak_base::id::PveNode>,
     /// What `bootstrap_host` and `write_node_config` installed this run
     /// (markers `start_daemon` restarts the daemon on).
     binary_id: Option<String>,

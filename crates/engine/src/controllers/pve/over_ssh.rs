@@ -150,12 +150,12 @@ impl Lifecycle {
         };
         let mut d = self.delegation(node, vm)?;
         if success {
-            d.state = DelegationState::Converged;
+            d.state = DelegationState::Ended(homestak_api::Outcome::Converged);
             self.save(node, &d)?;
             return Ok(StepOutcome::Done);
         }
         let why = error.unwrap_or_else(|| "the run failed".into());
-        d.state = DelegationState::Failed;
+        d.state = DelegationState::Ended(homestak_api::Outcome::Failed);
         d.message = Some(why.clone());
         let _ = self.save(node, &d);
         Err(refuse(format!(
