@@ -131,16 +131,14 @@ pub async fn pvesh_get(s: &dyn ssh::Session, user: &str, path: &str) -> Result<V
     })
 }
 
-/// The host's PVE node name: its host name up to the first dot, as PVE
-/// itself names the node (a host set up with its FQDN is still `pve1`).
+/// The host's PVE node name: its host name, which must be one.
 pub async fn node_name(s: &dyn ssh::Session, user: &str) -> Result<PveNode, Error> {
     let read = root(s, user, "hostname")
         .await
         .map_err(ssh_err("read the host's name"))?
         .trim()
         .to_string();
-    let short = read.split('.').next().unwrap_or_default();
-    PveNode::new(short).map_err(|source| Error::NodeName {
+    PveNode::new(read.as_str()).map_err(|source| Error::NodeName {
         host: s.destination().host.to_string(),
         read,
         source,
@@ -181,7 +179,6 @@ mod tests {
         fake.expect("hostname", Reply::ok("pve1\n"));
         fake.expect("hostname", Reply::ok("pve1.lab.example\n"));
         fake.expect("hostname", Reply::ok("\n"));
-        fake.expect("hostname", Reply::ok("pve_1\n"));
         let target = Target::new(
             Destination::new("127.0.0.9", 22, "root"),
             identity,
@@ -189,8 +186,7 @@ mod tests {
         );
         let s = fake.connect(&target).await.unwrap();
         assert_eq!(node_name(&*s, "root").await.unwrap(), "pve1");
-        assert_eq!(node_name(&*s, "root").await.unwrap(), "pve1");
-        for read in ["", "pve_1"] {
+        for read in ["pve1.lab.example", ""] {
             let err = node_name(&*s, "root").await.unwrap_err();
             match &err {
                 Error::NodeName {
