@@ -19,9 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::loader::Site;
-use homestak_base::id::{InvalidPveNode, PveNode};
 use homestak_base::secret::Secret;
-use homestak_base::{empty, yaml};
+use homestak_base::yaml;
 
 /// VM ID the reference reserves for an inner PVE VM.
 pub const INNER_VM_ID: u32 = 99800;
@@ -53,14 +52,6 @@ pub enum Error {
         #[source]
         source: Arc<yaml::Error>,
     },
-    /// The node file has no `node:` and its name cannot be a PVE node name.
-    #[error("node '{name}' has no `node:` and its file name cannot stand for it; set `node:` in {}", path.display())]
-    PveNode {
-        name: String,
-        path: PathBuf,
-        #[source]
-        source: InvalidPveNode,
-    },
 }
 
 impl Error {
@@ -74,7 +65,7 @@ impl Error {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 pub struct NodeConfig {
     /// PVE node name, when it differs from the file name.
-    pub node: Option<PveNode>,
+    pub node: Option<String>,
     /// The physical host this node runs on (`hosts/<host>.yaml`).
     pub host: Option<String>,
     /// PVE API URL, e.g. `https://10.0.12.5:8006`.
@@ -153,8 +144,7 @@ pub struct HostInterface {
 /// The configuration of a target host or node.
 ///
 /// Serialises every field but the API token (take it with
-/// [`HostConfig::api_token`]); absent fields as empty strings, as the
-/// reference writes them.
+/// [`HostConfig::api_token`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct HostConfig {
     /// The name asked for.
@@ -162,14 +152,14 @@ pub struct HostConfig {
     /// The file it came from.
     pub config_file: PathBuf,
     /// PVE API URL (`None` for a host without PVE yet).
-    #[serde(serialize_with = "empty::serialize")]
+    #[serde(serialize_with = "empty_if_none")]
     pub api_endpoint: Option<String>,
-    /// PVE node name (`None` for a host without PVE yet): `node:`, else
-    /// the file name.
-    #[serde(serialize_with = "empty::serialize")]
-    pub node_name: Option<PveNode>,
+    /// PVE node name (`None` for a host without PVE yet). Checked as a
+    /// [`homestak_base::id::PveNode`] where the API is used.
+    #[serde(serialize_with = "empty_if_none")]
+    pub node_name: Option<String>,
     /// SSH address (`None` when unknown).
-    #[serde(serialize_with = "empty::serialize")]
+    #[serde(serialize_with = "empty_if_none")]
     pub ssh_host: Option<String>,
     pub inner_vm_id: u32,
     pub test_vm_id: u32,
@@ -209,6 +199,11 @@ impl HostConfig {
     pub fn api_token(&self) -> Option<&Secret> {
         self.api_token.as_ref()
     }
+}
+
+/// The reference writes absent host fields as empty strings.
+fn empty_if_none<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(value.as_deref().unwrap_or_default())
 }
 
 impl Site {
@@ -269,15 +264,7 @@ impl Site {
                 .map(endpoint_host)
                 .filter(|h| !h.is_empty());
             config.api_endpoint = node.api_endpoint.filter(|e| !e.is_empty());
-            let pve_node = match node.node {
-                Some(pve_node) => pve_node,
-                None => PveNode::new(name).map_err(|source| Error::PveNode {
-                    name: name.to_string(),
-                    path: entry.path.clone(),
-                    source,
-                })?,
-            };
-            config.node_name = Some(pve_node);
+            config.node_name = Some(node.node.unwrap_or_else(|| name.to_string()));
             let token_key = node.api_token.as_deref().unwrap_or(name);
             config.api_token = self
                 .secrets

@@ -407,10 +407,7 @@ impl Site {
         };
         let d = &self.defaults;
         Ok(TofuVars {
-            node: config
-                .node
-                .as_ref()
-                .map_or_else(|| node.to_string(), ToString::to_string),
+            node: config.node.clone().unwrap_or_else(|| node.to_string()),
             api_endpoint,
             api_token: secrets.api_token(token_key).cloned().unwrap_or_default(),
             ssh_user: config

@@ -212,7 +212,7 @@ mod tests {
         let site = homestak_core::site::Site::load(root).unwrap();
         let host = site.host_config("hv1").unwrap();
         assert!(!host.is_host_only);
-        assert_eq!(host.node_name.as_ref().map(PveNode::as_str), Some("hv1"));
+        assert_eq!(host.node_name.as_deref(), Some("hv1"));
         assert_eq!(host.api_endpoint.as_deref(), Some("https://127.0.5.2:8006"));
         assert_eq!(host.api_fingerprint.as_deref(), Some("AA:BB"));
         assert_eq!(host.ssh_user, "debian");

@@ -38,7 +38,7 @@ use crate::controllers::vm::{
 use crate::executor::{self, Event, Report};
 use crate::hostlease;
 use crate::store::{self, Durability, Store};
-use homestak_base::id::{NodeName, PveNode};
+use homestak_base::id::{InvalidPveNode, NodeName, PveNode};
 use homestak_core::model::{Manifest, Settings};
 use homestak_core::plan::marks::OwnerKey;
 use homestak_core::plan::{self, Observed, Plan, Remembered};
@@ -152,6 +152,14 @@ pub enum Error {
         secrets: PathBuf,
         #[source]
         source: homestak_core::plan::marks::WeakOwnerKey,
+    },
+    #[error(
+        "host {host}: its PVE node name cannot be used in API paths; fix `node:` in nodes/{host}.yaml"
+    )]
+    PveNode {
+        host: String,
+        #[source]
+        source: InvalidPveNode,
     },
 }
 
@@ -343,9 +351,15 @@ fn no_api(host: &HostConfig) -> Error {
     }
 }
 
-/// The PVE node of `host`'s API paths (checked when the site loaded).
+/// The PVE node of `host`'s API paths.
 pub fn pve_node(host: &HostConfig) -> Result<PveNode, Error> {
-    host.node_name.clone().ok_or_else(|| no_api(host))
+    let Some(name) = &host.node_name else {
+        return Err(no_api(host));
+    };
+    PveNode::new(name.as_str()).map_err(|source| Error::PveNode {
+        host: host.name.clone(),
+        source,
+    })
 }
 
 /// A plan with what it was made from.
