@@ -11,7 +11,8 @@
 //!   and the subtrees parents handed over ([`Subtree`]).
 //! - [`status`]: drift reports ([`Status`]).
 //! - [`report`]: run reports ([`RunReport`], the `--json` document of a
-//!   run) and how each phase ended ([`PhaseStatus`]).
+//!   run; [`RunVerdict`], what a parent reads of one) and how each phase
+//!   ended ([`PhaseStatus`]).
 //! - [`v1`]: the HTTP API: endpoints, scopes, request and answer bodies.
 //! - [`ready`]: how to reach a daemon running on this machine.
 //! - [`client`]: a typed client over HTTPS pinned to the daemon's
@@ -31,6 +32,6 @@ pub use client::Client;
 pub use event::{Event, Kind, Level};
 pub use outcome::{DriftPolicy, Mode, NodeState, Outcome, Reason};
 pub use record::{Applied, LastReconcile, ManifestRecord, Subtree};
-pub use report::{PhaseReport, PhaseStatus, RunReport};
+pub use report::{PhaseReport, PhaseStatus, RunReport, RunVerdict};
 pub use status::{NodeStatus, State, Status, TreeNode};
 pub use step::{Step, StepName};

@@ -59,6 +59,16 @@ pub struct RunReport {
     pub error: Option<String>,
 }
 
+/// What a parent reads of a child's [`RunReport`]: only whether it passed
+/// and why not, so phases or statuses a newer child adds never make its
+/// report unreadable.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RunVerdict {
+    pub success: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
 /// One phase of a [`RunReport`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PhaseReport {
@@ -72,6 +82,22 @@ pub struct PhaseReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verdict_reads_a_report_with_phases_this_build_does_not_know() {
+        let text = r#"{"scenario":"create","success":false,"duration_seconds":1.5,
+            "phases":[{"name":"a:new_step","status":"deferred","duration":0.1}],
+            "context":{},"error":"a: refused"}"#;
+        assert!(serde_json::from_str::<RunReport>(text).is_err());
+        let verdict: RunVerdict = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            verdict,
+            RunVerdict {
+                success: false,
+                error: Some("a: refused".into())
+            }
+        );
+    }
 
     #[test]
     fn phase_status_reads_and_writes_its_name() {

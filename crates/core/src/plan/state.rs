@@ -100,7 +100,7 @@ pub struct SpecDelivery {
     /// `defaults.spec_server` of `site.yaml`, when set (pull: where the VM
     /// fetches; pull needs one). Serialised as `""` when unset, as every
     /// earlier version did, so the spec hash of a VM does not change.
-    #[serde(default, with = "empty_is_none")]
+    #[serde(default, with = "homestak_base::empty")]
     pub server: Option<String>,
     /// SHA-256 (hex) of [`document`](Self::document).
     pub digest: String,
@@ -114,21 +114,6 @@ pub struct SpecDelivery {
     /// `passwords.vm_root` of `secrets.yaml` (a crypt hash), when set.
     #[serde(skip)]
     pub root_password: Option<homestak_base::secret::Secret>,
-}
-
-/// An optional string written as a plain string, `""` for `None` (and read
-/// back so): the format records and spec hashes of earlier versions use.
-mod empty_is_none {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(value.as_deref().unwrap_or_default())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-        let text = String::deserialize(d)?;
-        Ok(Some(text).filter(|t| !t.is_empty()))
-    }
 }
 
 impl DesiredVm {

@@ -12,7 +12,7 @@ use super::{Lifecycle, Memory};
 use crate::controllers::vm;
 use crate::executor::{StepError, StepOutcome};
 use crate::store::DelegationState;
-use homestak_api::{RunReport, Status};
+use homestak_api::{RunVerdict, Status};
 use homestak_base::error_chain as chain;
 use homestak_core::model::Manifest;
 use homestak_core::plan::{DesiredVm, NodePlan};
@@ -45,8 +45,8 @@ fn command_line(host: &str, subtree: &Manifest, verb: &[&str]) -> String {
 
 /// The `success` and `error` of the child's run report (`--json`).
 fn report_outcome(stdout: &str) -> Option<(bool, Option<String>)> {
-    let report: RunReport = serde_json::from_str(stdout.trim()).ok()?;
-    Some((report.success, report.error))
+    let verdict: RunVerdict = serde_json::from_str(stdout.trim()).ok()?;
+    Some((verdict.success, verdict.error))
 }
 
 /// How an SSH run of the child ended.
