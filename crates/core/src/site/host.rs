@@ -152,14 +152,14 @@ pub struct HostConfig {
     /// The file it came from.
     pub config_file: PathBuf,
     /// PVE API URL (`None` for a host without PVE yet).
-    #[serde(serialize_with = "empty_if_none")]
+    #[serde(serialize_with = "homestak_base::empty::serialize")]
     pub api_endpoint: Option<String>,
     /// PVE node name (`None` for a host without PVE yet). Checked as a
     /// [`homestak_base::id::PveNode`] where the API is used.
-    #[serde(serialize_with = "empty_if_none")]
+    #[serde(serialize_with = "homestak_base::empty::serialize")]
     pub node_name: Option<String>,
     /// SSH address (`None` when unknown).
-    #[serde(serialize_with = "empty_if_none")]
+    #[serde(serialize_with = "homestak_base::empty::serialize")]
     pub ssh_host: Option<String>,
     pub inner_vm_id: u32,
     pub test_vm_id: u32,
@@ -199,11 +199,6 @@ impl HostConfig {
     pub fn api_token(&self) -> Option<&Secret> {
         self.api_token.as_ref()
     }
-}
-
-/// The reference writes absent host fields as empty strings.
-fn empty_if_none<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(value.as_deref().unwrap_or_default())
 }
 
 impl Site {
