@@ -434,6 +434,15 @@ fn secrets_never_show_in_debug_or_errors() {
     }
 }
 
+/// Fails when loading `site` found a problem in the file `name`.
+fn assert_no_problem_in(site: &Site, name: &str) {
+    let problems = site.problems();
+    assert!(
+        !problems.iter().any(|p| p.to_string().contains(name)),
+        "{problems:?}"
+    );
+}
+
 #[test]
 fn host_config_passes_any_node_name_through_as_the_reference_does() {
     // The PVE node name is checked where the API is used, not at load:
@@ -448,14 +457,7 @@ fn host_config_passes_any_node_name_through_as_the_reference_does() {
     let site = Site::load(dir.path()).unwrap();
     let beta = site.host_config("beta").unwrap();
     assert_eq!(beta.node_name.as_deref(), Some("pve.beta"));
-    assert!(
-        !site
-            .problems()
-            .iter()
-            .any(|p| p.to_string().contains("beta.yaml")),
-        "{:?}",
-        site.problems()
-    );
+    assert_no_problem_in(&site, "beta.yaml");
 }
 
 #[test]
@@ -587,14 +589,7 @@ fn shared_fixture_documents_fit_our_types() {
         return;
     }
     let site = Site::load(&shared).unwrap();
-    assert!(
-        !site
-            .problems()
-            .iter()
-            .any(|p| p.to_string().contains("beta.yaml")),
-        "{:?}",
-        site.problems()
-    );
+    assert_no_problem_in(&site, "beta.yaml");
     validate_tree(&shared, &[]);
 }
 

@@ -57,6 +57,7 @@ mod p1;
 mod p2;
 mod p3;
 mod p4;
+mod serve;
 mod table;
 mod world;
 

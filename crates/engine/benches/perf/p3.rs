@@ -5,26 +5,17 @@
 //! timestamps (milliseconds), so polling the event log adds nothing.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use homestak_api::v1::EventsResponse;
 use homestak_api::{Event, Kind};
 use homestak_base::time::Timestamp;
 
+use crate::serve::Serve;
 use crate::support::write;
 use crate::table::{Table, secs};
 use crate::world::{self, MANIFEST};
-
-/// A child process, killed and reaped when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 pub struct P3 {
     pub scale: f64,
@@ -127,41 +118,20 @@ pub async fn measure(
     git(site, &["add", "-A"]);
     git(site, &["commit", "-q", "-m", "bench"]);
     let state = w.dir.path().join("serve-state");
-    let ready = w.dir.path().join("serve-ready.json");
-    let child = Command::new(bin)
-        .arg("--site-config")
-        .arg(site)
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--resync",
-            "1h",
-        ])
-        .arg("--debounce")
-        .arg(format!("{}ms", debounce.as_millis()))
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--ready-file")
-        .arg(&ready)
-        .env_remove("HOMESTAK_REPO_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("homestak serve starts");
-    let _serve = Guard(child);
+    let debounce_flag = format!("{}ms", debounce.as_millis());
+    let mut serve = Serve::spawn(
+        bin,
+        site,
+        &state,
+        &["--resync", "1h", "--debounce", &debounce_flag],
+    );
     let deadline = Instant::now() + Duration::from_secs(120);
-    let info: serde_json::Value = loop {
+    let info = loop {
         assert!(
             Instant::now() < deadline,
             "homestak serve never became ready"
         );
-        if let Ok(text) = std::fs::read_to_string(&ready)
-            && let Ok(info) = serde_json::from_str(&text)
-        {
+        if let Some(info) = serve.ready_info() {
             break info;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -33,6 +33,7 @@ use homestak_engine::store::{self, Durability, NodeKey, NodeRecord, PowerState, 
 use serde_json::json;
 
 #[allow(dead_code)]
+use crate::serve::Serve;
 use crate::support;
 use crate::table::{Table, secs};
 
@@ -309,26 +310,9 @@ fn write_records(state: &Path, nodes: usize, pve_node: &str) {
 
 /// VmRSS of `homestak serve` on `state` once ready and idle for [`SETTLE`].
 fn daemon_rss(homestak_bin: &Path, site: &Path, state: &Path) -> u64 {
-    let ready = state.with_extension("ready.json");
-    let mut child = Command::new(homestak_bin)
-        .arg("--site-config")
-        .arg(site)
-        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--no-watch"])
-        .arg("--state-dir")
-        .arg(state)
-        .arg("--ready-file")
-        .arg(&ready)
-        .env_remove("HOMESTAK_REPO_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn homestak serve");
+    let mut serve = Serve::spawn(homestak_bin, site, state, &["--no-watch"]);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !ready.exists() {
-        if let Some(status) = child.try_wait().expect("wait") {
-            panic!("homestak serve exited before it was ready: {status}");
-        }
+    while serve.ready_info().is_none() {
         assert!(
             Instant::now() < deadline,
             "homestak serve never became ready"
@@ -336,8 +320,5 @@ fn daemon_rss(homestak_bin: &Path, site: &Path, state: &Path) -> u64 {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(SETTLE);
-    let rss = proc_status_kib(child.id(), "VmRSS:").expect("daemon VmRSS") << 10;
-    let _ = child.kill();
-    let _ = child.wait();
-    rss
+    proc_status_kib(serve.child.id(), "VmRSS:").expect("daemon VmRSS") << 10
 }
